@@ -1,0 +1,93 @@
+"""Loading TOML into `NvrConfig`, turning pydantic's errors into lines that name the key path,
+what was expected and what was found. Runs on the calling thread (CLI start-up)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from config.errors import ConfigError
+from config.models import BUILTIN_TEST_PATTERN, CameraConfig, NvrConfig, StorageConfig
+
+_SECRET_KEYS = frozenset({"url", "password", "password_env", "password_file", "username"})
+
+
+def _key_path(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    """`("cameras", 1, "url")` -> `cameras[1](gate).url`, naming the camera where known."""
+    out = ""
+    node: Any = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            if isinstance(node, dict) and isinstance(node.get("name"), str):
+                out += f"({node['name']})"
+        else:
+            out += f".{part}" if out else part
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _found(err: dict[str, Any]) -> str:
+    loc = err.get("loc", ())
+    if loc and loc[-1] in _SECRET_KEYS:
+        return ""  # never echo a value that may be a secret
+    if err["type"] == "missing":
+        return ", found nothing"
+    value = err.get("input")
+    if isinstance(value, dict | list):
+        return f", found a {'table' if isinstance(value, dict) else 'list'}"
+    return f", found {value!r}"
+
+
+def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
+    path = _key_path(tuple(err.get("loc", ())), data)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key (not part of the schema)"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    msg = str(err["msg"])
+    msg = msg.removeprefix("Value error, ")
+    if kind == "value_error":
+        return f"{path}: {msg}"
+    msg = msg.removeprefix("Input should be ")
+    return f"{path}: expected {msg[0].lower() + msg[1:]}{_found(err)}"
+
+
+def parse_config(data: dict[str, Any], source: str) -> NvrConfig:
+    """Validate an already-parsed TOML document; raise ConfigError listing every problem."""
+    try:
+        return NvrConfig.model_validate(data)
+    except ValidationError as err:
+        problems = [_describe(dict(e), data) for e in err.errors()]
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: Path) -> NvrConfig:
+    """Read and validate a TOML config file; relative storage paths resolve against its folder."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(str(path), [f"cannot read file: {err.strerror}"]) from err
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(str(path), [f"not valid TOML: {err}"]) from err
+    storage = data.get("storage")
+    if isinstance(storage, dict) and isinstance(storage.get("root"), str):
+        root = Path(storage["root"])
+        if not root.is_absolute():
+            storage["root"] = str((path.parent / root).resolve())
+    return parse_config(data, str(path))
+
+
+def default_config(root: Path = Path("nvr-data")) -> NvrConfig:
+    """The embedded default: data in `root`, SQLite index, and the built-in `demo` camera."""
+    return NvrConfig(
+        storage=StorageConfig(root=root.resolve()),
+        cameras=[CameraConfig(name="demo", url=BUILTIN_TEST_PATTERN, segment_seconds=60)],
+    )
