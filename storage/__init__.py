@@ -1,0 +1,53 @@
+"""Storage: segment files and their index, behind one door (`SegmentStore`).
+
+See `storage.store` for the create and delete orders and the threads that call in.
+"""
+
+from storage.audit import AuditEntry
+from storage.errors import (
+    ForeignIndexError,
+    LockError,
+    RetentionViolation,
+    StorageError,
+    StorageFullError,
+    StorageIOError,
+)
+from storage.guard import Lock, protection
+from storage.store import (
+    CameraStats,
+    ConsistencyReport,
+    Outage,
+    Segment,
+    SegmentInfo,
+    SegmentStore,
+    StreamEvent,
+    chain_value,
+    now_ms,
+    probe_segment,
+)
+from storage.verify import VerifyReport
+from storage.writer import SegmentWriter
+
+__all__ = [
+    "AuditEntry",
+    "CameraStats",
+    "ConsistencyReport",
+    "ForeignIndexError",
+    "Lock",
+    "LockError",
+    "Outage",
+    "RetentionViolation",
+    "Segment",
+    "SegmentInfo",
+    "SegmentStore",
+    "SegmentWriter",
+    "StorageError",
+    "StorageFullError",
+    "StorageIOError",
+    "StreamEvent",
+    "VerifyReport",
+    "chain_value",
+    "now_ms",
+    "probe_segment",
+    "protection",
+]

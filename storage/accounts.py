@@ -1,0 +1,343 @@
+"""`AccountStore`: users of the HTTP API, their roles and cameras, and their bearer tokens (R7).
+
+Reached as `SegmentStore.accounts`, so the index keeps one door. Passwords are stored only as
+argon2id hashes; tokens only as the sha256 of the token (they are 256-bit random, so a fast
+hash is enough and lets a request be authenticated by one indexed lookup). Neither a password
+nor a token ever reaches a log line, an exception message or the audit log.
+
+Every change of a user (added, role, cameras, password, disabled) is written to the audit log
+by the method that makes it, with the acting user or `cli:<os user>` as actor.
+
+Threads: methods are blocking and thread-safe (writes go through the store's serialised write
+transaction). Hashing a password takes tens of milliseconds of CPU: call `check_password`,
+`add_user` and `set_password` through `asyncio.to_thread` from the event loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import Engine, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from storage.audit import AuditEntry
+from storage.errors import StorageError
+from storage.schema import TokenRow, UserCameraRow, UserRow
+
+Role = Literal["viewer", "operator", "auditor", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
+ALL_CAMERAS = "*"
+USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+
+Writing = Callable[[], AbstractContextManager[Session]]
+Auditor = Callable[..., AuditEntry]
+
+
+class AccountError(StorageError):
+    """A user change that cannot be made (unknown user, bad name, weak password, ...)."""
+
+
+@dataclass(frozen=True)
+class User:
+    """A user as the API sees it: no password hash."""
+
+    id: int
+    name: str
+    role: Role
+    cameras: frozenset[str]
+    """Camera names this user may see; `*` means all. Admins see every camera anyway."""
+    disabled: bool
+    created_ms: int
+
+    def may_view(self, camera: str) -> bool:
+        return self.role == "admin" or ALL_CAMERAS in self.cameras or camera in self.cameras
+
+    @property
+    def all_cameras(self) -> bool:
+        return self.role == "admin" or ALL_CAMERAS in self.cameras
+
+
+@dataclass(frozen=True)
+class TokenSession:
+    """A valid bearer token's user and token id (for logout)."""
+
+    user: User
+    token_id: int
+    expires_ms: int
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def check_name(name: str) -> str:
+    if not USER_NAME.match(name):
+        raise AccountError(
+            "user names are 1-64 characters of letters, digits and . _ @ -, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_role(role: str) -> Role:
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}, found {role!r}")
+    return role
+
+
+def check_password_strength(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"passwords need at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise AccountError(f"passwords are at most {MAX_PASSWORD} characters")
+
+
+def check_cameras(cameras: Iterable[str]) -> frozenset[str]:
+    out = frozenset(cameras)
+    for cam in out:
+        if cam != ALL_CAMERAS and not re.match(r"^[a-z0-9_-]{1,64}$", cam):
+            raise AccountError(
+                f"camera names match [a-z0-9_-]{{1,64}} (or * for all), found {cam!r}"
+            )
+    return out
+
+
+class AccountStore:
+    """Users, per-camera permissions and bearer tokens in the index."""
+
+    def __init__(
+        self, engine: Engine, writing: Writing, audit: Auditor, clock: Callable[[], int]
+    ) -> None:
+        self._engine = engine
+        self._writing = writing
+        self._audit = audit
+        self._clock = clock
+        self._hasher = PasswordHasher()
+        self._dummy_hash: str | None = None
+
+    def _dummy(self) -> str:
+        """A hash to verify against when the user is unknown, so timing does not tell."""
+        if self._dummy_hash is None:
+            self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def _to_user(self, s: Session, row: UserRow) -> User:
+        cams = s.scalars(select(UserCameraRow.camera).where(UserCameraRow.user_id == row.id))
+        return User(
+            id=row.id,
+            name=row.name,
+            role=check_role(row.role),
+            cameras=frozenset(cams),
+            disabled=row.disabled,
+            created_ms=row.created_ms,
+        )
+
+    def users(self) -> list[User]:
+        with Session(self._engine) as s:
+            return [self._to_user(s, r) for r in s.scalars(select(UserRow).order_by(UserRow.name))]
+
+    def user(self, name: str) -> User | None:
+        with Session(self._engine) as s:
+            row = s.scalars(select(UserRow).where(UserRow.name == name)).first()
+            return None if row is None else self._to_user(s, row)
+
+    def user_by_id(self, user_id: int) -> User | None:
+        with Session(self._engine) as s:
+            row = s.get(UserRow, user_id)
+            return None if row is None else self._to_user(s, row)
+
+    def _require(self, name: str) -> User:
+        user = self.user(name)
+        if user is None:
+            raise AccountError(f"no user called {name!r}")
+        return user
+
+    # --- changes (each audited) ------------------------------------------------------------------
+
+    def add_user(
+        self,
+        name: str,
+        role: str,
+        password: str,
+        *,
+        cameras: Iterable[str] = (),
+        actor: str,
+    ) -> User:
+        """Create a user. Raises AccountError if the name is taken or a value is invalid."""
+        check_name(name)
+        checked_role = check_role(role)
+        check_password_strength(password)
+        cams = check_cameras(cameras)
+        digest = self._hasher.hash(password)
+        now = self._clock()
+        try:
+            with self._writing() as s:
+                row = UserRow(
+                    name=name,
+                    role=checked_role,
+                    password_hash=digest,
+                    disabled=False,
+                    created_ms=now,
+                    updated_ms=now,
+                )
+                s.add(row)
+                s.flush()
+                for cam in sorted(cams):
+                    s.add(UserCameraRow(user_id=row.id, camera=cam))
+        except IntegrityError as err:
+            raise AccountError(f"a user called {name!r} already exists") from err
+        self._audit(
+            actor,
+            "user-add",
+            f"user:{name}",
+            "ok",
+            {"role": checked_role, "cameras": sorted(cams)},
+        )
+        return self._require(name)
+
+    def set_role(self, name: str, role: str, *, actor: str) -> User:
+        checked = check_role(role)
+        before = self._require(name)
+        self._update(name, role=checked)
+        self._audit(actor, "user-role", f"user:{name}", "ok", {"from": before.role, "to": checked})
+        return self._require(name)
+
+    def set_cameras(self, name: str, cameras: Iterable[str], *, actor: str) -> User:
+        cams = check_cameras(cameras)
+        before = self._require(name)
+        with self._writing() as s:
+            s.execute(delete(UserCameraRow).where(UserCameraRow.user_id == before.id))
+            for cam in sorted(cams):
+                s.add(UserCameraRow(user_id=before.id, camera=cam))
+            s.execute(
+                update(UserRow).where(UserRow.id == before.id).values(updated_ms=self._clock())
+            )
+        self._audit(
+            actor,
+            "user-cameras",
+            f"user:{name}",
+            "ok",
+            {"from": sorted(before.cameras), "to": sorted(cams)},
+        )
+        return self._require(name)
+
+    def set_disabled(self, name: str, disabled: bool, *, actor: str) -> User:
+        """Disable (or enable again) a user; disabling also revokes every token of the user."""
+        user = self._require(name)
+        self._update(name, disabled=disabled)
+        if disabled:
+            self._revoke_all(user.id)
+        self._audit(actor, "user-disable" if disabled else "user-enable", f"user:{name}", "ok")
+        return self._require(name)
+
+    def set_password(self, name: str, password: str, *, actor: str) -> User:
+        """Set a new password; every token of the user is revoked."""
+        check_password_strength(password)
+        user = self._require(name)
+        self._update(name, password_hash=self._hasher.hash(password))
+        self._revoke_all(user.id)
+        self._audit(actor, "user-password", f"user:{name}", "ok")
+        return self._require(name)
+
+    def _update(self, name: str, **values: Any) -> None:
+        with self._writing() as s:
+            s.execute(
+                update(UserRow)
+                .where(UserRow.name == name)
+                .values(updated_ms=self._clock(), **values)
+            )
+
+    # --- authentication ---------------------------------------------------------------------------
+
+    def check_password(self, name: str, password: str) -> User | None:
+        """The user if `password` is theirs and they are enabled; else None (same timing)."""
+        with Session(self._engine) as s:
+            row = s.scalars(select(UserRow).where(UserRow.name == name)).first()
+            stored = row.password_hash if row is not None else self._dummy()
+            user = self._to_user(s, row) if row is not None else None
+        try:
+            self._hasher.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return None
+        if user is None or user.disabled:
+            return None
+        if self._hasher.check_needs_rehash(stored):
+            self._update(name, password_hash=self._hasher.hash(password))
+        return user
+
+    def issue_token(self, user: User, ttl_ms: int) -> tuple[str, int]:
+        """A new bearer token for `user` and its expiry (UTC ms). Only its hash is stored."""
+        token = secrets.token_urlsafe(32)
+        now = self._clock()
+        expires = now + ttl_ms
+        with self._writing() as s:
+            s.add(
+                TokenRow(
+                    user_id=user.id,
+                    token_hash=token_digest(token),
+                    created_ms=now,
+                    expires_ms=expires,
+                    revoked_ms=None,
+                )
+            )
+        return token, expires
+
+    def session(self, token: str) -> TokenSession | None:
+        """The session a bearer token belongs to, if the token is valid and the user enabled."""
+        now = self._clock()
+        with Session(self._engine) as s:
+            found = s.execute(
+                select(TokenRow, UserRow)
+                .join(UserRow, UserRow.id == TokenRow.user_id)
+                .where(
+                    TokenRow.token_hash == token_digest(token),
+                    TokenRow.revoked_ms.is_(None),
+                    TokenRow.expires_ms > now,
+                    UserRow.disabled.is_(False),
+                )
+            ).first()
+            if found is None:
+                return None
+            tok, row = found
+            return TokenSession(self._to_user(s, row), tok.id, tok.expires_ms)
+
+    def revoke(self, token_id: int) -> None:
+        with self._writing() as s:
+            s.execute(
+                update(TokenRow)
+                .where(TokenRow.id == token_id, TokenRow.revoked_ms.is_(None))
+                .values(revoked_ms=self._clock())
+            )
+
+    def _revoke_all(self, user_id: int) -> None:
+        with self._writing() as s:
+            s.execute(
+                update(TokenRow)
+                .where(TokenRow.user_id == user_id, TokenRow.revoked_ms.is_(None))
+                .values(revoked_ms=self._clock())
+            )
+
+    def drop_expired_tokens(self) -> int:
+        """Forget tokens that expired (or were revoked) more than a day ago."""
+        cutoff = self._clock() - 86_400_000
+        with self._writing() as s:
+            result = s.execute(
+                delete(TokenRow).where(
+                    (TokenRow.expires_ms < cutoff)
+                    | (TokenRow.revoked_ms.is_not(None) & (TokenRow.revoked_ms < cutoff))
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,306 @@
+"""`ExportRegister`: the evidence export register (R5) and its two-person rule (R6).
+
+Reached as `SegmentStore.exports`. A request is registered as `pending`; only a second,
+different user may approve it (`approve` refuses the requester, and the refusal is audited);
+the package is then built outside the index (see `api.exports`) and recorded here as `ready`
+with the files handed over and their hashes, or as `failed`. Rows are never deleted: the
+register is the record of who took which footage where, for what, on whose authority.
+
+Every transition writes an audit entry. Threads: blocking, thread-safe methods; the event loop
+calls them through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from storage.audit import AuditEntry
+from storage.errors import StorageError
+from storage.schema import ExportRow
+
+Writing = Callable[[], AbstractContextManager[Session]]
+Auditor = Callable[..., AuditEntry]
+
+PENDING = "pending"
+BUILDING = "building"
+READY = "ready"
+FAILED = "failed"
+REJECTED = "rejected"
+
+
+class ExportError(StorageError):
+    """An export that does not exist."""
+
+
+class ExportRefused(ExportError):
+    """A transition the rules forbid (self-approval, approving twice, ...). `reason` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ExportFile:
+    name: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Export:
+    """One row of the export register."""
+
+    id: int
+    camera: str
+    start_ms: int
+    end_ms: int
+    purpose: str
+    recipient: str
+    approval_document: str
+    requester: str
+    requester_work_id: str
+    requested_ms: int
+    state: str
+    approver: str | None
+    approver_work_id: str | None
+    approved_ms: int | None
+    built_ms: int | None
+    package: str | None
+    manifest_sha256: str | None
+    files: tuple[ExportFile, ...]
+    error: str
+
+
+def _export(row: ExportRow) -> Export:
+    files = tuple(
+        ExportFile(f["name"], int(f["bytes"]), f["sha256"]) for f in json.loads(row.files)
+    )
+    return Export(
+        id=row.id,
+        camera=row.camera,
+        start_ms=row.start_ms,
+        end_ms=row.end_ms,
+        purpose=row.purpose,
+        recipient=row.recipient,
+        approval_document=row.approval_document,
+        requester=row.requester,
+        requester_work_id=row.requester_work_id,
+        requested_ms=row.requested_ms,
+        state=row.state,
+        approver=row.approver,
+        approver_work_id=row.approver_work_id,
+        approved_ms=row.approved_ms,
+        built_ms=row.built_ms,
+        package=row.package,
+        manifest_sha256=row.manifest_sha256,
+        files=files,
+        error=row.error,
+    )
+
+
+class ExportRegister:
+    """Export requests, approvals and packages, in the index."""
+
+    def __init__(
+        self, engine: Engine, writing: Writing, audit: Auditor, clock: Callable[[], int]
+    ) -> None:
+        self._engine = engine
+        self._writing = writing
+        self._audit = audit
+        self._clock = clock
+
+    def get(self, export_id: int) -> Export:
+        with Session(self._engine) as s:
+            row = s.get(ExportRow, export_id)
+            if row is None:
+                raise ExportError(f"no export {export_id}")
+            return _export(row)
+
+    def entries(
+        self,
+        *,
+        camera: str | None = None,
+        state: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[Export]:
+        """Register rows, newest first."""
+        with Session(self._engine) as s:
+            q = select(ExportRow)
+            if camera is not None:
+                q = q.where(ExportRow.camera == camera)
+            if state is not None:
+                q = q.where(ExportRow.state == state)
+            rows = s.scalars(q.order_by(ExportRow.id.desc()).limit(limit).offset(offset))
+            return [_export(r) for r in rows]
+
+    def request(
+        self,
+        *,
+        camera: str,
+        start_ms: int,
+        end_ms: int,
+        purpose: str,
+        recipient: str,
+        approval_document: str,
+        requester: str,
+        requester_work_id: str,
+    ) -> Export:
+        """Register a pending request (audited `export-request`)."""
+        with self._writing() as s:
+            row = ExportRow(
+                camera=camera,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                purpose=purpose,
+                recipient=recipient,
+                approval_document=approval_document,
+                requester=requester,
+                requester_work_id=requester_work_id,
+                requested_ms=self._clock(),
+                state=PENDING,
+                files="[]",
+                error="",
+            )
+            s.add(row)
+            s.flush()
+            export = _export(row)
+        self._audit(
+            requester,
+            "export-request",
+            f"export:{export.id}",
+            "ok",
+            {
+                "camera": camera,
+                "start_ms": start_ms,
+                "end_ms": end_ms,
+                "purpose": purpose,
+                "recipient": recipient,
+                "approval_document": approval_document,
+                "work_id": requester_work_id,
+            },
+        )
+        return export
+
+    def _refuse(self, actor: str, action: str, export_id: int, reason: str) -> ExportRefused:
+        self._audit(actor, action, f"export:{export_id}", "refused", {"reason": reason})
+        return ExportRefused(reason)
+
+    def approve(self, export_id: int, *, approver: str, approver_work_id: str) -> Export:
+        """The second person's approval: refused (and audited) for the requester themself or
+        when the request is no longer pending. On success the state becomes `building`."""
+        current = self.get(export_id)
+        if approver == current.requester:
+            raise self._refuse(
+                approver,
+                "export-approve",
+                export_id,
+                "the requester cannot approve their own request; a second person must",
+            )
+        if current.state != PENDING:
+            raise self._refuse(
+                approver, "export-approve", export_id, f"the request is {current.state}"
+            )
+        with self._writing() as s:
+            done = s.execute(
+                update(ExportRow)
+                .where(ExportRow.id == export_id, ExportRow.state == PENDING)
+                .values(
+                    state=BUILDING,
+                    approver=approver,
+                    approver_work_id=approver_work_id,
+                    approved_ms=self._clock(),
+                )
+            )
+            changed = int(getattr(done, "rowcount", 0) or 0)
+        if changed != 1:
+            raise self._refuse(
+                approver, "export-approve", export_id, "the request is no longer pending"
+            )
+        self._audit(
+            approver,
+            "export-approve",
+            f"export:{export_id}",
+            "ok",
+            {"work_id": approver_work_id, "requester": current.requester},
+        )
+        return self.get(export_id)
+
+    def reject(
+        self, export_id: int, *, approver: str, approver_work_id: str, reason: str
+    ) -> Export:
+        """A second person declines the request (audited `export-reject`)."""
+        current = self.get(export_id)
+        if current.state != PENDING:
+            raise self._refuse(
+                approver, "export-reject", export_id, f"the request is {current.state}"
+            )
+        with self._writing() as s:
+            s.execute(
+                update(ExportRow)
+                .where(ExportRow.id == export_id, ExportRow.state == PENDING)
+                .values(
+                    state=REJECTED,
+                    approver=approver,
+                    approver_work_id=approver_work_id,
+                    approved_ms=self._clock(),
+                    error=reason,
+                )
+            )
+        self._audit(
+            approver,
+            "export-reject",
+            f"export:{export_id}",
+            "ok",
+            {"work_id": approver_work_id, "reason": reason},
+        )
+        return self.get(export_id)
+
+    def mark_ready(
+        self, export_id: int, *, package: str, manifest_sha256: str, files: list[ExportFile]
+    ) -> Export:
+        doc: list[dict[str, Any]] = [
+            {"name": f.name, "bytes": f.bytes, "sha256": f.sha256} for f in files
+        ]
+        with self._writing() as s:
+            s.execute(
+                update(ExportRow)
+                .where(ExportRow.id == export_id)
+                .values(
+                    state=READY,
+                    built_ms=self._clock(),
+                    package=package,
+                    manifest_sha256=manifest_sha256,
+                    files=json.dumps(doc, separators=(",", ":")),
+                )
+            )
+        self._audit(
+            "system",
+            "export-built",
+            f"export:{export_id}",
+            "ok",
+            {"manifest_sha256": manifest_sha256, "files": doc},
+        )
+        return self.get(export_id)
+
+    def mark_failed(self, export_id: int, error: str) -> Export:
+        with self._writing() as s:
+            s.execute(
+                update(ExportRow)
+                .where(ExportRow.id == export_id)
+                .values(state=FAILED, built_ms=self._clock(), error=error)
+            )
+        self._audit("system", "export-built", f"export:{export_id}", "failed", {"error": error})
+        return self.get(export_id)
+
+    def interrupted(self) -> list[Export]:
+        """Approved exports whose package was being built when the process stopped."""
+        return self.entries(state=BUILDING)

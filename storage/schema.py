@@ -1,0 +1,254 @@
+"""The index schema (SQLAlchemy 2 ORM). Owned by `storage`; changed only through Alembic
+migrations in `storage/migrations`. Pure declarations, no I/O."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Meta(Base):
+    """Key/value facts about the store, e.g. `store_id` (must match `<root>/.nvr-store`)."""
+
+    __tablename__ = "meta"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class SegmentRow(Base):
+    """One recorded, durable MP4 segment. Times are UTC milliseconds since the epoch."""
+
+    __tablename__ = "segments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(64))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    duration_ms: Mapped[int] = mapped_column(BigInteger)
+    """Media duration from the stream's own timestamps."""
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(String(512), unique=True)
+    """Relative to the storage root."""
+    video_codec: Mapped[str] = mapped_column(String(32))
+    audio_codec: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    frames: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    prev_chain: Mapped[str] = mapped_column(String(64))
+    """The chain value of this camera's previous segment (zeros for the first)."""
+    chain: Mapped[str] = mapped_column(String(64))
+    """sha256(prev_chain || sha256 || camera || start_ms || end_ms), per camera."""
+    recovered: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Salvaged at start-up from a file that was in flight when the process died."""
+    discontinuity: Mapped[bool] = mapped_column(Boolean, default=False)
+    """The stream's timestamps jumped right before this segment."""
+    garbage: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Marked for deletion: the file may already be gone; start-up finishes the delete."""
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_segments_camera_start", "camera", "start_ms"),
+        Index("ix_segments_camera_end", "camera", "end_ms"),
+        Index("ix_segments_end", "end_ms"),
+    )
+
+
+class OutageRow(Base):
+    """One interruption of a camera's recording: the outage ledger (R1)."""
+
+    __tablename__ = "outages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(64))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """None while the outage is still open."""
+    cause: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (Index("ix_outages_camera_start", "camera", "start_ms"),)
+
+
+class EventRow(Base):
+    """Point events about a camera's stream (timestamp discontinuities, salvages, ...)."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(64))
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    __table_args__ = (Index("ix_events_camera_at", "camera", "at_ms"),)
+
+
+class AuditRow(Base):
+    """One entry of the append-only, hash-chained audit log (R5).
+
+    hash = sha256(prev_hash | id | at_ms | actor | action | target | outcome | detail).
+    SQLite triggers refuse UPDATE and DELETE; `verify_audit` detects edits made around them.
+    """
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(Text)
+    outcome: Mapped[str] = mapped_column(String(16))
+    """ok | refused | failed"""
+    detail: Mapped[str] = mapped_column(Text)
+    """Canonical JSON (sorted keys, no spaces)."""
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (
+        Index("ix_audit_at", "at_ms"),
+        Index("ix_audit_actor", "actor"),
+        Index("ix_audit_action", "action"),
+    )
+
+
+class LockRow(Base):
+    """Important footage locked as evidence (R3): a camera's time range kept past the window.
+
+    `expires_ms` None means a legal hold: kept until an admin releases it explicitly.
+    """
+
+    __tablename__ = "locks"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(64))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    created_by: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    case_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    expires_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    released_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    released_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    __table_args__ = (Index("ix_locks_camera", "camera", "start_ms"),)
+
+
+class ChainGapRow(Base):
+    """Segments removed from a camera's hash chain by a legitimate purge or delete.
+
+    Verification walks each camera's remaining rows; where a row's `prev_chain` is not the
+    previous row's chain, a gap starting at that chain and ending at the row's `prev_chain`
+    must exist here, and must be confirmed by the audit log (action `purge` or `delete`).
+    """
+
+    __tablename__ = "chain_gaps"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(64))
+    after_chain: Mapped[str] = mapped_column(String(64))
+    last_chain: Mapped[str] = mapped_column(String(64))
+    removed: Mapped[int] = mapped_column(Integer)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        Index("ix_chain_gaps_after", "camera", "after_chain"),
+        Index("ix_chain_gaps_last", "camera", "last_chain"),
+    )
+
+
+class CapacityRow(Base):
+    """A change of the storage capacity state (ok / warning / critical), kept for health."""
+
+    __tablename__ = "capacity_states"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    forecast_days: Mapped[float] = mapped_column(Float)
+    free_bytes: Mapped[int] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(Text)
+
+
+class UserRow(Base):
+    """An account of the HTTP API (R7). `password_hash` is an argon2id hash, never the secret."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    """viewer | operator | auditor | admin"""
+    password_hash: Mapped[str] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class UserCameraRow(Base):
+    """A camera a user may see; camera `*` means every camera."""
+
+    __tablename__ = "user_cameras"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    camera: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class TokenRow(Base):
+    """A bearer token of a logged-in user, stored as the sha256 of the token (never the token)."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_ms: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)
+    revoked_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    __table_args__ = (Index("ix_tokens_expires", "expires_ms"),)
+
+
+class ExportRow(Base):
+    """The export register (R5, R6): one evidence export request, its approval and package."""
+
+    __tablename__ = "exports"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(64))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+    purpose: Mapped[str] = mapped_column(Text)
+    recipient: Mapped[str] = mapped_column(Text)
+    approval_document: Mapped[str] = mapped_column(Text)
+    requester: Mapped[str] = mapped_column(String(64))
+    requester_work_id: Mapped[str] = mapped_column(String(64))
+    requested_ms: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))
+    """pending | building | ready | failed"""
+    approver: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    approver_work_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    approved_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    built_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    package: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    """Folder of the package, relative to the storage root."""
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    files: Mapped[str] = mapped_column(Text, default="[]")
+    """JSON list of {name, bytes, sha256} handed over."""
+    error: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (Index("ix_exports_camera", "camera", "requested_ms"),)
+
+
+class SegmentSamplesRow(Base):
+    """A segment's sample index for playback (sizes, durations, keyframes, where each run of
+    samples sits in the file), zlib-compressed; made by `api.mp4` from the file, kept so a
+    one-hour MP4 can be laid out without reading thousands of `moof` boxes from disk. Goes
+    with its segment row (ON DELETE CASCADE)."""
+
+    __tablename__ = "segment_samples"
+    segment_id: Mapped[int] = mapped_column(
+        ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    sha256: Mapped[str] = mapped_column(String(64))
+    """The segment file's hash when the index was made (a reused id cannot match)."""
+    data: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,1271 @@
+"""`SegmentStore`: the only door to recorded segment files and their index.
+
+Owns the files under `<root>/<camera>/YYYY/MM/DD/HH/` and the index tables (segments, outage
+ledger, stream events). The invariants span both, so both live here.
+
+Create order (each segment): write `<name>.mp4.part` while hashing -> fsync file -> rename to
+`<name>.mp4` -> fsync directory -> insert the row (with the per-camera hash chain value).
+A crash before the row leaves either a `.part` file (salvaged at start-up up to its last
+complete fragment and indexed as recovered) or a complete file without a row (reported, never
+deleted).
+
+Delete order (used by retention): mark the row as garbage -> unlink -> fsync directory -> drop
+the row; start-up finishes half-done deletes. Nothing here deletes a file that has no row.
+
+Identity: `<root>/.nvr-store` holds the store id, and so does the index's `meta` table. An index
+that is empty or belongs to another store, beside existing recordings, is refused at open
+(`ForeignIndexError`): a wrong or lost index must never lead to deleting footage.
+
+Threads: methods are blocking and thread-safe. Recorder threads call `new_writer`/`commit`;
+the event loop calls queries through `asyncio.to_thread`. Index writes are serialised by one
+lock, so a single process is the only writer of its SQLite file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import av
+from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from storage import audit as audit_log
+from storage.accounts import AccountStore
+from storage.audit import AuditEntry
+from storage.errors import (
+    ForeignIndexError,
+    LockError,
+    RetentionViolation,
+    StorageError,
+    StorageFullError,
+    StorageIOError,
+)
+from storage.exports import ExportRegister
+from storage.fmp4 import scan_fragments
+from storage.guard import LOCK_YEARS, Lock, add_years, protection
+from storage.index import make_engine, migrate
+from storage.schema import (
+    AuditRow,
+    CapacityRow,
+    ChainGapRow,
+    EventRow,
+    LockRow,
+    Meta,
+    OutageRow,
+    SegmentRow,
+    SegmentSamplesRow,
+)
+from storage.verify import VerifyReport, verify_store
+from storage.writer import SegmentWriter, WrittenFile, fsync_dir
+
+log = logging.getLogger("nvr.storage")
+
+GENESIS_CHAIN = "0" * 64
+MIN_WINDOW_DAYS = 30
+MARKER = ".nvr-store"
+AUDIT_HEAD = ".audit-head"
+NAME_FORMAT = "%Y%m%dT%H%M%S"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def chain_value(prev: str, sha256: str, camera: str, start_ms: int, end_ms: int) -> str:
+    """The per-camera hash chain: sha256(prev || sha256 || camera || start || end)."""
+    text = f"{prev}|{sha256}|{camera}|{start_ms}|{end_ms}"
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def segment_name(start_ms: int) -> str:
+    """`20261122T081500.123Z.mp4` for a UTC start time in ms."""
+    dt = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
+    return f"{dt.strftime(NAME_FORMAT)}.{start_ms % 1000:03d}Z.mp4"
+
+
+def parse_segment_name(name: str) -> int:
+    """Inverse of `segment_name` (the `.part` suffix is ignored); ValueError if foreign."""
+    stem = name.removesuffix(".part").removesuffix(".mp4")
+    if not stem.endswith("Z") or "." not in stem:
+        raise ValueError(f"not a segment name: {name}")
+    whole, millis = stem[:-1].rsplit(".", 1)
+    dt = datetime.strptime(whole, NAME_FORMAT).replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1000 + int(millis)
+
+
+@dataclass(frozen=True)
+class SegmentInfo:
+    """What a recorder knows about a segment it has just finished writing."""
+
+    camera: str
+    start_ms: int
+    end_ms: int
+    duration_ms: int
+    frames: int
+    video_codec: str
+    audio_codec: str | None
+    width: int
+    height: int
+    discontinuity: bool = False
+
+
+@dataclass(frozen=True)
+class Segment:
+    """An indexed segment."""
+
+    id: int
+    camera: str
+    start_ms: int
+    end_ms: int
+    duration_ms: int
+    bytes: int
+    path: Path
+    video_codec: str
+    audio_codec: str | None
+    width: int
+    height: int
+    frames: int
+    sha256: str
+    chain: str
+    recovered: bool
+    discontinuity: bool
+
+    @staticmethod
+    def from_row(row: SegmentRow, root: Path) -> Segment:
+        return Segment(
+            id=row.id,
+            camera=row.camera,
+            start_ms=row.start_ms,
+            end_ms=row.end_ms,
+            duration_ms=row.duration_ms,
+            bytes=row.bytes,
+            path=root / row.path,
+            video_codec=row.video_codec,
+            audio_codec=row.audio_codec,
+            width=row.width,
+            height=row.height,
+            frames=row.frames,
+            sha256=row.sha256,
+            chain=row.chain,
+            recovered=row.recovered,
+            discontinuity=row.discontinuity,
+        )
+
+
+@dataclass(frozen=True)
+class Outage:
+    """One row of the outage ledger."""
+
+    id: int
+    camera: str
+    start_ms: int
+    end_ms: int | None
+    cause: str
+    detail: str
+
+    @property
+    def duration_ms(self) -> int | None:
+        return None if self.end_ms is None else self.end_ms - self.start_ms
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    id: int
+    camera: str
+    at_ms: int
+    kind: str
+    detail: str
+    value: float | None
+
+
+@dataclass(frozen=True)
+class ConsistencyReport:
+    """Differences between the files on disk and the index. Reported, never acted on."""
+
+    files_without_rows: list[Path]
+    rows_without_files: list[Path]
+    unsalvageable_parts: list[Path]
+
+
+@dataclass(frozen=True)
+class CameraStats:
+    segments: int
+    bytes: int
+    media_ms: int
+
+
+def _outage(row: OutageRow) -> Outage:
+    return Outage(row.id, row.camera, row.start_ms, row.end_ms, row.cause, row.detail)
+
+
+def _lock(row: LockRow) -> Lock:
+    return Lock(
+        id=row.id,
+        camera=row.camera,
+        start_ms=row.start_ms,
+        end_ms=row.end_ms,
+        created_ms=row.created_ms,
+        created_by=row.created_by,
+        reason=row.reason,
+        case_id=row.case_id,
+        expires_ms=row.expires_ms,
+        released_ms=row.released_ms,
+        released_by=row.released_by,
+        release_reason=row.release_reason,
+    )
+
+
+@dataclass(frozen=True)
+class CapacityState:
+    at_ms: int
+    state: str
+    forecast_days: float
+    free_bytes: int
+    detail: str
+
+
+class SegmentStore:
+    """The only door to recordings and their index. See the module docstring for the orders."""
+
+    def __init__(
+        self,
+        root: Path,
+        database_url: str,
+        *,
+        exclusive: bool = True,
+        retention_days: Callable[[str], int] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        """Open (creating if new) the store. `exclusive` takes the writer lock on the root:
+        the daemon does; other tools (status, verify, lock) do not. `retention_days` gives
+        each camera's window (never below the 30-day floor); `clock` is UTC ms."""
+        self.root = root.resolve()
+        self._window = retention_days or (lambda _camera: MIN_WINDOW_DAYS)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._lock_fd = -1
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StorageIOError(f"cannot create storage root {self.root}: {err.strerror}") from err
+        if exclusive:
+            self._take_root_lock()
+        self._engine = make_engine(database_url)
+        # Two processes (the daemon and a CLI) may open a new index at once: migrate under an
+        # exclusive lock so their schema changes never interleave.
+        with _file_lock(self.root / ".nvr-migrate.lock"):
+            migrate(self._engine)
+        self.store_id = self._check_identity(create=exclusive)
+        self._chain_heads: dict[str, str] = {}
+        with Session(self._engine) as s:
+            last_ids = (
+                select(SegmentRow.camera, func.max(SegmentRow.id).label("id"))
+                .group_by(SegmentRow.camera)
+                .subquery()
+            )
+            for camera, chain in s.execute(
+                select(SegmentRow.camera, SegmentRow.chain).join(
+                    last_ids, SegmentRow.id == last_ids.c.id
+                )
+            ):
+                self._chain_heads[camera] = chain
+        self.accounts = AccountStore(self._engine, self._writing, self.audit, self._clock)
+        """Users, roles, camera permissions and bearer tokens of the HTTP API."""
+        self.exports = ExportRegister(self._engine, self._writing, self.audit, self._clock)
+        """The evidence export register (two-person rule)."""
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Session]:
+        """One index write transaction, serialised, with database errors made typed."""
+        try:
+            with self._lock, Session(self._engine) as s, s.begin():
+                yield s
+        except OperationalError as err:
+            text = str(err.orig) if err.orig is not None else str(err)
+            if "full" in text or "space" in text:
+                raise StorageFullError(f"index write failed: {text}") from err
+            raise StorageIOError(f"index write failed: {text}") from err
+
+    # --- identity and locking -------------------------------------------------------------
+
+    def _take_root_lock(self) -> None:
+        path = self.root / ".nvr-lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            os.close(fd)
+            raise StorageError(
+                f"{self.root} is in use by another recorder process (lock {path} is held)"
+            ) from err
+        self._lock_fd = fd
+
+    def _check_identity(self, *, create: bool) -> str:
+        marker = self.root / MARKER
+        disk_id = marker.read_text(encoding="utf-8").strip() if marker.exists() else None
+        with Session(self._engine) as s:
+            row = s.get(Meta, "store_id")
+            index_id = row.value if row is not None else None
+            indexed = s.scalar(select(func.count()).select_from(SegmentRow)) or 0
+        if disk_id is not None and index_id is not None and disk_id != index_id:
+            raise ForeignIndexError(
+                f"the index belongs to store {index_id} but {self.root} holds store {disk_id}; "
+                "refusing to open a foreign index beside these recordings"
+            )
+        if disk_id is not None and index_id is None:
+            raise ForeignIndexError(
+                f"the index is new or empty but {self.root} already holds recordings of store "
+                f"{disk_id}; restore that store's index (or point database_url at it) instead "
+                "of starting a new history beside existing footage"
+            )
+        if disk_id is None and index_id is not None and indexed > 0:
+            raise ForeignIndexError(
+                f"the index holds {indexed} segments of store {index_id} but {self.root} has no "
+                f"{MARKER} marker; is storage.root the right folder?"
+            )
+        store_id = index_id or disk_id or str(uuid.uuid4())
+        if create:
+            if index_id is None:
+                with self._writing() as s:
+                    s.add(Meta(key="store_id", value=store_id))
+            if disk_id is None:
+                tmp = marker.with_name(MARKER + ".tmp")
+                tmp.write_text(store_id + "\n", encoding="utf-8")
+                with tmp.open("rb") as f:
+                    os.fsync(f.fileno())
+                os.rename(tmp, marker)
+                fsync_dir(self.root)
+        return store_id
+
+    def close(self) -> None:
+        self._engine.dispose()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # --- writing segments -------------------------------------------------------------------
+
+    def segment_path(self, camera: str, start_ms: int) -> Path:
+        """`<root>/<camera>/YYYY/MM/DD/HH/<start>.mp4`, from the camera and its UTC start."""
+        dt = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
+        return (
+            self.root
+            / camera
+            / f"{dt:%Y}"
+            / f"{dt:%m}"
+            / f"{dt:%d}"
+            / f"{dt:%H}"
+            / segment_name(start_ms)
+        )
+
+    def new_writer(
+        self,
+        camera: str,
+        start_ms: int,
+        video: av.video.stream.VideoStream,
+        audio: av.audio.stream.AudioStream | None,
+    ) -> SegmentWriter:
+        """Begin a segment file `<provisional start>.mp4.part`; the final name is given at
+        `commit`, when the start time is known."""
+        path = self.segment_path(camera, start_ms)
+        while path.exists() or path.with_name(path.name + ".part").exists():
+            start_ms += 1
+            path = self.segment_path(camera, start_ms)
+        return SegmentWriter(path.with_name(path.name + ".part"), video, audio)
+
+    def _free_path(self, camera: str, start_ms: int) -> Path:
+        path = self.segment_path(camera, start_ms)
+        while path.exists():
+            start_ms += 1  # two segments never share a name; 1 ms is below any frame interval
+            path = self.segment_path(camera, start_ms)
+        return path
+
+    def commit(self, writer: SegmentWriter, info: SegmentInfo) -> Segment:
+        """Make the writer's file durable under its final name (from `info.start_ms`), then
+        index it. On failure the `.part` file stays for salvage."""
+        final = self._free_path(info.camera, info.start_ms)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        written = writer.finish(final)
+        return self._insert(written, info, recovered=False)
+
+    def _insert(self, written: WrittenFile, info: SegmentInfo, *, recovered: bool) -> Segment:
+        rel = str(written.path.relative_to(self.root))
+        with self._writing() as s:
+            prev = self._chain_heads.get(info.camera, GENESIS_CHAIN)
+            chain = chain_value(prev, written.sha256, info.camera, info.start_ms, info.end_ms)
+            row = SegmentRow(
+                camera=info.camera,
+                start_ms=info.start_ms,
+                end_ms=info.end_ms,
+                duration_ms=info.duration_ms,
+                bytes=written.bytes,
+                path=rel,
+                video_codec=info.video_codec,
+                audio_codec=info.audio_codec,
+                width=info.width,
+                height=info.height,
+                frames=info.frames,
+                sha256=written.sha256,
+                prev_chain=prev,
+                chain=chain,
+                recovered=recovered,
+                discontinuity=info.discontinuity,
+                garbage=False,
+                created_ms=now_ms(),
+            )
+            s.add(row)
+            s.flush()
+            seg = Segment.from_row(row, self.root)
+            self._chain_heads[info.camera] = chain
+        return seg
+
+    def free_bytes(self) -> int:
+        """Free space on the recordings filesystem, for unprivileged writers."""
+        return shutil.disk_usage(self.root).free
+
+    # --- start-up recovery ------------------------------------------------------------------
+
+    def recover(self) -> list[Segment]:
+        """Finish half-done deletes and salvage every `.part` file; returns salvaged segments.
+
+        Runs once at daemon start-up, before recorders start."""
+        self._finish_deletes()
+        salvaged: list[Segment] = []
+        for part in sorted(self._walk(".part")):
+            seg = self.salvage(part)
+            if seg is not None:
+                salvaged.append(seg)
+        return salvaged
+
+    def _finish_deletes(self) -> None:
+        with Session(self._engine) as s:
+            rows = list(s.scalars(select(SegmentRow).where(SegmentRow.garbage.is_(True))))
+        for row in rows:
+            path = self.root / row.path
+            try:
+                path.unlink(missing_ok=True)
+                fsync_dir(path.parent)
+            except OSError as err:
+                log.error("cannot finish deleting %s: %s", path, err.strerror)
+                continue
+            with self._writing() as s:
+                s.execute(delete(SegmentRow).where(SegmentRow.id == row.id))
+            log.info("finished an interrupted delete of %s", path)
+
+    def salvage(self, part: Path) -> Segment | None:
+        """Keep the complete fragments of an interrupted `.part` file and index them."""
+        rel = part.relative_to(self.root)
+        camera = rel.parts[0]
+        try:
+            start_ms = parse_segment_name(part.name)
+            scan = scan_fragments(part)
+        except (ValueError, OSError) as err:
+            log.error("cannot salvage %s: %s", part, err)
+            return None
+        if not scan.has_moov or scan.fragments == 0:
+            log.warning("%s holds no complete fragment; left in place (%d bytes)", part, scan.size)
+            return None
+        try:
+            if scan.good_bytes < scan.size:
+                os.truncate(part, scan.good_bytes)
+            info = probe_segment(part, camera, start_ms)
+            sha = hashlib.sha256()
+            with part.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    sha.update(chunk)
+                os.fsync(f.fileno())
+            final = part.with_name(part.name.removesuffix(".part"))
+            os.rename(part, final)
+            fsync_dir(final.parent)
+        except (OSError, av.FFmpegError) as err:
+            log.error("cannot salvage %s: %s", part, err)
+            return None
+        seg = self._insert(
+            WrittenFile(final, scan.good_bytes, sha.hexdigest()), info, recovered=True
+        )
+        self.add_event(camera, now_ms(), "salvaged", f"{final.name}: {scan.fragments} fragments")
+        log.warning(
+            "camera %s: salvaged %s (%d fragments, %.1f s) after an interrupted write",
+            camera,
+            final.name,
+            scan.fragments,
+            info.duration_ms / 1000,
+        )
+        return seg
+
+    def _walk(self, suffix: str) -> Iterator[Path]:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(suffix):
+                    yield Path(dirpath) / name
+
+    def consistency(self) -> ConsistencyReport:
+        """Compare files on disk with the index. Slow on big stores: run it on a thread."""
+        with Session(self._engine) as s:
+            indexed = {p for (p,) in s.execute(select(SegmentRow.path).where(~SegmentRow.garbage))}
+        on_disk = {str(p.relative_to(self.root)) for p in self._walk(".mp4")}
+        parts = sorted(self._walk(".part"))
+        return ConsistencyReport(
+            files_without_rows=sorted(self.root / p for p in on_disk - indexed),
+            rows_without_files=sorted(self.root / p for p in indexed - on_disk),
+            unsalvageable_parts=parts,
+        )
+
+    # --- outage ledger and events -----------------------------------------------------------
+
+    def open_outage(self, camera: str, start_ms: int, cause: str, detail: str = "") -> Outage:
+        with self._writing() as s:
+            row = OutageRow(
+                camera=camera, start_ms=start_ms, end_ms=None, cause=cause, detail=detail
+            )
+            s.add(row)
+            s.flush()
+            return _outage(row)
+
+    def update_outage(self, outage_id: int, cause: str, detail: str) -> None:
+        """Refine the cause of a still-open outage (e.g. stalled -> connect failed)."""
+        with self._writing() as s:
+            s.execute(
+                update(OutageRow)
+                .where(OutageRow.id == outage_id, OutageRow.end_ms.is_(None))
+                .values(cause=cause, detail=detail)
+            )
+
+    def close_outage(self, outage_id: int, end_ms: int) -> None:
+        with self._writing() as s:
+            s.execute(
+                update(OutageRow)
+                .where(OutageRow.id == outage_id, OutageRow.end_ms.is_(None))
+                .values(end_ms=end_ms)
+            )
+
+    def set_outage_end(self, outage_id: int, end_ms: int) -> None:
+        """Correct the end of a just-closed outage to the start of the footage that ended it."""
+        with self._writing() as s:
+            s.execute(update(OutageRow).where(OutageRow.id == outage_id).values(end_ms=end_ms))
+
+    def open_outages(self, camera: str) -> list[Outage]:
+        with Session(self._engine) as s:
+            rows = s.scalars(
+                select(OutageRow)
+                .where(OutageRow.camera == camera, OutageRow.end_ms.is_(None))
+                .order_by(OutageRow.start_ms)
+            )
+            return [_outage(r) for r in rows]
+
+    def outages(self, camera: str | None = None, since_ms: int = 0) -> list[Outage]:
+        """Outages that were open at or after `since_ms` (open ones included)."""
+        with Session(self._engine) as s:
+            q = select(OutageRow).where(
+                (OutageRow.end_ms.is_(None)) | (OutageRow.end_ms >= since_ms)
+            )
+            if camera is not None:
+                q = q.where(OutageRow.camera == camera)
+            return [_outage(r) for r in s.scalars(q.order_by(OutageRow.start_ms))]
+
+    def add_event(
+        self, camera: str, at_ms: int, kind: str, detail: str = "", value: float | None = None
+    ) -> None:
+        with self._writing() as s:
+            s.add(EventRow(camera=camera, at_ms=at_ms, kind=kind, detail=detail, value=value))
+
+    def events(self, camera: str | None = None, since_ms: int = 0) -> list[StreamEvent]:
+        with Session(self._engine) as s:
+            q = select(EventRow).where(EventRow.at_ms >= since_ms)
+            if camera is not None:
+                q = q.where(EventRow.camera == camera)
+            return [
+                StreamEvent(r.id, r.camera, r.at_ms, r.kind, r.detail, r.value)
+                for r in s.scalars(q.order_by(EventRow.at_ms))
+            ]
+
+    # --- audit log ------------------------------------------------------------------------
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target: str = "",
+        outcome: str = "ok",
+        detail: dict[str, Any] | None = None,
+        at_ms: int | None = None,
+    ) -> AuditEntry:
+        """Append to the audit log (R5). Never pass secrets in `detail`."""
+        when = self._clock() if at_ms is None else at_ms
+        for attempt in range(5):
+            try:
+                with self._writing() as s:
+                    entry = audit_log.append(s, when, actor, action, target, outcome, detail or {})
+                break
+            except IntegrityError:
+                # Another process (the CLI beside the daemon) appended the same id first.
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        self._write_audit_head(entry)
+        return entry
+
+    def _write_audit_head(self, entry: AuditEntry) -> None:
+        """Keep the newest (id, hash) outside the database, so truncation is detectable."""
+        path = self.root / AUDIT_HEAD
+        tmp = path.with_name(AUDIT_HEAD + ".tmp")
+        try:
+            tmp.write_text(f"{entry.id} {entry.hash}\n", encoding="ascii")
+            os.replace(tmp, path)
+        except OSError as err:
+            log.error("cannot record the audit head in %s: %s", path, err.strerror)
+
+    def audit_entries(
+        self,
+        *,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        outcome: str | None = None,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[AuditEntry]:
+        """Audit entries, oldest first, filtered."""
+        with Session(self._engine) as s:
+            q = select(AuditRow)
+            if since_ms is not None:
+                q = q.where(AuditRow.at_ms >= since_ms)
+            if until_ms is not None:
+                q = q.where(AuditRow.at_ms < until_ms)
+            if actor is not None:
+                q = q.where(AuditRow.actor == actor)
+            if action is not None:
+                q = q.where(AuditRow.action == action)
+            if target is not None:
+                q = q.where(AuditRow.target == target)
+            if outcome is not None:
+                q = q.where(AuditRow.outcome == outcome)
+            rows = s.scalars(q.order_by(AuditRow.id).limit(limit).offset(offset))
+            return [audit_log.to_entry(r) for r in rows]
+
+    def verify_audit(self) -> list[str]:
+        """Problems found walking the audit chain (empty when intact)."""
+        head: tuple[int, str] | None = None
+        try:
+            ident, digest = (self.root / AUDIT_HEAD).read_text(encoding="ascii").split()
+            head = (int(ident), digest)
+        except (OSError, ValueError):
+            head = None
+        with Session(self._engine) as s:
+            return audit_log.verify(s, head)
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def segments(
+        self, camera: str, start_ms: int | None = None, end_ms: int | None = None
+    ) -> list[Segment]:
+        """Indexed segments of `camera` overlapping [start_ms, end_ms), oldest first."""
+        t = SegmentRow.__table__.c
+        q = select(
+            t.id,
+            t.camera,
+            t.start_ms,
+            t.end_ms,
+            t.duration_ms,
+            t.bytes,
+            t.path,
+            t.video_codec,
+            t.audio_codec,
+            t.width,
+            t.height,
+            t.frames,
+            t.sha256,
+            t.chain,
+            t.recovered,
+            t.discontinuity,
+        ).where(t.camera == camera, ~t.garbage)
+        if start_ms is not None:
+            q = q.where(t.end_ms > start_ms)
+        if end_ms is not None:
+            q = q.where(t.start_ms < end_ms)
+        with self._engine.connect() as conn:
+            rows = conn.execute(q.order_by(t.id)).all()
+        root = self.root
+        return [
+            Segment(
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                root / r[6],
+                r[7],
+                r[8],
+                r[9],
+                r[10],
+                r[11],
+                r[12],
+                r[13],
+                bool(r[14]),
+                bool(r[15]),
+            )
+            for r in rows
+        ]
+
+    def last_segment(self, camera: str) -> Segment | None:
+        with Session(self._engine) as s:
+            row = s.scalars(
+                select(SegmentRow)
+                .where(SegmentRow.camera == camera, ~SegmentRow.garbage)
+                .order_by(SegmentRow.end_ms.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else Segment.from_row(row, self.root)
+
+    def cameras(self) -> list[str]:
+        """Every camera that has segments or outages in the index."""
+        with self._engine.connect() as conn:
+            # An index skip-scan: one lookup per camera instead of reading every row.
+            names = set(conn.execute(text(_DISTINCT_SEGMENT_CAMERAS)).scalars())
+            names.discard(None)
+        with Session(self._engine) as s:
+            names |= set(s.scalars(select(OutageRow.camera).distinct()))
+        return sorted(names)
+
+    def stats(self, camera: str, since_ms: int) -> CameraStats:
+        """Segments, bytes and media time of `camera` that ended after `since_ms`."""
+        with Session(self._engine) as s:
+            count, size, media = s.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(SegmentRow.bytes), 0),
+                    func.coalesce(func.sum(SegmentRow.duration_ms), 0),
+                ).where(
+                    SegmentRow.camera == camera, SegmentRow.end_ms > since_ms, ~SegmentRow.garbage
+                )
+            ).one()
+        return CameraStats(int(count), int(size), int(media))
+
+    def sample_indexes(self, segments: Sequence[Segment]) -> dict[int, bytes]:
+        """Stored playback sample indexes of `segments` (made for the same file hash)."""
+        if not segments:
+            return {}
+        want = {seg.id: seg.sha256 for seg in segments}
+        found: dict[int, bytes] = {}
+        with self._engine.connect() as conn:
+            ids = list(want)
+            for i in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(
+                        SegmentSamplesRow.segment_id,
+                        SegmentSamplesRow.sha256,
+                        SegmentSamplesRow.data,
+                    ).where(SegmentSamplesRow.segment_id.in_(ids[i : i + 500]))
+                )
+                for seg_id, sha, data in rows:
+                    if want.get(seg_id) == sha:
+                        found[seg_id] = bytes(data)
+        return found
+
+    def save_sample_index(self, segment: Segment, data: bytes) -> bool:
+        """Keep a segment's playback sample index; False if the segment is gone (purged
+        meanwhile) or already has one."""
+        try:
+            with self._writing() as s:
+                if s.get(SegmentSamplesRow, segment.id) is not None:
+                    return False
+                s.add(SegmentSamplesRow(segment_id=segment.id, sha256=segment.sha256, data=data))
+        except IntegrityError:
+            return False
+        return True
+
+    def segments_without_sample_index(self, limit: int = 100) -> list[Segment]:
+        """The newest indexed segments that have no playback sample index yet."""
+        with Session(self._engine) as s:
+            rows = s.scalars(
+                select(SegmentRow)
+                .outerjoin(SegmentSamplesRow, SegmentSamplesRow.segment_id == SegmentRow.id)
+                .where(SegmentSamplesRow.segment_id.is_(None), ~SegmentRow.garbage)
+                .order_by(SegmentRow.id.desc())
+                .limit(limit)
+            )
+            return [Segment.from_row(r, self.root) for r in rows]
+
+    def first_segment(self, camera: str) -> Segment | None:
+        """The oldest indexed segment of `camera`."""
+        with Session(self._engine) as s:
+            row = s.scalars(
+                select(SegmentRow)
+                .where(SegmentRow.camera == camera, ~SegmentRow.garbage)
+                .order_by(SegmentRow.start_ms)
+                .limit(1)
+            ).first()
+            return None if row is None else Segment.from_row(row, self.root)
+
+    def recorded_ms(self, camera: str, since_ms: int, until_ms: int) -> int:
+        """Milliseconds of [since_ms, until_ms) covered by indexed segments of `camera`."""
+        lo = case((SegmentRow.start_ms < since_ms, since_ms), else_=SegmentRow.start_ms)
+        hi = case((SegmentRow.end_ms > until_ms, until_ms), else_=SegmentRow.end_ms)
+        with Session(self._engine) as s:
+            total = s.scalar(
+                select(func.coalesce(func.sum(hi - lo), 0)).where(
+                    SegmentRow.camera == camera,
+                    SegmentRow.end_ms > since_ms,
+                    SegmentRow.start_ms < until_ms,
+                    ~SegmentRow.garbage,
+                )
+            )
+        return int(total or 0)
+
+    # --- retention: locks, guarded deletes, capacity ---------------------------------------
+
+    def now(self) -> int:
+        """The store's clock (UTC ms): the time every retention decision is made at."""
+        return self._clock()
+
+    def verify(
+        self, camera: str | None = None, start_ms: int | None = None, end_ms: int | None = None
+    ) -> VerifyReport:
+        """Re-hash files and walk the hash chains (see storage/verify.py)."""
+        with Session(self._engine) as s:
+            return verify_store(s, self.root, camera=camera, start_ms=start_ms, end_ms=end_ms)
+
+    def window_days(self, camera: str) -> int:
+        return max(MIN_WINDOW_DAYS, self._window(camera))
+
+    def lock(
+        self,
+        camera: str,
+        start_ms: int,
+        end_ms: int,
+        *,
+        actor: str,
+        reason: str,
+        case_id: str | None = None,
+        until_ms: int | None = None,
+        hold: bool = False,
+    ) -> Lock:
+        """Lock footage as evidence: kept until `until_ms` (default two years from now) or,
+        with `hold`, until an admin releases it. Audited."""
+        now = self._clock()
+        if end_ms <= start_ms:
+            raise LockError("the lock's end must be after its start")
+        if not reason.strip():
+            raise LockError("a lock needs a reason")
+        if hold and until_ms is not None:
+            raise LockError("a legal hold has no expiry; give either until or hold")
+        expires = (
+            None if hold else (until_ms if until_ms is not None else add_years(now, LOCK_YEARS))
+        )
+        if expires is not None and expires <= now:
+            raise LockError("the lock's expiry must be in the future")
+        with self._writing() as s:
+            row = LockRow(
+                camera=camera,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                created_ms=now,
+                created_by=actor,
+                reason=reason,
+                case_id=case_id,
+                expires_ms=expires,
+            )
+            s.add(row)
+            s.flush()
+            made = _lock(row)
+            entry = audit_log.append(
+                s,
+                now,
+                actor,
+                "lock",
+                camera,
+                "ok",
+                {
+                    "lock": made.id,
+                    "start_ms": start_ms,
+                    "end_ms": end_ms,
+                    "reason": reason,
+                    "case_id": case_id,
+                    "expires_ms": expires,
+                    "hold": hold,
+                },
+            )
+        self._write_audit_head(entry)
+        return made
+
+    def locks(self, camera: str | None = None, include_inactive: bool = False) -> list[Lock]:
+        now = self._clock()
+        with Session(self._engine) as s:
+            q = select(LockRow)
+            if camera is not None:
+                q = q.where(LockRow.camera == camera)
+            found = [_lock(r) for r in s.scalars(q.order_by(LockRow.id))]
+        return found if include_inactive else [lk for lk in found if lk.active(now)]
+
+    def extend_lock(self, lock_id: int, until_ms: int, *, actor: str) -> Lock:
+        """Move a lock's expiry later; shortening is refused. Audited either way."""
+        now = self._clock()
+        with self._writing() as s:
+            row = s.get(LockRow, lock_id)
+            if row is None:
+                raise LockError(f"no lock {lock_id}")
+            current = _lock(row)
+            problem = None
+            if not current.active(now):
+                problem = f"lock {lock_id} is no longer active"
+            elif current.expires_ms is None:
+                problem = f"lock {lock_id} is a legal hold with no expiry"
+            elif until_ms <= current.expires_ms:
+                problem = (
+                    f"a lock's expiry can only be extended, never shortened "
+                    f"(now {current.expires_ms}, asked {until_ms})"
+                )
+            if problem is None:
+                row.expires_ms = until_ms
+                s.flush()
+            entry = audit_log.append(
+                s,
+                now,
+                actor,
+                "lock-extend",
+                current.camera,
+                "ok" if problem is None else "refused",
+                {"lock": lock_id, "from_ms": current.expires_ms, "to_ms": until_ms, "why": problem},
+            )
+            updated = _lock(row)
+        self._write_audit_head(entry)
+        if problem is not None:
+            raise LockError(problem)
+        return updated
+
+    def release_hold(self, lock_id: int, *, actor: str, reason: str) -> Lock:
+        """Release a legal hold (the caller has checked the actor is an admin). Audited."""
+        now = self._clock()
+        if not reason.strip():
+            raise LockError("releasing a legal hold needs a reason")
+        with self._writing() as s:
+            row = s.get(LockRow, lock_id)
+            if row is None:
+                raise LockError(f"no lock {lock_id}")
+            if row.expires_ms is not None:
+                raise LockError(f"lock {lock_id} is not a legal hold; it expires by itself")
+            if row.released_ms is not None:
+                raise LockError(f"lock {lock_id} was already released")
+            row.released_ms = now
+            row.released_by = actor
+            row.release_reason = reason
+            s.flush()
+            released = _lock(row)
+            entry = audit_log.append(
+                s,
+                now,
+                actor,
+                "lock-release",
+                row.camera,
+                "ok",
+                {"lock": lock_id, "reason": reason},
+            )
+        self._write_audit_head(entry)
+        return released
+
+    def purge_candidates(self, limit: int = 10_000) -> list[Segment]:
+        """The oldest segments, of every camera, that ended before their camera's window
+        (index-driven: one query per distinct window). Locks are the caller's decision and
+        the door's check."""
+        by_window: dict[int, list[str]] = {}
+        for camera in self.cameras():
+            by_window.setdefault(self.window_days(camera), []).append(camera)
+        now = self._clock()
+        out: list[Segment] = []
+        with Session(self._engine) as s:
+            for days, cams in by_window.items():
+                horizon = now - days * 86_400_000
+                rows = s.scalars(
+                    select(SegmentRow)
+                    .where(
+                        SegmentRow.end_ms <= horizon,
+                        SegmentRow.camera.in_(cams),
+                        ~SegmentRow.garbage,
+                    )
+                    .order_by(SegmentRow.end_ms)
+                    .limit(limit)
+                )
+                out += [Segment.from_row(r, self.root) for r in rows]
+        return out
+
+    def delete_segments(
+        self, ids: Sequence[int], *, actor: str, action: str = "purge"
+    ) -> list[Segment]:
+        """Delete these segments in the crash-safe order, or none of them: if any is inside
+        its window or locked, RetentionViolation is raised and the refusal audited."""
+        if not ids:
+            return []
+        now = self._clock()
+        with Session(self._engine) as s:
+            rows = list(s.scalars(select(SegmentRow).where(SegmentRow.id.in_(list(ids)))))
+            cams = {r.camera for r in rows}
+            all_locks = [
+                _lock(r) for r in s.scalars(select(LockRow).where(LockRow.camera.in_(cams)))
+            ]
+        refusals = []
+        for r in rows:
+            why = protection(
+                r.camera,
+                r.start_ms,
+                r.end_ms,
+                now_ms=now,
+                window_days=self.window_days(r.camera),
+                locks=all_locks,
+            )
+            if why is not None:
+                refusals.append(f"{r.camera} {r.path}: {why}")
+        if refusals:
+            reason = refusals[0] + (f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else "")
+            self.audit(
+                actor,
+                action,
+                ",".join(sorted(cams)),
+                "refused",
+                {"segments": len(rows), "refused": len(refusals), "why": reason},
+            )
+            raise RetentionViolation(reason)
+        segs = [Segment.from_row(r, self.root) for r in rows]
+        # 1. Mark as garbage, record the chain gaps and audit, in one transaction.
+        gaps = _gaps(rows)
+        with self._writing() as s:
+            s.execute(
+                update(SegmentRow)
+                .where(SegmentRow.id.in_([r.id for r in rows]))
+                .values(garbage=True)
+            )
+            recorded: list[list[str]] = []
+            for camera, after, last, removed in gaps:
+                # Purging the segments right after an earlier gap extends that gap, so the
+                # table stays about one row per camera however long the recorder runs.
+                prior = s.scalars(
+                    select(ChainGapRow).where(
+                        ChainGapRow.camera == camera, ChainGapRow.last_chain == after
+                    )
+                ).first()
+                if prior is None:
+                    prior = ChainGapRow(
+                        camera=camera, after_chain=after, last_chain=last, removed=0, at_ms=now
+                    )
+                    s.add(prior)
+                prior.last_chain = last
+                prior.removed += removed
+                prior.at_ms = now
+                # ... and a gap that now starts where this one ends is merged into it.
+                following = s.scalars(
+                    select(ChainGapRow).where(
+                        ChainGapRow.camera == camera, ChainGapRow.after_chain == last
+                    )
+                ).first()
+                if following is not None and following is not prior:
+                    prior.last_chain = following.last_chain
+                    prior.removed += following.removed
+                    s.delete(following)
+                s.flush()
+                recorded.append([camera, prior.after_chain, prior.last_chain])
+            entry = audit_log.append(
+                s,
+                now,
+                actor,
+                action,
+                ",".join(sorted(cams)),
+                "ok",
+                {
+                    "segments": len(rows),
+                    "bytes": sum(r.bytes for r in rows),
+                    "from_ms": min(r.start_ms for r in rows),
+                    "to_ms": max(r.end_ms for r in rows),
+                    "gaps": recorded,
+                },
+            )
+        self._write_audit_head(entry)
+        # 2. Unlink, fsync each directory once. 3. Drop the rows.
+        dirs: set[Path] = set()
+        for seg in segs:
+            try:
+                seg.path.unlink(missing_ok=True)
+            except OSError as err:
+                raise StorageIOError(f"cannot delete {seg.path}: {err.strerror}") from err
+            dirs.add(seg.path.parent)
+        for d in dirs:
+            fsync_dir(d)
+            _remove_empty_dirs(d, self.root)
+        with self._writing() as s:
+            s.execute(delete(SegmentRow).where(SegmentRow.id.in_([r.id for r in rows])))
+        return segs
+
+    def delete_range(self, camera: str, start_ms: int, end_ms: int, *, actor: str) -> list[Segment]:
+        """Delete `camera`'s segments lying wholly inside [start_ms, end_ms); refused (and
+        audited) if any of them is inside the window or locked."""
+        with Session(self._engine) as s:
+            ids = list(
+                s.scalars(
+                    select(SegmentRow.id).where(
+                        SegmentRow.camera == camera,
+                        SegmentRow.start_ms >= start_ms,
+                        SegmentRow.end_ms <= end_ms,
+                        ~SegmentRow.garbage,
+                    )
+                )
+            )
+        if not ids:
+            return []
+        return self.delete_segments(ids, actor=actor, action="delete")
+
+    def record_capacity(
+        self, state: str, forecast_days: float, free_bytes: int, detail: str
+    ) -> bool:
+        """Record the capacity state if it changed; True when it did."""
+        last = self.capacity_history(limit=1)
+        if last and last[-1].state == state:
+            return False
+        with self._writing() as s:
+            s.add(
+                CapacityRow(
+                    at_ms=self._clock(),
+                    state=state,
+                    forecast_days=forecast_days,
+                    free_bytes=free_bytes,
+                    detail=detail,
+                )
+            )
+        return True
+
+    def capacity_history(self, limit: int = 100) -> list[CapacityState]:
+        with Session(self._engine) as s:
+            rows = list(s.scalars(select(CapacityRow).order_by(CapacityRow.id.desc()).limit(limit)))
+        return [
+            CapacityState(r.at_ms, r.state, r.forecast_days, r.free_bytes, r.detail)
+            for r in reversed(rows)
+        ]
+
+    def locked_bytes(self) -> int:
+        """Bytes of segments overlapping an active lock (they cannot be recycled)."""
+        total = 0
+        for lk in self.locks():
+            with Session(self._engine) as s:
+                total += (
+                    s.scalar(
+                        select(func.coalesce(func.sum(SegmentRow.bytes), 0)).where(
+                            SegmentRow.camera == lk.camera,
+                            SegmentRow.start_ms < lk.end_ms,
+                            SegmentRow.end_ms > lk.start_ms,
+                            ~SegmentRow.garbage,
+                        )
+                    )
+                    or 0
+                )
+        return int(total)
+
+    def stored_bytes(self) -> int:
+        with Session(self._engine) as s:
+            return int(
+                s.scalar(
+                    select(func.coalesce(func.sum(SegmentRow.bytes), 0)).where(~SegmentRow.garbage)
+                )
+                or 0
+            )
+
+
+def probe_segment(path: Path, camera: str, start_ms: int) -> SegmentInfo:
+    """Read a segment file back with PyAV to learn its codecs, size and media duration."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0] if container.streams.audio else None
+        tb = video.time_base
+        first: int | None = None
+        last_end = 0
+        frames = 0
+        for packet in container.demux(video):
+            if packet.dts is None:
+                continue
+            frames += 1
+            if first is None:
+                first = packet.dts
+            last_end = max(last_end, packet.dts + (packet.duration or 0))
+        if tb is None:
+            raise StorageIOError(f"{path}: video stream has no time base")
+        duration_ms = 0 if first is None else int((last_end - first) * tb * 1000)
+        return SegmentInfo(
+            camera=camera,
+            start_ms=start_ms,
+            end_ms=start_ms + duration_ms,
+            duration_ms=duration_ms,
+            frames=frames,
+            video_codec=video.codec_context.codec.canonical_name,
+            audio_codec=audio.codec_context.codec.canonical_name if audio is not None else None,
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+        )
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock held for the block (blocking)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+_DISTINCT_SEGMENT_CAMERAS = """
+WITH RECURSIVE cams(name) AS (
+    SELECT (SELECT MIN(camera) FROM segments)
+    UNION ALL
+    SELECT (SELECT MIN(camera) FROM segments WHERE camera > cams.name)
+    FROM cams WHERE cams.name IS NOT NULL
+)
+SELECT name FROM cams WHERE name IS NOT NULL
+"""
+
+
+def _gaps(rows: list[SegmentRow]) -> list[tuple[str, str, str, int]]:
+    """Group rows into runs that are consecutive in their camera's chain; each run leaves
+    one gap (camera, chain before it, last chain in it, count)."""
+    out: list[tuple[str, str, str, int]] = []
+    by_camera: dict[str, list[SegmentRow]] = {}
+    for r in sorted(rows, key=lambda r: r.id):
+        by_camera.setdefault(r.camera, []).append(r)
+    for camera, run_rows in by_camera.items():
+        after = run_rows[0].prev_chain
+        last = run_rows[0].chain
+        count = 1
+        for r in run_rows[1:]:
+            if r.prev_chain == last:
+                last = r.chain
+                count += 1
+            else:
+                out.append((camera, after, last, count))
+                after, last, count = r.prev_chain, r.chain, 1
+        out.append((camera, after, last, count))
+    return out
+
+
+def _remove_empty_dirs(directory: Path, root: Path) -> None:
+    """Remove now-empty hour/day/month/year folders up to (not including) the camera's."""
+    d = directory
+    while d != root and d.parent != root:
+        try:
+            d.rmdir()
+        except OSError:
+            return  # not empty (or gone): stop climbing
+        fsync_dir(d.parent)
+        d = d.parent
