@@ -1,0 +1,103 @@
+"""`RetentionService`: the daemon's retention loop on the asyncio event loop.
+
+Every `interval` seconds: purge footage past its window and not locked (driven by the index,
+in batches, through the storage door which re-checks every segment), then compute the
+capacity forecast and record state changes. Blocking work runs via `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+
+from config import NvrConfig
+from retention.capacity import Forecast, forecast
+from retention.policy import SegmentSpan, plan_purge
+from storage import RetentionViolation, SegmentStore, StorageError
+
+log = logging.getLogger("nvr.retention")
+
+ACTOR = "retention"
+BATCH = 5000
+
+
+class RetentionService:
+    def __init__(
+        self, config: NvrConfig, store: SegmentStore, clock: Callable[[], int] | None = None
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock or store.now
+        self.last_forecast: Forecast | None = None
+
+    def purge_once(self) -> int:
+        """One purge pass over every camera in the index; returns segments deleted.
+
+        Candidates of all cameras come from one index query and are deleted in one guarded
+        batch, so a pass costs a few statements whatever the number of cameras."""
+        now = self._clock()
+        deleted = 0
+        locks = self._store.locks()
+        while True:
+            candidates = self._store.purge_candidates(limit=BATCH)
+            full = len(candidates) == BATCH
+            spans = [SegmentSpan(s.id, s.camera, s.start_ms, s.end_ms) for s in candidates]
+            ids = plan_purge(spans, locks, now_ms=now, window_days=self._store.window_days)
+            if not ids:
+                break
+            try:
+                deleted += len(self._store.delete_segments(ids, actor=ACTOR))
+            except RetentionViolation as err:
+                # The door disagreed with the plan: a bug, never a reason to force it.
+                log.error("purge refused by storage: %s", err.reason)
+                break
+            if not full:
+                break
+        if deleted:
+            log.info("purged %d segments past their retention window", deleted)
+        return deleted
+
+    def capacity_once(self) -> Forecast:
+        """Forecast from the last 24 h of cameras that recorded in it; record state changes."""
+        now = self._clock()
+        since = now - 86_400_000
+        total_bytes = total_media = 0
+        active = 0
+        for camera in self._store.cameras():
+            st = self._store.stats(camera, since)
+            total_bytes += st.bytes
+            total_media += st.media_ms
+            active += 1 if st.segments else 0
+        window = max(
+            [self._config.retention.days] + [c.retention_days or 0 for c in self._config.cameras]
+        )
+        fc = forecast(
+            recorded_bytes_24h=total_bytes,
+            recorded_media_ms_24h=total_media,
+            cameras_recording=active,
+            free_bytes=self._store.free_bytes(),
+            reserve_bytes=self._config.storage.reserve_bytes,
+            stored_bytes=self._store.stored_bytes(),
+            locked_bytes=self._store.locked_bytes(),
+            window_days=window,
+        )
+        days = fc.forecast_days if math.isfinite(fc.forecast_days) else -1.0
+        if self._store.record_capacity(fc.state, days, fc.free_bytes, fc.detail):
+            level = logging.WARNING if fc.state in ("warning", "critical") else logging.INFO
+            log.log(level, "storage capacity %s: %s", fc.state, fc.detail)
+        self.last_forecast = fc
+        return fc
+
+    async def run(self, stop: asyncio.Event, interval: float = 60.0) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.purge_once)
+                await asyncio.to_thread(self.capacity_once)
+            except StorageError as err:
+                log.error("retention pass failed (will retry): %s", err)
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
