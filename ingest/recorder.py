@@ -1,0 +1,665 @@
+"""`CameraRecorder`: one camera, one thread, recording forever.
+
+The thread (`rec-<camera>`) connects through a `StreamOpener`, remuxes packets (never decodes)
+into segments via the `SegmentStore`, cuts at the first keyframe at or after
+`segment_seconds` (the first segment after a connect is shortened by a per-camera phase so
+cameras do not all rotate at once), and on any failure writes the outage ledger, backs off
+(0.5 s doubling to 10 s, reset after a stable minute) and tries again, never giving up. While
+waiting after a refused connection it probes the camera's port every 0.5 s so recording
+resumes as soon as the camera is back.
+
+Other threads read `status()` (a snapshot under a lock); the supervisor on the event loop
+polls it and watches `last_progress` (monotonic seconds) for hung threads. A hung thread cannot
+be killed: the supervisor `abandon()`s it (a fence taken under the same lock as every store
+write, so once it is up the thread never writes to the store again, whatever it does when it
+wakes) and starts a new recorder for the camera. The abandoned thread closes its own in-flight
+`.part` file, if any, leaves it in `leftover_part` for the supervisor to salvage, and ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+
+import av
+from av.audio.stream import AudioStream
+
+from ingest.errors import StreamError, StreamStalled, UnsupportedStream
+from ingest.sources import Source, StreamOpener
+from ingest.timecheck import CLOCK_STEP, ClockStep, ClockStepDetector
+from ingest.timeline import Stamped, StreamTimeline
+from storage import (
+    Segment,
+    SegmentInfo,
+    SegmentStore,
+    SegmentWriter,
+    StorageError,
+    StorageFullError,
+    StorageIOError,
+)
+
+
+class Clock(Protocol):
+    """Wall and monotonic time, injectable for tests."""
+
+    def wall_ms(self) -> int: ...
+
+    def monotonic(self) -> float: ...
+
+
+class SystemClock:
+    def wall_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class Backoff:
+    """0.5 s doubling to a 10 s cap; back to 0.5 s after a connection stable for a minute."""
+
+    def __init__(self, initial: float = 0.5, cap: float = 10.0, stable_after: float = 60.0) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.stable_after = stable_after
+        self._next = initial
+
+    def failure(self, connected_for: float) -> float:
+        """The wait before the next try, given how long the last connection recorded."""
+        if connected_for >= self.stable_after:
+            self._next = self.initial
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay
+
+
+@dataclass(frozen=True)
+class RecorderStatus:
+    camera: str
+    state: str
+    """starting | connecting | recording | reconnecting | stalled | storage-full |
+    storage-error | stopped | abandoned (replaced by the supervisor)"""
+    since_ms: int
+    detail: str
+    last_segment_end_ms: int | None
+    segments_written: int
+    bytes_written: int
+    reconnects: int
+    last_progress: float
+    """Monotonic time of the last packet or deliberate wait (for the watchdog)."""
+    in_backoff: bool
+
+
+RESUME_MARGIN_BYTES = 4 * 1024 * 1024
+"""After the disk filled, recording resumes once this much more than the reserve is free."""
+
+STEP_CHECK_SECONDS = 0.5
+"""How often the recorder compares the wall clock with the monotonic clock (a step > 1 s is
+what matters; checking every packet only burns CPU)."""
+
+REANCHOR_MS = 1000
+"""Within a connection, re-anchor a segment to the server clock when the media timeline
+lags it by more than this (a camera clock slower than the server's)."""
+
+
+class RecorderAbandoned(BaseException):
+    """Raised on a replaced recorder's thread at its next store write; unwinds the thread.
+
+    A BaseException so that no `except Exception` / `except StorageError` of the recording
+    loop can take it for an ordinary failure and retry."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _fenced(
+    method: Callable[Concatenate[CameraRecorder, _P], _R],
+) -> Callable[Concatenate[CameraRecorder, _P], _R]:
+    """Run a store-writing method under the recorder's fence (see `CameraRecorder.abandon`).
+    A `_Segmenting` first argument is the segment in flight, closed if the fence is up."""
+
+    @functools.wraps(method)
+    def fenced(self: CameraRecorder, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        seg = args[0] if args and isinstance(args[0], _Segmenting) else None
+        with self._fence_for(seg):
+            return method(self, *args, **kwargs)
+
+    return fenced
+
+
+def stagger_phase(camera: str, segment_seconds: float) -> float:
+    """Seconds to shorten a camera's first segment by, spread over half a segment."""
+    return (zlib.crc32(camera.encode()) % 1000) / 1000 * segment_seconds / 2
+
+
+class _Segmenting:
+    """The segment being written and its bookkeeping.
+
+    Its wall-clock start is decided when it is indexed: the earliest of (arrival time minus
+    media offset) over its packets. Packets that arrive in a burst (FFmpeg hands over what it
+    buffered while probing the stream) only raise that value, so the minimum is pinned by
+    the packets that arrived promptly. Within one connection segments are chained (start =
+    previous end) unless that estimate disagrees by more than `REANCHOR_MS`.
+    """
+
+    def __init__(
+        self, writer: SegmentWriter, first_dts: int, audio_first: int, arrival: int
+    ) -> None:
+        self.writer = writer
+        self.wall_est = arrival
+        self.chained_from: int | None = None
+        self.first_dts = first_dts
+        self.audio_first = audio_first
+        self.last_video_dts = first_dts
+        self.last_video_dur = 0
+        self.last_audio_dts: int | None = None
+        self.frames = 0
+        self.discontinuity = False
+
+
+class CameraRecorder:
+    """Records one camera on its own thread until `stop()`."""
+
+    def __init__(
+        self,
+        camera: str,
+        opener: StreamOpener,
+        store: SegmentStore,
+        *,
+        segment_seconds: int,
+        reserve_bytes: int = 0,
+        stall_seconds: float = 4.0,
+        clock: Clock | None = None,
+        backoff: Backoff | None = None,
+        on_segment: Callable[[Segment], None] | None = None,
+    ) -> None:
+        self.camera = camera
+        self.log = logging.getLogger(f"nvr.camera.{camera}")
+        self._opener = opener
+        self._store = store
+        self._segment_seconds = segment_seconds
+        self._reserve = reserve_bytes
+        self._stall_seconds = stall_seconds
+        self._clock = clock or SystemClock()
+        self._backoff = backoff or Backoff()
+        self._on_segment = on_segment
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._status = RecorderStatus(
+            camera,
+            "starting",
+            self._clock.wall_ms(),
+            "",
+            None,
+            0,
+            0,
+            0,
+            self._clock.monotonic(),
+            False,
+        )
+        self._outage_id: int | None = None
+        self._fix_outage: int | None = None
+        self._vtb = Fraction(1, 90000)
+        self._vtb_ms = 1000 / 90000
+        self._last_progress = self._clock.monotonic()
+        self._in_backoff = False
+        self._atb = Fraction(1, 1000)
+        self._last_end_ms: int | None = None
+        self._steps = ClockStepDetector()  # server clock steps, checked at every packet
+        self._fence = threading.RLock()
+        self._abandoned = False
+        self.leftover_part: Path | None = None
+        """The in-flight `.part` an abandoned thread closed (never indexed by it)."""
+        self.thread = threading.Thread(target=self._main, name=f"rec-{camera}", daemon=True)
+
+    # --- control, from any thread -----------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def abandon(self, timeout: float) -> bool:
+        """Fence this recorder off for good and ask its thread to end. Once this returns True
+        the thread makes no further store write (index row, ledger entry, new file), so a
+        replacement can take over the camera. False if the thread is inside a store write
+        and did not leave it within `timeout`: then it cannot be replaced safely."""
+        if not self._fence.acquire(timeout=timeout):
+            return False
+        try:
+            self._abandoned = True
+        finally:
+            self._fence.release()
+        self._stop.set()
+        return True
+
+    @contextlib.contextmanager
+    def _fence_for(self, seg: _Segmenting | None = None) -> Iterator[None]:
+        """Hold the fence for one store write; raise `RecorderAbandoned` once it is up,
+        after closing the in-flight segment's file (`seg`) for the supervisor to salvage."""
+        with self._fence:
+            if self._abandoned:
+                if seg is not None:
+                    seg.writer.abandon()
+                    self.leftover_part = seg.writer.temp_path
+                raise RecorderAbandoned(self.camera)
+            yield
+
+    def status(self) -> RecorderStatus:
+        with self._lock:
+            return replace(
+                self._status, last_progress=self._last_progress, in_backoff=self._in_backoff
+            )
+
+    def _set(self, **changes: object) -> None:
+        with self._lock:
+            if "state" in changes and changes["state"] != self._status.state:
+                changes.setdefault("since_ms", self._clock.wall_ms())
+            self._status = replace(self._status, **changes)  # type: ignore[arg-type]
+
+    def _progress(self, in_backoff: bool = False) -> None:
+        # Plain attribute stores (atomic in CPython): this runs for every packet.
+        self._in_backoff = in_backoff
+        self._last_progress = self._clock.monotonic()
+
+    # --- the thread ---------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except RecorderAbandoned:
+            self.log.warning(
+                "camera %s: replaced recorder thread woke up and ended without writing",
+                self.camera,
+            )
+            self._set(state="abandoned")
+
+    def _run(self) -> None:
+        self._adopt_ledger()
+        first_connect = True
+        while not self._stop.is_set():
+            self._set(state="connecting" if first_connect else "reconnecting")
+            started = self._clock.monotonic()
+            try:
+                self._session(first_connect)
+                cause, detail = "stream-ended", "camera ended the stream"
+            except StreamError as err:
+                cause, detail = err.cause, str(err)
+            except StorageFullError as err:
+                cause, detail = "storage-full", str(err)
+            except StorageError as err:
+                cause, detail = "storage-error", str(err)
+            except Exception as err:
+                # A bug must not end recording forever (R1): log it whole, then retry.
+                self.log.exception("camera %s: unexpected error in recorder", self.camera)
+                cause, detail = "internal-error", f"{type(err).__name__}: {err}"
+            if self._stop.is_set():
+                break
+            first_connect = False
+            self._note_outage(cause, detail)
+            state = {
+                "stalled": "stalled",
+                "storage-full": "storage-full",
+                "storage-error": "storage-error",
+            }.get(cause, "reconnecting")
+            self._set(state=state, detail=detail, reconnects=self._status.reconnects + 1)
+            self.log.warning("camera %s: %s (%s)", self.camera, cause, detail)
+            if cause == "storage-full":
+                self._wait_for_storage()
+            else:
+                self._wait_backoff(self._clock.monotonic() - started, cause)
+        self._shutdown_ledger()
+        self._set(state="stopped", detail="")
+
+    @_fenced
+    def _adopt_ledger(self) -> None:
+        """Continue the ledger across restarts: an open outage stays open until we record;
+        a last segment with no open outage means the process died: open one from its end."""
+        open_outages = self._store.open_outages(self.camera)
+        last = self._store.last_segment(self.camera)
+        if last is not None:
+            self._last_end_ms = last.end_ms
+            self._set(last_segment_end_ms=last.end_ms)
+        if open_outages:
+            self._outage_id = open_outages[-1].id
+        elif last is not None:
+            self._outage_id = self._store.open_outage(
+                self.camera,
+                last.end_ms,
+                "not-running",
+                "recorder was not running (crash or power loss)",
+            ).id
+
+    @_fenced
+    def _shutdown_ledger(self) -> None:
+        """The daemon is stopping: end the current outage (its cause stays as it was) and
+        open a `daemon-stopped` one, closed when recording resumes after the restart."""
+        now = self._clock.wall_ms()
+        start = self._last_end_ms if self._last_end_ms is not None else now
+        if self._outage_id is not None:
+            self._store.close_outage(self._outage_id, now)
+            start = now
+        self._outage_id = self._store.open_outage(
+            self.camera, start, "daemon-stopped", "recorder stopped"
+        ).id
+
+    @_fenced
+    def _note_outage(self, cause: str, detail: str) -> None:
+        if self._outage_id is None:
+            start = self._last_end_ms if self._last_end_ms is not None else self._clock.wall_ms()
+            self._outage_id = self._store.open_outage(self.camera, start, cause, detail).id
+        else:
+            self._store.update_outage(self._outage_id, cause, detail)
+
+    @_fenced
+    def _clock_stepped(self, seg: _Segmenting | None, step: ClockStep) -> None:
+        """The server's wall clock stepped (NTP, an operator): one closed `clock-step` row in
+        the ledger. Segment times stay safe without more: durations come from media
+        timestamps, and `_finish` never starts a segment before the previous one ended."""
+        start, end = step.span
+        outage = self._store.open_outage(self.camera, start, CLOCK_STEP, step.describe())
+        self._store.close_outage(outage.id, end)
+        self.log.warning(
+            "camera %s: server clock stepped %+.3f s", self.camera, step.step_ms / 1000
+        )
+
+    @_fenced
+    def _close_outage(self, end_ms: int) -> None:
+        if self._outage_id is not None:
+            self._store.close_outage(self._outage_id, end_ms)
+            self.log.info("camera %s: recording again", self.camera)
+            self._outage_id = None
+
+    def _wait_backoff(self, connected_for: float, cause: str) -> None:
+        delay = self._backoff.failure(connected_for)
+        deadline = self._clock.monotonic() + delay
+        probe = cause in ("unreachable", "stream-ended")
+        while not self._stop.is_set():
+            self._progress(in_backoff=True)
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                return
+            if self._stop.wait(min(0.5, left)):
+                return
+            if probe and self._opener.probe_reachable():
+                return  # the camera is back: do not sit out the rest of the back-off
+
+    def _wait_for_storage(self) -> None:
+        """Wait until there is room again (the reserve plus a margin), checking each second.
+        Nothing is deleted to make room: that is retention's job, outside the window only."""
+        needed = self._reserve + RESUME_MARGIN_BYTES
+        while not self._stop.is_set():
+            self._progress(in_backoff=True)
+            try:
+                if self._store.free_bytes() >= needed:
+                    return
+            except OSError:
+                pass  # filesystem still failing: keep waiting
+            self._stop.wait(1.0)
+
+    # --- one connection -----------------------------------------------------------------------
+
+    def _session(self, first_connect: bool) -> None:
+        """Connect and record until the stream fails (raises) or `stop()` (returns)."""
+        if self._reserve and self._store.free_bytes() < self._reserve:
+            raise StorageFullError(f"free space below the reserve of {self._reserve} bytes")
+        self._progress()  # a connection attempt begins: not in back-off any more
+        source = self._opener.open()
+        try:
+            self._record(source, first_connect)
+        finally:
+            source.close()
+
+    def _record(self, source: Source, first_connect: bool) -> None:
+        video = source.video
+        vtb = video.time_base
+        if vtb is None:
+            raise UnsupportedStream("video stream has no time base")
+        rate = video.guessed_rate or video.average_rate or Fraction(25)
+        frame_ticks = max(1, int(1 / (rate * vtb))) if rate else 1
+        self._vtb = vtb
+        self._vtb_ms = float(vtb) * 1000
+        vclock = StreamTimeline(frame_ticks, jump_ticks=int(2 / vtb))
+        audio = self._audio_for(source)
+        atb = audio.time_base if audio is not None else None
+        aclock = StreamTimeline(1024, jump_ticks=int(2 / atb)) if atb is not None else None
+        self._atb = atb if atb is not None else Fraction(1, 1000)
+        self._set(detail=source.description)
+        self.log.info(
+            "camera %s: connected (%s, %s%s)",
+            self.camera,
+            source.description,
+            video.codec_context.name,
+            f" + {audio.codec_context.name}" if audio else "",
+        )
+
+        target: float = self._segment_seconds
+        if first_connect:
+            target = max(1.0, target - stagger_phase(self.camera, target))
+        seg: _Segmenting | None = None
+        cut_pending = False
+        connected_at = self._clock.monotonic()
+        last_space_check = last_step_check = connected_at
+        video_index = video.index
+        try:
+            for packet in source.packets():
+                if self._stop.is_set():
+                    break
+                now = self._clock.monotonic()
+                self._last_progress = now
+                if now - last_step_check >= STEP_CHECK_SECONDS:
+                    last_step_check = now
+                    step = self._steps.sample(self._clock.wall_ms(), now)
+                    if step is not None:
+                        self._clock_stepped(seg, step)
+                        cut_pending = True  # the next segment starts on the stepped clock
+                if packet.stream_index == video_index:
+                    for item, st in vclock.push(
+                        packet, packet.pts, packet.dts, packet.duration or 0
+                    ):
+                        pkt = item if isinstance(item, av.Packet) else packet
+                        if st.jump_ticks:
+                            cut_pending = True
+                            with self._fence_for(seg):
+                                self._store.add_event(
+                                    self.camera,
+                                    self._clock.wall_ms(),
+                                    "discontinuity",
+                                    f"timestamps jumped {float(st.jump_ticks * vtb):+.3f} s",
+                                    float(st.jump_ticks * vtb),
+                                )
+                            self.log.warning(
+                                "camera %s: timestamp jump of %+.3f s",
+                                self.camera,
+                                float(st.jump_ticks * vtb),
+                            )
+                        if pkt.is_keyframe:
+                            long_enough = (
+                                seg is not None and (st.dts - seg.first_dts) * vtb >= target
+                            )
+                            if seg is None or long_enough or cut_pending:
+                                chained = seg is not None and not cut_pending
+                                if seg is not None:
+                                    self._finish(seg, st.dts, vtb, source)
+                                    target = self._segment_seconds
+                                afirst = int(st.dts * vtb / atb) if atb is not None else 0
+                                arrival = self._clock.wall_ms()
+                                name_ms = self._last_end_ms if chained else arrival
+                                with self._fence_for():  # new file and ledger: one step
+                                    writer = self._store.new_writer(
+                                        self.camera, name_ms or arrival, video, audio
+                                    )
+                                    seg = _Segmenting(writer, st.dts, afirst, arrival)
+                                    seg.chained_from = self._last_end_ms if chained else None
+                                    seg.discontinuity = cut_pending
+                                    cut_pending = False
+                                    if self._outage_id is not None:
+                                        # Provisional end; corrected when the segment is indexed.
+                                        self._fix_outage = self._outage_id
+                                        self._close_outage(max(arrival, self._last_end_ms or 0))
+                                self._set(state="recording", detail=source.description)
+                        if seg is None:
+                            continue  # before the first keyframe: nothing can decode it yet
+                        self._write_video(seg, pkt, st)
+                elif audio is not None and aclock is not None and seg is not None:
+                    for item, st in aclock.push(
+                        packet, packet.pts, packet.dts, packet.duration or 0
+                    ):
+                        pkt = item if isinstance(item, av.Packet) else packet
+                        self._write_audio(seg, pkt, st)
+                if seg is None and now - connected_at > max(10.0, 3 * self._stall_seconds):
+                    raise UnsupportedStream(
+                        "no keyframe within %.0f s of connecting" % (now - connected_at)
+                    )
+                if seg is not None and now - last_space_check >= 1.0:
+                    last_space_check = now
+                    if self._reserve and self._store.free_bytes() < self._reserve:
+                        self._finish(seg, None, vtb, source)
+                        seg = None
+                        raise StorageFullError(
+                            f"free space below the reserve of {self._reserve} bytes"
+                        )
+        except StreamError:
+            if seg is not None:
+                self._finish(seg, None, vtb, source)
+            raise
+        except (StorageError, av.FFmpegError, OSError) as err:
+            if seg is not None:
+                self._abandon(seg)
+            if isinstance(err, StorageError):
+                raise
+            raise StorageIOError(f"writing segment: {err}") from err
+        if seg is not None:
+            self._finish(seg, None, vtb, source)
+        if self._stop.is_set():
+            return
+        raise StreamStalled("stream stopped without an error")
+
+    def _audio_for(self, source: Source) -> AudioStream | None:
+        audio = source.audio
+        if audio is None:
+            return None
+        name = audio.codec_context.name
+        probe = av.open(io.BytesIO(), "w", format="mp4")
+        try:
+            probe.add_stream_from_template(audio)
+            return audio
+        except (ValueError, av.FFmpegError):
+            self.log.warning(
+                "camera %s: audio codec %s cannot be stored in MP4; recording video only "
+                "on this connection",
+                self.camera,
+                name,
+            )
+            return None
+        finally:
+            probe.close()
+
+    def _write_video(self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped) -> None:
+        offset_ms = int((st.dts - seg.first_dts) * self._vtb_ms)
+        seg.wall_est = min(seg.wall_est, self._clock.wall_ms() - offset_ms)
+        packet.stream = seg.writer.video  # sources deliver packets in their stream's time base
+        packet.dts = st.dts - seg.first_dts
+        packet.pts = st.pts - seg.first_dts
+        packet.duration = st.duration
+        seg.writer.mux(packet)
+        seg.last_video_dts = st.dts
+        seg.last_video_dur = st.duration
+        seg.frames += 1
+
+    def _write_audio(self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped) -> None:
+        if seg.writer.audio is None:
+            return
+        rel = st.dts - seg.audio_first
+        if seg.last_audio_dts is None:
+            rel = max(rel, 0)
+        else:
+            rel = max(rel, seg.last_audio_dts + 1)  # late packet at a cut: shift, never drop
+        packet.stream = seg.writer.audio
+        packet.dts = rel
+        packet.pts = rel + max(0, st.pts - st.dts)
+        packet.duration = st.duration
+        seg.writer.mux(packet)
+        seg.last_audio_dts = rel
+
+    @_fenced
+    def _finish(
+        self, seg: _Segmenting, next_dts: int | None, vtb: Fraction, source: Source
+    ) -> None:
+        end_dts = next_dts if next_dts is not None else seg.last_video_dts + seg.last_video_dur
+        duration_ms = int((end_dts - seg.first_dts) * vtb * 1000)
+        start_ms = seg.wall_est
+        if seg.chained_from is not None:
+            drift = seg.wall_est - seg.chained_from
+            start_ms = seg.chained_from
+            if drift > REANCHOR_MS:
+                start_ms = seg.wall_est
+                self._store.add_event(
+                    self.camera,
+                    self._clock.wall_ms(),
+                    "reanchor",
+                    f"media clock {drift} ms behind the server clock",
+                    drift / 1000,
+                )
+        if self._last_end_ms is not None and start_ms < self._last_end_ms:
+            start_ms = self._last_end_ms  # never overlap the previous segment
+        ctx = source.video.codec_context
+        info = SegmentInfo(
+            camera=self.camera,
+            start_ms=start_ms,
+            end_ms=start_ms + duration_ms,
+            duration_ms=duration_ms,
+            frames=seg.frames,
+            video_codec=ctx.codec.canonical_name,
+            audio_codec=seg.writer.audio.codec_context.codec.canonical_name
+            if seg.writer.audio
+            else None,
+            width=ctx.width,
+            height=ctx.height,
+            discontinuity=seg.discontinuity,
+        )
+        try:
+            segment = self._store.commit(seg.writer, info)
+        except StorageError:
+            self._abandon(seg)
+            raise
+        self._last_end_ms = segment.end_ms
+        if self._fix_outage is not None:
+            self._store.set_outage_end(self._fix_outage, segment.start_ms)
+            self._fix_outage = None
+        with self._lock:
+            self._status = replace(
+                self._status,
+                last_segment_end_ms=segment.end_ms,
+                segments_written=self._status.segments_written + 1,
+                bytes_written=self._status.bytes_written + segment.bytes,
+            )
+        if self._on_segment is not None:
+            self._on_segment(segment)
+
+    @_fenced
+    def _abandon(self, seg: _Segmenting) -> None:
+        """A write failed: keep what reached the disk (salvaged now, else at start-up)."""
+        seg.writer.abandon()
+        try:
+            salvaged = self._store.salvage(seg.writer.temp_path)
+        except StorageError as err:
+            self.log.error(
+                "camera %s: salvage of %s failed: %s", self.camera, seg.writer.temp_path.name, err
+            )
+            return
+        if salvaged is not None:
+            self._last_end_ms = salvaged.end_ms
+            self._set(last_segment_end_ms=salvaged.end_ms)

@@ -1,0 +1,364 @@
+"""Where packets come from: the `StreamOpener` seam and its two real implementations,
+RTSP cameras (PyAV/FFmpeg demuxer) and the built-in test pattern (H.264 made in-process).
+
+Everything here runs on the recorder thread of one camera. Blocked reads are interrupted by
+FFmpeg's own socket `timeout` option (cheap), never by closing the container from another
+thread (unsafe) nor by PyAV's Python-level `timeout=` (it takes the GIL on every poll).
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import socket
+import time
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import av
+import numpy as np
+from av.audio.stream import AudioStream
+from av.container import InputContainer
+from av.video.stream import VideoStream
+
+from ingest.errors import (
+    AuthRejected,
+    CameraUnreachable,
+    ConnectTimeout,
+    StreamEnded,
+    StreamError,
+    StreamStalled,
+    UnsupportedStream,
+)
+from ingest.redact import redact_text
+from ingest.watchdog import WATCHDOG, SocketCapture, Watched
+
+VIDEO_CODECS = frozenset({"h264", "hevc"})
+
+
+class Source(Protocol):
+    """An open stream: one video stream, maybe one audio stream, and their packets."""
+
+    video: VideoStream
+    audio: AudioStream | None
+    description: str
+
+    def packets(self) -> Iterator[av.Packet[Any]]:
+        """Packets of `video` and `audio` in arrival order, each in its stream's time base;
+        raises StreamError subclasses."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StreamOpener(Protocol):
+    """Opens a camera's stream (blocking; called on the recorder thread)."""
+
+    def open(self) -> Source: ...
+
+    def probe_reachable(self) -> bool:
+        """Cheap check whether the camera's port accepts connections again."""
+        ...
+
+
+def classify(
+    err: BaseException, *, connecting: bool, secrets: tuple[str | None, ...]
+) -> StreamError:
+    """Map an FFmpeg/OS error to a typed StreamError with a redacted message."""
+    code = getattr(err, "errno", None)
+    text = getattr(err, "strerror", None) or str(err)
+    detail = redact_text(f"{type(err).__name__}: {text}", *secrets)
+    if code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
+        return CameraUnreachable(detail) if connecting else StreamEnded(detail)
+    if code == errno.ETIMEDOUT or isinstance(err, TimeoutError):
+        return ConnectTimeout(detail) if connecting else StreamStalled(detail)
+    if code == errno.EACCES or "401" in text or "Unauthorized" in text:
+        return AuthRejected(detail)
+    if isinstance(err, EOFError | av.error.EOFError) or code == errno.EPIPE:
+        return StreamEnded(detail)
+    if code == errno.EIO and not connecting:
+        return StreamEnded(detail)
+    return StreamError(detail)
+
+
+class RtspSource:
+    """An RTSP stream demuxed by FFmpeg."""
+
+    def __init__(
+        self,
+        container: InputContainer,
+        description: str,
+        secrets: tuple[str | None, ...],
+        watch: Watched | None = None,
+    ) -> None:
+        self._container = container
+        self._secrets = secrets
+        self._watch = watch
+        self.description = description
+        videos = [s for s in container.streams.video if s.codec_context.name in VIDEO_CODECS]
+        if not videos:
+            found = ", ".join(s.codec_context.name for s in container.streams.video) or "none"
+            container.close()
+            raise UnsupportedStream(f"no H.264/H.265 video stream (found {found})")
+        self.video = videos[0]
+        self.audio: AudioStream | None = (
+            container.streams.audio[0] if container.streams.audio else None
+        )
+
+    def packets(self) -> Iterator[av.Packet[Any]]:
+        streams = [self.video] if self.audio is None else [self.video, self.audio]
+        watch = self._watch
+        vtb = float(self.video.time_base) if self.video.time_base is not None else None
+        vindex = self.video.index
+        # FFmpeg's parser may hold the last frame until any later packet (even RTCP) arrives,
+        # so a frame can be delivered seconds after it was received. Progress is therefore
+        # measured by the estimated capture time of each video frame (connection anchor +
+        # media time), not by when FFmpeg hands it over.
+        anchor: float | None = None
+        last_media: float | None = None
+        try:
+            for packet in self._container.demux(streams):
+                if packet.size == 0:
+                    break
+                if watch is not None and packet.stream_index == vindex:
+                    ts = packet.dts if packet.dts is not None else packet.pts
+                    now = time.monotonic()
+                    if ts is None or vtb is None:
+                        watch.touch(now)
+                    else:
+                        media = ts * vtb
+                        jumped = last_media is not None and abs(media - last_media) > 2.0
+                        if anchor is None or jumped or anchor > now - media:
+                            anchor = now - media  # earliest arrival, or a timestamp jump
+                        last_media = media
+                        watch.touch(anchor + media)
+                yield packet
+        except (av.FFmpegError, OSError) as err:
+            if watch is not None and watch.fired:
+                raise self._stalled() from None
+            raise classify(err, connecting=False, secrets=self._secrets) from None
+        if watch is not None and watch.fired:
+            raise self._stalled()
+        raise StreamEnded("camera ended the stream")
+
+    def _stalled(self) -> StreamStalled:
+        seconds = self._watch.stall_seconds if self._watch is not None else 0.0
+        return StreamStalled(f"no media for {seconds:.1f} s while the connection stayed open")
+
+    def drop_audio(self) -> None:
+        self.audio = None
+
+    def close(self) -> None:
+        if self._watch is not None:
+            WATCHDOG.unregister(self._watch)  # before the descriptor can be closed
+        self._container.close()
+
+
+class RtspOpener:
+    """Opens `url` with credentials added only at connect time, never logged."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        username: str | None,
+        password: str | None,
+        transport: str,
+        timeout_s: float,
+        camera: str = "",
+    ) -> None:
+        self._camera = camera
+        self._url = url
+        self._username = username
+        self._password = password
+        self._transport = transport
+        self._timeout_s = timeout_s
+        parts = urlsplit(url)
+        self._host = parts.hostname or ""
+        self._port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+
+    def _full_url(self) -> str:
+        if self._username is None:
+            return self._url
+        parts = urlsplit(self._url)
+        auth = quote(self._username, safe="")
+        if self._password is not None:
+            auth += ":" + quote(self._password, safe="")
+        netloc = f"{auth}@{parts.netloc}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    def open(self) -> RtspSource:
+        micros = str(int(self._timeout_s * 1_000_000))
+        options = {
+            "rtsp_transport": self._transport,
+            "timeout": micros,  # socket I/O timeout: a silent camera raises ETIMEDOUT
+            "allowed_media_types": "video+audio",
+            "analyzeduration": "2000000",
+            "probesize": "1000000",
+        }
+        if self._transport == "udp":
+            options["buffer_size"] = str(4 * 1024 * 1024)
+            options["reorder_queue_size"] = "64"
+        secrets = (self._password, self._username)
+        capture = SocketCapture(self._host, self._port)
+        with capture:
+            started = time.monotonic()
+            try:
+                container = av.open(self._full_url(), options=options, timeout=None)
+            except (av.FFmpegError, OSError) as err:
+                if time.monotonic() - started >= 0.9 * self._timeout_s:
+                    # FFmpeg reports an unanswered handshake as invalid data once its socket
+                    # timeout expires; the elapsed time says what really happened.
+                    detail = redact_text(f"{type(err).__name__}: {err.strerror}", *secrets)
+                    raise ConnectTimeout(
+                        f"no RTSP answer within {self._timeout_s:.1f} s ({detail})"
+                    ) from None
+                raise classify(err, connecting=True, secrets=secrets) from None
+        fd = capture.fd
+        watch = None
+        if fd is not None:
+            watch = WATCHDOG.register(self._camera, fd, self._timeout_s)
+        try:
+            return RtspSource(container, f"rtsp {self._host}:{self._port}", secrets, watch)
+        except StreamError:
+            if watch is not None:
+                WATCHDOG.unregister(watch)
+            raise
+
+    def probe_reachable(self) -> bool:
+        try:
+            with socket.create_connection((self._host, self._port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+
+# --- the built-in test camera ---------------------------------------------------------------
+
+_DIGITS = {
+    "0": ("111", "101", "101", "101", "111"),
+    "1": ("010", "110", "010", "010", "111"),
+    "2": ("111", "001", "111", "100", "111"),
+    "3": ("111", "001", "111", "001", "111"),
+    "4": ("101", "101", "111", "001", "001"),
+    "5": ("111", "100", "111", "001", "111"),
+    "6": ("111", "100", "111", "101", "111"),
+    "7": ("111", "001", "010", "010", "010"),
+    "8": ("111", "101", "111", "101", "111"),
+    "9": ("111", "101", "111", "001", "111"),
+    ":": ("000", "010", "000", "010", "000"),
+    "-": ("000", "000", "111", "000", "000"),
+    " ": ("000", "000", "000", "000", "000"),
+    ".": ("000", "000", "000", "000", "010"),
+}
+_GLYPHS = {ch: np.array([[c == "1" for c in row] for row in rows]) for ch, rows in _DIGITS.items()}
+
+
+def draw_text(luma: np.ndarray, text: str, x: int, y: int, scale: int) -> None:
+    """Burn `text` (digits, ':', '-', '.', ' ') into a luma plane, white on black boxes."""
+    for i, ch in enumerate(text):
+        glyph = _GLYPHS.get(ch, _GLYPHS[" "])
+        big = np.kron(glyph, np.ones((scale, scale), dtype=bool))
+        x0 = x + i * 4 * scale
+        h, w = big.shape
+        region = luma[y - scale : y + h + scale, x0 - scale : x0 + w + scale]
+        region[:] = 16
+        luma[y : y + h, x0 : x0 + w][big] = 235
+
+
+class TestPatternSource:
+    """A moving picture with a burned-in UTC clock, encoded with libx264 in real time."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(
+        self,
+        width: int = 640,
+        height: int = 360,
+        fps: int = 10,
+        wall: Callable[[], float] = time.time,
+        realtime: bool = True,
+    ) -> None:
+        """`realtime=False` makes frames as fast as they can be encoded (tests, benches)."""
+        self._fps = fps
+        self._wall = wall
+        self._realtime = realtime
+        # A throwaway MP4 context gives us a Stream whose codec parameters (with global
+        # SPS/PPS extradata) can serve as the template of the segment writer's stream.
+        self._dummy = av.open(io.BytesIO(), "w", format="mp4")
+        stream = self._dummy.add_stream("libx264", rate=fps)
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = fps
+        stream.codec_context.options = {
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            "x264-params": f"keyint={fps}:min-keyint={fps}:scenecut=0",
+        }
+        stream.codec_context.bit_rate = 400_000
+        self._dummy.start_encoding()
+        self.video: VideoStream = stream
+        if stream.time_base is None:
+            raise RuntimeError("libx264 stream has no time base after start_encoding")
+        self._time_base = stream.time_base
+        self.audio: AudioStream | None = None
+        self.description = "built-in test pattern"
+        yy, xx = np.mgrid[0:height, 0:width]
+        self._base = ((xx * 255 // max(1, width - 1) + yy * 64 // max(1, height - 1)) % 256).astype(
+            np.uint8
+        )
+        self._chroma = np.full((height // 2, width // 2), 128, np.uint8)
+
+    def _frame(self, index: int) -> av.VideoFrame:
+        h, w = self._base.shape
+        luma = np.roll(self._base, index * 4, axis=1)
+        box = (index * 6) % max(1, w - 60)
+        luma[h // 2 - 30 : h // 2 + 30, box : box + 60] = 200
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self._wall()))
+        stamp += f".{int(self._wall() * 10) % 10}"
+        draw_text(luma, stamp, 16, 16, 3)
+        frame = av.VideoFrame(w, h, "yuv420p")
+        frame.planes[0].update(np.ascontiguousarray(luma).tobytes())
+        frame.planes[1].update(self._chroma.tobytes())
+        frame.planes[2].update(self._chroma.tobytes())
+        frame.pts = index
+        frame.time_base = Fraction(1, self._fps)
+        return frame
+
+    def packets(self) -> Iterator[av.Packet[Any]]:
+        start = time.monotonic()
+        index = 0
+        while True:
+            delay = start + index / self._fps - time.monotonic()
+            if self._realtime and delay > 0:
+                time.sleep(delay)
+            for packet in self.video.encode(self._frame(index)):
+                src = packet.time_base
+                if src is not None and src != self._time_base:
+                    scale = src / self._time_base
+                    if packet.pts is not None:
+                        packet.pts = int(packet.pts * scale)
+                    if packet.dts is not None:
+                        packet.dts = int(packet.dts * scale)
+                    packet.duration = int((packet.duration or 0) * scale)
+                    packet.time_base = self._time_base
+                yield packet
+            index += 1
+
+    def close(self) -> None:
+        self._dummy.close()
+
+
+class TestPatternOpener:
+    """Opens the built-in test camera (never fails, never needs the network)."""
+
+    __test__ = False
+
+    def open(self) -> TestPatternSource:
+        return TestPatternSource()
+
+    def probe_reachable(self) -> bool:
+        return True
