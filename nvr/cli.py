@@ -1,0 +1,169 @@
+"""The `nvr` command line: `run`, `check-config`, `status`, `discover` (`nvr.discover`). Runs on
+the main thread; `run` hands over to the asyncio loop (`nvr.daemon`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from config import ConfigError, NvrConfig, default_config, load_config
+from ingest.timecheck import camera_status_lines, server_status_line
+from nvr import cli_api, cli_retention, discover
+from storage import SegmentStore, StorageError
+
+log = logging.getLogger("nvr")
+
+
+class _UTCFormatter(logging.Formatter):
+    @staticmethod
+    def converter(secs: float | None = None, /) -> time.struct_time:
+        return time.gmtime(secs)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        _UTCFormatter(
+            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def fmt_ms(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _load(path: Path | None) -> NvrConfig:
+    return default_config() if path is None else load_config(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nvr.daemon import run_daemon
+
+    config = _load(args.config)
+    setup_logging(config.log_level)
+    if args.config is None:
+        log.info(
+            "no config given: embedded default (data in %s, built-in camera 'demo')",
+            config.storage.root,
+        )
+    try:
+        asyncio.run(run_daemon(config))
+    except StorageError as err:
+        log.error("%s", err)
+        return 1
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.file)
+    print(
+        f"{args.file}: ok ({len(config.cameras)} cameras, retention {config.retention.days} days)"
+    )
+    return 0
+
+
+def _status_doc(root: Path) -> dict[str, Any] | None:
+    try:
+        doc: dict[str, Any] = json.loads((root / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    store = SegmentStore(config.storage.root, config.storage.index_url(), exclusive=False)
+    try:
+        doc = _status_doc(config.storage.root)
+        now = time.time_ns() // 1_000_000
+        fresh = doc is not None and doc.get("running") and now - int(doc["written_ms"]) < 15_000
+        print("daemon: " + (f"running (pid {doc['pid']})" if fresh and doc else "not running"))
+        capacity = store.capacity_history(limit=1)
+        free_gb = store.free_bytes() / 1e9
+        if capacity:
+            print(
+                f"storage: {free_gb:.1f} GB free; capacity {capacity[-1].state}: "
+                f"{capacity[-1].detail}"
+            )
+        else:
+            print(f"storage: {free_gb:.1f} GB free; capacity not yet forecast")
+        print(server_status_line())
+        hour_ago = now - 3_600_000
+        for cam in config.cameras:
+            live = (doc or {}).get("cameras", {}).get(cam.name) if fresh else None
+            state = live["state"] if live else "not running"
+            detail = f" ({live['detail']})" if live and live.get("detail") else ""
+            last = store.last_segment(cam.name)
+            stats = store.stats(cam.name, hour_ago)
+            outages = store.outages(cam.name, 0)
+            print(f"{cam.name}: {state}{detail}")
+            for line in camera_status_lines(store, cam.name, cam.max_clock_offset_seconds):
+                print(f"  {line}")
+            print(f"  last segment end: {fmt_ms(last.end_ms if last else None)}")
+            print(
+                f"  last hour: {stats.segments} segments, {stats.bytes} bytes, "
+                f"{stats.media_ms / 1000:.0f} s recorded"
+            )
+            open_gaps = [o for o in outages if o.end_ms is None]
+            closed = [o for o in outages if o.end_ms is not None]
+            for o in open_gaps:
+                print(f"  open gap since {fmt_ms(o.start_ms)}: {o.cause} {o.detail}".rstrip())
+            if closed:
+                o = closed[-1]
+                print(
+                    f"  last gap: {fmt_ms(o.start_ms)} .. {fmt_ms(o.end_ms)} "
+                    f"({(o.duration_ms or 0) / 1000:.1f} s, {o.cause})"
+                )
+            if not open_gaps and not closed:
+                print("  gaps: none")
+    finally:
+        store.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nvr", description="Evidence-grade video recorder")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the recorder in the foreground")
+    run.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded demo)")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=cmd_check_config)
+    status = sub.add_parser("status", help="per-camera state, recent segments and gaps")
+    status.add_argument("-c", "--config", type=Path)
+    status.set_defaults(func=cmd_status)
+    cli_retention.register(sub)
+    cli_api.register(sub)
+    discover.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except StorageError as err:
+        print(f"storage: {err}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""CLI commands for the API's accounts and evidence: `user` (add, list, set, disable, enable),
+`audit-verify` and `verify-export`. Account commands open the store beside a running daemon
+(no writer lock) and change users through `SegmentStore.accounts`, which audits every change
+with `cli:<os user>` as actor. Passwords are read from stdin or a terminal prompt, never from
+the command line, and never printed. Runs on the main thread."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from pathlib import Path
+
+from config import NvrConfig, default_config, load_config
+from storage import SegmentStore
+from storage.accounts import ROLES, AccountError
+
+
+def _load(path: Path | None) -> NvrConfig:
+    return default_config() if path is None else load_config(path)
+
+
+def _open(args: argparse.Namespace) -> SegmentStore:
+    config = _load(args.config)
+    return SegmentStore(config.storage.root, config.storage.index_url(), exclusive=False)
+
+
+def actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _cameras(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise AccountError("give --password-stdin (and the password on stdin)")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise AccountError("the two passwords differ")
+    return first
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    password = _password(args.password_stdin)
+    store = _open(args)
+    try:
+        user = store.accounts.add_user(
+            args.name,
+            args.role,
+            password,
+            cameras=_cameras(args.cameras) or [],
+            actor=actor(),
+        )
+    finally:
+        store.close()
+    cams = ",".join(sorted(user.cameras)) or "(none)"
+    print(f"added {user.name}: {user.role}, cameras {cams}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    store = _open(args)
+    try:
+        users = store.accounts.users()
+    finally:
+        store.close()
+    for u in users:
+        cams = ",".join(sorted(u.cameras)) or "(none)"
+        state = "disabled" if u.disabled else "enabled"
+        print(f"{u.name}\t{u.role}\t{state}\tcameras {cams}")
+    if not users:
+        print("no users")
+    return 0
+
+
+def cmd_user_set(args: argparse.Namespace) -> int:
+    password = _password(True) if args.password_stdin else None
+    store = _open(args)
+    try:
+        if store.accounts.user(args.name) is None:
+            raise AccountError(f"no user called {args.name!r}")
+        if args.role is not None:
+            store.accounts.set_role(args.name, args.role, actor=actor())
+        cameras = _cameras(args.cameras)
+        if cameras is not None:
+            store.accounts.set_cameras(args.name, cameras, actor=actor())
+        if password is not None:
+            store.accounts.set_password(args.name, password, actor=actor())
+        user = store.accounts.user(args.name)
+    finally:
+        store.close()
+    if user is not None:
+        cams = ",".join(sorted(user.cameras)) or "(none)"
+        print(f"{user.name}: {user.role}, cameras {cams}")
+    return 0
+
+
+def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
+    store = _open(args)
+    try:
+        user = store.accounts.set_disabled(args.name, disabled, actor=actor())
+    finally:
+        store.close()
+    print(f"{user.name}: {'disabled (tokens revoked)' if disabled else 'enabled'}")
+    return 0
+
+
+def cmd_user_disable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, True)
+
+
+def cmd_user_enable(args: argparse.Namespace) -> int:
+    return _set_disabled(args, False)
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    store = _open(args)
+    try:
+        problems = store.verify_audit()
+    finally:
+        store.close()
+    if problems:
+        for line in problems:
+            print(f"PROBLEM: {line}")
+        print(f"audit log: {len(problems)} problems", file=sys.stderr)
+        return 1
+    print("audit log intact: every entry matches its hash and the chain is unbroken")
+    return 0
+
+
+def cmd_verify_export(args: argparse.Namespace) -> int:
+    from api.package import verify_package
+
+    key = None
+    if args.key is not None:
+        try:
+            key = args.key.read_bytes()
+        except OSError as err:
+            print(f"cannot read {args.key}: {err.strerror}", file=sys.stderr)
+            return 2
+    result = verify_package(args.package, key)
+    for note in result.notes:
+        print(f"note: {note}")
+    if not result.ok:
+        for line in result.problems:
+            print(f"MISMATCH: {line}")
+        print(f"{args.package}: NOT verified ({len(result.problems)} problems)", file=sys.stderr)
+        return 1
+    manifest = result.manifest or {}
+    files = manifest.get("files", [])
+    print(
+        f"{args.package}: verified: signature, manifest and {len(files)} files "
+        f"(export {manifest.get('export_id')}, camera {manifest.get('camera')})"
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `user`, `audit-verify` and `verify-export` to the `nvr` parser."""
+    user = sub.add_parser("user", help="manage API users (add, list, set, disable, enable)")
+    users = user.add_subparsers(dest="user_command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = users.add_parser(name, help=help_text)
+        p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+        return p
+
+    p = with_config("add", "add a user")
+    p.add_argument("name")
+    p.add_argument("--role", required=True, choices=ROLES)
+    p.add_argument("--cameras", help="comma-separated camera names, or * for all")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.set_defaults(func=cmd_user_add)
+
+    p = with_config("list", "list users")
+    p.set_defaults(func=cmd_user_list)
+
+    p = with_config("set", "change a user's role, cameras or password")
+    p.add_argument("name")
+    p.add_argument("--role", choices=ROLES)
+    p.add_argument("--cameras", help="comma-separated camera names, or * for all")
+    p.add_argument("--password-stdin", action="store_true", help="new password from stdin")
+    p.set_defaults(func=cmd_user_set)
+
+    p = with_config("disable", "disable a user (revokes their tokens)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_disable)
+
+    p = with_config("enable", "enable a disabled user")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_user_enable)
+
+    p = sub.add_parser("audit-verify", help="walk the audit log's hash chain")
+    p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+    p.set_defaults(func=cmd_audit_verify)
+
+    p = sub.add_parser("verify-export", help="check an export package offline")
+    p.add_argument("package", type=Path)
+    p.add_argument("--key", type=Path, help="the recorder's public key (GET /api/signing-key)")
+    p.set_defaults(func=cmd_verify_export)

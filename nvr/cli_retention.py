@@ -1,0 +1,218 @@
+"""CLI commands for retention and integrity: lock, locks, lock-extend, lock-release, delete,
+verify, purge. Each opens the store beside a running daemon (no writer lock) and acts through
+the storage door, which refuses and audits anything inside the window or locked. Runs on the
+main thread."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+from config import NvrConfig, default_config, load_config
+from retention import RetentionService
+from storage import LockError, RetentionViolation, SegmentStore
+from storage.guard import iso
+
+
+def parse_time(text: str) -> int:
+    """ISO 8601 with a zone (`2026-11-22T08:00:00Z`, `...+08:00`) -> UTC ms."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"expected an ISO 8601 time with a zone, e.g. 2026-11-22T08:00:00Z, found {text!r}"
+        ) from err
+    if dt.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"the time {text!r} has no zone; add Z or an offset such as +08:00"
+        )
+    return int(dt.timestamp() * 1000)
+
+
+def actor() -> str:
+    """Who is acting at the command line (audited)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+def _config(path: Path | None) -> NvrConfig:
+    return default_config() if path is None else load_config(path)
+
+
+def open_store(config: NvrConfig) -> SegmentStore:
+    return SegmentStore(
+        config.storage.root,
+        config.storage.index_url(),
+        exclusive=False,
+        retention_days=config.retention_days,
+    )
+
+
+@contextlib.contextmanager
+def opened(args: argparse.Namespace) -> Iterator[tuple[NvrConfig, SegmentStore]]:
+    """The config named by `-c` and its store (beside a running daemon), closed after."""
+    config = _config(args.config)
+    store = open_store(config)
+    try:
+        yield config, store
+    finally:
+        store.close()
+
+
+def _camera(config: NvrConfig, store: SegmentStore, name: str) -> str:
+    known = {c.name for c in config.cameras} | set(store.cameras())
+    if name not in known:
+        raise SystemExit(f"nvr: unknown camera {name!r} (known: {', '.join(sorted(known))})")
+    return name
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    with opened(args) as (config, store):
+        cam = _camera(config, store, args.camera)
+        try:
+            lock = store.lock(
+                cam,
+                args.start,
+                args.end,
+                actor=actor(),
+                reason=args.reason,
+                case_id=args.case,
+                until_ms=args.until,
+                hold=args.hold,
+            )
+        except LockError as err:
+            print(f"nvr lock: refused: {err}", file=sys.stderr)
+            return 1
+    print(f"locked: {lock.describe()} {cam} {iso(lock.start_ms)} .. {iso(lock.end_ms)}")
+    return 0
+
+
+def cmd_locks(args: argparse.Namespace) -> int:
+    with opened(args) as (_, store):
+        locks = store.locks(include_inactive=args.all)
+        now = store.now()
+    if not locks:
+        print("no locks")
+    for lk in locks:
+        state = "active" if lk.active(now) else "ended"
+        until = "legal hold" if lk.expires_ms is None else f"until {iso(lk.expires_ms)}"
+        print(
+            f"{lk.id}\t{lk.camera}\t{iso(lk.start_ms)} .. {iso(lk.end_ms)}\t{until}\t"
+            f"{state}\tby {lk.created_by}\tcase {lk.case_id or '-'}\t{lk.reason}"
+        )
+    return 0
+
+
+def cmd_lock_extend(args: argparse.Namespace) -> int:
+    with opened(args) as (_, store):
+        try:
+            lock = store.extend_lock(args.id, args.until, actor=actor())
+        except LockError as err:
+            print(f"nvr lock-extend: refused: {err}", file=sys.stderr)
+            return 1
+    print(f"extended: {lock.describe()}")
+    return 0
+
+
+def cmd_lock_release(args: argparse.Namespace) -> int:
+    with opened(args) as (_, store):
+        try:
+            lock = store.release_hold(args.id, actor=actor(), reason=args.reason)
+        except LockError as err:
+            print(f"nvr lock-release: refused: {err}", file=sys.stderr)
+            return 1
+    print(f"released: {lock.describe()}")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    if args.end <= args.start:
+        print("nvr delete: --to must be after --from", file=sys.stderr)
+        return 2
+    with opened(args) as (config, store):
+        cam = _camera(config, store, args.camera)
+        try:
+            gone = store.delete_range(cam, args.start, args.end, actor=actor())
+        except RetentionViolation as err:
+            print(f"nvr delete: refused: {err.reason}", file=sys.stderr)
+            return 1
+    print(f"deleted {len(gone)} segments ({sum(s.bytes for s in gone)} bytes)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with opened(args) as (_, store):
+        report = store.verify(args.camera, args.start, args.end)
+        audit = store.verify_audit()
+    for line in report.problems + audit:
+        print(line)
+    print(
+        f"{report.segments_checked} segments checked, {report.files_hashed} files hashed, "
+        f"{len(report.problems)} recording problems, {len(audit)} audit problems"
+    )
+    return 0 if report.ok and not audit else 1
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    with opened(args) as (config, store):
+        service = RetentionService(config, store)
+        deleted = service.purge_once()
+        fc = service.capacity_once()
+    print(f"purged {deleted} segments; capacity {fc.state}: {fc.detail}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the retention commands to the `nvr` parser."""
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+        return p
+
+    p = with_config("lock", "lock footage as evidence (default 2 years)")
+    p.add_argument("camera")
+    p.add_argument("--from", dest="start", type=parse_time, required=True)
+    p.add_argument("--to", dest="end", type=parse_time, required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--case")
+    until = p.add_mutually_exclusive_group()
+    until.add_argument("--until", type=parse_time, help="expiry (default: two years from now)")
+    until.add_argument("--hold", action="store_true", help="legal hold: no expiry")
+    p.set_defaults(func=cmd_lock)
+
+    p = with_config("locks", "list locks")
+    p.add_argument("--all", action="store_true", help="include expired and released locks")
+    p.set_defaults(func=cmd_locks)
+
+    p = with_config("lock-extend", "move a lock's expiry later (never earlier)")
+    p.add_argument("id", type=int)
+    p.add_argument("--until", type=parse_time, required=True)
+    p.set_defaults(func=cmd_lock_extend)
+
+    p = with_config("lock-release", "release a legal hold (admin)")
+    p.add_argument("id", type=int)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_lock_release)
+
+    p = with_config("delete", "delete expired, unlocked footage (refuses anything else)")
+    p.add_argument("camera")
+    p.add_argument("--from", dest="start", type=parse_time, required=True)
+    p.add_argument("--to", dest="end", type=parse_time, required=True)
+    p.set_defaults(func=cmd_delete)
+
+    p = with_config("verify", "re-hash recordings and walk the hash chains and audit log")
+    p.add_argument("--camera")
+    p.add_argument("--from", dest="start", type=parse_time)
+    p.add_argument("--to", dest="end", type=parse_time)
+    p.set_defaults(func=cmd_verify)
+
+    p = with_config("purge", "run one retention pass now (the daemon does this every minute)")
+    p.set_defaults(func=cmd_purge)

@@ -1,0 +1,264 @@
+"""The daemon's lifespan on the asyncio event loop: open the store (recover interrupted
+writes), start the recorders, publish status, and on SIGTERM/SIGINT finish every in-flight
+segment within 10 s. Blocking work (opening the store, scans, status files) goes through
+`asyncio.to_thread`; recorders run on their own threads.
+
+Under systemd (`systemd/nvr.service`, `Type=notify`) it reports READY=1 once the index is open
+and the recorders are started, a one-line STATUS= every few seconds, and STOPPING=1 on the way
+out. The `sd-watchdog` task, on this loop, runs the supervisor's self-repair each second and
+sends WATCHDOG=1 only while every recorder is healthy: progress within the watchdog timeout,
+or a stuck one still waiting for its replacement. A blocked loop sends nothing (the task cannot
+run), and so does a process where replacing a recorder did not help; systemd then restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+from api.server import serve_api
+from config import NvrConfig
+from ingest import RecorderStatus, Supervisor
+from ingest.supervisor import OpenerFactory, RecorderHealth, RepairPolicy, default_opener
+from nvr.sdnotify import Notifier
+from retention import Forecast, RetentionService
+from storage import SegmentStore, StorageError
+
+log = logging.getLogger("nvr.daemon")
+
+STATUS_FILE = "status.json"
+STATUS_INTERVAL = 2.0
+REPAIR_INTERVAL = 1.0
+"""Seconds between self-repair checks (and watchdog pings, when systemd asks for them)."""
+REPAIR_SLACK = 10.0
+"""Seconds a stuck recorder may wait for its replacement before the watchdog pings stop."""
+GIB = 1024**3
+
+
+def status_line(
+    statuses: list[RecorderStatus],
+    health: list[RecorderHealth],
+    free_bytes: int,
+    forecast: Forecast | None,
+) -> str:
+    """The one-line STATUS= summary: cameras recording, trouble, free space, forecast."""
+    recording = sum(1 for s in statuses if s.state == "recording")
+    head = f"recording {recording}/{len(statuses)} cameras"
+    stuck = {h.camera: h for h in health if h.stuck}
+    trouble = [
+        f"{s.camera} stuck {stuck[s.camera].idle:.0f}s"
+        if s.camera in stuck
+        else f"{s.camera} {s.state}"
+        for s in statuses
+        if s.state != "recording" or s.camera in stuck
+    ]
+    if trouble:
+        more = f" +{len(trouble) - 3} more" if len(trouble) > 3 else ""
+        head += " (" + ", ".join(trouble[:3]) + more + ")"
+    parts = [head, f"{free_bytes / GIB:.1f} GiB free"]
+    if forecast is not None:
+        if forecast.state == "unknown" or forecast.forecast_days == float("inf"):
+            parts.append("storage forecast unknown yet")
+        else:
+            parts.append(
+                f"storage holds {forecast.forecast_days:.0f} days ({forecast.state}, "
+                f"window {forecast.window_days})"
+            )
+    return "; ".join(parts)
+
+
+def unhealthy(health: list[RecorderHealth], watchdog: float) -> list[RecorderHealth]:
+    """Recorders that keep the daemon from vouching for itself to systemd's watchdog: no
+    progress within `watchdog` seconds, unless self-repair may still replace them (then
+    they get until `stuck_after` plus the time a replacement takes)."""
+    out = []
+    for h in health:
+        bound = watchdog
+        if h.repairable:
+            bound = max(watchdog, h.stuck_after + REPAIR_SLACK)
+        if h.idle > bound or (not h.alive and not h.repairable):
+            out.append(h)
+    return out
+
+
+async def heartbeat(supervisor: Supervisor, notifier: Notifier, stop: asyncio.Event) -> None:
+    """Self-repair, and WATCHDOG=1 while healthy. Runs as a task on the daemon's loop, so a
+    blocked loop stops the pings. Ends when `stop` is set (after a repair in progress)."""
+    watchdog = notifier.watchdog
+    period = REPAIR_INTERVAL if watchdog is None else min(REPAIR_INTERVAL, watchdog / 2)
+    withheld = False
+    while not stop.is_set():
+        health = supervisor.health()
+        if supervisor.abandoned or any(h.stuck for h in health):
+            try:
+                await supervisor.repair()
+            except StorageError as err:  # the index is unavailable: try again next tick
+                log.error("self-repair could not write to the index: %s", err)
+            health = supervisor.health()
+        if watchdog is not None:
+            bad = unhealthy(health, watchdog)
+            if not bad:
+                notifier.ping()
+                if withheld:
+                    log.info("all recorders healthy again: watchdog pings resumed")
+                    withheld = False
+            elif not withheld:
+                withheld = True
+                log.error(
+                    "withholding watchdog pings (systemd will restart the daemon): %s",
+                    ", ".join(f"{h.camera} no progress for {h.idle:.0f} s" for h in bad),
+                )
+        try:
+            await asyncio.wait_for(stop.wait(), period)
+        except TimeoutError:
+            pass
+
+
+def write_status(root: Path, supervisor: Supervisor, running: bool) -> None:
+    """Atomically publish the recorders' live state for `nvr status` (another process).
+    Blocking: runs on a worker thread."""
+    doc = {
+        "pid": os.getpid(),
+        "running": running,
+        "written_ms": time.time_ns() // 1_000_000,
+        "cameras": {s.camera: asdict(s) for s in supervisor.snapshot()},
+    }
+    tmp = root / (STATUS_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    os.replace(tmp, root / STATUS_FILE)
+
+
+class _Publisher:
+    """status.json and free space, each round; a full or failing disk is logged once and
+    never stops the daemon (the recorders handle it: pause, ledger, resume)."""
+
+    def __init__(self, root: Path, supervisor: Supervisor, store: SegmentStore) -> None:
+        self._root = root
+        self._supervisor = supervisor
+        self._store = store
+        self._failing: str | None = None
+        self.free_bytes = 0
+
+    def _round(self, running: bool) -> None:
+        """Blocking: runs on a worker thread."""
+        try:
+            self.free_bytes = self._store.free_bytes()
+            write_status(self._root, self._supervisor, running)
+        except OSError as err:
+            if self._failing is None:
+                log.warning("cannot publish %s: %s", STATUS_FILE, err)
+            self._failing = str(err)
+            return
+        if self._failing is not None:
+            log.info("%s published again", STATUS_FILE)
+            self._failing = None
+
+    async def publish(self, running: bool) -> None:
+        await asyncio.to_thread(self._round, running)
+
+
+async def run_daemon(
+    config: NvrConfig,
+    *,
+    stop: asyncio.Event | None = None,
+    opener_factory: OpenerFactory = default_opener,
+    notifier: Notifier | None = None,
+    repair: RepairPolicy | None = None,
+) -> None:
+    """Run until `stop` is set or SIGTERM/SIGINT arrives. `notifier` defaults to the one
+    systemd's environment asks for (none outside systemd)."""
+    stop = stop or asyncio.Event()
+    notifier = notifier or Notifier.from_environment()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    root = config.storage.root
+    store = await asyncio.to_thread(
+        partial(SegmentStore, retention_days=config.retention_days),
+        root,
+        config.storage.index_url(),
+    )
+    try:
+        salvaged = await asyncio.to_thread(store.recover)
+        if salvaged:
+            log.warning("salvaged %d interrupted segments", len(salvaged))
+        supervisor = Supervisor(config, store, opener_factory, repair=repair)
+        supervisor.start()
+        check = asyncio.create_task(_consistency(store), name="consistency-check")
+        retention = RetentionService(config, store)
+        retention_task = asyncio.create_task(retention.run(stop), name="retention")
+        log.info("recording %d cameras into %s", len(supervisor.recorders), root)
+        publisher = _Publisher(root, supervisor, store)
+        await publisher.publish(True)
+        api = serve_api(config, store, supervisor, lambda: retention.last_forecast)
+        line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
+        notifier.ready(line)
+        if notifier.watchdog is not None:
+            log.info("systemd watchdog: %.0f s", notifier.watchdog)
+        beat = asyncio.create_task(heartbeat(supervisor, notifier, stop), name="sd-watchdog")
+        beat.add_done_callback(_report_crash)
+        while not stop.is_set():
+            await publisher.publish(True)
+            new_line = status_line(
+                supervisor.snapshot(),
+                supervisor.health(),
+                publisher.free_bytes,
+                retention.last_forecast,
+            )
+            if new_line != line:
+                notifier.status(new_line)
+                line = new_line
+            try:
+                await asyncio.wait_for(stop.wait(), STATUS_INTERVAL)
+            except TimeoutError:
+                pass
+        log.info("stopping: finishing in-flight segments")
+        notifier.stopping("stopping: finishing in-flight segments")
+        if api is not None:
+            await api.close()
+        await asyncio.wait([beat])  # ends at `stop`; a failure was logged when it happened
+        check.cancel()
+        await supervisor.stop(grace=10.0)
+        await retention_task
+        await publisher.publish(False)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await asyncio.to_thread(store.close)
+        notifier.close()
+    log.info("stopped")
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A bug in the heartbeat must not pass silently: without it there is no self-repair, and
+    under systemd no watchdog ping either (so systemd restarts the daemon)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.critical(
+            "%s task failed: no more self-repair or watchdog pings",
+            task.get_name(),
+            exc_info=task.exception(),
+        )
+
+
+async def _consistency(store: SegmentStore) -> None:
+    """Report (never act on) differences between the files and the index."""
+    report = await asyncio.to_thread(store.consistency)
+    for path in report.files_without_rows[:20]:
+        log.warning("file without index row (kept, not deleted): %s", path)
+    for path in report.rows_without_files[:20]:
+        log.error("index row without file (missing footage): %s", path)
+    for path in report.unsalvageable_parts[:20]:
+        log.warning("partial file with no complete fragment (kept): %s", path)
+    if report.files_without_rows or report.rows_without_files:
+        log.warning(
+            "consistency: %d files without rows, %d rows without files",
+            len(report.files_without_rows),
+            len(report.rows_without_files),
+        )
