@@ -1,0 +1,16 @@
+"""The HTTP API (R1 health, R5, R6, R7): FastAPI served by uvicorn inside the daemon's event
+loop. `ApiServer` (the daemon's handle), `create_app` (tests run it under their own uvicorn),
+`ApiContext` (what the daemon hands over: config, store, live recorder state, forecast).
+
+Layout: `app` (application, lifespan, access log), `services` (what routes call), `deps`
+(typed dependencies: services, the logged-in user, roles, camera permissions), `routes/*`,
+`models` (request/response schemas), `mp4` + `playback` (virtual MP4 files of any range),
+`cameras`, `health`, `metrics`, `exports` + `package` (signed evidence packages), `auth`
+(login throttle, signed playback links), `params`, `errors`.
+"""
+
+from api.app import create_app
+from api.server import ApiServer
+from api.services import ApiContext
+
+__all__ = ["ApiContext", "ApiServer", "create_app"]

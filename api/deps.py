@@ -1,0 +1,127 @@
+"""FastAPI dependencies as typed aliases (`StoreDep`, `UserDep`, `OperatorDep`, ...): the
+services from the lifespan, the logged-in user from a bearer token, role checks and camera
+permission checks. Runs on the event loop; index lookups go through `asyncio.to_thread`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, cast
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.auth import ADMIN, AUDIT, OPERATE, PLAYBACK, Link, has_role
+from api.errors import Forbidden, NotFound, Unauthorized
+from api.params import CAMERA_NAME
+from api.services import ApiServices
+from storage import SegmentStore
+from storage.accounts import Role, TokenSession, User
+
+bearer = HTTPBearer(
+    auto_error=False,
+    description="The token from POST /api/login, as `Authorization: Bearer <token>`",
+)
+
+
+def get_services(request: Request) -> ApiServices:
+    return cast(ApiServices, request.state.services)
+
+
+ServicesDep = Annotated[ApiServices, Depends(get_services)]
+
+
+def get_store(services: ServicesDep) -> SegmentStore:
+    return services.store
+
+
+StoreDep = Annotated[SegmentStore, Depends(get_store)]
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def get_session(services: ServicesDep, creds: Credentials) -> TokenSession:
+    """The session of the bearer token; 401 without a valid one."""
+    if creds is None:
+        raise Unauthorized()
+    token = creds.credentials
+    if not token or len(token) > 256:
+        raise Unauthorized("invalid or expired token")
+    session = await asyncio.to_thread(services.store.accounts.session, token)
+    if session is None:
+        raise Unauthorized("invalid or expired token")
+    return session
+
+
+SessionDep = Annotated[TokenSession, Depends(get_session)]
+
+
+async def get_user(session: SessionDep) -> User:
+    return session.user
+
+
+UserDep = Annotated[User, Depends(get_user)]
+
+
+def _requiring(roles: tuple[Role, ...], what: str) -> object:
+    async def check(user: UserDep) -> User:
+        if not has_role(user, roles):
+            raise Forbidden(f"{what} needs the role {' or '.join(roles)}")
+        return user
+
+    return Depends(check)
+
+
+ViewerDep = Annotated[User, _requiring(PLAYBACK, "playback")]
+OperatorDep = Annotated[User, _requiring(OPERATE, "this")]
+AuditorDep = Annotated[User, _requiring(AUDIT, "the audit log")]
+AdminDep = Annotated[User, _requiring(ADMIN, "user administration")]
+
+CameraPath = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=CAMERA_NAME.pattern, description="camera name")
+]
+
+
+async def check_camera(services: ApiServices, user: User, name: str) -> str:
+    """`name` if the camera exists and `user` may see it: 404 for impossible names, 403
+    for cameras not permitted (whether or not they exist), 404 for unknown ones."""
+    if not CAMERA_NAME.match(name):
+        raise NotFound("no such camera")
+    if not user.may_view(name):
+        raise Forbidden("you are not permitted to see this camera")
+    known = await asyncio.to_thread(services.cameras.known)
+    if name not in known:
+        raise NotFound("no such camera")
+    return name
+
+
+def sees_metadata(user: User, camera: str) -> bool:
+    """Locks and the export register: auditors read all of it; others their cameras."""
+    return user.role in ("auditor", "admin") or user.may_view(camera)
+
+
+AccessQuery = Annotated[
+    str | None,
+    Query(
+        max_length=1024,
+        description="A signed playback link's grant (from POST /api/cameras/{name}/links), "
+        "for players that cannot send a header",
+    ),
+]
+
+
+async def playback_user(
+    services: ServicesDep, creds: Credentials, access: AccessQuery = None
+) -> tuple[User, Link | None]:
+    """The user of a playback request: a bearer token, or a signed link's grant."""
+    if access is not None:
+        link = services.links.verify(access, services.store.now())
+        if link is None:
+            raise Unauthorized("invalid or expired playback link")
+        user = await asyncio.to_thread(services.store.accounts.user_by_id, link.user_id)
+        if user is None or user.disabled:
+            raise Unauthorized("invalid or expired playback link")
+        return user, link
+    session = await get_session(services, creds)
+    return session.user, None
+
+
+PlaybackUserDep = Annotated[tuple[User, Link | None], Depends(playback_user)]

@@ -1,0 +1,69 @@
+"""Typed HTTP errors of the API. Each carries its status code; FastAPI turns them into a JSON
+body `{"detail": ...}`. Messages never contain a password, a token or a camera credential."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException
+
+
+class ApiError(HTTPException):
+    status = 500
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=self.status, detail=detail, headers=headers)
+
+
+class BadRequest(ApiError):
+    """Malformed or out-of-bounds parameters."""
+
+    status = 400
+
+
+class Unauthorized(ApiError):
+    """No valid login."""
+
+    status = 401
+
+    def __init__(self, detail: str = "login required") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    """Logged in, but the role or the camera permissions do not allow it."""
+
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    """Refused by a rule (retention window, lock, two-person rule); `detail` says which."""
+
+    status = 409
+
+
+class Unprocessable(ApiError):
+    """Well-formed but impossible (e.g. one MP4 across a codec change)."""
+
+    status = 422
+
+
+class TooManyAttempts(ApiError):
+    """Login slowed down after repeated failures."""
+
+    status = 429
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, int(retry_after + 0.999))
+        super().__init__(
+            f"too many failed logins; try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+class Unavailable(ApiError):
+    """Storage failing (missing footage file, index error); retrying later may help."""
+
+    status = 503

@@ -1,0 +1,188 @@
+"""`ExportService`: builds the evidence package of an approved export (R5, R6).
+
+The register and the two-person rule live in the index (`SegmentStore.exports`); this service
+builds the package once the second person has approved: the original segments (re-hashed
+against the index while they are copied), one MP4 of the range, a signed manifest (see
+`api.package`). Builds run one at a time on a worker thread, started from the event loop;
+an approved export whose build was interrupted (daemon stopped) is built again at start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from api.mp4 import Mp4Error
+from api.package import (
+    Cancelled,
+    PackageError,
+    file_chunks,
+    fingerprint,
+    public_pem,
+    write_package,
+)
+from api.params import iso
+from api.playback import PlaybackService, Recording, etag
+from storage import SegmentStore, StorageError
+from storage.exports import Export, ExportFile
+
+log = logging.getLogger("nvr.api.exports")
+
+
+class ExportService:
+    def __init__(
+        self,
+        store: SegmentStore,
+        playback: PlaybackService,
+        key: Ed25519PrivateKey,
+        directory: Path,
+    ) -> None:
+        self._store = store
+        self._playback = playback
+        self._key = key
+        self.directory = directory
+        self._stop = threading.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._one_at_a_time = asyncio.Lock()
+
+    @property
+    def public_key_pem(self) -> bytes:
+        return public_pem(self._key)
+
+    @property
+    def key_fingerprint(self) -> str:
+        return fingerprint(self._key)
+
+    def package_path(self, export: Export) -> Path | None:
+        if export.package is None:
+            return None
+        return self._store.root / export.package
+
+    def schedule(self, export_id: int) -> None:
+        """Build the package of an approved export in the background."""
+        task = asyncio.get_running_loop().create_task(
+            self._run(export_id), name=f"export-{export_id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume(self) -> None:
+        """Start builds that were interrupted by a stop."""
+        for export in await asyncio.to_thread(self._store.exports.interrupted):
+            log.warning(
+                "export %d: building its package again after an interrupted build", export.id
+            )
+            self.schedule(export.id)
+
+    async def wait_idle(self) -> None:
+        """Until no build is running (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """Ask running builds to stop at the next chunk (they resume at the next start)."""
+        self._stop.set()
+        await self.wait_idle()
+
+    async def _run(self, export_id: int) -> None:
+        async with self._one_at_a_time:
+            if self._stop.is_set():
+                return
+            try:
+                await asyncio.to_thread(self.build, export_id)
+            except Cancelled:
+                log.info("export %d: build stopped; it resumes at the next start", export_id)
+            except (StorageError, PackageError, Mp4Error, OSError) as err:
+                log.error("export %d: package failed: %s", export_id, err)
+                await asyncio.to_thread(self._store.exports.mark_failed, export_id, str(err))
+            except Exception as err:
+                # A bug must not leave an approved export "building" for ever: record it.
+                log.exception("export %d: unexpected error while building the package", export_id)
+                await asyncio.to_thread(
+                    self._store.exports.mark_failed, export_id, f"internal error: {err!r}"
+                )
+
+    def build(self, export_id: int) -> Export:
+        """Build and register the package of an approved export. Blocking."""
+        export = self._store.exports.get(export_id)
+        segments = self._store.segments(export.camera, export.start_ms, export.end_ms)
+        if not segments:
+            raise PackageError("no footage is left in the range")
+        rec = Recording(
+            export.camera,
+            export.start_ms,
+            export.end_ms,
+            tuple(segments),
+            etag(export.camera, export.start_ms, export.end_ms, segments),
+        )
+        vf = self._playback.file_sync(rec)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"export-{export.id:06d}.zip"
+        manifest: dict[str, Any] = {
+            "export_id": export.id,
+            "store_id": self._store.store_id,
+            "camera": export.camera,
+            "range": {
+                "start_ms": export.start_ms,
+                "end_ms": export.end_ms,
+                "start": iso(export.start_ms),
+                "end": iso(export.end_ms),
+            },
+            "requester": {
+                "user": export.requester,
+                "work_id": export.requester_work_id,
+                "at_ms": export.requested_ms,
+            },
+            "approver": {
+                "user": export.approver,
+                "work_id": export.approver_work_id,
+                "at_ms": export.approved_ms,
+            },
+            "purpose": export.purpose,
+            "recipient": export.recipient,
+            "approval_document": export.approval_document,
+            "built_at_ms": self._store.now(),
+            "segments": [
+                {
+                    "file": f"segments/{seg.path.name}",
+                    "start_ms": seg.start_ms,
+                    "end_ms": seg.end_ms,
+                    "bytes": seg.bytes,
+                    "sha256": seg.sha256,
+                    "chain": seg.chain,
+                    "recovered": seg.recovered,
+                }
+                for seg in segments
+            ],
+            "recording": {
+                "file": "recording.mp4",
+                "start_ms": vf.start_ms,
+                "end_ms": vf.end_ms,
+                "note": "one MP4 of the range, from the keyframe at or before the start; "
+                "the original segments are the evidence",
+            },
+        }
+        files: list[tuple[str, Callable[[], Iterator[bytes]], str | None]] = [
+            (f"segments/{seg.path.name}", file_chunks(seg.path), seg.sha256) for seg in segments
+        ]
+        files.append(("recording.mp4", lambda: vf.chunks(0, vf.size - 1), None))
+        manifest_sha, packed = write_package(
+            path, self._key, manifest, files, should_stop=self._stop.is_set
+        )
+        rel = (
+            str(path.relative_to(self._store.root))
+            if path.is_relative_to(self._store.root)
+            else str(path)
+        )
+        return self._store.exports.mark_ready(
+            export.id,
+            package=rel,
+            manifest_sha256=manifest_sha,
+            files=[ExportFile(p.name, p.bytes, p.sha256) for p in packed],
+        )

@@ -1,0 +1,249 @@
+"""`HealthService`: the daemon's health for `GET /api/health` and `/metrics` (R1).
+
+Overall status: `critical` when a camera has been down longer than
+`[api] critical_after_seconds` or the storage forecast is critical; `degraded` when a camera
+has been down longer than `degraded_after_seconds` or the forecast is a warning; else `ok`.
+"Down" means an enabled camera whose recorder is not recording.
+
+Also owns `RecentErrors`, a logging handler that keeps the last warnings and errors of the
+`nvr` loggers for the health report (log lines never carry secrets; see STYLE).
+
+Methods are blocking (index queries) and run on worker threads; `RecentErrors` is
+thread-safe (logging calls it from every thread).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from api.cameras import DAY_MS, CameraDirectory
+from config import NvrConfig
+from config.models import ApiConfig
+from storage import Outage, SegmentStore
+
+
+class ForecastLike(Protocol):
+    """What health reads from retention's capacity forecast."""
+
+    @property
+    def state(self) -> str: ...
+
+    @property
+    def forecast_days(self) -> float: ...
+
+    @property
+    def free_bytes(self) -> int: ...
+
+    @property
+    def detail(self) -> str: ...
+
+
+CapacityProvider = Callable[[], ForecastLike | None]
+
+
+@dataclass(frozen=True)
+class Capacity:
+    state: str
+    """ok | warning | critical | unknown"""
+    forecast_days: float | None
+    """None when unknown or unbounded (nothing recording)."""
+    free_bytes: int
+    detail: str
+    source: str
+    """`retention` (live forecast) or `index` (last recorded state change) or `none`."""
+
+
+@dataclass(frozen=True)
+class CameraHealth:
+    name: str
+    state: str
+    down_for_s: float | None
+    last_segment_age_s: float | None
+    outages_24h: tuple[Outage, ...]
+    gap_seconds_24h: float
+    window_days: int
+    oldest_segment_ms: int | None
+
+
+@dataclass(frozen=True)
+class ErrorLine:
+    at_ms: int
+    level: str
+    logger: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    reasons: tuple[str, ...]
+    cameras: tuple[CameraHealth, ...]
+    capacity: Capacity
+    retention_compliant: bool | None
+    """None while the forecast is unknown."""
+    retention_detail: str
+    errors: tuple[ErrorLine, ...]
+    at_ms: int
+
+
+class RecentErrors(logging.Handler):
+    """Keeps the last `size` WARNING-or-worse records of the `nvr` loggers."""
+
+    def __init__(self, size: int = 20) -> None:
+        super().__init__(logging.WARNING)
+        self._lines: collections.deque[ErrorLine] = collections.deque(maxlen=size)
+        self._mutex = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        line = ErrorLine(int(record.created * 1000), record.levelname, record.name, message[:500])
+        with self._mutex:
+            self._lines.append(line)
+
+    def lines(self) -> tuple[ErrorLine, ...]:
+        with self._mutex:
+            return tuple(self._lines)
+
+
+def _camera_line(line: ErrorLine, visible: Callable[[str], bool]) -> bool:
+    prefix = "nvr.camera."
+    return line.logger.startswith(prefix) and visible(line.logger.removeprefix(prefix))
+
+
+class HealthService:
+    def __init__(
+        self,
+        config: NvrConfig,
+        api: ApiConfig,
+        store: SegmentStore,
+        cameras: CameraDirectory,
+        capacity: CapacityProvider | None,
+        errors: RecentErrors,
+    ) -> None:
+        self._config = config
+        self._api = api
+        self._store = store
+        self._cameras = cameras
+        self._capacity = capacity
+        self.errors = errors
+
+    def capacity(self) -> Capacity:
+        """The live forecast from retention if the daemon runs it, else the last state
+        recorded in the index; free space is always measured now."""
+        free = self._store.free_bytes()
+        fc = self._capacity() if self._capacity is not None else None
+        if fc is not None:
+            days = fc.forecast_days if math.isfinite(fc.forecast_days) else None
+            return Capacity(fc.state, days, free, fc.detail, "retention")
+        history = self._store.capacity_history(limit=1)
+        if history:
+            last = history[-1]
+            days = last.forecast_days if last.forecast_days >= 0 else None
+            return Capacity(last.state, days, free, last.detail, "index")
+        return Capacity("unknown", None, free, "no forecast yet", "none")
+
+    def camera(self, name: str, now: int) -> CameraHealth:
+        live = self._cameras.live()
+        summary = self._cameras.summary(name, live, now)
+        status = live.get(name)
+        down_for: float | None = None
+        if status is not None and status.state != "recording":
+            down_for = max(0.0, (now - status.since_ms) / 1000)
+        outages = tuple(self._store.outages(name, now - DAY_MS))
+        gap_ms = 0
+        for o in outages:
+            lo = max(o.start_ms, now - DAY_MS)
+            hi = o.end_ms if o.end_ms is not None else now
+            gap_ms += max(0, hi - lo)
+        oldest = self._store.first_segment(name)
+        return CameraHealth(
+            name=name,
+            state=summary.state,
+            down_for_s=down_for,
+            last_segment_age_s=(
+                (now - summary.last_segment_end_ms) / 1000
+                if summary.last_segment_end_ms is not None
+                else None
+            ),
+            outages_24h=outages,
+            gap_seconds_24h=gap_ms / 1000,
+            window_days=self._config.retention_days(name),
+            oldest_segment_ms=oldest.start_ms if oldest else None,
+        )
+
+    def report(self, visible: Callable[[str], bool], everything: bool = False) -> Health:
+        """The health report; per-camera details only for cameras `visible` allows, the
+        overall status over all of them. Log lines only from the loggers of visible cameras
+        unless the user sees `everything` (other lines may name any camera)."""
+        now = self._cameras.now()
+        reasons: list[str] = []
+        status = "ok"
+
+        def worse(level: str) -> None:
+            nonlocal status
+            order = ("ok", "degraded", "critical")
+            if order.index(level) > order.index(status):
+                status = level
+
+        enabled = {c.name for c in self._config.cameras if c.enabled}
+        hidden_down = 0
+        shown: list[CameraHealth] = []
+        live = self._cameras.live()
+        for name in sorted(self._cameras.known()):
+            st = live.get(name)
+            if name in enabled and st is not None and st.state != "recording":
+                down_s = max(0.0, (now - st.since_ms) / 1000)
+                level = (
+                    "critical"
+                    if down_s > self._api.critical_after_seconds
+                    else "degraded"
+                    if down_s > self._api.degraded_after_seconds
+                    else "ok"
+                )
+                if level != "ok":
+                    worse(level)
+                    if visible(name):
+                        reasons.append(f"camera {name} {st.state} for {down_s:.0f} s")
+                    else:
+                        hidden_down += 1
+            if visible(name):
+                shown.append(self.camera(name, now))
+        if hidden_down:
+            reasons.append(f"{hidden_down} other camera(s) down")
+        cap = self.capacity()
+        if cap.state == "critical":
+            worse("critical")
+            reasons.append(f"storage forecast critical: {cap.detail}")
+        elif cap.state == "warning":
+            worse("degraded")
+            reasons.append(f"storage forecast warning: {cap.detail}")
+        window = max(
+            [self._config.retention.days] + [c.retention_days or 0 for c in self._config.cameras]
+        )
+        if cap.state == "unknown":
+            compliant: bool | None = None
+            detail = "not enough recorded footage yet to forecast"
+        elif cap.forecast_days is None:
+            compliant, detail = True, "nothing is recording"
+        else:
+            compliant = cap.forecast_days >= window
+            detail = f"the disk holds {cap.forecast_days:.1f} days; the window is {window} days"
+        return Health(
+            status=status,
+            reasons=tuple(reasons),
+            cameras=tuple(shown),
+            capacity=cap,
+            retention_compliant=compliant,
+            retention_detail=detail,
+            errors=tuple(e for e in self.errors.lines() if everything or _camera_line(e, visible)),
+            at_ms=now,
+        )

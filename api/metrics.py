@@ -1,0 +1,165 @@
+"""Prometheus metrics (`GET /metrics`), built at scrape time from the recorders' live state and
+the index, in a registry of our own (no process-global state). Per-camera series only for the
+cameras the scraping user may see.
+
+`render` is blocking (index queries): call it through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from api.cameras import DAY_MS, CameraDirectory
+from api.health import HealthService
+from api.playback import PlaybackService
+from storage import SegmentStore
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+STATES = (
+    "recording",
+    "connecting",
+    "reconnecting",
+    "stalled",
+    "storage-full",
+    "storage-error",
+    "paused",
+    "not-running",
+    "removed",
+    "starting",
+    "stopped",
+)
+
+
+class _Collector(Collector):
+    def __init__(
+        self,
+        store: SegmentStore,
+        cameras: CameraDirectory,
+        health: HealthService,
+        playback: PlaybackService,
+        visible: Callable[[str], bool],
+    ) -> None:
+        self._store = store
+        self._cameras = cameras
+        self._health = health
+        self._playback = playback
+        self._visible = visible
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._cameras.now()
+        live = self._cameras.live()
+        names = sorted(n for n in self._cameras.known() if self._visible(n))
+        recorded_bytes = CounterMetricFamily(
+            "nvr_camera_recorded_bytes",
+            "Bytes of segments written since the daemon started",
+            labels=["camera"],
+        )
+        segments = CounterMetricFamily(
+            "nvr_camera_segments", "Segments written since the daemon started", labels=["camera"]
+        )
+        reconnects = CounterMetricFamily(
+            "nvr_camera_reconnects", "Reconnections since the daemon started", labels=["camera"]
+        )
+        gap_total = CounterMetricFamily(
+            "nvr_camera_gap_seconds",
+            "Seconds of recording lost to outages, over the whole outage ledger",
+            labels=["camera"],
+        )
+        gap_24h = GaugeMetricFamily(
+            "nvr_camera_gap_seconds_24h",
+            "Seconds lost to outages in the last 24 h",
+            labels=["camera"],
+        )
+        stalled = GaugeMetricFamily(
+            "nvr_camera_stalled",
+            "1 while the camera is stalled (connected, no media)",
+            labels=["camera"],
+        )
+        up = GaugeMetricFamily(
+            "nvr_camera_recording", "1 while the camera records", labels=["camera"]
+        )
+        state = GaugeMetricFamily(
+            "nvr_camera_state",
+            "The recorder's state (1 for the current one)",
+            labels=["camera", "state"],
+        )
+        age = GaugeMetricFamily(
+            "nvr_camera_last_segment_age_seconds",
+            "Seconds since the end of the newest indexed segment",
+            labels=["camera"],
+        )
+        share = GaugeMetricFamily(
+            "nvr_camera_recorded_ratio_24h",
+            "Share of the last 24 h that is recorded",
+            labels=["camera"],
+        )
+        bitrate = GaugeMetricFamily(
+            "nvr_camera_bitrate_bps", "Recorded bitrate over the last 10 minutes", labels=["camera"]
+        )
+        for name in names:
+            st = live.get(name)
+            summary = self._cameras.summary(name, live, now)
+            recorded_bytes.add_metric([name], st.bytes_written if st else 0)
+            segments.add_metric([name], st.segments_written if st else 0)
+            reconnects.add_metric([name], st.reconnects if st else 0)
+            total = 0
+            recent = 0
+            for o in self._store.outages(name, 0):
+                end = o.end_ms if o.end_ms is not None else now
+                total += max(0, end - o.start_ms)
+                recent += max(0, end - max(o.start_ms, now - DAY_MS)) if end > now - DAY_MS else 0
+            gap_total.add_metric([name], total / 1000)
+            gap_24h.add_metric([name], recent / 1000)
+            stalled.add_metric([name], 1.0 if summary.state == "stalled" else 0.0)
+            up.add_metric([name], 1.0 if summary.state == "recording" else 0.0)
+            for s in STATES:
+                state.add_metric([name, s], 1.0 if summary.state == s else 0.0)
+            if summary.last_segment_end_ms is not None:
+                age.add_metric([name], (now - summary.last_segment_end_ms) / 1000)
+            share.add_metric([name], summary.recorded_share_24h)
+            if summary.bitrate_bps is not None:
+                bitrate.add_metric([name], summary.bitrate_bps)
+        yield from (recorded_bytes, segments, reconnects, gap_total, gap_24h, stalled, up, state)
+        yield from (age, share, bitrate)
+        cap = self._health.capacity()
+        yield GaugeMetricFamily(
+            "nvr_storage_free_bytes",
+            "Free bytes on the recordings filesystem",
+            value=cap.free_bytes,
+        )
+        days = GaugeMetricFamily(
+            "nvr_storage_forecast_days", "Days of footage the disk can hold at the current rate"
+        )
+        if cap.forecast_days is not None:
+            days.add_metric([], cap.forecast_days)
+        yield days
+        cstate = GaugeMetricFamily(
+            "nvr_storage_capacity_state",
+            "The capacity forecast state (1 for the current one)",
+            labels=["state"],
+        )
+        for s in ("ok", "warning", "critical", "unknown"):
+            cstate.add_metric([s], 1.0 if cap.state == s else 0.0)
+        yield cstate
+        yield GaugeMetricFamily(
+            "nvr_playback_index_cache_bytes",
+            "Memory held by cached segment sample indexes",
+            value=self._playback.indexes.used_bytes,
+        )
+
+
+def render(
+    store: SegmentStore,
+    cameras: CameraDirectory,
+    health: HealthService,
+    playback: PlaybackService,
+    visible: Callable[[str], bool],
+) -> bytes:
+    """The Prometheus text exposition for one scrape. Blocking."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(store, cameras, health, playback, visible))
+    return generate_latest(registry)

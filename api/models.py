@@ -1,0 +1,265 @@
+"""Request and response bodies of the API (pydantic v2), i.e. the OpenAPI schema at `/docs`.
+Times are UTC milliseconds since 1970 (`*_ms`); request times also accept RFC 3339.
+Pure data; no I/O."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.accounts import Role
+
+Text = Annotated[str, Field(min_length=1, max_length=2000)]
+WorkId = Annotated[str, Field(min_length=1, max_length=64)]
+CameraName = Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}$")]
+TimeIn = Annotated[
+    int | Annotated[str, Field(min_length=1, max_length=64)],
+    Field(description="UTC ms since 1970, or RFC 3339 with a zone (2026-11-22T08:15:00Z)"),
+]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LoginIn(_In):
+    username: Annotated[str, Field(min_length=1, max_length=64)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class UserOut(BaseModel):
+    name: str
+    role: Role
+    cameras: list[str]
+    disabled: bool
+    created_ms: int
+
+
+class LoginOut(BaseModel):
+    token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_ms: int
+    user: UserOut
+
+
+class UserIn(_In):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+    role: Role
+    password: Annotated[str, Field(min_length=10, max_length=1024)]
+    cameras: list[Annotated[str, Field(pattern=r"^(\*|[a-z0-9_-]{1,64})$")]] = []
+
+
+class UserPatch(_In):
+    role: Role | None = None
+    cameras: list[Annotated[str, Field(pattern=r"^(\*|[a-z0-9_-]{1,64})$")]] | None = None
+    disabled: bool | None = None
+    password: Annotated[str, Field(min_length=10, max_length=1024)] | None = None
+
+
+class CameraOut(BaseModel):
+    name: str
+    state: str
+    state_since_ms: int | None
+    detail: str
+    last_segment_end_ms: int | None
+    bitrate_bps: float | None
+    recorded_share_24h: float
+    reconnects: int
+
+
+class SpanOut(BaseModel):
+    start_ms: int
+    end_ms: int
+    segments: int
+    bytes: int
+
+
+class GapCauseOut(BaseModel):
+    cause: str
+    detail: str
+    outage_start_ms: int
+    outage_end_ms: int | None
+
+
+class GapOut(BaseModel):
+    start_ms: int
+    end_ms: int
+    causes: list[GapCauseOut]
+
+
+class TimelineOut(BaseModel):
+    camera: str
+    start_ms: int
+    end_ms: int
+    recorded_ms: int
+    spans: list[SpanOut]
+    gaps: list[GapOut]
+
+
+class LinkIn(_In):
+    start: TimeIn
+    end: TimeIn
+
+
+class LinkOut(BaseModel):
+    url: str
+    """Relative URL of the recording, playable by a `<video>` element without a header."""
+    expires_ms: int
+
+
+class OutageOut(BaseModel):
+    cause: str
+    detail: str
+    start_ms: int
+    end_ms: int | None
+    duration_s: float | None
+
+
+class CameraHealthOut(BaseModel):
+    name: str
+    state: str
+    down_for_s: float | None
+    last_segment_age_s: float | None
+    gap_seconds_24h: float
+    outages_24h: list[OutageOut]
+    window_days: int
+    oldest_segment_ms: int | None
+
+
+class CapacityOut(BaseModel):
+    state: str
+    forecast_days: float | None
+    free_bytes: int
+    detail: str
+    source: str
+
+
+class ErrorLineOut(BaseModel):
+    at_ms: int
+    level: str
+    logger: str
+    message: str
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok", "degraded", "critical"]
+    reasons: list[str]
+    at_ms: int
+    cameras: list[CameraHealthOut]
+    storage: CapacityOut
+    retention_compliant: bool | None
+    retention_detail: str
+    last_errors: list[ErrorLineOut]
+
+
+class LivenessOut(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class AuditOut(BaseModel):
+    id: int
+    at_ms: int
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    detail: dict[str, Any]
+    hash: str
+
+
+class LockIn(_In):
+    camera: CameraName
+    start: TimeIn
+    end: TimeIn
+    reason: Text
+    case_id: Annotated[str, Field(min_length=1, max_length=128)] | None = None
+    until: TimeIn | None = None
+    """Default: two years from now (R3)."""
+    hold: bool = False
+    """A legal hold: kept until an admin releases it."""
+
+
+class LockExtendIn(_In):
+    until: TimeIn
+
+
+class LockReleaseIn(_In):
+    reason: Text
+
+
+class LockOut(BaseModel):
+    id: int
+    camera: str
+    start_ms: int
+    end_ms: int
+    created_ms: int
+    created_by: str
+    reason: str
+    case_id: str | None
+    expires_ms: int | None
+    hold: bool
+    active: bool
+    released_ms: int | None
+    released_by: str | None
+    release_reason: str | None
+
+
+class DeletedOut(BaseModel):
+    camera: str
+    start_ms: int
+    end_ms: int
+    segments: int
+    bytes: int
+
+
+class ExportIn(_In):
+    camera: CameraName
+    start: TimeIn
+    end: TimeIn
+    purpose: Text
+    recipient: Text
+    """Who receives the footage, and where it goes."""
+    approval_document: Text
+    """Reference of the approval document."""
+    requester_work_id: WorkId
+
+
+class ApproveIn(_In):
+    approver_work_id: WorkId
+
+
+class RejectIn(_In):
+    approver_work_id: WorkId
+    reason: Text
+
+
+class ExportFileOut(BaseModel):
+    name: str
+    bytes: int
+    sha256: str
+
+
+class ExportOut(BaseModel):
+    id: int
+    camera: str
+    start_ms: int
+    end_ms: int
+    purpose: str
+    recipient: str
+    approval_document: str
+    requester: str
+    requester_work_id: str
+    requested_ms: int
+    state: str
+    approver: str | None
+    approver_work_id: str | None
+    approved_ms: int | None
+    built_ms: int | None
+    manifest_sha256: str | None
+    files: list[ExportFileOut]
+    error: str
+
+
+class Problem(BaseModel):
+    detail: str

@@ -1,0 +1,287 @@
+"""Evidence export packages: the signing key, writing a package, and verifying one offline.
+
+A package is one ZIP file (stored, not compressed; ZIP64 when large) holding:
+
+- `segments/<name>.mp4`: the original segment files, byte for byte (their sha256 is the one
+  indexed when they were recorded, and their chain values link them to the camera's chain);
+- `recording.mp4`: the requested range as one standard MP4 (from the keyframe at or before
+  the start), for viewing;
+- `manifest.json`: camera, range, segments with hashes and chain values, requester,
+  approver, work ids, purpose, recipient, approval document, times, and every other file of
+  the package with its size and sha256;
+- `manifest.sig`: the Ed25519 signature over the exact bytes of `manifest.json` (base64);
+- `signing-key.pub`: the public key (PEM), for convenience. Verification should use a key
+  obtained independently (`GET /api/signing-key`, `--key`): the embedded key only proves that
+  the package is intact, not who made it.
+
+Blocking file work; run on worker threads. No secrets are written except the private key,
+created once with mode 0600.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+FORMAT = "nvr-export-1"
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+PUBLIC_KEY = "signing-key.pub"
+COPY_CHUNK = 1 << 20
+
+
+class PackageError(Exception):
+    """A package or key that cannot be read or written."""
+
+
+def load_or_create_key(path: Path) -> Ed25519PrivateKey:
+    """The Ed25519 private key at `path`, created (mode 0600, atomically) if missing."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        return key
+    except OSError as err:
+        raise PackageError(f"cannot read the signing key {path}: {err.strerror}") from err
+    try:
+        key_obj = serialization.load_pem_private_key(data, password=None)
+    except ValueError as err:
+        raise PackageError(f"{path} is not a PEM private key") from err
+    if not isinstance(key_obj, Ed25519PrivateKey):
+        raise PackageError(f"{path} is not an Ed25519 key")
+    return key_obj
+
+
+def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, indent=1, ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+@dataclass(frozen=True)
+class PackedFile:
+    name: str
+    bytes: int
+    sha256: str
+
+
+class Cancelled(Exception):
+    """The package build was asked to stop (daemon shutting down)."""
+
+
+def write_package(
+    path: Path,
+    key: Ed25519PrivateKey,
+    manifest: dict[str, Any],
+    files: Iterable[tuple[str, Callable[[], Iterator[bytes]], str | None]],
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[str, list[PackedFile]]:
+    """Write the package to `path` (via `path.part`, fsynced, renamed). `files` gives
+    (name in the package, chunk source, expected sha256 or None); a file whose bytes do not
+    hash to the expected value aborts the package (an original changed on disk).
+    Returns the manifest's sha256 and the files packed."""
+    tmp = path.with_name(path.name + ".part")
+    packed: list[PackedFile] = []
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, source, expected in files:
+                digest = hashlib.sha256()
+                size = 0
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED
+                with zf.open(info, "w", force_zip64=True) as out:
+                    for chunk in source():
+                        if should_stop():
+                            raise Cancelled("package build stopped")
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                sha = digest.hexdigest()
+                if expected is not None and sha != expected:
+                    raise PackageError(
+                        f"{name}: the file on disk hashes to {sha}, the index says {expected}; "
+                        "the original was altered, so it is not exported"
+                    )
+                packed.append(PackedFile(name, size, sha))
+            doc = dict(manifest)
+            doc["format"] = FORMAT
+            doc["files"] = [{"name": p.name, "bytes": p.bytes, "sha256": p.sha256} for p in packed]
+            doc["signing_key_sha256"] = fingerprint(key)
+            body = canonical(doc)
+            signature = base64.b64encode(key.sign(body)) + b"\n"
+            zf.writestr(zipfile.ZipInfo(MANIFEST, date_time=(1980, 1, 1, 0, 0, 0)), body)
+            zf.writestr(zipfile.ZipInfo(SIGNATURE, date_time=(1980, 1, 1, 0, 0, 0)), signature)
+            zf.writestr(
+                zipfile.ZipInfo(PUBLIC_KEY, date_time=(1980, 1, 1, 0, 0, 0)), public_pem(key)
+            )
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return hashlib.sha256(body).hexdigest(), packed
+
+
+def file_chunks(path: Path) -> Callable[[], Iterator[bytes]]:
+    def read() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            while chunk := f.read(COPY_CHUNK):
+                yield chunk
+
+    return read
+
+
+@dataclass(frozen=True)
+class Verification:
+    problems: list[str]
+    notes: list[str]
+    manifest: dict[str, Any] | None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _load_public(data: bytes, where: str) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as err:
+        raise PackageError(f"{where} is not a PEM public key") from err
+    if not isinstance(key, Ed25519PublicKey):
+        raise PackageError(f"{where} is not an Ed25519 public key")
+    return key
+
+
+def verify_package(package: Path, key_pem: bytes | None = None) -> Verification:
+    """Check a package offline: archive integrity, the manifest's signature (with `key_pem`,
+    else the embedded key, which is noted), and every file's size and sha256."""
+    problems: list[str] = []
+    notes: list[str] = []
+    try:
+        zf = zipfile.ZipFile(package)
+    except (OSError, zipfile.BadZipFile) as err:
+        return Verification([f"{package}: not a readable package ({err})"], notes, None)
+    with zf:
+        names = zf.namelist()
+        if len(set(names)) != len(names):
+            problems.append("the archive lists a file twice")
+        for required in (MANIFEST, SIGNATURE):
+            if required not in names:
+                problems.append(f"{required} is missing")
+        if problems:
+            return Verification(problems, notes, None)
+        try:
+            body = zf.read(MANIFEST)
+            signature = base64.b64decode(zf.read(SIGNATURE).strip(), validate=True)
+            embedded = zf.read(PUBLIC_KEY) if PUBLIC_KEY in names else None
+        except (zipfile.BadZipFile, ValueError, OSError) as err:
+            return Verification([f"cannot read the manifest or signature: {err}"], notes, None)
+        try:
+            if key_pem is not None:
+                pub = _load_public(key_pem, "--key")
+                if embedded is not None and embedded.strip() != key_pem.strip():
+                    notes.append("the package's embedded key differs from the given key")
+            elif embedded is not None:
+                pub = _load_public(embedded, PUBLIC_KEY)
+                notes.append(
+                    "checked against the key inside the package: this proves integrity, not "
+                    "origin; pass --key with the recorder's key (GET /api/signing-key)"
+                )
+            else:
+                return Verification(["no key given and none in the package"], notes, None)
+        except PackageError as err:
+            return Verification([str(err)], notes, None)
+        try:
+            pub.verify(signature, body)
+        except InvalidSignature:
+            problems.append(
+                "the manifest's signature does not verify (manifest altered or wrong key)"
+            )
+        try:
+            manifest: dict[str, Any] = json.loads(body)
+        except ValueError:
+            return Verification([*problems, "manifest.json is not JSON"], notes, None)
+        listed = manifest.get("files")
+        if not isinstance(listed, list):
+            return Verification([*problems, "the manifest lists no files"], notes, manifest)
+        expected = {MANIFEST, SIGNATURE, PUBLIC_KEY}
+        for entry in listed:
+            try:
+                name, size, sha = str(entry["name"]), int(entry["bytes"]), str(entry["sha256"])
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"malformed file entry in the manifest: {entry!r}")
+                continue
+            expected.add(name)
+            if name not in names:
+                problems.append(f"{name}: listed in the manifest but missing")
+                continue
+            digest = hashlib.sha256()
+            count = 0
+            try:
+                with zf.open(name) as f:
+                    while chunk := f.read(COPY_CHUNK):
+                        digest.update(chunk)
+                        count += len(chunk)
+            except (zipfile.BadZipFile, OSError) as err:
+                problems.append(f"{name}: cannot be read ({err})")
+                continue
+            if count != size:
+                problems.append(f"{name}: {count} bytes, the manifest says {size}")
+            if digest.hexdigest() != sha:
+                problems.append(f"{name}: sha256 differs from the manifest")
+        for name in names:
+            if name not in expected:
+                problems.append(f"{name}: in the package but not in the manifest")
+        listed_hashes = {
+            str(e.get("name")): str(e.get("sha256")) for e in listed if isinstance(e, dict)
+        }
+        for seg in manifest.get("segments", []):
+            if not isinstance(seg, dict):
+                continue
+            fname = str(seg.get("file"))
+            if listed_hashes.get(fname) != seg.get("sha256"):
+                problems.append(f"{fname}: its recorded segment hash differs from the file's")
+    return Verification(problems, notes, manifest)

@@ -1,0 +1,347 @@
+"""`PlaybackService`: virtual MP4 files of recorded ranges (see `api.mp4`), with caches.
+
+Owns the sample indexes of segments at three levels: in memory (segments never change once
+indexed, so an entry keyed by segment id and sha256 stays valid; bounded by bytes, least
+recently used out), in the index database (`SegmentStore.sample_indexes`, a few kB per
+segment, deleted with it), else parsed from the file's `moof` boxes. Also the few most recent
+virtual files (keyed by their ETag, so the requests a browser makes while seeking reuse one
+plan); concurrent requests for the same file share one build.
+
+`keep_warm` (a task of the API's lifespan) indexes the last 1.5 hours of every camera and then
+each new segment as soon as it is indexed (its file still in the page cache), storing each
+index in the database, and backfills older segments that have none: a one-hour range of any
+age is laid out from the database, never from thousands of reads of `moof` boxes on disk.
+
+Runs on the event loop; parsing, planning and file reads go to worker threads. A
+`RangeReader` is read from worker threads one call at a time and may be closed from the loop
+at any moment (client gone): closing never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from api.mp4 import (
+    Mp4Error,
+    SegmentIndex,
+    SourceSegment,
+    VirtualFile,
+    decode_index,
+    encode_index,
+    parse_segment,
+    plan,
+)
+from storage import Segment, SegmentStore, StorageError, StorageIOError
+
+log = logging.getLogger("nvr.api.playback")
+
+BACKFILL = 30
+"""Older segments without a stored index get one at this many per round (10 s)."""
+WARM_HOURS = 1.5
+"""Recent footage kept parsed: a request for the last hour never waits for parsing."""
+FORMAT_VERSION = "nvr-mp4-1"
+"""Part of every ETag: bump when the layout of the virtual files changes."""
+
+
+class SegmentIndexCache:
+    """Sample indexes of segments: in memory (LRU bounded by bytes), else stored in the index
+    database, else parsed from the file (and then stored). Thread-safe; blocking."""
+
+    def __init__(self, store: SegmentStore, budget_bytes: int) -> None:
+        self._store = store
+        self._budget = budget_bytes
+        self._used = 0
+        self._entries: OrderedDict[tuple[int, str], SegmentIndex] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def has(self, seg: Segment) -> bool:
+        with self._lock:
+            return (seg.id, seg.sha256) in self._entries
+
+    def _cached(self, seg: Segment) -> SegmentIndex | None:
+        key = (seg.id, seg.sha256)
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def _keep(self, seg: Segment, index: SegmentIndex) -> None:
+        key = (seg.id, seg.sha256)
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = index
+            self._used += index.nbytes
+            while self._used > self._budget and len(self._entries) > 1:
+                _k, old = self._entries.popitem(last=False)
+                self._used -= old.nbytes
+
+    def parse_and_store(self, seg: Segment) -> SegmentIndex:
+        """Parse the segment file and keep its index in the database."""
+        try:
+            index = parse_segment(seg.path)
+        except OSError as err:
+            raise StorageIOError(f"cannot read segment {seg.path.name}: {err.strerror}") from err
+        self._store.save_sample_index(seg, encode_index(index))
+        return index
+
+    def get_many(self, segments: Sequence[Segment]) -> list[SegmentIndex]:
+        """The indexes of `segments`, in order."""
+        found: dict[int, SegmentIndex] = {}
+        missing: list[Segment] = []
+        for seg in segments:
+            hit = self._cached(seg)
+            if hit is None:
+                missing.append(seg)
+            else:
+                found[seg.id] = hit
+        stored = self._store.sample_indexes(missing) if missing else {}
+        for seg in missing:
+            index: SegmentIndex | None = None
+            data = stored.get(seg.id)
+            if data is not None:
+                try:
+                    index = decode_index(data)
+                except Mp4Error as err:
+                    log.warning(
+                        "stored sample index of %s unusable (%s); parsing", seg.path.name, err
+                    )
+            if index is None:
+                index = self.parse_and_store(seg)
+            self._keep(seg, index)
+            found[seg.id] = index
+        return [found[seg.id] for seg in segments]
+
+    def get(self, seg: Segment) -> SegmentIndex:
+        return self.get_many([seg])[0]
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A range resolved against the index: its segments and the ETag of its MP4."""
+
+    camera: str
+    start_ms: int
+    end_ms: int
+    segments: tuple[Segment, ...]
+    etag: str
+
+
+class PlaybackService:
+    def __init__(
+        self, store: SegmentStore, *, index_budget_bytes: int = 256 << 20, plans: int = 8
+    ) -> None:
+        self._store = store
+        self.indexes = SegmentIndexCache(store, index_budget_bytes)
+        self._plans: OrderedDict[str, VirtualFile] = OrderedDict()
+        self._max_plans = plans
+        self._building: dict[str, asyncio.Future[VirtualFile]] = {}
+
+    async def resolve(self, camera: str, start_ms: int, end_ms: int) -> Recording | None:
+        """The segments overlapping [start, end) and the ETag of their MP4; None if none."""
+        segments = await asyncio.to_thread(self._store.segments, camera, start_ms, end_ms)
+        if not segments:
+            return None
+        return Recording(
+            camera, start_ms, end_ms, tuple(segments), etag(camera, start_ms, end_ms, segments)
+        )
+
+    async def file(self, rec: Recording) -> VirtualFile:
+        """The virtual MP4 of a resolved range (cached; concurrent callers share one build).
+        Raises Mp4Error if the footage cannot form one file, StorageIOError if unreadable."""
+        found = self._plans.get(rec.etag)
+        if found is not None:
+            self._plans.move_to_end(rec.etag)
+            return found
+        pending = self._building.get(rec.etag)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[VirtualFile] = asyncio.get_running_loop().create_future()
+        self._building[rec.etag] = fut
+        try:
+            vf = await asyncio.to_thread(self._build, rec)
+        except BaseException as err:
+            fut.set_exception(err)
+            fut.exception()  # retrieved: waiters get it; nobody else needs to
+            raise
+        finally:
+            self._building.pop(rec.etag, None)
+        fut.set_result(vf)
+        self._plans[rec.etag] = vf
+        while len(self._plans) > self._max_plans:
+            self._plans.popitem(last=False)
+        return vf
+
+    def _build(self, rec: Recording) -> VirtualFile:
+        indexes = self.indexes.get_many(rec.segments)
+        sources = [
+            SourceSegment(s.path, s.start_ms, ix)
+            for s, ix in zip(rec.segments, indexes, strict=True)
+        ]
+        try:
+            return plan(sources, rec.start_ms, rec.end_ms)
+        except OSError as err:
+            raise StorageIOError(f"cannot read footage: {err.strerror}") from err
+
+    def warm_once(self, cameras: Iterable[str], since: dict[str, int], hours: float) -> int:
+        """Index (in memory and in the database) the segments of `cameras` that ended after
+        `since[camera]`, or in the last `hours` for a camera not seen yet, while their files
+        are still in the page cache; then store the indexes of up to `BACKFILL` older
+        segments that have none. Returns how many segments were parsed."""
+        now = self._store.now()
+        parsed = 0
+        for camera in cameras:
+            start = since.get(camera, now - int(hours * 3_600_000))
+            fresh = self._store.segments(camera, start, None)
+            for seg in fresh:
+                if not self.indexes.has(seg):
+                    try:
+                        self.indexes.get(seg)
+                        parsed += 1
+                    except (Mp4Error, StorageIOError) as err:
+                        log.warning(
+                            "camera %s: cannot index %s for playback: %s",
+                            camera,
+                            seg.path.name,
+                            err,
+                        )
+                since[camera] = max(since.get(camera, 0), seg.end_ms)
+        for seg in self._store.segments_without_sample_index(BACKFILL):
+            try:
+                self.indexes.parse_and_store(seg)
+                parsed += 1
+            except (Mp4Error, StorageIOError) as err:
+                log.debug("cannot index %s for playback: %s", seg.path.name, err)
+        return parsed
+
+    async def keep_warm(
+        self,
+        cameras: Callable[[], Iterable[str]],
+        stop: asyncio.Event,
+        *,
+        hours: float = WARM_HOURS,
+        interval: float = 10.0,
+    ) -> None:
+        """Keep the last `hours` of every camera parsed, and each new segment as it is
+        indexed, so that playback of recent footage never waits for parsing."""
+        since: dict[str, int] = {}
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(lambda: self.warm_once(cameras(), since, hours))
+            except StorageError as err:
+                log.warning("playback cache: %s (will retry)", err)
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+
+    def file_sync(self, rec: Recording) -> VirtualFile:
+        """`file` for worker threads (exports): builds without touching the caches' futures."""
+        return self._build(rec)
+
+
+def etag(camera: str, start_ms: int, end_ms: int, segments: Sequence[Segment]) -> str:
+    """A strong ETag: the same request over the same segments is the same file."""
+    h = hashlib.sha256(f"{FORMAT_VERSION}|{camera}|{start_ms}|{end_ms}".encode())
+    for s in segments:
+        h.update(f"|{s.id}:{s.sha256}".encode())
+    return '"' + h.hexdigest()[:40] + '"'
+
+
+class RangeReader:
+    """Reads bytes [first, last] of a virtual file chunk by chunk. `read` runs on a worker
+    thread (one call at a time); `close` may come from the loop at any moment and never
+    waits for the disk: a read in progress closes the files when it returns."""
+
+    def __init__(self, vf: VirtualFile, first: int, last: int, chunk: int = 1 << 20) -> None:
+        self._vf = vf
+        self._pos = first
+        self._last = last
+        self._chunk = chunk
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closed = False
+
+    def read(self) -> bytes:
+        """The next chunk; b"" at the end or once closed. Blocking."""
+        with self._lock:
+            if self._closed or self._pos > self._last:
+                return b""
+            self._busy = True
+        try:
+            data = self._read_one()
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._closed:
+                    self._close_fds()
+        return data
+
+    def _read_one(self) -> bytes:
+        vf = self._vf
+        pos = self._pos
+        hlen = len(vf.header)
+        if pos < hlen:
+            stop = min(hlen, self._last + 1, pos + self._chunk)
+            self._pos = stop
+            return vf.header[pos:stop]
+        i = vf.piece_index(pos)
+        f = vf.piece_files[i]
+        fd = self._fds.get(f)
+        if fd is None:
+            fd = os.open(vf.paths[f], os.O_RDONLY | os.O_CLOEXEC)
+            self._fds[f] = fd
+        within = pos - vf.piece_starts[i]
+        want = min(vf.piece_lengths[i] - within, self._last + 1 - pos, self._chunk)
+        data = os.pread(fd, want, vf.piece_offsets[i] + within)
+        if len(data) != want:
+            raise OSError(f"{vf.paths[f].name} is shorter than its index says")
+        self._pos += want
+        return data
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if not self._busy:
+                self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+async def stream(reader: RangeReader) -> AsyncIterator[bytes]:
+    """The reader's chunks for a streaming response; the files are closed however it ends."""
+    try:
+        while True:
+            chunk = await asyncio.to_thread(reader.read)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        reader.close()
+
+
+__all__ = [
+    "Mp4Error",
+    "PlaybackService",
+    "RangeReader",
+    "Recording",
+    "SegmentIndexCache",
+    "etag",
+    "stream",
+]

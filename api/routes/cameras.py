@@ -1,0 +1,307 @@
+"""Cameras: list with live state, timeline, playback (`recording.mp4` with Range/ETag),
+signed playback links, and deletion requests (refused inside the window or when locked).
+Every playback and download is audited before the first byte is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+
+from api.auth import PLAYBACK, Link, has_role
+from api.deps import (
+    CameraPath,
+    OperatorDep,
+    PlaybackUserDep,
+    ServicesDep,
+    UserDep,
+    ViewerDep,
+    check_camera,
+)
+from api.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
+from api.models import (
+    CameraOut,
+    DeletedOut,
+    GapCauseOut,
+    GapOut,
+    LinkIn,
+    LinkOut,
+    Problem,
+    SpanOut,
+    TimelineOut,
+)
+from api.mp4 import Mp4Error
+from api.params import iso, parse_range
+from api.playback import RangeReader, stream
+from storage import RetentionViolation, StorageError
+
+router = APIRouter(tags=["cameras"])
+
+TimeQuery = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="UTC ms since 1970, or RFC 3339 with a zone (2026-11-22T08:15:00Z)",
+    ),
+]
+TIMELINE_MAX_HOURS = 168
+LINK_TTL_MS = 10 * 60_000
+DELETE_MAX_HOURS = 24 * 366 * 10
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": Problem},
+    401: {"model": Problem},
+    403: {"model": Problem},
+    404: {"model": Problem},
+}
+
+
+@router.get("/api/cameras", response_model=list[CameraOut], responses=ERRORS)
+async def cameras(user: UserDep, services: ServicesDep) -> list[CameraOut]:
+    """The cameras you may see: state, last segment end, bitrate, share of 24 h recorded."""
+    known = await asyncio.to_thread(services.cameras.known)
+    names = [n for n in known if user.may_view(n)]
+    found = await asyncio.to_thread(services.cameras.summaries, names)
+    return [CameraOut(**vars(s)) for s in found]
+
+
+@router.get("/api/cameras/{name}/timeline", response_model=TimelineOut, responses=ERRORS)
+async def timeline(
+    name: CameraPath,
+    start: TimeQuery,
+    end: TimeQuery,
+    user: ViewerDep,
+    services: ServicesDep,
+) -> TimelineOut:
+    """Recorded spans and gaps (with their causes from the outage ledger) in [start, end)."""
+    await check_camera(services, user, name)
+    rng = parse_range(start, end, max(TIMELINE_MAX_HOURS, services.settings.max_range_hours))
+    tl = await asyncio.to_thread(services.cameras.timeline, name, rng.start_ms, rng.end_ms)
+    return TimelineOut(
+        camera=tl.camera,
+        start_ms=tl.start_ms,
+        end_ms=tl.end_ms,
+        recorded_ms=tl.recorded_ms,
+        spans=[SpanOut(**vars(s)) for s in tl.spans],
+        gaps=[
+            GapOut(
+                start_ms=g.start_ms,
+                end_ms=g.end_ms,
+                causes=[GapCauseOut(**vars(c)) for c in g.causes],
+            )
+            for g in tl.gaps
+        ],
+    )
+
+
+@router.post("/api/cameras/{name}/links", response_model=LinkOut, responses=ERRORS)
+async def playback_link(
+    name: CameraPath, body: LinkIn, user: ViewerDep, services: ServicesDep
+) -> LinkOut:
+    """A short-lived URL of `recording.mp4` for this range that a `<video>` element can
+    play without an Authorization header. It grants only this camera and range, to you."""
+    await check_camera(services, user, name)
+    rng = parse_range(body.start, body.end, services.settings.max_range_hours)
+    expires = services.store.now() + LINK_TTL_MS
+    grant = services.links.sign(Link(user.id, name, rng.start_ms, rng.end_ms, expires))
+    url = (
+        f"/api/cameras/{name}/recording.mp4?start={rng.start_ms}&end={rng.end_ms}"
+        f"&access={quote(grant, safe='')}"
+    )
+    return LinkOut(url=url, expires_ms=expires)
+
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """The single byte range asked for: (first, last), None for the whole file (no header,
+    several ranges or a malformed one, which RFC 9110 says to ignore), "unsatisfiable"."""
+    if header is None:
+        return None
+    m = _RANGE.match(header.strip())
+    if m is None:
+        return None
+    a, b = m.groups()
+    if not a and not b:
+        return None
+    if not a:
+        n = int(b)
+        if n == 0:
+            return "unsatisfiable"
+        return max(0, size - n), size - 1
+    first = int(a)
+    if first >= size:
+        return "unsatisfiable"
+    last = int(b) if b else size - 1
+    if last < first:
+        return None
+    return first, min(last, size - 1)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if header is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.head("/api/cameras/{name}/recording.mp4", include_in_schema=False)
+@router.get(
+    "/api/cameras/{name}/recording.mp4",
+    operation_id="recording",
+    response_class=Response,
+    responses={
+        200: {"content": {"video/mp4": {}}, "description": "the whole MP4"},
+        206: {"content": {"video/mp4": {}}, "description": "the requested bytes"},
+        304: {"description": "not modified (If-None-Match)"},
+        416: {"model": Problem},
+        422: {"model": Problem},
+        **ERRORS,
+    },
+)
+async def recording(
+    name: CameraPath,
+    start: TimeQuery,
+    end: TimeQuery,
+    request: Request,
+    auth: PlaybackUserDep,
+    services: ServicesDep,
+    download: bool = False,
+) -> Response:
+    """One standard, seekable MP4 of [start, end): from the keyframe at or before `start`,
+    across segments; HTTP Range (206), ETag, If-None-Match and If-Range. Authenticate with a
+    bearer token or a signed link (`access`). Every response carrying footage is audited."""
+    user, link = auth
+    if not has_role(user, PLAYBACK):
+        raise Forbidden("playback needs the role viewer, operator or admin")
+    await check_camera(services, user, name)
+    rng = parse_range(start, end, services.settings.max_range_hours)
+    if link is not None and (link.camera, link.start_ms, link.end_ms) != (
+        name,
+        rng.start_ms,
+        rng.end_ms,
+    ):
+        raise Forbidden("the playback link is for another camera or range")
+    try:
+        rec = await services.playback.resolve(name, rng.start_ms, rng.end_ms)
+    except StorageError as err:
+        raise Unavailable(str(err)) from err
+    if rec is None:
+        raise NotFound("no footage in this range")
+    headers = {
+        "ETag": rec.etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-cache",
+    }
+    action = "download" if download else "playback"
+    if _etag_matches(request.headers.get("if-none-match"), rec.etag):
+        if request.method == "GET":
+            await asyncio.to_thread(
+                services.store.audit,
+                user.name,
+                action,
+                name,
+                "ok",
+                {"start_ms": rng.start_ms, "end_ms": rng.end_ms, "bytes": 0, "status": 304},
+            )
+        return Response(status_code=304, headers=headers)
+    try:
+        vf = await services.playback.file(rec)
+    except Mp4Error as err:
+        raise Unprocessable(f"cannot make one MP4 of this range: {err}") from err
+    except StorageError as err:
+        raise Unavailable(str(err)) from err
+    headers["X-Recording-Start"] = iso(vf.start_ms)
+    headers["X-Recording-End"] = iso(vf.end_ms)
+    if download:
+        filename = f"{name}_{iso(vf.start_ms)}_{iso(vf.end_ms)}.mp4".replace(":", "")
+        headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    asked = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() != rec.etag:
+        asked = None  # the client's copy is another file: send all of this one
+    chosen = byte_range(asked, vf.size)
+    if chosen == "unsatisfiable":
+        return Response(
+            status_code=416,
+            headers={**headers, "Content-Range": f"bytes */{vf.size}"},
+        )
+    if chosen is None or isinstance(chosen, str):
+        first, last, status = 0, vf.size - 1, 200
+    else:
+        first, last = chosen
+        status = 206
+        headers["Content-Range"] = f"bytes {first}-{last}/{vf.size}"
+    length = last - first + 1
+    headers["Content-Length"] = str(length)
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type="video/mp4")
+    await asyncio.to_thread(
+        services.store.audit,
+        user.name,
+        action,
+        name,
+        "ok",
+        {
+            "start_ms": rng.start_ms,
+            "end_ms": rng.end_ms,
+            "footage_start_ms": vf.start_ms,
+            "footage_end_ms": vf.end_ms,
+            "bytes": length,
+            "range": f"{first}-{last}/{vf.size}" if status == 206 else None,
+            "via": "link" if link is not None else "token",
+        },
+    )
+    return StreamingResponse(
+        stream(RangeReader(vf, first, last)),
+        status_code=status,
+        headers=headers,
+        media_type="video/mp4",
+    )
+
+
+@router.delete(
+    "/api/cameras/{name}/recordings",
+    response_model=DeletedOut,
+    responses={409: {"model": Problem}, **ERRORS},
+)
+async def delete_recordings(
+    name: CameraPath,
+    start: TimeQuery,
+    end: TimeQuery,
+    user: OperatorDep,
+    services: ServicesDep,
+) -> DeletedOut:
+    """Delete the segments lying wholly inside [start, end). Refused with 409 and the reason
+    for anything inside the retention window or locked; the refusal is audited."""
+    await check_camera(services, user, name)
+    rng = parse_range(start, end, DELETE_MAX_HOURS)
+    try:
+        deleted = await asyncio.to_thread(
+            services.store.delete_range, name, rng.start_ms, rng.end_ms, actor=user.name
+        )
+    except RetentionViolation as err:
+        raise Conflict(err.reason) from err
+    except StorageError as err:
+        raise Unavailable(str(err)) from err
+    if not deleted:
+        await asyncio.to_thread(
+            services.store.audit,
+            user.name,
+            "delete",
+            name,
+            "ok",
+            {"start_ms": rng.start_ms, "end_ms": rng.end_ms, "segments": 0},
+        )
+    return DeletedOut(
+        camera=name,
+        start_ms=rng.start_ms,
+        end_ms=rng.end_ms,
+        segments=len(deleted),
+        bytes=sum(s.bytes for s in deleted),
+    )

@@ -1,0 +1,224 @@
+"""Evidence exports with two persons (R5, R6): request, approval by a second operator or
+admin, the retrieval register, the package download (audited), and the signing key."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from api.deps import OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
+from api.errors import Conflict, Forbidden, NotFound, Unavailable
+from api.models import ApproveIn, ExportFileOut, ExportIn, ExportOut, Problem, RejectIn
+from api.params import parse_range
+from storage import StorageError
+from storage.accounts import User
+from storage.exports import READY, Export, ExportError, ExportRefused
+
+router = APIRouter(tags=["exports"])
+
+ExportId = Annotated[int, Path(ge=1, le=2**62)]
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": Problem},
+    401: {"model": Problem},
+    403: {"model": Problem},
+    404: {"model": Problem},
+    409: {"model": Problem},
+}
+
+
+def export_out(e: Export) -> ExportOut:
+    return ExportOut(
+        id=e.id,
+        camera=e.camera,
+        start_ms=e.start_ms,
+        end_ms=e.end_ms,
+        purpose=e.purpose,
+        recipient=e.recipient,
+        approval_document=e.approval_document,
+        requester=e.requester,
+        requester_work_id=e.requester_work_id,
+        requested_ms=e.requested_ms,
+        state=e.state,
+        approver=e.approver,
+        approver_work_id=e.approver_work_id,
+        approved_ms=e.approved_ms,
+        built_ms=e.built_ms,
+        manifest_sha256=e.manifest_sha256,
+        files=[ExportFileOut(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in e.files],
+        error=e.error,
+    )
+
+
+async def _visible_export(services: ServicesDep, user: User, export_id: int) -> Export:
+    try:
+        export = await asyncio.to_thread(services.store.exports.get, export_id)
+    except ExportError as err:
+        raise NotFound(str(err)) from err
+    if user.role not in ("operator", "auditor", "admin") or not sees_metadata(user, export.camera):
+        raise Forbidden("you are not permitted to see this export")
+    return export
+
+
+@router.post("/api/exports", response_model=ExportOut, status_code=201, responses=ERRORS)
+async def request_export(body: ExportIn, user: OperatorDep, services: ServicesDep) -> ExportOut:
+    """Register a pending export request. A second, different operator or admin must
+    approve it before any package is built."""
+    await check_camera(services, user, body.camera)
+    rng = parse_range(body.start, body.end, services.settings.max_range_hours)
+    segments = await asyncio.to_thread(
+        services.store.segments, body.camera, rng.start_ms, rng.end_ms
+    )
+    if not segments:
+        raise NotFound("no footage in this range")
+    export = await asyncio.to_thread(
+        lambda: services.store.exports.request(
+            camera=body.camera,
+            start_ms=rng.start_ms,
+            end_ms=rng.end_ms,
+            purpose=body.purpose,
+            recipient=body.recipient,
+            approval_document=body.approval_document,
+            requester=user.name,
+            requester_work_id=body.requester_work_id,
+        )
+    )
+    return export_out(export)
+
+
+@router.post("/api/exports/{export_id}/approve", response_model=ExportOut, responses=ERRORS)
+async def approve_export(
+    export_id: ExportId, body: ApproveIn, user: OperatorDep, services: ServicesDep
+) -> ExportOut:
+    """The second person's approval. Refused for the requester (403) and for requests no
+    longer pending (409). The package is then built in the background."""
+    export = await _visible_export(services, user, export_id)
+    if not user.may_view(export.camera):
+        raise Forbidden("you are not permitted to see this camera")
+    try:
+        approved = await asyncio.to_thread(
+            lambda: services.store.exports.approve(
+                export_id, approver=user.name, approver_work_id=body.approver_work_id
+            )
+        )
+    except ExportRefused as err:
+        if user.name == export.requester:
+            raise Forbidden(err.reason) from err
+        raise Conflict(err.reason) from err
+    services.exports.schedule(export_id)
+    return export_out(approved)
+
+
+@router.post("/api/exports/{export_id}/reject", response_model=ExportOut, responses=ERRORS)
+async def reject_export(
+    export_id: ExportId, body: RejectIn, user: OperatorDep, services: ServicesDep
+) -> ExportOut:
+    """A second person declines the request."""
+    export = await _visible_export(services, user, export_id)
+    if not user.may_view(export.camera):
+        raise Forbidden("you are not permitted to see this camera")
+    try:
+        rejected = await asyncio.to_thread(
+            lambda: services.store.exports.reject(
+                export_id,
+                approver=user.name,
+                approver_work_id=body.approver_work_id,
+                reason=body.reason,
+            )
+        )
+    except ExportRefused as err:
+        raise Conflict(err.reason) from err
+    return export_out(rejected)
+
+
+@router.get("/api/exports", response_model=list[ExportOut], responses=ERRORS)
+async def export_register(
+    user: UserDep,
+    services: ServicesDep,
+    camera: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    state: Annotated[str | None, Query(min_length=1, max_length=16)] = None,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 1000,
+    offset: Annotated[int, Query(ge=0, le=2**53)] = 0,
+) -> list[ExportOut]:
+    """The retrieval register, newest first: requester, approver, work ids, times, purpose,
+    recipient, approval document, files and their hashes. Auditors and admins see all of it;
+    operators the exports of their cameras."""
+    if user.role not in ("operator", "auditor", "admin"):
+        raise Forbidden("the export register needs the role operator, auditor or admin")
+    rows = await asyncio.to_thread(
+        lambda: services.store.exports.entries(
+            camera=camera, state=state, limit=limit, offset=offset
+        )
+    )
+    return [export_out(e) for e in rows if sees_metadata(user, e.camera)]
+
+
+@router.get("/api/exports/{export_id}", response_model=ExportOut, responses=ERRORS)
+async def export_entry(export_id: ExportId, user: UserDep, services: ServicesDep) -> ExportOut:
+    return export_out(await _visible_export(services, user, export_id))
+
+
+@router.get(
+    "/api/exports/{export_id}/download",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}}, **ERRORS},
+)
+async def download_export(
+    export_id: ExportId, request: Request, user: UserDep, services: ServicesDep
+) -> Response:
+    """The signed package (ZIP) of a built export, for its requester, its approver or an
+    admin. Audited."""
+    export = await _visible_export(services, user, export_id)
+    if user.name not in (export.requester, export.approver) and user.role != "admin":
+        raise Forbidden("only the requester, the approver or an admin may download the package")
+    if export.state != READY:
+        raise Conflict(f"the export is {export.state}; nothing to download")
+    path = services.exports.package_path(export)
+    if path is None:
+        raise Conflict("the export has no package")
+    try:
+        size = await asyncio.to_thread(lambda: os.stat(path).st_size)
+    except OSError as err:
+        raise Unavailable(f"the package file is missing: {err.strerror}") from err
+    try:
+        await asyncio.to_thread(
+            services.store.audit,
+            user.name,
+            "export-download",
+            f"export:{export_id}",
+            "ok",
+            {
+                "camera": export.camera,
+                "start_ms": export.start_ms,
+                "end_ms": export.end_ms,
+                "bytes": size,
+                "range": request.headers.get("range"),
+                "manifest_sha256": export.manifest_sha256,
+            },
+        )
+    except StorageError as err:
+        raise Unavailable(str(err)) from err
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        filename=path.name,
+        headers={"Cache-Control": "private, no-store"},
+    )
+
+
+@router.get(
+    "/api/signing-key",
+    response_class=Response,
+    responses={200: {"content": {"application/x-pem-file": {}}}, 401: {"model": Problem}},
+)
+async def signing_key(user: UserDep, services: ServicesDep) -> Response:
+    """The Ed25519 public key export manifests are signed with (PEM), for
+    `nvr verify-export PACKAGE --key FILE`."""
+    return Response(
+        content=services.exports.public_key_pem,
+        media_type="application/x-pem-file",
+        headers={"X-Key-Sha256": services.exports.key_fingerprint},
+    )

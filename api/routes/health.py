@@ -1,0 +1,86 @@
+"""Liveness (`/healthz`, no login, no details), health (`/api/health`) and Prometheus
+metrics (`/metrics`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Response
+
+from api.deps import ServicesDep, UserDep
+from api.metrics import CONTENT_TYPE, render
+from api.models import (
+    CameraHealthOut,
+    CapacityOut,
+    ErrorLineOut,
+    HealthOut,
+    LivenessOut,
+    OutageOut,
+    Problem,
+)
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=LivenessOut)
+async def healthz() -> LivenessOut:
+    """Liveness only: the process answers. No login, no details."""
+    return LivenessOut()
+
+
+@router.get("/api/health", response_model=HealthOut, responses={401: {"model": Problem}})
+async def health(user: UserDep, services: ServicesDep) -> HealthOut:
+    """Overall status (ok / degraded / critical) with reasons; per camera (those you may
+    see): state, time down, last segment age, the outage ledger of the last 24 h; storage
+    free space and forecast; retention compliance; the last warnings and errors."""
+    h = await asyncio.to_thread(services.health.report, user.may_view, user.all_cameras)
+    return HealthOut(
+        status=h.status,  # type: ignore[arg-type]
+        reasons=list(h.reasons),
+        at_ms=h.at_ms,
+        cameras=[
+            CameraHealthOut(
+                name=c.name,
+                state=c.state,
+                down_for_s=c.down_for_s,
+                last_segment_age_s=c.last_segment_age_s,
+                gap_seconds_24h=c.gap_seconds_24h,
+                outages_24h=[
+                    OutageOut(
+                        cause=o.cause,
+                        detail=o.detail,
+                        start_ms=o.start_ms,
+                        end_ms=o.end_ms,
+                        duration_s=None if o.duration_ms is None else o.duration_ms / 1000,
+                    )
+                    for o in c.outages_24h
+                ],
+                window_days=c.window_days,
+                oldest_segment_ms=c.oldest_segment_ms,
+            )
+            for c in h.cameras
+        ],
+        storage=CapacityOut(**vars(h.capacity)),
+        retention_compliant=h.retention_compliant,
+        retention_detail=h.retention_detail,
+        last_errors=[ErrorLineOut(**vars(e)) for e in h.errors],
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}, 401: {"model": Problem}},
+)
+async def metrics(user: UserDep, services: ServicesDep) -> Response:
+    """Prometheus text: per camera (those you may see) bytes, segments, reconnects, gap
+    seconds, stall and state; storage free bytes and forecast days."""
+    body = await asyncio.to_thread(
+        render,
+        services.store,
+        services.cameras,
+        services.health,
+        services.playback,
+        user.may_view,
+    )
+    return Response(content=body, media_type=CONTENT_TYPE)

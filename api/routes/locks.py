@@ -1,0 +1,126 @@
+"""Evidence locks over HTTP (R3): create, list, extend (never shorten), release a legal hold.
+The rules live in the storage door; refusals come back as 409 with the reason."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from api.deps import AdminDep, OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
+from api.errors import Conflict, Forbidden, NotFound
+from api.models import LockExtendIn, LockIn, LockOut, LockReleaseIn, Problem
+from api.params import parse_time
+from storage import LockError
+from storage.guard import Lock
+
+router = APIRouter(tags=["locks"])
+
+LockId = Annotated[int, Path(ge=1, le=2**62)]
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": Problem},
+    401: {"model": Problem},
+    403: {"model": Problem},
+    404: {"model": Problem},
+    409: {"model": Problem},
+}
+
+
+def lock_out(lk: Lock, now: int) -> LockOut:
+    return LockOut(
+        id=lk.id,
+        camera=lk.camera,
+        start_ms=lk.start_ms,
+        end_ms=lk.end_ms,
+        created_ms=lk.created_ms,
+        created_by=lk.created_by,
+        reason=lk.reason,
+        case_id=lk.case_id,
+        expires_ms=lk.expires_ms,
+        hold=lk.hold,
+        active=lk.active(now),
+        released_ms=lk.released_ms,
+        released_by=lk.released_by,
+        release_reason=lk.release_reason,
+    )
+
+
+@router.get("/api/locks", response_model=list[LockOut], responses=ERRORS)
+async def locks(
+    user: UserDep,
+    services: ServicesDep,
+    camera: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    include_inactive: bool = False,
+) -> list[LockOut]:
+    """Locks of the cameras you may see (auditors and admins: all)."""
+    found = await asyncio.to_thread(services.store.locks, camera, include_inactive)
+    now = services.store.now()
+    return [lock_out(lk, now) for lk in found if sees_metadata(user, lk.camera)]
+
+
+@router.post("/api/locks", response_model=LockOut, status_code=201, responses=ERRORS)
+async def create_lock(body: LockIn, user: OperatorDep, services: ServicesDep) -> LockOut:
+    """Lock footage as evidence: kept two years by default (or until `until`), or as a legal
+    hold until an admin releases it."""
+    await check_camera(services, user, body.camera)
+    start = parse_time(body.start, "start")
+    end = parse_time(body.end, "end")
+    until = parse_time(body.until, "until") if body.until is not None else None
+    try:
+        made = await asyncio.to_thread(
+            lambda: services.store.lock(
+                body.camera,
+                start,
+                end,
+                actor=user.name,
+                reason=body.reason,
+                case_id=body.case_id,
+                until_ms=until,
+                hold=body.hold,
+            )
+        )
+    except LockError as err:
+        raise Conflict(str(err)) from err
+    return lock_out(made, services.store.now())
+
+
+async def _lock_for(services: ServicesDep, user: UserDep, lock_id: int) -> Lock:
+    found = await asyncio.to_thread(services.store.locks, None, True)
+    lk = next((x for x in found if x.id == lock_id), None)
+    if lk is None:
+        raise NotFound(f"no lock {lock_id}")
+    if not user.may_view(lk.camera):
+        raise Forbidden("you are not permitted to see this camera")
+    return lk
+
+
+@router.post("/api/locks/{lock_id}/extend", response_model=LockOut, responses=ERRORS)
+async def extend_lock(
+    lock_id: LockId, body: LockExtendIn, user: OperatorDep, services: ServicesDep
+) -> LockOut:
+    """Move a lock's expiry later. Shortening is refused (409) and audited."""
+    await _lock_for(services, user, lock_id)
+    until = parse_time(body.until, "until")
+    try:
+        lk = await asyncio.to_thread(
+            lambda: services.store.extend_lock(lock_id, until, actor=user.name)
+        )
+    except LockError as err:
+        raise Conflict(str(err)) from err
+    return lock_out(lk, services.store.now())
+
+
+@router.post("/api/locks/{lock_id}/release", response_model=LockOut, responses=ERRORS)
+async def release_hold(
+    lock_id: LockId, body: LockReleaseIn, user: AdminDep, services: ServicesDep
+) -> LockOut:
+    """Release a legal hold (admins only; audited)."""
+    await _lock_for(services, user, lock_id)
+    try:
+        lk = await asyncio.to_thread(
+            lambda: services.store.release_hold(lock_id, actor=user.name, reason=body.reason)
+        )
+    except LockError as err:
+        raise Conflict(str(err)) from err
+    return lock_out(lk, services.store.now())

@@ -1,0 +1,76 @@
+"""User administration (admins): list, add, change role, cameras, password, disable.
+Every change is audited by the account store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from api.deps import AdminDep, ServicesDep
+from api.errors import BadRequest, Conflict, NotFound
+from api.models import Problem, UserIn, UserOut, UserPatch
+from api.routes.auth import user_out
+from storage.accounts import AccountError, User
+
+router = APIRouter(tags=["accounts"])
+
+UserName = Annotated[str, Path(min_length=1, max_length=64)]
+ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": Problem},
+    401: {"model": Problem},
+    403: {"model": Problem},
+    404: {"model": Problem},
+    409: {"model": Problem},
+}
+
+
+@router.get("/api/users", response_model=list[UserOut], responses=ERRORS)
+async def users(user: AdminDep, services: ServicesDep) -> list[UserOut]:
+    return [user_out(u) for u in await asyncio.to_thread(services.store.accounts.users)]
+
+
+@router.post("/api/users", response_model=UserOut, status_code=201, responses=ERRORS)
+async def add_user(body: UserIn, user: AdminDep, services: ServicesDep) -> UserOut:
+    accounts = services.store.accounts
+    if await asyncio.to_thread(accounts.user, body.name) is not None:
+        raise Conflict(f"a user called {body.name!r} already exists")
+    try:
+        made = await asyncio.to_thread(
+            lambda: accounts.add_user(
+                body.name, body.role, body.password, cameras=body.cameras, actor=user.name
+            )
+        )
+    except AccountError as err:
+        raise BadRequest(str(err)) from err
+    return user_out(made)
+
+
+@router.patch("/api/users/{name}", response_model=UserOut, responses=ERRORS)
+async def change_user(
+    name: UserName, body: UserPatch, user: AdminDep, services: ServicesDep
+) -> UserOut:
+    accounts = services.store.accounts
+    if await asyncio.to_thread(accounts.user, name) is None:
+        raise NotFound("no such user")
+
+    def apply() -> User:
+        current: User | None = None
+        if body.role is not None:
+            current = accounts.set_role(name, body.role, actor=user.name)
+        if body.cameras is not None:
+            current = accounts.set_cameras(name, body.cameras, actor=user.name)
+        if body.password is not None:
+            current = accounts.set_password(name, body.password, actor=user.name)
+        if body.disabled is not None:
+            current = accounts.set_disabled(name, body.disabled, actor=user.name)
+        found = current or accounts.user(name)
+        if found is None:
+            raise AccountError("no such user")
+        return found
+
+    try:
+        return user_out(await asyncio.to_thread(apply))
+    except AccountError as err:
+        raise BadRequest(str(err)) from err

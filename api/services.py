@@ -1,0 +1,93 @@
+"""The services the API's routes call, built by the app's lifespan from what the daemon hands
+over (`ApiContext`: config, the store, the recorders' live state, retention's forecast).
+Built and closed on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from api.auth import LinkSigner, LoginThrottle
+from api.cameras import CameraDirectory, LiveStatus, NoRecorders
+from api.exports import ExportService
+from api.health import CapacityProvider, HealthService, RecentErrors
+from api.package import load_or_create_key
+from api.playback import PlaybackService
+from config import NvrConfig
+from config.models import ApiConfig
+from storage import SegmentStore
+
+
+@dataclass
+class ApiContext:
+    """What the daemon gives the API. `api` defaults to `config.api` (or the defaults)."""
+
+    config: NvrConfig
+    store: SegmentStore
+    live: LiveStatus = field(default_factory=NoRecorders)
+    capacity: CapacityProvider | None = None
+    api: ApiConfig | None = None
+
+    @property
+    def settings(self) -> ApiConfig:
+        return self.api or self.config.api or ApiConfig()
+
+
+@dataclass
+class ApiServices:
+    config: NvrConfig
+    settings: ApiConfig
+    store: SegmentStore
+    cameras: CameraDirectory
+    playback: PlaybackService
+    health: HealthService
+    exports: ExportService
+    throttle: LoginThrottle
+    links: LinkSigner
+    errors: RecentErrors
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @property
+    def token_ttl_ms(self) -> int:
+        return int(self.settings.token_hours * 3_600_000)
+
+
+async def open_services(ctx: ApiContext) -> ApiServices:
+    """Build the services (creating the export signing key at first start)."""
+    settings = ctx.settings
+    root = ctx.config.storage.root
+    key_path = settings.signing_key or root / ".nvr-export-key"
+    key = await asyncio.to_thread(load_or_create_key, key_path)
+    cameras = CameraDirectory(ctx.config, ctx.store, ctx.live, clock=ctx.store.now)
+    playback = PlaybackService(ctx.store)
+    errors = RecentErrors()
+    logging.getLogger("nvr").addHandler(errors)
+    health = HealthService(ctx.config, settings, ctx.store, cameras, ctx.capacity, errors)
+    exports = ExportService(ctx.store, playback, key, settings.exports_dir or root / "exports")
+    services = ApiServices(
+        config=ctx.config,
+        settings=settings,
+        store=ctx.store,
+        cameras=cameras,
+        playback=playback,
+        health=health,
+        exports=exports,
+        throttle=LoginThrottle(),
+        links=LinkSigner(),
+        errors=errors,
+    )
+    await exports.resume()
+    services.tasks.append(
+        asyncio.create_task(playback.keep_warm(cameras.known, services.stop), name="playback-warm")
+    )
+    return services
+
+
+async def close_services(services: ApiServices) -> None:
+    services.stop.set()
+    for task in services.tasks:
+        await task
+    await services.exports.close()
+    logging.getLogger("nvr").removeHandler(services.errors)
