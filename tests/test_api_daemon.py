@@ -1,0 +1,100 @@
+"""The API as the daemon serves it: `nvr run` with an `[api]` table, users made with the CLI
+(beside the running daemon), live camera state over HTTP, playback of what it just recorded,
+and a clean stop on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import av
+import httpx
+import pytest
+
+from tests.test_api import NVR, PASSWORD, free_port, nvr
+from tests.test_recording import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_daemon_serves_the_api(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "nvr.toml"
+    cfg.write_text(
+        f'[storage]\nroot = "{tmp_path / "data"}"\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\n'
+        '[[cameras]]\nname = "demo"\nurl = "builtin:testpattern"\nsegment_seconds = 10\n'
+    )
+    made = nvr(
+        ["user", "add", "-c", str(cfg), "admin", "--role", "admin", "--password-stdin"],
+        tmp_path,
+        stdin=PASSWORD + "\n",
+    )
+    assert made.returncode == 0, made.stderr
+    log = (tmp_path / "daemon.log").open("wb")
+    proc = subprocess.Popen([*NVR, "run", "-c", str(cfg)], cwd=tmp_path, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_for(answers, 30, "the daemon's API")
+        r = httpx.post(f"{base}/api/login", json={"username": "admin", "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        # A second user added while the daemon runs (another process, same index).
+        made = nvr(
+            [
+                "user",
+                "add",
+                "-c",
+                str(cfg),
+                "vic",
+                "--role",
+                "viewer",
+                "--cameras",
+                "demo",
+                "--password-stdin",
+            ],
+            tmp_path,
+            stdin=PASSWORD + "\n",
+        )
+        assert made.returncode == 0, made.stderr
+        with httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30
+        ) as c:
+
+            def recorded() -> bool:
+                (cam,) = c.get("/api/cameras").json()
+                return cam["state"] == "recording" and cam["last_segment_end_ms"] is not None
+
+            wait_for(recorded, 40, "a recorded segment")
+            health = c.get("/api/health").json()
+            assert health["status"] == "ok", health
+            assert health["cameras"][0]["state"] == "recording"
+            assert 'nvr_camera_recording{camera="demo"} 1.0' in c.get("/metrics").text
+            now = int(time.time() * 1000)
+            r = c.get("/api/cameras/demo/recording.mp4", params={"start": now - 60_000, "end": now})
+            assert r.status_code == 200, r.text
+        clip = tmp_path / "clip.mp4"
+        clip.write_bytes(r.content)
+        with av.open(str(clip)) as container:
+            frames = sum(len(p.decode()) for p in container.demux(container.streams.video[0]))
+        assert frames >= 20
+        r = httpx.post(f"{base}/api/login", json={"username": "vic", "password": PASSWORD})
+        assert r.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(20)
+        log.close()
+    assert code == 0, (tmp_path / "daemon.log").read_text()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "HTTP API on" in text
+    assert PASSWORD not in text
+    assert "access=" not in text and "Bearer" not in text
+    assert not answers()

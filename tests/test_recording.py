@@ -1,0 +1,307 @@
+"""End to end: real RTSP cameras (GStreamer on 127.0.0.1) recorded by real recorder threads
+into a real SQLite store; every file reopened with PyAV."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest import CameraRecorder, RtspOpener
+from storage import Segment, SegmentStore
+from tests.camsim import CameraSim
+from tests.media import check_file
+
+pytestmark = pytest.mark.slow
+
+FRAME_MS = 100  # the simulator's 10 fps clips
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+class Rig:
+    """A store and recorders for a test, stopped and closed at the end."""
+
+    def __init__(self, root: Path) -> None:
+        self.store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+        self.recorders: dict[str, CameraRecorder] = {}
+
+    def add(self, name: str, url: str, segment_seconds: int = 10, stall: float = 3.0) -> None:
+        opener = RtspOpener(
+            url, username=None, password=None, transport="tcp", timeout_s=stall, camera=name
+        )
+        rec = CameraRecorder(
+            name, opener, self.store, segment_seconds=segment_seconds, stall_seconds=stall
+        )
+        self.recorders[name] = rec
+        rec.start()
+
+    def stop(self) -> None:
+        for rec in self.recorders.values():
+            rec.stop()
+        for rec in self.recorders.values():
+            rec.thread.join(15)
+            assert not rec.thread.is_alive(), f"{rec.camera} did not stop"
+
+    def state(self, name: str) -> str:
+        return self.recorders[name].status().state
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    r = Rig(tmp_path / "store")
+    try:
+        yield r
+    finally:
+        r.stop()
+        r.store.close()
+
+
+def assert_contiguous(segments: list[Segment]) -> float:
+    """Every file decodes from a keyframe with monotonic DTS and no hole between segments;
+    returns the media seconds PyAV finds in them."""
+    total = 0.0
+    prev_end: int | None = None
+    for seg in segments:
+        found = check_file(seg.path)
+        assert found.first_is_key, seg.path
+        assert found.dts_monotonic, seg.path
+        assert found.decoded >= found.frames - 2, (seg.path, found)
+        assert found.frame_pts_rising, seg.path
+        assert abs(found.duration_s * 1000 - seg.duration_ms) <= FRAME_MS, (seg, found)
+        if prev_end is not None:
+            assert abs(seg.start_ms - prev_end) <= FRAME_MS, (prev_end, seg.start_ms)
+        prev_end = seg.start_ms + round(found.duration_s * 1000)
+        total += found.duration_s
+    return total
+
+
+def test_cameras_record_30s_in_10s_segments(camsim: CameraSim, rig: Rig) -> None:
+    mounts = ["h264aac", "h265", "bframes"]
+    for m in mounts:
+        rig.add(m, camsim.url(m))
+    wait_for(lambda: all(rig.state(m) == "recording" for m in mounts), 15, "recording")
+    time.sleep(30)
+    stopped_ms = time.time_ns() // 1_000_000
+    rig.stop()
+    for m in mounts:
+        segs = rig.store.segments(m)
+        assert len(segs) >= 3, (m, segs)
+        media = assert_contiguous(segs)
+        wall = (stopped_ms - segs[0].start_ms) / 1000
+        assert abs(media - wall) <= 0.02 * wall + 0.3, (m, media, wall)
+        # Segments are cut at the first keyframe at or after 10 s (the first is staggered).
+        for seg in segs[1:-1]:
+            assert 10_000 <= seg.duration_ms <= 11_100, seg
+        codecs = {check_file(s.path, decode=False).video_codec for s in segs}
+        assert codecs == {"hevc" if m == "h265" else "h264"}
+    for seg in rig.store.segments("h264aac"):
+        found = check_file(seg.path, decode=False)
+        assert found.audio_codec == "aac" and found.audio_packets > 0
+    assert rig.store.segments("bframes")[0].frames > 0
+
+
+def test_camera_restart_gives_one_ledger_entry_and_recording_resumes(
+    camsim: CameraSim, rig: Rig
+) -> None:
+    rig.add("cam", camsim.url("h264"))
+    wait_for(lambda: rig.state("cam") == "recording", 15, "recording")
+    time.sleep(3)
+    camsim.stop()
+    down_at = time.time_ns() // 1_000_000
+    time.sleep(5)
+    camsim.start()
+    up_at = time.time_ns() // 1_000_000
+    wait_for(
+        lambda: not rig.store.open_outages("cam") and len(rig.store.outages("cam")) == 1,
+        10,
+        "the outage to close",
+    )
+    resumed = time.time_ns() // 1_000_000
+    assert resumed - up_at < 4000, "recording must resume within about 2 s of the camera's return"
+    (outage,) = rig.store.outages("cam")
+    assert outage.end_ms is not None
+    assert abs(outage.start_ms - down_at) < 1500, (outage, down_at)
+    assert 4000 <= outage.end_ms - outage.start_ms <= 8000, outage
+    assert outage.cause in ("stream-ended", "unreachable", "stalled")
+    time.sleep(2)
+    rig.stop()
+    (outage,) = [o for o in rig.store.outages("cam") if o.cause != "daemon-stopped"]
+    assert outage.end_ms is not None
+    segs = rig.store.segments("cam")
+    assert segs[-1].start_ms == outage.end_ms  # the ledger ends where footage resumes
+    for seg in segs:
+        assert check_file(seg.path).first_is_key
+
+
+class SilentListener:
+    """A TCP listener that accepts connections and never answers (a hung camera)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self._conns:
+            c.close()
+
+
+def test_silent_listener_is_stalled_without_disturbing_others(camsim: CameraSim, rig: Rig) -> None:
+    silent = SilentListener()
+    try:
+        rig.add("good", camsim.url("h264"))
+        rig.add("hung", f"rtsp://127.0.0.1:{silent.port}/stream", stall=3.0)
+        wait_for(lambda: len(rig.store.outages("hung")) == 1, 10, "hung camera in the ledger")
+        (outage,) = rig.store.outages("hung")
+        assert outage.cause == "connect-timeout" and outage.end_ms is None
+        wait_for(lambda: silent.accepted >= 2, 15, "a retry of the hung camera")
+        time.sleep(12)
+        assert rig.state("good") == "recording"
+        assert rig.state("hung") in ("reconnecting", "connecting")
+    finally:
+        rig.stop()
+        silent.close()
+    assert rig.store.outages("good") == [] or all(
+        o.cause == "daemon-stopped" for o in rig.store.outages("good")
+    )
+    assert_contiguous(rig.store.segments("good"))
+
+
+def test_frozen_stream_is_detected_within_5s(camsim: CameraSim, rig: Rig) -> None:
+    rig.add("cam", camsim.url("h264"), stall=3.0)
+    wait_for(lambda: rig.state("cam") == "recording", 15, "recording")
+    time.sleep(2)
+    camsim.freeze("h264")
+    wait_for(lambda: len(rig.store.outages("cam")) == 1, 10, "the stall in the ledger")
+    noticed_ms = time.time_ns() // 1_000_000
+    (outage,) = rig.store.outages("cam")
+    assert outage.cause == "stalled"
+    # The outage starts where the last media ends; it must be noticed within 5 s of that.
+    assert noticed_ms - outage.start_ms <= 5000, (noticed_ms, outage)
+    camsim.thaw("h264")
+    wait_for(lambda: not rig.store.open_outages("cam"), 15, "recording to resume")
+    rig.stop()
+    assert_contiguous(rig.store.segments("cam")[:1])
+
+
+def test_timestamp_jump_starts_a_new_segment_and_is_recorded(camsim: CameraSim, rig: Rig) -> None:
+    rig.add("cam", camsim.url("h264"), segment_seconds=60)
+    wait_for(lambda: rig.state("cam") == "recording", 15, "recording")
+    time.sleep(3)
+    camsim.jump("h264", 3600)
+    wait_for(lambda: any(e.kind == "discontinuity" for e in rig.store.events("cam")), 5, "event")
+    time.sleep(3)
+    rig.stop()
+    segs = rig.store.segments("cam")
+    assert len(segs) == 2 and segs[1].discontinuity
+    assert_contiguous(segs)
+    assert rig.store.outages("cam")[0].cause == "daemon-stopped"  # a jump is not an outage
+
+
+def _daemon(config: Path) -> subprocess.Popen[bytes]:
+    with (config.parent / "daemon.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "nvr.cli", "run", "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_sigkill_mid_segment_keeps_indexed_segments_and_salvages(
+    camsim: CameraSim, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    config = tmp_path / "nvr.toml"
+    config.write_text(
+        f'[storage]\nroot = "{root}"\n[[cameras]]\nname = "cam"\nurl = "{camsim.url("h264aac")}"\n'
+        "segment_seconds = 10\n",
+        encoding="utf-8",
+    )
+    proc = _daemon(config)
+    try:
+
+        def indexed() -> int:
+            if not (root / "index.db").exists():
+                return 0
+            reader = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
+            try:
+                return len(reader.segments("cam"))
+            finally:
+                reader.close()
+
+        wait_for(lambda: indexed() >= 1, 60, "a first segment")
+        time.sleep(4)  # well into the next segment
+        assert list(root.rglob("*.mp4.part"))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        before = store.segments("cam")
+        salvaged = store.recover()
+        assert len(salvaged) == 1 and salvaged[0].recovered
+        assert salvaged[0].duration_ms >= 2000
+        for seg in before + salvaged:
+            assert hashlib.sha256(seg.path.read_bytes()).hexdigest() == seg.sha256
+            assert check_file(seg.path).first_is_key
+        assert not list(root.rglob("*.mp4.part"))
+    finally:
+        store.close()
+
+
+def test_sigterm_finishes_in_flight_segment(camsim: CameraSim, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    config = tmp_path / "nvr.toml"
+    config.write_text(
+        f'[storage]\nroot = "{root}"\n[[cameras]]\nname = "cam"\nurl = "{camsim.url("h264")}"\n'
+        "segment_seconds = 60\n",
+        encoding="utf-8",
+    )
+    proc = _daemon(config)
+    try:
+        wait_for(lambda: bool(list(root.rglob("*.mp4.part"))), 30, "a segment in flight")
+        time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(15)
+    assert code == 0, (tmp_path / "daemon.log").read_text()
+    assert time.monotonic() - started < 10
+    assert not list(root.rglob("*.mp4.part"))
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
+    try:
+        (seg,) = store.segments("cam")
+        assert seg.duration_ms >= 2500 and not seg.recovered
+        assert check_file(seg.path).frames == seg.frames
+        (outage,) = store.outages("cam")
+        assert outage.cause == "daemon-stopped" and outage.end_ms is None
+    finally:
+        store.close()

@@ -1,0 +1,197 @@
+"""SegmentStore: create order, salvage after a crash, identity, and never deleting on doubt."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from storage import ForeignIndexError, SegmentInfo, SegmentStore, StorageError, chain_value
+from storage.store import GENESIS_CHAIN, parse_segment_name, segment_name
+from tests.media import check_file, fast_pattern, pattern_packets
+
+T0 = 1_795_000_000_000
+
+
+def open_store(root: Path, db: str = "index.db") -> SegmentStore:
+    return SegmentStore(root, f"sqlite:///{root / db}")
+
+
+def write_segment(store: SegmentStore, start_ms: int, frames: int = 20) -> None:
+    src = fast_pattern()
+    writer = store.new_writer("cam", start_ms, src.video, None)
+    tb = src.video.time_base
+    assert tb is not None
+    for pkt in pattern_packets(src, frames):
+        pkt.stream = writer.video
+        writer.mux(pkt)
+    info = SegmentInfo(
+        "cam", start_ms, start_ms + frames * 100, frames * 100, frames, "h264", None, 640, 360
+    )
+    store.commit(writer, info)
+    src.close()
+
+
+def test_names_round_trip() -> None:
+    assert parse_segment_name(segment_name(T0 + 123)) == T0 + 123
+    assert segment_name(T0 + 5).endswith(".005Z.mp4")
+
+
+def test_commit_writes_hash_and_chain(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    write_segment(store, T0)
+    write_segment(store, T0 + 2000)
+    segs = store.segments("cam")
+    assert len(segs) == 2
+    prev = GENESIS_CHAIN
+    for seg in segs:
+        assert hashlib.sha256(seg.path.read_bytes()).hexdigest() == seg.sha256
+        assert seg.bytes == seg.path.stat().st_size
+        assert seg.chain == chain_value(prev, seg.sha256, "cam", seg.start_ms, seg.end_ms)
+        prev = seg.chain
+        assert not list(seg.path.parent.glob("*.part"))
+        assert check_file(seg.path).first_is_key
+    store.close()
+    # chain heads survive a restart
+    store = open_store(tmp_path)
+    write_segment(store, T0 + 4000)
+    last = store.segments("cam")[-1]
+    assert last.chain == chain_value(prev, last.sha256, "cam", last.start_ms, last.end_ms)
+    store.close()
+
+
+def test_interrupted_write_is_salvaged_to_last_complete_fragment(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    src = fast_pattern()
+    writer = store.new_writer("cam", T0, src.video, None)
+    for pkt in pattern_packets(src, 35):  # 3.5 s: three complete ~1 s fragments
+        pkt.stream = writer.video
+        writer.mux(pkt)
+    part = writer.temp_path
+    size = part.stat().st_size
+    assert size > 0
+    with part.open("ab") as f:  # a torn fragment, as a crash mid-write leaves it
+        f.write(b"\x00\x00\x10\x00moof" + b"\x01" * 100)
+    store.close()  # the "crash": writer never finished
+
+    store = open_store(tmp_path)
+    salvaged = store.recover()
+    assert len(salvaged) == 1
+    seg = salvaged[0]
+    assert seg.recovered and seg.start_ms == T0
+    assert not part.exists() and seg.path.exists()
+    found = check_file(seg.path)
+    assert found.first_is_key and found.dts_monotonic
+    assert 20 <= found.frames <= 35 and found.decoded == found.frames
+    assert hashlib.sha256(seg.path.read_bytes()).hexdigest() == seg.sha256
+    assert any(e.kind == "salvaged" for e in store.events("cam"))
+    store.close()
+
+
+def test_part_without_fragment_is_kept_not_deleted(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    part = store.segment_path("cam", T0).with_suffix(".mp4.part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"\x00\x00\x00\x08ftyp")
+    assert store.recover() == []
+    assert part.exists()
+    assert store.consistency().unsalvageable_parts == [part]
+    store.close()
+
+
+def test_files_and_rows_mismatch_is_reported_never_acted_on(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    write_segment(store, T0)
+    write_segment(store, T0 + 2000)
+    a, b = store.segments("cam")
+    stray = store.segment_path("cam", T0 + 9000)
+    stray.write_bytes(b"not indexed")
+    b.path.unlink()
+    report = store.consistency()
+    assert report.files_without_rows == [stray]
+    assert report.rows_without_files == [b.path]
+    assert stray.exists() and a.path.exists()
+    store.close()
+
+
+def test_empty_index_beside_footage_is_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    write_segment(store, T0)
+    store.close()
+    with pytest.raises(ForeignIndexError, match="new or empty"):
+        open_store(tmp_path, "other.db")
+    files = list(tmp_path.rglob("*.mp4"))
+    assert len(files) == 1  # nothing deleted
+
+
+def test_foreign_index_is_refused(tmp_path: Path) -> None:
+    a = open_store(tmp_path / "a")
+    a.close()
+    b = open_store(tmp_path / "b")
+    write_segment(b, T0)
+    b.close()
+    with pytest.raises(ForeignIndexError, match="belongs to store"):
+        SegmentStore(tmp_path / "a", f"sqlite:///{tmp_path / 'b' / 'index.db'}")
+
+
+def test_second_writer_process_lock(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    with pytest.raises(StorageError, match="in use by another recorder"):
+        open_store(tmp_path)
+    reader = SegmentStore(tmp_path, f"sqlite:///{tmp_path / 'index.db'}", exclusive=False)
+    reader.close()
+    store.close()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    write_segment(store, T0)
+    mode = sqlite3.connect(tmp_path / "index.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    store.close()
+
+
+def test_outage_ledger(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    o = store.open_outage("cam", T0, "stalled", "no data")
+    assert [x.id for x in store.open_outages("cam")] == [o.id]
+    store.update_outage(o.id, "unreachable", "refused")
+    store.close_outage(o.id, T0 + 5000)
+    (done,) = store.outages("cam")
+    assert (done.cause, done.duration_ms) == ("unreachable", 5000)
+    assert store.open_outages("cam") == []
+    store.close()
+
+
+def test_audit_log_is_append_only_and_verifiable(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    for i in range(5):
+        store.audit("alice", "playback", f"cam{i}", detail={"bytes": i})
+    store.audit("bob", "delete", "cam0", outcome="refused", detail={"why": "inside window"})
+    assert store.verify_audit() == []
+    entries = store.audit_entries(actor="bob")
+    assert [(e.action, e.outcome, e.detail) for e in entries] == [
+        ("delete", "refused", {"why": "inside window"})
+    ]
+    db = sqlite3.connect(tmp_path / "index.db")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("UPDATE audit SET actor = 'mallory' WHERE id = 2")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        db.execute("DELETE FROM audit WHERE id = 2")
+    # An attacker who drops the triggers is still caught by the chain.
+    db.execute("DROP TRIGGER audit_no_update")
+    db.execute("DROP TRIGGER audit_no_delete")
+    db.execute("UPDATE audit SET detail = '{\"bytes\":99}' WHERE id = 2")
+    db.commit()
+    assert any("entry 2" in p and "edited" in p for p in store.verify_audit())
+    db.execute("UPDATE audit SET detail = '{\"bytes\":1}' WHERE id = 2")
+    db.execute("DELETE FROM audit WHERE id = 3")
+    db.commit()
+    assert any("missing" in p for p in store.verify_audit())
+    db.execute("DELETE FROM audit WHERE id >= 3")  # truncate the tail
+    db.commit()
+    assert any("were recorded but are gone" in p for p in store.verify_audit())
+    db.close()
+    store.close()
