@@ -39,6 +39,10 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
+MALLOC_ARENAS = 2
+"""glibc malloc arenas for the daemon's many threads (see nvr/memory.py)."""
+
+
 def fmt_ms(ms: int | None) -> str:
     if ms is None:
         return "-"
@@ -50,10 +54,12 @@ def _load(path: Path | None) -> NvrConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from nvr import memory
     from nvr.daemon import run_daemon
 
     config = _load(args.config)
     setup_logging(config.log_level)
+    memory.limit_arenas(MALLOC_ARENAS)  # before any recorder thread exists
     if args.config is None:
         log.info(
             "no config given: embedded default (data in %s, built-in camera 'demo')",

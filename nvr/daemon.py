@@ -27,6 +27,7 @@ from api.server import serve_api
 from config import NvrConfig
 from ingest import RecorderStatus, Supervisor
 from ingest.supervisor import OpenerFactory, RecorderHealth, RepairPolicy, default_opener
+from nvr import memory
 from nvr.sdnotify import Notifier
 from retention import Forecast, RetentionService
 from storage import SegmentStore, StorageError
@@ -39,6 +40,8 @@ REPAIR_INTERVAL = 1.0
 """Seconds between self-repair checks (and watchdog pings, when systemd asks for them)."""
 REPAIR_SLACK = 10.0
 """Seconds a stuck recorder may wait for its replacement before the watchdog pings stop."""
+TRIM_INTERVAL = 30.0
+"""Seconds between handing free heap pages back to the kernel (nvr/memory.py)."""
 GIB = 1024**3
 
 
@@ -144,10 +147,15 @@ class _Publisher:
         self._supervisor = supervisor
         self._store = store
         self._failing: str | None = None
+        self._trimmed = time.monotonic()
         self.free_bytes = 0
 
     def _round(self, running: bool) -> None:
         """Blocking: runs on a worker thread."""
+        now = time.monotonic()
+        if now - self._trimmed >= TRIM_INTERVAL:
+            self._trimmed = now
+            memory.trim()
         try:
             self.free_bytes = self._store.free_bytes()
             write_status(self._root, self._supervisor, running)

@@ -195,3 +195,23 @@ def test_audit_log_is_append_only_and_verifiable(tmp_path: Path) -> None:
     assert any("were recorded but are gone" in p for p in store.verify_audit())
     db.close()
     store.close()
+
+
+def test_head_revision_constant_matches_the_migrations(tmp_path: Path) -> None:
+    """`storage.index.HEAD_REVISION` lets an up-to-date index open without Alembic; it must
+    name Alembic's head, and a fresh store must end up there."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from storage.index import HEAD_REVISION, MIGRATIONS, current_revision, make_engine
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD_REVISION
+    store = SegmentStore(tmp_path / "store", f"sqlite:///{tmp_path / 'index.db'}")
+    store.close()
+    engine = make_engine(f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        assert current_revision(engine) == HEAD_REVISION
+    finally:
+        engine.dispose()
