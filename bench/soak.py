@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from storage import Outage, Segment, SegmentStore
-from tests.camsim import CameraSim, gst_rtsp_unavailable
+from tests.camsim import CameraSim, SilentListener, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
 
@@ -165,34 +165,6 @@ class Sampler:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5)
-
-
-class SilentListener:
-    """Accepts TCP connections on `port` and never answers (a hung camera)."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_server(("127.0.0.1", port))
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, name="silent", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-
-    def close(self) -> None:
-        # shutdown() wakes the thread blocked in accept(); close() alone would leave the
-        # socket listening (and the port taken) until that accept() returned.
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(2)
-        self.sock.close()
-        for conn in self._conns:
-            conn.close()
 
 
 @dataclass

@@ -12,6 +12,7 @@ Clips come from `tests.camsim.clips.make_clips`; pytest fixtures are in `tests.c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -298,3 +299,36 @@ class CameraSim:
             self._reader = None
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+class SilentListener:
+    """A hung camera: accepts TCP connections on `port` (default: a free one) and never
+    answers. `accepted` counts the connections it took."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._conns: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, name="silent", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._conns.append(conn)
+
+    def close(self) -> None:
+        """Stop listening at once (the port is free for a real server right after)."""
+        # shutdown() wakes the thread blocked in accept(); close() alone would leave the
+        # socket listening (and the port taken) until that accept() returned.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(2)
+        self.sock.close()
+        for conn in self._conns:
+            conn.close()
