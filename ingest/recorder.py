@@ -33,6 +33,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import av
 from av.audio.stream import AudioStream
+from av.video.stream import VideoStream
 
 from ingest.errors import StreamError, StreamStalled, UnsupportedStream
 from ingest.sources import Source, StreamOpener
@@ -58,11 +59,10 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    monotonic = staticmethod(time.monotonic)  # the builtin itself: read for every packet
+
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
-
-    def monotonic(self) -> float:
-        return time.monotonic()
 
 
 class Backoff:
@@ -103,13 +103,35 @@ class RecorderStatus:
 RESUME_MARGIN_BYTES = 4 * 1024 * 1024
 """After the disk filled, recording resumes once this much more than the reserve is free."""
 
-STEP_CHECK_SECONDS = 0.5
-"""How often the recorder compares the wall clock with the monotonic clock (a step > 1 s is
-what matters; checking every packet only burns CPU)."""
+TICK_SECONDS = 0.5
+"""How often the recording loop looks at what need not be checked per packet: stop, a step
+of the wall clock (a step > 1 s is what matters), free space, a settled start."""
+
+SETTLE_MIN_MS = 20
+"""A settled start closer than this to the provisional one keeps the file's name."""
+
+SETTLE_SECONDS = 2.0
+"""A segment named after the arrival of its first keyframe (the first of a connection, or
+after a cut) is renamed to its settled start this long after it began: by then FFmpeg has
+handed over the packets it buffered while probing the stream, and promptly arriving packets
+pin the start estimate. A crash after that salvages the file with the right start."""
 
 REANCHOR_MS = 1000
 """Within a connection, re-anchor a segment to the server clock when the media timeline
 lags it by more than this (a camera clock slower than the server's)."""
+
+
+PROBED_CAUSES = frozenset(
+    {"unreachable", "stream-ended", "connect-timeout", "stalled", "stream-error"}
+)
+"""Outage causes after which the back-off probes the camera to resume as soon as it answers
+(not after a rejected login or an unsupported stream: those do not heal by waiting)."""
+
+PROBE_INTERVAL_SECONDS = 0.5
+
+RECORDED_A_WHILE_SECONDS = 10.0
+"""A connection that lasted this long was not a tight failure loop: a camera answering the
+probe right after it may be reconnected at once."""
 
 
 class RecorderAbandoned(BaseException):
@@ -149,15 +171,33 @@ class _Segmenting:
     Its wall-clock start is decided when it is indexed: the earliest of (arrival time minus
     media offset) over its packets. Packets that arrive in a burst (FFmpeg hands over what it
     buffered while probing the stream) only raise that value, so the minimum is pinned by
-    the packets that arrived promptly. Within one connection segments are chained (start =
-    previous end) unless that estimate disagrees by more than `REANCHOR_MS`.
+    the packets that arrived promptly. Arrivals are read on the monotonic clock (once per
+    packet anyway) and turned into wall time with the offset between the two clocks when the
+    segment began, so a wall clock step inside a segment does not move its start. Within one
+    connection segments are chained (start = previous end) unless that estimate disagrees by
+    more than `REANCHOR_MS`.
     """
 
     def __init__(
-        self, writer: SegmentWriter, first_dts: int, audio_first: int, arrival: int
+        self,
+        writer: SegmentWriter,
+        first_dts: int,
+        audio_first: int,
+        arrival_ms: int,
+        arrival_mono: float,
+        time_base: Fraction,
+        name_ms: int,
     ) -> None:
         self.writer = writer
-        self.wall_est = arrival
+        self.video_out = writer.video
+        self.mux = writer.mux
+        self.began = arrival_mono
+        self.mono_est = arrival_mono
+        self.wall_offset_ms = arrival_ms - arrival_mono * 1000
+        self.tb_s = float(time_base)
+        self.name_ms = name_ms
+        """The start in the `.part` file's name (what a salvage would index)."""
+        self.settled = False
         self.chained_from: int | None = None
         self.first_dts = first_dts
         self.audio_first = audio_first
@@ -166,6 +206,28 @@ class _Segmenting:
         self.last_audio_dts: int | None = None
         self.frames = 0
         self.discontinuity = False
+
+    @property
+    def wall_est(self) -> int:
+        return round(self.mono_est * 1000 + self.wall_offset_ms)
+
+    def write_video(
+        self, packet: av.Packet[Any], dts: int, pts: int, duration: int, now: float
+    ) -> None:
+        """Mux one video packet stamped on the clean timeline; `now` is its arrival
+        (monotonic). Runs for every frame: keep it lean."""
+        rel = dts - self.first_dts
+        packet.stream = self.video_out  # sources deliver packets in their stream's time base
+        packet.dts = rel
+        packet.pts = pts - self.first_dts
+        packet.duration = duration
+        self.mux(packet)
+        self.last_video_dts = dts
+        self.last_video_dur = duration
+        self.frames += 1
+        est = now - rel * self.tb_s
+        if est < self.mono_est:
+            self.mono_est = est
 
 
 class CameraRecorder:
@@ -210,11 +272,8 @@ class CameraRecorder:
         )
         self._outage_id: int | None = None
         self._fix_outage: int | None = None
-        self._vtb = Fraction(1, 90000)
-        self._vtb_ms = 1000 / 90000
         self._last_progress = self._clock.monotonic()
         self._in_backoff = False
-        self._atb = Fraction(1, 1000)
         self._last_end_ms: int | None = None
         self._steps = ClockStepDetector()  # server clock steps, checked at every packet
         self._fence = threading.RLock()
@@ -383,18 +442,31 @@ class CameraRecorder:
             self._outage_id = None
 
     def _wait_backoff(self, connected_for: float, cause: str) -> None:
+        """Sit out the back-off; for causes where the camera itself went away, probe it
+        (RTSP OPTIONS, `StreamOpener.probe_reachable`) twice a second and go as soon as it
+        answers again. Cutting the wait short needs evidence that something changed: a camera
+        that did not answer (refused, timed out) or a probe that failed during this wait, or
+        a connection that had recorded for a while; so a camera that answers but keeps
+        failing the stream stays on the back-off."""
         delay = self._backoff.failure(connected_for)
         deadline = self._clock.monotonic() + delay
-        probe = cause in ("unreachable", "stream-ended")
+        probe = cause in PROBED_CAUSES
+        seen_down = cause in ("unreachable", "connect-timeout")  # it did not answer just now
         while not self._stop.is_set():
             self._progress(in_backoff=True)
-            left = deadline - self._clock.monotonic()
-            if left <= 0:
+            began = self._clock.monotonic()
+            if began >= deadline:
                 return
-            if self._stop.wait(min(0.5, left)):
+            if probe:
+                if self._opener.probe_reachable():
+                    if seen_down or connected_for >= RECORDED_A_WHILE_SECONDS:
+                        return  # the camera is back: do not sit out the rest of the back-off
+                else:
+                    seen_down = True
+            now = self._clock.monotonic()
+            pause = min(PROBE_INTERVAL_SECONDS - (now - began), deadline - now)
+            if self._stop.wait(max(0.0, pause)):
                 return
-            if probe and self._opener.probe_reachable():
-                return  # the camera is back: do not sit out the rest of the back-off
 
     def _wait_for_storage(self) -> None:
         """Wait until there is room again (the reserve plus a margin), checking each second.
@@ -429,13 +501,10 @@ class CameraRecorder:
             raise UnsupportedStream("video stream has no time base")
         rate = video.guessed_rate or video.average_rate or Fraction(25)
         frame_ticks = max(1, int(1 / (rate * vtb))) if rate else 1
-        self._vtb = vtb
-        self._vtb_ms = float(vtb) * 1000
         vclock = StreamTimeline(frame_ticks, jump_ticks=int(2 / vtb))
         audio = self._audio_for(source)
         atb = audio.time_base if audio is not None else None
         aclock = StreamTimeline(1024, jump_ticks=int(2 / atb)) if atb is not None else None
-        self._atb = atb if atb is not None else Fraction(1, 1000)
         self._set(detail=source.description)
         self.log.info(
             "camera %s: connected (%s, %s%s)",
@@ -450,25 +519,49 @@ class CameraRecorder:
             target = max(1.0, target - stagger_phase(self.camera, target))
         seg: _Segmenting | None = None
         cut_pending = False
-        connected_at = self._clock.monotonic()
-        last_space_check = last_step_check = connected_at
+        mono = self._clock.monotonic
+        connected_at = mono()
+        last_space_check = last_tick = connected_at
         video_index = video.index
         try:
             for packet in source.packets():
-                if self._stop.is_set():
-                    break
-                now = self._clock.monotonic()
+                now = mono()
                 self._last_progress = now
-                if now - last_step_check >= STEP_CHECK_SECONDS:
-                    last_step_check = now
+                if now - last_tick >= TICK_SECONDS:
+                    # Twice a second, not per packet: stop, clock steps, a missing keyframe,
+                    # the segment's settled start, free space.
+                    last_tick = now
+                    if self._stop.is_set():
+                        break
                     step = self._steps.sample(self._clock.wall_ms(), now)
                     if step is not None:
                         self._clock_stepped(seg, step)
                         cut_pending = True  # the next segment starts on the stepped clock
+                    if seg is None and now - connected_at > max(10.0, 3 * self._stall_seconds):
+                        raise UnsupportedStream(
+                            "no keyframe within %.0f s of connecting" % (now - connected_at)
+                        )
+                    if seg is not None and not seg.settled and now - seg.began >= SETTLE_SECONDS:
+                        self._settle(seg)
+                    if seg is not None and now - last_space_check >= 1.0:
+                        last_space_check = now
+                        if self._reserve and self._store.free_bytes() < self._reserve:
+                            self._finish(seg, None, vtb, source)
+                            seg = None
+                            raise StorageFullError(
+                                f"free space below the reserve of {self._reserve} bytes"
+                            )
                 if packet.stream_index == video_index:
-                    for item, st in vclock.push(
-                        packet, packet.pts, packet.dts, packet.duration or 0
-                    ):
+                    dts = packet.dts
+                    if seg is not None and dts is not None and not packet.is_keyframe:
+                        # The usual frame: clean timestamps without allocating, then mux.
+                        out_dts = vclock.advance(packet.pts, dts)
+                        if out_dts is not None:
+                            seg.write_video(
+                                packet, out_dts, vclock.out_pts, packet.duration or frame_ticks, now
+                            )
+                            continue
+                    for item, st in vclock.push(packet, packet.pts, dts, packet.duration or 0):
                         pkt = item if isinstance(item, av.Packet) else packet
                         if st.jump_ticks:
                             cut_pending = True
@@ -494,43 +587,18 @@ class CameraRecorder:
                                 if seg is not None:
                                     self._finish(seg, st.dts, vtb, source)
                                     target = self._segment_seconds
-                                afirst = int(st.dts * vtb / atb) if atb is not None else 0
-                                arrival = self._clock.wall_ms()
-                                name_ms = self._last_end_ms if chained else arrival
-                                with self._fence_for():  # new file and ledger: one step
-                                    writer = self._store.new_writer(
-                                        self.camera, name_ms or arrival, video, audio
-                                    )
-                                    seg = _Segmenting(writer, st.dts, afirst, arrival)
-                                    seg.chained_from = self._last_end_ms if chained else None
-                                    seg.discontinuity = cut_pending
-                                    cut_pending = False
-                                    if self._outage_id is not None:
-                                        # Provisional end; corrected when the segment is indexed.
-                                        self._fix_outage = self._outage_id
-                                        self._close_outage(max(arrival, self._last_end_ms or 0))
+                                seg = self._begin(st.dts, video, audio, chained, cut_pending, now)
+                                cut_pending = False
                                 self._set(state="recording", detail=source.description)
                         if seg is None:
                             continue  # before the first keyframe: nothing can decode it yet
-                        self._write_video(seg, pkt, st)
+                        seg.write_video(pkt, st.dts, st.pts, st.duration, now)
                 elif audio is not None and aclock is not None and seg is not None:
                     for item, st in aclock.push(
                         packet, packet.pts, packet.dts, packet.duration or 0
                     ):
                         pkt = item if isinstance(item, av.Packet) else packet
                         self._write_audio(seg, pkt, st)
-                if seg is None and now - connected_at > max(10.0, 3 * self._stall_seconds):
-                    raise UnsupportedStream(
-                        "no keyframe within %.0f s of connecting" % (now - connected_at)
-                    )
-                if seg is not None and now - last_space_check >= 1.0:
-                    last_space_check = now
-                    if self._reserve and self._store.free_bytes() < self._reserve:
-                        self._finish(seg, None, vtb, source)
-                        seg = None
-                        raise StorageFullError(
-                            f"free space below the reserve of {self._reserve} bytes"
-                        )
         except StreamError:
             if seg is not None:
                 self._finish(seg, None, vtb, source)
@@ -546,6 +614,53 @@ class CameraRecorder:
         if self._stop.is_set():
             return
         raise StreamStalled("stream stopped without an error")
+
+    def _begin(
+        self,
+        first_dts: int,
+        video: VideoStream,
+        audio: AudioStream | None,
+        chained: bool,
+        discontinuity: bool,
+        now: float,
+    ) -> _Segmenting:
+        """Open the next segment's file at a keyframe. A chained segment is named after the
+        previous end; any other after this arrival, provisionally (see `_settle`). Closes
+        the open outage, provisionally too (corrected when the start has settled)."""
+        vtb = video.time_base
+        atb = audio.time_base if audio is not None else None
+        if vtb is None:
+            raise UnsupportedStream("video stream has no time base")
+        afirst = int(first_dts * vtb / atb) if atb is not None else 0
+        arrival = self._clock.wall_ms()
+        name_ms = self._last_end_ms if chained and self._last_end_ms is not None else arrival
+        with self._fence_for():  # new file and ledger: one step
+            writer = self._store.new_writer(self.camera, name_ms, video, audio)
+            seg = _Segmenting(writer, first_dts, afirst, arrival, now, vtb, name_ms)
+            seg.chained_from = self._last_end_ms if chained else None
+            seg.settled = chained
+            seg.discontinuity = discontinuity
+            if self._outage_id is not None:
+                self._fix_outage = self._outage_id
+                self._close_outage(max(arrival, self._last_end_ms or 0))
+        return seg
+
+    @_fenced
+    def _settle(self, seg: _Segmenting) -> None:
+        """The start estimate of a segment named after its first arrival has settled: give
+        the `.part` file that start (so a salvage after a crash or a full disk indexes the
+        right time) and correct the end of the outage before it."""
+        seg.settled = True
+        start = max(seg.wall_est, self._last_end_ms or 0)
+        if abs(start - seg.name_ms) >= SETTLE_MIN_MS:
+            try:
+                self._store.rename_part(seg.writer, self.camera, start)
+                seg.name_ms = start
+            except StorageError as err:
+                # The provisional name stays: still a valid file, its start a little late.
+                self.log.warning("camera %s: %s", self.camera, err)
+        if self._fix_outage is not None:
+            self._store.set_outage_end(self._fix_outage, start)
 
     def _audio_for(self, source: Source) -> AudioStream | None:
         audio = source.audio
@@ -566,18 +681,6 @@ class CameraRecorder:
             return None
         finally:
             probe.close()
-
-    def _write_video(self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped) -> None:
-        offset_ms = int((st.dts - seg.first_dts) * self._vtb_ms)
-        seg.wall_est = min(seg.wall_est, self._clock.wall_ms() - offset_ms)
-        packet.stream = seg.writer.video  # sources deliver packets in their stream's time base
-        packet.dts = st.dts - seg.first_dts
-        packet.pts = st.pts - seg.first_dts
-        packet.duration = st.duration
-        seg.writer.mux(packet)
-        seg.last_video_dts = st.dts
-        seg.last_video_dur = st.duration
-        seg.frames += 1
 
     def _write_audio(self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped) -> None:
         if seg.writer.audio is None:
@@ -663,3 +766,8 @@ class CameraRecorder:
         if salvaged is not None:
             self._last_end_ms = salvaged.end_ms
             self._set(last_segment_end_ms=salvaged.end_ms)
+            if self._fix_outage is not None:
+                # The outage before this segment ended where it starts; the next segment
+                # must not move that end again.
+                self._store.set_outage_end(self._fix_outage, salvaged.start_ms)
+                self._fix_outage = None

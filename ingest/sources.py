@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import io
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -36,6 +37,8 @@ from ingest.redact import redact_text
 from ingest.watchdog import WATCHDOG, SocketCapture, Watched
 
 VIDEO_CODECS = frozenset({"h264", "hevc"})
+PROBE_SECONDS = 0.5
+"""How long `RtspOpener.probe_reachable` waits for a camera's RTSP answer."""
 
 
 class Source(Protocol):
@@ -59,7 +62,7 @@ class StreamOpener(Protocol):
     def open(self) -> Source: ...
 
     def probe_reachable(self) -> bool:
-        """Cheap check whether the camera's port accepts connections again."""
+        """Whether the camera answers again (blocking, bounded to about half a second)."""
         ...
 
 
@@ -106,34 +109,21 @@ class RtspSource:
         self.audio: AudioStream | None = (
             container.streams.audio[0] if container.streams.audio else None
         )
+        if watch is not None and self.video.time_base is not None:
+            watch.time_base = float(self.video.time_base)  # before the first packet is read
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         streams = [self.video] if self.audio is None else [self.video, self.audio]
         watch = self._watch
-        vtb = float(self.video.time_base) if self.video.time_base is not None else None
         vindex = self.video.index
-        # FFmpeg's parser may hold the last frame until any later packet (even RTCP) arrives,
-        # so a frame can be delivered seconds after it was received. Progress is therefore
-        # measured by the estimated capture time of each video frame (connection anchor +
-        # media time), not by when FFmpeg hands it over.
-        anchor: float | None = None
-        last_media: float | None = None
         try:
+            # The per-packet path: two attribute stores for the stall watchdog, nothing else.
             for packet in self._container.demux(streams):
                 if packet.size == 0:
                     break
                 if watch is not None and packet.stream_index == vindex:
-                    ts = packet.dts if packet.dts is not None else packet.pts
-                    now = time.monotonic()
-                    if ts is None or vtb is None:
-                        watch.touch(now)
-                    else:
-                        media = ts * vtb
-                        jumped = last_media is not None and abs(media - last_media) > 2.0
-                        if anchor is None or jumped or anchor > now - media:
-                            anchor = now - media  # earliest arrival, or a timestamp jump
-                        last_media = media
-                        watch.touch(anchor + media)
+                    watch.ts = packet.dts
+                    watch.seen += 1
                 yield packet
         except (av.FFmpegError, OSError) as err:
             if watch is not None and watch.fired:
@@ -176,6 +166,7 @@ class RtspOpener:
         self._transport = transport
         self._timeout_s = timeout_s
         parts = urlsplit(url)
+        self._scheme = parts.scheme
         self._host = parts.hostname or ""
         self._port = parts.port or (322 if parts.scheme == "rtsps" else 554)
 
@@ -228,10 +219,35 @@ class RtspOpener:
             raise
 
     def probe_reachable(self) -> bool:
+        """Whether the camera's RTSP server answers: an OPTIONS request gets any RTSP reply
+        (401 too: the server is alive) within `PROBE_SECONDS`. A TCP connect alone is not
+        enough: a camera whose server hangs, or a port held by something that never
+        answers, accepts connections all the same."""
+        deadline = time.monotonic() + PROBE_SECONDS
+        request = (
+            f"OPTIONS {self._url} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: nvr-probe\r\n\r\n"
+        ).encode()
         try:
-            with socket.create_connection((self._host, self._port), timeout=0.5):
-                return True
-        except OSError:
+            with socket.create_connection((self._host, self._port), timeout=PROBE_SECONDS) as raw:
+                sock: socket.socket = raw
+                if self._scheme == "rtsps":
+                    # Only "is a server there": no credentials are sent, nothing is trusted.
+                    context = ssl.create_default_context()
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                    raw.settimeout(max(0.01, deadline - time.monotonic()))
+                    sock = context.wrap_socket(raw, server_hostname=self._host)
+                sock.settimeout(max(0.01, deadline - time.monotonic()))
+                sock.sendall(request)
+                reply = b""
+                while len(reply) < 7:
+                    sock.settimeout(max(0.01, deadline - time.monotonic()))
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        break
+                    reply += chunk
+                return reply.startswith(b"RTSP/1.")
+        except (OSError, ValueError):
             return False
 
 

@@ -42,6 +42,28 @@ class StreamTimeline:
         self._last_in_dts: int | None = None
         self._last_out_dts: int | None = None
         self._pending: list[tuple[object, int | None, int]] = []
+        self.out_pts = 0
+        """The clean PTS of the packet `advance` last stamped."""
+
+    def advance(self, pts: int | None, dts: int) -> int | None:
+        """The fast path for the usual packet: nothing held, both timestamps present, DTS a
+        little after the previous one. Returns its clean DTS (its clean PTS is then in
+        `out_pts`), or None, leaving the state untouched, when `push` must handle it."""
+        last_in = self._last_in_dts
+        if pts is None or last_in is None or self._pending:
+            return None
+        delta = dts - last_in
+        if delta <= 0 or delta > self.jump_ticks:
+            return None
+        out_dts = dts + self._offset
+        last_out = self._last_out_dts
+        if last_out is None or out_dts <= last_out:
+            return None
+        out_pts = pts + self._offset
+        self.out_pts = out_pts if out_pts > out_dts else out_dts
+        self._last_in_dts = dts
+        self._last_out_dts = out_dts
+        return out_dts
 
     def push(
         self, item: object, pts: int | None, dts: int | None, duration: int

@@ -9,7 +9,8 @@ closes the container itself. Nothing is closed or freed from another thread: `sh
 leaves the descriptor and FFmpeg's memory alone.
 
 Threads: one daemon thread (`stall-watchdog`) shared by every recorder checks twice a
-second. Recorders call `register`/`touch`/`unregister` from their own threads; a lock per
+second. Recorders call `register`/`unregister` and store each packet's timestamp from their own
+threads; a lock per
 connection makes sure a descriptor is only used while its container is still open.
 """
 
@@ -145,21 +146,53 @@ def find_new_socket(before: dict[int, int], port: int) -> int | None:
 
 @dataclass(eq=False)
 class Watched:
-    """One open connection under watch."""
+    """One open connection under watch.
+
+    The recorder thread only stores, for each video packet FFmpeg hands over, its timestamp
+    (`ts`, ticks of `time_base`) and bumps `seen`: two plain attribute stores, no clock read.
+    The watchdog thread turns those into the capture time of the newest media, twice a
+    second: FFmpeg's parser may hold the last frame until any later packet (even RTCP)
+    arrives, so a frame can be handed over seconds after it was received; its capture time
+    is the connection's anchor (the earliest observation time minus media time) plus its
+    media time, which stays old for such a late frame.
+    """
 
     name: str
     fd: int
     stall_seconds: float
-    last_media: float = field(default_factory=time.monotonic)
+    time_base: float | None = None
+    ts: int | None = None
+    seen: int = 0
     fired: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     open: bool = True
+    last_media: float = field(default_factory=time.monotonic)
+    """Monotonic capture time of the newest media (watchdog thread)."""
+    _seen_before: int = 0
+    _anchor: float | None = None
+    _media: float | None = None
 
-    def touch(self, at: float | None = None) -> None:
-        """Media captured at monotonic time `at` (default now) has been received."""
-        at = time.monotonic() if at is None else at
-        if at > self.last_media:
-            self.last_media = at
+    def observe(self, now: float) -> float:
+        """Fold what the recorder stored since the last call into `last_media` (watchdog
+        thread) and return it."""
+        seen, ts = self.seen, self.ts
+        if seen == self._seen_before:
+            return self.last_media
+        self._seen_before = seen
+        if ts is None or self.time_base is None:
+            capture = now
+        else:
+            media = ts * self.time_base
+            anchor = now - media
+            if self._anchor is None or self._media is None or abs(media - self._media) > 2.0:
+                self._anchor = anchor  # the first media, or a timestamp jump
+            elif anchor < self._anchor:
+                self._anchor = anchor
+            self._media = media
+            capture = self._anchor + media
+        if capture > self.last_media:
+            self.last_media = capture
+        return self.last_media
 
     def close(self) -> None:
         """Called by the recorder thread before it closes the container."""
@@ -176,8 +209,10 @@ class StallWatchdog:
         self._guard = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def register(self, name: str, fd: int, stall_seconds: float) -> Watched:
-        entry = Watched(name, fd, stall_seconds)
+    def register(
+        self, name: str, fd: int, stall_seconds: float, time_base: float | None = None
+    ) -> Watched:
+        entry = Watched(name, fd, stall_seconds, time_base)
         with self._guard:
             self._watched.add(entry)
             if self._thread is None:
@@ -199,7 +234,7 @@ class StallWatchdog:
             with self._guard:
                 entries = list(self._watched)
             for entry in entries:
-                if not entry.fired and now - entry.last_media > entry.stall_seconds:
+                if not entry.fired and now - entry.observe(now) > entry.stall_seconds:
                     self._fire(entry)
 
     @staticmethod

@@ -381,11 +381,32 @@ class SegmentStore:
     ) -> SegmentWriter:
         """Begin a segment file `<provisional start>.mp4.part`; the final name is given at
         `commit`, when the start time is known."""
+        return SegmentWriter(self._free_part_path(camera, start_ms), video, audio)
+
+    def _free_part_path(self, camera: str, start_ms: int) -> Path:
+        """`<start>.mp4.part` for the first start from `start_ms` on that names no file yet,
+        finished or not."""
         path = self.segment_path(camera, start_ms)
         while path.exists() or path.with_name(path.name + ".part").exists():
             start_ms += 1
             path = self.segment_path(camera, start_ms)
-        return SegmentWriter(path.with_name(path.name + ".part"), video, audio)
+        return path.with_name(path.name + ".part")
+
+    def rename_part(self, writer: SegmentWriter, camera: str, start_ms: int) -> None:
+        """Give a segment still being written the name of a better start estimate (the
+        writer keeps its descriptor), durably, so a salvage after a crash indexes that
+        start. StorageIOError if the rename fails; the old name then stays valid."""
+        new = self._free_part_path(camera, start_ms)
+        old = writer.temp_path
+        try:
+            new.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(old, new)
+            fsync_dir(new.parent)
+            if new.parent != old.parent:
+                fsync_dir(old.parent)
+        except OSError as err:
+            raise StorageIOError(f"cannot rename {old.name} to {new.name}: {err}") from err
+        writer.temp_path = new
 
     def _free_path(self, camera: str, start_ms: int) -> Path:
         path = self.segment_path(camera, start_ms)

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from ingest import CameraRecorder, RtspOpener
+from ingest.recorder import SETTLE_SECONDS
 from storage import Segment, SegmentStore
-from tests.camsim import CameraSim
+from storage.store import parse_segment_name
+from tests.camsim import CameraSim, SilentListener
 from tests.media import check_file
 
 pytestmark = pytest.mark.slow
@@ -148,32 +149,6 @@ def test_camera_restart_gives_one_ledger_entry_and_recording_resumes(
         assert check_file(seg.path).first_is_key
 
 
-class SilentListener:
-    """A TCP listener that accepts connections and never answers (a hung camera)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._conns: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            self._conns.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self._conns:
-            c.close()
-
-
 def test_silent_listener_is_stalled_without_disturbing_others(camsim: CameraSim, rig: Rig) -> None:
     silent = SilentListener()
     try:
@@ -193,6 +168,87 @@ def test_silent_listener_is_stalled_without_disturbing_others(camsim: CameraSim,
         o.cause == "daemon-stopped" for o in rig.store.outages("good")
     )
     assert_contiguous(rig.store.segments("good"))
+
+
+def test_probe_needs_an_rtsp_answer(camsim: CameraSim) -> None:
+    """The back-off's probe: a live RTSP server answers; a port that accepts and never
+    answers, or a closed one, does not, and the probe gives up within about half a second."""
+
+    def opener(url: str) -> RtspOpener:
+        return RtspOpener(url, username=None, password=None, transport="tcp", timeout_s=3.0)
+
+    assert opener(camsim.url("h264")).probe_reachable()
+    silent = SilentListener()
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    try:
+        for url in (f"rtsp://127.0.0.1:{silent.port}/x", f"rtsp://127.0.0.1:{closed_port}/x"):
+            began = time.monotonic()
+            assert not opener(url).probe_reachable(), url
+            assert time.monotonic() - began < 1.0, url
+        assert silent.accepted == 1  # it did connect: a TCP probe would have said "up"
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("fault", ["silent-port", "sigstop"])
+def test_recording_resumes_promptly_once_a_hung_camera_answers(
+    camsim_clips: Path, rig: Rig, fault: str
+) -> None:
+    """A camera whose port accepts but never answers (`silent-port`: another listener holds
+    it), or whose server is frozen (`sigstop`), is probed while the recorder backs off; the
+    footage resumes within 2 s of the camera answering again (the back-off alone would sit
+    out up to 10 s)."""
+    silent = SilentListener() if fault == "silent-port" else None
+    sim = CameraSim(camsim_clips, port=silent.port if silent is not None else None)
+    try:
+        if silent is None:
+            sim.start()
+        rig.add("cam", sim.url("h264"), stall=2.0)
+        if silent is None:
+            wait_for(lambda: rig.state("cam") == "recording", 15, "recording")
+            time.sleep(2)
+            sim.sigstop()
+        wait_for(lambda: len(rig.store.outages("cam")) == 1, 10, "the outage in the ledger")
+        time.sleep(12)  # long enough for the back-off to grow past a few seconds
+        if silent is not None:
+            silent.close()
+            sim.start()
+        else:
+            sim.sigcont()
+        back_ms = time.time_ns() // 1_000_000
+        wait_for(lambda: not rig.store.open_outages("cam"), 15, "the outage to close")
+        # Closed at the first keyframe FFmpeg hands over, after its ~2 s stream probe; the
+        # end moves to the footage's real start once that has settled.
+        time.sleep(SETTLE_SECONDS + 1)
+        (outage,) = rig.store.outages("cam")
+        # The last failure names the outage: the hang, or the attempt the fault's end broke.
+        assert outage.cause in ("connect-timeout", "stalled", "stream-ended", "unreachable")
+        assert outage.end_ms is not None
+        assert outage.end_ms - back_ms <= 2000, (outage, back_ms)
+    finally:
+        rig.stop()
+        sim.stop()
+        if silent is not None:
+            silent.close()
+
+
+def test_first_segment_file_takes_its_settled_start(camsim: CameraSim, rig: Rig) -> None:
+    """FFmpeg hands over a connection's first keyframe after its ~2 s stream probe, so the
+    `.part` file is first named after that late arrival; once the start estimate settles the
+    file is renamed to it, so a crash from then on salvages footage at its real time."""
+    began_ms = time.time_ns() // 1_000_000
+    rig.add("cam", camsim.url("h264"), segment_seconds=60)
+    wait_for(lambda: rig.state("cam") == "recording", 15, "recording")
+    recording_ms = time.time_ns() // 1_000_000
+    time.sleep(SETTLE_SECONDS + 1.5)
+    (part,) = list((rig.store.root / "cam").rglob("*.part"))
+    start_ms = parse_segment_name(part.name)
+    assert recording_ms - began_ms >= 1500, "FFmpeg's probe was expected to take ~2 s"
+    # Settled: about when the camera started sending (the open began at `began_ms`), not
+    # when the first keyframe was handed over (`recording_ms`, ~2 s later).
+    assert began_ms <= start_ms <= began_ms + 1000, (began_ms, start_ms, recording_ms)
 
 
 def test_frozen_stream_is_detected_within_5s(camsim: CameraSim, rig: Rig) -> None:

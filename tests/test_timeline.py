@@ -91,3 +91,40 @@ def test_any_input_gives_every_packet_once_with_strictly_rising_dts(
     dts = [o[2] for o in out]
     assert all(b > a for a, b in itertools.pairwise(dts))
     assert all(p >= d for _, p, d in out)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-(10**6), 10**6)),
+            st.one_of(st.none(), st.integers(-(10**6), 10**6)),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.booleans(),
+)
+def test_fast_path_stamps_exactly_as_push_does(
+    stamps: list[tuple[int | None, int | None]], regular: bool
+) -> None:
+    """`advance` (the recorder's per-packet fast path) either declines, leaving the state
+    alone, or gives the very timestamps `push` would have given."""
+    if regular:  # mostly well-behaved streams, so the fast path is really taken
+        stamps = [(None if d is None else d + 2 * FRAME, d) for _, d in stamps]
+        stamps = [(p, None if d is None else i * FRAME + d % 7) for i, (p, d) in enumerate(stamps)]
+    slow, fast = StreamTimeline(FRAME, JUMP), StreamTimeline(FRAME, JUMP)
+    expected = feed(slow, stamps)
+    got: list[tuple[int, int, int]] = []
+    taken = 0
+    for i, (pts, dts) in enumerate(stamps):
+        out_dts = fast.advance(pts, dts) if dts is not None else None
+        if out_dts is not None:
+            taken += 1
+            got.append((i, fast.out_pts, out_dts))
+            continue
+        for item, s in fast.push(i, pts, dts, 0):
+            assert isinstance(item, int)
+            got.append((item, s.pts, s.dts))
+    assert got == expected
+    if regular and len(stamps) > 2 and all(d is not None for _, d in stamps):
+        assert taken >= len(stamps) - 2  # only the first packets need the full path
