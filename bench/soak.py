@@ -50,7 +50,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from storage import Outage, Segment, SegmentStore
 from tests.camsim import CameraSim, SilentListener, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
+from tests.notify import NotifyListener
 
 CLIPS = ("h264", "h264aac", "h265", "bframes")
 MIB = 1024 * 1024
@@ -77,45 +77,6 @@ HOLE_MS = 1000
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class ServiceManager:
-    """The receiving end of NOTIFY_SOCKET, on a thread: every notification, timestamped."""
-
-    def __init__(self) -> None:
-        self.address = f"@nvr-soak-{uuid.uuid4().hex}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(b"\0" + self.address[1:].encode())
-        self.sock.settimeout(0.5)
-        self.messages: list[tuple[float, list[str]]] = []
-        self.ready = threading.Event()
-        self._closed = False
-        self._thread = threading.Thread(target=self._read, name="service-manager", daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._closed:
-            try:
-                data = self.sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            fields = data.decode(errors="replace").split("\n")
-            self.messages.append((time.monotonic(), fields))
-            if "READY=1" in fields:
-                self.ready.set()
-
-    def pings(self) -> list[float]:
-        return [at for at, fields in self.messages if "WATCHDOG=1" in fields]
-
-    def statuses(self) -> list[str]:
-        return [f for _, fs in self.messages for f in fs if f.startswith("STATUS=")]
-
-    def close(self) -> None:
-        self._closed = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 @dataclass
@@ -283,7 +244,7 @@ class Soak:
             for i, name in enumerate(self.cameras)
         }
         self.config = work / "nvr.toml"
-        self.manager = ServiceManager()
+        self.manager = NotifyListener(f"@nvr-soak-{uuid.uuid4().hex}")
         self.proc: subprocess.Popen[bytes] | None = None
         self.sampler: Sampler | None = None
         self.injections: list[Injection] = []
@@ -304,6 +265,7 @@ class Soak:
         env = dict(
             os.environ, NOTIFY_SOCKET=self.manager.address, WATCHDOG_USEC=str(WATCHDOG_S * 10**6)
         )
+        launched = time.monotonic()
         with (self.work / "daemon.log").open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nvr.cli", "run", "-c", str(self.config)],
@@ -311,8 +273,10 @@ class Soak:
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        if not self.manager.ready.wait(60):
-            raise RuntimeError("the daemon sent no READY=1 within 60 s")
+        try:
+            self.manager.wait_for("READY=1", 60, after=launched)
+        except AssertionError:
+            raise RuntimeError("the daemon sent no READY=1 within 60 s") from None
         self.sampler = Sampler(self.proc.pid)
 
     def stop_daemon(self) -> int | None:
@@ -413,7 +377,7 @@ class Soak:
             report.unexplained_holes += _holes(cam, segments[cam], outages[cam])
             report.overlaps += _overlaps(cam, segments[cam])
         self._resources(report, warmup)
-        pings = self.manager.pings()
+        pings = self.manager.times("WATCHDOG=1")
         report.max_ping_gap_s = round(
             max((b - a for a, b in itertools.pairwise(pings)), default=0.0), 2
         )
