@@ -318,9 +318,7 @@ class OnvifDevice:
             return ConnectTimeout(f"ONVIF device {where} did not answer {what} ({reason})")
         auth = isinstance(err, lib["ONVIFAuthError"])
         auth = auth or (isinstance(err, lib["Fault"]) and bool(lib["is_auth_error"](err)))
-        auth = auth or (
-            isinstance(err, lib["TransportError"]) and err.status_code in (401, 403)
-        )
+        auth = auth or (isinstance(err, lib["TransportError"]) and err.status_code in (401, 403))
         if auth:
             return OnvifAuthRejected(
                 f"ONVIF login rejected by {where} during {what} ({reason}); "
@@ -360,9 +358,7 @@ class OnvifDevice:
             try:
                 answer = await self._call("GetSystemDateAndTime", getattr(dev, request)())
             except StreamError as err:
-                if request == "GetSystemDateAndTime" or not isinstance(
-                    err.__cause__, lib["Fault"]
-                ):
+                if request == "GetSystemDateAndTime" or not isinstance(err.__cause__, lib["Fault"]):
                     raise
                 continue  # the standard says no login is needed; some devices want one
             received = time.time()
@@ -400,9 +396,7 @@ class OnvifDevice:
 
     async def _media_service(self) -> Any:
         if self._media is None:
-            self._media = await self._call(
-                "the media service", self._cam.create_media_service()
-            )
+            self._media = await self._call("the media service", self._cam.create_media_service())
         return self._media
 
     async def profiles(self) -> list[MediaProfile]:
@@ -551,9 +545,7 @@ class OnvifOpener:
             raise
         with self._lock:
             self._failures = 0
-            fresh = self._last_check is not None and (
-                self._monotonic() - self._last_check < 1.0
-            )
+            fresh = self._last_check is not None and (self._monotonic() - self._last_check < 1.0)
             self._check_pending = not fresh
         if not fresh:
             self._wake()  # read the camera's clock on this connect (on the clock-check thread)

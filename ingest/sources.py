@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import socket
 import ssl
 import time
@@ -34,7 +35,10 @@ from ingest.errors import (
     UnsupportedStream,
 )
 from ingest.redact import redact_text
+from ingest.rtsp import NativeRtspSource, NotForUs, RtspSession
 from ingest.watchdog import WATCHDOG, SocketCapture, Watched
+
+log = logging.getLogger("nvr.ingest")
 
 VIDEO_CODECS = frozenset({"h264", "hevc"})
 PROBE_SECONDS = 0.5
@@ -169,6 +173,8 @@ class RtspOpener:
         self._scheme = parts.scheme
         self._host = parts.hostname or ""
         self._port = parts.port or (322 if parts.scheme == "rtsps" else 554)
+        self._ffmpeg_reason: str | None = None
+        """Why this camera needs FFmpeg's demuxer, once our client found out."""
 
     def _full_url(self) -> str:
         if self._username is None:
@@ -180,7 +186,47 @@ class RtspOpener:
         netloc = f"{auth}@{parts.netloc}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
-    def open(self) -> RtspSource:
+    def open(self) -> Source:
+        """Our own RTSP client where it applies (TCP, H.264/H.265, AAC or no audio, no
+        B-frames), else FFmpeg's demuxer; a camera that needed FFmpeg once keeps it."""
+        if self._transport == "tcp" and self._scheme == "rtsp" and self._ffmpeg_reason is None:
+            try:
+                return self._open_native()
+            except NotForUs as why:
+                self._prefer_ffmpeg(str(why))
+        return self._open_ffmpeg()
+
+    def _prefer_ffmpeg(self, reason: str) -> None:
+        if self._ffmpeg_reason is None:
+            self._ffmpeg_reason = reason
+            log.warning(
+                "camera %s: recording through FFmpeg's RTSP demuxer from now on: %s",
+                self._camera,
+                reason,
+            )
+
+    def _open_native(self) -> NativeRtspSource:
+        session = RtspSession(
+            self._url, username=self._username, password=self._password, timeout_s=self._timeout_s
+        )
+        source: NativeRtspSource | None = None
+        try:
+            session.connect()
+            source = NativeRtspSource(
+                session, self._timeout_s, f"rtsp {self._host}:{self._port}", self._prefer_ffmpeg
+            )
+            source.start(keyframe_seconds=max(10.0, 3 * self._timeout_s))
+        except BaseException:
+            if source is not None:
+                source.close()
+            else:
+                session.close()
+            raise
+        if session.audio_note:
+            log.warning("camera %s: recording video only: %s", self._camera, session.audio_note)
+        return source
+
+    def _open_ffmpeg(self) -> RtspSource:
         micros = str(int(self._timeout_s * 1_000_000))
         options = {
             "rtsp_transport": self._transport,

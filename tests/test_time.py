@@ -251,9 +251,7 @@ def test_server_clock_step_makes_no_overlap_and_one_clock_event(
     opener = RtspOpener(
         camsim.url("h264"), username=None, password=None, transport="tcp", timeout_s=3.0
     )
-    rec = CameraRecorder(
-        "cam", opener, store, segment_seconds=10, stall_seconds=3.0, clock=clock
-    )
+    rec = CameraRecorder("cam", opener, store, segment_seconds=10, stall_seconds=3.0, clock=clock)
     rec.start()
     try:
         wait_for(lambda: rec.status().state == "recording", 20, "recording")

@@ -89,11 +89,17 @@ class CameraSim:
     """One simulator process serving `mounts` (clip names, or ``name=clip``) on one port."""
 
     def __init__(
-        self, clips_dir: Path, port: int | None = None, mounts: Sequence[str] | None = None
+        self,
+        clips_dir: Path,
+        port: int | None = None,
+        mounts: Sequence[str] | None = None,
+        auth: str | None = None,
     ) -> None:
         self.clips_dir = clips_dir
         self.port = free_port() if port is None else port
         self.mounts = tuple(MOUNTS if mounts is None else mounts)
+        self.auth = auth
+        """`digest:USER:PASSWORD` or `basic:USER:PASSWORD`: the login every mount needs."""
         self._proc: subprocess.Popen[str] | None = None
         self._lines: queue.Queue[str | None] = queue.Queue()
         self._stderr_path: Path | None = None
@@ -134,6 +140,8 @@ class CameraSim:
             "--mounts",
             ",".join(self.mounts),
         ]
+        if self.auth:
+            cmd += ["--auth", self.auth]
         try:
             with self._stderr_path.open("ab") as stderr:  # append: no offset shared with us
                 proc = subprocess.Popen(

@@ -6,6 +6,7 @@ This program owns the simulated cameras. It runs as its own process under Debian
 `tests.camsim.CameraSim` over stdin/stdout:
 
     /usr/bin/python3 tests/camsim/rtsp_server.py --port N --clips DIR [--mounts h264aac,cam2=hd4m]
+        [--auth digest:USER:PASSWORD | basic:USER:PASSWORD]
 
 Each mount ``NAME`` or ``NAME=CLIP`` serves clip ``CLIP`` (default ``NAME``, as written by
 `tests.camsim.clips`) at ``rtsp://127.0.0.1:N/NAME`` over RTP/UDP or RTP/TCP. Media is shared:
@@ -359,11 +360,33 @@ def parse_mounts(spec, clips_dir):
     return pairs
 
 
+def set_auth(server, scheme, user, password):
+    """Require `user`/`password` (Digest or Basic) on `server`; returns the role structure a
+    factory needs so that this user may play it."""
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "viewer")
+    if scheme == "digest":
+        auth.add_digest(user, password, token)
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+    else:
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+    server.set_auth(auth)
+    return Gst.Structure.new_from_string(
+        "viewer, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--clips", type=Path, required=True)
     parser.add_argument("--mounts", default="", help="comma list of NAME or NAME=CLIP")
+    parser.add_argument(
+        "--auth", default="", help="digest:USER:PASSWORD or basic:USER:PASSWORD: every mount "
+        "then needs that login"
+    )
     args = parser.parse_args()
 
     Gst.init(None)
@@ -389,8 +412,19 @@ def main():
     udp_pool = GstRtspServer.RTSPAddressPool()  # binds UDP to loopback; taken ports are skipped
     udp_pool.add_range("127.0.0.1", "127.0.0.1", *UDP_PORT_RANGE, 0)
     points = server.get_mount_points()
+    role = None
+    if args.auth:
+        scheme, _, login = args.auth.partition(":")
+        user, _, password = login.partition(":")
+        if scheme not in ("digest", "basic") or not user:
+            log(f"--auth wants digest:USER:PASSWORD or basic:USER:PASSWORD, not {args.auth!r}")
+            return 2
+        role = set_auth(server, scheme, user, password)
     for name, mount in mounts.items():
-        points.add_factory(f"/{name}", Factory(mount, udp_pool))
+        factory = Factory(mount, udp_pool)
+        if role is not None:
+            factory.add_role_from_structure(role)
+        points.add_factory(f"/{name}", factory)
     source_id = server.attach(None)
     if not source_id:
         log(f"cannot listen on 127.0.0.1:{args.port}")
