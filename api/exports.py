@@ -14,9 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING, Any
 
 from api.mp4 import Mp4Error
 from api.package import (
@@ -24,6 +22,7 @@ from api.package import (
     PackageError,
     file_chunks,
     fingerprint,
+    load_or_create_key,
     public_pem,
     write_package,
 )
@@ -31,6 +30,9 @@ from api.params import iso
 from api.playback import PlaybackService, Recording, etag
 from storage import SegmentStore, StorageError
 from storage.exports import Export, ExportFile
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger("nvr.api.exports")
 
@@ -40,24 +42,33 @@ class ExportService:
         self,
         store: SegmentStore,
         playback: PlaybackService,
-        key: Ed25519PrivateKey,
+        key_path: Path,
         directory: Path,
     ) -> None:
+        """`key_path`: the Ed25519 signing key, read (or created, mode 0600) when first
+        needed, so a daemon that never exports never loads the crypto library."""
         self._store = store
         self._playback = playback
-        self._key = key
+        self._key_path = key_path
+        self._loaded_key: Ed25519PrivateKey | None = None
+        self._key_lock = threading.Lock()
         self.directory = directory
         self._stop = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._one_at_a_time = asyncio.Lock()
 
-    @property
-    def public_key_pem(self) -> bytes:
-        return public_pem(self._key)
+    def key(self) -> Ed25519PrivateKey:
+        """The signing key (blocking the first time: file I/O). PackageError if unusable."""
+        with self._key_lock:
+            if self._loaded_key is None:
+                self._loaded_key = load_or_create_key(self._key_path)
+            return self._loaded_key
 
-    @property
+    def public_key_pem(self) -> bytes:
+        return public_pem(self.key())
+
     def key_fingerprint(self) -> str:
-        return fingerprint(self._key)
+        return fingerprint(self.key())
 
     def package_path(self, export: Export) -> Path | None:
         if export.package is None:
@@ -173,7 +184,7 @@ class ExportService:
         ]
         files.append(("recording.mp4", lambda: vf.chunks(0, vf.size - 1), None))
         manifest_sha, packed = write_package(
-            path, self._key, manifest, files, should_stop=self._stop.is_set
+            path, self.key(), manifest, files, should_stop=self._stop.is_set
         )
         rel = (
             str(path.relative_to(self._store.root))

@@ -28,11 +28,16 @@ import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
+
+# `cryptography` is imported where a key is used, not with this module: the daemon then
+# carries its ~6 MiB only once something is exported or verified.
 
 FORMAT = "nvr-export-1"
 MANIFEST = "manifest.json"
@@ -47,6 +52,9 @@ class PackageError(Exception):
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key at `path`, created (mode 0600, atomically) if missing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -78,6 +86,9 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
 
 
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     return pub.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -85,6 +96,9 @@ def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
 
 
 def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
     raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
@@ -186,6 +200,9 @@ class Verification:
 
 
 def _load_public(data: bytes, where: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(data)
     except ValueError as err:
@@ -234,6 +251,8 @@ def verify_package(package: Path, key_pem: bytes | None = None) -> Verification:
                 return Verification(["no key given and none in the package"], notes, None)
         except PackageError as err:
             return Verification([str(err)], notes, None)
+        from cryptography.exceptions import InvalidSignature
+
         try:
             pub.verify(signature, body)
         except InvalidSignature:

@@ -12,7 +12,6 @@ from api.auth import LinkSigner, LoginThrottle
 from api.cameras import CameraDirectory, LiveStatus, NoRecorders
 from api.exports import ExportService
 from api.health import CapacityProvider, HealthService, RecentErrors
-from api.package import load_or_create_key
 from api.playback import PlaybackService
 from config import NvrConfig
 from config.models import ApiConfig
@@ -55,17 +54,16 @@ class ApiServices:
 
 
 async def open_services(ctx: ApiContext) -> ApiServices:
-    """Build the services (creating the export signing key at first start)."""
+    """Build the services (the export signing key is read or created at first use)."""
     settings = ctx.settings
     root = ctx.config.storage.root
     key_path = settings.signing_key or root / ".nvr-export-key"
-    key = await asyncio.to_thread(load_or_create_key, key_path)
     cameras = CameraDirectory(ctx.config, ctx.store, ctx.live, clock=ctx.store.now)
     playback = PlaybackService(ctx.store)
     errors = RecentErrors()
     logging.getLogger("nvr").addHandler(errors)
     health = HealthService(ctx.config, settings, ctx.store, cameras, ctx.capacity, errors)
-    exports = ExportService(ctx.store, playback, key, settings.exports_dir or root / "exports")
+    exports = ExportService(ctx.store, playback, key_path, settings.exports_dir or root / "exports")
     services = ApiServices(
         config=ctx.config,
         settings=settings,

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse
 from api.deps import OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
 from api.errors import Conflict, Forbidden, NotFound, Unavailable
 from api.models import ApproveIn, ExportFileOut, ExportIn, ExportOut, Problem, RejectIn
+from api.package import PackageError
 from api.params import parse_range
 from storage import StorageError
 from storage.accounts import User
@@ -217,8 +218,15 @@ async def download_export(
 async def signing_key(user: UserDep, services: ServicesDep) -> Response:
     """The Ed25519 public key export manifests are signed with (PEM), for
     `nvr verify-export PACKAGE --key FILE`."""
+    exports = services.exports
+    try:
+        pem, sha = await asyncio.to_thread(
+            lambda: (exports.public_key_pem(), exports.key_fingerprint())
+        )
+    except PackageError as err:
+        raise Unavailable(f"the export signing key is not usable: {err}") from err
     return Response(
-        content=services.exports.public_key_pem,
+        content=pem,
         media_type="application/x-pem-file",
-        headers={"X-Key-Sha256": services.exports.key_fingerprint},
+        headers={"X-Key-Sha256": sha},
     )
