@@ -65,7 +65,8 @@ RCVLOWAT = 32 * 1024
 """Bytes the kernel collects before waking the reader (`SO_RCVLOWAT`): 1/16 s of a 4 Mbit/s
 camera. A slower camera is read when `POLL_SECONDS` have passed."""
 POLL_SECONDS = 0.2
-BUFFER_BYTES = 512 * 1024
+BUFFER_BYTES = 256 * 1024
+"""Read buffer per camera: room for four of the largest interleaved packets (64 KiB)."""
 REORDER_WINDOW_FRAMES = 8
 """Frames after the first keyframe that are looked at before recording starts: a stream
 whose timestamps go backwards within them has B-frames and goes to FFmpeg's demuxer."""
