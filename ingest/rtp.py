@@ -97,35 +97,63 @@ def _b64(text: str) -> bytes:
 Frame = tuple[bytearray, int, bool]
 """Annex B bytes (or a raw AAC frame), extended RTP timestamp, keyframe."""
 
+MAX_PREFIX_BYTES = 256 * 1024
+"""Parameter sets and SEI waiting for a picture are dropped beyond this size."""
 
-class H264Frames:
-    """RFC 6184 packetization modes 0 and 1: single NAL units, STAP-A, FU-A."""
 
-    codec = "h264"
+class _AccessUnits:
+    """What H.264 and H.265 share: parameter sets seen, frames out, the access unit being
+    assembled. A unit without a picture (parameter sets or SEI sent with their own timestamp
+    or marker bit, as some cameras do) is kept and goes out in front of the next picture,
+    never as a sample of its own."""
 
-    def __init__(self, media: SdpMedia) -> None:
-        mode = media.fmtp.get("packetization-mode", "0")
-        if mode not in ("0", "1"):
-            raise PayloadError(f"H.264 packetization-mode {mode} (interleaved) is not supported")
+    PARAM_TYPES: tuple[int, ...] = ()
+
+    def __init__(self) -> None:
         self.params: dict[int, bytes] = {}
-        """Parameter sets by NAL type (7 SPS, 8 PPS), from the SDP, then in-band."""
-        for ps in media.fmtp.get("sprop-parameter-sets", "").split(","):
-            if ps:
-                nal = _b64(ps)
-                if nal:
-                    self.params[nal[0] & 0x1F] = nal
+        """Parameter sets by NAL type, from the SDP, then in-band."""
         self.out: list[Frame] = []
         self._frame = bytearray()
         self._ts = -1
         self._key = False
         self._in_fu = False
+        self._vcl = False
 
     def parameter_sets(self) -> bytes:
-        return b"".join(START_CODE + self.params[t] for t in (7, 8) if t in self.params)
+        return b"".join(START_CODE + self.params[t] for t in self.PARAM_TYPES if t in self.params)
+
+    def finish(self) -> None:
+        if self._vcl:
+            self.out.append((self._frame, self._ts, self._key))
+            self._frame = bytearray()
+            self._key = False
+        elif len(self._frame) > MAX_PREFIX_BYTES:
+            self._frame = bytearray()
+            self._key = False
+        self._vcl = False
+        self._in_fu = False
+
+
+class H264Frames(_AccessUnits):
+    """RFC 6184 packetization modes 0 and 1: single NAL units, STAP-A, FU-A."""
+
+    codec = "h264"
+    PARAM_TYPES = (7, 8)  # SPS, PPS
+
+    def __init__(self, media: SdpMedia) -> None:
+        mode = media.fmtp.get("packetization-mode", "0")
+        if mode not in ("0", "1"):
+            raise PayloadError(f"H.264 packetization-mode {mode} (interleaved) is not supported")
+        super().__init__()
+        for ps in media.fmtp.get("sprop-parameter-sets", "").split(","):
+            if ps:
+                nal = _b64(ps)
+                if nal:
+                    self.params[nal[0] & 0x1F] = nal
 
     def payload(self, p: memoryview, ts: int, marker: bool) -> None:
         if ts != self._ts:
-            if self._frame:
+            if self._vcl:
                 self.finish()
             self._ts = ts
         if not p:
@@ -140,8 +168,9 @@ class H264Frames:
                 self._frame += START_CODE
                 self._frame.append((p[0] & 0xE0) | nal_type)
                 self._in_fu = True
-                if nal_type == 5:
-                    self._key = True
+                if 1 <= nal_type <= 5:
+                    self._vcl = True
+                    self._key = self._key or nal_type == 5
             elif not self._in_fu:
                 return  # its start was lost: nothing to attach this piece to
             self._frame += p[2:]
@@ -164,47 +193,34 @@ class H264Frames:
     def _nal(self, nal: memoryview, t: int) -> None:
         self._frame += START_CODE
         self._frame += nal
-        if t == 5:
-            self._key = True
+        if 1 <= t <= 5:
+            self._vcl = True
+            self._key = self._key or t == 5
         elif t == 7 or t == 8:
             self.params[t] = bytes(nal)
         elif t == 6 and len(nal) > 1 and nal[1] == 6:
             self._key = True  # recovery point SEI: an I-frame that starts a clean GOP
 
-    def finish(self) -> None:
-        if self._frame:
-            self.out.append((self._frame, self._ts, self._key))
-            self._frame = bytearray()
-        self._key = False
-        self._in_fu = False
 
-
-class H265Frames:
+class H265Frames(_AccessUnits):
     """RFC 7798 without DONL: single NAL units, aggregation packets, fragmentation units."""
 
     codec = "hevc"
+    PARAM_TYPES = (32, 33, 34)  # VPS, SPS, PPS
 
     def __init__(self, media: SdpMedia) -> None:
         for key in ("sprop-max-don-diff", "sprop-depack-buf-nalus"):
             if media.fmtp.get(key, "0") != "0":
                 raise PayloadError(f"H.265 with {key} (decoding order numbers) is not supported")
-        self.params: dict[int, bytes] = {}
+        super().__init__()
         for key, nal_type in (("sprop-vps", 32), ("sprop-sps", 33), ("sprop-pps", 34)):
             for ps in media.fmtp.get(key, "").split(","):
                 if ps:
                     self.params[nal_type] = _b64(ps)
-        self.out: list[Frame] = []
-        self._frame = bytearray()
-        self._ts = -1
-        self._key = False
-        self._in_fu = False
-
-    def parameter_sets(self) -> bytes:
-        return b"".join(START_CODE + self.params[t] for t in (32, 33, 34) if t in self.params)
 
     def payload(self, p: memoryview, ts: int, marker: bool) -> None:
         if ts != self._ts:
-            if self._frame:
+            if self._vcl:
                 self.finish()
             self._ts = ts
         if len(p) < 2:
@@ -220,8 +236,9 @@ class H265Frames:
                 self._frame.append((p[0] & 0x81) | (nal_type << 1))
                 self._frame.append(p[1])
                 self._in_fu = True
-                if 16 <= nal_type <= 21:
-                    self._key = True
+                if nal_type < 32:
+                    self._vcl = True
+                    self._key = self._key or 16 <= nal_type <= 21
             elif not self._in_fu:
                 return
             self._frame += p[3:]
@@ -244,17 +261,11 @@ class H265Frames:
     def _nal(self, nal: memoryview, t: int) -> None:
         self._frame += START_CODE
         self._frame += nal
-        if 16 <= t <= 21:
-            self._key = True
+        if t < 32:
+            self._vcl = True
+            self._key = self._key or 16 <= t <= 21
         elif 32 <= t <= 34:
             self.params[t] = bytes(nal)
-
-    def finish(self) -> None:
-        if self._frame:
-            self.out.append((self._frame, self._ts, self._key))
-            self._frame = bytearray()
-        self._key = False
-        self._in_fu = False
 
 
 # --- audio ----------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import av
 from av.audio.stream import AudioStream
@@ -190,8 +190,11 @@ class RtspSession:
         self.url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         self.host = host
         self.port = parts.port or 554
-        self._username = username if username is not None else parts.username
-        self._password = password if password is not None else parts.password
+        if username is None and parts.username is not None:
+            username = unquote(parts.username)
+            password = unquote(parts.password) if parts.password is not None else None
+        self._username = username
+        self._password = password
         self._secrets = (self._password, self._username)
         self._timeout = timeout_s
         self._sock: socket.socket | None = None
@@ -216,21 +219,7 @@ class RtspSession:
 
     def connect(self) -> None:
         """OPTIONS .. PLAY. Raises StreamError subclasses, or NotForUs."""
-        try:
-            self._sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
-        except ConnectionRefusedError as err:
-            raise CameraUnreachable(f"connection refused by {self.host}:{self.port}") from err
-        except TimeoutError as err:
-            raise ConnectTimeout(
-                f"no TCP connection to {self.host}:{self.port} within {self._timeout:.1f} s"
-            ) from err
-        except OSError as err:
-            if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
-                raise CameraUnreachable(f"{self.host}:{self.port}: {err.strerror}") from err
-            raise StreamError(
-                self._redact(f"connecting to {self.host}:{self.port}: {err}")
-            ) from err
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reconnect()
         options = self._request("OPTIONS", self.url)
         public = options.headers.get("public", "").upper()
         if "GET_PARAMETER" in public:
@@ -273,6 +262,7 @@ class RtspSession:
         self._next_keepalive = time.monotonic() + self._keepalive_every
         self.last_media = time.monotonic()
         sock = self._sock
+        assert sock is not None  # set by _reconnect
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, RCVLOWAT)
@@ -280,8 +270,32 @@ class RtspSession:
             pass  # not available: each wake-up then reads what has arrived
         self._poller.register(sock.fileno(), select.POLLIN)
 
+    def _reconnect(self) -> None:
+        """A fresh TCP connection (the first, or after a camera hung up on a 401)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._start = self._end = 0
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self._timeout)
+        except ConnectionRefusedError as err:
+            raise CameraUnreachable(f"connection refused by {self.host}:{self.port}") from err
+        except TimeoutError as err:
+            raise ConnectTimeout(
+                f"no TCP connection to {self.host}:{self.port} within {self._timeout:.1f} s"
+            ) from err
+        except OSError as err:
+            if err.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNRESET):
+                raise CameraUnreachable(f"{self.host}:{self.port}: {err.strerror}") from err
+            raise StreamError(
+                self._redact(f"connecting to {self.host}:{self.port}: {err}")
+            ) from err
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+
     def _choose(self, medias: list[SdpMedia], base: str) -> None:
         video = [m for m in medias if m.kind == "video"]
+        last = "no video over RTP/AVP"
         if not video:
             kinds = ", ".join(m.kind for m in medias) or "none"
             raise UnsupportedStream(f"no video stream in the camera's SDP (found {kinds})")
@@ -294,7 +308,7 @@ class RtspSession:
             except PayloadError as err:
                 last = str(err)
         if self.video is None:
-            raise NotForUs(last if video else "no RTP video")
+            raise NotForUs(last)
         audio = [m for m in medias if m.kind == "audio"]
         if audio:
             try:
@@ -340,6 +354,8 @@ class RtspSession:
             if self._auth is not None and "stale=true" not in " ".join(reply.challenges).lower():
                 raise AuthRejected(f"camera rejected the credentials ({method} answered 401)")
             self._auth = _Digest(self._username, self._password or "", reply.challenges)
+            if reply.headers.get("connection", "").lower() == "close":
+                self._reconnect()  # some cameras hang up after a 401
             reply = self._send_and_read(method, url, headers or {})
             if reply.status == 401:
                 raise AuthRejected(f"camera rejected the credentials ({method} answered 401)")
@@ -531,10 +547,7 @@ class RtspSession:
                             delta = (raw_ts - track.last_raw) & 0xFFFFFFFF
                             track.ext += delta - (1 << 32) if delta & 0x80000000 else delta
                         else:
-                            track.started = True
-                            if track.base is None:
-                                track.base = raw_ts
-                            track.ext = _signed32(raw_ts - track.base)
+                            self._first_packet(track, raw_ts)
                         track.last_raw = raw_ts
                         track.frames.payload(view[p + head : stop], track.ext, bool(b1 & 0x80))
                         media = True
@@ -542,6 +555,19 @@ class RtspSession:
         self._start = pos
         self._compact()
         return media
+
+    def _first_packet(self, track: _Track, raw_ts: int) -> None:
+        """Place a track's first RTP timestamp on the common timeline: by the PLAY answer's
+        RTP-Info where it gave one; else audio that starts after video is put at the video
+        time that has just arrived, and a track that starts first at zero."""
+        track.started = True
+        if track.base is None:
+            track.base = raw_ts
+            video = self.video
+            if track is not video and video is not None and video.started:
+                clock = track.media.clock_rate or 90_000
+                track.base = (raw_ts - video.ext * clock // 90_000) & 0xFFFFFFFF
+        track.ext = _signed32(raw_ts - track.base)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None

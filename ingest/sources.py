@@ -1,9 +1,14 @@
 """Where packets come from: the `StreamOpener` seam and its two real implementations,
-RTSP cameras (PyAV/FFmpeg demuxer) and the built-in test pattern (H.264 made in-process).
+RTSP cameras and the built-in test pattern (H.264 made in-process).
 
-Everything here runs on the recorder thread of one camera. Blocked reads are interrupted by
-FFmpeg's own socket `timeout` option (cheap), never by closing the container from another
-thread (unsafe) nor by PyAV's Python-level `timeout=` (it takes the GIL on every poll).
+An RTSP camera is read by our own client (`ingest.rtsp`) where it can be: RTSP over TCP,
+H.264/H.265 video, AAC or no audio, frames in presentation order. Anything else goes to
+FFmpeg's RTSP demuxer through PyAV (`RtspSource`), and a camera that needed it once keeps it.
+
+Everything here runs on the recorder thread of one camera. FFmpeg's blocked reads are
+interrupted by its own socket `timeout` option (cheap), never by closing the container from
+another thread (unsafe) nor by PyAV's Python-level `timeout=` (it takes the GIL on every
+poll); our client polls its socket with a deadline itself.
 """
 
 from __future__ import annotations
@@ -258,7 +263,9 @@ class RtspOpener:
         if fd is not None:
             watch = WATCHDOG.register(self._camera, fd, self._timeout_s)
         try:
-            return RtspSource(container, f"rtsp {self._host}:{self._port}", secrets, watch)
+            return RtspSource(
+                container, f"rtsp {self._host}:{self._port} (FFmpeg demuxer)", secrets, watch
+            )
         except StreamError:
             if watch is not None:
                 WATCHDOG.unregister(watch)

@@ -63,6 +63,24 @@ def test_h264_single_stap_and_fu_make_annex_b_frames() -> None:
     assert f.parameter_sets() == SC + sps + SC + pps
 
 
+def test_parameter_sets_sent_on_their_own_go_out_with_the_next_picture() -> None:
+    """Some cameras send SPS/PPS (or SEI) with a marker bit or a timestamp of their own: they
+    must not become a sample without a picture."""
+    f = H264Frames(h264_media())
+    f.payload(memoryview(b"\x67\x64\x00"), 100, True)
+    f.payload(memoryview(b"\x68\xee"), 100, True)
+    f.payload(memoryview(b"\x65\x88\x01"), 3700, True)
+    assert [(bytes(d), ts, key) for d, ts, key in f.out] == [
+        (SC + b"\x67\x64\x00" + SC + b"\x68\xee" + SC + b"\x65\x88\x01", 3700, True)
+    ]
+    g = H265Frames(SdpMedia("video", "RTP/AVP", 96, "H265", 90000))
+    g.payload(memoryview(b"\x40\x01\x0c"), 0, True)  # VPS alone
+    g.payload(memoryview(b"\x02\x01\xaa"), 3600, True)  # a TRAIL_R picture
+    assert [(bytes(d), key) for d, _, key in g.out] == [
+        (SC + b"\x40\x01\x0c" + SC + b"\x02\x01\xaa", False)
+    ]
+
+
 def test_h264_fragment_without_its_start_is_dropped_not_glued() -> None:
     f = H264Frames(h264_media())
     f.payload(memoryview(b"\x7c\x05middle"), 10, False)  # start lost
@@ -343,3 +361,20 @@ def test_keepalive_answers_between_media_do_not_disturb_the_stream(
         assert frames >= 25  # 10 fps for 3 s
     finally:
         source.close()
+
+
+def test_audio_without_rtp_info_starts_at_the_video_time_that_arrived_with_it() -> None:
+    session = offline_session()
+    media = aac_media()
+    session.audio = rtsp._Track(media, AacFrames(media), "rtsp://127.0.0.1:1/x/1")
+    session.audio.channel = 2
+    data = b"".join(
+        interleaved(0, rtp(i, 1_000_000 + i * 9000, b"\x41\x9a", True)) for i in range(11)
+    )  # video from 0 to 1 s
+    au = struct.pack(">HH", 16, 4 << 3) + b"aaaa"
+    data += interleaved(2, rtp(0, 4_000_000_000, au, True, pt=97))
+    data += interleaved(2, rtp(1, 4_000_001_024, au, True, pt=97))
+    session._buf[: len(data)] = data
+    session._end = len(data)
+    session._parse()
+    assert [ts for _, ts, _ in session.audio.frames.out] == [16_000, 17_024]
