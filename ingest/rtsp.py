@@ -70,6 +70,8 @@ BUFFER_BYTES = 256 * 1024
 REORDER_WINDOW_FRAMES = 8
 """Frames after the first keyframe that are looked at before recording starts: a stream
 whose timestamps go backwards within them has B-frames and goes to FFmpeg's demuxer."""
+NTP_UNIX_OFFSET = 2_208_988_800
+"""Seconds from 1900-01-01 (NTP) to 1970-01-01."""
 REORDER_TICKS = 90_000
 """A step back in video time shorter than this (1 s) is reordering, longer a discontinuity."""
 KEEPALIVE_SECONDS = 25.0
@@ -164,6 +166,7 @@ class _Track:
         self.frames = frames
         self.url = url
         self.channel = 0
+        self.rtcp_channel = 1
         self.base: int | None = None
         """RTP timestamp that is tick 0 (the PLAY answer's rtptime, else the first packet)."""
         self.last_raw = 0
@@ -214,6 +217,9 @@ class RtspSession:
         """Why the camera's audio is not recorded (empty if it is, or there is none)."""
         self._poller = select.poll()
         self.last_media = 0.0
+        self.realtime_us: int | None = None
+        """The camera's clock (µs since the Unix epoch) at video tick 0, from the first
+        RTCP sender report; None until one came."""
 
     # --- handshake ---------------------------------------------------------------------------
 
@@ -243,10 +249,11 @@ class RtspSession:
             headers = {"Transport": f"RTP/AVP/TCP;unicast;interleaved={channel}-{channel + 1}"}
             reply = self._request("SETUP", track.url, headers)
             transport = reply.headers.get("transport", "")
-            found = re.search(r"interleaved=(\d+)", transport)
+            found = re.search(r"interleaved=(\d+)(?:-(\d+))?", transport)
             if "TCP" not in transport.upper() or found is None:
                 raise NotForUs(f"camera did not accept RTP over the RTSP connection ({transport})")
             track.channel = int(found.group(1))
+            track.rtcp_channel = int(found.group(2) or track.channel + 1)
             session = reply.headers.get("session", "")
             if session:
                 sid, _, params = session.partition(";")
@@ -513,6 +520,7 @@ class RtspSession:
         video, audio = self.video, self.audio
         vch = video.channel if video is not None else -1
         ach = audio.channel if audio is not None else -1
+        vrtcp = video.rtcp_channel if video is not None and self.realtime_us is None else -1
         media = False
         unpack = struct.unpack_from
         while end - pos >= 4:
@@ -530,7 +538,9 @@ class RtspSession:
             nxt = pos + 4 + size
             if nxt > end:
                 break
-            if (channel == vch or channel == ach) and size >= 12:
+            if channel == vrtcp:
+                self._sender_report(buf, pos + 4, nxt)
+            elif (channel == vch or channel == ach) and size >= 12:
                 p = pos + 4
                 b0, b1, raw_ts = unpack(">BBxxI", buf, p)
                 if b0 >> 6 == 2:
@@ -555,6 +565,24 @@ class RtspSession:
         self._start = pos
         self._compact()
         return media
+
+    def _sender_report(self, buf: bytearray, pos: int, end: int) -> None:
+        """The video's first RTCP sender report: the camera's wall clock at video tick 0,
+        `realtime_us` (as FFmpeg's `start_time_realtime`), for the camera clock check."""
+        video = self.video
+        if video is None or not video.started or video.base is None:
+            return
+        while pos + 20 <= end:
+            first, kind, words = struct.unpack_from(">BBH", buf, pos)
+            if first >> 6 != 2:
+                return
+            if kind == 200:  # SR: ssrc, NTP seconds and fraction, RTP timestamp
+                ntp_s, ntp_frac, rtp_ts = struct.unpack_from(">III", buf, pos + 8)
+                camera_s = ntp_s - NTP_UNIX_OFFSET + ntp_frac / 2**32
+                ticks = video.ext + _signed32(rtp_ts - video.last_raw)
+                self.realtime_us = round((camera_s - ticks / 90_000) * 1e6)
+                return
+            pos += 4 * (words + 1)
 
     def _first_packet(self, track: _Track, raw_ts: int) -> None:
         """Place a track's first RTP timestamp on the common timeline: by the PLAY answer's
@@ -755,6 +783,10 @@ class NativeRtspSource:
             session.read(self._stall)
             pending = vf.out
             vf.out = []
+
+    def camera_realtime_us(self) -> int | None:
+        """The camera's clock at video pts 0 (µs since the Unix epoch), from RTCP."""
+        return self._session.realtime_us
 
     def drop_audio(self) -> None:
         self.audio = None

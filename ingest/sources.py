@@ -146,6 +146,11 @@ class RtspSource:
         seconds = self._watch.stall_seconds if self._watch is not None else 0.0
         return StreamStalled(f"no media for {seconds:.1f} s while the connection stayed open")
 
+    def camera_realtime_us(self) -> int | None:
+        """The camera's clock at video pts 0 (µs since the Unix epoch): FFmpeg maps its
+        first RTCP sender report there (`start_time_realtime`)."""
+        return self._container.start_time_realtime
+
     def drop_audio(self) -> None:
         self.audio = None
 

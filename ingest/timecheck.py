@@ -37,7 +37,6 @@ from typing import Any, Protocol, runtime_checkable
 
 import av
 from av.audio.stream import AudioStream
-from av.container import InputContainer
 from av.video.stream import VideoStream
 
 from ingest.sources import Source, StreamOpener
@@ -374,6 +373,14 @@ class ClockStepDetector:
 # --- RTCP checks on RTSP streams --------------------------------------------------------------
 
 
+@runtime_checkable
+class CameraRealtime(Protocol):
+    """A source that knows the camera's clock at video pts 0 from RTCP sender reports (our
+    RTSP client, FFmpeg's demuxer)."""
+
+    def camera_realtime_us(self) -> int | None: ...
+
+
 class ClockedSource:
     """A `Source` whose video packets also feed an `RtcpClockProbe` (on the recorder thread)."""
 
@@ -390,11 +397,10 @@ class ClockedSource:
         self.video: VideoStream = inner.video
         self.audio: AudioStream | None = inner.audio
         self.description = inner.description
-        container = inner.video.container
         self._probe: RtcpClockProbe | None = None
         tb = inner.video.time_base
-        if isinstance(container, InputContainer) and tb is not None:
-            self._probe = RtcpClockProbe(lambda: container.start_time_realtime, tb, wall)
+        if isinstance(inner, CameraRealtime) and tb is not None:
+            self._probe = RtcpClockProbe(inner.camera_realtime_us, tb, wall)
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         probe = self._probe

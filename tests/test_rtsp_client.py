@@ -4,9 +4,12 @@ GStreamer camera simulator (with Digest and Basic logins)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
+import socket
 import struct
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ingest.rtsp as rtsp
-from ingest.errors import AuthRejected
+from ingest.errors import AuthRejected, StreamError, UnsupportedStream
 from ingest.rtp import (
     AacFrames,
     H264Frames,
@@ -26,7 +29,7 @@ from ingest.rtp import (
     SdpMedia,
     parse_sdp,
 )
-from ingest.rtsp import NativeRtspSource, RtspSession, _Digest
+from ingest.rtsp import NativeRtspSource, NotForUs, RtspSession, _Digest
 from ingest.sources import RtspOpener, RtspSource, Source
 from tests.camsim import CameraSim
 
@@ -378,3 +381,85 @@ def test_audio_without_rtp_info_starts_at_the_video_time_that_arrived_with_it() 
     session._end = len(data)
     session._parse()
     assert [ts for _, ts, _ in session.audio.frames.out] == [16_000, 17_024]
+
+
+class ScriptedCamera:
+    """A misbehaving camera on 127.0.0.1: answers each RTSP request with `answers[method]`
+    (CSeq filled in), for the error paths a real server will not take."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, name="scripted", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        with conn:
+            data = b""
+            while True:
+                try:
+                    chunk = conn.recv(4096)
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                data += chunk
+                while b"\r\n\r\n" in data:
+                    head, data = data.split(b"\r\n\r\n", 1)
+                    lines = head.decode().split("\r\n")
+                    method = lines[0].split(" ")[0]
+                    cseq = next(x.split(":")[1].strip() for x in lines if x.startswith("CSeq"))
+                    conn.sendall(self.answers[method].replace("{cseq}", cseq).encode())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(2)
+
+
+def answer(status: str, body: str = "", **headers: str) -> str:
+    extra = "".join(f"{k.replace('_', '-')}: {v}\r\n" for k, v in headers.items())
+    return (
+        f"RTSP/1.0 {status}\r\nCSeq: {{cseq}}\r\n{extra}Content-Length: {len(body)}\r\n\r\n{body}"
+    )
+
+
+SDP_HEAD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n"
+
+
+@pytest.mark.parametrize(
+    ("describe", "error", "message"),
+    [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", StreamError, "did not answer in RTSP"),
+        (answer("404 Not Found"), StreamError, "DESCRIBE with 404 Not Found"),
+        (
+            answer("200 OK", SDP_HEAD + "m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"),
+            UnsupportedStream,
+            "no video stream",
+        ),
+        (
+            answer("200 OK", SDP_HEAD + "m=video 0 RTP/AVP 26\r\na=rtpmap:26 JPEG/90000\r\n"),
+            NotForUs,
+            "JPEG is not H.264/H.265",
+        ),
+    ],
+)
+def test_a_camera_that_answers_wrongly_gets_an_error_naming_it(
+    describe: str, error: type[Exception], message: str
+) -> None:
+    camera = ScriptedCamera({"OPTIONS": answer("200 OK", Public="DESCRIBE"), "DESCRIBE": describe})
+    session = RtspSession(
+        f"rtsp://127.0.0.1:{camera.port}/x", username=None, password=None, timeout_s=2
+    )
+    try:
+        with pytest.raises(error, match=message):
+            session.connect()
+    finally:
+        session.close()
+        camera.close()
