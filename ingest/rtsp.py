@@ -63,13 +63,16 @@ from ingest.rtp import (
 
 RCVLOWAT = 32 * 1024
 """Bytes the kernel collects before waking the reader (`SO_RCVLOWAT`): 1/16 s of a 4 Mbit/s
-camera. A slower camera is read when `POLL_SECONDS` have passed."""
-POLL_SECONDS = 0.2
+camera. A slower camera is read when `POLL_SECONDS` have passed (what a crash can lose on
+top of the fragment in flight)."""
+POLL_SECONDS = 0.1
 BUFFER_BYTES = 256 * 1024
 """Read buffer per camera: room for four of the largest interleaved packets (64 KiB)."""
-REORDER_WINDOW_FRAMES = 8
+REORDER_WINDOW_FRAMES = 4
 """Frames after the first keyframe that are looked at before recording starts: a stream
-whose timestamps go backwards within them has B-frames and goes to FFmpeg's demuxer."""
+whose timestamps go backwards within them has B-frames (I P B B: the third frame already
+goes back) and goes to FFmpeg's demuxer. Kept short: these frames reach the recorder late,
+and the first segment's file is named after their arrival until its start settles."""
 NTP_UNIX_OFFSET = 2_208_988_800
 """Seconds from 1900-01-01 (NTP) to 1970-01-01."""
 REORDER_TICKS = 90_000
