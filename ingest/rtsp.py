@@ -75,6 +75,8 @@ goes back) and goes to FFmpeg's demuxer. Kept short: these frames reach the reco
 and the first segment's file is named after their arrival until its start settles."""
 NTP_UNIX_OFFSET = 2_208_988_800
 """Seconds from 1900-01-01 (NTP) to 1970-01-01."""
+AUDIO_WAIT_SECONDS = 1.0
+"""How long the first audio frame is waited for once the video is ready."""
 REORDER_TICKS = 90_000
 """A step back in video time shorter than this (1 s) is reordering, longer a discontinuity."""
 KEEPALIVE_SECONDS = 25.0
@@ -649,12 +651,18 @@ class NativeRtspSource:
         (B-frames: FFmpeg's parser derives their decode times)."""
         session, vf, af = self._session, self._vframes, self._aframes
         deadline = time.monotonic() + keyframe_seconds
+        audio_deadline = deadline
         key_at = -1
-        while (
-            key_at < 0
-            or len(self._held) - key_at <= REORDER_WINDOW_FRAMES
-            or (af is not None and not af.out)
-        ):
+        while True:
+            video_seen = key_at >= 0 and len(self._held) - key_at > REORDER_WINDOW_FRAMES
+            if video_seen and (af is None or af.out):
+                break
+            if video_seen:
+                # A camera may announce audio and send none (microphone off): wait a
+                # little for it, then record video only (`audio_note` says why).
+                audio_deadline = min(audio_deadline, time.monotonic() + AUDIO_WAIT_SECONDS)
+                if time.monotonic() > audio_deadline:
+                    break
             session.read(self._stall)
             for frame in vf.out:
                 if key_at < 0 and not frame[2]:

@@ -11,6 +11,7 @@ import socket
 import struct
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -463,3 +464,44 @@ def test_a_camera_that_answers_wrongly_gets_an_error_naming_it(
     finally:
         session.close()
         camera.close()
+
+
+def test_announced_audio_that_never_comes_delays_recording_by_a_second_at_most(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A camera whose SDP has audio but whose microphone is off: video is recorded after
+    `AUDIO_WAIT_SECONDS`, not after the keyframe deadline, and the reason is kept."""
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = 64, 64, "yuv420p"
+    enc.time_base = Fraction(1, 10)
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "bframes": "0"}
+    frames: list[bytes] = []
+    for i in range(8):
+        picture = av.VideoFrame(64, 64, "yuv420p")
+        for plane in picture.planes:
+            plane.update(bytes(plane.buffer_size))
+        picture.pts = i
+        frames += [bytes(p) for p in enc.encode(picture)]
+    frames += [bytes(p) for p in enc.encode(None)]
+    session = offline_session()
+    media = aac_media()
+    session.audio = rtsp._Track(media, AacFrames(media), "rtsp://127.0.0.1:1/x/1")
+    assert session.video is not None
+    video = session.video.frames
+    sent = iter(enumerate(frames))
+
+    def read(stall_seconds: float) -> bool:
+        time.sleep(0.05)
+        i, data = next(sent, (-1, b""))
+        if i >= 0:
+            video.out.append((bytearray(data), i * 9000, i == 0))
+        return i >= 0
+
+    monkeypatch.setattr(session, "read", read)
+    source = NativeRtspSource(session, 3.0, "test", lambda why: None)
+    began = time.monotonic()
+    source.start(keyframe_seconds=10)
+    assert time.monotonic() - began < rtsp.AUDIO_WAIT_SECONDS + 1.0
+    assert source.audio is None and "no audio" in session.audio_note
+    assert source.video.codec_context.width == 64
+    source.close()
