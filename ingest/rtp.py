@@ -103,11 +103,16 @@ MAX_PREFIX_BYTES = 256 * 1024
 
 class _AccessUnits:
     """What H.264 and H.265 share: parameter sets seen, frames out, the access unit being
-    assembled. A unit without a picture (parameter sets or SEI sent with their own timestamp
-    or marker bit, as some cameras do) is kept and goes out in front of the next picture,
-    never as a sample of its own."""
+    assembled from single NAL units, aggregation packets and fragments. A unit without a
+    picture (parameter sets or SEI sent with their own timestamp or marker bit, as some
+    cameras do) is kept and goes out in front of the next picture, never as a sample of its
+    own. Subclasses say how a NAL header reads (`_type`) and which types are which."""
 
     PARAM_TYPES: tuple[int, ...] = ()
+    VCL_TYPES: range = range(0)
+    KEY_TYPES: range = range(0)
+    MIN_NAL = 1
+    """Bytes of a NAL unit header: an aggregated unit shorter than this is corrupt."""
 
     def __init__(self) -> None:
         self.params: dict[int, bytes] = {}
@@ -119,8 +124,57 @@ class _AccessUnits:
         self._in_fu = False
         self._vcl = False
 
+    @staticmethod
+    def _type(first: int) -> int:
+        raise NotImplementedError
+
     def parameter_sets(self) -> bytes:
         return b"".join(START_CODE + self.params[t] for t in self.PARAM_TYPES if t in self.params)
+
+    def _next_packet(self, ts: int) -> None:
+        """A packet with timestamp `ts` begins: a new timestamp ends the unit at hand."""
+        if ts != self._ts:
+            if self._vcl:
+                self.finish()
+            self._ts = ts
+
+    def _picture(self, t: int) -> None:
+        if t in self.VCL_TYPES:
+            self._vcl = True
+            if t in self.KEY_TYPES:
+                self._key = True
+
+    def _nal(self, nal: memoryview, t: int) -> None:
+        self._frame += START_CODE
+        self._frame += nal
+        self._picture(t)
+        if t in self.PARAM_TYPES:
+            self.params[t] = bytes(nal)
+
+    def _aggregate(self, p: memoryview, i: int) -> None:
+        """Size-prefixed NAL units from `p[i:]` (STAP-A, H.265 AP)."""
+        n = len(p)
+        while i + 2 < n:
+            size = (p[i] << 8) | p[i + 1]
+            i += 2
+            if size < self.MIN_NAL or i + size > n:
+                break
+            self._nal(p[i : i + size], self._type(p[i]))
+            i += size
+
+    def _fragment(self, p: memoryview, fu: int, nal_type: int, header: bytes, body: int) -> None:
+        """One piece of a fragmented NAL unit (FU-A, H.265 FU): `fu` is its FU header,
+        `header` the unit's own NAL header, `p[body:]` the piece."""
+        if fu & 0x80:
+            self._frame += START_CODE
+            self._frame += header
+            self._in_fu = True
+            self._picture(nal_type)
+        elif not self._in_fu:
+            return  # its start was lost: nothing to attach this piece to
+        self._frame += p[body:]
+        if fu & 0x40:
+            self._in_fu = False
 
     def finish(self) -> None:
         if self._vcl:
@@ -139,6 +193,8 @@ class H264Frames(_AccessUnits):
 
     codec = "h264"
     PARAM_TYPES = (7, 8)  # SPS, PPS
+    VCL_TYPES = range(1, 6)
+    KEY_TYPES = range(5, 6)  # IDR
 
     def __init__(self, media: SdpMedia) -> None:
         mode = media.fmtp.get("packetization-mode", "0")
@@ -151,54 +207,29 @@ class H264Frames(_AccessUnits):
                 if nal:
                     self.params[nal[0] & 0x1F] = nal
 
+    @staticmethod
+    def _type(first: int) -> int:
+        return first & 0x1F
+
     def payload(self, p: memoryview, ts: int, marker: bool) -> None:
-        if ts != self._ts:
-            if self._vcl:
-                self.finish()
-            self._ts = ts
+        self._next_packet(ts)
         if not p:
             return
         t = p[0] & 0x1F
-        if t == 28:  # FU-A
-            if len(p) < 3:
-                return
-            fu = p[1]
-            if fu & 0x80:
-                nal_type = fu & 0x1F
-                self._frame += START_CODE
-                self._frame.append((p[0] & 0xE0) | nal_type)
-                self._in_fu = True
-                if 1 <= nal_type <= 5:
-                    self._vcl = True
-                    self._key = self._key or nal_type == 5
-            elif not self._in_fu:
-                return  # its start was lost: nothing to attach this piece to
-            self._frame += p[2:]
-            if fu & 0x40:
-                self._in_fu = False
+        if t == 28:  # FU-A: indicator, FU header, piece
+            if len(p) >= 3:
+                nal_type = p[1] & 0x1F
+                self._fragment(p, p[1], nal_type, bytes(((p[0] & 0xE0) | nal_type,)), 2)
         elif 1 <= t <= 23:
             self._nal(p, t)
         elif t == 24:  # STAP-A
-            i, n = 1, len(p)
-            while i + 2 < n:
-                size = (p[i] << 8) | p[i + 1]
-                i += 2
-                if size == 0 or i + size > n:
-                    break
-                self._nal(p[i : i + size], p[i] & 0x1F)
-                i += size
+            self._aggregate(p, 1)
         if marker:
             self.finish()
 
     def _nal(self, nal: memoryview, t: int) -> None:
-        self._frame += START_CODE
-        self._frame += nal
-        if 1 <= t <= 5:
-            self._vcl = True
-            self._key = self._key or t == 5
-        elif t == 7 or t == 8:
-            self.params[t] = bytes(nal)
-        elif t == 6 and len(nal) > 1 and nal[1] == 6:
+        super()._nal(nal, t)
+        if t == 6 and len(nal) > 1 and nal[1] == 6:
             self._key = True  # recovery point SEI: an I-frame that starts a clean GOP
 
 
@@ -207,6 +238,9 @@ class H265Frames(_AccessUnits):
 
     codec = "hevc"
     PARAM_TYPES = (32, 33, 34)  # VPS, SPS, PPS
+    VCL_TYPES = range(0, 32)
+    KEY_TYPES = range(16, 22)  # BLA, IDR, CRA
+    MIN_NAL = 2
 
     def __init__(self, media: SdpMedia) -> None:
         for key in ("sprop-max-don-diff", "sprop-depack-buf-nalus"):
@@ -218,54 +252,26 @@ class H265Frames(_AccessUnits):
                 if ps:
                     self.params[nal_type] = _b64(ps)
 
+    @staticmethod
+    def _type(first: int) -> int:
+        return (first >> 1) & 0x3F
+
     def payload(self, p: memoryview, ts: int, marker: bool) -> None:
-        if ts != self._ts:
-            if self._vcl:
-                self.finish()
-            self._ts = ts
+        self._next_packet(ts)
         if len(p) < 2:
             return
         t = (p[0] >> 1) & 0x3F
-        if t == 49:  # FU
-            if len(p) < 4:
-                return
-            fu = p[2]
-            if fu & 0x80:
-                nal_type = fu & 0x3F
-                self._frame += START_CODE
-                self._frame.append((p[0] & 0x81) | (nal_type << 1))
-                self._frame.append(p[1])
-                self._in_fu = True
-                if nal_type < 32:
-                    self._vcl = True
-                    self._key = self._key or 16 <= nal_type <= 21
-            elif not self._in_fu:
-                return
-            self._frame += p[3:]
-            if fu & 0x40:
-                self._in_fu = False
+        if t == 49:  # FU: payload header (2), FU header, piece
+            if len(p) >= 4:
+                nal_type = p[2] & 0x3F
+                header = bytes(((p[0] & 0x81) | (nal_type << 1), p[1]))
+                self._fragment(p, p[2], nal_type, header, 3)
         elif t < 48:
             self._nal(p, t)
         elif t == 48:  # aggregation packet
-            i, n = 2, len(p)
-            while i + 2 < n:
-                size = (p[i] << 8) | p[i + 1]
-                i += 2
-                if size < 2 or i + size > n:
-                    break
-                self._nal(p[i : i + size], (p[i] >> 1) & 0x3F)
-                i += size
+            self._aggregate(p, 2)
         if marker:
             self.finish()
-
-    def _nal(self, nal: memoryview, t: int) -> None:
-        self._frame += START_CODE
-        self._frame += nal
-        if t < 32:
-            self._vcl = True
-            self._key = self._key or 16 <= t <= 21
-        elif 32 <= t <= 34:
-            self.params[t] = bytes(nal)
 
 
 # --- audio ----------------------------------------------------------------------------------------
