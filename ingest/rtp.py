@@ -106,8 +106,11 @@ class _AccessUnits:
     assembled from single NAL units, aggregation packets and fragments. A unit without a
     picture (parameter sets or SEI sent with their own timestamp or marker bit, as some
     cameras do) is kept and goes out in front of the next picture, never as a sample of its
-    own. Subclasses say how a NAL header reads (`_type`) and which types are which."""
+    own. Subclasses say where the type sits in a NAL header and which types are which."""
 
+    TYPE_SHIFT = 0
+    TYPE_MASK = 0x1F
+    """A NAL unit's type is `(first byte >> TYPE_SHIFT) & TYPE_MASK`."""
     PARAM_TYPES: tuple[int, ...] = ()
     VCL_TYPES: range = range(0)
     KEY_TYPES: range = range(0)
@@ -123,10 +126,6 @@ class _AccessUnits:
         self._key = False
         self._in_fu = False
         self._vcl = False
-
-    @staticmethod
-    def _type(first: int) -> int:
-        raise NotImplementedError
 
     def parameter_sets(self) -> bytes:
         return b"".join(START_CODE + self.params[t] for t in self.PARAM_TYPES if t in self.params)
@@ -159,7 +158,7 @@ class _AccessUnits:
             i += 2
             if size < self.MIN_NAL or i + size > n:
                 break
-            self._nal(p[i : i + size], self._type(p[i]))
+            self._nal(p[i : i + size], (p[i] >> self.TYPE_SHIFT) & self.TYPE_MASK)
             i += size
 
     def _fragment(self, p: memoryview, fu: int, nal_type: int, header: bytes, body: int) -> None:
@@ -207,10 +206,6 @@ class H264Frames(_AccessUnits):
                 if nal:
                     self.params[nal[0] & 0x1F] = nal
 
-    @staticmethod
-    def _type(first: int) -> int:
-        return first & 0x1F
-
     def payload(self, p: memoryview, ts: int, marker: bool) -> None:
         self._next_packet(ts)
         if not p:
@@ -241,6 +236,8 @@ class H265Frames(_AccessUnits):
     VCL_TYPES = range(0, 32)
     KEY_TYPES = range(16, 22)  # BLA, IDR, CRA
     MIN_NAL = 2
+    TYPE_SHIFT = 1
+    TYPE_MASK = 0x3F
 
     def __init__(self, media: SdpMedia) -> None:
         for key in ("sprop-max-don-diff", "sprop-depack-buf-nalus"):
@@ -251,10 +248,6 @@ class H265Frames(_AccessUnits):
             for ps in media.fmtp.get(key, "").split(","):
                 if ps:
                     self.params[nal_type] = _b64(ps)
-
-    @staticmethod
-    def _type(first: int) -> int:
-        return (first >> 1) & 0x3F
 
     def payload(self, p: memoryview, ts: int, marker: bool) -> None:
         self._next_packet(ts)

@@ -19,6 +19,7 @@ by that thread only.
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import io
@@ -128,8 +129,6 @@ class _Digest:
     def header(self, method: str, uri: str) -> str:
         d = self._digest
         if d is None:
-            import base64
-
             token = base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
             return f"Basic {token}"
         realm, nonce = d.get("realm", ""), d.get("nonce", "")
@@ -396,9 +395,9 @@ class RtspSession:
             self._sock.sendall(self._message(method, url, headers))
             while True:
                 reply = self._take_message()
-                if reply is not None and reply.status != 0:  # 0: a request from the server
-                    return reply
                 if reply is not None:
+                    if reply.status != 0:  # 0: a request from the server, skipped
+                        return reply
                     continue
                 self._sock.settimeout(max(0.01, deadline - time.monotonic()))
                 n = self._sock.recv_into(self._view[self._end :])
@@ -798,9 +797,6 @@ class NativeRtspSource:
     def camera_realtime_us(self) -> int | None:
         """The camera's clock at video pts 0 (µs since the Unix epoch), from RTCP."""
         return self._session.realtime_us
-
-    def drop_audio(self) -> None:
-        self.audio = None
 
     def close(self) -> None:
         self._session.close()

@@ -151,9 +151,6 @@ class RtspSource:
         first RTCP sender report there (`start_time_realtime`)."""
         return self._container.start_time_realtime
 
-    def drop_audio(self) -> None:
-        self.audio = None
-
     def close(self) -> None:
         if self._watch is not None:
             WATCHDOG.unregister(self._watch)  # before the descriptor can be closed
