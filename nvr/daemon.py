@@ -189,7 +189,7 @@ async def run_daemon(
         loop.add_signal_handler(sig, stop.set)
     root = config.storage.root
     store = await asyncio.to_thread(
-        partial(SegmentStore, retention_days=config.retention_days),
+        partial(SegmentStore, retention_days=config.retention_days, migrate_in_child=True),
         root,
         config.storage.index_url(),
     )

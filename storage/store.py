@@ -249,10 +249,13 @@ class SegmentStore:
         exclusive: bool = True,
         retention_days: Callable[[str], int] | None = None,
         clock: Callable[[], int] = now_ms,
+        migrate_in_child: bool = False,
     ) -> None:
         """Open (creating if new) the store. `exclusive` takes the writer lock on the root:
         the daemon does; other tools (status, verify, lock) do not. `retention_days` gives
-        each camera's window (never below the 30-day floor); `clock` is UTC ms."""
+        each camera's window (never below the 30-day floor); `clock` is UTC ms.
+        `migrate_in_child` runs a needed schema upgrade in a child process (see
+        `storage.index.migrate`), for long-running processes."""
         self.root = root.resolve()
         self._window = retention_days or (lambda _camera: MIN_WINDOW_DAYS)
         self._clock = clock
@@ -268,7 +271,7 @@ class SegmentStore:
         # Two processes (the daemon and a CLI) may open a new index at once: migrate under an
         # exclusive lock so their schema changes never interleave.
         with _file_lock(self.root / ".nvr-migrate.lock"):
-            migrate(self._engine)
+            migrate(self._engine, in_child=migrate_in_child)
         self.store_id = self._check_identity(create=exclusive)
         self._chain_heads: dict[str, str] = {}
         with Session(self._engine) as s:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,6 +197,41 @@ def test_audit_log_is_append_only_and_verifiable(tmp_path: Path) -> None:
     assert any("were recorded but are gone" in p for p in store.verify_audit())
     db.close()
     store.close()
+
+
+def test_daemon_store_migrates_in_a_child_and_never_imports_alembic(tmp_path: Path) -> None:
+    """The daemon opens its store with `migrate_in_child`: a fresh index reaches the head
+    revision while the daemon's own process never loads Alembic (12 MiB it would keep)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from storage import SegmentStore\n"
+        "from storage.index import current_revision\n"
+        "root = Path(sys.argv[1])\n"
+        "url = f'sqlite:///{root}/index.db'\n"
+        "store = SegmentStore(root / 'store', url, migrate_in_child=True)\n"
+        "print(current_revision(store._engine), 'alembic' in sys.modules)\n"
+        "store.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    from storage.index import HEAD_REVISION
+
+    assert out.stdout.split() == [HEAD_REVISION, "False"], out.stderr
+
+
+def test_failed_child_migration_is_a_storage_error_naming_the_cause(tmp_path: Path) -> None:
+    db = tmp_path / "index.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        conn.execute("INSERT INTO alembic_version VALUES ('9999')")
+    with pytest.raises(StorageError, match=r"schema revision .*9999"):
+        SegmentStore(tmp_path / "store", f"sqlite:///{db}", migrate_in_child=True)
 
 
 def test_head_revision_constant_matches_the_migrations(tmp_path: Path) -> None:
