@@ -17,8 +17,8 @@ from storage.errors import StorageError
 MIGRATIONS = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0004"
 """The newest migration's revision (tests/test_store.py checks it against Alembic's own
-view). A database already there is opened without importing Alembic, which costs the
-daemon 11 MiB of memory for nothing."""
+view). A database already there is opened without running Alembic at all (see
+`migrate` for what importing it costs)."""
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -51,8 +51,9 @@ def migrate(engine: Engine, *, in_child: bool = False) -> None:
     """Bring the schema to the newest Alembic revision (creating it on a fresh database).
 
     `in_child` runs Alembic in a short-lived child process: the daemon does, because a module
-    once imported stays in memory, and Alembic with the dialects and SQL lexers it loads cost
-    a process 12 MiB for as long as it runs (on a new site, the whole first run)."""
+    once imported stays in memory, and Alembic with the SQLAlchemy dialects and pygments
+    lexers it loads costs a process 12 MiB for as long as it runs (on a new site, for the
+    whole first run)."""
     if current_revision(engine) == HEAD_REVISION:
         return
     if in_child:
