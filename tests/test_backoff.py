@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from ingest.recorder import Backoff, stagger_phase
 
 
@@ -25,4 +28,23 @@ def test_stagger_spreads_cameras_over_half_a_segment() -> None:
     phases = [stagger_phase(n, 60) for n in names]
     assert all(0 <= p < 30 for p in phases)
     assert len({round(p, 1) for p in phases}) >= 28  # distinct rotation instants
-    assert stagger_phase("gate", 60) == stagger_phase("gate", 60)  # stable across restarts
+
+
+def test_stagger_is_the_same_in_another_process() -> None:
+    """A restart (a new interpreter, another hash seed) rotates each camera at the same phase,
+    so a restart does not bunch rotations together; `hash()` would fail this."""
+    names = ["gate", "lobby", "cam07", "门口"]
+    here = [stagger_phase(n, 60) for n in names]
+    code = (
+        "import sys; from ingest.recorder import stagger_phase; "
+        "print(repr([stagger_phase(n, 60) for n in sys.argv[1:]]))"
+    )
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", code, *names],
+            env={"PYTHONHASHSEED": seed, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert out.strip() == repr(here)

@@ -6,6 +6,8 @@ import ctypes
 import ctypes.util
 import platform
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,44 @@ def test_trim_gives_freed_heap_back_to_the_kernel() -> None:
     assert before - after > 64 * 1024, (before, after)  # most of the 128 MiB is back
 
 
+ARENAS_SCRIPT = """
+import ctypes, ctypes.util, sys, threading
+from nvr import memory
+if sys.argv[1] == "limit":
+    assert memory.limit_arenas(2)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+barrier = threading.Barrier(8)
+kept = []
+def work():
+    barrier.wait()  # all threads allocate at once: each wants an arena of its own
+    for _ in range(200):
+        kept.append(libc.malloc(1024))
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fdopen.restype = ctypes.c_void_p
+libc.fdopen.argtypes = [ctypes.c_int, ctypes.c_char_p]
+libc.fflush.argtypes = [ctypes.c_void_p]
+f = libc.fdopen(1, b"w")
+libc.malloc_info(0, f)
+libc.fflush(f)
+"""
+
+
+def arenas_used(mode: str) -> int:
+    """Arenas glibc reports (malloc_info's `<heap nr=...>`) after 8 threads allocate at once."""
+    out = subprocess.run(
+        [sys.executable, "-c", ARENAS_SCRIPT, mode], capture_output=True, text=True, check=True
+    ).stdout
+    return len(re.findall(r"<heap nr=", out))
+
+
 @glibc
-def test_arena_limit_is_accepted() -> None:
-    assert memory.limit_arenas(8)  # the default on this machine's scale: a harmless setting
+def test_arena_limit_caps_the_arenas_threads_get() -> None:
+    unlimited = arenas_used("free")
+    limited = arenas_used("limit")
+    assert limited <= 2, limited
+    assert unlimited > limited, (unlimited, limited)  # the cap is what made the difference
