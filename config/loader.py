@@ -3,6 +3,7 @@ what was expected and what was found. Runs on the calling thread (CLI start-up).
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from pydantic import ValidationError
 from config.errors import ConfigError
 from config.models import BUILTIN_TEST_PATTERN, CameraConfig, NvrConfig, StorageConfig
 
-_SECRET_KEYS = frozenset({"url", "password", "password_env", "password_file", "username"})
+_SECRET_KEYS = frozenset(
+    {"url", "database_url", "password", "password_env", "password_file", "username"}
+)
 
 
 def _key_path(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
@@ -78,11 +81,34 @@ def load_config(path: Path) -> NvrConfig:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(str(path), [f"not valid TOML: {err}"]) from err
     storage = data.get("storage")
-    if isinstance(storage, dict) and isinstance(storage.get("root"), str):
+    # An empty root is left for the schema to refuse (it would resolve to this folder).
+    if isinstance(storage, dict) and isinstance(storage.get("root"), str) and storage["root"]:
         root = Path(storage["root"])
         if not root.is_absolute():
             storage["root"] = str((path.parent / root).resolve())
-    return parse_config(data, str(path))
+    config = parse_config(data, str(path))
+    check_reserve(config, str(path))
+    return config
+
+
+def check_reserve(config: NvrConfig, source: str) -> None:
+    """Refuse a `reserve_bytes` the storage root's filesystem can never hold free (the
+    recorders would pause forever). Checked only when the root exists: a filesystem not yet
+    mounted is not this folder's parent's."""
+    root = config.storage.root
+    try:
+        stat = os.statvfs(root)
+    except OSError:
+        return
+    size = stat.f_blocks * stat.f_frsize
+    if config.storage.reserve_bytes >= size:
+        raise ConfigError(
+            source,
+            [
+                f"storage.reserve_bytes: expected less than the size of the filesystem "
+                f"holding {root} ({size} bytes), found {config.storage.reserve_bytes}"
+            ],
+        )
 
 
 def default_config(root: Path = Path("nvr-data")) -> NvrConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from config.errors import ConfigError
 
@@ -22,7 +22,54 @@ MIN_RETENTION_DAYS = 30
 BUILTIN_TEST_PATTERN = "builtin:testpattern"
 """Camera URL of the built-in test camera (H.264 made in-process, with a burned-in clock)."""
 
+MAX_RETENTION_DAYS = 36_500
+"""A hundred years: more is a typo (and overflows date arithmetic)."""
+
+MAX_RESERVE_BYTES = 1 << 50
+"""1 PiB: a reserve beyond any single filesystem this runs on (`config.loader` also checks the
+actual filesystem of the storage root)."""
+
 CAMERA_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+Days = Annotated[int, Field(strict=True, ge=1, le=MAX_RETENTION_DAYS)]
+"""Whole days; strict, so `true` or `1e12` (a float in TOML) is refused, not taken as a number."""
+
+
+def check_url_port(value: str) -> None:
+    """ValueError unless the URL's port (if any) is a number in 1..65535."""
+    try:
+        port = urlsplit(value).port  # raises ValueError on a non-number or one above 65535
+    except ValueError:
+        raise ValueError("has an invalid port (expected 1-65535)") from None
+    if port == 0:
+        raise ValueError("has an invalid port (expected 1-65535), found 0")
+
+
+def check_database_url(value: str) -> None:
+    """ValueError unless SQLAlchemy can parse `value` and load its dialect and driver."""
+    from sqlalchemy.engine import make_url  # only when a database_url is configured
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        # Never echo the URL: it may hold a password.
+        raise ValueError(
+            "is not a database URL (expected e.g. postgresql+psycopg://host/db or sqlite:///path)"
+        ) from None
+    if url.port is not None and not 0 < url.port < 65536:
+        raise ValueError(f"has an invalid port (expected 1-65535), found {url.port}")
+    try:
+        dialect = url.get_dialect()
+    except NoSuchModuleError:
+        raise ValueError(f"names an unknown database dialect {url.drivername!r}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        raise ValueError(
+            f"needs the Python driver of {url.drivername!r}, which is not installed "
+            f"({err.name or err})"
+        ) from None
 
 
 class _Frozen(BaseModel):
@@ -35,8 +82,25 @@ class StorageConfig(_Frozen):
     root: Path
     database_url: str | None = None
     """SQLAlchemy URL of the index; default `sqlite:///<root>/index.db` (WAL mode)."""
-    reserve_bytes: Annotated[int, Field(ge=0)] = 512 * 1024 * 1024
-    """Free space kept on the recordings filesystem; below it recorders pause (nothing deleted)."""
+    reserve_bytes: Annotated[int, Field(strict=True, ge=0, le=MAX_RESERVE_BYTES)] = (
+        512 * 1024 * 1024
+    )
+    """Free space kept on the recordings filesystem; below it recorders pause (nothing deleted).
+    Must be below the filesystem's size (checked by `config.loader` when the root exists)."""
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _root(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must name a folder, found an empty string")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_database_url(value)
+        return value
 
     def index_url(self) -> str:
         """The index database URL actually used."""
@@ -48,7 +112,7 @@ class StorageConfig(_Frozen):
 class RetentionConfig(_Frozen):
     """How long footage is kept at least."""
 
-    days: int = MIN_RETENTION_DAYS
+    days: Days = MIN_RETENTION_DAYS
 
     @field_validator("days")
     @classmethod
@@ -70,18 +134,18 @@ class CameraConfig(_Frozen):
     """ONVIF device address, `http(s)://host[:port]`: the RTSP URL is asked from the camera."""
     profile: str | None = None
     """ONVIF media profile (token or name); default: the highest-resolution H.264/H.265 one."""
-    max_clock_offset_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    max_clock_offset_seconds: Annotated[float, Field(strict=True, gt=0, le=3600)] = 2.0
     """A camera clock further than this from the server's is a warning (status, audit log)."""
     username: str | None = None
     password_env: str | None = None
     password_file: Path | None = None
     transport: Literal["tcp", "udp"] = "tcp"
-    segment_seconds: Annotated[int, Field(ge=10, le=600)] = 60
-    stall_seconds: Annotated[float, Field(ge=1.0, le=30.0)] = 4.0
+    segment_seconds: Annotated[int, Field(strict=True, ge=10, le=600)] = 60
+    stall_seconds: Annotated[float, Field(strict=True, ge=1.0, le=30.0)] = 4.0
     """A camera that sends nothing for this long is declared stalled and reconnected."""
-    retention_days: int | None = None
+    retention_days: Days | None = None
     """Per-camera window; may only be longer than `[retention] days`."""
-    enabled: bool = True
+    enabled: StrictBool = True
 
     @field_validator("name")
     @classmethod
@@ -108,6 +172,7 @@ class CameraConfig(_Frozen):
             raise ValueError(
                 "must not contain credentials; use username and password_env or password_file"
             )
+        check_url_port(value)
         return value
 
     @field_validator("onvif")
@@ -127,10 +192,7 @@ class CameraConfig(_Frozen):
             raise ValueError(
                 "must not contain credentials; use username and password_env or password_file"
             )
-        try:
-            _ = parts.port  # raises ValueError on a bad port
-        except ValueError:
-            raise ValueError("has an invalid port") from None
+        check_url_port(value)
         if parts.path.rstrip("/") not in ("", "/onvif/device_service") or parts.query:
             raise ValueError("must be host and port only (the device service path is fixed)")
         return value
@@ -183,13 +245,13 @@ class ApiConfig(_Frozen):
     tls_certificate: Path | None = None
     """PEM certificate chain; with `tls_key`, the API speaks HTTPS only."""
     tls_key: Path | None = None
-    token_hours: Annotated[float, Field(gt=0, le=720)] = 12.0
+    token_hours: Annotated[float, Field(strict=True, gt=0, le=720)] = 12.0
     """How long a login's bearer token is valid."""
-    max_range_hours: Annotated[int, Field(ge=1, le=168)] = 24
+    max_range_hours: Annotated[int, Field(strict=True, ge=1, le=168)] = 24
     """Longest time range one playback, timeline or export request may cover."""
-    degraded_after_seconds: Annotated[float, Field(ge=1, le=86_400)] = 30.0
+    degraded_after_seconds: Annotated[float, Field(strict=True, ge=1, le=86_400)] = 30.0
     """Health is `degraded` once a camera has been down this long."""
-    critical_after_seconds: Annotated[float, Field(ge=1, le=86_400)] = 300.0
+    critical_after_seconds: Annotated[float, Field(strict=True, ge=1, le=86_400)] = 300.0
     """Health is `critical` once a camera has been down this long."""
     signing_key: Path | None = None
     """Ed25519 private key signing export manifests; default `<root>/.nvr-export-key`,
