@@ -1,0 +1,526 @@
+"""A small RTSP camera of our own that reproduces known camera quirks, one mount per quirk.
+
+This module owns the quirk server used by tests/test_rtsp_quirks.py and bench/interop.py: an
+asyncio RTSP server on 127.0.0.1 that serves the pre-encoded camsim clips (`clips.py`) as RTP,
+interleaved on the RTSP connection (or over UDP where the client asks for it), paced in real
+time. Nothing is encoded while serving: each clip is cut into RTP payloads once, and a session
+only writes RTP headers in front of them. Each mount is one entry of `CATALOGUE`; its `Quirk`
+says which misbehaviour is switched on. Any further path segments after the mount name are
+ignored, so one quirk can serve many cameras (`/busy/cam07`).
+
+`QuirkServer` runs its own event loop on a daemon thread (`quirks-server`); `start()` and
+`stop()` are called from any other thread. Everything else here runs on that loop.
+
+`python -m tests.camsim.quirks [CLIPS_DIR [PORT]]` serves every mount by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import random
+import re
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["CATALOGUE", "Quirk", "QuirkServer"]
+
+RTP_PAYLOAD_BYTES = 1400
+"""Largest RTP payload sent: a NAL unit above this goes out as FU-A fragments."""
+SESSION_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class Quirk:
+    """How one mount misbehaves. The defaults are a well-behaved camera."""
+
+    name: str
+    summary: str
+    item: str = ""
+    """Where the quirk comes from (issue 12's list), for tables."""
+    clip: str = "h264"
+    stray_bytes: bool = False
+    """A CRLF or 1-40 random bytes before about one interleaved packet in 200-400 (Axis, Canon)."""
+    lf_only: bool = False
+    """RTSP responses end their lines in LF alone."""
+    redirect_hops: int = 0
+    """OPTIONS and DESCRIBE on the mount answer 302 with `Location` this many times in a row."""
+    foreign_ssrc: bool = False
+    """A stale session's packets (another SSRC, other sequence numbers and timestamps) share
+    the interleaved channel of each track; the SETUP reply names the session's own SSRC."""
+    udp_only: bool = False
+    """SETUP asking for RTP over the RTSP connection is answered 461 Unsupported Transport."""
+    busy_seconds: float = 0.0
+    """Server-wide, one DESCRIBE/SETUP/PLAY at a time, each taking this long: a camera server
+    slow under load (many clients connecting at once), not a dead one."""
+
+
+CATALOGUE: dict[str, Quirk] = {
+    q.name: q
+    for q in (
+        Quirk("plain", "a well-behaved camera (baseline)", clip="h264aac"),
+        Quirk("stray-bytes", "CRLF or 1-40 random bytes between interleaved packets", "1",
+              clip="h264aac", stray_bytes=True),
+        Quirk("lf-only", "RTSP response lines end in LF only", "3", lf_only=True),
+        Quirk("redirect", "OPTIONS and DESCRIBE answered 302 twice before the stream", "5",
+              redirect_hops=2),
+        Quirk("foreign-ssrc", "a stale session's packets on the same interleaved channel", "9",
+              clip="h264aac", foreign_ssrc=True),
+        Quirk("udp-only", "SETUP over TCP answered 461: the camera sends RTP over UDP only", "10",
+              udp_only=True),
+        Quirk("busy", "one handshake request at a time, 0.1 s each (64 cameras at once)", "11",
+              busy_seconds=0.1),
+    )
+}  # fmt: skip
+
+
+# --- clips as RTP payloads ---------------------------------------------------------------------
+
+
+@dataclass
+class _Track:
+    """One stream of a clip cut into RTP payloads: `units` of (time in clock ticks, payloads)."""
+
+    kind: str
+    payload_type: int
+    clock: int
+    loop_ticks: int
+    units: list[tuple[int, list[bytes]]]
+    sdp: list[str]
+
+
+@dataclass
+class _Clip:
+    tracks: list[_Track] = field(default_factory=list)
+
+
+def _nal_units(annex_b: bytes) -> list[bytes]:
+    """The NAL units of an Annex B access unit (start codes removed)."""
+    return [n.lstrip(b"\x00") for n in re.split(b"\x00\x00\x01", annex_b) if n.strip(b"\x00")]
+
+
+def _h264_payloads(nals: list[bytes]) -> list[bytes]:
+    """RFC 6184 packetization mode 1: single NAL unit packets and FU-A."""
+    out: list[bytes] = []
+    for nal in nals:
+        if len(nal) <= RTP_PAYLOAD_BYTES:
+            out.append(nal)
+            continue
+        indicator = (nal[0] & 0xE0) | 28
+        body = nal[1:]
+        step = RTP_PAYLOAD_BYTES - 2
+        for start in range(0, len(body), step):
+            header = nal[0] & 0x1F
+            if start == 0:
+                header |= 0x80
+            if start + step >= len(body):
+                header |= 0x40
+            out.append(bytes([indicator, header]) + body[start : start + step])
+    return out
+
+
+def _load_clip(clips_dir: Path, name: str) -> _Clip:
+    index = json.loads((clips_dir / f"{name}.json").read_text())
+    clip = _Clip()
+    for stream in index["streams"]:
+        data = (clips_dir / stream["file"]).read_bytes()
+        rows = stream["packets"]
+        if stream["kind"] == "video":
+            if stream["codec"] != "h264":
+                raise ValueError(
+                    f"quirk server serves H.264 video only, clip {name} has {stream['codec']}"
+                )
+            units = []
+            sps = pps = b""
+            for offset, size, pts, _dts, _dur, _key in rows:
+                nals = _nal_units(data[offset : offset + size])
+                for nal in nals:
+                    if nal[0] & 0x1F == 7 and not sps:
+                        sps = nal
+                    elif nal[0] & 0x1F == 8 and not pps:
+                        pps = nal
+                units.append((pts, _h264_payloads(nals)))
+            sprop = ",".join(base64.b64encode(x).decode() for x in (sps, pps))
+            sdp = [
+                "m=video 0 RTP/AVP 96",
+                "a=rtpmap:96 H264/90000",
+                f"a=fmtp:96 packetization-mode=1;profile-level-id={sps[1:4].hex()};"
+                f"sprop-parameter-sets={sprop}",
+            ]
+            clip.tracks.append(_Track("video", 96, 90_000, stream["loop_duration"], units, sdp))
+        elif stream["kind"] == "audio" and stream["codec"] == "aac":
+            rate, channels = stream["sample_rate"], stream["channels"]
+            units = []
+            for offset, size, pts, _dts, _dur, _key in rows:
+                au = data[offset : offset + size]
+                units.append((pts, [struct.pack(">HH", 16, size << 3) + au]))
+            sdp = [
+                "m=audio 0 RTP/AVP 97",
+                f"a=rtpmap:97 MPEG4-GENERIC/{rate}/{channels}",
+                f"a=fmtp:97 streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;"
+                f"indexlength=3;indexdeltalength=3;config={stream['codec_data']}",
+            ]
+            clip.tracks.append(_Track("audio", 97, rate, stream["loop_duration"], units, sdp))
+    if not clip.tracks or clip.tracks[0].kind != "video":
+        raise ValueError(f"clip {name} has no video stream first")
+    return clip
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stream:
+    """One track of one session: RTP numbering and where its packets go."""
+
+    track: _Track
+    ssrc: int
+    seq: int
+    ts0: int
+    channel: int = 0
+    udp: tuple[asyncio.DatagramTransport, tuple[str, int]] | None = None
+
+
+class _Session:
+    """One RTSP connection (and the RTSP session on it)."""
+
+    def __init__(
+        self, server: QuirkServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.rng = random.Random(server.next_seed())
+        self.id = f"{self.rng.getrandbits(48):012x}"
+        self.quirk: Quirk | None = None
+        self.clip: _Clip | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.until_junk = self.rng.randint(200, 400)
+
+    # --- RTSP ---
+
+    async def run(self) -> None:
+        try:
+            while True:
+                first = await self.reader.readexactly(1)
+                if first == b"$":  # the client's RTCP on the connection: not needed here
+                    head = await self.reader.readexactly(3)
+                    await self.reader.readexactly(struct.unpack(">H", head[1:])[0])
+                    continue
+                head = first + await self.reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, url, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    if name:
+                        headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+                if length:
+                    await self.reader.readexactly(length)
+                if not await self.answer(method, url, headers):
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            return
+        finally:
+            for task in self.tasks:
+                task.cancel()
+            for stream in self.streams.values():
+                if stream.udp is not None:
+                    stream.udp[0].close()
+            self.writer.close()
+
+    def reply(self, status: str, cseq: str, headers: dict[str, str], body: str = "") -> None:
+        eol = "\n" if self.quirk is not None and self.quirk.lf_only else "\r\n"
+        lines = [f"RTSP/1.0 {status}", f"CSeq: {cseq}", "Server: nvr-quirks"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        if body:
+            lines.append(f"Content-Length: {len(body.encode())}")
+        self.writer.write((eol.join(lines) + eol + eol + body).encode())
+
+    async def answer(self, method: str, url: str, headers: dict[str, str]) -> bool:
+        cseq = headers.get("cseq", "0")
+        path = re.sub(r"^rtsp://[^/]*", "", url).split("?")[0]
+        parts = [p for p in path.split("/") if p]
+        quirk = CATALOGUE.get(parts[0]) if parts else None
+        if quirk is None:
+            self.reply("404 Not Found", cseq, {})
+            return True
+        self.quirk = quirk
+        base = f"rtsp://127.0.0.1:{self.server.port}/" + "/".join(
+            p for p in parts if not p.startswith("trackID=")
+        )
+        hop = sum(1 for p in parts if p.startswith("hop"))
+        if method in ("OPTIONS", "DESCRIBE") and hop < quirk.redirect_hops:
+            self.reply("302 Moved Temporarily", cseq, {"Location": f"{base}/hop{hop + 1}"})
+            return True
+        if method in ("DESCRIBE", "SETUP", "PLAY") and quirk.busy_seconds:
+            async with self.server.busy:
+                await asyncio.sleep(quirk.busy_seconds)
+        if method == "OPTIONS":
+            public = "OPTIONS, DESCRIBE, SETUP, PLAY, TEARDOWN, GET_PARAMETER"
+            self.reply("200 OK", cseq, {"Public": public})
+        elif method == "GET_PARAMETER":
+            self.reply("200 OK", cseq, {"Session": self.id})
+        elif method == "DESCRIBE":
+            self.clip = self.server.clip(quirk.clip)
+            sdp = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", f"s={quirk.name}", "t=0 0",
+                   "c=IN IP4 0.0.0.0", "a=control:*"]  # fmt: skip
+            for i, track in enumerate(self.clip.tracks):
+                sdp += [*track.sdp, f"a=control:trackID={i}"]
+            self.reply(
+                "200 OK",
+                cseq,
+                {"Content-Base": base + "/", "Content-Type": "application/sdp"},
+                "\r\n".join(sdp) + "\r\n",
+            )
+        elif method == "SETUP":
+            await self.setup(parts, headers, cseq)
+        elif method == "PLAY":
+            self.play(base, cseq)
+        elif method == "TEARDOWN":
+            self.reply("200 OK", cseq, {"Session": self.id})
+            return False
+        else:
+            self.reply("405 Method Not Allowed", cseq, {})
+        return True
+
+    async def setup(self, parts: list[str], headers: dict[str, str], cseq: str) -> None:
+        quirk = self.quirk
+        found = re.match(r"trackID=(\d+)$", parts[-1])
+        if quirk is None or self.clip is None or found is None:
+            self.reply("455 Method Not Valid in This State", cseq, {})
+            return
+        index = int(found.group(1))
+        track = self.clip.tracks[index]
+        transport = headers.get("transport", "")
+        stream = _Stream(
+            track, self.rng.getrandbits(32), self.rng.getrandbits(16), self.rng.getrandbits(32)
+        )
+        interleaved = re.search(r"interleaved=(\d+)", transport)
+        client_port = re.search(r"client_port=(\d+)", transport)
+        if "TCP" in transport.upper() and interleaved is not None:
+            if quirk.udp_only:
+                self.reply("461 Unsupported Transport", cseq, {})
+                return
+            stream.channel = int(interleaved.group(1))
+            answer = f"RTP/AVP/TCP;unicast;interleaved={stream.channel}-{stream.channel + 1}"
+        elif client_port is not None:
+            loop = asyncio.get_running_loop()
+            udp, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+            )
+            port = udp.get_extra_info("sockname")[1]
+            stream.udp = (udp, ("127.0.0.1", int(client_port.group(1))))
+            answer = (
+                f"RTP/AVP;unicast;client_port={client_port.group(1)}-"
+                f"{int(client_port.group(1)) + 1};server_port={port}-{port + 1}"
+            )
+        else:
+            self.reply("461 Unsupported Transport", cseq, {})
+            return
+        self.streams[index] = stream
+        answer += f";ssrc={stream.ssrc:08X}"
+        self.reply("200 OK", cseq, {"Transport": answer, "Session": f"{self.id};timeout=60"})
+
+    def play(self, base: str, cseq: str) -> None:
+        info = ",".join(
+            f"url={base}/trackID={i};seq={s.seq};rtptime={s.ts0}" for i, s in self.streams.items()
+        )
+        self.reply("200 OK", cseq, {"Session": self.id, "Range": "npt=0.000-", "RTP-Info": info})
+        assert self.quirk is not None
+        for i, stream in self.streams.items():
+            name = f"quirks-{self.id}-{i}"
+            self.tasks.append(asyncio.create_task(self.send(stream, 0.0), name=name))
+            if self.quirk.foreign_ssrc and stream.udp is None:
+                ghost = _Stream(
+                    stream.track,
+                    stream.ssrc ^ 0x5A5A5A5A,
+                    self.rng.getrandbits(16),
+                    self.rng.getrandbits(32),
+                    stream.channel,
+                )
+                # The stale session is 3.3 s further into the clip and slightly later.
+                self.tasks.append(
+                    asyncio.create_task(self.send(ghost, 0.37, skip=33), name=name + "-stale")
+                )
+
+    # --- media ---
+
+    async def send(self, stream: _Stream, delay: float, skip: int = 0) -> None:
+        """Send `stream.track` forever in real time (from its unit `skip`, after `delay`)."""
+        loop = asyncio.get_running_loop()
+        track = stream.track
+        t0 = loop.time() + delay
+        first = track.units[skip % len(track.units)][0]
+        n = 0
+        with contextlib.suppress(ConnectionError):
+            while True:
+                for ticks, payloads in track.units[skip:]:
+                    t = n * track.loop_ticks + ticks - first
+                    wait = t0 + t / track.clock - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    if self.writer.is_closing():
+                        return
+                    self.write(stream, (stream.ts0 + t) & 0xFFFFFFFF, payloads)
+                    if stream.udp is None:
+                        await self.writer.drain()
+                skip = 0
+                n += 1
+
+    def write(self, stream: _Stream, ts: int, payloads: list[bytes]) -> None:
+        """One unit's RTP packets (marker on the last), with this session's quirks."""
+        out = bytearray()
+        last = len(payloads) - 1
+        for i, payload in enumerate(payloads):
+            marker = 0x80 if i == last else 0
+            packet = struct.pack(
+                ">BBHII", 0x80, marker | stream.track.payload_type, stream.seq, ts, stream.ssrc
+            )
+            stream.seq = (stream.seq + 1) & 0xFFFF
+            if stream.udp is not None:
+                stream.udp[0].sendto(packet + payload, stream.udp[1])
+                continue
+            if self.quirk is not None and self.quirk.stray_bytes:
+                self.until_junk -= 1
+                if self.until_junk <= 0:
+                    self.until_junk = self.rng.randint(200, 400)
+                    out += (
+                        b"\r\n"
+                        if self.rng.random() < 0.3
+                        else self.rng.randbytes(self.rng.randint(1, 40))
+                    )
+                    self.server.junk_sent += 1
+            out += struct.pack(">cBH", b"$", stream.channel, len(packet) + len(payload))
+            out += packet + payload
+        if out:
+            self.writer.write(out)
+
+
+class QuirkServer:
+    """The quirk camera on 127.0.0.1: every mount of `CATALOGUE`, on a free port by default."""
+
+    def __init__(self, clips_dir: Path, port: int = 0) -> None:
+        self.clips_dir = clips_dir
+        self.port = port
+        self.junk_sent = 0
+        """How many times stray bytes were sent (all sessions)."""
+        self.sessions = 0
+        self.busy: asyncio.Lock
+        self._clips: dict[str, _Clip] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._stopped: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._seed = 0
+
+    def url(self, mount: str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{mount}"
+
+    def next_seed(self) -> int:
+        self._seed += 1
+        return self._seed
+
+    def clip(self, name: str) -> _Clip:
+        if name not in self._clips:
+            self._clips[name] = _load_clip(self.clips_dir, name)
+        return self._clips[name]
+
+    def start(self) -> None:
+        """Listen (blocking until the port is open); clips are loaded here, not per client."""
+        for quirk in CATALOGUE.values():
+            self.clip(quirk.clip)
+        self._thread = threading.Thread(target=self._main, name="quirks-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error is not None:
+            raise RuntimeError(f"quirk server did not start: {self._error}") from self._error
+        if not self._ready.is_set():
+            raise RuntimeError("quirk server did not start within 10 s")
+
+    def stop(self) -> None:
+        loop, stopped = self._loop, self._stopped
+        if loop is not None and stopped is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(stopped.set)
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def __enter__(self) -> QuirkServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except (OSError, ValueError, RuntimeError) as err:  # reported to start()
+            self._error = err
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
+        self.busy = asyncio.Lock()
+        sessions: set[asyncio.Task[None]] = set()
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.sessions += 1
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.current_task()
+            if task is not None:
+                sessions.add(task)
+            try:
+                await _Session(self, reader, writer).run()
+            finally:
+                if task is not None:
+                    sessions.discard(task)
+
+        server = await asyncio.start_server(client, "127.0.0.1", self.port, backlog=256)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        async with server:
+            await self._stopped.wait()
+            server.close()
+            for task in list(sessions):
+                task.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
+
+
+def main(argv: Sequence[str]) -> int:
+    from tests.camsim.clips import make_clips
+
+    clips = Path(argv[0]) if argv else Path.home() / ".cache" / "nvr-camsim"
+    make_clips(clips, sorted({q.clip for q in CATALOGUE.values()}))
+    with QuirkServer(clips, int(argv[1]) if len(argv) > 1 else 0) as server:
+        for name, quirk in CATALOGUE.items():
+            print(f"{server.url(name)}  {quirk.summary}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
