@@ -234,6 +234,10 @@ class RejectIn(_In):
     reason: Text
 
 
+class CancelIn(_In):
+    reason: Text
+
+
 class ExportFileOut(BaseModel):
     name: str
     bytes: int

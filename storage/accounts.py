@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -185,6 +185,16 @@ class AccountStore:
         now = self._clock()
         try:
             with self._writing() as s:
+                # Names are unique without regard to case: "Olga" and "olga" would be two
+                # accounts that a reader of the register takes for one person.
+                taken = s.scalars(
+                    select(UserRow.name).where(func.lower(UserRow.name) == name.lower())
+                ).first()
+                if taken is not None:
+                    raise AccountError(
+                        f"a user called {taken!r} already exists (names are compared without "
+                        "regard to case)"
+                    )
                 row = UserRow(
                     name=name,
                     role=checked_role,

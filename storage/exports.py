@@ -6,8 +6,13 @@ the package is then built outside the index (see `api.exports`) and recorded her
 with the files handed over and their hashes, or as `failed`. Rows are never deleted: the
 register is the record of who took which footage where, for what, on whose authority.
 
-Every transition writes an audit entry. Threads: blocking, thread-safe methods; the event loop
-calls them through `asyncio.to_thread`.
+The two persons must be different people: different accounts (names compared without regard
+to case), and different work ids (likewise); a work id, once used in the register by one
+account, is refused for any other account. Only the requester may cancel a pending request;
+only a second person may reject it; once decided (approved, rejected, cancelled) a request
+never changes its decision. Every transition, and every refusal, writes an audit entry.
+
+Threads: blocking, thread-safe methods; the event loop calls them through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ BUILDING = "building"
 READY = "ready"
 FAILED = "failed"
 REJECTED = "rejected"
+CANCELLED = "cancelled"
+
+
+def same_person_key(text: str) -> str:
+    """How names and work ids are compared: case and surrounding space do not count."""
+    return text.strip().casefold()
 
 
 class ExportError(StorageError):
@@ -42,9 +53,11 @@ class ExportError(StorageError):
 class ExportRefused(ExportError):
     """A transition the rules forbid (self-approval, approving twice, ...). `reason` says why."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, person: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.person = person
+        """True when refused because of who asked (same person, not theirs to decide)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,8 @@ class ExportRegister:
         self._writing = writing
         self._audit = audit
         self._clock = clock
+        self.on_approved: Callable[[Export], object] | None = None
+        """Called after an approval (the store locks the exported range, R3)."""
 
     def get(self, export_id: int) -> Export:
         with Session(self._engine) as s:
@@ -154,7 +169,15 @@ class ExportRegister:
         requester: str,
         requester_work_id: str,
     ) -> Export:
-        """Register a pending request (audited `export-request`)."""
+        """Register a pending request (audited `export-request`). Refused (and audited) when
+        another account has already used the requester's work id."""
+        owner = self._work_id_owner(requester_work_id, requester)
+        if owner is not None:
+            reason = f"work id {requester_work_id!r} belongs to another account ({owner})"
+            self._audit(
+                requester, "export-request", f"camera:{camera}", "refused", {"reason": reason}
+            )
+            raise ExportRefused(reason, person=True)
         with self._writing() as s:
             row = ExportRow(
                 camera=camera,
@@ -190,20 +213,66 @@ class ExportRegister:
         )
         return export
 
-    def _refuse(self, actor: str, action: str, export_id: int, reason: str) -> ExportRefused:
+    def _refuse(
+        self, actor: str, action: str, export_id: int, reason: str, *, person: bool = False
+    ) -> ExportRefused:
         self._audit(actor, action, f"export:{export_id}", "refused", {"reason": reason})
-        return ExportRefused(reason)
+        return ExportRefused(reason, person=person)
+
+    def _work_id_owner(self, work_id: str, account: str) -> str | None:
+        """Another account that already used `work_id` in the register, if any."""
+        key = same_person_key(work_id)
+        mine = same_person_key(account)
+        with Session(self._engine) as s:
+            # The register is small (one row per export): compare in Python, where casefold
+            # also covers letters beyond ASCII that SQLite's lower() leaves alone.
+            rows: list[tuple[str | None, str | None]] = []
+            for req, req_id, appr, appr_id in s.execute(
+                select(
+                    ExportRow.requester,
+                    ExportRow.requester_work_id,
+                    ExportRow.approver,
+                    ExportRow.approver_work_id,
+                )
+            ):
+                rows += [(req, req_id), (appr, appr_id)]
+        for name, used in rows:
+            if name is not None and used is not None and same_person_key(name) != mine:
+                if same_person_key(used) == key:
+                    return str(name)
+        return None
 
     def approve(self, export_id: int, *, approver: str, approver_work_id: str) -> Export:
-        """The second person's approval: refused (and audited) for the requester themself or
-        when the request is no longer pending. On success the state becomes `building`."""
+        """The second person's approval: refused (and audited) for the requester themself
+        (same account, or the same work id, compared without regard to case), for a work id
+        another account has used, and when the request is no longer pending. On success the
+        state becomes `building` and `on_approved` runs (the range is locked, R3)."""
         current = self.get(export_id)
-        if approver == current.requester:
+        if same_person_key(approver) == same_person_key(current.requester):
             raise self._refuse(
                 approver,
                 "export-approve",
                 export_id,
                 "the requester cannot approve their own request; a second person must",
+                person=True,
+            )
+        if same_person_key(approver_work_id) == same_person_key(current.requester_work_id):
+            raise self._refuse(
+                approver,
+                "export-approve",
+                export_id,
+                f"work id {approver_work_id!r} is the requester's; a second person, with their "
+                "own work id, must approve",
+                person=True,
+            )
+        owner = self._work_id_owner(approver_work_id, approver)
+        if owner is not None:
+            raise self._refuse(
+                approver,
+                "export-approve",
+                export_id,
+                f"work id {approver_work_id!r} belongs to another account ({owner})",
+                person=True,
             )
         if current.state != PENDING:
             raise self._refuse(
@@ -232,36 +301,90 @@ class ExportRegister:
             "ok",
             {"work_id": approver_work_id, "requester": current.requester},
         )
-        return self.get(export_id)
+        approved = self.get(export_id)
+        if self.on_approved is not None:
+            self.on_approved(approved)
+        return approved
 
     def reject(
         self, export_id: int, *, approver: str, approver_work_id: str, reason: str
     ) -> Export:
-        """A second person declines the request (audited `export-reject`)."""
+        """A second person declines a pending request (audited `export-reject`). The
+        requester cannot (they cancel instead), and a decision once made stays."""
         current = self.get(export_id)
-        if current.state != PENDING:
+        if same_person_key(approver) == same_person_key(current.requester):
             raise self._refuse(
-                approver, "export-reject", export_id, f"the request is {current.state}"
+                approver,
+                "export-reject",
+                export_id,
+                "the requester cannot decide on their own request; cancel it instead",
+                person=True,
             )
+        return self._decide(
+            export_id,
+            actor=approver,
+            action="export-reject",
+            state=REJECTED,
+            work_id=approver_work_id,
+            reason=reason,
+        )
+
+    def cancel(self, export_id: int, *, requester: str, reason: str) -> Export:
+        """The requester withdraws a request that is still pending (audited
+        `export-cancel`); nobody else may, and a decided request cannot be cancelled."""
+        current = self.get(export_id)
+        if same_person_key(requester) != same_person_key(current.requester):
+            raise self._refuse(
+                requester,
+                "export-cancel",
+                export_id,
+                "only the requester may cancel a request; a second person rejects it",
+                person=True,
+            )
+        return self._decide(
+            export_id,
+            actor=requester,
+            action="export-cancel",
+            state=CANCELLED,
+            work_id=None,
+            reason=reason,
+        )
+
+    def _decide(
+        self,
+        export_id: int,
+        *,
+        actor: str,
+        action: str,
+        state: str,
+        work_id: str | None,
+        reason: str,
+    ) -> Export:
+        if not reason.strip():
+            raise self._refuse(actor, action, export_id, "a reason is required")
+        values: dict[str, Any] = {"state": state, "error": reason}
+        if work_id is not None:
+            values |= {"approver": actor, "approver_work_id": work_id}
+            values["approved_ms"] = self._clock()
         with self._writing() as s:
-            s.execute(
+            done = s.execute(
                 update(ExportRow)
                 .where(ExportRow.id == export_id, ExportRow.state == PENDING)
-                .values(
-                    state=REJECTED,
-                    approver=approver,
-                    approver_work_id=approver_work_id,
-                    approved_ms=self._clock(),
-                    error=reason,
-                )
+                .values(**values)
             )
-        self._audit(
-            approver,
-            "export-reject",
-            f"export:{export_id}",
-            "ok",
-            {"work_id": approver_work_id, "reason": reason},
-        )
+            changed = int(getattr(done, "rowcount", 0) or 0)
+        if changed != 1:
+            current = self.get(export_id)
+            raise self._refuse(
+                actor,
+                action,
+                export_id,
+                f"the request is already {current.state}; a decision, once made, stays",
+            )
+        detail: dict[str, Any] = {"reason": reason}
+        if work_id is not None:
+            detail["work_id"] = work_id
+        self._audit(actor, action, f"export:{export_id}", "ok", detail)
         return self.get(export_id)
 
     def mark_ready(

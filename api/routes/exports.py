@@ -12,7 +12,15 @@ from fastapi.responses import FileResponse
 
 from api.deps import OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
 from api.errors import Conflict, Forbidden, NotFound, Unavailable
-from api.models import ApproveIn, ExportFileOut, ExportIn, ExportOut, Problem, RejectIn
+from api.models import (
+    ApproveIn,
+    CancelIn,
+    ExportFileOut,
+    ExportIn,
+    ExportOut,
+    Problem,
+    RejectIn,
+)
 from api.package import PackageError
 from api.params import parse_range
 from storage import StorageError
@@ -54,6 +62,11 @@ def export_out(e: Export) -> ExportOut:
     )
 
 
+def _refusal(err: ExportRefused) -> Forbidden | Conflict:
+    """403 when refused because of who asked, 409 when because of the request's state."""
+    return Forbidden(err.reason) if err.person else Conflict(err.reason)
+
+
 async def _visible_export(services: ServicesDep, user: User, export_id: int) -> Export:
     try:
         export = await asyncio.to_thread(services.store.exports.get, export_id)
@@ -75,18 +88,21 @@ async def request_export(body: ExportIn, user: OperatorDep, services: ServicesDe
     )
     if not segments:
         raise NotFound("no footage in this range")
-    export = await asyncio.to_thread(
-        lambda: services.store.exports.request(
-            camera=body.camera,
-            start_ms=rng.start_ms,
-            end_ms=rng.end_ms,
-            purpose=body.purpose,
-            recipient=body.recipient,
-            approval_document=body.approval_document,
-            requester=user.name,
-            requester_work_id=body.requester_work_id,
+    try:
+        export = await asyncio.to_thread(
+            lambda: services.store.exports.request(
+                camera=body.camera,
+                start_ms=rng.start_ms,
+                end_ms=rng.end_ms,
+                purpose=body.purpose,
+                recipient=body.recipient,
+                approval_document=body.approval_document,
+                requester=user.name,
+                requester_work_id=body.requester_work_id,
+            )
         )
-    )
+    except ExportRefused as err:
+        raise _refusal(err) from err
     return export_out(export)
 
 
@@ -106,9 +122,7 @@ async def approve_export(
             )
         )
     except ExportRefused as err:
-        if user.name == export.requester:
-            raise Forbidden(err.reason) from err
-        raise Conflict(err.reason) from err
+        raise _refusal(err) from err
     services.exports.schedule(export_id)
     return export_out(approved)
 
@@ -131,8 +145,26 @@ async def reject_export(
             )
         )
     except ExportRefused as err:
-        raise Conflict(err.reason) from err
+        raise _refusal(err) from err
     return export_out(rejected)
+
+
+@router.post("/api/exports/{export_id}/cancel", response_model=ExportOut, responses=ERRORS)
+async def cancel_export(
+    export_id: ExportId, body: CancelIn, user: OperatorDep, services: ServicesDep
+) -> ExportOut:
+    """The requester withdraws their own request while it is still pending (audited).
+    Nobody else may (403); a decided request cannot be cancelled (409)."""
+    await _visible_export(services, user, export_id)
+    try:
+        cancelled = await asyncio.to_thread(
+            lambda: services.store.exports.cancel(
+                export_id, requester=user.name, reason=body.reason
+            )
+        )
+    except ExportRefused as err:
+        raise _refusal(err) from err
+    return export_out(cancelled)
 
 
 @router.get("/api/exports", response_model=list[ExportOut], responses=ERRORS)
