@@ -196,7 +196,7 @@ async def run_daemon(
     try:
         salvaged = await asyncio.to_thread(store.recover)
         if salvaged:
-            log.warning("salvaged %d interrupted segments", len(salvaged))
+            log.warning("recovered %d interrupted segments", len(salvaged))
         supervisor = Supervisor(config, store, opener_factory, repair=repair)
         supervisor.start()
         check = asyncio.create_task(_consistency(store), name="consistency-check")
@@ -256,17 +256,27 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 
 async def _consistency(store: SegmentStore) -> None:
-    """Report (never act on) differences between the files and the index."""
+    """Index complete files that have no row (left by a crash before start-up recovery
+    looked only at the newest folders); report the rest (never deleted)."""
     report = await asyncio.to_thread(store.consistency)
-    for path in report.files_without_rows[:20]:
+    unindexed = []
+    for path in report.files_without_rows:
+        try:
+            seg = await asyncio.to_thread(store.index_unindexed, path)
+        except StorageError as err:  # the index cannot take it now: the next start will
+            log.error("cannot index %s: %s", path, err)
+            seg = None
+        if seg is None and path.exists():
+            unindexed.append(path)
+    for path in unindexed[:20]:
         log.warning("file without index row (kept, not deleted): %s", path)
     for path in report.rows_without_files[:20]:
         log.error("index row without file (missing footage): %s", path)
     for path in report.unsalvageable_parts[:20]:
         log.warning("partial file with no complete fragment (kept): %s", path)
-    if report.files_without_rows or report.rows_without_files:
+    if unindexed or report.rows_without_files:
         log.warning(
             "consistency: %d files without rows, %d rows without files",
-            len(report.files_without_rows),
+            len(unindexed),
             len(report.rows_without_files),
         )

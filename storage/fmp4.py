@@ -19,6 +19,14 @@ class BoxScan:
     good_bytes: int
     """Length of the prefix made only of complete boxes and complete fragments."""
     size: int
+    media_seen: bool = False
+    """A `moof` or `mdat` box was begun, complete or cut short: the file may hold samples.
+    False for a header-only file (`ftyp`/`moov`, possibly cut), which holds no footage."""
+
+    @property
+    def complete(self) -> bool:
+        """Every byte belongs to a complete box, with a `moov` and at least one fragment."""
+        return self.has_moov and self.fragments > 0 and self.good_bytes == self.size
 
 
 def scan_fragments(path: Path) -> BoxScan:
@@ -28,12 +36,15 @@ def scan_fragments(path: Path) -> BoxScan:
     fragments = 0
     good = 0
     pending_moof = False
+    media_seen = False
     with path.open("rb") as f:
         pos = 0
         while pos + 8 <= size:
             f.seek(pos)
             header = f.read(16)
             box_len, kind = struct.unpack(">I4s", header[:8])
+            if kind in (b"moof", b"mdat"):
+                media_seen = True
             header_len = 8
             if box_len == 1:
                 if len(header) < 16:
@@ -57,4 +68,6 @@ def scan_fragments(path: Path) -> BoxScan:
                     good = pos
             elif not pending_moof:
                 good = pos  # ftyp, free, sidx, mfra...: complete boxes between fragments
-    return BoxScan(has_moov=has_moov, fragments=fragments, good_bytes=good, size=size)
+    return BoxScan(
+        has_moov=has_moov, fragments=fragments, good_bytes=good, size=size, media_seen=media_seen
+    )

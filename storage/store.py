@@ -6,11 +6,13 @@ ledger, stream events). The invariants span both, so both live here.
 Create order (each segment): write `<name>.mp4.part` while hashing -> fsync file -> rename to
 `<name>.mp4` -> fsync directory -> insert the row (with the per-camera hash chain value).
 A crash before the row leaves either a `.part` file (salvaged at start-up up to its last
-complete fragment and indexed as recovered) or a complete file without a row (reported, never
-deleted).
+complete fragment and indexed as recovered) or a complete file without a row (re-scanned,
+re-hashed and indexed as recovered at start-up). A `.part` file holding only the MP4 header,
+no sample, is removed at start-up (audited): it holds no footage.
 
 Delete order (used by retention): mark the row as garbage -> unlink -> fsync directory -> drop
-the row; start-up finishes half-done deletes. Nothing here deletes a file that has no row.
+the row; start-up finishes half-done deletes. Nothing here deletes a file that has no row,
+except those header-only `.part` files.
 
 Identity: `<root>/.nvr-store` holds the store id, and so does the index's `meta` table. An index
 that is empty or belongs to another store, beside existing recordings, is refused at open
@@ -261,6 +263,8 @@ class SegmentStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._lock_fd = -1
+        self._pending: set[Path] = set()
+        """Final paths renamed by `commit` and not yet indexed: never adopted as stranded."""
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -423,12 +427,30 @@ class SegmentStore:
         index it. On failure the `.part` file stays for salvage."""
         final = self._free_path(info.camera, info.start_ms)
         final.parent.mkdir(parents=True, exist_ok=True)
+        self._pending.add(final)  # before the rename: see `index_unindexed`
         written = writer.finish(final)
-        return self._insert(written, info, recovered=False)
+        seg = self._insert(written, info, recovered=False)
+        self._pending.discard(final)
+        return seg
 
-    def _insert(self, written: WrittenFile, info: SegmentInfo, *, recovered: bool) -> Segment:
+    def _insert(
+        self,
+        written: WrittenFile,
+        info: SegmentInfo,
+        *,
+        recovered: bool,
+        only_if_unindexed: bool = False,
+    ) -> Segment:
+        """Add the row and advance the camera's chain. `only_if_unindexed` raises
+        `_AlreadyIndexed` if the path has a row or `commit` is still indexing it (checked
+        under the write lock)."""
         rel = str(written.path.relative_to(self.root))
         with self._writing() as s:
+            if only_if_unindexed and (
+                written.path in self._pending
+                or s.scalar(select(SegmentRow.id).where(SegmentRow.path == rel)) is not None
+            ):
+                raise _AlreadyIndexed(rel)
             prev = self._chain_heads.get(info.camera, GENESIS_CHAIN)
             chain = chain_value(prev, written.sha256, info.camera, info.start_ms, info.end_ms)
             row = SegmentRow(
@@ -464,16 +486,101 @@ class SegmentStore:
     # --- start-up recovery ------------------------------------------------------------------
 
     def recover(self) -> list[Segment]:
-        """Finish half-done deletes and salvage every `.part` file; returns salvaged segments.
+        """Finish half-done deletes, then, in each camera's time order, salvage every `.part`
+        file and index every complete `.mp4` that a crash between rename and insert left
+        without a row; returns the segments indexed.
 
-        Runs once at daemon start-up, before recorders start."""
+        Runs once at daemon start-up, before recorders start (so the recorders' ledger
+        continues from the recovered footage). Only each camera's hour folders from its
+        newest indexed segment on are searched for files without rows, where a crash leaves
+        them; the background consistency check (`consistency`, `index_unindexed`) finds any
+        older ones."""
         self._finish_deletes()
-        salvaged: list[Segment] = []
-        for part in sorted(self._walk(".part")):
-            seg = self.salvage(part)
+        work = [(p, False) for p in self._walk(".part")]
+        work += [(p, True) for p in self._recent_unindexed()]
+        work.sort(key=lambda item: (*self._order(item[0]), item[0].name))
+        indexed: list[Segment] = []
+        for path, complete in work:
+            seg = self.index_unindexed(path) if complete else self.salvage(path)
             if seg is not None:
-                salvaged.append(seg)
-        return salvaged
+                indexed.append(seg)
+        return indexed
+
+    def _order(self, path: Path) -> tuple[str, int]:
+        """(camera, start) of a segment file, for indexing in each camera's time order."""
+        try:
+            start = parse_segment_name(path.name)
+        except ValueError:
+            start = 0
+        return path.relative_to(self.root).parts[0], start
+
+    def _recent_unindexed(self) -> list[Path]:
+        """`.mp4` files without a row in each camera's hour folders from the one of its newest
+        indexed segment on (pruned walk: a few folders, however large the store)."""
+        found: list[Path] = []
+        for cam_dir in sorted(self.root.iterdir()):
+            if not cam_dir.is_dir() or cam_dir.name.startswith("."):
+                continue
+            last = self.last_segment(cam_dir.name)
+            floor: tuple[str, ...] = ()
+            if last is not None:
+                floor = (
+                    self.segment_path(cam_dir.name, last.start_ms).parent.relative_to(cam_dir).parts
+                )
+            for dirpath, dirs, files in os.walk(cam_dir):
+                rel = Path(dirpath).relative_to(cam_dir).parts
+                dirs[:] = [d for d in dirs if (*rel, d) >= floor[: len(rel) + 1]]
+                found += [Path(dirpath) / n for n in files if n.endswith(".mp4")]
+        rels = [str(p.relative_to(self.root)) for p in found]
+        known: set[str] = set()
+        with Session(self._engine) as s:
+            for i in range(0, len(rels), 500):
+                chunk = rels[i : i + 500]
+                known |= set(s.scalars(select(SegmentRow.path).where(SegmentRow.path.in_(chunk))))
+        return [p for p, rel in zip(found, rels, strict=True) if rel not in known]
+
+    def index_unindexed(self, path: Path) -> Segment | None:
+        """Index a complete `<root>/<camera>/YYYY/MM/DD/HH/<start>.mp4` that has no row (a
+        crash between rename and insert): re-scanned, re-hashed, probed, marked `recovered`,
+        audited. A file that is incomplete, unreadable or not where a segment of its name
+        belongs is left in place and reported (None); so is one `commit` is still indexing."""
+        rel = path.relative_to(self.root)
+        camera = rel.parts[0]
+        try:
+            start_ms = parse_segment_name(path.name)
+            if self.segment_path(camera, start_ms) != path:
+                raise ValueError("not in the folder of a segment starting then")
+            scan = scan_fragments(path)
+            if not scan.complete:
+                raise ValueError(
+                    f"not a complete fragmented MP4 ({scan.fragments} fragments, "
+                    f"{scan.good_bytes} of {scan.size} bytes in complete boxes)"
+                )
+            info = probe_segment(path, camera, start_ms)
+            sha = _file_sha256(path)
+        except (ValueError, OSError, av.FFmpegError, StorageIOError) as err:
+            log.error("file without index row not indexed (kept): %s: %s", path, err)
+            return None
+        written = WrittenFile(path, scan.size, sha)
+        try:
+            seg = self._insert(written, info, recovered=True, only_if_unindexed=True)
+        except _AlreadyIndexed:
+            return None  # `commit` is indexing it, or just did
+        self.add_event(camera, now_ms(), "recovered", f"{path.name}: indexed a file without row")
+        self.audit(
+            "nvr",
+            "index-recovered",
+            camera,
+            "ok",
+            {"path": str(rel), "bytes": scan.size, "sha256": sha, "start_ms": start_ms},
+        )
+        log.warning(
+            "camera %s: indexed %s (%.1f s), left without an index row by a crash",
+            camera,
+            path.name,
+            info.duration_ms / 1000,
+        )
+        return seg
 
     def _finish_deletes(self) -> None:
         with Session(self._engine) as s:
@@ -499,6 +606,9 @@ class SegmentStore:
             scan = scan_fragments(part)
         except (ValueError, OSError) as err:
             log.error("cannot salvage %s: %s", part, err)
+            return None
+        if not scan.media_seen:
+            self._remove_empty_part(part, camera, scan.size)
             return None
         if not scan.has_moov or scan.fragments == 0:
             log.warning("%s holds no complete fragment; left in place (%d bytes)", part, scan.size)
@@ -530,6 +640,24 @@ class SegmentStore:
             info.duration_ms / 1000,
         )
         return seg
+
+    def _remove_empty_part(self, part: Path, camera: str, size: int) -> None:
+        """Remove a `.part` file that holds the MP4 header at most (no sample: no footage),
+        and audit it."""
+        try:
+            part.unlink()
+            fsync_dir(part.parent)
+        except OSError as err:
+            log.error("cannot remove header-only %s: %s", part, err.strerror)
+            return
+        self.audit(
+            "nvr",
+            "remove-empty-part",
+            camera,
+            "ok",
+            {"path": str(part.relative_to(self.root)), "bytes": size},
+        )
+        log.info("removed %s: MP4 header only, no footage (%d bytes)", part, size)
 
     def _walk(self, suffix: str) -> Iterator[Path]:
         for dirpath, _dirs, files in os.walk(self.root):
@@ -1205,6 +1333,18 @@ class SegmentStore:
                 )
                 or 0
             )
+
+
+class _AlreadyIndexed(Exception):
+    """`index_unindexed` lost a race with `commit` for this path: nothing to do."""
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def probe_segment(path: Path, camera: str, start_ms: int) -> SegmentInfo:

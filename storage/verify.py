@@ -3,7 +3,8 @@
 Reports every altered file (hash mismatch), missing file, index row that was edited (its
 chain value does not recompute), segments removed outside a legitimate purge (a break in the
 chain with no gap record confirmed by the audit log), and files on disk without an index
-row. Pure reading; runs on the calling thread (the `nvr verify` CLI, or a worker thread).
+row (also of cameras the index does not name at all). Pure reading; runs on the calling
+thread (the `nvr verify` CLI, or a worker thread).
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ def _confirmed_gaps(s: Session) -> set[tuple[str, str, str]]:
     return out
 
 
+def _camera_dirs(root: Path) -> list[str]:
+    """Folders under the root that may hold a camera's files, indexed or not."""
+    try:
+        return [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except OSError:
+        return []
+
+
 def verify_store(
     s: Session,
     root: Path,
@@ -77,6 +86,7 @@ def verify_store(
     cameras = sorted(set(s.scalars(cams_q)) | set(s.scalars(select(ChainGapRow.camera).distinct())))
     if camera is not None:
         cameras = [camera]
+    on_disk = [] if camera is not None else _camera_dirs(root)
     confirmed = _confirmed_gaps(s)
     indexed: set[str] = set()
     for cam in cameras:
@@ -123,7 +133,7 @@ def verify_store(
             report.files_hashed += 1
             if _sha256(path) != row.sha256:
                 report.problems.append(f"{cam}: altered file {row.path} (sha256 differs)")
-    for cam in cameras:
+    for cam in sorted(set(cameras) | set(on_disk)):
         base = root / cam
         if not base.is_dir():
             continue

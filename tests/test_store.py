@@ -92,17 +92,6 @@ def test_interrupted_write_is_salvaged_to_last_complete_fragment(tmp_path: Path)
     store.close()
 
 
-def test_part_without_fragment_is_kept_not_deleted(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
-    part = store.segment_path("cam", T0).with_suffix(".mp4.part")
-    part.parent.mkdir(parents=True)
-    part.write_bytes(b"\x00\x00\x00\x08ftyp")
-    assert store.recover() == []
-    assert part.exists()
-    assert store.consistency().unsalvageable_parts == [part]
-    store.close()
-
-
 def test_files_and_rows_mismatch_is_reported_never_acted_on(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     write_segment(store, T0)
