@@ -67,6 +67,17 @@ class SegmentRow(Base):
     )
 
 
+class CameraWindowRow(Base):
+    """The longest retention window ever promised to a camera's footage, in days. Only ever
+    raised (by the recorder when it indexes a segment); read by every delete, so a camera
+    dropped from the config, or a CLI run with another config, keeps its window."""
+
+    __tablename__ = "camera_windows"
+    camera: Mapped[str] = mapped_column(String(64), primary_key=True)
+    days: Mapped[int] = mapped_column(Integer)
+    updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class OutageRow(Base):
     """One interruption of a camera's recording: the outage ledger (R1)."""
 

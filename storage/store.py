@@ -10,9 +10,15 @@ complete fragment and indexed as recovered) or a complete file without a row (re
 re-hashed and indexed as recovered at start-up). A `.part` file holding only the MP4 header,
 no sample, is removed at start-up (audited): it holds no footage.
 
-Delete order (used by retention): mark the row as garbage -> unlink -> fsync directory -> drop
-the row; start-up finishes half-done deletes. Nothing here deletes a file that has no row,
-except those header-only `.part` files.
+Delete order (used by retention): check the window and locks and mark the rows as garbage in
+ONE write transaction that holds the database's write lock (a lock committed by any process
+either precedes the check or waits for the mark) -> unlink -> fsync directory -> drop the row;
+start-up finishes half-done deletes. Nothing here deletes a file that has no row, except those
+header-only `.part` files.
+
+Windows: each camera's window is stored in the index (`camera_windows`) when its footage is
+indexed and only ever grows, so footage keeps the longest window it was promised whatever
+config a later process (or the CLI) reads.
 
 Identity: `<root>/.nvr-store` holds the store id, and so does the index's `meta` table. An index
 that is empty or belongs to another store, beside existing recordings, is refused at open
@@ -62,6 +68,7 @@ from storage.guard import LOCK_YEARS, Lock, add_years, protection
 from storage.index import make_engine, migrate
 from storage.schema import (
     AuditRow,
+    CameraWindowRow,
     CapacityRow,
     ChainGapRow,
     EventRow,
@@ -252,15 +259,24 @@ class SegmentStore:
         retention_days: Callable[[str], int] | None = None,
         clock: Callable[[], int] = now_ms,
         migrate_in_child: bool = False,
+        pause: Callable[[str], None] | None = None,
     ) -> None:
         """Open (creating if new) the store. `exclusive` takes the writer lock on the root:
         the daemon does; other tools (status, verify, lock) do not. `retention_days` gives
-        each camera's window (never below the 30-day floor); `clock` is UTC ms.
+        each camera's configured window (never below the 30-day floor; a longer window once
+        stored for the camera's footage wins, see `window_days`); `clock` is UTC ms.
         `migrate_in_child` runs a needed schema upgrade in a child process (see
-        `storage.index.migrate`), for long-running processes."""
+        `storage.index.migrate`), for long-running processes. `pause` is a test seam, called
+        by name at the points of a guarded delete where another process could act
+        ("unguarded": before the delete's write transaction; "checked": inside it, after the
+        window and locks were checked and before anything is marked)."""
         self.root = root.resolve()
         self._window = retention_days or (lambda _camera: MIN_WINDOW_DAYS)
         self._clock = clock
+        self._pause = pause or (lambda _point: None)
+        self._promised: dict[str, int] = {}
+        """Cache of `camera_windows` (windows only grow, so a stale value is only shorter;
+        the delete door reads the table itself, inside its transaction)."""
         self._lock = threading.Lock()
         self._lock_fd = -1
         self._pending: set[Path] = set()
@@ -290,22 +306,44 @@ class SegmentStore:
                 )
             ):
                 self._chain_heads[camera] = chain
+        with Session(self._engine) as s:
+            self._promised = _stored_windows(s)
+        if exclusive:
+            # The recorder promises each indexed camera its configured window (an index made
+            # before windows were stored learns them here, at the first start after upgrade).
+            for camera in self.cameras():
+                self.promise_window(camera)
         self.accounts = AccountStore(self._engine, self._writing, self.audit, self._clock)
         """Users, roles, camera permissions and bearer tokens of the HTTP API."""
         self.exports = ExportRegister(self._engine, self._writing, self.audit, self._clock)
         """The evidence export register (two-person rule)."""
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[Session]:
-        """One index write transaction, serialised, with database errors made typed."""
+    def _writing(self, *, guard: bool = False) -> Iterator[Session]:
+        """One index write transaction, serialised, with database errors made typed.
+
+        `guard` makes it the delete door's transaction: it takes the database's write lock
+        before its first read, so the windows and locks it checks cannot change until it has
+        marked what it deletes. SQLite: BEGIN IMMEDIATE (every other writer, in any process,
+        waits for the commit). PostgreSQL: the `locks` and `camera_windows` tables are locked
+        in SHARE ROW EXCLUSIVE mode, which waits for and blocks every lock, lock change and
+        window change, and every other guarded delete, until the commit."""
         try:
             with self._lock, Session(self._engine) as s, s.begin():
+                if guard:
+                    if self._engine.dialect.name == "sqlite":
+                        # pysqlite begins lazily (at the first write); begin now, for writing.
+                        s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+                    else:
+                        s.execute(
+                            text("LOCK TABLE locks, camera_windows IN SHARE ROW EXCLUSIVE MODE")
+                        )
                 yield s
         except OperationalError as err:
-            text = str(err.orig) if err.orig is not None else str(err)
-            if "full" in text or "space" in text:
-                raise StorageFullError(f"index write failed: {text}") from err
-            raise StorageIOError(f"index write failed: {text}") from err
+            msg = str(err.orig) if err.orig is not None else str(err)
+            if "full" in msg or "space" in msg:
+                raise StorageFullError(f"index write failed: {msg}") from err
+            raise StorageIOError(f"index write failed: {msg}") from err
 
     # --- identity and locking -------------------------------------------------------------
 
@@ -475,9 +513,44 @@ class SegmentStore:
             )
             s.add(row)
             s.flush()
+            promised = self._promise(s, info.camera)
             seg = Segment.from_row(row, self.root)
             self._chain_heads[info.camera] = chain
+        self._promised[info.camera] = promised
         return seg
+
+    def _promise(self, s: Session, camera: str) -> int:
+        """Store `camera`'s configured window with its footage if longer than the one stored
+        (in the caller's write transaction); returns the window now stored."""
+        want = max(MIN_WINDOW_DAYS, self._window(camera))
+        if self._promised.get(camera, 0) >= want:
+            return self._promised[camera]
+        row = s.get(CameraWindowRow, camera)
+        if row is None:
+            s.add(CameraWindowRow(camera=camera, days=want, updated_ms=self._clock()))
+            return want
+        if row.days < want:
+            log.info("camera %s: retention window grows from %d to %d days", camera, row.days, want)
+            row.days = want
+            row.updated_ms = self._clock()
+        elif row.days > want:
+            log.warning(
+                "camera %s: the configured %d-day window is shorter than the %d days already "
+                "promised to its footage; keeping %d days (a window never shrinks)",
+                camera,
+                want,
+                row.days,
+                row.days,
+            )
+        return row.days
+
+    def promise_window(self, camera: str) -> int:
+        """Store `camera`'s configured window with its footage unless a longer one is stored;
+        returns the camera's window in days."""
+        with self._writing() as s:
+            days = self._promise(s, camera)
+        self._promised[camera] = days
+        return days
 
     def free_bytes(self) -> int:
         """Free space on the recordings filesystem, for unprivileged writers."""
@@ -995,7 +1068,15 @@ class SegmentStore:
             return verify_store(s, self.root, camera=camera, start_ms=start_ms, end_ms=end_ms)
 
     def window_days(self, camera: str) -> int:
-        return max(MIN_WINDOW_DAYS, self._window(camera))
+        """`camera`'s retention window in days: the longest of the 30-day floor, the
+        configured window and the window stored with its footage (as last read)."""
+        return max(MIN_WINDOW_DAYS, self._window(camera), self._promised.get(camera, 0))
+
+    def _windows_now(self, s: Session) -> Callable[[str], int]:
+        """Window per camera from the index as this transaction sees it (and the config)."""
+        stored = _stored_windows(s)
+        self._promised.update(stored)
+        return lambda camera: max(MIN_WINDOW_DAYS, self._window(camera), stored.get(camera, 0))
 
     def lock(
         self,
@@ -1161,92 +1242,63 @@ class SegmentStore:
         self, ids: Sequence[int], *, actor: str, action: str = "purge"
     ) -> list[Segment]:
         """Delete these segments in the crash-safe order, or none of them: if any is inside
-        its window or locked, RetentionViolation is raised and the refusal audited."""
+        its window or locked, RetentionViolation is raised and the refusal audited.
+
+        The window and locks are checked and the rows marked as garbage in ONE write
+        transaction (see `_writing(guard=True)`): a lock or a longer window committed by any
+        process before that transaction is seen; one committed after it waits for it."""
         if not ids:
             return []
-        now = self._clock()
-        with Session(self._engine) as s:
-            rows = list(s.scalars(select(SegmentRow).where(SegmentRow.id.in_(list(ids)))))
+        self._pause("unguarded")
+        refusal: str | None = None
+        with self._writing(guard=True) as s:
+            now = self._clock()
+            rows = list(
+                s.scalars(
+                    select(SegmentRow).where(
+                        SegmentRow.id.in_(list(ids)), SegmentRow.garbage.is_(False)
+                    )
+                )
+            )
+            if not rows:
+                return []
             cams = {r.camera for r in rows}
             all_locks = [
                 _lock(r) for r in s.scalars(select(LockRow).where(LockRow.camera.in_(cams)))
             ]
-        refusals = []
-        for r in rows:
-            why = protection(
-                r.camera,
-                r.start_ms,
-                r.end_ms,
-                now_ms=now,
-                window_days=self.window_days(r.camera),
-                locks=all_locks,
-            )
-            if why is not None:
-                refusals.append(f"{r.camera} {r.path}: {why}")
-        if refusals:
-            reason = refusals[0] + (f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else "")
-            self.audit(
-                actor,
-                action,
-                ",".join(sorted(cams)),
-                "refused",
-                {"segments": len(rows), "refused": len(refusals), "why": reason},
-            )
-            raise RetentionViolation(reason)
-        segs = [Segment.from_row(r, self.root) for r in rows]
-        # 1. Mark as garbage, record the chain gaps and audit, in one transaction.
-        gaps = _gaps(rows)
-        with self._writing() as s:
-            s.execute(
-                update(SegmentRow)
-                .where(SegmentRow.id.in_([r.id for r in rows]))
-                .values(garbage=True)
-            )
-            recorded: list[list[str]] = []
-            for camera, after, last, removed in gaps:
-                # Purging the segments right after an earlier gap extends that gap, so the
-                # table stays about one row per camera however long the recorder runs.
-                prior = s.scalars(
-                    select(ChainGapRow).where(
-                        ChainGapRow.camera == camera, ChainGapRow.last_chain == after
-                    )
-                ).first()
-                if prior is None:
-                    prior = ChainGapRow(
-                        camera=camera, after_chain=after, last_chain=last, removed=0, at_ms=now
-                    )
-                    s.add(prior)
-                prior.last_chain = last
-                prior.removed += removed
-                prior.at_ms = now
-                # ... and a gap that now starts where this one ends is merged into it.
-                following = s.scalars(
-                    select(ChainGapRow).where(
-                        ChainGapRow.camera == camera, ChainGapRow.after_chain == last
-                    )
-                ).first()
-                if following is not None and following is not prior:
-                    prior.last_chain = following.last_chain
-                    prior.removed += following.removed
-                    s.delete(following)
-                s.flush()
-                recorded.append([camera, prior.after_chain, prior.last_chain])
-            entry = audit_log.append(
-                s,
-                now,
-                actor,
-                action,
-                ",".join(sorted(cams)),
-                "ok",
-                {
-                    "segments": len(rows),
-                    "bytes": sum(r.bytes for r in rows),
-                    "from_ms": min(r.start_ms for r in rows),
-                    "to_ms": max(r.end_ms for r in rows),
-                    "gaps": recorded,
-                },
-            )
+            window = self._windows_now(s)
+            refusals = []
+            for r in rows:
+                why = protection(
+                    r.camera,
+                    r.start_ms,
+                    r.end_ms,
+                    now_ms=now,
+                    window_days=window(r.camera),
+                    locks=all_locks,
+                )
+                if why is not None:
+                    refusals.append(f"{r.camera} {r.path}: {why}")
+            self._pause("checked")
+            if refusals:
+                refusal = refusals[0] + (
+                    f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
+                )
+                entry = audit_log.append(
+                    s,
+                    now,
+                    actor,
+                    action,
+                    ",".join(sorted(cams)),
+                    "refused",
+                    {"segments": len(rows), "refused": len(refusals), "why": refusal},
+                )
+            else:
+                entry = self._mark_garbage(s, rows, now=now, actor=actor, action=action)
+            segs = [Segment.from_row(r, self.root) for r in rows]
         self._write_audit_head(entry)
+        if refusal is not None:
+            raise RetentionViolation(refusal)
         # 2. Unlink, fsync each directory once. 3. Drop the rows.
         dirs: set[Path] = set()
         for seg in segs:
@@ -1259,8 +1311,61 @@ class SegmentStore:
             fsync_dir(d)
             _remove_empty_dirs(d, self.root)
         with self._writing() as s:
-            s.execute(delete(SegmentRow).where(SegmentRow.id.in_([r.id for r in rows])))
+            s.execute(delete(SegmentRow).where(SegmentRow.id.in_([seg.id for seg in segs])))
         return segs
+
+    def _mark_garbage(
+        self, s: Session, rows: list[SegmentRow], *, now: int, actor: str, action: str
+    ) -> AuditEntry:
+        """Step 1 of the delete order, in the caller's guarded transaction: mark the rows as
+        garbage, record the chain gaps they leave, and audit it."""
+        s.execute(
+            update(SegmentRow).where(SegmentRow.id.in_([r.id for r in rows])).values(garbage=True)
+        )
+        recorded: list[list[str]] = []
+        for camera, after, last, removed in _gaps(rows):
+            # Purging the segments right after an earlier gap extends that gap, so the
+            # table stays about one row per camera however long the recorder runs.
+            prior = s.scalars(
+                select(ChainGapRow).where(
+                    ChainGapRow.camera == camera, ChainGapRow.last_chain == after
+                )
+            ).first()
+            if prior is None:
+                prior = ChainGapRow(
+                    camera=camera, after_chain=after, last_chain=last, removed=0, at_ms=now
+                )
+                s.add(prior)
+            prior.last_chain = last
+            prior.removed += removed
+            prior.at_ms = now
+            # ... and a gap that now starts where this one ends is merged into it.
+            following = s.scalars(
+                select(ChainGapRow).where(
+                    ChainGapRow.camera == camera, ChainGapRow.after_chain == last
+                )
+            ).first()
+            if following is not None and following is not prior:
+                prior.last_chain = following.last_chain
+                prior.removed += following.removed
+                s.delete(following)
+            s.flush()
+            recorded.append([camera, prior.after_chain, prior.last_chain])
+        return audit_log.append(
+            s,
+            now,
+            actor,
+            action,
+            ",".join(sorted({r.camera for r in rows})),
+            "ok",
+            {
+                "segments": len(rows),
+                "bytes": sum(r.bytes for r in rows),
+                "from_ms": min(r.start_ms for r in rows),
+                "to_ms": max(r.end_ms for r in rows),
+                "gaps": recorded,
+            },
+        )
 
     def delete_range(self, camera: str, start_ms: int, end_ms: int, *, actor: str) -> list[Segment]:
         """Delete `camera`'s segments lying wholly inside [start_ms, end_ms); refused (and
@@ -1421,6 +1526,11 @@ def _gaps(rows: list[SegmentRow]) -> list[tuple[str, str, str, int]]:
                 after, last, count = r.prev_chain, r.chain, 1
         out.append((camera, after, last, count))
     return out
+
+
+def _stored_windows(s: Session) -> dict[str, int]:
+    rows = s.execute(select(CameraWindowRow.camera, CameraWindowRow.days))
+    return {camera: days for camera, days in rows}
 
 
 def _remove_empty_dirs(directory: Path, root: Path) -> None:

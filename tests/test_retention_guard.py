@@ -1,0 +1,240 @@
+"""The delete door under races and edits (issue 11, items 2-5): the garbage flag, windows
+stored with the footage, purging past locked footage, and a lock committed by another process
+while a delete is being decided. Real SQLite files, and a real PostgreSQL where one runs on
+127.0.0.1:5432 (trust auth; skipped with the reason otherwise)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from config import NvrConfig, StorageConfig
+from retention import RetentionService, RetentionViolation
+from storage import SegmentStore
+from storage.guard import DAY_MS
+from tests.test_retention import T0, FakeClock, add_segment
+
+PG_USER = os.environ.get("NVR_TEST_PG_USER", "postgres")
+PG_DSN = f"host=127.0.0.1 port=5432 user={PG_USER} dbname=test connect_timeout=3"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty index database: a SQLite file, or a new PostgreSQL database (dropped after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.db'}"
+        return
+    try:
+        import psycopg
+    except ImportError:
+        pytest.skip("PostgreSQL tests need the psycopg driver (pip install -e '.[test]')")
+    try:
+        admin = psycopg.connect(PG_DSN, autocommit=True)
+    except psycopg.OperationalError as err:
+        pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 (user {PG_USER}, db test): {err}")
+    name = f"nvr_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield f"postgresql+psycopg://{PG_USER}@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def open_store(
+    root: Path,
+    url: str,
+    clock: FakeClock,
+    days: Callable[[str], int] = lambda _c: 30,
+    pause: Callable[[str], None] | None = None,
+) -> SegmentStore:
+    return SegmentStore(root, url, clock=clock, retention_days=days, pause=pause)
+
+
+def day_starts(store: SegmentStore, camera: str = "cam") -> list[int]:
+    return [(s.start_ms - T0) // DAY_MS for s in store.segments(camera)]
+
+
+# --- item 5: a lock from another process races a delete ----------------------------------
+
+LOCKER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from storage import SegmentStore
+    root, url, start, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    store = SegmentStore(Path(root), url, exclusive=False)
+    print("locking", flush=True)
+    lock = store.lock("cam", start, end, actor="second-process", reason="race")
+    print("locked", lock.id, flush=True)
+    store.close()
+    """
+)
+
+
+def start_locker(root: Path, url: str, start_ms: int, end_ms: int) -> subprocess.Popen[str]:
+    """`SegmentStore.lock` in a second process; returns once it is about to write the lock."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(root), url, str(start_ms), str(end_ms)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.strip() == "locking", (line, proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_lock_committed_after_the_plan_is_seen_by_the_door_and_nothing_is_deleted(
+    tmp_path: Path, index_url: str
+) -> None:
+    """Retention planned the purge of 8 expired segments; before the door's transaction a
+    second process locks the oldest three. The door sees the lock: nothing is deleted."""
+    root = tmp_path / "store"
+    clock = FakeClock(T0)
+
+    def pause(point: str) -> None:
+        if point == "unguarded":
+            finish(start_locker(root, index_url, T0, T0 + 3 * DAY_MS - 1))
+
+    store = open_store(root, index_url, clock, pause=pause)
+    for day in range(8):
+        add_segment(store, "cam", T0 + day * DAY_MS)
+    clock.now = T0 + 40 * DAY_MS
+    service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
+    assert service.purge_once() == 0
+    assert day_starts(store) == list(range(8))
+    assert all(s.path.exists() for s in store.segments("cam"))
+    refused = store.audit_entries(outcome="refused")
+    assert len(refused) == 1 and "locked as evidence" in refused[0].detail["why"]
+    assert [(e.actor, e.action) for e in store.audit_entries(outcome="ok")] == [
+        ("second-process", "lock")
+    ]
+    assert store.verify().ok
+    store.close()
+
+
+def test_a_lock_waits_for_the_delete_that_checked_before_it(tmp_path: Path, index_url: str) -> None:
+    """Check and mark are one write transaction: a lock another process tries to commit
+    after the door checked cannot commit before the door has marked (it waits), so no
+    deleted segment was ever covered by a committed lock."""
+    root = tmp_path / "store"
+    clock = FakeClock(T0)
+    seen: dict[str, object] = {}
+
+    def pause(point: str) -> None:
+        if point != "checked":
+            return
+        proc = start_locker(root, index_url, T0, T0 + 3 * DAY_MS - 1)
+        deadline = time.monotonic() + 3.0
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["committed during the check"] = proc.poll() is not None
+        seen["proc"] = proc
+
+    store = open_store(root, index_url, clock, pause=pause)
+    for day in range(8):
+        add_segment(store, "cam", T0 + day * DAY_MS)
+    clock.now = T0 + 40 * DAY_MS
+    service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
+    assert service.purge_once() == 8
+    proc = seen["proc"]
+    assert isinstance(proc, subprocess.Popen)
+    finish(proc)
+    assert seen["committed during the check"] is False
+    entries = [(e.actor, e.action, e.outcome) for e in store.audit_entries()]
+    assert entries == [("retention", "purge", "ok"), ("second-process", "lock", "ok")]
+    assert store.verify().ok
+    store.close()
+
+
+# --- item 3: each camera's window is stored with its footage -----------------------------
+
+
+def test_a_camera_removed_from_the_config_keeps_its_stored_window(
+    tmp_path: Path, index_url: str
+) -> None:
+    root = tmp_path / "store"
+    clock = FakeClock(T0)
+    store = open_store(root, index_url, clock, days={"long": 90, "short": 30}.__getitem__)
+    for day in range(3):
+        add_segment(store, "long", T0 + day * DAY_MS)
+        add_segment(store, "short", T0 + day * DAY_MS)
+    store.close()
+    # Decommissioned: "long" is no longer in the config, whose default window is 30 days.
+    clock.now = T0 + 40 * DAY_MS
+    store = open_store(root, index_url, clock)
+    assert store.window_days("long") == 90 and store.window_days("short") == 30
+    service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
+    assert service.purge_once() == 3
+    assert day_starts(store, "long") == [0, 1, 2] and store.segments("short") == []
+    with pytest.raises(RetentionViolation, match="90-day retention window"):
+        store.delete_range("long", T0, T0 + DAY_MS, actor="admin")
+    clock.now = T0 + 92 * DAY_MS
+    assert service.purge_once() == 2
+    assert day_starts(store, "long") == [2]
+    assert store.verify().ok
+    store.close()
+
+
+def test_a_window_only_grows(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    url = f"sqlite:///{root / 'index.db'}"
+    clock = FakeClock(T0)
+    store = open_store(root, url, clock, days=lambda _c: 60)
+    add_segment(store, "cam", T0)
+    store.close()
+    store = open_store(root, url, clock, days=lambda _c: 45)  # the config shortened it
+    add_segment(store, "cam", T0 + DAY_MS)
+    assert store.window_days("cam") == 60
+    store.close()
+    store = open_store(root, url, clock, days=lambda _c: 120)  # ... and lengthened it
+    assert store.window_days("cam") == 120
+    store.close()
+    db = sqlite3.connect(root / "index.db")
+    assert db.execute("SELECT camera, days FROM camera_windows").fetchall() == [("cam", 120)]
+    db.close()
+
+
+def test_cli_purge_with_another_config_keeps_the_stored_window(tmp_path: Path) -> None:
+    """`nvr purge -c other.toml` (which has never heard of camera `long`) keeps its 90 days."""
+    root = tmp_path / "store"
+    now = int(time.time() * 1000)
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", retention_days=lambda _c: 90)
+    add_segment(store, "long", now - 40 * DAY_MS)
+    add_segment(store, "long", now - 20 * DAY_MS)
+    store.close()
+    other = tmp_path / "other.toml"
+    other.write_text(
+        f'[storage]\nroot = "{root}"\n[retention]\ndays = 30\n'
+        '[[cameras]]\nname = "other"\nurl = "rtsp://127.0.0.1:9/x"\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "nvr.cli", "purge", "-c", str(other)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "purged 0 segments" in done.stdout, done.stdout
+    reader = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
+    assert len(reader.segments("long")) == 2
+    reader.close()
