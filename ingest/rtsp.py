@@ -24,17 +24,19 @@ import errno
 import hashlib
 import io
 import itertools
+import logging
 import os
 import re
 import select
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import av
 from av.audio.stream import AudioStream
@@ -85,10 +87,86 @@ KEEPALIVE_SECONDS = 25.0
 MAX_MESSAGE_BYTES = 64 * 1024
 """Largest RTSP message (headers and body) accepted from a camera."""
 USER_AGENT = "nvr"
+MAX_REDIRECTS = 3
+"""Redirects (301/302/303/307/308 with `Location`) followed in one handshake, as FFmpeg does."""
+HANDSHAKE_SLOTS = 8
+"""RTSP handshakes in flight at once across all cameras. After a restart or a power cut every
+camera connects at once; a camera server answering 64 DESCRIBEs together is slow, not dead, and
+spreading the connects out lets each one answer in time."""
+HANDSHAKE_PATIENCE = 3
+"""A request to a server that is answering (on this connection or on another camera's) may
+take this many timeouts; a server that says nothing for one timeout is dead as before."""
+SSRC_SWITCH_SECONDS = 1.0
+"""A track adopts another SSRC only when its own has sent nothing for this long while the other
+kept sending (a camera that restarted its encoder, or a SETUP reply naming the wrong SSRC)."""
+SSRC_LEARN_PACKETS = 32
+"""Packets waited for the one RTP-Info announced (its sequence number) before a track takes
+the SSRC of whatever arrives: a stale session's packets may come first."""
+RESYNC_LINE_BYTES = 256
+"""Longest first line of an RTSP message inline with the media: bytes that do not form one
+within this many are stray."""
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_LINE_END = re.compile(r"\r?\n")
+_RTSP_LINE = re.compile(rb"(?:RTSP/\d\.\d \d{3}\b[^\r\n]*|[A-Z][A-Z_]+ \S+ RTSP/\d\.\d)\r?\n")
+_RTSP_START = re.compile(rb"[A-Z][\x20-\x7e]*\r?")
+"""The bytes of an RTSP line seen so far, before its line end arrived."""
+
+log = logging.getLogger("nvr.ingest")
+
+
+class _HandshakeGate:
+    """Process-wide (all recorder threads): at most `HANDSHAKE_SLOTS` handshakes at once, and
+    when each camera server last answered anything, so that one slow server's cameras wait for
+    it instead of timing out one after the other."""
+
+    def __init__(self, slots: int) -> None:
+        self._cond = threading.Condition()
+        self._free = slots
+        self._last_release = time.monotonic()
+        self._answered: dict[tuple[str, int], float] = {}
+
+    def enter(self, patience: float) -> bool:
+        """Take a slot. False (go ahead without one) if no handshake has ended for
+        `patience` seconds: the slots are held by cameras that do not answer."""
+        with self._cond:
+            while self._free <= 0:
+                idle = time.monotonic() - self._last_release
+                if idle >= patience:
+                    return False
+                self._cond.wait(patience - idle)
+            self._free -= 1
+            return True
+
+    def leave(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._last_release = time.monotonic()
+            self._cond.notify()
+
+    def answered(self, server: tuple[str, int]) -> None:
+        self._answered[server] = time.monotonic()  # one dict store: atomic under the GIL
+
+    def last_answer(self, server: tuple[str, int]) -> float:
+        return self._answered.get(server, 0.0)
+
+
+HANDSHAKES = _HandshakeGate(HANDSHAKE_SLOTS)
 
 
 class NotForUs(Exception):
     """This stream needs FFmpeg's demuxer; the message says why (logged once)."""
+
+
+class TcpRefused(NotForUs):
+    """The camera refuses RTP over the RTSP connection (SETUP answered 461): UDP only."""
+
+
+class _Redirect(Exception):
+    """The camera answered with a redirect to `location`."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
 
 
 @dataclass
@@ -176,6 +254,13 @@ class _Track:
         self.last_raw = 0
         self.ext = 0
         self.started = False
+        self.ssrc: int | None = None
+        """The session's SSRC on this track (the SETUP reply's, else learned from packets)."""
+        self.info_seq: int | None = None
+        """The first sequence number the PLAY answer's RTP-Info announced."""
+        self.own_at = 0.0
+        """When the last packet of `ssrc` arrived (monotonic)."""
+        self.waited = 0
 
 
 class RtspSession:
@@ -189,20 +274,12 @@ class RtspSession:
         password: str | None,
         timeout_s: float,
     ) -> None:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        netloc = host if ":" not in host else f"[{host}]"
-        if parts.port is not None:
-            netloc += f":{parts.port}"
-        self.url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        self.host = host
-        self.port = parts.port or 554
-        if username is None and parts.username is not None:
-            username = unquote(parts.username)
-            password = unquote(parts.password) if parts.password is not None else None
+        self.url = self.host = ""
+        self.port = 554
         self._username = username
         self._password = password
-        self._secrets = (self._password, self._username)
+        self._set_url(url, userinfo=username is None)
+        self._secrets: tuple[str | None, ...] = (self._password, self._username)
         self._timeout = timeout_s
         self._sock: socket.socket | None = None
         self._buf = bytearray(BUFFER_BYTES)
@@ -224,11 +301,69 @@ class RtspSession:
         self.realtime_us: int | None = None
         """The camera's clock (µs since the Unix epoch) at video tick 0, from the first
         RTCP sender report; None until one came."""
+        self.skipped_bytes = 0
+        """Stray bytes skipped between interleaved packets (and how many runs of them)."""
+        self.skips = 0
+        self.foreign_packets = 0
+        """RTP packets dropped because their SSRC was not the session's."""
+        self._now = 0.0
 
     # --- handshake ---------------------------------------------------------------------------
 
+    def _set_url(self, url: str, userinfo: bool = True) -> None:
+        """Connect to `url` from now on, with the credentials in it if `userinfo`."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = host if ":" not in host else f"[{host}]"
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        self.url = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        self.host = host
+        self.port = parts.port or 554
+        if userinfo and parts.username is not None:
+            self._username = unquote(parts.username)
+            self._password = unquote(parts.password) if parts.password is not None else None
+
     def connect(self) -> None:
-        """OPTIONS .. PLAY. Raises StreamError subclasses, or NotForUs."""
+        """OPTIONS .. PLAY, following redirects. Raises StreamError subclasses, or NotForUs.
+        Waits for one of the `HANDSHAKE_SLOTS` first (see `_HandshakeGate`)."""
+        slot = HANDSHAKES.enter(self._timeout)
+        try:
+            for _ in range(MAX_REDIRECTS):
+                try:
+                    return self._handshake()
+                except _Redirect as moved:
+                    self._follow(moved.location)
+            try:
+                return self._handshake()
+            except _Redirect:
+                raise StreamError(
+                    f"camera redirected more than {MAX_REDIRECTS} times (last to "
+                    f"{self._redact(self.url)})"
+                ) from None
+        finally:
+            if slot:
+                HANDSHAKES.leave()
+
+    def _follow(self, location: str) -> None:
+        """Go where a redirect points. Credentials go along only to the same host and port
+        (or where the new URL carries its own), as a browser does."""
+        target = urljoin(self.url, location)
+        scheme = urlsplit(target).scheme.lower()
+        if scheme != "rtsp":
+            raise NotForUs(f"camera redirects to a {scheme or 'relative'} URL")
+        before = (self.host, self.port)
+        parts = urlsplit(target)
+        if (parts.hostname or "", parts.port or 554) != before and parts.username is None:
+            self._username = self._password = None
+        self._set_url(target)
+        self._secrets = (*self._secrets, self._password, self._username)
+        log.info("RTSP redirect to %s", self._redact(self.url))
+        self._auth = None
+        self._session = ""
+        self.video = self.audio = None
+
+    def _handshake(self) -> None:
         self._reconnect()
         options = self._request("OPTIONS", self.url)
         public = options.headers.get("public", "").upper()
@@ -258,6 +393,9 @@ class RtspSession:
                 raise NotForUs(f"camera did not accept RTP over the RTSP connection ({transport})")
             track.channel = int(found.group(1))
             track.rtcp_channel = int(found.group(2) or track.channel + 1)
+            ssrc = re.search(r"ssrc=([0-9A-Fa-f]{1,8})\b", transport)
+            if ssrc is not None:
+                track.ssrc = int(ssrc.group(1), 16)
             session = reply.headers.get("session", "")
             if session:
                 sid, _, params = session.partition(";")
@@ -271,7 +409,10 @@ class RtspSession:
         play = self._request("PLAY", base, {"Range": "npt=0.000-"})
         self._rtp_info(play.headers.get("rtp-info", ""))
         self._next_keepalive = time.monotonic() + self._keepalive_every
-        self.last_media = time.monotonic()
+        self.last_media = self._now = time.monotonic()
+        for track in (self.video, self.audio):
+            if track is not None:
+                track.own_at = self._now  # an SSRC silent from here on may be replaced
         sock = self._sock
         assert sock is not None  # set by _reconnect
         sock.setblocking(False)
@@ -345,16 +486,17 @@ class RtspSession:
                 key, sep, val = item.strip().partition("=")
                 if sep:
                     fields[key.strip().lower()] = val.strip()
-            url, rtptime = fields.get("url", ""), fields.get("rtptime")
-            if rtptime is None or not rtptime.isdigit():
-                continue
+            url, rtptime, seq = fields.get("url", ""), fields.get("rtptime"), fields.get("seq")
             for track in tracks:
                 if url and (
                     url == track.url
                     or track.url.endswith(url)
                     or url.endswith(track.media.control or "\0")
                 ):
-                    track.base = int(rtptime)
+                    if rtptime is not None and rtptime.isdigit():
+                        track.base = int(rtptime)
+                    if seq is not None and seq.isdigit():
+                        track.info_seq = int(seq) & 0xFFFF
                     break
 
     def _request(self, method: str, url: str, headers: dict[str, str] | None = None) -> Response:
@@ -371,7 +513,18 @@ class RtspSession:
             if reply.status == 401:
                 raise AuthRejected(f"camera rejected the credentials ({method} answered 401)")
         if reply.status == 461 or (reply.status == 400 and method == "SETUP"):
-            raise NotForUs(f"camera refused RTP over TCP ({method} answered {reply.status})")
+            raise TcpRefused(f"camera refused RTP over TCP ({method} answered {reply.status})")
+        location = reply.headers.get("location")
+        if (
+            reply.status in (301, 302, 303, 305, 307, 308)
+            and location
+            and method
+            in (
+                "OPTIONS",
+                "DESCRIBE",
+            )
+        ):
+            raise _Redirect(location)
         if reply.status != 200:
             raise StreamError(
                 self._redact(f"camera answered {method} with {reply.status} {reply.reason}")
@@ -389,27 +542,41 @@ class RtspSession:
         return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     def _send_and_read(self, method: str, url: str, headers: dict[str, str]) -> Response:
-        assert self._sock is not None
-        deadline = time.monotonic() + self._timeout
+        """Send one request and wait for its answer. The camera is given `timeout` seconds of
+        silence; while its server answers (this connection or another camera's on the same
+        server) the wait goes on, up to `HANDSHAKE_PATIENCE` timeouts: slow is not dead."""
+        sock = self._sock
+        assert sock is not None
+        server = (self.host, self.port)
+        sent = heard = time.monotonic()
+        give_up = sent + HANDSHAKE_PATIENCE * self._timeout
         try:
-            self._sock.sendall(self._message(method, url, headers))
+            sock.sendall(self._message(method, url, headers))
             while True:
                 reply = self._take_message()
                 if reply is not None:
+                    HANDSHAKES.answered(server)
                     if reply.status != 0:  # 0: a request from the server, skipped
                         return reply
                     continue
-                self._sock.settimeout(max(0.01, deadline - time.monotonic()))
-                n = self._sock.recv_into(self._view[self._end :])
+                now = time.monotonic()
+                quiet_until = max(heard, HANDSHAKES.last_answer(server)) + self._timeout
+                wait = min(quiet_until, give_up) - now
+                if wait <= 0:
+                    raise ConnectTimeout(f"no RTSP answer to {method} within {now - sent:.1f} s")
+                sock.settimeout(min(wait, 0.5))  # wake up to see other connections' answers
+                try:
+                    n = sock.recv_into(self._view[self._end :])
+                except TimeoutError:
+                    continue
                 if n == 0:
                     raise StreamEnded(f"camera closed the connection during {method}")
                 self._end += n
-        except TimeoutError:
-            raise ConnectTimeout(
-                f"no RTSP answer to {method} within {self._timeout:.1f} s"
-            ) from None
+                heard = time.monotonic()
         except ConnectionError as err:
             raise StreamEnded(f"connection lost during {method}: {err.strerror}") from None
+        except TimeoutError:
+            raise ConnectTimeout(f"{method} not sent within {self._timeout:.1f} s") from None
         except OSError as err:
             raise StreamError(self._redact(f"{method}: {err}")) from None
 
@@ -422,13 +589,14 @@ class RtspSession:
             if self._end - self._start < size:
                 return None
             self._start += size
-        head_end = buf.find(b"\r\n\r\n", self._start, self._end)
-        if head_end < 0:
+        found = _HEAD_END.search(buf, self._start, self._end)  # lines may end in LF alone
+        if found is None:
             if self._end - self._start > MAX_MESSAGE_BYTES or self._end == len(buf):
                 raise StreamError("camera sent an RTSP header that is too long or not RTSP")
             return None
+        head_end, body_start = found.span()
         head = bytes(buf[self._start : head_end]).decode("latin-1")
-        lines = head.split("\r\n")
+        lines = _LINE_END.split(head)
         status_line = lines[0].split(" ", 2)
         request = len(status_line) == 3 and status_line[2].startswith("RTSP/")
         if not request and (len(status_line) < 2 or not status_line[0].startswith("RTSP/")):
@@ -449,10 +617,10 @@ class RtspSession:
             raise StreamError(f"camera sent a malformed RTSP answer: {lines[0][:60]!r}") from None
         if length > MAX_MESSAGE_BYTES:
             raise StreamError(f"camera sent an RTSP body of {length} bytes")
-        total = head_end + 4 + length
+        total = body_start + length
         if total > self._end:
             return None
-        body = bytes(buf[head_end + 4 : total])
+        body = bytes(buf[body_start:total])
         self._start = total
         self._compact()
         return Response(
@@ -490,7 +658,7 @@ class RtspSession:
             raise StreamEnded(f"connection lost: {err.strerror}") from None
         except OSError as err:
             raise StreamError(self._redact(f"reading the stream: {err}")) from None
-        now = time.monotonic()
+        now = self._now = time.monotonic()
         if n == 0:
             raise StreamEnded("camera closed the connection")
         if n > 0:
@@ -518,26 +686,33 @@ class RtspSession:
 
     def _parse(self) -> bool:
         """Consume the complete messages in the buffer. True if RTP for a track was among
-        them. The per-packet path: indexing only, one unpack per RTP header."""
+        them. The per-packet path: indexing only, one unpack per RTP header. Bytes that are
+        neither an interleaved packet on a set-up channel nor an RTSP message are skipped
+        (`_resync`); packets of another SSRC than the track's are dropped (`_other_ssrc`)."""
         buf, view = self._buf, self._view
         pos, end = self._start, self._end
         video, audio = self.video, self.audio
         vch = video.channel if video is not None else -1
         ach = audio.channel if audio is not None else -1
         vrtcp = video.rtcp_channel if video is not None and self.realtime_us is None else -1
+        channels = {t.channel for t in (video, audio) if t is not None}
+        channels |= {t.rtcp_channel for t in (video, audio) if t is not None}
         media = False
         unpack = struct.unpack_from
         while end - pos >= 4:
-            if buf[pos] != 0x24:
-                # An RTSP message inline: the answer to a keep-alive (or a server request).
+            channel = buf[pos + 1]
+            if (
+                buf[pos] != 0x24
+                or channel not in channels
+                or (end - pos > 4 and buf[pos + 4] >> 6 != 2)
+            ):
                 self._start = pos
-                if self._take_message() is None:
+                if not self._inline_message(pos, end, channels):
                     self._end = end
                     pos = self._start
                     break
                 pos, end = self._start, self._end
                 continue
-            channel = buf[pos + 1]
             size = (buf[pos + 2] << 8) | buf[pos + 3]
             nxt = pos + 4 + size
             if nxt > end:
@@ -546,8 +721,11 @@ class RtspSession:
                 self._sender_report(buf, pos + 4, nxt)
             elif (channel == vch or channel == ach) and size >= 12:
                 p = pos + 4
-                b0, b1, raw_ts = unpack(">BBxxI", buf, p)
-                if b0 >> 6 == 2:
+                b0, b1, seq, raw_ts, ssrc = unpack(">BBHII", buf, p)
+                track = video if channel == vch else audio
+                assert track is not None
+                if ssrc == track.ssrc or self._other_ssrc(track, ssrc, seq):
+                    track.own_at = self._now
                     head = 12 + 4 * (b0 & 0x0F)
                     if b0 & 0x10 and head + 4 <= size:
                         head += 4 + 4 * ((buf[p + head + 2] << 8) | buf[p + head + 3])
@@ -555,8 +733,6 @@ class RtspSession:
                     if b0 & 0x20:
                         stop -= buf[nxt - 1]
                     if p + head <= stop:
-                        track = video if channel == vch else audio
-                        assert track is not None
                         if track.started:
                             delta = (raw_ts - track.last_raw) & 0xFFFFFFFF
                             track.ext += delta - (1 << 32) if delta & 0x80000000 else delta
@@ -570,6 +746,94 @@ class RtspSession:
         self._compact()
         return media
 
+    def _inline_message(self, pos: int, end: int, channels: set[int]) -> bool:
+        """At `pos` (== `_start`) is no interleaved packet: take the RTSP message there (the
+        answer to a keep-alive, or a request of the server), or skip stray bytes up to the
+        next plausible packet or RTSP line (Axis and Canon cameras send CRLFs and junk
+        between packets). False if more bytes must arrive first."""
+        buf = self._buf
+        line_end = buf.find(b"\n", pos, min(end, pos + RESYNC_LINE_BYTES))
+        if line_end >= 0:
+            rtsp = _RTSP_LINE.fullmatch(buf, pos, line_end + 1) is not None
+        elif end - pos < RESYNC_LINE_BYTES and _RTSP_START.fullmatch(buf, pos, end):
+            return False  # the start of an RTSP line: wait for the rest of it
+        else:
+            rtsp = False
+        if rtsp:
+            return self._take_message() is not None
+        nxt = self._resync(pos + 1, end, channels)
+        skipped = nxt - pos
+        if self.skips == 0:
+            log.warning(
+                "RTSP %s:%s: skipping %d stray bytes between interleaved packets (%r)",
+                self.host,
+                self.port,
+                skipped,
+                bytes(buf[pos : min(nxt, pos + 16)]),
+            )
+        self.skips += 1
+        self.skipped_bytes += skipped
+        self._start = nxt
+        return True
+
+    def _resync(self, pos: int, end: int, channels: set[int]) -> int:
+        """The first position from `pos` where a packet on a set-up channel with an RTP/RTCP
+        version 2 header, or an RTSP status line, may begin (`end` if none)."""
+        buf = self._buf
+        start = pos
+        while pos < end:
+            dollar = buf.find(b"$", pos, end)
+            line = buf.find(b"RTSP/", pos, end)
+            if line >= 0 and (dollar < 0 or line < dollar):
+                return line
+            if dollar < 0:
+                break
+            if (dollar + 1 < end and buf[dollar + 1] not in channels) or (
+                dollar + 4 < end and buf[dollar + 4] >> 6 != 2
+            ):
+                pos = dollar + 1
+                continue
+            return dollar  # plausible, or cut by the read: the next read tells
+        for q in range(max(start, end - 4), end):  # "RTSP/" cut by the read
+            if b"RTSP/".startswith(bytes(buf[q:end])):
+                return q
+        return end
+
+    def _other_ssrc(self, track: _Track, ssrc: int, seq: int) -> bool:
+        """A packet whose SSRC is not the track's: True if it is the session's after all (the
+        first packets teach the SSRC when SETUP did not name it), else dropped and counted."""
+        if track.ssrc is None:
+            if track.info_seq is not None and seq != track.info_seq:
+                track.waited += 1
+                if track.waited <= SSRC_LEARN_PACKETS:
+                    self.foreign_packets += 1
+                    return False  # wait for the packet the PLAY answer announced
+            track.ssrc = ssrc
+            return True
+        if self._now - track.own_at >= SSRC_SWITCH_SECONDS:
+            log.warning(
+                "RTSP %s:%s: %s SSRC %08X silent for %.1f s, taking %08X",
+                self.host,
+                self.port,
+                track.media.kind,
+                track.ssrc,
+                self._now - track.own_at,
+                ssrc,
+            )
+            track.ssrc = ssrc
+            return True
+        if self.foreign_packets == 0:
+            log.warning(
+                "RTSP %s:%s: dropping %s packets of SSRC %08X (the session's is %08X)",
+                self.host,
+                self.port,
+                track.media.kind,
+                ssrc,
+                track.ssrc,
+            )
+        self.foreign_packets += 1
+        return False
+
     def _sender_report(self, buf: bytearray, pos: int, end: int) -> None:
         """The video's first RTCP sender report: the camera's wall clock at video tick 0,
         `realtime_us` (as FFmpeg's `start_time_realtime`), for the camera clock check."""
@@ -581,7 +845,9 @@ class RtspSession:
             if first >> 6 != 2:
                 return
             if kind == 200:  # SR: ssrc, NTP seconds and fraction, RTP timestamp
-                ntp_s, ntp_frac, rtp_ts = struct.unpack_from(">III", buf, pos + 8)
+                ssrc, ntp_s, ntp_frac, rtp_ts = struct.unpack_from(">IIII", buf, pos + 4)
+                if ssrc != video.ssrc:
+                    return  # a stale session's report
                 camera_s = ntp_s - NTP_UNIX_OFFSET + ntp_frac / 2**32
                 ticks = video.ext + _signed32(rtp_ts - video.last_raw)
                 self.realtime_us = round((camera_s - ticks / 90_000) * 1e6)

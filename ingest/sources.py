@@ -40,7 +40,7 @@ from ingest.errors import (
     UnsupportedStream,
 )
 from ingest.redact import redact_text
-from ingest.rtsp import NativeRtspSource, NotForUs, RtspSession
+from ingest.rtsp import NativeRtspSource, NotForUs, RtspSession, TcpRefused
 from ingest.watchdog import WATCHDOG, SocketCapture, Watched
 
 log = logging.getLogger("nvr.ingest")
@@ -182,6 +182,8 @@ class RtspOpener:
         self._port = parts.port or (322 if parts.scheme == "rtsps" else 554)
         self._ffmpeg_reason: str | None = None
         """Why this camera needs FFmpeg's demuxer, once our client found out."""
+        self._ffmpeg_transport = transport
+        """FFmpeg's `rtsp_transport`: the configured one, or udp once TCP was refused."""
 
     def _full_url(self) -> str:
         if self._username is None:
@@ -199,6 +201,13 @@ class RtspOpener:
         if self._transport == "tcp" and self._scheme == "rtsp" and self._ffmpeg_reason is None:
             try:
                 return self._open_native()
+            except TcpRefused as why:
+                # A UDP-only camera with the default transport: record it over UDP rather
+                # than fail forever (what to set instead is in the log line).
+                self._ffmpeg_transport = "udp"
+                self._prefer_ffmpeg(
+                    f'{why}; recording over udp (set transport = "udp" for this camera)'
+                )
             except NotForUs as why:
                 self._prefer_ffmpeg(str(why))
         return self._open_ffmpeg()
@@ -236,13 +245,13 @@ class RtspOpener:
     def _open_ffmpeg(self) -> RtspSource:
         micros = str(int(self._timeout_s * 1_000_000))
         options = {
-            "rtsp_transport": self._transport,
+            "rtsp_transport": self._ffmpeg_transport,
             "timeout": micros,  # socket I/O timeout: a silent camera raises ETIMEDOUT
             "allowed_media_types": "video+audio",
             "analyzeduration": "2000000",
             "probesize": "1000000",
         }
-        if self._transport == "udp":
+        if self._ffmpeg_transport == "udp":
             options["buffer_size"] = str(4 * 1024 * 1024)
             options["reorder_queue_size"] = "64"
         secrets = (self._password, self._username)

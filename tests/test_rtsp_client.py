@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ingest.rtsp as rtsp
-from ingest.errors import AuthRejected, StreamError, UnsupportedStream
+from ingest.errors import AuthRejected, ConnectTimeout, StreamError, UnsupportedStream
 from ingest.rtp import (
     AacFrames,
     H264Frames,
@@ -222,6 +222,23 @@ def interleaved(channel: int, packet: bytes) -> bytes:
     return b"$" + bytes([channel]) + struct.pack(">H", len(packet)) + packet
 
 
+def with_stray_bytes(data: bytes, junk: list[bytes], seed: int) -> bytes:
+    """`data` (interleaved packets) with each of `junk` put before a random packet."""
+    starts, pos = [], 0
+    while pos < len(data):
+        if data[pos] == 0x24:
+            starts.append(pos)
+            pos += 4 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        else:  # the inline RTSP answer of `sample_stream`
+            pos = data.index(b"hello", pos) + 5
+    rng = random.Random(seed)
+    at = sorted(rng.sample(starts, min(len(junk), len(starts))), reverse=True)
+    out = bytearray(data)
+    for where, stray in zip(at, junk, strict=False):
+        out[where:where] = stray
+    return bytes(out)
+
+
 def offline_session() -> RtspSession:
     session = RtspSession("rtsp://127.0.0.1:1/x", username=None, password=None, timeout_s=1)
     media = h264_media(**{"packetization-mode": "1"})
@@ -367,6 +384,71 @@ def test_keepalive_answers_between_media_do_not_disturb_the_stream(
         source.close()
 
 
+# Stray bytes are anything but "$": a run of junk that itself looks like the header of a
+# packet on a set-up channel cannot be told from one (FFmpeg is fooled the same way).
+stray = st.one_of(
+    st.just(b"\r\n"),
+    st.binary(min_size=1, max_size=40).filter(lambda b: b"$" not in b),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(stray, min_size=1, max_size=12),
+    st.integers(0, 1000),
+    st.lists(st.integers(min_value=1, max_value=9000), max_size=60),
+)
+def test_stray_bytes_between_packets_are_skipped_and_counted(
+    junk: list[bytes], seed: int, cuts: list[int]
+) -> None:
+    """Axis and Canon cameras put a CRLF or a few random bytes before some packets: the
+    reader skips them (wherever reads cut the stream), counts them and loses no frame."""
+    clean, expected = sample_stream(30)
+    data = with_stray_bytes(clean, junk, seed)
+    session = offline_session()
+    pos = 0
+    for cut in [*cuts, len(data)]:
+        chunk = data[pos : pos + cut]
+        if not chunk:
+            break
+        session._buf[session._end : session._end + len(chunk)] = chunk
+        session._end += len(chunk)
+        session._parse()
+        pos += len(chunk)
+    assert session.video is not None
+    assert [(bytes(d), ts) for d, ts, _ in session.video.frames.out] == expected
+    assert session.skipped_bytes == len(data) - len(clean)
+
+
+def test_packets_of_a_foreign_ssrc_are_dropped_and_counted() -> None:
+    """A stale session's packets on the same channel: the session's SSRC comes from the
+    SETUP reply, or from the packet the PLAY answer's RTP-Info announced (even when the
+    stale session's come first)."""
+    for named in (True, False):
+        session = offline_session()
+        video = session.video
+        assert video is not None
+        video.ssrc = 1234 if named else None
+        video.info_seq = None if named else 7
+
+        def packet(ssrc: int, seq: int, ts: int, nal: bytes) -> bytes:
+            head = struct.pack(">BBHII", 0x80, 0x80 | 96, seq, ts, ssrc)
+            return interleaved(0, head + nal)
+
+        data = b"".join(
+            packet(999, 500 + i, 77_000 + i * 3600, b"\x41\xff\xee") for i in range(3)
+        )  # the stale session first
+        for i in range(5):
+            data += packet(1234, 7 + i, 1000 + i * 3600, bytes([0x65 if i == 0 else 0x41, i]))
+            data += packet(999, 503 + i, 88_000 + i * 3600, b"\x41\xff\xee")
+        session._buf[: len(data)] = data
+        session._end = len(data)
+        session._parse()
+        frames = [(bytes(d), ts) for d, ts, _ in video.frames.out]
+        assert frames == [(SC + bytes([0x65 if i == 0 else 0x41, i]), i * 3600) for i in range(5)]
+        assert session.foreign_packets == 8 and video.ssrc == 1234
+
+
 def test_audio_without_rtp_info_starts_at_the_video_time_that_arrived_with_it() -> None:
     session = offline_session()
     media = aac_media()
@@ -392,14 +474,22 @@ class ScriptedCamera:
         self.answers = answers
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.sock.getsockname()[1]
+        self.connections = 0
+        self.requests: list[str] = []
+        self.delays: dict[str, float] = {}
         self._thread = threading.Thread(target=self._serve, name="scripted", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except OSError:
-            return
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn:
             data = b""
             while True:
@@ -412,9 +502,11 @@ class ScriptedCamera:
                 data += chunk
                 while b"\r\n\r\n" in data:
                     head, data = data.split(b"\r\n\r\n", 1)
+                    self.requests.append(head.decode())
                     lines = head.decode().split("\r\n")
                     method = lines[0].split(" ")[0]
                     cseq = next(x.split(":")[1].strip() for x in lines if x.startswith("CSeq"))
+                    time.sleep(self.delays.get(method, 0.0))
                     conn.sendall(self.answers[method].replace("{cseq}", cseq).encode())
 
     def close(self) -> None:
@@ -505,3 +597,88 @@ def test_announced_audio_that_never_comes_delays_recording_by_a_second_at_most(
     assert source.audio is None and "no audio" in session.audio_note
     assert source.video.codec_context.width == 64
     source.close()
+
+
+def test_lf_only_answers_are_read() -> None:
+    camera = ScriptedCamera(
+        {
+            "OPTIONS": "RTSP/1.0 200 OK\nCSeq: {cseq}\nPublic: DESCRIBE\n\n",
+            "DESCRIBE": "RTSP/1.0 404 Not Found\nCSeq: {cseq}\nContent-Length: 0\n\n",
+        }
+    )
+    session = RtspSession(
+        f"rtsp://127.0.0.1:{camera.port}/x", username=None, password=None, timeout_s=2
+    )
+    try:
+        with pytest.raises(StreamError, match="DESCRIBE with 404 Not Found"):
+            session.connect()
+    finally:
+        session.close()
+        camera.close()
+
+
+def test_redirects_are_followed_with_credentials_for_the_same_host_only() -> None:
+    """A redirect to another host gets no credentials (the camera there asks for them and
+    is refused), and a redirect loop ends after `MAX_REDIRECTS` hops with an error."""
+    there = ScriptedCamera(
+        {"OPTIONS": answer("401 Unauthorized", WWW_Authenticate='Basic realm="x"')}
+    )
+    here = ScriptedCamera(
+        {"OPTIONS": answer("302 Found", Location=f"rtsp://localhost:{there.port}/y")}
+    )
+    session = RtspSession(
+        f"rtsp://127.0.0.1:{here.port}/x", username="viewer", password="Se-cret", timeout_s=2
+    )
+    try:
+        with pytest.raises(AuthRejected, match="requires credentials"):
+            session.connect()
+        assert there.requests and all("Authorization" not in r for r in there.requests)
+    finally:
+        session.close()
+        here.close()
+        there.close()
+    loop = ScriptedCamera({"OPTIONS": answer("301 Moved Permanently", Location="/again")})
+    session = RtspSession(
+        f"rtsp://viewer:pw@127.0.0.1:{loop.port}/x", username=None, password=None, timeout_s=2
+    )
+    try:
+        with pytest.raises(StreamError, match="redirected more than 3 times") as caught:
+            session.connect()
+        assert "pw" not in str(caught.value)
+        assert loop.connections == rtsp.MAX_REDIRECTS + 1
+    finally:
+        session.close()
+        loop.close()
+
+
+def test_a_slow_server_is_waited_for_while_it_answers_other_cameras() -> None:
+    """DESCRIBE answered after two timeouts: given up on after one when the server says
+    nothing else, waited for while the same server answers another camera meanwhile."""
+    camera = ScriptedCamera({"OPTIONS": answer("200 OK"), "DESCRIBE": answer("404 Not Found")})
+    camera.delays["DESCRIBE"] = 2.0
+    url = f"rtsp://127.0.0.1:{camera.port}/x"
+    session = RtspSession(url, username=None, password=None, timeout_s=1.0)
+    stop = threading.Event()
+
+    def other_camera() -> None:  # the same server keeps answering someone else
+        while not stop.wait(0.3):
+            rtsp.HANDSHAKES.answered(("127.0.0.1", camera.port))
+
+    helper = threading.Thread(target=other_camera, daemon=True)
+    try:
+        session._reconnect()
+        session._request("OPTIONS", url)
+        began = time.monotonic()
+        with pytest.raises(ConnectTimeout, match="no RTSP answer to DESCRIBE"):
+            session._request("DESCRIBE", url)
+        assert time.monotonic() - began < 1.9
+        session._reconnect()
+        helper.start()
+        with pytest.raises(StreamError, match="DESCRIBE with 404"):
+            session._request("DESCRIBE", url)
+    finally:
+        stop.set()
+        if helper.is_alive():
+            helper.join()
+        session.close()
+        camera.close()

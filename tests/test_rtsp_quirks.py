@@ -109,7 +109,7 @@ def record(
 @pytest.fixture(scope="module")
 def recorded(quirks: QuirkServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Recorded]:
     """Every catalogue mount but `busy`, recorded at the same time for `RECORD_SECONDS`."""
-    mounts = {"plain": "plain"}
+    mounts = {name: name for name in CATALOGUE if name != "busy"}
     return record(quirks, tmp_path_factory.mktemp("quirks"), mounts, RECORD_SECONDS)
 
 
@@ -147,3 +147,52 @@ def test_a_well_behaved_camera_records_cleanly(recorded: dict[str, Recorded]) ->
     rec = recorded["plain"]
     assert_clean(rec, audio=True)
     assert rec.opener._ffmpeg_reason is None
+
+
+def test_stray_bytes_between_packets_are_skipped_without_an_outage(
+    recorded: dict[str, Recorded], quirks: QuirkServer
+) -> None:
+    assert quirks.junk_sent >= 3  # 20 s of h264aac: one in 200-400 packets
+    rec = recorded["stray-bytes"]
+    assert_clean(rec, audio=True)
+    assert rec.opener._ffmpeg_reason is None
+
+
+def test_lf_only_line_ends_are_accepted(recorded: dict[str, Recorded]) -> None:
+    rec = recorded["lf-only"]
+    assert_clean(rec, audio=False)
+    assert rec.opener._ffmpeg_reason is None
+
+
+def test_redirects_are_followed(recorded: dict[str, Recorded]) -> None:
+    rec = recorded["redirect"]
+    assert_clean(rec, audio=False)
+    assert rec.opener._ffmpeg_reason is None
+
+
+def test_packets_of_a_foreign_ssrc_are_dropped(recorded: dict[str, Recorded]) -> None:
+    rec = recorded["foreign-ssrc"]
+    assert_clean(rec, audio=True)
+    assert rec.opener._ffmpeg_reason is None
+
+
+def test_a_udp_only_camera_with_the_default_tcp_transport_records_over_udp(
+    recorded: dict[str, Recorded],
+) -> None:
+    rec = recorded["udp-only"]
+    assert_clean(rec, audio=False)
+    reason = rec.opener._ffmpeg_reason
+    assert reason is not None and "461" in reason and "udp" in reason
+
+
+def test_64_cameras_connecting_at_once_to_a_slow_server_all_record(
+    quirks: QuirkServer, tmp_path: Path
+) -> None:
+    """A recorder restart with 64 cameras on one server that answers one handshake request at
+    a time: slow is not dead, so no camera may log an outage."""
+    mounts = {f"cam{i:02d}": f"busy/cam{i:02d}" for i in range(CAMERAS_AT_ONCE)}
+    result = record(quirks, tmp_path / "store", mounts, 25.0)
+    outages = {name: rec.outages for name, rec in result.items() if rec.outages}
+    assert outages == {}
+    silent = [name for name, rec in result.items() if not rec.segments]
+    assert silent == []
