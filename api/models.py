@@ -203,6 +203,10 @@ class LockOut(BaseModel):
     released_ms: int | None
     released_by: str | None
     release_reason: str | None
+    end_requested_by: str | None = None
+    """An admin asked to end this lock early; a second admin must approve."""
+    end_requested_ms: int | None = None
+    end_request_reason: str | None = None
 
 
 class DeletedOut(BaseModel):

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from storage import signing
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
         Ed25519PrivateKey,
@@ -52,56 +54,14 @@ class PackageError(Exception):
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 private key at `path`, created (mode 0600, atomically) if missing."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        return key
-    except OSError as err:
-        raise PackageError(f"cannot read the signing key {path}: {err.strerror}") from err
-    try:
-        key_obj = serialization.load_pem_private_key(data, password=None)
-    except ValueError as err:
-        raise PackageError(f"{path} is not a PEM private key") from err
-    if not isinstance(key_obj, Ed25519PrivateKey):
-        raise PackageError(f"{path} is not an Ed25519 key")
-    return key_obj
+        return signing.load_or_create_key(path)
+    except signing.SigningKeyError as err:
+        raise PackageError(str(err)) from err
 
 
-def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return pub.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def fingerprint(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+public_pem = signing.public_pem
+fingerprint = signing.fingerprint
 
 
 def canonical(doc: dict[str, Any]) -> bytes:
@@ -200,16 +160,10 @@ class Verification:
 
 
 def _load_public(data: bytes, where: str) -> Ed25519PublicKey:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as err:
-        raise PackageError(f"{where} is not a PEM public key") from err
-    if not isinstance(key, Ed25519PublicKey):
-        raise PackageError(f"{where} is not an Ed25519 public key")
-    return key
+        return signing.load_public(data, where)
+    except signing.SigningKeyError as err:
+        raise PackageError(str(err)) from err
 
 
 def verify_package(package: Path, key_pem: bytes | None = None) -> Verification:

@@ -124,10 +124,50 @@ class RetentionConfig(_Frozen):
         return value
 
 
+class SiteConfig(_Frozen):
+    """The site (`[site]`): named on every evidence package's cover sheet."""
+
+    name: Annotated[str, Field(max_length=200)] = ""
+    """The site's name, e.g. `Jiefangbei pedestrian street, Yuzhong district`."""
+    timezone: str | None = None
+    """IANA zone (`Asia/Shanghai`) that local times on cover sheets are given in, beside UTC;
+    default: the system's zone."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"expected an IANA time zone such as 'Asia/Shanghai', found {value!r}"
+            ) from None
+        return value
+
+
+class EvidenceConfig(_Frozen):
+    """Evidence rules (`[evidence]`): how long a lock may be made for, and how often the
+    audit log is anchored by a signed checkpoint."""
+
+    max_lock_years: Annotated[int, Field(ge=2, le=100)] = 10
+    """Longest expiry a lock may be given (legal holds have none); at least the 2 years of R3."""
+    checkpoint_entries: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    """A signed audit checkpoint at least every this many entries ..."""
+    checkpoint_minutes: Annotated[int, Field(ge=1, le=1440)] = 60
+    """... and at the first entry after this long without one."""
+
+
 class CameraConfig(_Frozen):
     """One camera: where its stream comes from and how it is cut into segments."""
 
     name: str
+    location: Annotated[str, Field(max_length=500)] = ""
+    """Where the camera is and what it looks at (cover sheets of evidence packages)."""
+    description: Annotated[str, Field(max_length=2000)] = ""
     url: str | None = None
     """rtsp:// or rtsps:// URL, or `builtin:testpattern`; give this or `onvif`."""
     onvif: str | None = None
@@ -298,6 +338,14 @@ class NvrConfig(_Frozen):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api: ApiConfig | None = None
     """The HTTP API; served only when an `[api]` table is present."""
+    site: SiteConfig = SiteConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
+
+    def signing_key_path(self) -> Path:
+        """The Ed25519 key signing export manifests and audit checkpoints."""
+        if self.api is not None and self.api.signing_key is not None:
+            return self.api.signing_key
+        return self.storage.root / ".nvr-export-key"
 
     @model_validator(mode="after")
     def _cameras(self) -> NvrConfig:

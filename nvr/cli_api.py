@@ -14,6 +14,7 @@ from pathlib import Path
 from config import NvrConfig, default_config, load_config
 from storage import SegmentStore
 from storage.accounts import ROLES, AccountError
+from storage.guard import iso as fmt_ms
 
 
 def _load(path: Path | None) -> NvrConfig:
@@ -21,8 +22,22 @@ def _load(path: Path | None) -> NvrConfig:
 
 
 def _open(args: argparse.Namespace) -> SegmentStore:
-    config = _load(args.config)
-    return SegmentStore(config.storage.root, config.storage.index_url(), exclusive=False)
+    return open_cli_store(_load(args.config))
+
+
+def open_cli_store(config: NvrConfig) -> SegmentStore:
+    """The store of `config`, beside a running daemon (no writer lock), with the evidence
+    settings (lock bounds, the key signing the audit log)."""
+    return SegmentStore(
+        config.storage.root,
+        config.storage.index_url(),
+        exclusive=False,
+        retention_days=config.retention_days,
+        max_lock_years=config.evidence.max_lock_years,
+        signing_key=config.signing_key_path(),
+        checkpoint_entries=config.evidence.checkpoint_entries,
+        checkpoint_ms=config.evidence.checkpoint_minutes * 60_000,
+    )
 
 
 def actor() -> str:
@@ -124,17 +139,36 @@ def cmd_user_enable(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    key = None
+    if args.key is not None:
+        try:
+            key = args.key.read_bytes()
+        except OSError as err:
+            print(f"cannot read {args.key}: {err.strerror}", file=sys.stderr)
+            return 2
     store = _open(args)
     try:
-        problems = store.verify_audit()
+        report = store.audit_report(key)
     finally:
         store.close()
-    if problems:
-        for line in problems:
+    last = report.last_good
+    anchor = (
+        f"last good checkpoint: entry {last.audit_id}, signed {fmt_ms(last.at_ms)}"
+        if last is not None
+        else "no good checkpoint"
+    )
+    if report.problems:
+        for line in report.problems:
             print(f"PROBLEM: {line}")
-        print(f"audit log: {len(problems)} problems", file=sys.stderr)
+        if report.first_bad is not None:
+            print(f"first entry that fails: {report.first_bad}")
+        print(anchor)
+        print(f"audit log: {len(report.problems)} problems", file=sys.stderr)
         return 1
-    print("audit log intact: every entry matches its hash and the chain is unbroken")
+    print(
+        f"audit log intact: {report.entries} entries match their hashes, the chain is unbroken, "
+        f"the signed head and {report.checkpoints} signed checkpoints hold; {anchor}"
+    )
     return 0
 
 
@@ -200,8 +234,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.set_defaults(func=cmd_user_enable)
 
-    p = sub.add_parser("audit-verify", help="walk the audit log's hash chain")
+    p = sub.add_parser(
+        "audit-verify", help="walk the audit log's hash chain and check its signed checkpoints"
+    )
     p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+    p.add_argument(
+        "--key",
+        type=Path,
+        help="the recorder's public key (default: the public half of the signing key)",
+    )
     p.set_defaults(func=cmd_audit_verify)
 
     p = sub.add_parser("verify-export", help="check an export package offline")

@@ -47,12 +47,9 @@ def _config(path: Path | None) -> NvrConfig:
 
 
 def open_store(config: NvrConfig) -> SegmentStore:
-    return SegmentStore(
-        config.storage.root,
-        config.storage.index_url(),
-        exclusive=False,
-        retention_days=config.retention_days,
-    )
+    from nvr.cli_api import open_cli_store
+
+    return open_cli_store(config)
 
 
 @contextlib.contextmanager

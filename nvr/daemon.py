@@ -189,7 +189,15 @@ async def run_daemon(
         loop.add_signal_handler(sig, stop.set)
     root = config.storage.root
     store = await asyncio.to_thread(
-        partial(SegmentStore, retention_days=config.retention_days, migrate_in_child=True),
+        partial(
+            SegmentStore,
+            retention_days=config.retention_days,
+            migrate_in_child=True,
+            max_lock_years=config.evidence.max_lock_years,
+            signing_key=config.signing_key_path(),
+            checkpoint_entries=config.evidence.checkpoint_entries,
+            checkpoint_ms=config.evidence.checkpoint_minutes * 60_000,
+        ),
         root,
         config.storage.index_url(),
     )

@@ -10,6 +10,11 @@ from datetime import UTC, datetime
 DAY_MS = 86_400_000
 LOCK_YEARS = 2
 """Default lock duration (R3: important footage is kept at least two years)."""
+MAX_LOCK_YEARS = 10
+"""Default longest expiry a lock may be given (a legal hold has none and is released by an
+admin): a lock cannot be made to keep footage for ever by mistake or malice."""
+LOCK_FUTURE_MARGIN_MS = 10 * 60_000
+"""A lock covers footage that exists: its end may be at most this far past now."""
 
 
 def iso(ms: int) -> str:
@@ -43,6 +48,10 @@ class Lock:
     released_ms: int | None = None
     released_by: str | None = None
     release_reason: str | None = None
+    end_requested_by: str | None = None
+    """An admin asked to end the lock early; a second admin approves (or nothing happens)."""
+    end_requested_ms: int | None = None
+    end_request_reason: str | None = None
 
     @property
     def hold(self) -> bool:

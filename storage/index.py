@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event, inspect, text
 from storage.errors import StorageError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0007"
 """The newest migration's revision (tests/test_store.py checks it against Alembic's own
 view). A database already there is opened without running Alembic at all (see
 `migrate` for what importing it costs)."""

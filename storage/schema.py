@@ -131,6 +131,23 @@ class AuditRow(Base):
     )
 
 
+class AuditCheckpointRow(Base):
+    """A signed statement that the audit log's entry `audit_id` had hash `audit_hash` at
+    `at_ms` (R5): Ed25519 over `nvr-audit-checkpoint|<audit_id>|<audit_hash>|<at_ms>`
+    with the export signing key. Rewriting history before a checkpoint needs that key.
+    Append-only (SQLite triggers)."""
+
+    __tablename__ = "audit_checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    audit_id: Mapped[int] = mapped_column(Integer)
+    audit_hash: Mapped[str] = mapped_column(String(64))
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    key_sha256: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))
+    """base64 of the 64-byte signature."""
+    __table_args__ = (Index("ix_audit_checkpoints_audit", "audit_id"),)
+
+
 class LockRow(Base):
     """Important footage locked as evidence (R3): a camera's time range kept past the window.
 
@@ -150,6 +167,10 @@ class LockRow(Base):
     released_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     released_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
     release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    end_requested_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    """An admin asked to end this lock early (made by mistake); a second admin must approve."""
+    end_requested_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    end_request_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     __table_args__ = (Index("ix_locks_camera", "camera", "start_ms"),)
 
 

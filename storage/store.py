@@ -31,6 +31,8 @@ lock, so a single process is the only writer of its SQLite file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import fcntl
 import hashlib
@@ -44,7 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 from sqlalchemy import case, delete, func, select, text, update
@@ -52,6 +54,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from storage import audit as audit_log
+from storage import signing
 from storage.accounts import AccountStore
 from storage.audit import AuditEntry
 from storage.errors import (
@@ -62,11 +65,20 @@ from storage.errors import (
     StorageFullError,
     StorageIOError,
 )
-from storage.exports import ExportRegister
+from storage.exports import Export, ExportRegister
 from storage.fmp4 import scan_fragments
-from storage.guard import LOCK_YEARS, Lock, add_years, protection
+from storage.guard import (
+    LOCK_FUTURE_MARGIN_MS,
+    LOCK_YEARS,
+    MAX_LOCK_YEARS,
+    Lock,
+    add_years,
+    iso,
+    protection,
+)
 from storage.index import make_engine, migrate
 from storage.schema import (
+    AuditCheckpointRow,
     AuditRow,
     CameraWindowRow,
     CapacityRow,
@@ -80,6 +92,9 @@ from storage.schema import (
 )
 from storage.verify import VerifyReport, verify_store
 from storage.writer import SegmentWriter, WrittenFile, fsync_dir
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger("nvr.storage")
 
@@ -235,6 +250,9 @@ def _lock(row: LockRow) -> Lock:
         released_ms=row.released_ms,
         released_by=row.released_by,
         release_reason=row.release_reason,
+        end_requested_by=row.end_requested_by,
+        end_requested_ms=row.end_requested_ms,
+        end_request_reason=row.end_request_reason,
     )
 
 
@@ -260,6 +278,10 @@ class SegmentStore:
         clock: Callable[[], int] = now_ms,
         migrate_in_child: bool = False,
         pause: Callable[[str], None] | None = None,
+        max_lock_years: int = MAX_LOCK_YEARS,
+        signing_key: Path | None = None,
+        checkpoint_entries: int = 1000,
+        checkpoint_ms: int = 3_600_000,
     ) -> None:
         """Open (creating if new) the store. `exclusive` takes the writer lock on the root:
         the daemon does; other tools (status, verify, lock) do not. `retention_days` gives
@@ -269,8 +291,18 @@ class SegmentStore:
         `storage.index.migrate`), for long-running processes. `pause` is a test seam, called
         by name at the points of a guarded delete where another process could act
         ("unguarded": before the delete's write transaction; "checked": inside it, after the
-        window and locks were checked and before anything is marked)."""
+        window and locks were checked and before anything is marked).
+        `max_lock_years` bounds a lock's expiry (legal holds excepted). `signing_key` (default
+        `<root>/.nvr-export-key`) signs the audit head and a checkpoint every
+        `checkpoint_entries` entries or `checkpoint_ms` (see `storage.audit`)."""
         self.root = root.resolve()
+        self.max_lock_years = max_lock_years
+        self._key_path = signing_key if signing_key is not None else self.root / ".nvr-export-key"
+        self._signer: Ed25519PrivateKey | None = None
+        self._signer_failed = False
+        self._signer_lock = threading.Lock()
+        self._checkpoint_entries = checkpoint_entries
+        self._checkpoint_ms = checkpoint_ms
         self._window = retention_days or (lambda _camera: MIN_WINDOW_DAYS)
         self._clock = clock
         self._pause = pause or (lambda _point: None)
@@ -317,6 +349,7 @@ class SegmentStore:
         """Users, roles, camera permissions and bearer tokens of the HTTP API."""
         self.exports = ExportRegister(self._engine, self._writing, self.audit, self._clock)
         """The evidence export register (two-person rule)."""
+        self.exports.on_approved = self._lock_export
 
     @contextlib.contextmanager
     def _writing(self, *, guard: bool = False) -> Iterator[Session]:
@@ -844,15 +877,86 @@ class SegmentStore:
         self._write_audit_head(entry)
         return entry
 
+    def _signing_key(self) -> Ed25519PrivateKey | None:
+        """The key signing audit heads and checkpoints (the export key), created if missing
+        (owned like the storage root, so a command run as root never leaves a key the
+        daemon's user cannot read). None when unusable (logged once): entries are still
+        written, and `audit-verify` reports them unsigned."""
+        with self._signer_lock:
+            if self._signer is None and not self._signer_failed:
+                try:
+                    self._signer = signing.load_or_create_key(self._key_path, owner=self.root)
+                except signing.SigningKeyError as err:
+                    self._signer_failed = True
+                    log.error("audit entries are not signed: %s", err)
+            return self._signer
+
     def _write_audit_head(self, entry: AuditEntry) -> None:
-        """Keep the newest (id, hash) outside the database, so truncation is detectable."""
+        """Keep the newest (id, hash) outside the database, signed, so truncation and a
+        rewritten tail are detectable; add a signed checkpoint when one is due."""
+        key = self._signing_key()
+        sig = "-"
+        if key is not None:
+            sig = base64.b64encode(
+                key.sign(audit_log.head_message(entry.id, entry.hash))
+            ).decode("ascii")
         path = self.root / AUDIT_HEAD
-        tmp = path.with_name(AUDIT_HEAD + ".tmp")
+        tmp = path.with_name(f"{AUDIT_HEAD}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(f"{entry.id} {entry.hash}\n", encoding="ascii")
+            tmp.write_text(f"{entry.id} {entry.hash} {sig}\n", encoding="ascii")
             os.replace(tmp, path)
         except OSError as err:
             log.error("cannot record the audit head in %s: %s", path, err.strerror)
+        if key is not None:
+            self._checkpoint_if_due(key, entry)
+
+    def _checkpoint_if_due(self, key: Ed25519PrivateKey, entry: AuditEntry) -> None:
+        with Session(self._engine) as s:
+            last = s.execute(
+                select(AuditCheckpointRow.audit_id, AuditCheckpointRow.at_ms)
+                .order_by(AuditCheckpointRow.id.desc())
+                .limit(1)
+            ).first()
+        if last is not None and (
+            entry.id - last[0] < self._checkpoint_entries
+            and entry.at_ms - last[1] < self._checkpoint_ms
+        ):
+            return
+        if last is not None and last[0] >= entry.id:
+            return
+        at = entry.at_ms
+        sig = key.sign(audit_log.checkpoint_message(entry.id, entry.hash, at))
+        text = base64.b64encode(sig).decode("ascii")
+        fp = signing.fingerprint(key)
+        try:
+            with self._writing() as s:
+                s.add(
+                    AuditCheckpointRow(
+                        audit_id=entry.id,
+                        audit_hash=entry.hash,
+                        at_ms=at,
+                        key_sha256=fp,
+                        signature=text,
+                    )
+                )
+        except StorageError as err:
+            log.error("cannot store an audit checkpoint: %s", err)
+        line = f"{entry.id} {entry.hash} {at} {fp} {text}"
+        # Outside the index too: the journal, and an append-only file beside the footage.
+        log.info("audit checkpoint: %s", line)
+        try:
+            fd = os.open(
+                self.root / audit_log.CHECKPOINTS_NAME,
+                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                0o640,
+            )
+            try:
+                os.write(fd, (line + "\n").encode("ascii"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as err:
+            log.error("cannot append the audit checkpoint to a file: %s", err.strerror)
 
     def audit_entries(
         self,
@@ -884,16 +988,68 @@ class SegmentStore:
             rows = s.scalars(q.order_by(AuditRow.id).limit(limit).offset(offset))
             return [audit_log.to_entry(r) for r in rows]
 
-    def verify_audit(self) -> list[str]:
-        """Problems found walking the audit chain (empty when intact)."""
-        head: tuple[int, str] | None = None
+    def verify_audit(self, public_key_pem: bytes | None = None) -> list[str]:
+        """Problems found in the audit log (empty when intact); see `audit_report`."""
+        return self.audit_report(public_key_pem).problems
+
+    def audit_report(self, public_key_pem: bytes | None = None) -> audit_log.AuditReport:
+        """Walk the audit chain and check the signed head and checkpoints (index and the
+        file outside it) with `public_key_pem`, or else the public half of the signing key."""
+        check = None
         try:
-            ident, digest = (self.root / AUDIT_HEAD).read_text(encoding="ascii").split()
-            head = (int(ident), digest)
-        except (OSError, ValueError):
+            pub = (
+                signing.load_public(public_key_pem, "the given key")
+                if public_key_pem is not None
+                else signing.load_key(self._key_path).public_key()
+            )
+
+            def check(signature: bytes, message: bytes) -> bool:
+                return signing.signature_ok(pub, signature, message)
+
+        except signing.SigningKeyError as err:
+            log.warning("audit signatures cannot be checked: %s", err)
+        head: audit_log.Head | None = None
+        head_missing = False
+        try:
+            fields = (self.root / AUDIT_HEAD).read_text(encoding="ascii").split()
+            sig = base64.b64decode(fields[2]) if len(fields) > 2 and fields[2] != "-" else None
+            head = audit_log.Head(int(fields[0]), fields[1], sig)
+        except FileNotFoundError:
+            head_missing = True
+        except (OSError, ValueError, IndexError, binascii.Error):
             head = None
+        checkpoints: list[audit_log.Checkpoint] = []
         with Session(self._engine) as s:
-            return audit_log.verify(s, head)
+            for row in s.scalars(select(AuditCheckpointRow).order_by(AuditCheckpointRow.id)):
+                checkpoints.append(
+                    audit_log.Checkpoint(
+                        row.audit_id,
+                        row.audit_hash,
+                        row.at_ms,
+                        _b64(row.signature),
+                        "index",
+                    )
+                )
+            try:
+                lines = (self.root / audit_log.CHECKPOINTS_NAME).read_text("ascii").splitlines()
+            except FileNotFoundError:
+                lines = []
+            for line in lines:
+                parts = line.split()
+                if len(parts) != 5 or not parts[0].isdigit() or not parts[2].isdigit():
+                    continue
+                checkpoints.append(
+                    audit_log.Checkpoint(
+                        int(parts[0]), parts[1], int(parts[2]), _b64(parts[4]), "file"
+                    )
+                )
+            return audit_log.verify_log(
+                s,
+                head=head,
+                head_missing=head_missing,
+                checkpoints=checkpoints,
+                check=check,
+            )
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -1104,6 +1260,16 @@ class SegmentStore:
         )
         if expires is not None and expires <= now:
             raise LockError("the lock's expiry must be in the future")
+        problem = self._lock_bounds(start_ms, end_ms, expires, now)
+        if problem is not None:
+            self.audit(
+                actor,
+                "lock",
+                camera,
+                "refused",
+                {"start_ms": start_ms, "end_ms": end_ms, "expires_ms": expires, "why": problem},
+            )
+            raise LockError(problem)
         with self._writing() as s:
             row = LockRow(
                 camera=camera,
@@ -1138,6 +1304,42 @@ class SegmentStore:
         self._write_audit_head(entry)
         return made
 
+    def max_lock_expiry(self, now_ms: int) -> int:
+        """The latest expiry a lock made or extended at `now_ms` may have."""
+        return add_years(now_ms, self.max_lock_years)
+
+    def _lock_bounds(self, start_ms: int, end_ms: int, expires: int | None, now: int) -> str | None:
+        """Why a lock over [start_ms, end_ms) kept until `expires` may not be made, or None."""
+        if end_ms > now + LOCK_FUTURE_MARGIN_MS:
+            return (
+                f"a lock covers footage that exists: its end ({iso(end_ms)}) may be at most "
+                f"{LOCK_FUTURE_MARGIN_MS // 60_000} minutes past now ({iso(now)})"
+            )
+        if expires is not None and expires > self.max_lock_expiry(now):
+            return (
+                f"a lock's expiry may be at most {self.max_lock_years} years from now "
+                f"({iso(self.max_lock_expiry(now))}), asked {iso(expires)}; extend it later, "
+                "or make a legal hold (released by an admin)"
+            )
+        return None
+
+    def _lock_export(self, export: Export) -> Lock | None:
+        """Footage handed over (an approved export) is kept two years (R3): lock its range
+        with the export as the case. Never undoes the approval: a failure is logged."""
+        now = self._clock()
+        try:
+            return self.lock(
+                export.camera,
+                export.start_ms,
+                min(export.end_ms, now),
+                actor=export.approver or "system",
+                reason=f"exported as evidence (export {export.id}: {export.purpose})",
+                case_id=f"export-{export.id}",
+            )
+        except (LockError, StorageError) as err:
+            log.error("export %d: cannot lock its range: %s", export.id, err)
+            return None
+
     def locks(self, camera: str | None = None, include_inactive: bool = False) -> list[Lock]:
         now = self._clock()
         with Session(self._engine) as s:
@@ -1164,6 +1366,12 @@ class SegmentStore:
                 problem = (
                     f"a lock's expiry can only be extended, never shortened "
                     f"(now {current.expires_ms}, asked {until_ms})"
+                )
+            elif until_ms > self.max_lock_expiry(now):
+                problem = (
+                    f"a lock's expiry may be at most {self.max_lock_years} years from now "
+                    f"({iso(self.max_lock_expiry(now))}); extend it again later, or make a "
+                    "legal hold"
                 )
             if problem is None:
                 row.expires_ms = until_ms
@@ -1212,6 +1420,75 @@ class SegmentStore:
             )
         self._write_audit_head(entry)
         return released
+
+    def request_lock_end(self, lock_id: int, *, actor: str, reason: str) -> Lock:
+        """An admin (the caller checks the role) asks to end a lock made by mistake. Nothing
+        ends until a second admin approves (`approve_lock_end`). Audited, refusals too."""
+        return self._lock_end(lock_id, actor=actor, reason=reason, approve=False)
+
+    def approve_lock_end(self, lock_id: int, *, actor: str, reason: str) -> Lock:
+        """A second admin, not the one who asked, ends the lock early. Audited."""
+        return self._lock_end(lock_id, actor=actor, reason=reason, approve=True)
+
+    def _lock_end(self, lock_id: int, *, actor: str, reason: str, approve: bool) -> Lock:
+        now = self._clock()
+        action = "lock-end-approve" if approve else "lock-end-request"
+        with self._writing() as s:
+            row = s.get(LockRow, lock_id)
+            if row is None:
+                raise LockError(f"no lock {lock_id}")
+            current = _lock(row)
+            problem = None
+            if not reason.strip():
+                problem = "ending a lock early needs a reason"
+            elif not current.active(now):
+                problem = f"lock {lock_id} is no longer active"
+            elif not approve and current.end_requested_by is not None:
+                problem = (
+                    f"{current.end_requested_by} already asked to end lock {lock_id}; "
+                    "a second admin approves it"
+                )
+            elif approve and current.end_requested_by is None:
+                problem = f"nobody asked to end lock {lock_id}; an admin must ask first"
+            elif (
+                approve
+                and current.end_requested_by is not None
+                and current.end_requested_by.strip().casefold() == actor.strip().casefold()
+            ):
+                problem = (
+                    "the admin who asked to end a lock cannot approve it; a second admin must"
+                )
+            if problem is None and not approve:
+                row.end_requested_by = actor
+                row.end_requested_ms = now
+                row.end_request_reason = reason
+            elif problem is None:
+                row.released_ms = now
+                row.released_by = actor
+                row.release_reason = (
+                    f"ended early: asked by {current.end_requested_by} "
+                    f"({current.end_request_reason}), approved by {actor} ({reason})"
+                )
+            s.flush()
+            entry = audit_log.append(
+                s,
+                now,
+                actor,
+                action,
+                row.camera,
+                "ok" if problem is None else "refused",
+                {
+                    "lock": lock_id,
+                    "reason": reason,
+                    "requested_by": current.end_requested_by,
+                    "why": problem,
+                },
+            )
+            updated = _lock(row)
+        self._write_audit_head(entry)
+        if problem is not None:
+            raise LockError(problem)
+        return updated
 
     def purge_candidates(self, limit: int = 10_000) -> list[Segment]:
         """The oldest segments, of every camera, that ended before their camera's window
@@ -1450,6 +1727,13 @@ def _file_sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error):
+        return b""
 
 
 def probe_segment(path: Path, camera: str, start_ms: int) -> SegmentInfo:

@@ -1,5 +1,6 @@
-"""Evidence locks over HTTP (R3): create, list, extend (never shorten), release a legal hold.
-The rules live in the storage door; refusals come back as 409 with the reason."""
+"""Evidence locks over HTTP (R3): create, list, extend (never shorten), release a legal hold,
+and end a lock made by mistake early with two admins (one asks, another approves). The rules
+live in the storage door; refusals come back as 409 with the reason."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def lock_out(lk: Lock, now: int) -> LockOut:
         released_ms=lk.released_ms,
         released_by=lk.released_by,
         release_reason=lk.release_reason,
+        end_requested_by=lk.end_requested_by,
+        end_requested_ms=lk.end_requested_ms,
+        end_request_reason=lk.end_request_reason,
     )
 
 
@@ -120,6 +124,37 @@ async def release_hold(
     try:
         lk = await asyncio.to_thread(
             lambda: services.store.release_hold(lock_id, actor=user.name, reason=body.reason)
+        )
+    except LockError as err:
+        raise Conflict(str(err)) from err
+    return lock_out(lk, services.store.now())
+
+
+@router.post("/api/locks/{lock_id}/end-request", response_model=LockOut, responses=ERRORS)
+async def request_lock_end(
+    lock_id: LockId, body: LockReleaseIn, user: AdminDep, services: ServicesDep
+) -> LockOut:
+    """An admin asks to end a lock made by mistake (reason required; audited). Nothing ends
+    until a second admin approves."""
+    await _lock_for(services, user, lock_id)
+    try:
+        lk = await asyncio.to_thread(
+            lambda: services.store.request_lock_end(lock_id, actor=user.name, reason=body.reason)
+        )
+    except LockError as err:
+        raise Conflict(str(err)) from err
+    return lock_out(lk, services.store.now())
+
+
+@router.post("/api/locks/{lock_id}/end-approve", response_model=LockOut, responses=ERRORS)
+async def approve_lock_end(
+    lock_id: LockId, body: LockReleaseIn, user: AdminDep, services: ServicesDep
+) -> LockOut:
+    """A second admin (never the one who asked) ends the lock early (audited)."""
+    await _lock_for(services, user, lock_id)
+    try:
+        lk = await asyncio.to_thread(
+            lambda: services.store.approve_lock_end(lock_id, actor=user.name, reason=body.reason)
         )
     except LockError as err:
         raise Conflict(str(err)) from err
