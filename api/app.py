@@ -6,52 +6,60 @@ a playback link's grant), status and time. Runs on the daemon's event loop."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.middleware import AccessLog, BodyLimit, SecurityHeaders, printable
 from api.routes import audit, auth, cameras, docs, exports, health, locks, users
 from api.services import ApiContext, close_services, open_services
 from storage import StorageError
 
 log = logging.getLogger("nvr.api")
-access_log = logging.getLogger("nvr.api.access")
+
+PROBLEM = "application/problem+json"
 
 
-class AccessLog:
-    """Logs `METHOD /path -> status (ms)` per request, without query strings or headers."""
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """An RFC 9457 problem response: type, title, status, detail (and `extra` members)."""
+    try:
+        title = HTTPStatus(status).phrase
+    except ValueError:
+        title = "Error"
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM)
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.monotonic()
-        status = 0
+def _validation_errors(err: RequestValidationError) -> list[dict[str, object]]:
+    """Where and what, never the input itself (it may be megabytes, or a password)."""
+    out: list[dict[str, object]] = []
+    for e in err.errors()[:20]:
+        loc = [str(p)[:64] for p in e.get("loc", ())][:8]
+        out.append({"loc": loc, "msg": str(e.get("msg", ""))[:200], "type": e.get("type")})
+    return out
 
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
 
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            access_log.info(
-                "%s %s -> %d (%.0f ms)",
-                scope.get("method", "?"),
-                scope.get("path", "?"),
-                status,
-                (time.monotonic() - started) * 1000,
-            )
+def _problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Document every 4xx/5xx as `application/problem+json` with the `Problem` schema."""
+    ref = {"$ref": "#/components/schemas/Problem"}
+    for ops in schema.get("paths", {}).values():
+        for op in ops.values():
+            for code, response in op.get("responses", {}).items():
+                if str(code)[0] in "45":
+                    response["content"] = {PROBLEM: {"schema": ref}}
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    return schema
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
@@ -81,8 +89,36 @@ def create_app(ctx: ApiContext) -> FastAPI:
 
     @app.exception_handler(StorageError)
     async def storage_error(_request: Request, err: StorageError) -> JSONResponse:
-        log.error("storage error while serving a request: %s", err)
-        return JSONResponse({"detail": f"storage: {err}"}, status_code=503)
+        log.error("storage error while serving a request: %s", printable(str(err)))
+        return problem(503, f"storage: {err}")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
+        return problem(err.status_code, str(err.detail), dict(err.headers or {}) or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = _validation_errors(err)
+        where = ", ".join(".".join(e["loc"]) for e in errors[:3])  # type: ignore[arg-type]
+        return problem(422, f"invalid request: {where}", errors=errors)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _problem_openapi(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    summary=app.summary,
+                    description=app.description,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    settings = ctx.settings
+    # added last = outermost: the log sees every answer, the limit runs before any route
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders, tls=settings.tls_certificate is not None)
     app.add_middleware(AccessLog)
     return app

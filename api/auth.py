@@ -27,69 +27,136 @@ ADMIN: tuple[Role, ...] = ("admin",)
 class _Failures:
     count: int = 0
     last: float = 0.0
+    in_flight: int = 0
     refusal_noted: bool = False
 
 
+@dataclass(frozen=True)
+class Admission:
+    """The throttle's answer to a login attempt: refused for `wait` seconds (429), or let
+    through after sleeping `delay` seconds (the per-name ceiling)."""
+
+    wait: float
+    first_refusal: bool
+    delay: float
+
+    @property
+    def refused(self) -> bool:
+        return self.wait > 0
+
+
 class LoginThrottle:
-    """After `free` failed logins for a user name or from a client address, each further
-    attempt must wait 1, 2, 4 ... (at most `max_delay`) seconds after the previous failure.
-    Failures older than `window` seconds are forgotten."""
+    """Slows password guessing without letting anyone lock a real user out.
+
+    Design (issue 13):
+    - Refusals (429) are keyed by the client address only: by the pair (name, address) after
+      `free` failures, and by the address alone after `free_address` failures (a spray of
+      names). Each further attempt on such a key must come 1, 2, 4 ... (at most `max_delay`)
+      seconds after its previous failure. A failure from one address therefore never refuses
+      an attempt from another: the admin's own workstation always gets to try.
+    - The per-name ceiling only delays: once a name has `free_name` failures (from all
+      addresses together), every attempt on it sleeps 0.1, 0.2 ... (at most `name_max_delay`)
+      seconds before its password is checked. The sleep is not a queue, so a flood cannot
+      make it longer for anyone; it only slows guessing spread over many addresses.
+    - Attempts in flight count: an attempt is registered when it is admitted and counts as a
+      failure until it ends, so a burst of concurrent guesses gets `free` through and the
+      rest 429; past the free attempts only one per key may be in flight.
+    - Failures older than `window` seconds are forgotten; state is in memory per process.
+    Runs on the event loop (no locks needed: no await between check and registration)."""
 
     def __init__(
         self,
         *,
         free: int = 3,
+        free_address: int = 10,
+        free_name: int = 10,
         max_delay: float = 60.0,
+        name_max_delay: float = 2.0,
         window: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._free = free
+        self._free_address = free_address
+        self._free_name = free_name
         self._max_delay = max_delay
+        self._name_max_delay = name_max_delay
         self._window = window
         self._clock = clock
         self._failures: dict[str, _Failures] = {}
 
-    def _keys(self, user: str, client: str) -> tuple[str, str]:
-        return f"user:{user.lower()}", f"addr:{client}"
+    def _refusing_keys(self, user: str, client: str) -> list[tuple[str, int]]:
+        return [
+            (f"pair:{user.lower()}\0{client}", self._free),
+            (f"addr:{client}", self._free_address),
+        ]
 
-    def wait_needed(self, user: str, client: str) -> tuple[float, bool]:
-        """Seconds before another attempt for this user or from this client is allowed,
-        and whether this is the first refusal since the last failure (worth auditing once;
-        a flood of refused attempts must not flood the audit log)."""
+    def _entry(self, key: str, now: float) -> _Failures | None:
+        f = self._failures.get(key)
+        if f is not None and f.in_flight == 0 and now - f.last > self._window:
+            del self._failures[key]
+            return None
+        return f
+
+    def admit(self, user: str, client: str) -> Admission:
+        """Whether an attempt may go ahead now; if so it is registered as in flight and the
+        caller must report its end with `failed` or `succeeded`."""
         now = self._clock()
         wait = 0.0
         first = False
-        for key in self._keys(user, client):
+        for key, free in self._refusing_keys(user, client):
+            f = self._entry(key, now)
+            if f is None or f.count + f.in_flight < free:
+                continue
+            if f.in_flight > 0:
+                left = 1.0  # one attempt at a time once past the free ones
+            else:
+                left = f.last + min(self._max_delay, 2.0 ** max(0, f.count - free)) - now
+            if left > 0:
+                wait = max(wait, left)
+                if not f.refusal_noted:
+                    f.refusal_noted = True
+                    first = True
+        if wait > 0:
+            return Admission(wait, first, 0.0)
+        for key, _free in self._refusing_keys(user, client):
+            self._failures.setdefault(key, _Failures()).in_flight += 1
+        delay = 0.0
+        named = self._entry(f"name:{user.lower()}", now)
+        if named is not None and named.count >= self._free_name:
+            delay = min(self._name_max_delay, 0.1 * 2.0 ** (named.count - self._free_name))
+        return Admission(0.0, False, delay)
+
+    def _end(self, user: str, client: str) -> None:
+        for key, _free in self._refusing_keys(user, client):
             f = self._failures.get(key)
-            if f is None:
-                continue
-            if now - f.last > self._window:
-                del self._failures[key]
-                continue
-            if f.count >= self._free:
-                delay = min(self._max_delay, 2.0 ** (f.count - self._free))
-                left = f.last + delay - now
-                if left > 0:
-                    wait = max(wait, left)
-                    if not f.refusal_noted:
-                        f.refusal_noted = True
-                        first = True
-        return max(0.0, wait), first
+            if f is not None and f.in_flight > 0:
+                f.in_flight -= 1
 
     def failed(self, user: str, client: str) -> None:
+        """An admitted attempt failed (wrong password, or abandoned)."""
+        self._end(user, client)
         now = self._clock()
-        for key in self._keys(user, client):
+        keys = [k for k, _free in self._refusing_keys(user, client)]
+        for key in [*keys, f"name:{user.lower()}"]:
             f = self._failures.setdefault(key, _Failures())
             f.count += 1
             f.last = now
             f.refusal_noted = False
         if len(self._failures) > 100_000:  # bound memory under a spray of names
             cutoff = now - self._window
-            self._failures = {k: v for k, v in self._failures.items() if v.last >= cutoff}
+            self._failures = {
+                k: v for k, v in self._failures.items() if v.last >= cutoff or v.in_flight
+            }
 
     def succeeded(self, user: str, client: str) -> None:
-        for key in self._keys(user, client):
-            self._failures.pop(key, None)
+        """An admitted attempt succeeded: the pair's and the name's failures are forgotten
+        (not the address's: one good login must not launder a spray of guesses)."""
+        self._end(user, client)
+        pair = self._refusing_keys(user, client)[0][0]
+        f = self._failures.get(pair)
+        if f is not None and f.in_flight == 0:
+            del self._failures[pair]
+        self._failures.pop(f"name:{user.lower()}", None)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Typed HTTP errors of the API. Each carries its status code; FastAPI turns them into a JSON
-body `{"detail": ...}`. Messages never contain a password, a token or a camera credential."""
+"""Typed HTTP errors of the API. Each carries its status code; the app turns them into RFC
+9457 problems (`application/problem+json`, with `detail`). Messages never contain a
+password, a token or a camera credential."""
 
 from __future__ import annotations
 
@@ -61,6 +62,16 @@ class TooManyAttempts(ApiError):
             f"too many failed logins; try again in {seconds} s",
             headers={"Retry-After": str(seconds)},
         )
+
+
+class TooBusy(ApiError):
+    """Over a cost limit (e.g. playback plans being built); retry after `Retry-After`."""
+
+    status = 429
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        seconds = max(1, int(retry_after + 0.999))
+        super().__init__(detail, headers={"Retry-After": str(seconds)})
 
 
 class Unavailable(ApiError):

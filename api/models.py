@@ -269,5 +269,17 @@ class ExportOut(BaseModel):
     error: str
 
 
+class ProblemField(BaseModel):
+    loc: list[str]
+    msg: str
+    type: str | None = None
+
+
 class Problem(BaseModel):
+    """An RFC 9457 problem: what went wrong, never what the client sent."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
     detail: str
+    errors: list[ProblemField] | None = None

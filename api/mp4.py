@@ -737,6 +737,34 @@ def _first_sync_at_or_before(track: TrackIndex, tick: int) -> int:
     return int(sync_idx[max(0, k)])
 
 
+def _cut(src: SourceSegment, start_ms: int, end_ms: int, first: bool) -> tuple[int, int]:
+    """The video samples [lo, hi) of `src` that a plan of [start_ms, end_ms) takes: from
+    the keyframe at or before `start_ms` (first segment only) to the last frame before
+    `end_ms`."""
+    v = src.index.video
+    origin = int(v.dts[0])
+    # Times are in milliseconds: a keyframe less than 1 ms after `start_ms` is at it.
+    rel_lo = (start_ms - src.start_ms + 1) * v.timescale // 1000 + origin - 1
+    rel_hi = (end_ms - src.start_ms) * v.timescale // 1000 + origin
+    lo = _first_sync_at_or_before(v, rel_lo) if first else 0
+    hi = int(np.searchsorted(v.dts, rel_hi, side="left"))
+    if first and hi <= lo:
+        hi = lo + 1  # at least the keyframe itself
+    return lo, hi
+
+
+def plan_key(
+    first: SourceSegment, last: SourceSegment, start_ms: int, end_ms: int
+) -> tuple[int, int, int]:
+    """What of a range's plan depends on `start_ms` and `end_ms`, given its segments (the
+    first and the last of them): the plan of every range with the same segments and the
+    same key is the same file, so requests that differ only within a GOP share one."""
+    lo, hi_first = _cut(first, start_ms, end_ms, True)
+    if last is first:
+        return lo, hi_first, hi_first
+    return lo, hi_first, _cut(last, start_ms, end_ms, False)[1]
+
+
 def plan(sources: Sequence[SourceSegment], start_ms: int, end_ms: int) -> VirtualFile:
     """The virtual MP4 of [start_ms, end_ms) from `sources` (ordered by start, overlapping
     the range). The video starts at the keyframe at or before `start_ms`."""
@@ -752,13 +780,7 @@ def plan(sources: Sequence[SourceSegment], start_ms: int, end_ms: int) -> Virtua
     for n, src in enumerate(sources):
         v = src.index.video
         origin = int(v.dts[0])
-        # Times are in milliseconds: a keyframe less than 1 ms after `start_ms` is at it.
-        rel_lo = (start_ms - src.start_ms + 1) * v.timescale // 1000 + origin - 1
-        rel_hi = (end_ms - src.start_ms) * v.timescale // 1000 + origin
-        lo = _first_sync_at_or_before(v, rel_lo) if n == 0 else 0
-        hi = int(np.searchsorted(v.dts, rel_hi, side="left"))
-        if n == 0 and hi <= lo:
-            hi = lo + 1  # at least the keyframe itself
+        lo, hi = _cut(src, start_ms, end_ms, n == 0)
         if hi <= lo:
             continue
         first_wall = src.start_ms + (int(v.dts[lo]) - origin) * 1000 // v.timescale

@@ -28,9 +28,11 @@ def parse_time(value: str | int, name: str) -> int:
         try:
             dt = datetime.fromisoformat(text)
         except ValueError:
-            raise BadRequest(f"{name}: expected {TIME_HELP}, found {text[:40]!r}") from None
+            raise BadRequest(f"{name}: expected {TIME_HELP}") from None
         if dt.tzinfo is None:
             raise BadRequest(f"{name}: the time needs a zone (Z or +hh:mm)")
+        if not 1999 <= dt.year <= 2100:  # also keeps the zone shift below from overflowing
+            raise BadRequest(f"{name}: outside 2000..2100")
         ms = int(dt.astimezone(UTC).timestamp() * 1000)
     if not MIN_MS <= ms <= MAX_MS:
         raise BadRequest(f"{name}: outside 2000..2100")

@@ -37,6 +37,7 @@ from api.mp4 import (
     encode_index,
     parse_segment,
     plan,
+    plan_key,
 )
 from storage import Segment, SegmentStore, StorageError, StorageIOError
 
@@ -139,28 +140,69 @@ class Recording:
     etag: str
 
 
+class PlanBusy(Exception):
+    """Too many playback plans are being built (by this user or in all); retry later."""
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class PlaybackService:
+    """Plans are built on worker threads, at most `max_builds` at once and
+    `max_builds_per_user` for one user (a 24 h plan costs about a second of CPU and tens of
+    MiB): a request that would start one more gets `PlanBusy` (429) at once, never a queue
+    that holds the loop or piles up memory. Requests that share a build in progress, or find
+    the plan cached, are not counted."""
+
     def __init__(
-        self, store: SegmentStore, *, index_budget_bytes: int = 256 << 20, plans: int = 8
+        self,
+        store: SegmentStore,
+        *,
+        index_budget_bytes: int = 256 << 20,
+        plans: int = 8,
+        max_builds: int = 2,
+        max_builds_per_user: int = 1,
     ) -> None:
         self._store = store
         self.indexes = SegmentIndexCache(store, index_budget_bytes)
         self._plans: OrderedDict[str, VirtualFile] = OrderedDict()
         self._max_plans = plans
         self._building: dict[str, asyncio.Future[VirtualFile]] = {}
+        self._max_builds = max_builds
+        self._max_builds_per_user = max_builds_per_user
+        self._builds_by_user: dict[int, int] = {}
 
     async def resolve(self, camera: str, start_ms: int, end_ms: int) -> Recording | None:
-        """The segments overlapping [start, end) and the ETag of their MP4; None if none."""
-        segments = await asyncio.to_thread(self._store.segments, camera, start_ms, end_ms)
-        if not segments:
-            return None
-        return Recording(
-            camera, start_ms, end_ms, tuple(segments), etag(camera, start_ms, end_ms, segments)
-        )
+        """The segments overlapping [start, end) and the ETag of their MP4; None if none.
+        The ETag depends on where the range cuts its first and last segments (the keyframe
+        it starts at, the frame it ends after), not on the exact milliseconds."""
 
-    async def file(self, rec: Recording) -> VirtualFile:
+        def find() -> Recording | None:
+            segments = self._store.segments(camera, start_ms, end_ms)
+            if not segments:
+                return None
+            first, last = self.indexes.get_many([segments[0], segments[-1]])
+            src_first = SourceSegment(segments[0].path, segments[0].start_ms, first)
+            src_last = (
+                src_first
+                if len(segments) == 1
+                else SourceSegment(segments[-1].path, segments[-1].start_ms, last)
+            )
+            key = plan_key(src_first, src_last, start_ms, end_ms)
+            tag = etag(camera, start_ms, end_ms, segments, key)
+            return Recording(camera, start_ms, end_ms, tuple(segments), tag)
+
+        return await asyncio.to_thread(find)
+
+    def cached(self, rec: Recording) -> VirtualFile | None:
+        """The plan of `rec` if it is built already (for HEAD: never builds)."""
+        return self._plans.get(rec.etag)
+
+    async def file(self, rec: Recording, user_id: int = 0) -> VirtualFile:
         """The virtual MP4 of a resolved range (cached; concurrent callers share one build).
-        Raises Mp4Error if the footage cannot form one file, StorageIOError if unreadable."""
+        Raises Mp4Error if the footage cannot form one file, StorageIOError if unreadable,
+        PlanBusy if building it now would exceed the limits."""
         found = self._plans.get(rec.etag)
         if found is not None:
             self._plans.move_to_end(rec.etag)
@@ -168,8 +210,14 @@ class PlaybackService:
         pending = self._building.get(rec.etag)
         if pending is not None:
             return await asyncio.shield(pending)
+        mine = self._builds_by_user.get(user_id, 0)
+        if mine >= self._max_builds_per_user:
+            raise PlanBusy("your other playback requests are still being prepared", 2.0)
+        if len(self._building) >= self._max_builds:
+            raise PlanBusy("the recorder is preparing other playback requests", 2.0)
         fut: asyncio.Future[VirtualFile] = asyncio.get_running_loop().create_future()
         self._building[rec.etag] = fut
+        self._builds_by_user[user_id] = mine + 1
         try:
             vf = await asyncio.to_thread(self._build, rec)
         except BaseException as err:
@@ -178,6 +226,9 @@ class PlaybackService:
             raise
         finally:
             self._building.pop(rec.etag, None)
+            left = self._builds_by_user.pop(user_id, 1) - 1
+            if left > 0:
+                self._builds_by_user[user_id] = left
         fut.set_result(vf)
         self._plans[rec.etag] = vf
         while len(self._plans) > self._max_plans:
@@ -252,9 +303,18 @@ class PlaybackService:
         return self._build(rec)
 
 
-def etag(camera: str, start_ms: int, end_ms: int, segments: Sequence[Segment]) -> str:
-    """A strong ETag: the same request over the same segments is the same file."""
-    h = hashlib.sha256(f"{FORMAT_VERSION}|{camera}|{start_ms}|{end_ms}".encode())
+def etag(
+    camera: str,
+    start_ms: int,
+    end_ms: int,
+    segments: Sequence[Segment],
+    key: tuple[int, int, int] | None = None,
+) -> str:
+    """A strong ETag: the same request over the same segments is the same file. With the
+    plan's `key` (`api.mp4.plan_key`) the times themselves are left out: every range that
+    cuts the same segments at the same samples is the same file."""
+    cut = f"{start_ms}|{end_ms}" if key is None else "cut:{}:{}:{}".format(*key)
+    h = hashlib.sha256(f"{FORMAT_VERSION}|{camera}|{cut}".encode())
     for s in segments:
         h.update(f"|{s.id}:{s.sha256}".encode())
     return '"' + h.hexdigest()[:40] + '"'
@@ -338,6 +398,7 @@ async def stream(reader: RangeReader) -> AsyncIterator[bytes]:
 
 __all__ = [
     "Mp4Error",
+    "PlanBusy",
     "PlaybackService",
     "RangeReader",
     "Recording",

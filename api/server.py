@@ -1,12 +1,15 @@
 """`ApiServer`: uvicorn serving the API inside the daemon's event loop (no process, no thread
 of its own). uvicorn's own signal capture is switched off: the daemon owns SIGTERM/SIGINT and
 stops the server with `stop()`. A server that cannot start (port taken, bad certificate) is
-logged and leaves recording running: footage matters more than the API."""
+logged and leaves recording running: footage matters more than the API. Forwarded headers
+are believed only from `[api] trusted_proxies`; listening beyond loopback without TLS is
+warned about at start."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import Generator
 
@@ -20,6 +23,15 @@ from config import NvrConfig
 from storage import SegmentStore
 
 log = logging.getLogger("nvr.api")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -43,8 +55,18 @@ class ApiServer:
             ssl_certfile=str(settings.tls_certificate) if settings.tls_certificate else None,
             ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
             timeout_graceful_shutdown=5,
+            # X-Forwarded-For is believed only from configured proxies (uvicorn's default
+            # trusts 127.0.0.1, so any local process could forge the audited address)
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=list(settings.trusted_proxies) or [],
         )
         self.url = f"{'https' if settings.tls_certificate else 'http'}://{settings.listen}"
+        if settings.tls_certificate is None and not _loopback(host):
+            log.warning(
+                "the HTTP API listens on %s without TLS: passwords, tokens and footage cross "
+                "the network in clear; set [api] tls_certificate and tls_key",
+                settings.listen,
+            )
         self._server = _EmbeddedServer(config)
         self._done = asyncio.Event()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from api.auth import LinkSigner, LoginThrottle
@@ -16,6 +17,9 @@ from api.playback import PlaybackService
 from config import NvrConfig
 from config.models import ApiConfig
 from storage import SegmentStore
+
+HASHING_THREADS = 2
+"""Password checks at once: argon2 uses 64 MiB each; a burst of logins queues here."""
 
 
 @dataclass
@@ -45,6 +49,11 @@ class ApiServices:
     throttle: LoginThrottle
     links: LinkSigner
     errors: RecentErrors
+    hashing: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="argon2")
+    )
+    """Password checks (argon2, ~50 ms of CPU and 64 MiB each) run here, never in the
+    default pool that playback and the store use."""
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -59,7 +68,11 @@ async def open_services(ctx: ApiContext) -> ApiServices:
     root = ctx.config.storage.root
     key_path = settings.signing_key or root / ".nvr-export-key"
     cameras = CameraDirectory(ctx.config, ctx.store, ctx.live, clock=ctx.store.now)
-    playback = PlaybackService(ctx.store)
+    playback = PlaybackService(
+        ctx.store,
+        max_builds=settings.max_plan_builds,
+        max_builds_per_user=settings.max_plan_builds_per_user,
+    )
     errors = RecentErrors()
     logging.getLogger("nvr").addHandler(errors)
     health = HealthService(ctx.config, settings, ctx.store, cameras, ctx.capacity, errors)
@@ -88,4 +101,5 @@ async def close_services(services: ApiServices) -> None:
     for task in services.tasks:
         await task
     await services.exports.close()
+    await asyncio.to_thread(services.hashing.shutdown)
     logging.getLogger("nvr").removeHandler(services.errors)

@@ -6,6 +6,7 @@ environment or a file when the recorder needs it (so it never sits in the model 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -298,6 +299,18 @@ class ApiConfig(_Frozen):
     created at first start (mode 0600)."""
     exports_dir: Path | None = None
     """Where export packages are built; default `<root>/exports`."""
+    max_body_bytes: Annotated[int, Field(ge=1024, le=16 << 20)] = 64 * 1024
+    """Largest request body accepted; larger ones get 413 before they are read."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses (or CIDR networks) of reverse proxies whose `X-Forwarded-For` and
+    `X-Forwarded-Proto` are believed. Empty: the peer address is the client, always."""
+    metrics_token_file: Path | None = None
+    """A file holding the sha256 (hex) of a static bearer token that may read `/metrics`
+    only, for Prometheus; it does not expire. Create it with `nvr metrics-token`."""
+    max_plan_builds: Annotated[int, Field(ge=1, le=64)] = 2
+    """Playback plans built at once (all users); more get 429 with Retry-After."""
+    max_plan_builds_per_user: Annotated[int, Field(ge=1, le=64)] = 1
+    """Playback plans one user may have building at once; more get 429."""
 
     @field_validator("listen")
     @classmethod
@@ -305,6 +318,18 @@ class ApiConfig(_Frozen):
         host, port = split_listen(value)
         if not host or not 0 < port < 65536:
             raise ValueError(f"expected host:port, found {value!r}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"expected IP addresses or networks, found {item[:64]!r}"
+                ) from None
         return value
 
     @model_validator(mode="after")

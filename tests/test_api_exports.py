@@ -198,8 +198,11 @@ def test_playback_links_for_video_elements(footage_api: Api) -> None:
         assert anon.get(other).status_code == 403  # the grant is for one range only
         assert anon.get(url.replace("access=", "access=x")).status_code == 401
         assert anon.get(url.replace("h264aac", "bframes")).status_code == 403
-    (entry,) = footage_api.store.audit_entries(action="playback")
+    played = footage_api.store.audit_entries(action="playback")
+    (entry,) = [e for e in played if e.outcome == "ok"]
     assert entry.actor == "vera" and entry.detail["via"] == "link"
+    refused = [e for e in played if e.outcome == "refused"]
+    assert len(refused) == 2 and all(e.detail["via"] == "link" for e in refused)
     with footage_api.as_user("root") as c:
         c.patch("/api/users/vera", json={"disabled": True})
     with httpx.Client(base_url=footage_api.base, timeout=60) as anon:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from api.deps import ServicesDep, SessionDep, UserDep
 from api.errors import TooManyAttempts, Unauthorized
 from api.models import LoginIn, LoginOut, Problem, UserOut
+from api.services import ApiServices
 from storage.accounts import User
 
 router = APIRouter(tags=["accounts"])
@@ -28,6 +29,50 @@ def client_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+async def attempt_login(
+    services: ApiServices,
+    client: str,
+    name: str,
+    password: str,
+    *,
+    via: str | None = None,
+) -> User | None:
+    """Check a password through the throttle (`api.auth.LoginThrottle`): the user, None
+    for a wrong one (audited), or `TooManyAttempts`. The argon2 check runs in the hashing
+    pool of its own, so a burst of logins cannot starve playback or the store."""
+    store = services.store
+    name = name[:64]
+    extra = {"client": client} if via is None else {"client": client, "via": via}
+    admission = services.throttle.admit(name, client)
+    if admission.refused:
+        if admission.first_refusal:
+            await asyncio.to_thread(
+                store.audit,
+                name,
+                "login",
+                f"user:{name}",
+                "refused",
+                {"reason": "throttled", **extra},
+            )
+        raise TooManyAttempts(admission.wait)
+    user: User | None = None
+    try:
+        if admission.delay > 0:
+            await asyncio.sleep(admission.delay)
+        loop = asyncio.get_running_loop()
+        user = await loop.run_in_executor(
+            services.hashing, store.accounts.check_password, name, password[:1024]
+        )
+    finally:
+        if user is None:
+            services.throttle.failed(name, client)
+        else:
+            services.throttle.succeeded(name, client)
+    if user is None:
+        await asyncio.to_thread(store.audit, name, "login", f"user:{name}", "failed", extra)
+    return user
+
+
 @router.post(
     "/api/login",
     response_model=LoginOut,
@@ -38,26 +83,9 @@ async def login(body: LoginIn, request: Request, services: ServicesDep) -> Login
     store = services.store
     client = client_of(request)
     name = body.username
-    wait, first_refusal = services.throttle.wait_needed(name, client)
-    if wait > 0:
-        if first_refusal:
-            await asyncio.to_thread(
-                store.audit,
-                name,
-                "login",
-                f"user:{name}",
-                "refused",
-                {"reason": "throttled", "client": client},
-            )
-        raise TooManyAttempts(wait)
-    user = await asyncio.to_thread(store.accounts.check_password, name, body.password)
+    user = await attempt_login(services, client, name, body.password)
     if user is None:
-        services.throttle.failed(name, client)
-        await asyncio.to_thread(
-            store.audit, name, "login", f"user:{name}", "failed", {"client": client}
-        )
         raise Unauthorized("wrong user name or password, or the user is disabled")
-    services.throttle.succeeded(name, client)
     token, expires = await asyncio.to_thread(
         store.accounts.issue_token, user, services.token_ttl_ms
     )

@@ -22,7 +22,7 @@ from api.deps import (
     ViewerDep,
     check_camera,
 )
-from api.errors import Conflict, Forbidden, NotFound, Unavailable, Unprocessable
+from api.errors import Conflict, Forbidden, NotFound, TooBusy, Unavailable, Unprocessable
 from api.models import (
     CameraOut,
     DeletedOut,
@@ -35,8 +35,9 @@ from api.models import (
     TimelineOut,
 )
 from api.mp4 import Mp4Error
-from api.params import iso, parse_range
-from api.playback import RangeReader, stream
+from api.params import CAMERA_NAME, iso, parse_range
+from api.playback import PlanBusy, RangeReader, Recording, stream
+from api.services import ApiServices
 from storage import RetentionViolation, StorageError
 
 router = APIRouter(tags=["cameras"])
@@ -115,7 +116,8 @@ async def playback_link(
     return LinkOut(url=url, expires_ms=expires)
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
+"""18 digits: larger offsets than any file; longer numbers are a malformed header."""
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -161,6 +163,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
         304: {"description": "not modified (If-None-Match)"},
         416: {"model": Problem},
         422: {"model": Problem},
+        429: {"model": Problem},
         **ERRORS,
     },
 )
@@ -177,18 +180,38 @@ async def recording(
     across segments; HTTP Range (206), ETag, If-None-Match and If-Range. Authenticate with a
     bearer token or a signed link (`access`). Every response carrying footage is audited."""
     user, link = auth
-    if not has_role(user, PLAYBACK):
-        raise Forbidden("playback needs the role viewer, operator or admin")
-    await check_camera(services, user, name)
-    rng = parse_range(start, end, services.settings.max_range_hours)
-    if link is not None and (link.camera, link.start_ms, link.end_ms) != (
-        name,
-        rng.start_ms,
-        rng.end_ms,
-    ):
-        raise Forbidden("the playback link is for another camera or range")
+    action = "download" if download else "playback"
+    try:
+        if not has_role(user, PLAYBACK):
+            raise Forbidden("playback needs the role viewer, operator or admin")
+        await check_camera(services, user, name)
+        rng = parse_range(start, end, services.settings.max_range_hours)
+        if link is not None and (link.camera, link.start_ms, link.end_ms) != (
+            name,
+            rng.start_ms,
+            rng.end_ms,
+        ):
+            raise Forbidden("the playback link is for another camera or range")
+    except Forbidden as err:
+        # who tried to look matters as much as who looked (R5)
+        await asyncio.to_thread(
+            services.store.audit,
+            user.name,
+            action,
+            name if CAMERA_NAME.match(name) else "?",
+            "refused",
+            {
+                "reason": str(err.detail),
+                "status": 403,
+                "method": request.method,
+                "via": "link" if link is not None else "token",
+            },
+        )
+        raise
     try:
         rec = await services.playback.resolve(name, rng.start_ms, rng.end_ms)
+    except Mp4Error as err:
+        raise Unprocessable(f"cannot make one MP4 of this range: {err}") from err
     except StorageError as err:
         raise Unavailable(str(err)) from err
     if rec is None:
@@ -198,20 +221,27 @@ async def recording(
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-cache",
     }
-    action = "download" if download else "playback"
+    detail: dict[str, object] = {
+        "start_ms": rng.start_ms,
+        "end_ms": rng.end_ms,
+        "via": "link" if link is not None else "token",
+    }
     if _etag_matches(request.headers.get("if-none-match"), rec.etag):
-        if request.method == "GET":
-            await asyncio.to_thread(
-                services.store.audit,
-                user.name,
-                action,
-                name,
-                "ok",
-                {"start_ms": rng.start_ms, "end_ms": rng.end_ms, "bytes": 0, "status": 304},
-            )
+        await asyncio.to_thread(
+            services.store.audit,
+            user.name,
+            action,
+            name,
+            "ok",
+            {**detail, "bytes": 0, "status": 304, "method": request.method},
+        )
         return Response(status_code=304, headers=headers)
+    if request.method == "HEAD":
+        return await _head(services, user.name, action, name, rec, headers, detail)
     try:
-        vf = await services.playback.file(rec)
+        vf = await services.playback.file(rec, user.id)
+    except PlanBusy as err:
+        raise TooBusy(str(err), err.retry_after) from err
     except Mp4Error as err:
         raise Unprocessable(f"cannot make one MP4 of this range: {err}") from err
     except StorageError as err:
@@ -239,8 +269,6 @@ async def recording(
         headers["Content-Range"] = f"bytes {first}-{last}/{vf.size}"
     length = last - first + 1
     headers["Content-Length"] = str(length)
-    if request.method == "HEAD":
-        return Response(status_code=status, headers=headers, media_type="video/mp4")
     await asyncio.to_thread(
         services.store.audit,
         user.name,
@@ -248,13 +276,11 @@ async def recording(
         name,
         "ok",
         {
-            "start_ms": rng.start_ms,
-            "end_ms": rng.end_ms,
+            **detail,
             "footage_start_ms": vf.start_ms,
             "footage_end_ms": vf.end_ms,
             "bytes": length,
             "range": f"{first}-{last}/{vf.size}" if status == 206 else None,
-            "via": "link" if link is not None else "token",
         },
     )
     return StreamingResponse(
@@ -263,6 +289,36 @@ async def recording(
         headers=headers,
         media_type="video/mp4",
     )
+
+
+async def _head(
+    services: ApiServices,
+    user: str,
+    action: str,
+    name: str,
+    rec: Recording,
+    headers: dict[str, str],
+    detail: dict[str, object],
+) -> Response:
+    """HEAD never builds a plan: the length is given only when the plan is cached already
+    (a HEAD is a cheap probe, not a way to make the recorder do a GET's work). Audited."""
+    vf = services.playback.cached(rec)
+    if vf is not None:
+        headers["Content-Length"] = str(vf.size)
+        headers["X-Recording-Start"] = iso(vf.start_ms)
+        headers["X-Recording-End"] = iso(vf.end_ms)
+    await asyncio.to_thread(
+        services.store.audit,
+        user,
+        action,
+        name,
+        "ok",
+        {**detail, "bytes": 0, "method": "HEAD", "status": 200},
+    )
+    response = Response(status_code=200, headers=headers, media_type="video/mp4")
+    if vf is None:
+        del response.headers["content-length"]  # unknown until the plan is built
+    return response
 
 
 @router.delete(

@@ -4,7 +4,6 @@ everything else: a bearer token, or HTTP Basic so a browser can ask for the user
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from typing import Any
@@ -15,8 +14,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api.deps import ServicesDep, get_session
-from api.errors import ApiError, TooManyAttempts
-from api.routes.auth import client_of
+from api.errors import ApiError
+from api.routes.auth import attempt_login, client_of
 from storage.accounts import User
 
 router = APIRouter(include_in_schema=False)
@@ -46,34 +45,9 @@ async def _docs_user(request: Request, services: ServicesDep) -> User:
         )
     except (binascii.Error, UnicodeDecodeError):
         raise _BasicRequired() from None
-    client = client_of(request)
-    wait, first = services.throttle.wait_needed(name, client)
-    if wait > 0:
-        if first:
-            await asyncio.to_thread(
-                services.store.audit,
-                name[:64],
-                "login",
-                f"user:{name[:64]}",
-                "refused",
-                {"reason": "throttled", "client": client, "via": "docs"},
-            )
-        raise TooManyAttempts(wait)
-    user = await asyncio.to_thread(
-        services.store.accounts.check_password, name[:64], password[:1024]
-    )
+    user = await attempt_login(services, client_of(request), name, password, via="docs")
     if user is None:
-        services.throttle.failed(name, client)
-        await asyncio.to_thread(
-            services.store.audit,
-            name[:64],
-            "login",
-            f"user:{name[:64]}",
-            "failed",
-            {"client": client, "via": "docs"},
-        )
         raise _BasicRequired()
-    services.throttle.succeeded(name, client)
     return user
 
 

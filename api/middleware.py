@@ -1,0 +1,180 @@
+"""ASGI middleware of the API, outermost first: the access log (control characters escaped),
+security headers, and the request body limit. Runs on the daemon's event loop; each does a
+bounded amount of work per message, so no request can hold the loop.
+
+The body limit is the first line against a client that wants to stall the recorder: a body
+larger than `max_body_bytes` is refused with 413 before a byte of it is read when it declares
+its length, and as soon as the limit is crossed when it is chunked. The accepted body is
+buffered here (at most `max_body_bytes`) and handed to the application in one piece, so
+nothing downstream ever parses more than the limit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("nvr.api.access")
+
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+_CONTROL[ord("\\")] = "\\\\"
+
+
+def printable(text: str, limit: int = 512) -> str:
+    """`text` safe for one log line: control characters (CR, LF, ESC ...) and backslashes
+    escaped, so a request cannot forge or hide log lines; cut at `limit` characters."""
+    cut = text[:limit]
+    out = cut.translate(_CONTROL)
+    # C1 controls and line/paragraph separators also break lines in some viewers
+    out = "".join(
+        f"\\u{ord(c):04x}" if 0x80 <= ord(c) < 0xA0 or c in "\u2028\u2029\u0085" else c for c in out
+    )
+    return out + ("..." if len(text) > limit else "")
+
+
+class AccessLog:
+    """Logs `METHOD /path -> status (ms)` per request, without query strings or headers;
+    the method and path are escaped with `printable`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            access_log.info(
+                "%s %s -> %d (%.0f ms)",
+                printable(str(scope.get("method", "?")), 16),
+                printable(str(scope.get("path", "?"))),
+                status,
+                (time.monotonic() - started) * 1000,
+            )
+
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; media-src 'self'; font-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+
+
+class SecurityHeaders:
+    """Adds `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
+    `X-Frame-Options: DENY`, a Content-Security-Policy that allows only our own scripts and
+    styles, and HSTS when the API speaks TLS. A header the route set itself is kept."""
+
+    def __init__(self, app: ASGIApp, *, tls: bool = False) -> None:
+        self.app = app
+        self.headers: list[tuple[bytes, bytes]] = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),
+            (b"x-frame-options", b"DENY"),
+            (b"content-security-policy", CSP.encode("ascii")),
+            (b"cross-origin-opener-policy", b"same-origin"),
+        ]
+        if tls:
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _v in headers}
+                headers.extend((k, v) for k, v in self.headers if k not in present)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+def problem_body(status: int, title: str, detail: str) -> bytes:
+    return json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    ).encode("utf-8")
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str) -> None:
+    """An RFC 9457 problem response, sent directly (for middleware that answers itself)."""
+    body = problem_body(status, title, detail)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Refuses request bodies over `max_bytes` with 413 (before reading them when the length
+    is declared) and hands the application the accepted body in one message."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"the request body may be at most {self.max_bytes} bytes"
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await send_problem(send, 400, "Bad Request", "invalid Content-Length")
+                    return
+                if declared > self.max_bytes:
+                    await send_problem(send, 413, "Content Too Large", too_large)
+                    return
+        parts: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await send_problem(send, 413, "Content Too Large", too_large)
+                return
+            parts.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(parts)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

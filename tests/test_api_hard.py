@@ -1,0 +1,353 @@
+"""The API under attack (issue 13), against a real uvicorn on a free port: body limits,
+problem responses that never echo input, the login throttle (many addresses, concurrent
+guesses), forged client addresses, log injection, playback cost limits, revoked links,
+account rules, security headers, the offline docs page, the metrics scrape token and the
+audit of refused and HEAD footage requests. Clients on other source addresses bind to
+127.0.0.x (all of 127/8 is loopback on Linux)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from api import ApiContext
+from config.models import ApiConfig
+from tests.test_api import (
+    PASSWORD,
+    Api,
+    ServerThread,
+    api,
+    footage_api,
+    footage_template,
+    free_port,
+    make_config,
+    open_store,
+    users_template,
+)
+
+__all__ = ["api", "footage_api", "footage_template", "users_template"]  # fixtures used here
+
+PROBLEM = "application/problem+json"
+
+
+def run_with(root: Path, **settings: object) -> Iterator[Api]:
+    """An API over `root` with `[api]` settings changed."""
+    store = open_store(root)
+    port = free_port()
+    config = make_config(root, port)
+    api_config = ApiConfig(listen=f"127.0.0.1:{port}", **settings)  # type: ignore[arg-type]
+    server = ServerThread(ApiContext(config=config, store=store, api=api_config))
+    try:
+        server.start()
+        yield Api(server.base, store, root, config, server)
+    finally:
+        server.stop()
+        store.close()
+
+
+def from_address(api: Api, address: str, token: str | None = None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(
+        base_url=api.base,
+        headers=headers,
+        timeout=60,
+        transport=httpx.HTTPTransport(local_address=address),
+    )
+
+
+def login_as(c: httpx.Client, name: str, password: str = PASSWORD) -> httpx.Response:
+    return c.post("/api/login", json={"username": name, "password": password})
+
+
+# --- 1. bodies -------------------------------------------------------------------------------
+
+
+def test_large_bodies_get_413_before_they_are_read(api: Api) -> None:
+    big = b'{"username": "root", "password": "' + b"x" * (1 << 20) + b'"}'
+    with api.client() as c:
+        r = c.post("/api/login", content=big, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413, r.text[:200]
+        assert r.headers["content-type"] == PROBLEM
+        assert len(r.content) < 1000 and b"xxxx" not in r.content
+
+        def chunks() -> Iterator[bytes]:
+            for i in range(0, len(big), 16384):
+                yield big[i : i + 16384]
+
+        r = c.post("/api/login", content=chunks(), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413, "a chunked body is cut off at the limit too"
+        # an authenticated route refuses the body before (not after) looking at it
+        r = c.post("/api/users", content=big, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert c.get("/healthz").status_code == 200
+
+
+def test_validation_errors_are_problems_that_never_echo_input(api: Api) -> None:
+    secret = "s3cret-" + "y" * 2000  # too long a password: invalid, and must not come back
+    with api.client() as c:
+        r = c.post("/api/login", json={"username": "root", "password": secret})
+        assert r.status_code == 422
+        assert r.headers["content-type"] == PROBLEM
+        body = r.json()
+        assert body["status"] == 422 and body["title"] and "password" in body["detail"]
+        assert "s3cret" not in r.text and "yyyy" not in r.text
+        r = c.post("/api/login", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert 400 <= r.status_code < 500 and r.headers["content-type"] == PROBLEM
+        assert "not json" not in r.text
+        r = c.get("/api/me")
+        assert r.status_code == 401 and r.json()["status"] == 401
+
+
+def test_bodies_within_the_limit_are_configurable(users_template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    for small in run_with(root, max_body_bytes=2048):
+        with small.client() as c:
+            body = {"username": "root", "password": "p" * 1000}
+            assert login_as(c, "root", "p" * 1000).status_code == 401
+            body["password"] = "p" * 3000
+            r = c.post("/api/login", json=body)
+            assert r.status_code == 413
+
+
+# --- 2, 3. login throttle ----------------------------------------------------------------------
+
+
+def test_guesses_from_many_addresses_never_lock_the_admin_out(api: Api) -> None:
+    stop = threading.Event()
+    attacker_codes: list[int] = []
+
+    def attack(address: str) -> None:
+        with from_address(api, address) as c:
+            while not stop.is_set():
+                attacker_codes.append(login_as(c, "root", "not the password").status_code)
+                time.sleep(0.2)
+
+    attackers = [
+        threading.Thread(target=attack, args=(f"127.0.0.{10 + i}",), daemon=True) for i in range(30)
+    ]
+    for t in attackers:
+        t.start()
+    try:
+        time.sleep(3)  # the attackers reach their limits
+        admin_codes = []
+        with from_address(api, "127.0.0.2") as admin:
+            for _ in range(5):
+                admin_codes.append(login_as(admin, "root").status_code)
+                time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in attackers:
+            t.join(60)
+    assert 429 in attacker_codes, "the attackers were throttled"
+    assert admin_codes == [200] * 5, admin_codes
+
+
+async def test_concurrent_guesses_cannot_bypass_the_throttle(api: Api) -> None:
+    async with httpx.AsyncClient(base_url=api.base, timeout=120) as c:
+        answers = await asyncio.gather(
+            *(
+                c.post("/api/login", json={"username": "olga", "password": f"guess {i}"})
+                for i in range(40)
+            )
+        )
+    codes = [r.status_code for r in answers]
+    assert codes.count(401) <= 3, codes
+    assert codes.count(429) >= 37, codes
+    assert all(int(r.headers["retry-after"]) >= 1 for r in answers if r.status_code == 429)
+
+
+def test_a_wrong_password_elsewhere_does_not_refuse_the_right_one_here(api: Api) -> None:
+    with from_address(api, "127.0.0.3") as guesser:
+        codes = [login_as(guesser, "olga", "wrong wrong").status_code for _ in range(5)]
+        assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429]
+    with from_address(api, "127.0.0.4") as olga:
+        assert login_as(olga, "olga").status_code == 200
+
+
+# --- 5. input errors -------------------------------------------------------------------------
+
+
+def test_extreme_dates_and_huge_numbers_are_4xx(api: Api) -> None:
+    with api.as_user("olga") as c:
+        for start, end in [
+            ("0001-01-01T00:00:00+01:00", "2026-01-01T00:00:00Z"),
+            ("2026-01-01T00:00:00Z", "9999-12-31T23:59:59-01:00"),
+            ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"),
+        ]:
+            r = c.get("/api/cameras/gate/timeline", params={"start": start, "end": end})
+            assert r.status_code == 400, (start, end, r.status_code, r.text)
+            assert r.headers["content-type"] == PROBLEM
+
+
+def test_a_range_header_of_thousands_of_digits_is_ignored(footage_api: Api) -> None:
+    seg = footage_api.store.segments("h264aac")[0]
+    params = {"start": str(seg.start_ms), "end": str(seg.end_ms)}
+    with footage_api.as_user("olga") as c:
+        for header in (f"bytes={'9' * 5000}-", f"bytes=0-{'9' * 5000}", f"bytes=-{'1' * 5000}"):
+            r = c.get(
+                "/api/cameras/h264aac/recording.mp4", params=params, headers={"Range": header}
+            )
+            assert r.status_code == 200, (header[:20], r.status_code)
+
+
+# --- 6. log injection ------------------------------------------------------------------------
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_control_characters_in_request_paths_are_escaped_in_the_log(api: Api) -> None:
+    lines = Lines()
+    logger = logging.getLogger("nvr.api.access")
+    logger.addHandler(lines)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with api.client() as c:
+            c.get("/x%0a2026-12-01 12:00:00 INFO nvr.api.access POST /api/login -> 200%0d%1b[2J")
+        deadline = time.monotonic() + 10
+        while not any("/x" in line for line in lines.lines) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(old_level)
+    forged = [line for line in lines.lines if "/x" in line]
+    assert forged, lines.lines
+    assert all("\n" not in line and "\r" not in line and "\x1b" not in line for line in forged)
+    assert "\\x0a" in forged[0]
+
+
+# --- 8. client address spoofing ----------------------------------------------------------------
+
+
+def test_forwarded_headers_are_believed_only_from_trusted_proxies(
+    users_template: Path, tmp_path: Path
+) -> None:
+    forged = {"X-Forwarded-For": "203.0.113.9"}
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    for a in run_with(root):
+        with a.client() as c:
+            r = c.post(
+                "/api/login", json={"username": "vera", "password": "wrong!"}, headers=forged
+            )
+            assert r.status_code == 401
+        clients = [e.detail.get("client") for e in a.store.audit_entries(action="login")]
+        assert clients == ["127.0.0.1"], clients
+    root2 = tmp_path / "store2"
+    shutil.copytree(users_template, root2)
+    for a in run_with(root2, trusted_proxies=("127.0.0.1",)):
+        with a.client() as c:
+            r = c.post(
+                "/api/login", json={"username": "vera", "password": "wrong!"}, headers=forged
+            )
+            assert r.status_code == 401
+        clients = [e.detail.get("client") for e in a.store.audit_entries(action="login")]
+        assert clients == ["203.0.113.9"], clients
+
+
+# --- 4. playback cost --------------------------------------------------------------------------
+
+
+def footage_range(api: Api, camera: str = "h264aac") -> tuple[int, int]:
+    """The longest segment of `camera` (a full 10 s one)."""
+    seg = max(api.store.segments(camera), key=lambda s: s.end_ms - s.start_ms)
+    return seg.start_ms, seg.end_ms
+
+
+def test_ranges_cut_at_the_same_frames_share_one_plan(footage_api: Api) -> None:
+    start, end = footage_range(footage_api)
+    with footage_api.as_user("vera") as c:
+        tags = []
+        for shift in (5003, 5004, 5010):
+            params = {"start": str(start + shift), "end": str(end)}
+            r = c.get("/api/cameras/h264aac/recording.mp4", params=params)
+            assert r.status_code == 200
+            tags.append(r.headers["etag"])
+        assert tags[0] == tags[1] == tags[2], "a few ms later in the same GOP: the same file"
+        r = c.get(
+            "/api/cameras/h264aac/recording.mp4", params={"start": str(start), "end": str(end)}
+        )
+        assert r.headers["etag"] != tags[0], "another keyframe: another file"
+
+
+async def test_plan_builds_are_limited_per_user_and_in_total(footage_api: Api) -> None:
+    from api.playback import PlanBusy, PlaybackService
+
+    start, end = footage_range(footage_api)
+    service = PlaybackService(footage_api.store, max_builds=2, max_builds_per_user=1)
+    recs = []
+    for i in range(4):
+        rec = await service.resolve("h264aac", start + i * 2500, end)
+        assert rec is not None, (i, start, end, footage_api.store.segments("h264aac"))
+        recs.append(rec)
+    assert len({r.etag for r in recs}) == 4
+    results = await asyncio.gather(
+        service.file(recs[0], user_id=1),
+        service.file(recs[1], user_id=1),  # the same user's second build: refused
+        service.file(recs[2], user_id=2),
+        service.file(recs[3], user_id=3),  # a third build at once: refused
+        service.file(recs[0], user_id=4),  # shares the first build: not counted
+        return_exceptions=True,
+    )
+    busy = [isinstance(r, PlanBusy) for r in results]
+    assert busy == [False, True, False, True, False], results
+    assert all(r.retry_after > 0 for r in results if isinstance(r, PlanBusy))
+    # once built, the plans are served from the cache to anyone, without limits
+    again = await asyncio.gather(*(service.file(recs[0], user_id=1) for _ in range(5)))
+    assert all(vf is again[0] for vf in again)
+
+
+def test_head_never_builds_a_plan_and_is_audited(footage_api: Api) -> None:
+    start, end = footage_range(footage_api)
+    params = {"start": str(start + 1000), "end": str(end - 1000)}
+    url = "/api/cameras/h264aac/recording.mp4"
+    with footage_api.as_user("vera") as c:
+        r = c.head(url, params=params)
+        assert r.status_code == 200 and r.headers["etag"]
+        assert "content-length" not in r.headers, "the length would need the plan"
+        got = c.get(url, params=params)
+        assert got.status_code == 200
+        r = c.head(url, params=params)
+        assert int(r.headers["content-length"]) == len(got.content), "cached: length known"
+    heads = [
+        e
+        for e in footage_api.store.audit_entries(action="playback", actor="vera")
+        if e.detail.get("method") == "HEAD"
+    ]
+    assert len(heads) == 2
+
+
+# --- 12. refused footage requests are audited ---------------------------------------------------
+
+
+def test_refused_footage_requests_are_audited(footage_api: Api) -> None:
+    start, end = footage_range(footage_api, "bframes")
+    params = {"start": str(start), "end": str(end)}
+    with footage_api.as_user("vera") as c:  # vera may see h264aac only
+        r = c.get("/api/cameras/bframes/recording.mp4", params=params)
+        assert r.status_code == 403
+    with footage_api.as_user("audrey") as c:  # an auditor may not play footage
+        r = c.get("/api/cameras/h264aac/recording.mp4", params=params)
+        assert r.status_code == 403
+    refused = [
+        (e.actor, e.target, e.detail.get("status"))
+        for e in footage_api.store.audit_entries(action="playback")
+        if e.outcome == "refused"
+    ]
+    assert ("vera", "bframes", 403) in refused and ("audrey", "h264aac", 403) in refused
+    assert footage_api.store.verify_audit() == []
