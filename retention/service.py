@@ -35,8 +35,9 @@ class RetentionService:
     def purge_once(self) -> int:
         """One purge pass over every camera in the index; returns segments deleted.
 
-        Candidates of all cameras come from one index query and are deleted in one guarded
-        batch, so a pass costs a few statements whatever the number of cameras."""
+        Candidates come from index queries that skip locked footage (so locked footage never
+        stalls a pass, however much of it there is) and are deleted in guarded batches of
+        `BATCH`."""
         now = self._clock()
         deleted = 0
         locks = self._store.locks()

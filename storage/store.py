@@ -68,6 +68,7 @@ from storage.errors import (
 from storage.exports import Export, ExportRegister
 from storage.fmp4 import scan_fragments
 from storage.guard import (
+    DAY_MS,
     LOCK_FUTURE_MARGIN_MS,
     LOCK_YEARS,
     MAX_LOCK_YEARS,
@@ -307,6 +308,9 @@ class SegmentStore:
         self._clock = clock
         self._pause = pause or (lambda _point: None)
         self._promised: dict[str, int] = {}
+        self._purge_cursors: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
+        """Per camera: (end time below which nothing is left to purge, the lock spans below
+        it when that was found). See `purge_candidates`."""
         """Cache of `camera_windows` (windows only grow, so a stale value is only shorter;
         the delete door reads the table itself, inside its transaction)."""
         self._lock = threading.Lock()
@@ -1058,24 +1062,7 @@ class SegmentStore:
     ) -> list[Segment]:
         """Indexed segments of `camera` overlapping [start_ms, end_ms), oldest first."""
         t = SegmentRow.__table__.c
-        q = select(
-            t.id,
-            t.camera,
-            t.start_ms,
-            t.end_ms,
-            t.duration_ms,
-            t.bytes,
-            t.path,
-            t.video_codec,
-            t.audio_codec,
-            t.width,
-            t.height,
-            t.frames,
-            t.sha256,
-            t.chain,
-            t.recovered,
-            t.discontinuity,
-        ).where(t.camera == camera, ~t.garbage)
+        q = select(*_SEGMENT_COLUMNS).where(t.camera == camera, ~t.garbage)
         if start_ms is not None:
             q = q.where(t.end_ms > start_ms)
         if end_ms is not None:
@@ -1083,27 +1070,7 @@ class SegmentStore:
         with self._engine.connect() as conn:
             rows = conn.execute(q.order_by(t.id)).all()
         root = self.root
-        return [
-            Segment(
-                r[0],
-                r[1],
-                r[2],
-                r[3],
-                r[4],
-                r[5],
-                root / r[6],
-                r[7],
-                r[8],
-                r[9],
-                r[10],
-                r[11],
-                r[12],
-                r[13],
-                bool(r[14]),
-                bool(r[15]),
-            )
-            for r in rows
-        ]
+        return [_segment(r, root) for r in rows]
 
     def last_segment(self, camera: str) -> Segment | None:
         with Session(self._engine) as s:
@@ -1491,29 +1458,66 @@ class SegmentStore:
         return updated
 
     def purge_candidates(self, limit: int = 10_000) -> list[Segment]:
-        """The oldest segments, of every camera, that ended before their camera's window
-        (index-driven: one query per distinct window). Locks are the caller's decision and
-        the door's check."""
-        by_window: dict[int, list[str]] = {}
-        for camera in self.cameras():
-            by_window.setdefault(self.window_days(camera), []).append(camera)
+        """Up to `limit` segments, oldest first per camera, that ended before their camera's
+        window and overlap no active lock (the door re-checks each).
+
+        Locked footage is excluded in the query, not after it: per camera, only the spans
+        between its active locks are searched (one index range per span), so a pass costs
+        the same however much expired footage is locked. Spans already found empty are
+        remembered (per camera, while its locks below them are unchanged) and not searched
+        again: old locked footage kept for years costs nothing per pass."""
         now = self._clock()
         out: list[Segment] = []
+        t = SegmentRow.__table__.c
         with Session(self._engine) as s:
-            for days, cams in by_window.items():
-                horizon = now - days * 86_400_000
-                rows = s.scalars(
-                    select(SegmentRow)
-                    .where(
-                        SegmentRow.end_ms <= horizon,
-                        SegmentRow.camera.in_(cams),
-                        ~SegmentRow.garbage,
-                    )
-                    .order_by(SegmentRow.end_ms)
-                    .limit(limit)
+            window = self._windows_now(s)
+            locks: dict[str, list[tuple[int, int]]] = {}
+            for camera, start, end in s.execute(
+                select(LockRow.camera, LockRow.start_ms, LockRow.end_ms).where(
+                    LockRow.released_ms.is_(None),
+                    LockRow.expires_ms.is_(None) | (LockRow.expires_ms > now),
                 )
-                out += [Segment.from_row(r, self.root) for r in rows]
+            ):
+                locks.setdefault(camera, []).append((start, end))
+            for camera in self.cameras():
+                if len(out) >= limit:
+                    break
+                horizon = now - window(camera) * DAY_MS
+                spans = _merge(locks.get(camera, []))
+                cursor = self._purge_cursor(camera, spans)
+                advancing = True
+                for lo, hi in _free_spans(spans, horizon):
+                    if hi <= cursor:
+                        continue
+                    q = select(*_SEGMENT_COLUMNS).where(
+                        t.camera == camera,
+                        t.garbage.is_(False),
+                        t.end_ms > cursor,
+                        t.end_ms <= hi,
+                    )
+                    if lo is not None:
+                        q = q.where(t.end_ms >= lo, t.start_ms >= lo)
+                    rows = s.execute(q.order_by(t.end_ms).limit(limit - len(out))).all()
+                    out += [_segment(r, self.root) for r in rows]
+                    if rows:
+                        advancing = False
+                    elif advancing:  # nothing free is left below `hi`
+                        cursor = hi
+                        self._purge_cursors[camera] = (hi, _below(spans, hi))
+                    if len(out) >= limit:
+                        break
         return out
+
+    def _purge_cursor(self, camera: str, spans: list[tuple[int, int]]) -> int:
+        """Below which end time `camera` has no expired, unlocked footage left, as found by
+        earlier searches: valid while the camera's locks below it are the same (a lock that
+        ended frees footage below it; new footage is never indexed in the past while this
+        process runs, start-up recovery comes before any purge)."""
+        found = self._purge_cursors.get(camera)
+        if found is None or found[1] != _below(spans, found[0]):
+            self._purge_cursors.pop(camera, None)
+            return -(2**63)
+        return found[0]
 
     def delete_segments(
         self, ids: Sequence[int], *, actor: str, action: str = "purge"
@@ -1540,22 +1544,7 @@ class SegmentStore:
             if not rows:
                 return []
             cams = {r.camera for r in rows}
-            all_locks = [
-                _lock(r) for r in s.scalars(select(LockRow).where(LockRow.camera.in_(cams)))
-            ]
-            window = self._windows_now(s)
-            refusals = []
-            for r in rows:
-                why = protection(
-                    r.camera,
-                    r.start_ms,
-                    r.end_ms,
-                    now_ms=now,
-                    window_days=window(r.camera),
-                    locks=all_locks,
-                )
-                if why is not None:
-                    refusals.append(f"{r.camera} {r.path}: {why}")
+            refusals = [f"{r.camera} {r.path}: {why}" for r, why in self._protected(s, rows, now)]
             self._pause("checked")
             if refusals:
                 refusal = refusals[0] + (
@@ -1590,6 +1579,30 @@ class SegmentStore:
         with self._writing() as s:
             s.execute(delete(SegmentRow).where(SegmentRow.id.in_([seg.id for seg in segs])))
         return segs
+
+    def _protected(
+        self, s: Session, rows: list[SegmentRow], now: int
+    ) -> list[tuple[SegmentRow, str]]:
+        """The rows that may not be deleted at `now`, and why, from the windows and locks as
+        the caller's (guarded) transaction sees them."""
+        cams = {r.camera for r in rows}
+        locks: dict[str, list[Lock]] = {}
+        for row in s.scalars(select(LockRow).where(LockRow.camera.in_(cams))):
+            locks.setdefault(row.camera, []).append(_lock(row))
+        window = self._windows_now(s)
+        out = []
+        for r in rows:
+            why = protection(
+                r.camera,
+                r.start_ms,
+                r.end_ms,
+                now_ms=now,
+                window_days=window(r.camera),
+                locks=locks.get(r.camera, []),
+            )
+            if why is not None:
+                out.append((r, why))
+        return out
 
     def _mark_garbage(
         self, s: Session, rows: list[SegmentRow], *, now: int, actor: str, action: str
@@ -1810,6 +1823,84 @@ def _gaps(rows: list[SegmentRow]) -> list[tuple[str, str, str, int]]:
                 after, last, count = r.prev_chain, r.chain, 1
         out.append((camera, after, last, count))
     return out
+
+
+_SEGMENT_COLUMNS = tuple(
+    SegmentRow.__table__.c[name]
+    for name in (
+        "id",
+        "camera",
+        "start_ms",
+        "end_ms",
+        "duration_ms",
+        "bytes",
+        "path",
+        "video_codec",
+        "audio_codec",
+        "width",
+        "height",
+        "frames",
+        "sha256",
+        "chain",
+        "recovered",
+        "discontinuity",
+    )
+)
+"""The columns a `Segment` is made of, in its field order (see `_segment`)."""
+
+
+def _segment(r: Any, root: Path) -> Segment:
+    """A `Segment` from a row of `_SEGMENT_COLUMNS` (cheaper than loading ORM objects)."""
+    return Segment(
+        r[0],
+        r[1],
+        r[2],
+        r[3],
+        r[4],
+        r[5],
+        root / r[6],
+        r[7],
+        r[8],
+        r[9],
+        r[10],
+        r[11],
+        r[12],
+        r[13],
+        bool(r[14]),
+        bool(r[15]),
+    )
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping or touching [start, end) spans merged, sorted by start."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _free_spans(
+    locked: list[tuple[int, int]], horizon: int
+) -> Iterator[tuple[int | None, int]]:
+    """(lo, hi) bounds of the footage that overlaps none of the merged `locked` spans and
+    ended by `horizon`: a segment is in one when start >= lo (None: no bound) and end <= hi."""
+    lo: int | None = None
+    for start, end in locked:
+        if lo is not None and lo >= horizon:
+            return
+        hi = min(start, horizon)
+        if lo is None or hi > lo:
+            yield lo, hi
+        lo = end
+    if lo is None or lo < horizon:
+        yield lo, horizon
+
+
+def _below(spans: list[tuple[int, int]], at: int) -> tuple[tuple[int, int], ...]:
+    return tuple(span for span in spans if span[0] < at)
 
 
 def _stored_windows(s: Session) -> dict[str, int]:

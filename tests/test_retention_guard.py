@@ -19,6 +19,7 @@ import pytest
 
 from config import NvrConfig, StorageConfig
 from retention import RetentionService, RetentionViolation
+from retention import service as retention_service
 from storage import SegmentStore
 from storage.guard import DAY_MS
 from tests.test_retention import T0, FakeClock, add_segment
@@ -161,6 +162,70 @@ def test_a_lock_waits_for_the_delete_that_checked_before_it(tmp_path: Path, inde
     assert seen["committed during the check"] is False
     entries = [(e.actor, e.action, e.outcome) for e in store.audit_entries()]
     assert entries == [("retention", "purge", "ok"), ("second-process", "lock", "ok")]
+    assert store.verify().ok
+    store.close()
+
+
+# --- item 4: locked footage never stalls a purge ------------------------------------------
+
+
+def test_purge_pages_past_locked_footage(
+    tmp_path: Path, index_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With batches of 3: 8 expired segments, the oldest 3 locked -> the other 5 purged."""
+    monkeypatch.setattr(retention_service, "BATCH", 3)
+    root = tmp_path / "store"
+    clock = FakeClock(T0)
+    store = open_store(root, index_url, clock)
+    for day in range(10):
+        add_segment(store, "cam", T0 + day * DAY_MS)
+    store.lock("cam", T0, T0 + 3 * DAY_MS - 1, actor="op", reason="evidence")
+    clock.now = T0 + 38 * DAY_MS  # days 0..7 have expired
+    service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
+    assert service.purge_once() == 5
+    assert day_starts(store) == [0, 1, 2, 8, 9]
+    assert store.verify().ok
+    store.close()
+
+
+def test_purge_candidates_skip_every_locked_span_and_see_locks_end(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    url = f"sqlite:///{root / 'index.db'}"
+    clock = FakeClock(T0)
+    store = open_store(root, url, clock)
+    for day in range(12):
+        add_segment(store, "cam", T0 + day * DAY_MS)
+        add_segment(store, "other", T0 + day * DAY_MS)
+    store.lock("cam", T0 + DAY_MS, T0 + DAY_MS + 1, actor="op", reason="a")
+    store.lock("cam", T0 + 3 * DAY_MS, T0 + 5 * DAY_MS - 1, actor="op", reason="b")
+    hold = store.lock(
+        "cam", T0 + 6 * DAY_MS, T0 + 6 * DAY_MS + 5, actor="op", reason="c", hold=True
+    )
+    store.lock(
+        "cam", T0 + 7 * DAY_MS, T0 + 8 * DAY_MS, actor="op", reason="d", until_ms=T0 + 41 * DAY_MS
+    )
+    store.lock("other", T0, T0 + 9 * DAY_MS, actor="op", reason="e")
+    clock.now = T0 + 40 * DAY_MS  # days 0..9 have expired
+    found = [((s.start_ms - T0) // DAY_MS, s.camera) for s in store.purge_candidates(limit=100)]
+    assert sorted(found) == [
+        (0, "cam"),
+        (2, "cam"),
+        (5, "cam"),
+        (8, "cam"),
+        (9, "cam"),
+        (9, "other"),
+    ]
+    assert [(s.start_ms - T0) // DAY_MS for s in store.purge_candidates(limit=2)] == [0, 2]
+    service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
+    assert service.purge_once() == 6
+    assert store.purge_candidates() == []
+    # A lock that ends frees footage below spans already searched: it is found.
+    store.release_hold(hold.id, actor="admin", reason="case closed")
+    clock.now = T0 + 41 * DAY_MS + 1  # lock d expired; day 10 expired too
+    found = [((s.start_ms - T0) // DAY_MS, s.camera) for s in store.purge_candidates()]
+    assert sorted(found) == [(6, "cam"), (7, "cam"), (10, "cam"), (10, "other")]
+    assert service.purge_once() == 4
+    assert day_starts(store) == [1, 3, 4, 11]
     assert store.verify().ok
     store.close()
 
