@@ -40,11 +40,15 @@ class RetentionService:
         `BATCH`."""
         now = self._clock()
         deleted = 0
-        locks = self._store.locks()
         while True:
             candidates = self._store.purge_candidates(limit=BATCH)
+            if not candidates:
+                break
             full = len(candidates) == BATCH
             spans = [SegmentSpan(s.id, s.camera, s.start_ms, s.end_ms) for s in candidates]
+            locks = self._store.locks(
+                start_ms=min(s.start_ms for s in spans), end_ms=max(s.end_ms for s in spans)
+            )
             ids = plan_purge(spans, locks, now_ms=now, window_days=self._store.window_days)
             if not ids:
                 break

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import av
-from sqlalchemy import case, delete, func, select, text, update
+from sqlalchemy import ColumnElement, bindparam, case, delete, func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -237,7 +237,8 @@ def _outage(row: OutageRow) -> Outage:
     return Outage(row.id, row.camera, row.start_ms, row.end_ms, row.cause, row.detail)
 
 
-def _lock(row: LockRow) -> Lock:
+def _lock(row: Any) -> Lock:
+    """A `Lock` from a `LockRow` or a Core row of its columns."""
     return Lock(
         id=row.id,
         camera=row.camera,
@@ -554,6 +555,9 @@ class SegmentStore:
             seg = Segment.from_row(row, self.root)
             self._chain_heads[info.camera] = chain
         self._promised[info.camera] = promised
+        cursor = self._purge_cursors.get(info.camera)
+        if cursor is not None and info.end_ms <= cursor[0]:
+            del self._purge_cursors[info.camera]  # old footage indexed late (a recovery)
         return seg
 
     def _promise(self, s: Session, camera: str) -> int:
@@ -693,19 +697,99 @@ class SegmentStore:
         return seg
 
     def _finish_deletes(self) -> None:
-        with Session(self._engine) as s:
-            rows = list(s.scalars(select(SegmentRow).where(SegmentRow.garbage.is_(True))))
-        for row in rows:
-            path = self.root / row.path
+        """Finish the deletes a crash interrupted between mark and drop, but only those the
+        door would still allow: the garbage flag alone is no permission (an edited index
+        must not delete fresh footage). In one guarded transaction each run of marked rows
+        is re-checked against the windows and locks, and must have the chain gap its delete
+        recorded; a run that fails is un-marked (its gap record undone) and reported. Both
+        outcomes are audited (`delete-resume`). Then the rest are unlinked and dropped."""
+        finish: list[Segment] = []
+        kept: list[tuple[str, int, str, str, str]] = []
+        entries: list[AuditEntry] = []
+        with self._writing(guard=True) as s:
+            now = self._clock()
+            rows = list(
+                s.scalars(
+                    select(SegmentRow).where(SegmentRow.garbage.is_(True)).order_by(SegmentRow.id)
+                )
+            )
+            if not rows:
+                return
+            refused = {r.id: why for r, why in self._protected(s, rows, now)}
+            for run in _runs(rows):
+                gap = _gap_of(s, run)
+                why = next((refused[r.id] for r in run if r.id in refused), None)
+                if why is None and gap is None:
+                    why = "marked for deletion with no chain gap recorded by a purge or delete"
+                if why is None:
+                    finish += [Segment.from_row(r, self.root) for r in run]
+                    continue
+                s.execute(
+                    update(SegmentRow)
+                    .where(SegmentRow.id.in_([r.id for r in run]))
+                    .values(garbage=False)
+                )
+                if gap is not None:
+                    _undo_gap(s, gap, run)
+                kept.append((run[0].camera, len(run), run[0].path, run[-1].path, why))
+                entries.append(
+                    audit_log.append(
+                        s,
+                        now,
+                        "nvr",
+                        "delete-resume",
+                        run[0].camera,
+                        "refused",
+                        {
+                            "segments": len(run),
+                            "from": run[0].path,
+                            "to": run[-1].path,
+                            "why": why,
+                        },
+                    )
+                )
+            if finish:
+                entries.append(
+                    audit_log.append(
+                        s,
+                        now,
+                        "nvr",
+                        "delete-resume",
+                        ",".join(sorted({seg.camera for seg in finish})),
+                        "ok",
+                        {
+                            "segments": len(finish),
+                            "bytes": sum(seg.bytes for seg in finish),
+                            "from_ms": min(seg.start_ms for seg in finish),
+                            "to_ms": max(seg.end_ms for seg in finish),
+                        },
+                    )
+                )
+        if entries:
+            self._write_audit_head(entries[-1])
+        for camera, count, first, last, why in kept:
+            log.error(
+                "camera %s: %d segments marked for deletion (%s .. %s) were NOT deleted and are "
+                "kept: %s",
+                camera,
+                count,
+                first,
+                last,
+                why,
+            )
+        done: list[int] = []
+        for seg in finish:
             try:
-                path.unlink(missing_ok=True)
-                fsync_dir(path.parent)
+                seg.path.unlink(missing_ok=True)
+                fsync_dir(seg.path.parent)
             except OSError as err:
-                log.error("cannot finish deleting %s: %s", path, err.strerror)
+                log.error("cannot finish deleting %s: %s", seg.path, err.strerror)
                 continue
+            done.append(seg.id)
+            log.info("finished an interrupted delete of %s", seg.path)
+        if done:
             with self._writing() as s:
-                s.execute(delete(SegmentRow).where(SegmentRow.id == row.id))
-            log.info("finished an interrupted delete of %s", path)
+                s.execute(delete(SegmentRow).where(SegmentRow.id.in_(done)))
 
     def salvage(self, part: Path) -> Segment | None:
         """Keep the complete fragments of an interrupted `.part` file and index them."""
@@ -1307,13 +1391,28 @@ class SegmentStore:
             log.error("export %d: cannot lock its range: %s", export.id, err)
             return None
 
-    def locks(self, camera: str | None = None, include_inactive: bool = False) -> list[Lock]:
+    def locks(
+        self,
+        camera: str | None = None,
+        include_inactive: bool = False,
+        *,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+    ) -> list[Lock]:
+        """Active (or all) locks, of one camera or every camera, overlapping
+        [start_ms, end_ms) when given."""
         now = self._clock()
-        with Session(self._engine) as s:
-            q = select(LockRow)
-            if camera is not None:
-                q = q.where(LockRow.camera == camera)
-            found = [_lock(r) for r in s.scalars(q.order_by(LockRow.id))]
+        q = select(*LockRow.__table__.c)
+        if camera is not None:
+            q = q.where(LockRow.camera == camera)
+        if start_ms is not None:
+            q = q.where(LockRow.end_ms > start_ms)
+        if end_ms is not None:
+            q = q.where(LockRow.start_ms < end_ms)
+        if not include_inactive:
+            q = q.where(_active_lock(now))
+        with self._engine.connect() as conn:
+            found = [_lock(r) for r in conn.execute(q.order_by(LockRow.id))]
         return found if include_inactive else [lk for lk in found if lk.active(now)]
 
     def extend_lock(self, lock_id: int, until_ms: int, *, actor: str) -> Lock:
@@ -1468,15 +1567,11 @@ class SegmentStore:
         again: old locked footage kept for years costs nothing per pass."""
         now = self._clock()
         out: list[Segment] = []
-        t = SegmentRow.__table__.c
         with Session(self._engine) as s:
             window = self._windows_now(s)
             locks: dict[str, list[tuple[int, int]]] = {}
             for camera, start, end in s.execute(
-                select(LockRow.camera, LockRow.start_ms, LockRow.end_ms).where(
-                    LockRow.released_ms.is_(None),
-                    LockRow.expires_ms.is_(None) | (LockRow.expires_ms > now),
-                )
+                select(LockRow.camera, LockRow.start_ms, LockRow.end_ms).where(_active_lock(now))
             ):
                 locks.setdefault(camera, []).append((start, end))
             for camera in self.cameras():
@@ -1484,20 +1579,19 @@ class SegmentStore:
                     break
                 horizon = now - window(camera) * DAY_MS
                 spans = _merge(locks.get(camera, []))
-                cursor = self._purge_cursor(camera, spans)
+                cursor = self._purge_cursor(camera, spans)  # end times <= cursor: done
                 advancing = True
                 for lo, hi in _free_spans(spans, horizon):
                     if hi <= cursor:
                         continue
-                    q = select(*_SEGMENT_COLUMNS).where(
-                        t.camera == camera,
-                        t.garbage.is_(False),
-                        t.end_ms > cursor,
-                        t.end_ms <= hi,
-                    )
-                    if lo is not None:
-                        q = q.where(t.end_ms >= lo, t.start_ms >= lo)
-                    rows = s.execute(q.order_by(t.end_ms).limit(limit - len(out))).all()
+                    bounds = {
+                        "camera": camera,
+                        "after": cursor if lo is None else max(cursor, lo - 1),
+                        "lo": _NO_BOUND if lo is None else lo,
+                        "hi": hi,
+                        "n": limit - len(out),
+                    }
+                    rows = s.execute(_FREE_SPAN_QUERY, bounds).all()
                     out += [_segment(r, self.root) for r in rows]
                     if rows:
                         advancing = False
@@ -1516,7 +1610,7 @@ class SegmentStore:
         found = self._purge_cursors.get(camera)
         if found is None or found[1] != _below(spans, found[0]):
             self._purge_cursors.pop(camera, None)
-            return -(2**63)
+            return _NO_BOUND
         return found[0]
 
     def delete_segments(
@@ -1587,7 +1681,13 @@ class SegmentStore:
         the caller's (guarded) transaction sees them."""
         cams = {r.camera for r in rows}
         locks: dict[str, list[Lock]] = {}
-        for row in s.scalars(select(LockRow).where(LockRow.camera.in_(cams))):
+        q = select(*LockRow.__table__.c).where(
+            LockRow.camera.in_(cams),
+            _active_lock(now),
+            LockRow.start_ms < max(r.end_ms for r in rows),
+            LockRow.end_ms > min(r.start_ms for r in rows),
+        )
+        for row in s.execute(q):
             locks.setdefault(row.camera, []).append(_lock(row))
         window = self._windows_now(s)
         out = []
@@ -1613,34 +1713,38 @@ class SegmentStore:
             update(SegmentRow).where(SegmentRow.id.in_([r.id for r in rows])).values(garbage=True)
         )
         recorded: list[list[str]] = []
+        # The gap table holds a few rows per camera: read those of these cameras at once.
+        by_last: dict[tuple[str, str], ChainGapRow] = {}
+        by_after: dict[tuple[str, str], ChainGapRow] = {}
+        for g in s.scalars(
+            select(ChainGapRow).where(ChainGapRow.camera.in_({r.camera for r in rows}))
+        ):
+            by_last[(g.camera, g.last_chain)] = g
+            by_after[(g.camera, g.after_chain)] = g
         for camera, after, last, removed in _gaps(rows):
             # Purging the segments right after an earlier gap extends that gap, so the
             # table stays about one row per camera however long the recorder runs.
-            prior = s.scalars(
-                select(ChainGapRow).where(
-                    ChainGapRow.camera == camera, ChainGapRow.last_chain == after
-                )
-            ).first()
+            prior = by_last.pop((camera, after), None)
             if prior is None:
                 prior = ChainGapRow(
                     camera=camera, after_chain=after, last_chain=last, removed=0, at_ms=now
                 )
                 s.add(prior)
+                by_after[(camera, after)] = prior
             prior.last_chain = last
             prior.removed += removed
             prior.at_ms = now
             # ... and a gap that now starts where this one ends is merged into it.
-            following = s.scalars(
-                select(ChainGapRow).where(
-                    ChainGapRow.camera == camera, ChainGapRow.after_chain == last
-                )
-            ).first()
+            following = by_after.get((camera, last))
             if following is not None and following is not prior:
+                del by_after[(camera, last)]
+                by_last.pop((camera, following.last_chain), None)
                 prior.last_chain = following.last_chain
                 prior.removed += following.removed
                 s.delete(following)
-            s.flush()
+            by_last[(camera, prior.last_chain)] = prior
             recorded.append([camera, prior.after_chain, prior.last_chain])
+        s.flush()
         return audit_log.append(
             s,
             now,
@@ -1849,6 +1953,24 @@ _SEGMENT_COLUMNS = tuple(
 """The columns a `Segment` is made of, in its field order (see `_segment`)."""
 
 
+_NO_BOUND = -(2**62)
+_t = SegmentRow.__table__.c
+_FREE_SPAN_QUERY = (
+    select(*_SEGMENT_COLUMNS)
+    .where(
+        _t.camera == bindparam("camera"),
+        _t.garbage.is_(False),
+        _t.end_ms > bindparam("after"),
+        _t.end_ms <= bindparam("hi"),
+        _t.start_ms >= bindparam("lo"),
+    )
+    .order_by(_t.end_ms)
+    .limit(bindparam("n"))
+)
+"""A camera's segments in one free span (start >= lo, end <= hi) that end after `after`,
+oldest first: one range of the (camera, end_ms) index. Built once: a pass runs it per span."""
+
+
 def _segment(r: Any, root: Path) -> Segment:
     """A `Segment` from a row of `_SEGMENT_COLUMNS` (cheaper than loading ORM objects)."""
     return Segment(
@@ -1871,6 +1993,56 @@ def _segment(r: Any, root: Path) -> Segment:
     )
 
 
+def _active_lock(now: int) -> ColumnElement[bool]:
+    """Locks active at `now` (as `Lock.active`): not released, not expired."""
+    return LockRow.released_ms.is_(None) & (
+        LockRow.expires_ms.is_(None) | (LockRow.expires_ms > now)
+    )
+
+
+def _runs(rows: list[SegmentRow]) -> list[list[SegmentRow]]:
+    """Rows (ordered by id) split into runs consecutive in their camera's hash chain."""
+    by_camera: dict[str, list[list[SegmentRow]]] = {}
+    for r in rows:
+        runs = by_camera.setdefault(r.camera, [])
+        if runs and runs[-1][-1].chain == r.prev_chain:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return [run for runs in by_camera.values() for run in runs]
+
+
+def _gap_of(s: Session, run: list[SegmentRow]) -> ChainGapRow | None:
+    """The chain gap a delete recorded for these marked rows: it ends at one of them, or
+    starts right before them (merged with a later gap)."""
+    chains = [r.chain for r in run]
+    return s.scalars(
+        select(ChainGapRow).where(
+            ChainGapRow.camera == run[0].camera,
+            ChainGapRow.last_chain.in_(chains)
+            | ChainGapRow.after_chain.in_([run[0].prev_chain, *chains]),
+        )
+    ).first()
+
+
+def _undo_gap(s: Session, gap: ChainGapRow, run: list[SegmentRow]) -> None:
+    """Take the rows of `run` back out of the chain gap their delete recorded, leaving it as
+    the deletes before (or after) it left it."""
+    chains = [r.chain for r in run]
+    starts_here = gap.after_chain == run[0].prev_chain or gap.after_chain in chains
+    ends_here = gap.last_chain in chains
+    if starts_here and ends_here:
+        s.delete(gap)
+    elif ends_here:
+        gap.removed = max(0, gap.removed - (chains.index(gap.last_chain) + 1))
+        gap.last_chain = run[0].prev_chain
+    elif starts_here:
+        gap.removed = max(0, gap.removed - len(run))
+        gap.after_chain = run[-1].chain
+    # else: deleted footage on both sides was merged into one gap around the run; it cannot
+    # be split into two gaps the audit log confirms (verify will report the run's segments).
+
+
 def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Overlapping or touching [start, end) spans merged, sorted by start."""
     out: list[tuple[int, int]] = []
@@ -1882,9 +2054,7 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _free_spans(
-    locked: list[tuple[int, int]], horizon: int
-) -> Iterator[tuple[int | None, int]]:
+def _free_spans(locked: list[tuple[int, int]], horizon: int) -> Iterator[tuple[int | None, int]]:
     """(lo, hi) bounds of the footage that overlaps none of the merged `locked` spans and
     ended by `horizon`: a segment is in one when start >= lo (None: no bound) and end <= hi."""
     lo: int | None = None

@@ -72,6 +72,97 @@ def _camera_dirs(root: Path) -> list[str]:
         return []
 
 
+def _verify_camera(
+    s: Session,
+    root: Path,
+    cam: str,
+    confirmed: set[tuple[str, str, str]],
+    indexed: set[str],
+    report: VerifyReport,
+    start_ms: int | None,
+    end_ms: int | None,
+) -> None:
+    """Walk one camera's chain. Rows marked for deletion (garbage) are checked too: their
+    chain values and (while they remain) files, and that the delete that marked them recorded
+    the chain gap they leave; marked rows without one are reported and walked as present."""
+    gaps: dict[str, ChainGapRow] = {
+        g.after_chain: g for g in s.scalars(select(ChainGapRow).where(ChainGapRow.camera == cam))
+    }
+    gap_lasts = {g.last_chain for g in gaps.values()}
+    expected = GENESIS
+
+    def link(row: SegmentRow) -> None:
+        nonlocal expected
+        hops = 0
+        while expected != row.prev_chain:
+            gap = gaps.get(expected)
+            if gap is None or hops > len(gaps):
+                report.problems.append(
+                    f"{cam}: segments removed before {row.path} outside any purge "
+                    "(hash chain broken)"
+                )
+                break
+            if (cam, gap.after_chain, gap.last_chain) not in confirmed:
+                report.problems.append(
+                    f"{cam}: a gap of {gap.removed} segments before {row.path} is not "
+                    "confirmed by the audit log"
+                )
+            expected = gap.last_chain
+            hops += 1
+        expected = row.chain
+
+    def check(row: SegmentRow, *, marked: bool) -> None:
+        report.segments_checked += 1
+        if _chain(row.prev_chain, row.sha256, cam, row.start_ms, row.end_ms) != row.chain:
+            report.problems.append(f"{cam}: index row of {row.path} was edited")
+        if start_ms is not None and row.end_ms <= start_ms:
+            return
+        if end_ms is not None and row.start_ms >= end_ms:
+            return
+        path = root / row.path
+        if not path.exists():
+            if not marked:  # a marked row's file may already be unlinked
+                report.problems.append(f"{cam}: missing file {row.path}")
+            return
+        report.files_hashed += 1
+        if _sha256(path) != row.sha256:
+            report.problems.append(f"{cam}: altered file {row.path} (sha256 differs)")
+
+    def settle(run: list[SegmentRow]) -> None:
+        if not run:
+            return
+        chains = [r.chain for r in run]
+        gapped = (
+            any(c in gap_lasts for c in chains)
+            or run[0].prev_chain in gaps
+            or any(c in gaps for c in chains)
+        )
+        for r in run:
+            check(r, marked=True)
+        if not gapped:
+            report.problems.append(
+                f"{cam}: {len(run)} segments marked for deletion outside any purge or delete "
+                f"({run[0].path} .. {run[-1].path}; no chain gap recorded)"
+            )
+            for r in run:
+                link(r)
+        run.clear()
+
+    marked: list[SegmentRow] = []
+    rows = s.scalars(select(SegmentRow).where(SegmentRow.camera == cam).order_by(SegmentRow.id))
+    for row in rows.yield_per(2000):
+        indexed.add(row.path)
+        if row.garbage:
+            if marked and marked[-1].chain != row.prev_chain:
+                settle(marked)
+            marked.append(row)
+            continue
+        settle(marked)
+        link(row)
+        check(row, marked=False)
+    settle(marked)
+
+
 def verify_store(
     s: Session,
     root: Path,
@@ -90,49 +181,7 @@ def verify_store(
     confirmed = _confirmed_gaps(s)
     indexed: set[str] = set()
     for cam in cameras:
-        gaps: dict[str, ChainGapRow] = {
-            g.after_chain: g
-            for g in s.scalars(select(ChainGapRow).where(ChainGapRow.camera == cam))
-        }
-        expected = GENESIS
-        rows = s.scalars(
-            select(SegmentRow).where(SegmentRow.camera == cam).order_by(SegmentRow.id)
-        ).yield_per(2000)
-        for row in rows:
-            indexed.add(row.path)
-            if row.garbage:
-                continue  # being deleted: its gap is recorded; the file may already be gone
-            report.segments_checked += 1
-            hops = 0
-            while expected != row.prev_chain:
-                gap = gaps.get(expected)
-                if gap is None or hops > len(gaps):
-                    report.problems.append(
-                        f"{cam}: segments removed before {row.path} outside any purge "
-                        "(hash chain broken)"
-                    )
-                    break
-                if (cam, gap.after_chain, gap.last_chain) not in confirmed:
-                    report.problems.append(
-                        f"{cam}: a gap of {gap.removed} segments before {row.path} is not "
-                        "confirmed by the audit log"
-                    )
-                expected = gap.last_chain
-                hops += 1
-            if _chain(row.prev_chain, row.sha256, cam, row.start_ms, row.end_ms) != row.chain:
-                report.problems.append(f"{cam}: index row of {row.path} was edited")
-            expected = row.chain
-            if start_ms is not None and row.end_ms <= start_ms:
-                continue
-            if end_ms is not None and row.start_ms >= end_ms:
-                continue
-            path = root / row.path
-            if not path.exists():
-                report.problems.append(f"{cam}: missing file {row.path}")
-                continue
-            report.files_hashed += 1
-            if _sha256(path) != row.sha256:
-                report.problems.append(f"{cam}: altered file {row.path} (sha256 differs)")
+        _verify_camera(s, root, cam, confirmed, indexed, report, start_ms, end_ms)
     for cam in sorted(set(cameras) | set(on_disk)):
         base = root / cam
         if not base.is_dir():

@@ -20,7 +20,7 @@ import pytest
 from config import NvrConfig, StorageConfig
 from retention import RetentionService, RetentionViolation
 from retention import service as retention_service
-from storage import SegmentStore
+from storage import SegmentStore, StorageIOError
 from storage.guard import DAY_MS
 from tests.test_retention import T0, FakeClock, add_segment
 
@@ -71,7 +71,7 @@ LOCKER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from storage import SegmentStore
+    from storage import SegmentStore, StorageIOError
     root, url, start, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store = SegmentStore(Path(root), url, exclusive=False)
     print("locking", flush=True)
@@ -303,3 +303,123 @@ def test_cli_purge_with_another_config_keeps_the_stored_window(tmp_path: Path) -
     reader = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
     assert len(reader.segments("long")) == 2
     reader.close()
+
+
+# --- item 2: the garbage flag is no permission --------------------------------------------
+
+
+def mark_garbage(root: Path, where: str) -> None:
+    """Edit the index behind the store's back, as someone with the database file could."""
+    db = sqlite3.connect(root / "index.db")
+    db.execute(f"UPDATE segments SET garbage = 1 WHERE {where}")
+    db.commit()
+    db.close()
+
+
+def test_fresh_footage_marked_as_garbage_is_reported_kept_and_unmarked(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    url = f"sqlite:///{root / 'index.db'}"
+    clock = FakeClock(T0)
+    store = open_store(root, url, clock)
+    for day in range(40):
+        add_segment(store, "cam", T0 + day * DAY_MS)
+    clock.now = T0 + 40 * DAY_MS
+    fresh = store.segments("cam")[-3:]
+    store.close()
+    mark_garbage(root, f"start_ms >= {T0 + 37 * DAY_MS}")  # days 37..39: inside the window
+    mark_garbage(root, f"start_ms = {T0 + 2 * DAY_MS}")  # day 2: expired, but no purge marked it
+
+    store = open_store(root, url, clock)
+    report = store.verify()
+    assert not report.ok
+    assert any("3 segments marked for deletion outside any purge" in p for p in report.problems), (
+        report.problems
+    )
+    assert any("1 segments marked for deletion outside any purge" in p for p in report.problems), (
+        report.problems
+    )
+    store.recover()
+    assert all(s.path.exists() for s in fresh)
+    assert day_starts(store) == list(range(40))  # un-marked: playable again, nothing lost
+    refused = store.audit_entries(action="delete-resume", outcome="refused")
+    assert len(refused) == 2
+    whys = sorted(e.detail["why"] for e in refused)
+    assert "inside the 30-day retention window" in whys[0]
+    assert "no chain gap recorded" in whys[1]
+    assert store.audit_entries(action="delete-resume", outcome="ok") == []
+    assert store.verify().ok, store.verify().problems
+    assert store.verify_audit() == []
+    store.close()
+
+
+def interrupted_delete(
+    store: SegmentStore, ids: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete that dies between marking its rows and unlinking their files."""
+
+    def crash(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Path, "unlink", crash)
+    with pytest.raises(StorageIOError):
+        store.delete_segments(ids, actor="retention")
+    monkeypatch.undo()
+
+
+def test_an_interrupted_purge_is_finished_after_the_recheck_and_audited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "store"
+    url = f"sqlite:///{root / 'index.db'}"
+    clock = FakeClock(T0)
+    store = open_store(root, url, clock)
+    for day in range(12):
+        add_segment(store, "cam", T0 + day * DAY_MS)
+    clock.now = T0 + 40 * DAY_MS
+    assert len(store.delete_segments([s.id for s in store.segments("cam")[:2]], actor="r")) == 2
+    victims = store.segments("cam")[:3]  # days 2..4: their gap extends the first one
+    interrupted_delete(store, [s.id for s in victims], monkeypatch)
+    assert store.verify().ok, store.verify().problems  # a marked run with its gap is fine
+    store.close()
+
+    store = open_store(root, url, clock)
+    store.recover()
+    assert not any(s.path.exists() for s in victims)
+    assert day_starts(store) == list(range(5, 12))
+    done = store.audit_entries(action="delete-resume")
+    assert [(e.outcome, e.detail["segments"]) for e in done] == [("ok", 3)]
+    assert store.verify().ok, store.verify().problems
+    store.close()
+
+
+def test_an_interrupted_purge_of_footage_locked_since_is_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock committed after the mark, before the restart (e.g. `nvr lock` beside a crashed
+    daemon): the marked run is kept, un-marked, its gap undone, and verify stays clean."""
+    root = tmp_path / "store"
+    url = f"sqlite:///{root / 'index.db'}"
+    clock = FakeClock(T0)
+    store = open_store(root, url, clock)
+    for day in range(12):
+        add_segment(store, "cam", T0 + day * DAY_MS)
+    clock.now = T0 + 40 * DAY_MS
+    assert len(store.delete_segments([s.id for s in store.segments("cam")[:2]], actor="r")) == 2
+    victims = store.segments("cam")[:3]  # days 2..4
+    interrupted_delete(store, [s.id for s in victims], monkeypatch)
+    store.lock("cam", T0 + 3 * DAY_MS, T0 + 3 * DAY_MS + 1, actor="op", reason="late")
+    store.close()
+
+    store = open_store(root, url, clock)
+    store.recover()
+    assert all(s.path.exists() for s in victims)
+    assert day_starts(store) == list(range(2, 12))
+    refused = store.audit_entries(action="delete-resume", outcome="refused")
+    assert len(refused) == 1 and "locked as evidence" in refused[0].detail["why"]
+    assert store.verify().ok, store.verify().problems
+    # The next purge deletes what the lock does not cover, with a gap verify accepts.
+    service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
+    assert service.purge_once() == 7  # days 2, 4..9
+    assert day_starts(store) == [3, 10, 11]
+    assert store.verify().ok, store.verify().problems
+    store.close()
