@@ -179,8 +179,8 @@ def test_purge_pages_past_locked_footage(
     store = open_store(root, index_url, clock)
     for day in range(10):
         add_segment(store, "cam", T0 + day * DAY_MS)
-    store.lock("cam", T0, T0 + 3 * DAY_MS - 1, actor="op", reason="evidence")
     clock.now = T0 + 38 * DAY_MS  # days 0..7 have expired
+    store.lock("cam", T0, T0 + 3 * DAY_MS - 1, actor="op", reason="evidence")
     service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
     assert service.purge_once() == 5
     assert day_starts(store) == [0, 1, 2, 8, 9]
@@ -196,6 +196,7 @@ def test_purge_candidates_skip_every_locked_span_and_see_locks_end(tmp_path: Pat
     for day in range(12):
         add_segment(store, "cam", T0 + day * DAY_MS)
         add_segment(store, "other", T0 + day * DAY_MS)
+    clock.now = T0 + 40 * DAY_MS  # days 0..9 have expired
     store.lock("cam", T0 + DAY_MS, T0 + DAY_MS + 1, actor="op", reason="a")
     store.lock("cam", T0 + 3 * DAY_MS, T0 + 5 * DAY_MS - 1, actor="op", reason="b")
     hold = store.lock(
@@ -205,7 +206,6 @@ def test_purge_candidates_skip_every_locked_span_and_see_locks_end(tmp_path: Pat
         "cam", T0 + 7 * DAY_MS, T0 + 8 * DAY_MS, actor="op", reason="d", until_ms=T0 + 41 * DAY_MS
     )
     store.lock("other", T0, T0 + 9 * DAY_MS, actor="op", reason="e")
-    clock.now = T0 + 40 * DAY_MS  # days 0..9 have expired
     found = [((s.start_ms - T0) // DAY_MS, s.camera) for s in store.purge_candidates(limit=100)]
     assert sorted(found) == [
         (0, "cam"),
