@@ -706,6 +706,17 @@ class RtspSession:
                 or channel not in channels
                 or (end - pos > 4 and buf[pos + 4] >> 6 != 2)
             ):
+                if buf[pos] == 0x24 and end - pos > 4 and buf[pos + 4] >> 6 == 2:
+                    # A packet on a channel this session did not set up (old live555 keeps
+                    # streaming a closed session's): skipped whole if another packet or an
+                    # RTSP message follows it, else the "$" was a stray byte.
+                    nxt = pos + 4 + ((buf[pos + 2] << 8) | buf[pos + 3])
+                    if nxt >= end:
+                        break
+                    if buf[nxt] == 0x24 or buf[nxt] == 0x52:
+                        self.foreign_packets += 1
+                        pos = nxt
+                        continue
                 self._start = pos
                 if not self._inline_message(pos, end, channels):
                     self._end = end
@@ -802,6 +813,9 @@ class RtspSession:
     def _other_ssrc(self, track: _Track, ssrc: int, seq: int) -> bool:
         """A packet whose SSRC is not the track's: True if it is the session's after all (the
         first packets teach the SSRC when SETUP did not name it), else dropped and counted."""
+        if not track.started and seq == track.info_seq:
+            track.ssrc = ssrc  # the packet RTP-Info announced, whatever SETUP said
+            return True
         if track.ssrc is None:
             if track.info_seq is not None and seq != track.info_seq:
                 track.waited += 1
@@ -871,6 +885,16 @@ class RtspSession:
         sock, self._sock = self._sock, None
         if sock is None:
             return
+        if self.skips or self.foreign_packets:
+            log.info(
+                "RTSP %s:%s: %d stray bytes skipped in %d places, %d packets of other SSRCs "
+                "dropped on this connection",
+                self.host,
+                self.port,
+                self.skipped_bytes,
+                self.skips,
+                self.foreign_packets,
+            )
         try:
             if self._session:
                 sock.send(self._message("TEARDOWN", self.url, {}))

@@ -449,6 +449,30 @@ def test_packets_of_a_foreign_ssrc_are_dropped_and_counted() -> None:
         assert session.foreign_packets == 8 and video.ssrc == 1234
 
 
+def test_a_wrong_ssrc_in_setup_and_packets_of_channels_not_set_up() -> None:
+    """A SETUP reply naming an SSRC the camera does not use (retina #79): the packet RTP-Info
+    announced wins at once. A packet on a channel this session did not set up (old live555
+    streaming a closed session's) is skipped whole, not read as stray bytes."""
+    session = offline_session()
+    video = session.video
+    assert video is not None
+    video.ssrc, video.info_seq = 0xBAD, 40
+    head = struct.pack(">BBHII", 0x80, 0x80 | 96, 999, 5, 77)
+    stale = interleaved(6, head + b"\x41" + b"$\x00\x00\x10" + bytes(40))  # "$" inside
+    data = stale
+    for i in range(3):
+        data += interleaved(
+            0, rtp(40 + i, 1000 + i * 3600, bytes([0x65 if i == 0 else 0x41]), True)
+        )
+        data += stale
+    session._buf[: len(data)] = data
+    session._end = len(data)
+    session._parse()
+    assert [ts for _, ts, _ in video.frames.out] == [0, 3600, 7200]
+    # The last stale packet waits for the byte after it to tell it from stray bytes.
+    assert video.ssrc == 1234 and session.foreign_packets == 3 and session.skipped_bytes == 0
+
+
 def test_audio_without_rtp_info_starts_at_the_video_time_that_arrived_with_it() -> None:
     session = offline_session()
     media = aac_media()
