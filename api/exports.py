@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from api.cover import local_time, zone, zone_label
 from api.mp4 import Mp4Error
 from api.package import (
     Cancelled,
@@ -27,7 +28,9 @@ from api.package import (
     write_package,
 )
 from api.params import iso
-from api.playback import PlaybackService, Recording, etag
+from api.playback import PlaybackService, Recording, etag, gap_causes
+from config import CameraConfig, NvrConfig
+from config.models import SiteConfig
 from storage import SegmentStore, StorageError
 from storage.exports import Export, ExportFile
 
@@ -44,6 +47,7 @@ class ExportService:
         playback: PlaybackService,
         key_path: Path,
         directory: Path,
+        config: NvrConfig | None = None,
     ) -> None:
         """`key_path`: the Ed25519 signing key, read (or created, mode 0600) when first
         needed, so a daemon that never exports never loads the crypto library."""
@@ -53,6 +57,8 @@ class ExportService:
         self._loaded_key: Ed25519PrivateKey | None = None
         self._key_lock = threading.Lock()
         self.directory = directory
+        self._config = config
+        """Site, time zone and camera locations for the cover sheet."""
         self._stop = threading.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._one_at_a_time = asyncio.Lock()
@@ -119,6 +125,14 @@ class ExportService:
                     self._store.exports.mark_failed, export_id, f"internal error: {err!r}"
                 )
 
+    def _camera(self, name: str) -> CameraConfig | None:
+        if self._config is None:
+            return None
+        try:
+            return self._config.camera(name)
+        except KeyError:
+            return None
+
     def build(self, export_id: int) -> Export:
         """Build and register the package of an approved export. Blocking."""
         export = self._store.exports.get(export_id)
@@ -135,30 +149,71 @@ class ExportService:
         vf = self._playback.file_sync(rec)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"export-{export.id:06d}.zip"
+        site = self._config.site if self._config is not None else SiteConfig()
+        tz = zone(site.timezone)
+        cam = self._camera(export.camera)
+        built = self._store.now()
+        outages = [
+            {
+                "start": iso(o.start_ms),
+                "end": iso(o.end_ms) if o.end_ms is not None else None,
+                "start_local": local_time(o.start_ms, tz),
+                "end_local": local_time(o.end_ms, tz) if o.end_ms is not None else None,
+                "seconds": (o.end_ms - o.start_ms) / 1000 if o.end_ms is not None else None,
+                "cause": o.cause,
+                "detail": o.detail,
+            }
+            for o in self._store.outages(export.camera, export.start_ms)
+            if o.start_ms < export.end_ms
+        ]
+        gaps = [
+            {
+                "start": iso(g.start_ms),
+                "end": iso(g.end_ms),
+                "start_local": local_time(g.start_ms, tz),
+                "end_local": local_time(g.end_ms, tz),
+                "seconds": (g.end_ms - g.start_ms) / 1000,
+                "causes": [{"cause": c, "detail": d} for c, d in g.causes],
+            }
+            for g in gap_causes(self._store, export.camera, vf.gaps)
+        ]
         manifest: dict[str, Any] = {
             "export_id": export.id,
             "store_id": self._store.store_id,
+            "site": {"name": site.name, "timezone": site.timezone},
             "camera": export.camera,
+            "camera_info": {
+                "name": export.camera,
+                "location": cam.location if cam is not None else "",
+                "description": cam.description if cam is not None else "",
+            },
             "range": {
                 "start_ms": export.start_ms,
                 "end_ms": export.end_ms,
                 "start": iso(export.start_ms),
                 "end": iso(export.end_ms),
+                "zone": zone_label(site.timezone, export.start_ms),
+                "start_local": local_time(export.start_ms, tz),
+                "end_local": local_time(export.end_ms, tz),
             },
+            "outages": outages,
             "requester": {
                 "user": export.requester,
                 "work_id": export.requester_work_id,
                 "at_ms": export.requested_ms,
+                "at_local": local_time(export.requested_ms, tz),
             },
             "approver": {
                 "user": export.approver,
                 "work_id": export.approver_work_id,
                 "at_ms": export.approved_ms,
+                "at_local": local_time(export.approved_ms or built, tz),
             },
             "purpose": export.purpose,
             "recipient": export.recipient,
             "approval_document": export.approval_document,
-            "built_at_ms": self._store.now(),
+            "built_at_ms": built,
+            "built_local": local_time(built, tz),
             "segments": [
                 {
                     "file": f"segments/{seg.path.name}",
@@ -176,7 +231,9 @@ class ExportService:
                 "start_ms": vf.start_ms,
                 "end_ms": vf.end_ms,
                 "note": "one MP4 of the range, from the keyframe at or before the start; "
+                "no picture during a gap (an empty edit keeps the time line true); "
                 "the original segments are the evidence",
+                "gaps": gaps,
             },
         }
         files: list[tuple[str, Callable[[], Iterator[bytes]], str | None]] = [

@@ -95,6 +95,8 @@ class TimelineOut(BaseModel):
     recorded_ms: int
     spans: list[SpanOut]
     gaps: list[GapOut]
+    locks: list[LockOut] = []
+    """Active locks overlapping the range (evidence locks, exported footage)."""
 
 
 class LinkIn(_In):

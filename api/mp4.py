@@ -7,9 +7,17 @@ tables (`stts`, `ctts`, `stss`, `stsc`, `stsz`, `stco`/`co64`) for the whole ran
 describe the file as `header bytes + a list of byte ranges of the segment files` (the
 samples, in their recorded order). Any byte range of the virtual file can then be served at
 once, so HTTP Range requests, ETags and a browser's `<video>` seeking work without ever
-writing the file. The video starts at the keyframe at or before the requested start; where
-consecutive segments leave a gap, the last frame before it lasts until the next segment, so
-media time stays aligned with wall-clock time.
+writing the file. The video starts at the keyframe at or before the requested start.
+
+Gaps (an outage between two segments) keep the file's time line on wall-clock time: the
+last frame before a gap lasts until the next segment, so every frame after it is shown at
+its true offset from the file's start in every player. That held frame is never silent:
+the file gets a timed-text track (`tx3g`, shown as subtitles by VLC, QuickTime, mpv and
+listed by ffprobe) whose cue over each gap says that nothing was recorded there, when and
+why; `VirtualFile.gaps` lists them for the API's `X-Recording-Gaps` header and the export's
+manifest and cover sheet. (Empty edits in an edit list would show no picture at all, but
+FFmpeg, and so Chrome and every tool built on it, ignores empty edits after the first and
+then puts every later frame at the wrong time: see docs/evidence.md.)
 
 Pure functions and value types plus blocking file reads (`parse_segment`, `VirtualFile.read`):
 run them on a worker thread (`asyncio.to_thread`), never on the event loop.
@@ -18,11 +26,12 @@ run them on a worker thread (`asyncio.to_thread`), never on the event loop.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +43,8 @@ MP4_EPOCH_OFFSET = 2_082_844_800
 MOVIE_TIMESCALE = 1000
 GAP_TOLERANCE_MS = 50
 """A boundary between segments further than this from the previous sample's own end is a gap
-(filled by holding the previous frame); closer, the recorded durations are kept as they are."""
+(filled by holding the previous frame, and a cue in the gap text track); closer, the recorded
+durations are kept as they are."""
 MAX_SAMPLE_DURATION = 2**31 - 1
 
 U32 = npt.NDArray[np.uint32]
@@ -550,6 +560,86 @@ def decode_index(data: bytes) -> SegmentIndex:
     return SegmentIndex(video, audio)
 
 
+# --- H.265 sample entries -----------------------------------------------------------------------
+
+_VISUAL_ENTRY_HEADER = 86
+"""Bytes of a visual sample entry before its child boxes (box header included)."""
+_HEVC_PARAMETER_SETS = (32, 33, 34)
+"""VPS, SPS, PPS."""
+
+
+def _hvcc_arrays(hvcc: bytes) -> tuple[bytes, list[tuple[int, list[bytes]]]]:
+    """(the 22-byte fixed part, [(NAL type, [NAL units])]) of an hvcC record."""
+    if len(hvcc) < 23:
+        raise Mp4Error("hvcC record too short")
+    fixed = hvcc[:22]
+    count = hvcc[22]
+    pos = 23
+    arrays: list[tuple[int, list[bytes]]] = []
+    for _ in range(count):
+        kind = hvcc[pos] & 0x3F
+        n = struct.unpack_from(">H", hvcc, pos + 1)[0]
+        pos += 3
+        units = []
+        for _ in range(n):
+            size = struct.unpack_from(">H", hvcc, pos)[0]
+            units.append(hvcc[pos + 2 : pos + 2 + size])
+            pos += 2 + size
+        arrays.append((kind, units))
+    return fixed, arrays
+
+
+def hvc1_entry(entry: bytes, keyframe: Callable[[], bytes]) -> bytes:
+    """An H.265 sample entry as QuickTime and Safari want it: `hvc1` (not `hev1`) with the
+    VPS, SPS and PPS in its `hvcC` (array_completeness set). Parameter sets the recorded
+    entry lacks are taken from the in-band NAL units of the first keyframe (`keyframe()`
+    reads it). Any other entry, or one whose parameter sets cannot be found, is returned
+    unchanged."""
+    kind = entry[4:8]
+    if kind not in (b"hev1", b"hvc1") or len(entry) < _VISUAL_ENTRY_HEADER:
+        return entry
+    children = list(_boxes(entry, _VISUAL_ENTRY_HEADER, len(entry)))
+    found = next(((b, e) for k, b, e in children if k == b"hvcC"), None)
+    if found is None:
+        return entry
+    try:
+        fixed, arrays = _hvcc_arrays(entry[found[0] : found[1]])
+    except (Mp4Error, struct.error, IndexError):
+        return entry
+    have = {k for k, units in arrays if units}
+    if not have.issuperset(_HEVC_PARAMETER_SETS):
+        size_len = (fixed[21] & 0x3) + 1
+        data = keyframe()
+        pos = 0
+        inband: dict[int, list[bytes]] = {}
+        while pos + size_len <= len(data):
+            n = int.from_bytes(data[pos : pos + size_len], "big")
+            nal = data[pos + size_len : pos + size_len + n]
+            pos += size_len + n
+            if nal:
+                t = (nal[0] >> 1) & 0x3F
+                if t in _HEVC_PARAMETER_SETS and nal not in inband.get(t, []):
+                    inband.setdefault(t, []).append(nal)
+        if not (have | set(inband)).issuperset(_HEVC_PARAMETER_SETS):
+            return entry
+        arrays = [(k, u) for k, u in arrays if k not in inband or u] + [
+            (k, inband[k]) for k in _HEVC_PARAMETER_SETS if k not in have
+        ]
+    arrays.sort(key=lambda a: (a[0] not in _HEVC_PARAMETER_SETS, a[0]))
+    record = bytearray(fixed)
+    record.append(len(arrays))
+    for k, units in arrays:
+        complete = 0x80 if k in _HEVC_PARAMETER_SETS else 0
+        record += struct.pack(">BH", complete | k, len(units))
+        for u in units:
+            record += struct.pack(">H", len(u)) + u
+    hvcc = _box(b"hvcC", bytes(record))
+    rest = b"".join(entry[b - 8 : e] for k, b, e in children if k != b"hvcC")
+    # Child box headers are 8 bytes (sample entries never use 64-bit sizes).
+    body = entry[8:_VISUAL_ENTRY_HEADER] + hvcc + rest
+    return struct.pack(">I4s", 8 + len(body), b"hvc1") + body
+
+
 # --- planning a range -------------------------------------------------------------------------
 
 
@@ -600,6 +690,7 @@ class _TrackOut:
         hi: int,
         target: int,
         file_no: int,
+        entry: bytes | None = None,
     ) -> None:
         """Append samples [lo, hi) of `track`, the first placed at output time `target`."""
         if hi <= lo:
@@ -610,7 +701,7 @@ class _TrackOut:
             dur = np.diff(times)
         if self.durations:
             # Keep media time on wall-clock time: the previous sample lasts until this one
-            # (a gap holds the last frame; an overlap shortens it).
+            # (a gap holds the last frame, and the gap track says so; an overlap shortens it).
             drift = target - self.end
             if abs(drift) > GAP_TOLERANCE_MS * self.timescale // 1000:
                 last = self.durations[-1]
@@ -627,7 +718,8 @@ class _TrackOut:
         self.syncs.append(track.sync[lo:hi])
         self.offsets.append(track.offset[lo:hi])
         self.files.append(np.full(hi - lo, file_no, np.int32))
-        self.descs.append(np.full(hi - lo, self.entry_index(track.sample_entry), np.int32))
+        desc = self.entry_index(entry if entry is not None else track.sample_entry)
+        self.descs.append(np.full(hi - lo, desc, np.int32))
         self.end += int(dur.sum())
         if not self.width:
             self.width, self.height = track.width, track.height
@@ -688,6 +780,9 @@ class VirtualFile:
     end_ms: int
     """Wall-clock time just after the last frame."""
     duration_ms: int
+    gaps: tuple[tuple[int, int], ...] = ()
+    """Wall-clock (start, end) of each gap between segments inside the file: no picture
+    there (an empty edit), never a frozen frame."""
 
     def piece_index(self, pos: int) -> int:
         """The piece holding virtual offset `pos` (at or after the header)."""
@@ -729,6 +824,15 @@ class VirtualFile:
                 os.close(fd)
 
 
+def _read(path: Path, track: TrackIndex, i: int) -> bytes:
+    """Sample `i` of `track` from its segment file (blocking)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, int(track.size[i]), int(track.offset[i]))
+    finally:
+        os.close(fd)
+
+
 def _first_sync_at_or_before(track: TrackIndex, tick: int) -> int:
     sync_idx = np.flatnonzero(track.sync)
     if len(sync_idx) == 0:
@@ -765,9 +869,32 @@ def plan_key(
     return lo, hi_first, _cut(last, start_ms, end_ms, False)[1]
 
 
-def plan(sources: Sequence[SourceSegment], start_ms: int, end_ms: int) -> VirtualFile:
+def gap_cue(start_ms: int, end_ms: int, causes: Sequence[str] = ()) -> str:
+    """The text shown over a gap (UTC; the cause when the ledger knows it)."""
+    lo = _utc(start_ms)
+    hi = _utc(end_ms)
+    why = f" ({', '.join(causes)})" if causes else ""
+    return (
+        f"NO RECORDING / 无录像 {lo} - {hi} UTC, {(end_ms - start_ms) / 1000:.1f} s{why}: "
+        "the last frame before the gap is held"
+    )
+
+
+def _utc(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def plan(
+    sources: Sequence[SourceSegment],
+    start_ms: int,
+    end_ms: int,
+    label: Callable[[int, int], str] = gap_cue,
+) -> VirtualFile:
     """The virtual MP4 of [start_ms, end_ms) from `sources` (ordered by start, overlapping
-    the range). The video starts at the keyframe at or before `start_ms`."""
+    the range). The video starts at the keyframe at or before `start_ms`. Each gap gets a
+    cue `label(gap start, gap end)` in a timed-text track."""
     if not sources:
         raise Mp4Error("no footage in the range")
     vts = sources[0].index.video.timescale
@@ -777,6 +904,7 @@ def plan(sources: Sequence[SourceSegment], start_ms: int, end_ms: int) -> Virtua
     paths: list[Path] = []
     out_wall0: int | None = None
     last_wall_end = 0
+    gaps: list[tuple[int, int]] = []
     for n, src in enumerate(sources):
         v = src.index.video
         origin = int(v.dts[0])
@@ -786,10 +914,14 @@ def plan(sources: Sequence[SourceSegment], start_ms: int, end_ms: int) -> Virtua
         first_wall = src.start_ms + (int(v.dts[lo]) - origin) * 1000 // v.timescale
         if out_wall0 is None:
             out_wall0 = first_wall
+        elif first_wall - last_wall_end > GAP_TOLERANCE_MS:
+            gaps.append((last_wall_end, first_wall))
         file_no = len(paths)
         paths.append(src.path)
         target = (first_wall - out_wall0) * vts // 1000
-        video.add(v, lo, hi, target, file_no)
+        # Sample `lo` is a keyframe (the first segment starts at one; every segment does).
+        entry = hvc1_entry(v.sample_entry, functools.partial(_read, src.path, v, lo))
+        video.add(v, lo, hi, target, file_no, entry)
         sel_end_tick = int(v.dts[hi - 1]) + int(v.duration[hi - 1])
         seg_wall_lo = first_wall
         seg_wall_hi = src.start_ms + (sel_end_tick - origin) * 1000 // v.timescale
@@ -820,7 +952,10 @@ def plan(sources: Sequence[SourceSegment], start_ms: int, end_ms: int) -> Virtua
             last[-1] -= cut
             audio.end -= cut
     tracks = [video] + ([audio] if audio is not None and audio.count else [])
-    return _build(tracks, paths, out_wall0, last_wall_end)
+    cues = [(lo - out_wall0, hi - out_wall0, label(lo, hi)) for lo, hi in gaps]
+    return dataclasses.replace(
+        _build(tracks, paths, out_wall0, last_wall_end, cues), gaps=tuple(gaps)
+    )
 
 
 # --- writing boxes ------------------------------------------------------------------------------
@@ -966,7 +1101,73 @@ def _trak(t: _TrackOut, track_id: int, stbl: bytes, created: int, movie_duration
     return _box(b"trak", *boxes)
 
 
-def _build(tracks: list[_TrackOut], paths: list[Path], wall0: int, wall_end: int) -> VirtualFile:
+_TX3G = (
+    struct.pack(">6xH", 1)  # reserved, data_reference_index
+    + struct.pack(">IbbBBBB", 0, 1, -1, 0, 0, 0, 0)  # flags, centred at the bottom, no background
+    + struct.pack(">hhhh", 0, 0, 0, 0)  # default text box
+    + struct.pack(">HHHBBBBBB", 0, 0, 1, 0, 18, 0xFF, 0xFF, 0x00, 0xFF)  # style: yellow
+    + _box(b"ftab", struct.pack(">HHB", 1, 1, 5), b"Serif")
+)
+
+
+def _text_track(
+    cues: Sequence[tuple[int, int, str]], duration_ms: int, offset: int, track_id: int, created: int
+) -> tuple[bytes, bytes]:
+    """A `tx3g` timed-text track (ms timescale) whose samples are empty but for one cue per
+    gap; (the trak box, its sample bytes, which sit at `offset` in the file)."""
+    durations: list[int] = []
+    samples: list[bytes] = []
+    cursor = 0
+    for lo, hi, text in cues:
+        lo, hi = max(lo, cursor), min(max(hi, lo), duration_ms)
+        if hi <= lo:
+            continue
+        if lo > cursor:
+            durations.append(lo - cursor)
+            samples.append(b"\0\0")
+        body = text.encode("utf-8")[:0xFFFF]
+        durations.append(hi - lo)
+        samples.append(struct.pack(">H", len(body)) + body)
+        cursor = hi
+    if duration_ms > cursor:
+        durations.append(duration_ms - cursor)
+        samples.append(b"\0\0")
+    data = b"".join(samples)
+    n = len(samples)
+    stsd = _full(b"stsd", 0, 0, struct.pack(">I", 1), _box(b"tx3g", _TX3G))
+    stts = _full(
+        b"stts", 0, 0, struct.pack(">I", n), b"".join(struct.pack(">II", 1, d) for d in durations)
+    )
+    stsc = _full(b"stsc", 0, 0, struct.pack(">IIII", 1, 1, n, 1))
+    sizes = b"".join(struct.pack(">I", len(x)) for x in samples)
+    stsz = _full(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes)
+    stco = _full(b"co64", 0, 0, struct.pack(">IQ", 1, offset))
+    stbl = _box(b"stbl", stsd, stts, stsc, stsz, stco)
+    dinf = _box(b"dinf", _full(b"dref", 0, 0, struct.pack(">I", 1), _full(b"url ", 0, 1)))
+    minf = _box(b"minf", _full(b"nmhd", 0, 0), dinf, stbl)
+    mdhd = _full(
+        b"mdhd", 1, 0, struct.pack(">QQIQHH", created, created, 1000, duration_ms, 0x55C4, 0)
+    )
+    hdlr = _full(b"hdlr", 0, 0, struct.pack(">I4s12x", 0, b"sbtl"), b"Gaps in the recording\0")
+    tkhd = _full(
+        b"tkhd",
+        1,
+        3,
+        struct.pack(">QQIIQ", created, created, track_id, 0, duration_ms),
+        struct.pack(">IIhhhH", 0, 0, 0, 0, 0, 0),
+        _MATRIX,
+        struct.pack(">II", 0, 0),
+    )
+    return _box(b"trak", tkhd, _box(b"mdia", mdhd, hdlr, minf)), data
+
+
+def _build(
+    tracks: list[_TrackOut],
+    paths: list[Path],
+    wall0: int,
+    wall_end: int,
+    cues: Sequence[tuple[int, int, str]] = (),
+) -> VirtualFile:
     created = wall0 // 1000 + MP4_EPOCH_OFFSET
     chunks = [_chunks(t) for t in tracks]
     tables = [_stbl_tables(t, c) for t, c in zip(tracks, chunks, strict=True)]
@@ -994,7 +1195,7 @@ def _build(tracks: list[_TrackOut], paths: list[Path], wall0: int, wall_end: int
             struct.pack(">IH10x", 0x10000, 0x100),
             _MATRIX,
             bytes(24),
-            struct.pack(">I", len(tracks) + 1),
+            struct.pack(">I", len(tracks) + 2),
         )
         traks = []
         start = 0
@@ -1003,16 +1204,27 @@ def _build(tracks: list[_TrackOut], paths: list[Path], wall0: int, wall_end: int
             start += len(c.first_sample)
             stbl = _box(b"stbl", *tables[i], _chunk_offsets(offs, co64))
             traks.append(_trak(t, i + 1, stbl, created, durations_ms[i]))
-        return _box(b"moov", mvhd, *traks)
+        text = b""
+        if cues:
+            # The gap track's few bytes open the mdat, ahead of the recorded samples.
+            trak, text = _text_track(
+                cues, movie_duration, max(0, header_len - text_len), len(tracks) + 1, created
+            )
+            traks.append(trak)
+        return _box(b"moov", mvhd, *traks) + text
 
     co64 = False
+    _, probe_text = _text_track(cues, movie_duration, 0, 0, created) if cues else (b"", b"")
+    text_len = len(probe_text)
     probe = moov(0, co64)
     if len(ftyp) + len(probe) + 16 + payload > 0xFFFFFFFF:
         co64 = True
         probe = moov(0, co64)
     header_len = len(ftyp) + len(probe) + 16
-    mdat_header = struct.pack(">I4sQ", 1, b"mdat", 16 + payload)
-    header = ftyp + moov(header_len, co64) + mdat_header
+    mdat_header = struct.pack(">I4sQ", 1, b"mdat", 16 + text_len + payload)
+    built = moov(header_len, co64)
+    moov_box, text_bytes = built[: len(built) - text_len], built[len(built) - text_len :]
+    header = ftyp + moov_box + mdat_header + text_bytes
     if len(header) != header_len:
         raise Mp4Error("internal: the moov changed size between layout and build")
     # Pieces in mdat order; neighbours that continue each other in the same file are one.

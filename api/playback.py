@@ -35,11 +35,13 @@ from api.mp4 import (
     VirtualFile,
     decode_index,
     encode_index,
+    gap_cue,
     parse_segment,
     plan,
     plan_key,
 )
 from storage import Segment, SegmentStore, StorageError, StorageIOError
+from storage.guard import iso
 
 log = logging.getLogger("nvr.api.playback")
 
@@ -47,7 +49,7 @@ BACKFILL = 30
 """Older segments without a stored index get one at this many per round (10 s)."""
 WARM_HOURS = 1.5
 """Recent footage kept parsed: a request for the last hour never waits for parsing."""
-FORMAT_VERSION = "nvr-mp4-1"
+FORMAT_VERSION = "nvr-mp4-2"
 """Part of every ETag: bump when the layout of the virtual files changes."""
 
 
@@ -241,8 +243,14 @@ class PlaybackService:
             SourceSegment(s.path, s.start_ms, ix)
             for s, ix in zip(rec.segments, indexes, strict=True)
         ]
+        camera = rec.camera
+
+        def label(lo: int, hi: int) -> str:
+            (info,) = gap_causes(self._store, camera, [(lo, hi)])
+            return gap_cue(lo, hi, [c for c, _ in info.causes])
+
         try:
-            return plan(sources, rec.start_ms, rec.end_ms)
+            return plan(sources, rec.start_ms, rec.end_ms, label)
         except OSError as err:
             raise StorageIOError(f"cannot read footage: {err.strerror}") from err
 
@@ -406,3 +414,41 @@ __all__ = [
     "etag",
     "stream",
 ]
+
+
+@dataclass(frozen=True)
+class GapInfo:
+    """A gap inside a virtual file (wall-clock ms) and the outages that explain it."""
+
+    start_ms: int
+    end_ms: int
+    causes: tuple[tuple[str, str], ...]
+    """(cause, detail) of each outage-ledger row overlapping the gap; `unknown` if none."""
+
+
+def gap_causes(store: SegmentStore, camera: str, gaps: Sequence[tuple[int, int]]) -> list[GapInfo]:
+    """The gaps of a virtual file with their causes from the outage ledger. Blocking."""
+    if not gaps:
+        return []
+    outages = store.outages(camera, gaps[0][0])
+    out = []
+    for lo, hi in gaps:
+        causes = tuple(
+            (o.cause, o.detail)
+            for o in outages
+            if o.start_ms < hi and (o.end_ms is None or o.end_ms > lo)
+        )
+        out.append(GapInfo(lo, hi, causes or (("unknown", "no outage recorded for this gap"),)))
+    return out
+
+
+def gaps_header(gaps: Sequence[GapInfo]) -> str:
+    """`X-Recording-Gaps`: `none`, or `<start>/<end> <cause>[+<cause>]` per gap (RFC 3339
+    UTC), comma-separated."""
+    if not gaps:
+        return "none"
+    return ", ".join(
+        f"{iso(g.start_ms)}/{iso(g.end_ms)} {'+'.join(c for c, _ in g.causes)}" for g in gaps
+    )
+
+

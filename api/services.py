@@ -76,7 +76,9 @@ async def open_services(ctx: ApiContext) -> ApiServices:
     errors = RecentErrors()
     logging.getLogger("nvr").addHandler(errors)
     health = HealthService(ctx.config, settings, ctx.store, cameras, ctx.capacity, errors)
-    exports = ExportService(ctx.store, playback, key_path, settings.exports_dir or root / "exports")
+    exports = ExportService(
+        ctx.store, playback, key_path, settings.exports_dir or root / "exports", ctx.config
+    )
     services = ApiServices(
         config=ctx.config,
         settings=settings,

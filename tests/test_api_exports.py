@@ -61,6 +61,16 @@ def test_export_needs_a_second_person_and_verifies_offline(
         r = olga.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-1001"})
         assert r.status_code == 403 and "second person" in r.json()["detail"]
         assert olga.get(f"/api/exports/{eid}/download").status_code == 409
+        # Nor can the requester decide as if a second person: rejecting is not theirs,
+        # and the same work id in another case is the same person.
+        r = olga.post(
+            f"/api/exports/{eid}/reject", json={"approver_work_id": "OP-9", "reason": "no"}
+        )
+        assert r.status_code == 403 and "cancel" in r.json()["detail"]
+        r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "op-1001"})
+        assert r.status_code == 403 and "requester's" in r.json()["detail"]
+        r = oscar.post(f"/api/exports/{eid}/cancel", json={"reason": "not mine"})
+        assert r.status_code == 403
         assert (
             audrey.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "A"}).status_code
             == 403
@@ -128,7 +138,16 @@ def test_export_needs_a_second_person_and_verifies_offline(
             dst.writestr(item, body)
     bad = nvr(["verify-export", str(forged), "--key", str(key_file)], tmp_path)
     assert bad.returncode != 0 and "signature" in bad.stdout
+    # A request withdrawn by its requester: cancelled, audited, and never approvable.
+    with footage_api.as_user("olga") as olga, footage_api.as_user("oscar") as oscar:
+        second = olga.post("/api/exports", json=export_body(int(start), int(end))).json()["id"]
+        r = olga.post(f"/api/exports/{second}/cancel", json={"reason": "wrong range"})
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        r = oscar.post(f"/api/exports/{second}/approve", json={"approver_work_id": "OP-2002"})
+        assert r.status_code == 409
     actions = [(e.actor, e.action, e.outcome) for e in footage_api.store.audit_entries()]
+    assert ("olga", "export-cancel", "ok") in actions
+    assert ("olga", "export-reject", "refused") in actions
     assert ("olga", "export-request", "ok") in actions
     assert ("olga", "export-approve", "refused") in actions
     assert ("oscar", "export-approve", "ok") in actions

@@ -5,20 +5,41 @@ package and playback tests use the session's recorded footage (see `tests/test_a
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
 from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
+import av
 import pytest
 
-from storage import LockError, SegmentStore
+from api import ApiContext
+from api.mp4 import hvc1_entry, parse_segment
+from config import CameraConfig, NvrConfig, StorageConfig
+from config.models import ApiConfig, SiteConfig
+from storage import LockError, SegmentInfo, SegmentStore
 from storage.accounts import AccountError
 from storage.audit import entry_hash
 from storage.exports import ExportRefused
-from storage.guard import DAY_MS, add_years, protection
+from storage.guard import DAY_MS, add_years, iso, protection
+from tests.media import fast_pattern, pattern_packets
+from tests.test_api import Api, ServerThread, free_port, users_template
+from tests.test_api_exports import ready
+
+__all__ = ["users_template"]  # a fixture used here
 
 T0 = 1_790_000_000_000  # 2026-09-21
 PASSWORD = "correct horse battery staple"
@@ -121,9 +142,7 @@ def test_locks_are_bounded_and_end_early_only_with_two_admins(tmp_path: Path) ->
         store.lock("cam", 946_684_800_000, year_2100, actor="olga", reason="x", until_ms=year_2100)
     with pytest.raises(LockError, match="at most 10 years"):
         store.lock("cam", T0 - DAY_MS, T0, actor="olga", reason="x", until_ms=year_2100)
-    lock = store.lock(
-        "cam", T0 - DAY_MS, T0, actor="olga", reason="x", until_ms=add_years(T0, 10)
-    )
+    lock = store.lock("cam", T0 - DAY_MS, T0, actor="olga", reason="x", until_ms=add_years(T0, 10))
     with pytest.raises(LockError, match="at most 10 years"):
         store.extend_lock(lock.id, add_years(T0, 10) + DAY_MS, actor="olga")
     clock.now += 2 * DAY_MS  # later on, it may be extended again, up to ten years from then
@@ -267,3 +286,385 @@ def test_audit_verify_detects_truncation_and_rewritten_history(
     done = audit_verify(root, tmp_path)
     assert done.returncode == 1 and "the audit head is not signed" in done.stdout
     assert "last good checkpoint: entry 21" in done.stdout
+
+
+# --- items 2, 5-8: a package the recipient can use, gaps, H.265 -------------------------------
+
+SITE = "Jiefangbei pedestrian street, Yuzhong district"
+LOCATION = "North gate, facing the car park entrance"
+SEG_MS = 2000
+GAP_MS = 20_000
+
+
+class HevcSource:
+    """Frames encoded with libx265 (keyframe every 10 frames, no B-frames): the template
+    stream and packets for a segment writer, as a camera's H.265 stream gives them."""
+
+    def __init__(self) -> None:
+        self._dummy = av.open(io.BytesIO(), "w", format="mp4")
+        stream = self._dummy.add_stream("libx265", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.options = {
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            # Parameter sets in every keyframe too, as cameras send them.
+            "x265-params": "keyint=10:min-keyint=10:scenecut=0:bframes=0:repeat-headers=1:"
+            "log-level=error",
+        }
+        self._dummy.start_encoding()
+        self.video = stream
+        assert stream.time_base is not None
+        self._tb = stream.time_base
+
+    def packets(self, count: int) -> Iterator[av.Packet[Any]]:
+        for i in range(count):
+            frame = av.VideoFrame(320, 240, "yuv420p")
+            for plane, value in zip(frame.planes, (40 + 8 * i, 128, 128), strict=True):
+                plane.update(bytes([value % 256]) * plane.buffer_size)
+            frame.pts, frame.time_base = i, Fraction(1, 10)
+            for packet in self.video.encode(frame):
+                src = packet.time_base
+                if src is not None and src != self._tb:
+                    scale = src / self._tb
+                    packet.pts = int((packet.pts or 0) * scale)
+                    packet.dts = int((packet.dts or 0) * scale)
+                    packet.duration = int((packet.duration or 0) * scale)
+                    packet.time_base = self._tb
+                yield packet
+
+    def close(self) -> None:
+        self._dummy.close()
+
+
+def add_segment(store: SegmentStore, camera: str, start_ms: int, hevc: bool = False) -> None:
+    frames = SEG_MS // 100
+    src: Any = HevcSource() if hevc else fast_pattern()
+    writer = store.new_writer(camera, start_ms, src.video, None)
+    packets = src.packets(frames) if hevc else pattern_packets(src, frames)
+    for pkt in packets:
+        pkt.stream = writer.video
+        writer.mux(pkt)
+    codec, w, h = ("hevc", 320, 240) if hevc else ("h264", 640, 360)
+    info = SegmentInfo(camera, start_ms, start_ms + SEG_MS, SEG_MS, frames, codec, None, w, h)
+    store.commit(writer, info)
+    src.close()
+
+
+@dataclass
+class Site:
+    api: Api
+    t0: int
+    """Start of the footage: `gate` records t0 .. t0+4 s, is unreachable for 20 s, records
+    t0+24 s .. t0+28 s; `hevc` (H.265) records t0 .. t0+4 s."""
+
+
+@pytest.fixture
+def site(users_template: Path, tmp_path: Path) -> Iterator[Site]:
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    t0 = (time.time_ns() // 1_000_000 - 600_000) // 1000 * 1000
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    add_segment(store, "gate", t0)
+    add_segment(store, "gate", t0 + SEG_MS)
+    outage = store.open_outage("gate", t0 + 2 * SEG_MS, "camera-unreachable", "connect timeout")
+    store.close_outage(outage.id, t0 + 2 * SEG_MS + GAP_MS)
+    add_segment(store, "gate", t0 + 2 * SEG_MS + GAP_MS)
+    add_segment(store, "gate", t0 + 3 * SEG_MS + GAP_MS)
+    add_segment(store, "hevc", t0, hevc=True)
+    add_segment(store, "hevc", t0 + SEG_MS, hevc=True)
+    port = free_port()
+    config = NvrConfig(
+        storage=StorageConfig(root=root),
+        cameras=[
+            CameraConfig(
+                name="gate", url="rtsp://127.0.0.1:9/gate", location=LOCATION, description="dome"
+            ),
+            CameraConfig(name="hevc", url="rtsp://127.0.0.1:9/hevc"),
+        ],
+        api=ApiConfig(listen=f"127.0.0.1:{port}"),
+        site=SiteConfig(name=SITE, timezone="Asia/Shanghai"),
+    )
+    server = ServerThread(ApiContext(config=config, store=store))
+    try:
+        server.start()
+        yield Site(Api(server.base, store, root, config, server), t0)
+    finally:
+        server.stop()
+        store.close()
+
+
+def exported(site: Site, camera: str, start: int, end: int, tmp_path: Path) -> tuple[Path, int]:
+    """Request (olga), approve (oscar), wait, download: the package and its export id."""
+    body = {
+        "camera": camera,
+        "start": start,
+        "end": end,
+        "purpose": "theft at the gate / 门口盗窃案",
+        "recipient": "Yuzhong district police, officer Li, by hand",
+        "approval_document": "YZ-2026-1122-07",
+        "requester_work_id": "OP-1001",
+    }
+    with site.api.as_user("olga") as olga, site.api.as_user("oscar") as oscar:
+        r = olga.post("/api/exports", json=body)
+        assert r.status_code == 201, r.text
+        eid = int(r.json()["id"])
+        r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-2002"})
+        assert r.status_code == 200, r.text
+        done = ready(oscar, eid)
+        assert done["state"] == "ready", done
+        pkg = olga.get(f"/api/exports/{eid}/download")
+        assert pkg.status_code == 200
+    path = tmp_path / f"export-{eid}.zip"
+    path.write_bytes(pkg.content)
+    return path, eid
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_package_is_usable_with_standard_tools_only(site: Site, tmp_path: Path) -> None:
+    t0 = site.t0
+    package, eid = exported(site, "gate", t0 + 1000, t0 + 2 * SEG_MS + GAP_MS + 1000, tmp_path)
+    # What the recipient does, with Debian's tools and nothing of ours.
+    folder = tmp_path / "unzipped"
+    assert run(["unzip", "-q", str(package), "-d", str(folder)], tmp_path).returncode == 0
+    sums = run(["sha256sum", "-c", "SHA256SUMS"], folder)
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+    checked = sums.stdout.splitlines()
+    assert len(checked) >= 6 and all(line.endswith(": OK") for line in checked)
+    assert {"manifest.json: OK", "README.txt: OK", "cover.html: OK"} <= set(checked)
+    sig = run(
+        [
+            "openssl",
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "signing-key.pub",
+            "-rawin",
+            "-in",
+            "manifest.json",
+            "-sigfile",
+            "manifest.sig",
+        ],
+        folder,
+    )
+    assert sig.returncode == 0 and "Signature Verified Successfully" in sig.stdout, sig
+    manifest = json.loads((folder / "manifest.json").read_text())
+    fp = run(
+        [
+            "sh",
+            "-c",
+            "openssl pkey -pubin -in signing-key.pub -outform DER | tail -c 32 | sha256sum",
+        ],
+        folder,
+    )
+    assert fp.stdout.split()[0] == manifest["signing_key_sha256"]
+    with site.api.as_user("olga") as c:
+        assert c.get("/api/signing-key").headers["x-key-sha256"] == manifest["signing_key_sha256"]
+    probe = run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type",
+            "-of",
+            "csv=p=0",
+            "recording.mp4",
+        ],
+        folder,
+    )
+    assert probe.returncode == 0 and probe.stdout.split() == ["video", "subtitle"], probe
+    # The cover sheet, in Chinese and English, with every fact a court needs.
+    readme = (folder / "README.txt").read_text(encoding="utf-8")
+    cover = (folder / "cover.html").read_text(encoding="utf-8")
+    outage_start = t0 + 2 * SEG_MS
+    local = datetime.fromtimestamp(outage_start / 1000, ZoneInfo("Asia/Shanghai"))
+    for text in (readme, cover):
+        for fact in (
+            SITE,
+            LOCATION,
+            "Asia/Shanghai",
+            "+08:00",
+            local.strftime("%Y-%m-%d %H:%M:%S"),
+            "camera-unreachable",
+            "connect timeout",
+            "olga",
+            "OP-1001",
+            "oscar",
+            "OP-2002",
+            "门口盗窃案",
+            "Yuzhong district police",
+            "YZ-2026-1122-07",
+            "sha256sum -c SHA256SUMS",
+            "openssl pkeyutl -verify",
+            "证据导出",
+            "申请人",
+            "批准人",
+        ):
+            assert fact in text, fact
+        for f in manifest["files"]:
+            if f["name"].startswith("segments/") or f["name"] == "recording.mp4":
+                assert f["sha256"] in text and f["name"] in text
+    assert datetime.fromtimestamp((t0 + 1000) / 1000, UTC).strftime("%H:%M:%S") in readme
+    # The manifest carries the same facts and the outage list.
+    assert manifest["site"] == {"name": SITE, "timezone": "Asia/Shanghai"}
+    assert manifest["camera_info"]["location"] == LOCATION
+    assert manifest["range"]["start_local"].endswith("+08:00")
+    (outage,) = manifest["outages"]
+    assert outage["cause"] == "camera-unreachable" and outage["seconds"] == GAP_MS / 1000
+    (gap,) = manifest["recording"]["gaps"]
+    assert gap["causes"][0]["cause"] == "camera-unreachable" and gap["seconds"] == 20.0
+    # R3: footage handed over is locked for two years, in `nvr locks` and the timeline.
+    with site.api.as_user("olga") as c:
+        locks = [x for x in c.get("/api/locks").json() if x["case_id"] == f"export-{eid}"]
+        assert len(locks) == 1 and locks[0]["created_by"] == "oscar"
+        assert locks[0]["expires_ms"] > t0 + 729 * 86_400_000
+        tl = c.get("/api/cameras/gate/timeline", params={"start": t0, "end": t0 + 30_000}).json()
+        assert [x["case_id"] for x in tl["locks"]] == [f"export-{eid}"]
+    config = tmp_path / "nvr.toml"
+    config.write_text(f'[storage]\nroot = "{site.api.root}"\n')
+    listed = run([*NVR, "locks", "-c", str(config)], tmp_path)
+    assert f"export-{eid}" in listed.stdout, listed
+
+    # Item 6: zipped again by the recipient's own tools, or left as a folder, it verifies.
+    key = tmp_path / "signing.pem"
+    key.write_bytes((folder / "signing-key.pub").read_bytes())
+    rezipped = tmp_path / "rezipped.zip"
+    assert run(["zip", "-qr", str(rezipped), "."], folder).returncode == 0  # with dir entries
+    wrapped = tmp_path / "wrapped.zip"
+    assert run(["zip", "-qr", str(wrapped), folder.name], tmp_path).returncode == 0
+    for candidate in (package, rezipped, wrapped, folder):
+        done = run([*NVR, "verify-export", str(candidate), "--key", str(key)], tmp_path)
+        assert done.returncode == 0 and "verified" in done.stdout, (candidate, done)
+    # ... and names what is wrong: a missing file, an altered one.
+    seg_name = next(f["name"] for f in manifest["files"] if f["name"].startswith("segments/"))
+    (folder / "README.txt").unlink()
+    done = run([*NVR, "verify-export", str(folder), "--key", str(key)], tmp_path)
+    assert done.returncode == 1 and "README.txt: missing" in done.stdout, done
+    with (folder / seg_name).open("r+b") as f:
+        f.seek(3000)
+        byte = f.read(1)
+        f.seek(3000)
+        f.write(bytes([byte[0] ^ 1]))
+    done = run([*NVR, "verify-export", str(folder), "--key", str(key)], tmp_path)
+    assert done.returncode == 1 and f"{seg_name}: altered" in done.stdout, done
+
+
+def test_a_gap_is_explicit_in_recording_mp4(site: Site, tmp_path: Path) -> None:
+    t0 = site.t0
+    start, end = t0, t0 + 4 * SEG_MS + GAP_MS
+    with site.api.as_user("olga") as c:
+        r = c.get("/api/cameras/gate/recording.mp4", params={"start": start, "end": end})
+    assert r.status_code == 200
+    gap_lo, gap_hi = t0 + 2 * SEG_MS, t0 + 2 * SEG_MS + GAP_MS
+    assert r.headers["x-recording-gaps"] == (f"{iso(gap_lo)}/{iso(gap_hi)} camera-unreachable")
+    path = tmp_path / "r.mp4"
+    path.write_bytes(r.content)
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        tb = v.time_base
+        assert tb is not None
+        pts = [float(p.pts * tb) for p in c.demux(v) if p.size and p.pts is not None]
+    # Wall-clock time stays true: the first frame after the gap is 24 s into the file.
+    after = [p for p in pts if p > 3.95]
+    assert after and abs(after[0] - (gap_hi - t0) / 1000) < 0.05, pts
+    # ... and the file itself says, over the gap, that nothing was recorded and why.
+    with av.open(str(path)) as c:
+        (sub,) = c.streams.subtitles
+        stb = sub.time_base
+        assert stb is not None
+        cues = [
+            (float(p.pts * stb), float((p.duration or 0) * stb), bytes(p)[2:].decode())
+            for p in c.demux(sub)
+            if p.size > 2 and p.pts is not None
+        ]
+    ((at, length, text),) = cues
+    assert abs(at - 4.0) < 0.01 and abs(length - 20.0) < 0.01
+    assert "NO RECORDING" in text and "camera-unreachable" in text
+    with site.api.as_user("olga") as c:
+        r = c.get("/api/cameras/gate/recording.mp4", params={"start": t0, "end": t0 + 2 * SEG_MS})
+        assert r.headers["x-recording-gaps"] == "none"
+
+
+def sample_entry(mp4: bytes) -> bytes:
+    """The first video sample entry (stsd child) of an MP4 file."""
+    at = mp4.find(b"stsd")
+    assert at > 0
+    size = struct.unpack_from(">I", mp4, at + 12)[0]
+    return mp4[at + 12 : at + 12 + size]
+
+
+def parameter_sets(entry: bytes) -> dict[int, int]:
+    """NAL type -> array_completeness of each array in the entry's hvcC."""
+    at = entry.find(b"hvcC")
+    assert at > 0
+    count = entry[at + 4 + 22]
+    pos = at + 4 + 23
+    out = {}
+    for _ in range(count):
+        out[entry[pos] & 0x3F] = entry[pos] >> 7
+        n = struct.unpack_from(">H", entry, pos + 1)[0]
+        pos += 3
+        for _ in range(n):
+            pos += 2 + struct.unpack_from(">H", entry, pos)[0]
+    return out
+
+
+def test_h265_is_tagged_hvc1_with_parameter_sets(site: Site, tmp_path: Path) -> None:
+    t0 = site.t0
+    with site.api.as_user("olga") as c:
+        r = c.get("/api/cameras/hevc/recording.mp4", params={"start": t0, "end": t0 + 4000})
+    assert r.status_code == 200
+    entry = sample_entry(r.content)
+    assert entry[4:8] == b"hvc1"
+    sets = parameter_sets(entry)
+    assert {32: 1, 33: 1, 34: 1}.items() <= sets.items(), sets
+    path = tmp_path / "r.mp4"
+    path.write_bytes(r.content)
+    probe = run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "stream=codec_tag_string",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        tmp_path,
+    )
+    assert probe.stdout.strip() == "hvc1"
+    with av.open(str(path)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 40
+    # The export's recording.mp4 too.
+    package, _eid = exported(site, "hevc", t0, t0 + 4000, tmp_path)
+    with zipfile.ZipFile(package) as zf:
+        assert sample_entry(zf.read("recording.mp4"))[4:8] == b"hvc1"
+    # A recorded entry without parameter sets (hev1, sets in-band only) gets them from the
+    # first keyframe.
+    seg = site.api.store.segments("hevc")[0]
+    index = parse_segment(seg.path)
+    video = index.video
+    bare = strip_arrays(video.sample_entry)
+    assert parameter_sets(bare) == {}
+    with seg.path.open("rb") as f:
+        f.seek(int(video.offset[0]))
+        key = f.read(int(video.size[0]))
+    fixed = hvc1_entry(bare, lambda: key)
+    assert fixed[4:8] == b"hvc1" and set(parameter_sets(fixed)) >= {32, 33, 34}
+
+
+def strip_arrays(entry: bytes) -> bytes:
+    """The entry as `hev1` with an hvcC that has no parameter set arrays."""
+    at = entry.find(b"hvcC") - 4
+    size = struct.unpack_from(">I", entry, at)[0]
+    record = entry[at + 8 : at + 8 + 22] + b"\0"
+    hvcc = struct.pack(">I4s", 8 + len(record), b"hvcC") + record
+    body = entry[8:at] + hvcc + entry[at + size :]
+    return struct.pack(">I4s", 8 + len(body), b"hev1") + body

@@ -36,7 +36,8 @@ from api.models import (
 )
 from api.mp4 import Mp4Error
 from api.params import CAMERA_NAME, iso, parse_range
-from api.playback import PlanBusy, RangeReader, Recording, stream
+from api.playback import PlanBusy, RangeReader, Recording, gap_causes, gaps_header, stream
+from api.routes.locks import lock_out
 from api.services import ApiServices
 from storage import RetentionViolation, StorageError
 
@@ -78,11 +79,19 @@ async def timeline(
     user: ViewerDep,
     services: ServicesDep,
 ) -> TimelineOut:
-    """Recorded spans and gaps (with their causes from the outage ledger) in [start, end)."""
+    """Recorded spans, gaps (with their causes from the outage ledger) and the locks
+    (evidence, exports) overlapping [start, end)."""
     await check_camera(services, user, name)
     rng = parse_range(start, end, max(TIMELINE_MAX_HOURS, services.settings.max_range_hours))
     tl = await asyncio.to_thread(services.cameras.timeline, name, rng.start_ms, rng.end_ms)
+    locks = await asyncio.to_thread(services.store.locks, name, False)
+    now = services.store.now()
     return TimelineOut(
+        locks=[
+            lock_out(lk, now)
+            for lk in locks
+            if lk.start_ms < rng.end_ms and lk.end_ms > rng.start_ms
+        ],
         camera=tl.camera,
         start_ms=tl.start_ms,
         end_ms=tl.end_ms,
@@ -248,6 +257,9 @@ async def recording(
         raise Unavailable(str(err)) from err
     headers["X-Recording-Start"] = iso(vf.start_ms)
     headers["X-Recording-End"] = iso(vf.end_ms)
+    # Gaps inside the file show no picture (empty edits); say where and why.
+    gaps = await asyncio.to_thread(gap_causes, services.store, name, vf.gaps)
+    headers["X-Recording-Gaps"] = gaps_header(gaps)
     if download:
         filename = f"{name}_{iso(vf.start_ms)}_{iso(vf.end_ms)}.mp4".replace(":", "")
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
