@@ -40,6 +40,9 @@ from ingest.sources import Source, StreamOpener
 from ingest.timecheck import CLOCK_STEP, ClockStep, ClockStepDetector
 from ingest.timeline import Stamped, StreamTimeline
 from storage import (
+    IndexFullError,
+    IndexWriteError,
+    PacketRejected,
     Segment,
     SegmentInfo,
     SegmentStore,
@@ -98,6 +101,17 @@ class RecorderStatus:
     last_progress: float
     """Monotonic time of the last packet or deliberate wait (for the watchdog)."""
     in_backoff: bool
+
+
+@dataclass
+class _LedgerDue:
+    """An outage-ledger write the index could not take yet: open a new outage from
+    `start_ms` (`outage` None), or (re)open `outage` with this cause."""
+
+    outage: int | None
+    start_ms: int
+    cause: str
+    detail: str
 
 
 RESUME_MARGIN_BYTES = 4 * 1024 * 1024
@@ -206,6 +220,8 @@ class _Segmenting:
         self.last_audio_dts: int | None = None
         self.frames = 0
         self.discontinuity = False
+        self.closed = False
+        """Committed, held by the store for the index, or abandoned: nothing more to do."""
 
     @property
     def wall_est(self) -> int:
@@ -272,6 +288,12 @@ class CameraRecorder:
         )
         self._outage_id: int | None = None
         self._fix_outage: int | None = None
+        self._due: _LedgerDue | None = None
+        """A ledger write waiting for the index (see `_catch_up`)."""
+        self._fix_due: tuple[int, int] | None = None
+        """(outage, end): the end of an outage waiting for the index."""
+        self._index_error: IndexWriteError | None = None
+        """The last index write failure while the index is behind, else None."""
         self._last_progress = self._clock.monotonic()
         self._in_backoff = False
         self._last_end_ms: int | None = None
@@ -349,6 +371,9 @@ class CameraRecorder:
         self._adopt_ledger()
         first_connect = True
         while not self._stop.is_set():
+            if self._index_behind():
+                self._pause_for_storage()  # the ledger of the start could not be written
+                continue
             self._set(state="connecting" if first_connect else "reconnecting")
             started = self._clock.monotonic()
             try:
@@ -375,11 +400,19 @@ class CameraRecorder:
             }.get(cause, "reconnecting")
             self._set(state=state, detail=detail, reconnects=self._status.reconnects + 1)
             self.log.warning("camera %s: %s (%s)", self.camera, cause, detail)
-            if cause == "storage-full":
-                self._wait_for_storage()
+            if cause == "storage-full" or self._index_behind():
+                self._pause_for_storage()
             else:
                 self._wait_backoff(self._clock.monotonic() - started, cause)
-        self._shutdown_ledger()
+        try:
+            self._shutdown_ledger()
+        except IndexWriteError as err:
+            self.log.error(
+                "camera %s: cannot write the outage ledger at stop (%s); the next start "
+                "opens a not-running outage from the last footage",
+                self.camera,
+                err,
+            )
         self._set(state="stopped", detail="")
 
     @_fenced
@@ -394,12 +427,10 @@ class CameraRecorder:
         if open_outages:
             self._outage_id = open_outages[-1].id
         elif last is not None:
-            self._outage_id = self._store.open_outage(
-                self.camera,
-                last.end_ms,
-                "not-running",
-                "recorder was not running (crash or power loss)",
-            ).id
+            self._due = _LedgerDue(
+                None, last.end_ms, "not-running", "recorder was not running (crash or power loss)"
+            )
+            self._catch_up()
 
     @_fenced
     def _shutdown_ledger(self) -> None:
@@ -407,6 +438,8 @@ class CameraRecorder:
         open a `daemon-stopped` one, closed when recording resumes after the restart."""
         now = self._clock.wall_ms()
         start = self._last_end_ms if self._last_end_ms is not None else now
+        if not self._catch_up():
+            raise self._index_error or IndexWriteError("the index is behind")
         if self._outage_id is not None:
             self._store.close_outage(self._outage_id, now)
             start = now
@@ -416,11 +449,61 @@ class CameraRecorder:
 
     @_fenced
     def _note_outage(self, cause: str, detail: str) -> None:
-        if self._outage_id is None:
-            start = self._last_end_ms if self._last_end_ms is not None else self._clock.wall_ms()
-            self._outage_id = self._store.open_outage(self.camera, start, cause, detail).id
+        """Open the outage (from the end of the last footage) or give the open one this
+        cause; written now if the index can take it, else by `_catch_up` later."""
+        if self._due is not None:
+            self._due.cause, self._due.detail = cause, detail
         else:
-            self._store.update_outage(self._outage_id, cause, detail)
+            start = self._last_end_ms if self._last_end_ms is not None else self._clock.wall_ms()
+            self._due = _LedgerDue(self._outage_id, start, cause, detail)
+        self._catch_up()
+
+    def _index_behind(self) -> bool:
+        """Whether something of this camera still waits for the index (held segments, a
+        ledger write)."""
+        return (
+            self._due is not None
+            or self._fix_due is not None
+            or bool(self._store.held(self.camera))
+        )
+
+    @_fenced
+    def _catch_up(self) -> bool:
+        """Write what waits for the index, in order: held segments (the store's), the end
+        of the outage they closed, the ledger entry. True when nothing waits any more; on
+        an index write failure False (the failure in `_index_error`), to be tried again."""
+        try:
+            for segment in self._store.index_held(self.camera):
+                self.log.info(
+                    "camera %s: indexed %s, held while the index could not be written",
+                    self.camera,
+                    segment.path.name,
+                )
+                self._committed(segment)
+            if self._fix_due is not None:
+                self._store.set_outage_end(*self._fix_due)
+                self._fix_due = None
+            due = self._due
+            if due is not None:
+                if due.outage is None:
+                    self._outage_id = self._store.open_outage(
+                        self.camera, due.start_ms, due.cause, due.detail
+                    ).id
+                else:
+                    self._store.reopen_outage(due.outage, due.cause, due.detail)
+                    self._outage_id = due.outage
+                self._due = None
+        except IndexWriteError as err:
+            if self._index_error is None:
+                self.log.error(
+                    "camera %s: %s; recording paused, retrying every second", self.camera, err
+                )
+            self._index_error = err
+            return False
+        if self._index_error is not None:
+            self.log.warning("camera %s: the index can be written again", self.camera)
+            self._index_error = None
+        return True
 
     @_fenced
     def _clock_stepped(self, seg: _Segmenting | None, step: ClockStep) -> None:
@@ -468,17 +551,25 @@ class CameraRecorder:
             if self._stop.wait(max(0.0, pause)):
                 return
 
-    def _wait_for_storage(self) -> None:
-        """Wait until there is room again (the reserve plus a margin), checking each second.
-        Nothing is deleted to make room: that is retention's job, outside the window only."""
+    def _pause_for_storage(self) -> None:
+        """Wait until there is room again (the reserve plus a margin) and the index has
+        taken what waited for it (held segments, the ledger), trying each second. Nothing
+        is deleted to make room: that is retention's job, outside the window only."""
         needed = self._reserve + RESUME_MARGIN_BYTES
         while not self._stop.is_set():
             self._progress(in_backoff=True)
             try:
-                if self._store.free_bytes() >= needed:
-                    return
+                room = self._store.free_bytes() >= needed
             except OSError:
-                pass  # filesystem still failing: keep waiting
+                room = False  # filesystem still failing: keep waiting
+            if room and self._catch_up():
+                return
+            if self._index_error is not None:
+                full = isinstance(self._index_error, IndexFullError)
+                self._set(
+                    state="storage-full" if full else "storage-error",
+                    detail=str(self._index_error),
+                )
             self._stop.wait(1.0)
 
     # --- one connection -----------------------------------------------------------------------
@@ -606,6 +697,10 @@ class CameraRecorder:
         except (StorageError, av.FFmpegError, OSError) as err:
             if seg is not None:
                 self._abandon(seg)
+            if isinstance(err, PacketRejected):
+                # What the camera sent (e.g. a stream without its parameter sets), not the
+                # disk: reconnect as for any stream error.
+                raise StreamError(str(err)) from err
             if isinstance(err, StorageError):
                 raise
             raise StorageIOError(f"writing segment: {err}") from err
@@ -642,7 +737,15 @@ class CameraRecorder:
             seg.discontinuity = discontinuity
             if self._outage_id is not None:
                 self._fix_outage = self._outage_id
-                self._close_outage(max(arrival, self._last_end_ms or 0))
+                try:
+                    self._close_outage(max(arrival, self._last_end_ms or 0))
+                except IndexWriteError:
+                    self._fix_outage = None
+                    seg.closed = True
+                    writer.abandon()
+                    with contextlib.suppress(StorageError):
+                        self._store.salvage(writer.temp_path)  # nothing muxed: removed
+                    raise
         return seg
 
     @_fenced
@@ -701,6 +804,8 @@ class CameraRecorder:
     def _finish(
         self, seg: _Segmenting, next_dts: int | None, vtb: Fraction, source: Source
     ) -> None:
+        if seg.closed:
+            return
         end_dts = next_dts if next_dts is not None else seg.last_video_dts + seg.last_video_dur
         duration_ms = int((end_dts - seg.first_dts) * vtb * 1000)
         start_ms = seg.wall_est
@@ -735,12 +840,26 @@ class CameraRecorder:
         )
         try:
             segment = self._store.commit(seg.writer, info)
+        except IndexWriteError:
+            # The file is durable under its final name; the store holds it and indexes it
+            # before anything newer of this camera (`_catch_up`).
+            seg.closed = True
+            self._last_end_ms = info.end_ms
+            self._set(last_segment_end_ms=info.end_ms)
+            raise
         except StorageError:
             self._abandon(seg)
             raise
+        seg.closed = True
+        self._committed(segment)
+
+    def _committed(self, segment: Segment) -> None:
+        """Bookkeeping for a segment that is now indexed (under the fence)."""
         self._last_end_ms = segment.end_ms
         if self._fix_outage is not None:
-            self._store.set_outage_end(self._fix_outage, segment.start_ms)
+            # The outage before this segment ended where it starts; the next segment must
+            # not move that end again.
+            self._fix_due = (self._fix_outage, segment.start_ms)
             self._fix_outage = None
         with self._lock:
             self._status = replace(
@@ -751,23 +870,37 @@ class CameraRecorder:
             )
         if self._on_segment is not None:
             self._on_segment(segment)
+        if self._fix_due is not None:
+            self._store.set_outage_end(*self._fix_due)
+            self._fix_due = None
 
     @_fenced
     def _abandon(self, seg: _Segmenting) -> None:
-        """A write failed: keep what reached the disk (salvaged now, else at start-up)."""
+        """A write failed: keep what reached the disk (salvaged now, else at start-up; a
+        file with no sample in it is removed by the salvage). If nothing of the segment was
+        indexed, the outage it closed goes on (one gap, one ledger row)."""
+        if seg.closed:
+            return
+        seg.closed = True
         seg.writer.abandon()
+        part = seg.writer.temp_path
         try:
-            salvaged = self._store.salvage(seg.writer.temp_path)
+            salvaged = self._store.salvage(part)
+        except IndexWriteError as err:
+            held = self._store.held(self.camera)
+            if held:  # salvaged to disk; its row waits for the index
+                self._last_end_ms = held[-1].end_ms
+                self._set(last_segment_end_ms=held[-1].end_ms)
+            self.log.error("camera %s: salvaged %s, not indexed yet: %s", self.camera, part, err)
+            return
         except StorageError as err:
-            self.log.error(
-                "camera %s: salvage of %s failed: %s", self.camera, seg.writer.temp_path.name, err
-            )
+            self.log.error("camera %s: salvage of %s failed: %s", self.camera, part.name, err)
             return
         if salvaged is not None:
-            self._last_end_ms = salvaged.end_ms
-            self._set(last_segment_end_ms=salvaged.end_ms)
-            if self._fix_outage is not None:
-                # The outage before this segment ended where it starts; the next segment
-                # must not move that end again.
-                self._store.set_outage_end(self._fix_outage, salvaged.start_ms)
-                self._fix_outage = None
+            self._committed(salvaged)
+            return
+        # Nothing indexed: an empty file is gone (salvage removes it), a partial one kept.
+        if self._fix_outage is not None:
+            # The footage that closed the outage came to nothing: the gap goes on.
+            self._outage_id = self._fix_outage
+            self._fix_outage = None

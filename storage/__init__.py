@@ -6,7 +6,10 @@ See `storage.store` for the create and delete orders and the threads that call i
 from storage.audit import AuditEntry
 from storage.errors import (
     ForeignIndexError,
+    IndexFullError,
+    IndexWriteError,
     LockError,
+    PacketRejected,
     RetentionViolation,
     StorageError,
     StorageFullError,
@@ -33,9 +36,12 @@ __all__ = [
     "CameraStats",
     "ConsistencyReport",
     "ForeignIndexError",
+    "IndexFullError",
+    "IndexWriteError",
     "Lock",
     "LockError",
     "Outage",
+    "PacketRejected",
     "RetentionViolation",
     "Segment",
     "SegmentInfo",

@@ -21,6 +21,30 @@ class StorageFullError(StorageIOError):
     retryable = True
 
 
+class IndexWriteError(StorageIOError):
+    """Writing the index failed (SQLite's `disk I/O error`, a locked file, ...). The files
+    already on disk are safe; a segment whose row could not be written is held by the store
+    and indexed at the next write that succeeds. Recorders pause and retry each second.
+
+    The base of every index write failure: a subclass says why (full, damaged, ...)."""
+
+    retryable = True
+
+
+class IndexFullError(IndexWriteError, StorageFullError):
+    """The index's filesystem is full (SQLite: `database or disk is full`)."""
+
+    retryable = True
+
+
+class PacketRejected(StorageError):
+    """The muxer refused the stream's parameters or one of its packets (EINVAL, invalid
+    data): what the camera sent is at fault, not the disk. Recorders treat it as a stream
+    error (reconnect), never as a storage condition."""
+
+    retryable = True
+
+
 class ForeignIndexError(StorageError):
     """The index database does not belong to the recordings under the storage root."""
 

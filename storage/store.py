@@ -8,7 +8,16 @@ Create order (each segment): write `<name>.mp4.part` while hashing -> fsync file
 A crash before the row leaves either a `.part` file (salvaged at start-up up to its last
 complete fragment and indexed as recovered) or a complete file without a row (re-scanned,
 re-hashed and indexed as recovered at start-up). A `.part` file holding only the MP4 header,
-no sample, is removed at start-up (audited): it holds no footage.
+no sample, is removed at start-up (audited): it holds no footage. An index write that fails
+(its filesystem full, an I/O error) leaves the durable file *held*: kept in order per camera
+and indexed, before anything newer of that camera, by the next `commit`/`salvage` or
+`index_held` that can write (`IndexWriteError` until then).
+
+Index reserve: beside a SQLite index file the daemon keeps `<index>.reserve`
+(`INDEX_RESERVE_BYTES` of zeros). When an index write finds its filesystem full, the reserve is
+deleted so the next writes (the outage ledger, the held segments) find room; `free_bytes` counts
+it as used until it is made again, which happens as soon as there is room, before recorders
+resume.
 
 Delete order (used by retention): check the window and locks and mark the rows as garbage in
 ONE write transaction that holds the database's write lock (a lock committed by any process
@@ -59,10 +68,11 @@ from storage.accounts import AccountStore
 from storage.audit import AuditEntry
 from storage.errors import (
     ForeignIndexError,
+    IndexFullError,
+    IndexWriteError,
     LockError,
     RetentionViolation,
     StorageError,
-    StorageFullError,
     StorageIOError,
 )
 from storage.exports import Export, ExportRegister
@@ -104,6 +114,10 @@ MIN_WINDOW_DAYS = 30
 MARKER = ".nvr-store"
 AUDIT_HEAD = ".audit-head"
 NAME_FORMAT = "%Y%m%dT%H%M%S"
+INDEX_RESERVE_BYTES = 4 * 1024 * 1024
+"""Room kept beside a SQLite index for the writes that must still succeed on a full disk
+(outage ledger, held segments): thousands of rows, and a WAL that grows before checkpoints."""
+RESERVE_SUFFIX = ".reserve"
 
 
 def now_ms() -> int:
@@ -284,6 +298,7 @@ class SegmentStore:
         signing_key: Path | None = None,
         checkpoint_entries: int = 1000,
         checkpoint_ms: int = 3_600_000,
+        index_reserve_bytes: int = INDEX_RESERVE_BYTES,
     ) -> None:
         """Open (creating if new) the store. `exclusive` takes the writer lock on the root:
         the daemon does; other tools (status, verify, lock) do not. `retention_days` gives
@@ -296,7 +311,9 @@ class SegmentStore:
         window and locks were checked and before anything is marked).
         `max_lock_years` bounds a lock's expiry (legal holds excepted). `signing_key` (default
         `<root>/.nvr-export-key`) signs the audit head and a checkpoint every
-        `checkpoint_entries` entries or `checkpoint_ms` (see `storage.audit`)."""
+        `checkpoint_entries` entries or `checkpoint_ms` (see `storage.audit`).
+        `index_reserve_bytes`: see the module docstring (kept only by the exclusive writer,
+        beside a SQLite file)."""
         self.root = root.resolve()
         self.max_lock_years = max_lock_years
         self._key_path = signing_key if signing_key is not None else self.root / ".nvr-export-key"
@@ -325,6 +342,15 @@ class SegmentStore:
         if exclusive:
             self._take_root_lock()
         self._engine = make_engine(database_url)
+        db = self._engine.url.database if self._engine.dialect.name == "sqlite" else None
+        self._reserve_file: Path | None = None
+        self._reserve_bytes = 0
+        if exclusive and db and db != ":memory:" and index_reserve_bytes > 0:
+            self._reserve_file = Path(db).resolve().with_name(Path(db).name + RESERVE_SUFFIX)
+            self._reserve_bytes = index_reserve_bytes
+        self._held: dict[str, list[tuple[WrittenFile, SegmentInfo, bool]]] = {}
+        self._held_lock = threading.RLock()
+        self._reserve_lock = threading.Lock()
         # Two processes (the daemon and a CLI) may open a new index at once: migrate under an
         # exclusive lock so their schema changes never interleave.
         with _file_lock(self.root / ".nvr-migrate.lock"):
@@ -350,6 +376,7 @@ class SegmentStore:
             # before windows were stored learns them here, at the first start after upgrade).
             for camera in self.cameras():
                 self.promise_window(camera)
+        self._restore_index_reserve()
         self.accounts = AccountStore(self._engine, self._writing, self.audit, self._clock)
         """Users, roles, camera permissions and bearer tokens of the HTTP API."""
         self.exports = ExportRegister(self._engine, self._writing, self.audit, self._clock)
@@ -380,8 +407,60 @@ class SegmentStore:
         except OperationalError as err:
             msg = str(err.orig) if err.orig is not None else str(err)
             if "full" in msg or "space" in msg:
-                raise StorageFullError(f"index write failed: {msg}") from err
-            raise StorageIOError(f"index write failed: {msg}") from err
+                self._release_index_reserve()
+                raise IndexFullError(f"index write failed: {msg}") from err
+            raise IndexWriteError(f"index write failed: {msg}") from err
+
+    # --- the index's reserve ----------------------------------------------------------------
+
+    def _release_index_reserve(self) -> None:
+        path = self._reserve_file
+        if path is None:
+            return
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return  # already used
+        except OSError as err:
+            log.error("cannot release the index reserve %s: %s", path, err.strerror)
+            return
+        log.warning(
+            "the index's filesystem is full: released its %d KiB reserve (%s) so the outage "
+            "ledger and held segments can still be written",
+            self._reserve_bytes // 1024,
+            path,
+        )
+
+    def _restore_index_reserve(self) -> bool:
+        """Make the reserve file if it is missing and there is room; True if it exists."""
+        path = self._reserve_file
+        if path is None:
+            return True
+        with self._reserve_lock:
+            return self._make_index_reserve(path)
+
+    def _make_index_reserve(self, path: Path) -> bool:
+        try:
+            if path.stat().st_size >= self._reserve_bytes:
+                return True
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            if shutil.disk_usage(path.parent).free < 2 * self._reserve_bytes:
+                return False
+            with tmp.open("wb") as f:
+                f.write(bytes(self._reserve_bytes))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            log.warning("cannot make the index reserve %s yet: %s", path, err.strerror)
+            return False
+        return True
 
     # --- identity and locking -------------------------------------------------------------
 
@@ -517,9 +596,48 @@ class SegmentStore:
         recovered: bool,
         only_if_unindexed: bool = False,
     ) -> Segment:
-        """Add the row and advance the camera's chain. `only_if_unindexed` raises
-        `_AlreadyIndexed` if the path has a row or `commit` is still indexing it (checked
-        under the write lock)."""
+        """Index a durable file after every file of its camera still held; if the index
+        cannot be written, the file is held too (IndexWriteError). `only_if_unindexed`
+        (adopting a file found without a row) raises `_AlreadyIndexed` if the path has a row
+        or `commit` is still indexing it, and is never held."""
+        with self._held_lock:
+            if only_if_unindexed:
+                self.index_held(info.camera)  # older files first
+                return self._insert_row(written, info, recovered=recovered, only_if_unindexed=True)
+            self._pending.add(written.path)
+            self._held.setdefault(info.camera, []).append((written, info, recovered))
+            done = self.index_held(info.camera)
+        return done[-1]
+
+    def index_held(self, camera: str) -> list[Segment]:
+        """Index, in order, the files of `camera` whose rows could not be written before;
+        returns the new segments. IndexWriteError (files still held) if the index still
+        cannot be written."""
+        done: list[Segment] = []
+        with self._held_lock:
+            queue = self._held.get(camera, [])
+            while queue:
+                written, info, recovered = queue[0]
+                done.append(self._insert_row(written, info, recovered=recovered))
+                queue.pop(0)
+                self._pending.discard(written.path)
+        return done
+
+    def held(self, camera: str) -> list[SegmentInfo]:
+        """Segments of `camera` on disk whose rows are waiting for the index, oldest first."""
+        with self._held_lock:
+            return [info for _w, info, _r in self._held.get(camera, [])]
+
+    def _insert_row(
+        self,
+        written: WrittenFile,
+        info: SegmentInfo,
+        *,
+        recovered: bool,
+        only_if_unindexed: bool = False,
+    ) -> Segment:
+        """Add the row and advance the camera's chain. `only_if_unindexed`: see `_insert`
+        (checked under the write lock)."""
         rel = str(written.path.relative_to(self.root))
         with self._writing() as s:
             if only_if_unindexed and (
@@ -553,7 +671,8 @@ class SegmentStore:
             s.flush()
             promised = self._promise(s, info.camera)
             seg = Segment.from_row(row, self.root)
-            self._chain_heads[info.camera] = chain
+        # Only once committed: a commit that fails (a full index) must not move the chain.
+        self._chain_heads[info.camera] = chain
         self._promised[info.camera] = promised
         cursor = self._purge_cursors.get(info.camera)
         if cursor is not None and info.end_ms <= cursor[0]:
@@ -594,8 +713,20 @@ class SegmentStore:
         return days
 
     def free_bytes(self) -> int:
-        """Free space on the recordings filesystem, for unprivileged writers."""
-        return shutil.disk_usage(self.root).free
+        """Free space on the recordings filesystem, for unprivileged writers. While the
+        index's reserve (on the same filesystem) is used up, it is made again here as soon
+        as there is room, and counted as taken until then, so recorders resume only after
+        the index has its room back."""
+        free = shutil.disk_usage(self.root).free
+        path = self._reserve_file
+        if path is not None and not self._restore_index_reserve():
+            try:
+                same = os.stat(path.parent).st_dev == os.stat(self.root).st_dev
+            except OSError:
+                same = True
+            if same:
+                free = max(0, free - self._reserve_bytes)
+        return free
 
     # --- start-up recovery ------------------------------------------------------------------
 
@@ -897,6 +1028,16 @@ class SegmentStore:
                 update(OutageRow)
                 .where(OutageRow.id == outage_id, OutageRow.end_ms.is_(None))
                 .values(end_ms=end_ms)
+            )
+
+    def reopen_outage(self, outage_id: int, cause: str, detail: str) -> None:
+        """An outage was closed for footage that then came to nothing (its segment failed
+        before a byte was kept): the gap goes on, under the cause of that failure."""
+        with self._writing() as s:
+            s.execute(
+                update(OutageRow)
+                .where(OutageRow.id == outage_id)
+                .values(end_ms=None, cause=cause, detail=detail)
             )
 
     def set_outage_end(self, outage_id: int, end_ms: int) -> None:

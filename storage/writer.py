@@ -19,7 +19,7 @@ from typing import Any
 import av
 from av.container import OutputContainer
 
-from storage.errors import StorageFullError, StorageIOError
+from storage.errors import PacketRejected, StorageError, StorageFullError, StorageIOError
 
 FRAGMENT_MICROSECONDS = 1_000_000
 WRITE_BUFFER_BYTES = 512 * 1024
@@ -76,10 +76,21 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _os_error(err: OSError | av.FFmpegError, what: str) -> StorageIOError:
+def _os_error(err: OSError | av.FFmpegError, what: str) -> StorageError:
     if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
         return StorageFullError(f"{what}: no space left on device")
+    if _refused_by_muxer(err):
+        return PacketRejected(f"{what}: the muxer refused the stream ({err.strerror or err})")
     return StorageIOError(f"{what}: {err.strerror or err}")
+
+
+def _refused_by_muxer(err: BaseException) -> bool:
+    """FFmpeg's own EINVAL or invalid-data verdict on what it was given (missing dimensions,
+    bad timestamps): not a disk failure. An OSError of our file sink never counts: PyAV
+    re-raises it as it was."""
+    return isinstance(err, av.FFmpegError) and (
+        err.errno == errno.EINVAL or isinstance(err, av.error.InvalidDataError)
+    )
 
 
 class SegmentWriter:
@@ -114,6 +125,9 @@ class SegmentWriter:
             self.audio = self._out.add_stream_from_template(audio) if audio is not None else None
         except (av.FFmpegError, OSError) as err:
             self._sink.close()
+            self.temp_path.unlink(missing_ok=True)  # we made it a moment ago: still empty
+            if isinstance(err, av.FFmpegError):
+                raise PacketRejected(f"cannot start muxing {self.temp_path}: {err}") from err
             raise StorageIOError(f"cannot start muxing {self.temp_path}: {err}") from err
         self.packets = 0
 

@@ -1,0 +1,177 @@
+"""A full disk that also holds the index (issue 11, item 6): an index write failure is a
+storage condition like a full disk. The recorder pauses, says so in its state, keeps the
+segment whose row could not be written (held, indexed when the index can be written), writes
+the outage ledger when it can, retries each second and resumes by itself; its thread never
+dies. A reserve beside the index keeps the ledger writable on a full disk.
+
+Uses a real 64 MiB tmpfs (needs root, as in CI) with the recordings and the SQLite index on it,
+and the loopback camera simulator."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest import CameraRecorder, RtspOpener
+from storage import SegmentStore
+from storage.store import INDEX_RESERVE_BYTES
+from tests.camsim import CameraSim
+from tests.media import check_file
+from tests.test_recording import wait_for
+
+pytestmark = pytest.mark.slow
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def shared_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs for the recordings and the index together."""
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a test tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_up(path: Path) -> None:
+    """Write until the filesystem has not one free block left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (MIB, 4096, 512):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+
+
+def part_with_fragments(root: Path) -> bool:
+    """A segment is in flight with over a second of video (complete fragments) in it."""
+    return any(p.stat().st_size > MIB for p in root.rglob("*.part"))
+
+
+def start_recorder(store: SegmentStore, url: str) -> CameraRecorder:
+    opener = RtspOpener(
+        url, username=None, password=None, transport="tcp", timeout_s=3.0, camera="cam"
+    )
+    rec = CameraRecorder("cam", opener, store, segment_seconds=4, reserve_bytes=0, stall_seconds=3)
+    rec.start()
+    return rec
+
+
+def assert_all_indexed(store: SegmentStore) -> None:
+    report = store.consistency()
+    assert not report.files_without_rows, report
+    assert not report.rows_without_files, report
+    verified = store.verify("cam")
+    assert verified.ok, verified.problems
+
+
+def test_full_index_pauses_holds_the_segment_and_resumes(
+    camsim: CameraSim, shared_fs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    root = shared_fs / "rec"
+    # No reserve: the index itself runs out of room, as on a box that keeps none.
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", index_reserve_bytes=0)
+    rec = start_recorder(store, camsim.url("hd4m"))
+    filler = shared_fs / "filler"
+    try:
+        wait_for(lambda: len(store.segments("cam")) >= 1, 30, "a first segment")
+        wait_for(lambda: part_with_fragments(root), 30, "a segment in flight")
+        fill_up(filler)
+        wait_for(lambda: rec.status().state == "storage-full", 30, "the storage-full alarm")
+        wait_for(lambda: "database or disk is full" in caplog.text, 15, "an index write to fail")
+        before_free = len(store.segments("cam"))
+        # Paused, not dead: the thread stays and keeps showing progress (so the supervisor
+        # does not replace it), through more than three of the old replacement rounds.
+        for _ in range(6):
+            time.sleep(1)
+            st = rec.status()
+            assert rec.thread.is_alive(), "the recorder thread died on an index write failure"
+            assert st.state == "storage-full", st
+            assert st.in_backoff and time.monotonic() - st.last_progress < 3, st
+        held = store.held("cam")
+        assert held, "the segment in flight was neither indexed nor held"
+        held_paths = {store.segment_path("cam", h.start_ms).name for h in held}
+        assert {p.name for p in root.rglob("*.mp4")} >= held_paths
+        filler.unlink()
+        freed = time.monotonic()
+        wait_for(lambda: not store.held("cam"), 10, "the held segment to be indexed")
+        caught_up = time.monotonic() - freed
+        wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
+        wait_for(lambda: len(store.segments("cam")) > before_free + 1, 30, "new segments")
+    finally:
+        rec.stop()
+        rec.thread.join(15)
+    assert not rec.thread.is_alive()
+    assert caught_up < 5, caught_up  # retried each second (margin for a loaded machine)
+    segments = store.segments("cam")
+    for start in {h.start_ms for h in held}:
+        (seg,) = [s for s in segments if s.start_ms == start]
+        assert check_file(seg.path, decode=False).first_is_key
+    # One gap, one ledger row: from the end of the held segment to the next footage.
+    gaps = [o for o in store.outages("cam") if o.cause != "daemon-stopped"]
+    assert [o.cause for o in gaps] == ["storage-full"], gaps
+    last_held = max(h.end_ms for h in held)
+    assert gaps[0].start_ms == last_held
+    after = [s for s in segments if s.start_ms >= last_held]
+    assert after and gaps[0].end_ms == after[0].start_ms, (gaps, after[:1])
+    assert_all_indexed(store)
+    store.close()
+
+
+def test_index_reserve_keeps_the_ledger_on_a_full_disk(camsim: CameraSim, shared_fs: Path) -> None:
+    root = shared_fs / "rec"
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    reserve = root / ("index.db" + ".reserve")
+    assert reserve.stat().st_size == INDEX_RESERVE_BYTES
+    rec = start_recorder(store, camsim.url("hd4m"))
+    filler = shared_fs / "filler"
+    try:
+        wait_for(lambda: len(store.segments("cam")) >= 1, 30, "a first segment")
+        wait_for(lambda: part_with_fragments(root), 30, "a segment in flight")
+        fill_up(filler)
+        wait_for(lambda: rec.status().state == "storage-full", 30, "the storage-full alarm")
+        # Still full: the reserve gave the index room for the ledger and the segment.
+        wait_for(lambda: bool(store.open_outages("cam")), 10, "the ledger entry")
+        (outage,) = store.open_outages("cam")
+        assert outage.cause == "storage-full"
+        assert not reserve.exists(), "the index never needed its reserve"
+        assert not store.held("cam")
+        assert outage.start_ms == store.segments("cam")[-1].end_ms
+        assert_all_indexed(store)
+        time.sleep(3)
+        assert rec.thread.is_alive() and rec.status().state == "storage-full"
+        filler.unlink()
+        wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
+        # The reserve is made again before recording resumes.
+        assert reserve.stat().st_size == INDEX_RESERVE_BYTES
+        wait_for(lambda: not store.open_outages("cam"), 20, "the outage to close")
+    finally:
+        rec.stop()
+        rec.thread.join(15)
+    assert_all_indexed(store)
+    store.close()
