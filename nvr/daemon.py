@@ -14,6 +14,7 @@ run), and so does a process where replacing a recorder did not help; systemd the
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -124,18 +125,47 @@ async def heartbeat(supervisor: Supervisor, notifier: Notifier, stop: asyncio.Ev
             pass
 
 
+STATUS_ROOM = 16 * 1024
+"""status.json is padded (with spaces, which JSON allows) to a multiple of this, at least twice
+its text, so that on a full disk it can be rewritten in place in the blocks it already has."""
+
+
 def write_status(root: Path, supervisor: Supervisor, running: bool) -> None:
     """Atomically publish the recorders' live state for `nvr status` (another process).
-    Blocking: runs on a worker thread."""
+    On a full disk (no room for the new file) the old one is overwritten in place instead,
+    so the alarm still shows. Blocking: runs on a worker thread."""
     doc = {
         "pid": os.getpid(),
         "running": running,
         "written_ms": time.time_ns() // 1_000_000,
         "cameras": {s.camera: asdict(s) for s in supervisor.snapshot()},
     }
+    text = json.dumps(doc, indent=1).encode("utf-8")
+    size = -(-2 * len(text) // STATUS_ROOM) * STATUS_ROOM
     tmp = root / (STATUS_FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    os.replace(tmp, root / STATUS_FILE)
+    try:
+        tmp.write_bytes(text.ljust(size))
+        os.replace(tmp, root / STATUS_FILE)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        tmp.unlink(missing_ok=True)
+        _rewrite_in_place(root / STATUS_FILE, text, err)
+
+
+def _rewrite_in_place(path: Path, text: bytes, full: OSError) -> None:
+    """Overwrite `path` without growing it (a reader may catch it half-written and retry)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise full from None
+    try:
+        size = os.fstat(fd).st_size
+        if len(text) > size:
+            raise full
+        os.pwrite(fd, text.ljust(size), 0)
+    finally:
+        os.close(fd)
 
 
 class _Publisher:

@@ -9,7 +9,9 @@ and the loopback camera simulator."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import json
 import logging
 import os
 import subprocess
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest import CameraRecorder, RtspOpener
+from config import CameraConfig, NvrConfig, StorageConfig
+from ingest import CameraRecorder, RtspOpener, Supervisor
+from nvr.daemon import STATUS_FILE, write_status
 from storage import SegmentStore
 from storage.store import INDEX_RESERVE_BYTES
 from tests.camsim import CameraSim
@@ -96,7 +100,16 @@ def test_full_index_pauses_holds_the_segment_and_resumes(
     root = shared_fs / "rec"
     # No reserve: the index itself runs out of room, as on a box that keeps none.
     store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", index_reserve_bytes=0)
-    rec = start_recorder(store, camsim.url("hd4m"))
+    config = NvrConfig(
+        storage=StorageConfig(root=root, reserve_bytes=0),
+        cameras=[
+            CameraConfig(name="cam", url=camsim.url("hd4m"), segment_seconds=10, stall_seconds=3.0)
+        ],
+    )
+    supervisor = Supervisor(config, store)  # the daemon's view: health and status.json
+    supervisor.start()
+    rec = supervisor.recorders["cam"]
+    write_status(root, supervisor, True)
     filler = shared_fs / "filler"
     try:
         wait_for(lambda: len(store.segments("cam")) >= 1, 30, "a first segment")
@@ -112,7 +125,13 @@ def test_full_index_pauses_holds_the_segment_and_resumes(
             st = rec.status()
             assert rec.thread.is_alive(), "the recorder thread died on an index write failure"
             assert st.state == "storage-full", st
-            assert st.in_backoff and time.monotonic() - st.last_progress < 3, st
+            (health,) = supervisor.health()
+            assert not health.stuck, health  # nothing for the supervisor to replace
+        # `nvr status` reads status.json: still written on the full disk, with the alarm.
+        write_status(root, supervisor, True)
+        published = json.loads((root / STATUS_FILE).read_text(encoding="utf-8"))
+        assert published["cameras"]["cam"]["state"] == "storage-full", published
+        assert "database or disk is full" in published["cameras"]["cam"]["detail"]
         held = store.held("cam")
         assert held, "the segment in flight was neither indexed nor held"
         held_paths = {store.segment_path("cam", h.start_ms).name for h in held}
@@ -124,9 +143,9 @@ def test_full_index_pauses_holds_the_segment_and_resumes(
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
         wait_for(lambda: len(store.segments("cam")) > before_free + 1, 30, "new segments")
     finally:
-        rec.stop()
-        rec.thread.join(15)
-    assert not rec.thread.is_alive()
+        late = asyncio.run(supervisor.stop())
+    assert not late and not rec.thread.is_alive()
+    assert supervisor.recorders["cam"] is rec and supervisor.replacements == 0
     assert caught_up < 5, caught_up  # retried each second (margin for a loaded machine)
     segments = store.segments("cam")
     for start in {h.start_ms for h in held}:
