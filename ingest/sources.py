@@ -256,19 +256,36 @@ class RtspOpener:
             options["reorder_queue_size"] = "64"
         secrets = (self._password, self._username)
         capture = SocketCapture(self._host, self._port)
+        tcp_refused = False
         with capture:
             started = time.monotonic()
             try:
                 container = av.open(self._full_url(), options=options, timeout=None)
             except (av.FFmpegError, OSError) as err:
-                if time.monotonic() - started >= 0.9 * self._timeout_s:
+                tcp_refused = (
+                    getattr(err, "errno", None) == errno.EPROTONOSUPPORT
+                    and self._ffmpeg_transport == "tcp"
+                )
+                if tcp_refused:
+                    pass  # SETUP answered 461: retried over UDP below
+                elif time.monotonic() - started >= 0.9 * self._timeout_s:
                     # FFmpeg reports an unanswered handshake as invalid data once its socket
                     # timeout expires; the elapsed time says what really happened.
                     detail = redact_text(f"{type(err).__name__}: {err.strerror}", *secrets)
                     raise ConnectTimeout(
                         f"no RTSP answer within {self._timeout_s:.1f} s ({detail})"
                     ) from None
-                raise classify(err, connecting=True, secrets=secrets) from None
+                else:
+                    raise classify(err, connecting=True, secrets=secrets) from None
+        if tcp_refused:
+            # A UDP-only camera that FFmpeg's demuxer reads anyway (B-frames, rtsps, ...).
+            self._ffmpeg_transport = "udp"
+            log.warning(
+                "camera %s: refuses RTP over TCP; recording over udp from now on "
+                '(set transport = "udp" for this camera)',
+                self._camera,
+            )
+            return self._open_ffmpeg()
         fd = capture.fd
         watch = None
         if fd is not None:

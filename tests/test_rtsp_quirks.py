@@ -196,3 +196,30 @@ def test_64_cameras_connecting_at_once_to_a_slow_server_all_record(
     assert outages == {}
     silent = [name for name, rec in result.items() if not rec.segments]
     assert silent == []
+
+
+def test_a_udp_only_camera_already_on_ffmpegs_demuxer_switches_to_udp(
+    quirks: QuirkServer,
+) -> None:
+    """A camera that needs FFmpeg's demuxer anyway (here: marked so, as after B-frames) and
+    answers TCP SETUP with 461: FFmpeg is asked again over UDP instead of failing forever."""
+    opener = RtspOpener(
+        quirks.url("udp-only"),
+        username=None,
+        password=None,
+        transport="tcp",
+        timeout_s=TIMEOUT_S,
+        camera="udp",
+    )
+    opener._ffmpeg_reason = "frames arrive out of presentation order (B-frames)"
+    source = opener.open()
+    try:
+        keyframes = 0
+        for count, packet in enumerate(source.packets()):
+            keyframes += packet.is_keyframe
+            if count >= 30:
+                break
+        assert keyframes >= 1 and source.video.codec_context.width == 640
+        assert opener._ffmpeg_transport == "udp"
+    finally:
+        source.close()
