@@ -1,7 +1,7 @@
-"""CLI commands for retention and integrity: lock, locks, lock-extend, lock-release, delete,
-verify, purge. Each opens the store beside a running daemon (no writer lock) and acts through
-the storage door, which refuses and audits anything inside the window or locked. Runs on the
-main thread."""
+"""CLI commands for retention and integrity: lock, locks, lock-extend, lock-release, lock-end,
+delete, verify, purge. Each opens the store beside a running daemon (no writer lock) and acts
+through the storage door, which refuses and audits anything inside the window or locked.
+Runs on the main thread."""
 
 from __future__ import annotations
 
@@ -100,9 +100,14 @@ def cmd_locks(args: argparse.Namespace) -> int:
     for lk in locks:
         state = "active" if lk.active(now) else "ended"
         until = "legal hold" if lk.expires_ms is None else f"until {iso(lk.expires_ms)}"
+        asked = (
+            f"\tend asked by {lk.end_requested_by} ({lk.end_request_reason})"
+            if lk.end_requested_by is not None and lk.active(now)
+            else ""
+        )
         print(
             f"{lk.id}\t{lk.camera}\t{iso(lk.start_ms)} .. {iso(lk.end_ms)}\t{until}\t"
-            f"{state}\tby {lk.created_by}\tcase {lk.case_id or '-'}\t{lk.reason}"
+            f"{state}\tby {lk.created_by}\tcase {lk.case_id or '-'}\t{lk.reason}{asked}"
         )
     return 0
 
@@ -126,6 +131,24 @@ def cmd_lock_release(args: argparse.Namespace) -> int:
             print(f"nvr lock-release: refused: {err}", file=sys.stderr)
             return 1
     print(f"released: {lock.describe()}")
+    return 0
+
+
+def cmd_lock_end(args: argparse.Namespace) -> int:
+    """Ask to end a lock made by mistake, or (another person) approve that request."""
+    with opened(args) as (_, store):
+        try:
+            if args.approve:
+                lock = store.approve_lock_end(args.id, actor=actor(), reason=args.reason)
+            else:
+                lock = store.request_lock_end(args.id, actor=actor(), reason=args.reason)
+        except LockError as err:
+            print(f"nvr lock-end: refused: {err}", file=sys.stderr)
+            return 1
+    if args.approve:
+        print(f"ended: {lock.describe()}")
+    else:
+        print(f"asked to end {lock.describe()}; a second person must approve (--approve)")
     return 0
 
 
@@ -198,6 +221,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("id", type=int)
     p.add_argument("--reason", required=True)
     p.set_defaults(func=cmd_lock_release)
+
+    p = with_config(
+        "lock-end", "end a lock made by mistake: one person asks, a second approves (--approve)"
+    )
+    p.add_argument("id", type=int)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--approve", action="store_true", help="approve another person's request")
+    p.set_defaults(func=cmd_lock_end)
 
     p = with_config("delete", "delete expired, unlocked footage (refuses anything else)")
     p.add_argument("camera")

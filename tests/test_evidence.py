@@ -668,3 +668,37 @@ def strip_arrays(entry: bytes) -> bytes:
     hvcc = struct.pack(">I4s", 8 + len(record), b"hvcC") + record
     body = entry[8:at] + hvcc + entry[at + size :]
     return struct.pack(">I4s", 8 + len(body), b"hev1") + body
+
+
+def test_lock_ends_early_over_http_and_cli_only_with_two_people(site: Site, tmp_path: Path) -> None:
+    t0 = site.t0
+    site.api.store.accounts.add_user("ada", "admin", PASSWORD, actor="test")
+    lock = {"camera": "gate", "start": t0, "end": t0 + 4000, "reason": "typo: wrong camera"}
+    with site.api.as_user("root") as root, site.api.as_user("ada") as ada:
+        with site.api.as_user("olga") as olga:
+            made = olga.post("/api/locks", json=lock).json()
+            r = olga.post(f"/api/locks/{made['id']}/end-request", json={"reason": "mine"})
+            assert r.status_code == 403  # admins only
+        r = root.post(f"/api/locks/{made['id']}/end-request", json={"reason": "wrong camera"})
+        assert r.status_code == 200 and r.json()["end_requested_by"] == "root"
+        assert r.json()["active"] is True
+        r = root.post(f"/api/locks/{made['id']}/end-approve", json={"reason": "sure"})
+        assert r.status_code == 409 and "second admin" in r.json()["detail"]
+        config = tmp_path / "nvr.toml"
+        config.write_text(f'[storage]\nroot = "{site.api.root}"\n')
+        listed = run([*NVR, "locks", "-c", str(config)], tmp_path)
+        assert "end asked by root (wrong camera)" in listed.stdout, listed
+        r = ada.post(f"/api/locks/{made['id']}/end-approve", json={"reason": "checked"})
+        assert r.status_code == 200 and r.json()["active"] is False
+    # At the command line the same two steps, and one person cannot take both.
+    cli_lock = site.api.store.lock("gate", t0, t0 + 2000, actor="olga", reason="x")
+    asked = run(
+        [*NVR, "lock-end", "-c", str(config), str(cli_lock.id), "--reason", "wrong"], tmp_path
+    )
+    assert asked.returncode == 0, asked
+    again = run(
+        [*NVR, "lock-end", "-c", str(config), str(cli_lock.id), "--reason", "ok", "--approve"],
+        tmp_path,
+    )
+    assert again.returncode == 1 and "second admin" in again.stderr, again
+    assert any(lk.id == cli_lock.id for lk in site.api.store.locks())
