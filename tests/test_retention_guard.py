@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config import NvrConfig, StorageConfig
-from retention import RetentionService, RetentionViolation
+from retention import RetentionService, RetentionViolation, SegmentSpan, plan_purge
 from retention import service as retention_service
 from storage import SegmentStore, StorageIOError
 from storage.guard import DAY_MS
@@ -423,3 +425,93 @@ def test_an_interrupted_purge_of_footage_locked_since_is_undone(
     assert day_starts(store) == [3, 10, 11]
     assert store.verify().ok, store.verify().problems
     store.close()
+
+
+# --- item 4, for all inputs: the candidates are exactly the expired, unlocked segments ----
+
+span_specs = st.lists(
+    st.tuples(st.sampled_from(["a", "b"]), st.integers(0, 60 * 24), st.integers(1, 72)),
+    max_size=40,
+)
+lock_specs = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b"]),
+        st.integers(0, 60 * 24),
+        st.integers(1, 10 * 24),
+        st.booleans(),
+    ),
+    max_size=6,
+)
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(scope="module")
+def empty_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("candidates") / "store"
+    SegmentStore(root, f"sqlite:///{root / 'index.db'}").close()
+    return root
+
+
+@settings(max_examples=200, deadline=None)
+@given(span_specs, lock_specs, lock_specs, st.integers(0, 40 * 24), st.integers(0, 20 * 24))
+def test_purge_candidates_are_exactly_the_expired_unlocked_segments(
+    empty_index: Path,
+    raw: list[tuple[str, int, int]],
+    first_locks: list[tuple[str, int, int, bool]],
+    later_locks: list[tuple[str, int, int, bool]],
+    now_h: int,
+    step_h: int,
+) -> None:
+    """Segments and locks (hours from T0) straight into the index; the candidates must match
+    the pure decision (`plan_purge`), before and after locks change, rows go and time moves."""
+    root = empty_index
+    db = sqlite3.connect(root / "index.db")
+    db.execute("DELETE FROM segments")
+    db.execute("DELETE FROM locks")
+    db.executemany(
+        "INSERT INTO segments (camera, start_ms, end_ms, duration_ms, bytes, path, video_codec,"
+        " width, height, frames, sha256, prev_chain, chain, recovered, discontinuity, garbage,"
+        " created_ms) VALUES (?,?,?,0,0,?,'h264',0,0,0,'','','',0,0,0,0)",
+        [
+            (cam, T0 + h * HOUR_MS, T0 + (h + d) * HOUR_MS, f"{cam}/{i}.mp4")
+            for i, (cam, h, d) in enumerate(raw)
+        ],
+    )
+
+    def add_locks(specs: list[tuple[str, int, int, bool]]) -> None:
+        db.executemany(
+            "INSERT INTO locks (camera, start_ms, end_ms, created_ms, created_by, reason,"
+            " expires_ms, released_ms) VALUES (?,?,?,0,'t','r',?,NULL)",
+            [
+                (
+                    cam,
+                    T0 + h * HOUR_MS,
+                    T0 + (h + d) * HOUR_MS,
+                    None if hold else T0 + 1000 * DAY_MS,
+                )
+                for cam, h, d, hold in specs
+            ],
+        )
+        db.commit()
+
+    add_locks(first_locks)
+    clock = FakeClock(T0 + (30 * 24 + now_h) * HOUR_MS)
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False, clock=clock)
+
+    def expected() -> set[int]:
+        rows = db.execute("SELECT id, camera, start_ms, end_ms FROM segments").fetchall()
+        spans = [SegmentSpan(*r) for r in rows]
+        return set(plan_purge(spans, store.locks(), now_ms=clock.now, window_days=lambda _c: 30))
+
+    try:
+        assert {s.id for s in store.purge_candidates()} == expected()
+        # Some go (as a purge would), a lock ends, new locks come, time moves on.
+        db.execute("DELETE FROM segments WHERE id % 2 = 0")
+        db.execute("UPDATE locks SET released_ms = 1 WHERE id = (SELECT min(id) FROM locks)")
+        add_locks(later_locks)
+        clock.now += step_h * HOUR_MS
+        assert {s.id for s in store.purge_candidates()} == expected()
+        assert {s.id for s in store.purge_candidates()} == expected()  # with what it remembers
+    finally:
+        store.close()
+        db.close()
