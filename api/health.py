@@ -176,7 +176,7 @@ class HealthService:
             ),
             outages_24h=outages,
             gap_seconds_24h=gap_ms / 1000,
-            window_days=self._config.retention_days(name),
+            window_days=self._store.window_days(name),
             oldest_segment_ms=oldest.start_ms if oldest else None,
         )
 
@@ -227,7 +227,8 @@ class HealthService:
             worse("degraded")
             reasons.append(f"storage forecast warning: {cap.detail}")
         window = max(
-            [self._config.retention.days] + [c.retention_days or 0 for c in self._config.cameras]
+            [self._config.retention.days]
+            + [self._store.window_days(c.name) for c in self._config.cameras]
         )
         if cap.state == "unknown":
             compliant: bool | None = None

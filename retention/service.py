@@ -76,8 +76,12 @@ class RetentionService:
             total_bytes += st.bytes
             total_media += st.media_ms
             active += 1 if st.segments else 0
+        # The longest window any footage was promised: stored ones included (a camera
+        # dropped from the config keeps its footage for its own window).
         window = max(
-            [self._config.retention.days] + [c.retention_days or 0 for c in self._config.cameras]
+            [self._config.retention.days]
+            + [self._store.window_days(c) for c in self._store.cameras()]
+            + [c.retention_days or 0 for c in self._config.cameras]
         )
         fc = forecast(
             recorded_bytes_24h=total_bytes,

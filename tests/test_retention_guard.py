@@ -252,6 +252,7 @@ def test_a_camera_removed_from_the_config_keeps_its_stored_window(
     service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
     assert service.purge_once() == 3
     assert day_starts(store, "long") == [0, 1, 2] and store.segments("short") == []
+    assert service.capacity_once().window_days == 90  # the forecast holds it to 90 days
     with pytest.raises(RetentionViolation, match="90-day retention window"):
         store.delete_range("long", T0, T0 + DAY_MS, actor="admin")
     clock.now = T0 + 92 * DAY_MS
