@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
 
 from config import NvrConfig, StorageConfig
 from retention import RetentionService, RetentionViolation, SegmentSpan, plan_purge
@@ -311,17 +312,19 @@ def test_cli_purge_with_another_config_keeps_the_stored_window(tmp_path: Path) -
 # --- item 2: the garbage flag is no permission --------------------------------------------
 
 
-def mark_garbage(root: Path, where: str) -> None:
-    """Edit the index behind the store's back, as someone with the database file could."""
-    db = sqlite3.connect(root / "index.db")
-    db.execute(f"UPDATE segments SET garbage = 1 WHERE {where}")
-    db.commit()
-    db.close()
+def mark_garbage(url: str, where: str) -> None:
+    """Edit the index behind the store's back, as someone with the database could."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE segments SET garbage = true WHERE {where}"))
+    engine.dispose()
 
 
-def test_fresh_footage_marked_as_garbage_is_reported_kept_and_unmarked(tmp_path: Path) -> None:
+def test_fresh_footage_marked_as_garbage_is_reported_kept_and_unmarked(
+    tmp_path: Path, index_url: str
+) -> None:
     root = tmp_path / "store"
-    url = f"sqlite:///{root / 'index.db'}"
+    url = index_url
     clock = FakeClock(T0)
     store = open_store(root, url, clock)
     for day in range(40):
@@ -329,8 +332,8 @@ def test_fresh_footage_marked_as_garbage_is_reported_kept_and_unmarked(tmp_path:
     clock.now = T0 + 40 * DAY_MS
     fresh = store.segments("cam")[-3:]
     store.close()
-    mark_garbage(root, f"start_ms >= {T0 + 37 * DAY_MS}")  # days 37..39: inside the window
-    mark_garbage(root, f"start_ms = {T0 + 2 * DAY_MS}")  # day 2: expired, but no purge marked it
+    mark_garbage(url, f"start_ms >= {T0 + 37 * DAY_MS}")  # days 37..39: inside the window
+    mark_garbage(url, f"start_ms = {T0 + 2 * DAY_MS}")  # day 2: expired, but no purge marked it
 
     store = open_store(root, url, clock)
     report = store.verify()
