@@ -50,6 +50,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ingest.errors import AuthRejected, CameraUnreachable, ConnectTimeout, StreamError
 from ingest.redact import redact_text
+from ingest.rtsp import KEYFRAME_WAIT_SECONDS
 from ingest.sources import RtspOpener, Source
 from ingest.timecheck import (
     CAMERA_CHECK_INTERVAL_S,
@@ -494,6 +495,7 @@ class OnvifOpener:
         transport: str,
         timeout_s: float,
         clock_limit_s: float = 2.0,
+        keyframe_wait_s: float = KEYFRAME_WAIT_SECONDS,
         resolve_timeout_s: float = 10.0,
         reresolve_after: int = 3,
         auth_retry_s: float = 60.0,
@@ -508,6 +510,7 @@ class OnvifOpener:
         self._transport = transport
         self._timeout_s = timeout_s
         self._clock_limit = clock_limit_s
+        self._keyframe_wait_s = keyframe_wait_s
         self._resolve_timeout = resolve_timeout_s
         self._reresolve_after = max(1, reresolve_after)
         self._auth_retry = auth_retry_s
@@ -622,7 +625,10 @@ class OnvifOpener:
             transport=self._transport,
             timeout_s=self._timeout_s,
             camera=self.camera,
+            keyframe_wait_s=self._keyframe_wait_s,
         )
+        if self._rtsp is not None:
+            rtsp.longest_gop_s = self._rtsp.longest_gop_s  # same camera, same GOP
         previous = self.resolved
         with self._lock:
             self._rtsp = rtsp

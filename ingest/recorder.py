@@ -35,7 +35,9 @@ import av
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
+from ingest import progress
 from ingest.errors import StreamError, StreamStalled, UnsupportedStream
+from ingest.rtsp import KEYFRAME_WAIT_SECONDS
 from ingest.sources import Source, StreamOpener
 from ingest.timecheck import CLOCK_STEP, ClockStep, ClockStepDetector
 from ingest.timeline import Stamped, StreamTimeline
@@ -50,6 +52,7 @@ from storage import (
     StorageError,
     StorageFullError,
     StorageIOError,
+    container_format,
 )
 
 
@@ -147,6 +150,10 @@ RECORDED_A_WHILE_SECONDS = 10.0
 """A connection that lasted this long was not a tight failure loop: a camera answering the
 probe right after it may be reconnected at once."""
 
+AUDIO_ANCHOR_SECONDS = 1.0
+"""A segment's first audio packet further than this from the video's position is placed at
+the video's position (audio timestamps inconsistent with the video's), never squeezed."""
+
 
 class RecorderAbandoned(BaseException):
     """Raised on a replaced recorder's thread at its next store write; unwinds the thread.
@@ -201,8 +208,11 @@ class _Segmenting:
         arrival_mono: float,
         time_base: Fraction,
         name_ms: int,
+        template: VideoStream,
     ) -> None:
         self.writer = writer
+        self.template = template
+        """The video template the file's sample entry came from (its codec and size)."""
         self.video_out = writer.video
         self.mux = writer.mux
         self.began = arrival_mono
@@ -222,6 +232,8 @@ class _Segmenting:
         self.discontinuity = False
         self.closed = False
         """Committed, held by the store for the index, or abandoned: nothing more to do."""
+        self.atb_s = 0.0
+        """Seconds per tick of the source's audio time base (0: no audio)."""
 
     @property
     def wall_est(self) -> int:
@@ -258,6 +270,7 @@ class CameraRecorder:
         segment_seconds: int,
         reserve_bytes: int = 0,
         stall_seconds: float = 4.0,
+        keyframe_wait_seconds: float = KEYFRAME_WAIT_SECONDS,
         clock: Clock | None = None,
         backoff: Backoff | None = None,
         on_segment: Callable[[Segment], None] | None = None,
@@ -269,6 +282,10 @@ class CameraRecorder:
         self._segment_seconds = segment_seconds
         self._reserve = reserve_bytes
         self._stall_seconds = stall_seconds
+        self._keyframe_wait = keyframe_wait_seconds
+        self._audio_note = ""
+        """The last reason given for recording without the camera's audio (logged once)."""
+        self._audio_reanchored = False
         self._clock = clock or SystemClock()
         self._backoff = backoff or Backoff()
         self._on_segment = on_segment
@@ -358,6 +375,7 @@ class CameraRecorder:
     # --- the thread ---------------------------------------------------------------------------
 
     def _main(self) -> None:
+        progress.bind(self._progress)  # deliberate waits inside a source count as progress
         try:
             self._run()
         except RecorderAbandoned:
@@ -593,10 +611,15 @@ class CameraRecorder:
         rate = video.guessed_rate or video.average_rate or Fraction(25)
         frame_ticks = max(1, int(1 / (rate * vtb))) if rate else 1
         vclock = StreamTimeline(frame_ticks, jump_ticks=int(2 / vtb))
-        audio = self._audio_for(source)
+        audio, note = self._audio_for(source)
         atb = audio.time_base if audio is not None else None
         aclock = StreamTimeline(1024, jump_ticks=int(2 / atb)) if atb is not None else None
-        self._set(detail=source.description)
+        description = source.description
+        if note:
+            description += f"; audio not recorded: {note}"
+            self._report_audio_note(note)
+        self._audio_reanchored = False
+        self._set(detail=description)
         self.log.info(
             "camera %s: connected (%s, %s%s)",
             self.camera,
@@ -628,9 +651,11 @@ class CameraRecorder:
                     if step is not None:
                         self._clock_stepped(seg, step)
                         cut_pending = True  # the next segment starts on the stepped clock
-                    if seg is None and now - connected_at > max(10.0, 3 * self._stall_seconds):
+                    if seg is None and now - connected_at > self._keyframe_wait:
                         raise UnsupportedStream(
-                            "no keyframe within %.0f s of connecting" % (now - connected_at)
+                            "no keyframe within %.0f s of connecting although media kept "
+                            "arriving (raise keyframe_wait_seconds for a camera with a longer "
+                            "GOP)" % (now - connected_at)
                         )
                     if seg is not None and not seg.settled and now - seg.began >= SETTLE_SECONDS:
                         self._settle(seg)
@@ -670,6 +695,11 @@ class CameraRecorder:
                                 float(st.jump_ticks * vtb),
                             )
                         if pkt.is_keyframe:
+                            if source.video is not video:
+                                # A new SPS (resolution): a new file with the new sample entry.
+                                self._new_video(video, source.video)
+                                video = source.video
+                                cut_pending = True
                             long_enough = (
                                 seg is not None and (st.dts - seg.first_dts) * vtb >= target
                             )
@@ -680,7 +710,7 @@ class CameraRecorder:
                                     target = self._segment_seconds
                                 seg = self._begin(st.dts, video, audio, chained, cut_pending, now)
                                 cut_pending = False
-                                self._set(state="recording", detail=source.description)
+                                self._set(state="recording", detail=description)
                         if seg is None:
                             continue  # before the first keyframe: nothing can decode it yet
                         seg.write_video(pkt, st.dts, st.pts, st.duration, now)
@@ -731,7 +761,8 @@ class CameraRecorder:
         name_ms = self._last_end_ms if chained and self._last_end_ms is not None else arrival
         with self._fence_for():  # new file and ledger: one step
             writer = self._store.new_writer(self.camera, name_ms, video, audio)
-            seg = _Segmenting(writer, first_dts, afirst, arrival, now, vtb, name_ms)
+            seg = _Segmenting(writer, first_dts, afirst, arrival, now, vtb, name_ms, video)
+            seg.atb_s = float(atb) if atb is not None else 0.0
             seg.chained_from = self._last_end_ms if chained else None
             seg.settled = chained
             seg.discontinuity = discontinuity
@@ -765,31 +796,58 @@ class CameraRecorder:
         if self._fix_outage is not None:
             self._store.set_outage_end(self._fix_outage, start)
 
-    def _audio_for(self, source: Source) -> AudioStream | None:
+    def _audio_for(self, source: Source) -> tuple[AudioStream | None, str]:
+        """The source's audio stream if a segment can hold it as it is, and why not if not."""
         audio = source.audio
         if audio is None:
-            return None
+            return None, source.audio_note
         name = audio.codec_context.name
-        probe = av.open(io.BytesIO(), "w", format="mp4")
+        probe = av.open(io.BytesIO(), "w", format=container_format(name))
         try:
             probe.add_stream_from_template(audio)
-            return audio
+            return audio, ""
         except (ValueError, av.FFmpegError):
-            self.log.warning(
-                "camera %s: audio codec %s cannot be stored in MP4; recording video only "
-                "on this connection",
-                self.camera,
-                name,
-            )
-            return None
+            return None, f"{name} audio cannot be stored in an MP4 or QuickTime file"
         finally:
             probe.close()
+
+    def _report_audio_note(self, note: str) -> None:
+        """Say once (log, and an `audio-not-recorded` event in the index) why this camera's
+        audio is not in its recordings; again only if the reason changes."""
+        if note == self._audio_note:
+            return
+        self._audio_note = note
+        self.log.warning("camera %s: recording video only: %s", self.camera, note)
+        with self._fence_for():
+            self._store.add_event(self.camera, self._clock.wall_ms(), "audio-not-recorded", note)
+
+    def _new_video(self, old: VideoStream, new: VideoStream) -> None:
+        """The camera's video parameters changed (a new SPS): recorded as an event."""
+        was, now = old.codec_context, new.codec_context
+        detail = f"{was.width}x{was.height} -> {now.width}x{now.height}"
+        self.log.warning("camera %s: new video parameters (%s)", self.camera, detail)
+        with self._fence_for():
+            self._store.add_event(self.camera, self._clock.wall_ms(), "resolution-change", detail)
 
     def _write_audio(self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped) -> None:
         if seg.writer.audio is None:
             return
         rel = st.dts - seg.audio_first
         if seg.last_audio_dts is None:
+            video_at = (seg.last_video_dts - seg.first_dts) * seg.tb_s
+            if seg.atb_s and abs(rel * seg.atb_s - video_at) > AUDIO_ANCHOR_SECONDS:
+                # Audio timestamps that disagree with the video's (a camera whose RTP-Info
+                # does not match its packets): place it with the video, never squeeze it.
+                if not self._audio_reanchored:
+                    self._audio_reanchored = True
+                    self.log.warning(
+                        "camera %s: audio timestamps %+.1f s from the video's; audio "
+                        "re-anchored to the video",
+                        self.camera,
+                        rel * seg.atb_s - video_at,
+                    )
+                seg.audio_first = st.dts - round(video_at / seg.atb_s)
+                rel = st.dts - seg.audio_first
             rel = max(rel, 0)
         else:
             rel = max(rel, seg.last_audio_dts + 1)  # late packet at a cut: shift, never drop
@@ -823,7 +881,7 @@ class CameraRecorder:
                 )
         if self._last_end_ms is not None and start_ms < self._last_end_ms:
             start_ms = self._last_end_ms  # never overlap the previous segment
-        ctx = source.video.codec_context
+        ctx = seg.template.codec_context
         info = SegmentInfo(
             camera=self.camera,
             start_ms=start_ms,

@@ -1,5 +1,6 @@
 """RTP payload formats: whole frames out of RTP packets, for H.264 (RFC 6184), H.265
-(RFC 7798) and AAC (RFC 3640, `mpeg4-generic`), plus the SDP parsing that says which applies.
+(RFC 7798), AAC (RFC 3640, `mpeg4-generic`) and G.711 (RFC 3551, PCMA/PCMU), plus the SDP
+parsing that says which applies.
 
 Pure logic, no I/O: `ingest.rtsp` feeds each RTP payload with its extended timestamp and
 marker bit, and takes the finished frames from `out`. Runs on the recorder thread of one
@@ -7,6 +8,15 @@ camera; called for every RTP packet, so the hot paths index bytes directly.
 
 Video frames come out in Annex B form (start codes), the form FFmpeg's own RTSP demuxer hands
 over and the MP4 muxer turns into length-prefixed samples.
+
+Where a picture ends is decided by the bitstream, not by the RTP marker bit alone: an access
+unit is every NAL unit of one RTP timestamp, and a slice that starts a picture
+(`first_mb_in_slice` 0, `first_slice_segment_in_pic_flag` 1) or a NAL unit that may only open
+an access unit (parameter sets, AUD, prefix SEI) begins the next one even at the same
+timestamp. Some cameras set the marker bit on every slice of a multi-slice picture (x264
+`slices=4`) and some send one timestamp for everything; both come out as one sample per
+picture. A picture therefore goes out when the next one begins (one frame later, as with
+FFmpeg's own parser).
 """
 
 from __future__ import annotations
@@ -81,7 +91,15 @@ def parse_sdp(text: str) -> list[SdpMedia]:
                     current.fmtp[key.strip().lower()] = value.strip()
         elif line.startswith("a=control:"):
             current.control = line[10:].strip()
+    for m in medias:
+        if not m.encoding and m.payload_type in STATIC_PAYLOAD_TYPES:
+            # RFC 3551 static types need no rtpmap (many cameras send PCMU/PCMA bare).
+            m.encoding, m.clock_rate, m.channels = STATIC_PAYLOAD_TYPES[m.payload_type]
     return medias
+
+
+STATIC_PAYLOAD_TYPES = {0: ("PCMU", 8000, 1), 8: ("PCMA", 8000, 1), 2: ("G726-32", 8000, 1)}
+"""RFC 3551 audio payload types a camera may use without an `a=rtpmap` line."""
 
 
 def _b64(text: str) -> bytes:
@@ -116,6 +134,11 @@ class _AccessUnits:
     KEY_TYPES: range = range(0)
     MIN_NAL = 1
     """Bytes of a NAL unit header: an aggregated unit shorter than this is corrupt."""
+    FIRST_SLICE_TYPES: frozenset[int] = frozenset()
+    """VCL types whose first header bit after the NAL header says "first slice of a picture"."""
+    AU_START_TYPES: frozenset[int] = frozenset()
+    """Non-VCL types that may only come before a picture's first slice: after a slice they
+    begin the next access unit."""
 
     def __init__(self) -> None:
         self.params: dict[int, bytes] = {}
@@ -137,6 +160,13 @@ class _AccessUnits:
                 self.finish()
             self._ts = ts
 
+    def _begins_unit(self, t: int, first_bit: int) -> bool:
+        """Whether a NAL unit of type `t` (`first_bit`: the top bit of its first byte after
+        the NAL header) starts a new access unit while the one at hand has a picture."""
+        if t in self.FIRST_SLICE_TYPES:
+            return bool(first_bit & 0x80)
+        return t in self.AU_START_TYPES
+
     def _picture(self, t: int) -> None:
         if t in self.VCL_TYPES:
             self._vcl = True
@@ -144,6 +174,8 @@ class _AccessUnits:
                 self._key = True
 
     def _nal(self, nal: memoryview, t: int) -> None:
+        if self._vcl and len(nal) > self.MIN_NAL and self._begins_unit(t, nal[self.MIN_NAL]):
+            self.finish()
         self._frame += START_CODE
         self._frame += nal
         self._picture(t)
@@ -165,6 +197,8 @@ class _AccessUnits:
         """One piece of a fragmented NAL unit (FU-A, H.265 FU): `fu` is its FU header,
         `header` the unit's own NAL header, `p[body:]` the piece."""
         if fu & 0x80:
+            if self._vcl and len(p) > body and self._begins_unit(nal_type, p[body]):
+                self.finish()
             self._frame += START_CODE
             self._frame += header
             self._in_fu = True
@@ -186,6 +220,65 @@ class _AccessUnits:
         self._vcl = False
         self._in_fu = False
 
+    def nal_of(self, frame: bytes | bytearray, nal_type: int) -> bytes | None:
+        """The first NAL unit of type `nal_type` in the Annex B `frame` (e.g. its SPS)."""
+        n = len(frame)
+        i = frame.find(b"\x00\x00\x01")
+        while 0 <= i < n - 3:
+            i += 3
+            nxt = frame.find(b"\x00\x00\x01", i)
+            if (frame[i] >> self.TYPE_SHIFT) & self.TYPE_MASK == nal_type:
+                end = n if nxt < 0 else nxt - (1 if frame[nxt - 1] == 0 else 0)
+                return bytes(frame[i:end])
+            i = nxt
+        return None
+
+    def is_b_picture(self, frame: bytes | bytearray) -> bool:
+        """Whether the first slice of the Annex B picture `frame` is a B slice: a frame whose
+        timestamp goes back is reordered (B-frames) only then; otherwise the camera's clock
+        stepped back."""
+        i = 0
+        n = len(frame)
+        while True:
+            i = frame.find(b"\x00\x00\x01", i, n)
+            if i < 0 or i + 3 >= n:
+                return False
+            i += 3
+            t = (frame[i] >> self.TYPE_SHIFT) & self.TYPE_MASK
+            if t in self.VCL_TYPES:
+                end = frame.find(b"\x00\x00\x01", i, min(n, i + 64))
+                return self._slice_is_b(t, _rbsp(frame[i : end if end > 0 else i + 64]))
+
+    def _slice_is_b(self, t: int, rbsp: bytes) -> bool:
+        raise NotImplementedError  # each codec's slice header differs
+
+
+def _rbsp(nal: bytes | bytearray) -> bytes:
+    """`nal` without its emulation prevention bytes (00 00 03 -> 00 00)."""
+    return bytes(nal).replace(b"\x00\x00\x03", b"\x00\x00")
+
+
+class _Bits:
+    """An MSB-first bit reader with Exp-Golomb codes, for the first bytes of a header."""
+
+    def __init__(self, data: bytes, start: int) -> None:
+        self._value = int.from_bytes(data, "big")
+        self._left = len(data) * 8 - start * 8
+
+    def u(self, n: int) -> int:
+        if n > self._left:
+            raise PayloadError("header shorter than its fields")
+        self._left -= n
+        return (self._value >> self._left) & ((1 << n) - 1)
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise PayloadError("Exp-Golomb code longer than 32 bits")
+        return (1 << zeros) - 1 + self.u(zeros)
+
 
 class H264Frames(_AccessUnits):
     """RFC 6184 packetization modes 0 and 1: single NAL units, STAP-A, FU-A."""
@@ -194,6 +287,8 @@ class H264Frames(_AccessUnits):
     PARAM_TYPES = (7, 8)  # SPS, PPS
     VCL_TYPES = range(1, 6)
     KEY_TYPES = range(5, 6)  # IDR
+    FIRST_SLICE_TYPES = frozenset((1, 2, 5))  # slices and partition A: first_mb_in_slice
+    AU_START_TYPES = frozenset((6, 7, 8, 9, 14, 15, 16, 17, 18))  # 7.4.1.2.3
 
     def __init__(self, media: SdpMedia) -> None:
         mode = media.fmtp.get("packetization-mode", "0")
@@ -219,13 +314,19 @@ class H264Frames(_AccessUnits):
             self._nal(p, t)
         elif t == 24:  # STAP-A
             self._aggregate(p, 1)
-        if marker:
-            self.finish()
 
     def _nal(self, nal: memoryview, t: int) -> None:
         super()._nal(nal, t)
         if t == 6 and len(nal) > 1 and nal[1] == 6:
             self._key = True  # recovery point SEI: an I-frame that starts a clean GOP
+
+    def _slice_is_b(self, t: int, rbsp: bytes) -> bool:
+        try:
+            bits = _Bits(rbsp, 1)
+            bits.ue()  # first_mb_in_slice
+            return bits.ue() % 5 == 1  # slice_type 1 or 6: B
+        except PayloadError:
+            return False
 
 
 class H265Frames(_AccessUnits):
@@ -238,6 +339,8 @@ class H265Frames(_AccessUnits):
     MIN_NAL = 2
     TYPE_SHIFT = 1
     TYPE_MASK = 0x3F
+    FIRST_SLICE_TYPES = frozenset(range(0, 32))  # first_slice_segment_in_pic_flag
+    AU_START_TYPES = frozenset((32, 33, 34, 35, 39, *range(41, 45), *range(48, 56)))  # 7.4.2.4.4
 
     def __init__(self, media: SdpMedia) -> None:
         for key in ("sprop-max-don-diff", "sprop-depack-buf-nalus"):
@@ -263,8 +366,29 @@ class H265Frames(_AccessUnits):
             self._nal(p, t)
         elif t == 48:  # aggregation packet
             self._aggregate(p, 2)
-        if marker:
-            self.finish()
+
+    def _slice_is_b(self, t: int, rbsp: bytes) -> bool:
+        try:
+            bits = _Bits(rbsp, 2)
+            if not bits.u(1):
+                return False  # not a picture's first slice: its header needs the SPS
+            if 16 <= t <= 23:
+                bits.u(1)  # no_output_of_prior_pics_flag
+            bits.ue()  # slice_pic_parameter_set_id
+            bits.u(self._extra_slice_header_bits())
+            return bits.ue() == 0  # slice_type 0: B
+        except PayloadError:
+            return False
+
+    def _extra_slice_header_bits(self) -> int:
+        pps = self.params.get(34)
+        if pps is None:
+            return 0
+        bits = _Bits(_rbsp(pps[:16]), 2)
+        bits.ue()  # pps_pic_parameter_set_id
+        bits.ue()  # pps_seq_parameter_set_id
+        bits.u(2)  # dependent_slice_segments_enabled_flag, output_flag_present_flag
+        return bits.u(3)
 
 
 # --- audio ----------------------------------------------------------------------------------------
@@ -329,6 +453,10 @@ class AacFrames:
     codec = "aac"
     SAMPLES = 1024
 
+    def samples(self, frame: bytearray) -> int:
+        """Samples (ticks of the RTP clock) one frame lasts."""
+        return self.SAMPLES
+
     def __init__(self, media: SdpMedia) -> None:
         fmtp = media.fmtp
         mode = fmtp.get("mode", "").lower()
@@ -392,7 +520,37 @@ class AacFrames:
             pos += size
 
 
+class G711Frames:
+    """RFC 3551 PCMA (A-law) and PCMU (mu-law): one byte per sample and channel, so each
+    packet's payload is a frame as it is; it lasts as many ticks of the 8 kHz clock as it
+    has samples. Kept as it came (MP4's QuickTime form has `alaw`/`ulaw` sample entries)."""
+
+    SAMPLES = 160
+    """A typical frame (20 ms); the actual length is each packet's own (`samples`)."""
+
+    def __init__(self, media: SdpMedia) -> None:
+        self.codec = "pcm_alaw" if media.encoding == "PCMA" else "pcm_mulaw"
+        self.sample_rate = media.clock_rate or 8000
+        self.channels = max(1, media.channels)
+        self.out: list[Frame] = []
+
+    def samples(self, frame: bytearray) -> int:
+        return len(frame) // self.channels
+
+    def payload(self, p: memoryview, ts: int, marker: bool) -> None:
+        if len(p) >= self.channels:
+            self.out.append((bytearray(p), ts, True))
+
+
 VideoFrames = H264Frames | H265Frames
+AudioFrames = AacFrames | G711Frames
+
+UNKEPT_AUDIO = {
+    "G726": "G.726 has no sample entry in MP4 or QuickTime files",
+    "G722": "G.722 has no sample entry in MP4 or QuickTime files",
+}
+"""Audio that the recording cannot hold as it came, and why (prefix of the SDP encoding).
+Re-encoding is not an option: recordings are remuxed, never transcoded."""
 
 
 def video_frames_for(media: SdpMedia) -> VideoFrames:
@@ -403,7 +561,17 @@ def video_frames_for(media: SdpMedia) -> VideoFrames:
     raise PayloadError(f"video encoding {media.encoding or '(none)'} is not H.264/H.265")
 
 
-def audio_frames_for(media: SdpMedia) -> AacFrames:
+def audio_frames_for(media: SdpMedia) -> AudioFrames:
+    """The parser of an audio track; PayloadError (naming the codec and why) for audio that
+    is not recorded."""
     if media.encoding == "MPEG4-GENERIC":
         return AacFrames(media)
-    raise PayloadError(f"audio encoding {media.encoding or '(none)'} is not AAC")
+    if media.encoding in ("PCMA", "PCMU"):
+        return G711Frames(media)
+    name = f"{media.encoding or '(none)'}/{media.clock_rate}" if media.clock_rate else ""
+    for prefix, why in UNKEPT_AUDIO.items():
+        if media.encoding.startswith(prefix):
+            raise PayloadError(f"{name or media.encoding} audio cannot be kept: {why}")
+    raise PayloadError(
+        f"{name or media.encoding or '(no encoding)'} audio is not AAC, PCMA or PCMU"
+    )

@@ -43,6 +43,7 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.stream import VideoStream
 
+from ingest import progress
 from ingest.errors import (
     AuthRejected,
     CameraUnreachable,
@@ -55,7 +56,9 @@ from ingest.errors import (
 from ingest.redact import redact_text
 from ingest.rtp import (
     AacFrames,
+    AudioFrames,
     Frame,
+    G711Frames,
     PayloadError,
     SdpMedia,
     VideoFrames,
@@ -81,7 +84,13 @@ NTP_UNIX_OFFSET = 2_208_988_800
 AUDIO_WAIT_SECONDS = 1.0
 """How long the first audio frame is waited for once the video is ready."""
 REORDER_TICKS = 90_000
-"""A step back in video time shorter than this (1 s) is reordering, longer a discontinuity."""
+"""A step back in video time shorter than this (1 s) onto a B picture is reordering; onto any
+other picture, or longer, the camera's clock stepped back: a discontinuity."""
+ANCHOR_TOLERANCE_S = 1.0
+"""Audio placed by the PLAY answer's RTP-Info further than this from the video that arrived
+with it is re-anchored to that video (the camera's RTP-Info does not match its packets)."""
+KEYFRAME_WAIT_SECONDS = 60.0
+"""Default wait for the first keyframe while media keeps arriving (long-GOP cameras)."""
 KEEPALIVE_SECONDS = 25.0
 """Keep-alive request interval unless the server's session timeout asks for less."""
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -243,7 +252,7 @@ class _Digest:
 class _Track:
     """One set-up media stream: its interleaved channel, payload parser and RTP clock."""
 
-    def __init__(self, media: SdpMedia, frames: VideoFrames | AacFrames, url: str) -> None:
+    def __init__(self, media: SdpMedia, frames: VideoFrames | AudioFrames, url: str) -> None:
         self.media = media
         self.frames = frames
         self.url = url
@@ -296,6 +305,8 @@ class RtspSession:
         self.audio: _Track | None = None
         self.audio_note = ""
         """Why the camera's audio is not recorded (empty if it is, or there is none)."""
+        self.anchor_note = ""
+        """Set once when the audio's RTP-Info did not match its packets (re-anchored)."""
         self._poller = select.poll()
         self.last_media = 0.0
         self.realtime_us: int | None = None
@@ -468,7 +479,9 @@ class RtspSession:
                     audio[0], audio_frames_for(audio[0]), self._control_url(base, audio[0].control)
                 )
             except PayloadError as err:
-                raise NotForUs(str(err)) from None
+                # FFmpeg's demuxer could not keep it either (remux only): record the video
+                # here, and say plainly why there is no audio.
+                self.audio_note = str(err)
 
     @staticmethod
     def _control_url(base: str, control: str) -> str:
@@ -873,13 +886,29 @@ class RtspSession:
         RTP-Info where it gave one; else audio that starts after video is put at the video
         time that has just arrived, and a track that starts first at zero."""
         track.started = True
+        video, audio = self.video, self.audio
         if track.base is None:
             track.base = raw_ts
-            video = self.video
             if track is not video and video is not None and video.started:
                 clock = track.media.clock_rate or 90_000
                 track.base = (raw_ts - video.ext * clock // 90_000) & 0xFFFFFFFF
         track.ext = _signed32(raw_ts - track.base)
+        if video is None or audio is None or not (video.started and audio.started):
+            return
+        # Both tracks have begun: the one that began last arrived at about the other's
+        # current time. Audio placed far from that by RTP-Info is re-anchored to the video.
+        clock = audio.media.clock_rate or 90_000
+        skew = audio.ext / clock - video.ext / 90_000
+        if abs(skew) > ANCHOR_TOLERANCE_S:
+            shift = round(-skew * clock)
+            audio.base = ((audio.base or 0) - shift) & 0xFFFFFFFF
+            audio.ext += shift
+            frames = audio.frames.out
+            frames[:] = [(data, ts + shift, key) for data, ts, key in frames]
+            self.anchor_note = (
+                f"audio RTP-Info puts it {skew:+.1f} s from the video; "
+                "re-anchored to the video's time"
+            )
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -908,7 +937,10 @@ class RtspSession:
 
 class NativeRtspSource:
     """A `Source` reading an `RtspSession`: PyAV packets in the time base of `video` and
-    `audio`, template streams that carry the camera's codec parameters."""
+    `audio`, template streams that carry the camera's codec parameters.
+
+    `video` is replaced when a keyframe brings a different SPS (a new resolution): the
+    recorder sees a new template at that keyframe and starts a new segment with it."""
 
     def __init__(
         self,
@@ -916,30 +948,47 @@ class NativeRtspSource:
         stall_seconds: float,
         description: str,
         on_reordered: Callable[[str], None],
+        on_gop: Callable[[float], None] | None = None,
     ) -> None:
         self._session = session
         self._stall = stall_seconds
         self._on_reordered = on_reordered
+        self._on_gop = on_gop
         self.description = description
-        assert session.video is not None and not isinstance(session.video.frames, AacFrames)
+        assert session.video is not None and not isinstance(
+            session.video.frames, AacFrames | G711Frames
+        )
         self._vframes: VideoFrames = session.video.frames
-        self._aframes: AacFrames | None = None
-        if session.audio is not None and isinstance(session.audio.frames, AacFrames):
+        self._aframes: AudioFrames | None = None
+        if session.audio is not None and isinstance(session.audio.frames, AacFrames | G711Frames):
             self._aframes = session.audio.frames
+        self._sps_type = self._vframes.PARAM_TYPES[-2]
+        self._sps: bytes | None = None
+        """The SPS the current video template was made from."""
         self._held: list[Frame] = []
-        self._probe: InputContainer | None = None
+        self._probes: list[InputContainer] = []
         self._dummy: OutputContainer | None = None
         self._audio_scale = Fraction(1)
         self._audio_clock = 90_000
         self.video: VideoStream
         self.audio: AudioStream | None = None
+        self.resolution_changes = 0
+
+    @property
+    def audio_note(self) -> str:
+        """Why the camera's audio is not in the recording (empty if it is or there is none)."""
+        return self._session.audio_note
 
     def start(self, keyframe_seconds: float) -> None:
-        """Wait for the first keyframe, `REORDER_WINDOW_FRAMES` more frames and some audio;
-        make the template streams. NotForUs if frames arrive out of presentation order
-        (B-frames: FFmpeg's parser derives their decode times)."""
+        """Wait for the first keyframe (as long as media keeps arriving, at most
+        `keyframe_seconds`: a long-GOP camera sends one every 12-20 s), then
+        `REORDER_WINDOW_FRAMES` more frames and some audio; make the template streams.
+        Each read counts as progress of the recorder thread (`ingest.progress`), so the
+        supervisor does not take a long wait for a stuck thread. NotForUs if frames arrive
+        out of presentation order (B-frames: FFmpeg's parser derives their decode times)."""
         session, vf, af = self._session, self._vframes, self._aframes
-        deadline = time.monotonic() + keyframe_seconds
+        began = time.monotonic()
+        deadline = began + keyframe_seconds
         audio_deadline = deadline
         key_at = -1
         while True:
@@ -952,32 +1001,43 @@ class NativeRtspSource:
                 audio_deadline = min(audio_deadline, time.monotonic() + AUDIO_WAIT_SECONDS)
                 if time.monotonic() > audio_deadline:
                     break
-            session.read(self._stall)
+            session.read(self._stall)  # raises StreamStalled when media stops coming
+            progress.report()
             for frame in vf.out:
                 if key_at < 0 and not frame[2]:
                     continue  # nothing before the first keyframe can be decoded
                 if key_at < 0:
                     key_at = len(self._held)
+                    deadline = max(deadline, time.monotonic() + 2 * AUDIO_WAIT_SECONDS)
                 self._held.append(frame)
             vf.out.clear()
+            if key_at < 0 and af is not None:
+                af.out.clear()  # audio from before the first keyframe is of no use
             if time.monotonic() > deadline:
                 if key_at < 0:
                     raise UnsupportedStream(
-                        f"no keyframe within {keyframe_seconds:.0f} s of connecting"
+                        f"no keyframe within {time.monotonic() - began:.0f} s of connecting "
+                        "although media kept arriving (raise keyframe_wait_seconds for a "
+                        "camera with a longer GOP)"
                     )
                 break
         max_ts = -(1 << 62)
-        for _, ts, _ in self._held:
-            if ts < max_ts and max_ts - ts < REORDER_TICKS:
+        for data, ts, _ in self._held:
+            if ts < max_ts and max_ts - ts < REORDER_TICKS and vf.is_b_picture(data):
                 raise NotForUs("frames arrive out of presentation order (B-frames)")
-            max_ts = max(max_ts, ts)
+            max_ts = ts if ts < max_ts else max(max_ts, ts)
         self._make_templates()
 
     def _make_templates(self) -> None:
         """Template streams from the first frames run through FFmpeg's own probes (raw
         H.264/H.265, ADTS AAC) in memory: the codec parameters its RTSP demuxer would find."""
+        self.video = self._video_template(self._held[0][0])
+        if self._aframes is not None:
+            self._audio_template(self.video)
+
+    def _video_template(self, keyframe: bytearray) -> VideoStream:
         vf = self._vframes
-        sample = vf.parameter_sets() + bytes(self._held[0][0])
+        sample = vf.parameter_sets() + bytes(keyframe)
         deltas = sorted(b[1] - a[1] for a, b in itertools.pairwise(self._held) if b[1] > a[1])
         rate = Fraction(90_000, deltas[len(deltas) // 2]) if deltas else Fraction(25)
         try:
@@ -991,24 +1051,47 @@ class NativeRtspSource:
             raise UnsupportedStream(
                 f"the camera's {vf.codec} parameters are unusable: {err}"
             ) from None
-        self._probe = probe
+        self._probes.append(probe)
         if not probe.streams.video:
             raise UnsupportedStream(f"the camera's {vf.codec} stream could not be probed")
         video = probe.streams.video[0]
         video.time_base = Fraction(1, 90_000)
-        self.video = video
-        if self._aframes is not None:
-            self._audio_template(video)
+        self._sps = vf.nal_of(keyframe, self._sps_type) or vf.params.get(self._sps_type)
+        return video
 
     def _audio_template(self, video: VideoStream) -> None:
-        """The audio template lives in an in-memory MP4 after a copy of the video stream, so
-        its stream index differs from the video's; its extradata is the SDP's AAC config."""
+        """The audio template lives in an in-memory file after a copy of the video stream,
+        so its stream index differs from the video's. AAC: its extradata is the SDP's AAC
+        config; G.711: the codec, rate and channels say it all."""
         af = self._aframes
         assert af is not None and self._session.audio is not None
         if not af.out:
             self._session.audio_note = "no audio arrived while the stream was being set up"
             self._aframes = None
             return
+        if isinstance(af, G711Frames):
+            clock = af.sample_rate
+            dummy = av.open(io.BytesIO(), "w", format="mov")
+            self._dummy = dummy
+            dummy.add_stream_from_template(video, opaque=True)
+            audio = cast(AudioStream, dummy.add_stream(af.codec, rate=clock))
+            audio.layout = "stereo" if af.channels == 2 else "mono"
+            audio.time_base = Fraction(1, clock)
+            dummy.start_encoding()
+        else:
+            template = self._aac_template(af, video)
+            if template is None:
+                return
+            audio, clock = template
+        tb = audio.time_base
+        if tb is None:
+            raise UnsupportedStream(f"the {af.codec} template has no time base")
+        self._audio_scale = Fraction(1, clock) / tb
+        self._audio_clock = clock
+        self.audio = audio
+
+    def _aac_template(self, af: AacFrames, video: VideoStream) -> tuple[AudioStream, int] | None:
+        assert self._session.audio is not None
         config = af.config
         adts = b"".join(config.adts(bytes(f[0])) for f in af.out[:4])
         try:
@@ -1016,12 +1099,12 @@ class NativeRtspSource:
         except (av.FFmpegError, OSError) as err:
             self._session.audio_note = f"the AAC stream could not be probed ({err})"
             self._aframes = None
-            return
+            return None
         try:
             if not probe.streams.audio:
                 self._session.audio_note = "the AAC stream could not be probed"
                 self._aframes = None
-                return
+                return None
             clock = self._session.audio.media.clock_rate or config.sample_rate
             dummy = av.open(io.BytesIO(), "w", format="mp4")
             self._dummy = dummy
@@ -1032,18 +1115,31 @@ class NativeRtspSource:
             dummy.start_encoding()  # codec parameters (with the extradata) are final now
         finally:
             probe.close()
-        tb = audio.time_base
-        if tb is None:
-            raise UnsupportedStream("the AAC template has no time base")
-        self._audio_scale = Fraction(1, clock) / tb
-        self._audio_clock = clock
-        self.audio = audio
+        return audio, clock
+
+    def _new_resolution(self, keyframe: bytearray) -> bool:
+        """Whether `keyframe` carries an SPS other than the template's; if so `video` is now
+        a template made from it."""
+        sps = self._vframes.nal_of(keyframe, self._sps_type)
+        if sps is None or sps == self._sps:
+            return False
+        old = self.video
+        try:
+            self.video = self._video_template(keyframe)
+        except UnsupportedStream:
+            self._sps = sps  # unusable: keep the old template, do not probe this one again
+            return False
+        ctx, new = old.codec_context, self.video.codec_context
+        if (ctx.width, ctx.height) != (new.width, new.height):
+            self.resolution_changes += 1
+        return True
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         video, vtb = self.video, Fraction(1, 90_000)
         vf, af = self._vframes, self._aframes
         session = self._session
         max_ts = -(1 << 62)  # the held frames were checked in `start`; checked again here
+        last_key = -1
         scale = self._audio_scale
         Packet = av.Packet
         pending: list[Frame] = self._held
@@ -1054,13 +1150,21 @@ class NativeRtspSource:
             af.out[:] = [f for f in af.out if f[1] >= first]
         while True:
             for data, ts, key in pending:
-                if ts < max_ts and max_ts - ts < REORDER_TICKS:
-                    self._on_reordered("frames began to arrive out of presentation order")
-                    raise StreamError(
-                        "camera began sending B-frames; reconnecting through FFmpeg's demuxer"
-                    )
-                if ts > max_ts:
+                if ts < max_ts:
+                    if max_ts - ts < REORDER_TICKS and vf.is_b_picture(data):
+                        self._on_reordered("frames began to arrive out of presentation order")
+                        raise StreamError(
+                            "camera began sending B-frames; reconnecting through FFmpeg's demuxer"
+                        )
+                    max_ts = ts  # the camera's clock stepped back: the recorder cuts there
+                elif ts > max_ts:
                     max_ts = ts
+                if key:
+                    if last_key >= 0 and self._on_gop is not None and ts > last_key:
+                        self._on_gop((ts - last_key) / 90_000)
+                    last_key = ts
+                    if self._new_resolution(data):
+                        video = self.video
                 packet = Packet(cast(bytes, data))  # any buffer will do: no copy to bytes
                 packet.pts = packet.dts = ts
                 packet.time_base = vtb
@@ -1075,7 +1179,7 @@ class NativeRtspSource:
                     for data, ts, _ in af.out:
                         packet = Packet(cast(bytes, data))
                         packet.pts = packet.dts = ts if scale == 1 else int(ts * scale)
-                        packet.duration = int(af.SAMPLES * scale)
+                        packet.duration = int(af.samples(data) * scale)
                         packet.time_base = atb
                         packet.stream = audio
                         yield packet
@@ -1090,7 +1194,7 @@ class NativeRtspSource:
 
     def close(self) -> None:
         self._session.close()
-        if self._probe is not None:
-            self._probe.close()
+        for probe in self._probes:
+            probe.close()
         if self._dummy is not None:
             self._dummy.close()

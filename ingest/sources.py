@@ -40,7 +40,13 @@ from ingest.errors import (
     UnsupportedStream,
 )
 from ingest.redact import redact_text
-from ingest.rtsp import NativeRtspSource, NotForUs, RtspSession, TcpRefused
+from ingest.rtsp import (
+    KEYFRAME_WAIT_SECONDS,
+    NativeRtspSource,
+    NotForUs,
+    RtspSession,
+    TcpRefused,
+)
 from ingest.watchdog import WATCHDOG, SocketCapture, Watched
 
 log = logging.getLogger("nvr.ingest")
@@ -53,9 +59,19 @@ PROBE_SECONDS = 0.5
 class Source(Protocol):
     """An open stream: one video stream, maybe one audio stream, and their packets."""
 
-    video: VideoStream
+    @property
+    def video(self) -> VideoStream:
+        """The video template; a source may replace it at a keyframe (a new resolution):
+        the recorder then starts a new segment with the new one."""
+        ...
+
     audio: AudioStream | None
     description: str
+
+    @property
+    def audio_note(self) -> str:
+        """Why the camera's audio is not recorded (empty if it is, or there is none)."""
+        ...
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         """Packets of `video` and `audio` in arrival order, each in its stream's time base;
@@ -121,6 +137,10 @@ class RtspSource:
         if watch is not None and self.video.time_base is not None:
             watch.time_base = float(self.video.time_base)  # before the first packet is read
 
+    @property
+    def audio_note(self) -> str:
+        return ""  # an audio codec MP4 cannot hold is found by the recorder
+
     def packets(self) -> Iterator[av.Packet[Any]]:
         streams = [self.video] if self.audio is None else [self.video, self.audio]
         watch = self._watch
@@ -169,8 +189,13 @@ class RtspOpener:
         transport: str,
         timeout_s: float,
         camera: str = "",
+        keyframe_wait_s: float = KEYFRAME_WAIT_SECONDS,
     ) -> None:
         self._camera = camera
+        self._keyframe_wait_s = keyframe_wait_s
+        self.longest_gop_s = 0.0
+        """The longest keyframe interval seen on this camera: a reconnect waits for at
+        least three of them before it gives up on a keyframe."""
         self._url = url
         self._username = username
         self._password = password
@@ -229,18 +254,29 @@ class RtspOpener:
         try:
             session.connect()
             source = NativeRtspSource(
-                session, self._timeout_s, f"rtsp {self._host}:{self._port}", self._prefer_ffmpeg
+                session,
+                self._timeout_s,
+                f"rtsp {self._host}:{self._port}",
+                self._prefer_ffmpeg,
+                self._learn_gop,
             )
-            source.start(keyframe_seconds=max(10.0, 3 * self._timeout_s))
+            source.start(keyframe_seconds=self.keyframe_wait_s())
         except BaseException:
             if source is not None:
                 source.close()
             else:
                 session.close()
             raise
-        if session.audio_note:
-            log.warning("camera %s: recording video only: %s", self._camera, session.audio_note)
+        if session.anchor_note:
+            log.warning("camera %s: %s", self._camera, session.anchor_note)
         return source
+
+    def keyframe_wait_s(self) -> float:
+        """How long a connection waits for its first keyframe while media arrives."""
+        return max(self._keyframe_wait_s, 3 * self.longest_gop_s)
+
+    def _learn_gop(self, seconds: float) -> None:
+        self.longest_gop_s = max(self.longest_gop_s, seconds)
 
     def _open_ffmpeg(self) -> RtspSource:
         micros = str(int(self._timeout_s * 1_000_000))
@@ -444,6 +480,10 @@ class TestPatternSource:
                     packet.time_base = self._time_base
                 yield packet
             index += 1
+
+    @property
+    def audio_note(self) -> str:
+        return ""
 
     def close(self) -> None:
         self._dummy.close()

@@ -92,6 +92,7 @@ def default_opener(camera: CameraConfig) -> StreamOpener:
             transport=camera.transport,
             timeout_s=camera.stall_seconds,
             clock_limit_s=camera.max_clock_offset_seconds,
+            keyframe_wait_s=camera.keyframe_wait_seconds,
         )
     if camera.url is None or camera.url == BUILTIN_TEST_PATTERN:
         return TestPatternOpener()
@@ -102,6 +103,7 @@ def default_opener(camera: CameraConfig) -> StreamOpener:
         transport=camera.transport,
         timeout_s=camera.stall_seconds,
         camera=camera.name,
+        keyframe_wait_s=camera.keyframe_wait_seconds,
     )
     return ClockedOpener(rtsp, camera.name, camera.max_clock_offset_seconds)  # RTCP clock check
 
@@ -143,6 +145,7 @@ class Supervisor:
             segment_seconds=camera.segment_seconds,
             reserve_bytes=self._config.storage.reserve_bytes,
             stall_seconds=camera.stall_seconds,
+            keyframe_wait_seconds=camera.keyframe_wait_seconds,
             clock=self._clock,
         )
 

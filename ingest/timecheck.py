@@ -394,13 +394,21 @@ class ClockedSource:
         self._inner = inner
         self._camera = camera
         self._report = report
-        self.video: VideoStream = inner.video
         self.audio: AudioStream | None = inner.audio
         self.description = inner.description
         self._probe: RtcpClockProbe | None = None
         tb = inner.video.time_base
         if isinstance(inner, CameraRealtime) and tb is not None:
             self._probe = RtcpClockProbe(inner.camera_realtime_us, tb, wall)
+
+    @property
+    def video(self) -> VideoStream:
+        """The inner source's template (it may change at a keyframe: a new resolution)."""
+        return self._inner.video
+
+    @property
+    def audio_note(self) -> str:
+        return self._inner.audio_note
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         probe = self._probe

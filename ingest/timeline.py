@@ -6,10 +6,12 @@ Quirks handled, each seen on real RTSP servers:
   none) or with a PTS but no DTS (the next packets of a B-frame stream): held until a packet
   with a DTS arrives, then placed one frame apart before it, keeping their own PTS; later
   ones get the smallest step after the previous DTS;
-- DTS that go backwards a little: nudged forward by one tick (PTS kept >= DTS);
-- jumps (forward or backward by more than `jump_ticks`): the timeline continues smoothly
-  (offset adjusted) and the jump is reported so the recorder cuts a new segment at the next
-  keyframe and records the discontinuity;
+- DTS that go backwards a little (less than one frame: FFmpeg re-basing on an RTCP report):
+  nudged forward by one tick (PTS kept >= DTS);
+- jumps (forward by more than `jump_ticks`, backward by a frame or more: a camera clock
+  corrected by SNTP, decode times never go back): the timeline continues smoothly (offset
+  adjusted) and the jump is reported so the recorder cuts a new segment at the next keyframe
+  and records the discontinuity;
 - B-frames (pts != dts): PTS and DTS are shifted together, never reordered.
 """
 
@@ -108,7 +110,7 @@ class StreamTimeline:
         jump = 0
         if self._last_in_dts is not None and self._last_out_dts is not None:
             delta = dts - self._last_in_dts
-            if delta > self.jump_ticks or delta < -self.jump_ticks:
+            if delta > self.jump_ticks or delta <= -self.frame_ticks:
                 # Continue the clean timeline one frame after the last packet.
                 jump = delta
                 self._offset = self._last_out_dts + self.frame_ticks - dts

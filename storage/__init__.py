@@ -29,7 +29,7 @@ from storage.store import (
     probe_segment,
 )
 from storage.verify import VerifyReport
-from storage.writer import SegmentWriter
+from storage.writer import SegmentWriter, container_format
 
 __all__ = [
     "AuditEntry",
@@ -53,6 +53,7 @@ __all__ = [
     "StreamEvent",
     "VerifyReport",
     "chain_value",
+    "container_format",
     "now_ms",
     "probe_segment",
     "protection",

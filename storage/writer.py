@@ -27,11 +27,24 @@ WRITE_BUFFER_BYTES = 512 * 1024
 at the fragment's end; `flush_packets` then pushes it out at once. A buffer that holds a
 whole fragment (1 s of a 4 Mbit/s camera) makes that one write and one hash update instead
 of one per 32 KiB (PyAV's default): fewer calls into Python, fewer syscalls."""
+QUICKTIME_AUDIO = frozenset({"pcm_alaw", "pcm_mulaw"})
+"""Audio codecs written as QuickTime (FFmpeg's `mov` muxer) instead of ISO MP4: G.711, the
+usual audio of Hikvision and Dahua cameras, has no MP4 sample entry, but QuickTime's
+`alaw`/`ulaw` entries are read by FFmpeg (so PyAV, ffprobe, VLC, mpv) and QuickTime itself.
+Same fragmented layout, same H.264/H.265 sample entries, same `.mp4` name: readers go by the
+boxes, not the name. Browsers play neither form of G.711: playback that must play in a
+browser converts the audio (recordings themselves are never re-encoded)."""
+
 MUX_OPTIONS = {
     "movflags": "empty_moov+default_base_moof+frag_keyframe",
     "frag_duration": str(FRAGMENT_MICROSECONDS),
     "flush_packets": "1",
 }
+
+
+def container_format(audio_codec: str | None) -> str:
+    """The muxer for a segment whose audio is `audio_codec` (None: no audio)."""
+    return "mov" if audio_codec in QUICKTIME_AUDIO else "mp4"
 
 
 class _HashingSink:
@@ -117,7 +130,7 @@ class SegmentWriter:
             self._out: OutputContainer = av.open(
                 self._sink,
                 "w",
-                format="mp4",
+                format=container_format(audio.codec_context.name if audio is not None else None),
                 options=MUX_OPTIONS,
                 buffer_size=WRITE_BUFFER_BYTES,
             )

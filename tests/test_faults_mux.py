@@ -58,6 +58,7 @@ class _Relabelled:
         self.video = video
         self.audio: AudioStream | None = inner.audio
         self.description = inner.description
+        self.audio_note = inner.audio_note
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         return self._inner.packets()

@@ -211,6 +211,7 @@ class _HangingSource:
         self.video: VideoStream = inner.video
         self.audio: AudioStream | None = None
         self.description = "test pattern that hangs"
+        self.audio_note = ""
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         for n, packet in enumerate(self._inner.packets()):

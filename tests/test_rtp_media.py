@@ -1,0 +1,412 @@
+"""Media quirks of real cameras (issue 12): the depacketiser fed crafted RTP, and recordings
+from a quirky camera (`tests.camsim.mediacam`, a real RTSP server on 127.0.0.1) made by real
+recorder threads into a real store, every file reopened with PyAV."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+import ingest.rtsp as rtsp
+from config import CameraConfig, NvrConfig, StorageConfig
+from ingest import CameraRecorder, RtspOpener
+from ingest.rtp import (
+    AacFrames,
+    G711Frames,
+    H264Frames,
+    H265Frames,
+    PayloadError,
+    SdpMedia,
+    audio_frames_for,
+    parse_sdp,
+)
+from ingest.supervisor import RepairPolicy, Supervisor
+from ingest.timeline import StreamTimeline
+from storage import Segment, SegmentStore
+from tests.camsim.mediacam import MediaCamera, Quirks
+
+SC = b"\x00\x00\x00\x01"
+
+
+def h264() -> H264Frames:
+    return H264Frames(SdpMedia("video", "RTP/AVP", 96, "H264", 90000, 1, {}))
+
+
+def h265() -> H265Frames:
+    return H265Frames(SdpMedia("video", "RTP/AVP", 96, "H265", 90000))
+
+
+# --- access units -------------------------------------------------------------------------------
+
+
+def test_marker_on_every_slice_makes_one_sample_per_picture() -> None:
+    """x264 `slices=4` behind a camera that sets the marker bit on every slice: the four
+    slices of one timestamp are one picture, not four samples one tick apart."""
+    f = h264()
+    # first_mb_in_slice: ue(v) 0 is the bit 1; the later slices start at MB 30, 60, 90.
+    idr = [b"\x65\x88" + b"I0", b"\x65\x00\x7c" + b"I1", b"\x65\x00\x3d" + b"I2", b"\x65\x00\x5b"]
+    p = [b"\x41\x9a" + b"P0", b"\x41\x00\x7c" + b"P1", b"\x41\x00\x3d" + b"P2", b"\x41\x00\x5b"]
+    for slice_ in idr:
+        f.payload(memoryview(slice_), 1000, True)
+    # The P picture's first slice is fragmented; every slice's last packet has the marker.
+    f.payload(memoryview(b"\x5c\x81" + p[0][1:3]), 4600, False)
+    f.payload(memoryview(b"\x5c\x41" + p[0][3:]), 4600, True)
+    for slice_ in p[1:]:
+        f.payload(memoryview(slice_), 4600, True)
+    f.payload(memoryview(b"\x41\x9a"), 8200, True)
+    assert [(bytes(d), ts, key) for d, ts, key in f.out] == [
+        (b"".join(SC + s for s in idr), 1000, True),
+        (b"".join(SC + s for s in p), 4600, False),
+    ]
+
+
+def test_pictures_of_one_timestamp_are_told_apart_by_their_first_slice() -> None:
+    """A camera that sends one timestamp for everything (and no marker bits): each picture
+    starts where a slice says it is the first; H.264 and H.265 alike."""
+    f = h264()
+    for data in (b"\x67\x64", b"\x68\xee", b"\x65\x88", b"\x65\x00\x7c", b"\x41\x9a", b"\x41\x80"):
+        f.payload(memoryview(data), 500, False)
+    f.payload(memoryview(b"\x41\x01"), 900, False)
+    assert [(bytes(d), key) for d, _, key in f.out] == [
+        (SC + b"\x67\x64" + SC + b"\x68\xee" + SC + b"\x65\x88" + SC + b"\x65\x00\x7c", True),
+        (SC + b"\x41\x9a", False),
+        (SC + b"\x41\x80", False),
+    ]
+    g = h265()
+    # IDR_W_RADL (19) in two slice segments, then a TRAIL_R (1) picture, all at one time.
+    for data in (b"\x26\x01\x80a", b"\x26\x01\x20b", b"\x02\x01\x80c"):
+        g.payload(memoryview(data), 7, True)
+    g.payload(memoryview(b"\x50\x01\x05"), 7, True)  # suffix SEI stays with its picture
+    g.payload(memoryview(b"\x02\x01\x80d"), 8, True)
+    assert [(bytes(d), key) for d, _, key in g.out] == [
+        (SC + b"\x26\x01\x80a" + SC + b"\x26\x01\x20b", True),
+        (SC + b"\x02\x01\x80c" + SC + b"\x50\x01\x05", False),
+    ]
+
+
+def test_b_pictures_are_found_from_the_slice_header() -> None:
+    f = h264()
+    # first_mb 0 ('1'), slice_type ue: P=0 ('1'), B=1 ('010'), I=7 ('0001000'), B=6 ('00111').
+    assert f.is_b_picture(SC + b"\x09\xf0" + SC + b"\x01\xa0")  # 1 010: B
+    assert f.is_b_picture(SC + b"\x01\x9c")  # 1 00111: B (6)
+    assert not f.is_b_picture(SC + b"\x41\xc0")  # 1 1: P
+    assert not f.is_b_picture(SC + b"\x65\x88\x80")  # 1 0001000: I
+    g = h265()
+    # PPS: pps_id 0, sps_id 0, two flags, num_extra_slice_header_bits = 2.
+    g.params[34] = bytes([0x44, 0x01, 0b11000100, 0x00])
+    # TRAIL_R: first_slice 1, pps_id 0 ('1'), two extra bits, slice_type ue.
+    assert g.is_b_picture(SC + b"\x02\x01" + bytes([0b11001000]))  # 1 1 00 1 -> B (0)
+    assert not g.is_b_picture(SC + b"\x02\x01" + bytes([0b11000100]))  # 010 -> P (1)
+
+
+def test_backward_timestamp_step_is_a_discontinuity_not_a_squeeze() -> None:
+    """A camera clock stepped back by SNTP: the timeline reports a jump (the recorder cuts
+    and records it) and carries on one frame later, instead of packing frames a tick apart."""
+    for step in (-45_000, -180_000):  # -0.5 s and -2 s
+        tl = StreamTimeline(9000, 2 * 90_000)
+        stamps = [0, 9000, 18000, 18000 + 9000 + step, 18000 + 18000 + step]
+        out = [s for ts in stamps for _, s in tl.push(None, ts, ts, 0)]
+        assert [s.dts for s in out] == [0, 9000, 18000, 27000, 36000], step
+        assert [bool(s.jump_ticks) for s in out] == [False, False, False, True, False]
+
+
+# --- audio payloads ----------------------------------------------------------------------------
+
+
+def test_g711_static_payload_types_and_frames() -> None:
+    sdp = (
+        "v=0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+        "m=audio 0 RTP/AVP 8\r\n"  # PCMA with no rtpmap, as many cameras send it
+        "m=audio 0 RTP/AVP 0\r\n"
+        "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 G726-32/8000\r\n"
+    )
+    _, pcma, pcmu, g726 = parse_sdp(sdp)
+    a = audio_frames_for(pcma)
+    assert isinstance(a, G711Frames) and (a.codec, a.sample_rate) == ("pcm_alaw", 8000)
+    assert audio_frames_for(pcmu).codec == "pcm_mulaw"
+    a.payload(memoryview(b"\xd5" * 160), 800, True)
+    a.payload(memoryview(b"\xd5" * 80), 960, False)
+    assert [(len(d), ts, a.samples(d)) for d, ts, _ in a.out] == [(160, 800, 160), (80, 960, 80)]
+    with pytest.raises(PayloadError, match=r"G726-32/8000 audio cannot be kept: G\.726 has no"):
+        audio_frames_for(g726)
+
+
+def test_audio_rtp_info_that_disagrees_with_its_packets_is_re_anchored() -> None:
+    """RTP-Info puts the audio 100 s away from the video that arrives with it: the audio is
+    placed at the video's time (and the reason kept for one warning), never 100 s off."""
+    session = session_with_tracks()
+    assert session.video is not None and session.audio is not None
+    session.video.base, session.audio.base = 1_000_000, 50_000_000  # from RTP-Info
+    data = b"".join(
+        interleaved(0, rtp(i, 1_000_000 + 90_000 + i * 9000, b"\x41\x9a", True)) for i in range(3)
+    )  # video at 1.0-1.2 s
+    audio_ts = 50_000_000 - 100 * 16000 + 16000
+    au = struct.pack(">HH", 16, 4 << 3) + b"aaaa"
+    data += interleaved(2, rtp(0, audio_ts, au, True, pt=97))
+    data += interleaved(2, rtp(1, audio_ts + 1024, au, True, pt=97))
+    session._buf[: len(data)] = data
+    session._end = len(data)
+    session._parse()
+    got = [ts for _, ts, _ in session.audio.frames.out]
+    assert abs(got[0] - 1.2 * 16000) <= 16, got  # at the video's 1.2 s
+    assert got[1] - got[0] == 1024
+    assert "re-anchored" in session.anchor_note
+
+
+def session_with_tracks() -> rtsp.RtspSession:
+    session = rtsp.RtspSession("rtsp://127.0.0.1:1/x", username=None, password=None, timeout_s=1)
+    video = SdpMedia("video", "RTP/AVP", 96, "H264", 90000, 1, {"packetization-mode": "1"})
+    session.video = rtsp._Track(video, H264Frames(video), "rtsp://127.0.0.1:1/x/0")
+    audio = SdpMedia(
+        "audio",
+        "RTP/AVP",
+        97,
+        "MPEG4-GENERIC",
+        16000,
+        1,
+        {"mode": "AAC-hbr", "sizelength": "13", "indexlength": "3", "config": "1408"},
+    )
+    session.audio = rtsp._Track(audio, AacFrames(audio), "rtsp://127.0.0.1:1/x/1")
+    session.audio.channel = 2
+    return session
+
+
+def rtp(seq: int, ts: int, payload: bytes, marker: bool, pt: int = 96) -> bytes:
+    return struct.pack(">BBHII", 0x80, (0x80 if marker else 0) | pt, seq, ts, 1234) + payload
+
+
+def interleaved(channel: int, packet: bytes) -> bytes:
+    return b"$" + bytes([channel]) + struct.pack(">H", len(packet)) + packet
+
+
+def test_a_reconnect_waits_for_three_of_the_longest_gops_seen() -> None:
+    opener = RtspOpener(
+        "rtsp://127.0.0.1:1/x",
+        username=None,
+        password=None,
+        transport="tcp",
+        timeout_s=2,
+        keyframe_wait_s=10,
+    )
+    assert opener.keyframe_wait_s() == 10
+    opener._learn_gop(4.0)
+    assert opener.keyframe_wait_s() == 12
+    opener._learn_gop(20.0)
+    opener._learn_gop(1.0)
+    assert opener.keyframe_wait_s() == 60
+
+
+# --- recordings from the quirky camera --------------------------------------------------------
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SegmentStore]:
+    s = SegmentStore(tmp_path / "store", f"sqlite:///{tmp_path / 'store' / 'index.db'}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def record(
+    store: SegmentStore, url: str, seconds: float, *, segment_seconds: int = 10
+) -> tuple[CameraRecorder, RtspOpener]:
+    """Record `url` for `seconds` after the recorder starts recording; stopped on return."""
+    opener = RtspOpener(
+        url, username=None, password=None, transport="tcp", timeout_s=3.0, camera="cam"
+    )
+    rec = CameraRecorder("cam", opener, store, segment_seconds=segment_seconds, stall_seconds=3.0)
+    rec.start()
+    try:
+        wait_for(lambda: rec.status().state == "recording", 20, "recording")
+        time.sleep(seconds)
+    finally:
+        rec.stop()
+        rec.thread.join(15)
+    assert not rec.thread.is_alive()
+    return rec, opener
+
+
+class Mp4Check:
+    """What PyAV finds in one recorded file, with the FFmpeg warnings it logged."""
+
+    def __init__(self, path: Path) -> None:
+        with av.logging.Capture() as logs, av.open(str(path)) as c:
+            v = c.streams.video[0]
+            a = c.streams.audio[0] if c.streams.audio else None
+            self.width, self.height = v.codec_context.width, v.codec_context.height
+            self.audio_codec = a.codec_context.name if a is not None else None
+            self.frames = self.decoded = 0
+            self.audio_s = 0.0
+            dts: list[int] = []
+            for packet in c.demux():
+                if packet.size == 0:
+                    continue
+                if packet.stream.type == "audio":
+                    assert packet.duration is not None and packet.time_base is not None
+                    self.audio_s += float(packet.duration * packet.time_base)
+                    continue
+                self.frames += 1
+                assert packet.dts is not None
+                dts.append(packet.dts)
+                self.decoded += len(v.codec_context.decode(packet))
+            self.decoded += len(v.codec_context.decode(None))
+            tb = v.time_base
+            assert tb is not None
+            self.video_s = float((dts[-1] - dts[0]) * tb) + 0.1 if dts else 0.0
+            self.dts_rising = all(b > a for a, b in itertools.pairwise(dts))
+        self.warnings = [m for level, _, m in logs if level <= av.logging.WARNING]
+
+
+def check_segments(segments: list[Segment], fps: int = 10) -> list[Mp4Check]:
+    """Every file: frames = duration x fps (one frame of slack), all decoded, rising DTS,
+    no FFmpeg warning; consecutive files without a hole beyond a frame."""
+    out = []
+    prev: Segment | None = None
+    for seg in segments:
+        found = Mp4Check(seg.path)
+        assert found.dts_rising and not found.warnings, (seg.path, found.warnings)
+        assert abs(found.frames - seg.duration_ms / 1000 * fps) <= 1.5, (seg, found.frames)
+        assert found.decoded == found.frames, (seg.path, found.decoded, found.frames)
+        assert seg.frames == found.frames
+        if prev is not None:
+            assert abs(seg.start_ms - prev.end_ms) <= 1000 // fps, (prev, seg)
+        prev = seg
+        out.append(found)
+    return out
+
+
+def test_multi_slice_pictures_with_a_marker_on_every_slice_record_cleanly(
+    store: SegmentStore,
+) -> None:
+    with MediaCamera(Quirks(slices=4, marker_every_slice=True)) as cam:
+        record(store, cam.url(), 12)
+    segments = store.segments("cam")
+    assert sum(s.duration_ms for s in segments) >= 11_000
+    check_segments(segments)
+
+
+@pytest.mark.parametrize("step", [-0.5, -2.0])
+def test_a_backward_clock_step_is_a_discontinuity_without_gap_or_demotion(
+    store: SegmentStore, step: float
+) -> None:
+    with MediaCamera(Quirks(step_at=4.0, step_seconds=step, audio="aac")) as cam:
+        _, opener = record(store, cam.url(), 10)
+    assert opener._ffmpeg_reason is None  # still our own client: no B-frames were assumed
+    assert [o.cause for o in store.outages("cam")] in ([], ["daemon-stopped"])
+    segments = store.segments("cam")
+    assert any(s.discontinuity for s in segments[1:]), segments
+    assert [e.kind for e in store.events("cam")].count("discontinuity") >= 1
+    checks = check_segments(segments)
+    for seg, found in zip(segments, checks, strict=True):
+        assert abs(found.audio_s - seg.duration_ms / 1000) < 0.5, (seg, found.audio_s)
+
+
+@pytest.mark.parametrize(("kind", "codec"), [("pcma", "pcm_alaw"), ("pcmu", "pcm_mulaw")])
+def test_g711_audio_is_kept_as_it_came(store: SegmentStore, kind: str, codec: str) -> None:
+    with MediaCamera(Quirks(audio=kind)) as cam:
+        rec, _ = record(store, cam.url(), 12)
+    segments = store.segments("cam")
+    checks = check_segments(segments)
+    for seg, found in zip(segments, checks, strict=True):
+        assert found.audio_codec == codec and seg.audio_codec == codec
+        assert abs(found.audio_s - seg.duration_ms / 1000) < 0.3, (seg, found.audio_s)
+    assert "audio not recorded" not in rec.status().detail
+
+
+def test_g726_audio_is_said_to_be_missing_and_the_video_recorded(store: SegmentStore) -> None:
+    with MediaCamera(Quirks(audio="g726")) as cam:
+        opener = RtspOpener(
+            cam.url(), username=None, password=None, transport="tcp", timeout_s=3.0, camera="cam"
+        )
+        rec = CameraRecorder("cam", opener, store, segment_seconds=10, stall_seconds=3.0)
+        rec.start()
+        try:
+            wait_for(lambda: rec.status().state == "recording", 20, "recording")
+            detail = rec.status().detail
+            time.sleep(3)
+        finally:
+            rec.stop()
+            rec.thread.join(15)
+    assert "audio not recorded: G726-32/8000 audio cannot be kept" in detail
+    assert opener._ffmpeg_reason is None  # no detour through FFmpeg (and no extra outage)
+    (event,) = [e for e in store.events("cam") if e.kind == "audio-not-recorded"]
+    assert "G.726" in event.detail
+    segments = store.segments("cam")
+    assert segments and all(s.audio_codec is None for s in segments)
+    check_segments(segments)
+
+
+def test_audio_whose_rtp_info_is_off_is_re_anchored_not_squeezed(store: SegmentStore) -> None:
+    with MediaCamera(Quirks(audio="aac", audio_rtpinfo_offset=-30.0)) as cam:
+        record(store, cam.url(), 12)
+    segments = store.segments("cam")
+    for seg, found in zip(segments, check_segments(segments), strict=True):
+        assert found.audio_codec == "aac"
+        assert abs(found.audio_s - seg.duration_ms / 1000) < 0.3, (seg, found.audio_s)
+
+
+def test_a_resolution_change_starts_a_segment_with_the_new_parameters(
+    store: SegmentStore,
+) -> None:
+    with MediaCamera(Quirks(resize_at=5.0, loop_seconds=10.0)) as cam:
+        record(store, cam.url(), 14)
+    segments = store.segments("cam")
+    checks = check_segments(segments)
+    sizes = {(s.width, s.height) for s in segments}
+    assert sizes == {(320, 240), (480, 272)}, segments
+    for seg, found in zip(segments, checks, strict=True):
+        assert (found.width, found.height) == (seg.width, seg.height)
+    assert "resolution-change" in [e.kind for e in store.events("cam")]
+
+
+async def test_a_20_s_gop_camera_is_waited_for_and_never_replaced(tmp_path: Path) -> None:
+    """A "smart codec" camera with a keyframe every 20 s, joined mid-GOP: the recorder waits
+    for the keyframe (with media arriving) while the supervisor, whose stuck limit is 8 s
+    here, sees progress and replaces nothing; footage starts at that keyframe."""
+    root = tmp_path / "store"
+    with MediaCamera(Quirks(gop_seconds=20.0, loop_seconds=40.0)) as cam:
+        config = NvrConfig(
+            storage=StorageConfig(root=root, reserve_bytes=0),
+            cameras=[
+                CameraConfig(name="cam", url=cam.url(), segment_seconds=10, stall_seconds=2.0)
+            ],
+        )
+        store = SegmentStore(root, config.storage.index_url())
+        supervisor = Supervisor(
+            config, store, repair=RepairPolicy(stuck_seconds=8.0, step_factor=0)
+        )
+        await asyncio.sleep(2.0)  # join mid-GOP: the next keyframe is 18 s away
+        supervisor.start()
+        try:
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline and len(store.segments("cam")) < 1:
+                assert await supervisor.repair() == []
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(2.0)
+            assert await supervisor.repair() == []
+        finally:
+            await supervisor.stop()
+        try:
+            assert supervisor.replacements == 0
+            assert [o.cause for o in store.outages("cam")] in ([], ["daemon-stopped"])
+            segments = store.segments("cam")
+            assert segments and segments[0].duration_ms >= 19_000, segments
+            check_segments(segments)
+        finally:
+            store.close()
