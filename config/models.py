@@ -184,7 +184,7 @@ class CameraConfig(_Frozen):
     segment_seconds: Annotated[int, Field(strict=True, ge=10, le=600)] = 60
     stall_seconds: Annotated[float, Field(strict=True, ge=1.0, le=30.0)] = 4.0
     """A camera that sends nothing for this long is declared stalled and reconnected."""
-    keyframe_wait_seconds: Annotated[float, Field(ge=5.0, le=600.0)] = 60.0
+    keyframe_wait_seconds: Annotated[float, Field(strict=True, ge=5.0, le=600.0)] = 60.0
     """How long a new connection waits for its first keyframe while media keeps arriving
     (long-GOP "smart codec" cameras send one every 12-20 s); at least three of the longest
     GOPs seen on the camera."""

@@ -67,6 +67,8 @@ from ingest.rtp import (
     video_frames_for,
 )
 
+log = logging.getLogger("nvr.ingest")
+
 RCVLOWAT = 32 * 1024
 """Bytes the kernel collects before waking the reader (`SO_RCVLOWAT`): 1/16 s of a 4 Mbit/s
 camera. A slower camera is read when `POLL_SECONDS` have passed (what a crash can lose on
@@ -973,6 +975,14 @@ class NativeRtspSource:
         self.video: VideoStream
         self.audio: AudioStream | None = None
         self.resolution_changes = 0
+        self._held_at: list[float] = []
+        """When each held frame arrived (monotonic)."""
+        self.arrival_timed = False
+        """The camera sends one RTP timestamp for every picture: frames are timed by their
+        arrival instead (see `_by_arrival`)."""
+        self._arrival_base = 0
+        self._arrival_t0 = 0.0
+        self._last_out = 0
 
     @property
     def audio_note(self) -> str:
@@ -1010,6 +1020,7 @@ class NativeRtspSource:
                     key_at = len(self._held)
                     deadline = max(deadline, time.monotonic() + 2 * AUDIO_WAIT_SECONDS)
                 self._held.append(frame)
+                self._held_at.append(time.monotonic())
             vf.out.clear()
             if key_at < 0 and af is not None:
                 af.out.clear()  # audio from before the first keyframe is of no use
@@ -1026,7 +1037,43 @@ class NativeRtspSource:
             if ts < max_ts and max_ts - ts < REORDER_TICKS and vf.is_b_picture(data):
                 raise NotForUs("frames arrive out of presentation order (B-frames)")
             max_ts = ts if ts < max_ts else max(max_ts, ts)
+        if len(self._held) > 1 and len({ts for _, ts, _ in self._held}) == 1:
+            first = self._held[0][1]
+            self._time_by_arrival(first, self._held_at[0], first - 1)
+            self._held = [
+                f
+                for at, group in itertools.groupby(
+                    zip(self._held_at, self._held, strict=True), key=lambda x: x[0]
+                )
+                for f in self._by_arrival([frame for _, frame in group], at)
+            ]
         self._make_templates()
+
+    def _time_by_arrival(self, base: int, at: float, last_out: int) -> None:
+        """Switch to timing pictures by their arrival: tick `base` is monotonic time `at`,
+        `last_out` the last timestamp handed out."""
+        self.arrival_timed = True
+        self._arrival_base = base
+        self._arrival_t0 = at
+        self._last_out = last_out
+        log.warning(
+            "%s: the camera gives every picture the same RTP timestamp; timing pictures by "
+            "their arrival",
+            self.description,
+        )
+
+    def _by_arrival(self, frames: list[Frame], at: float) -> list[Frame]:
+        """`frames` that arrived together at `at`, spread evenly from the previous frame's
+        time to `at` (their own timestamps say nothing)."""
+        end = self._arrival_base + round((at - self._arrival_t0) * 90_000)
+        start = self._last_out
+        out: list[Frame] = []
+        k = len(frames)
+        for i, (data, _, key) in enumerate(frames):
+            ts = max(start + (end - start) * (i + 1) // k, self._last_out + 1)
+            self._last_out = ts
+            out.append((data, ts, key))
+        return out
 
     def _make_templates(self) -> None:
         """Template streams from the first frames run through FFmpeg's own probes (raw
@@ -1144,11 +1191,21 @@ class NativeRtspSource:
         Packet = av.Packet
         pending: list[Frame] = self._held
         self._held = []
+        prev_ts = pending[-1][1] if pending else -1
+        batch_at = prev_at = time.monotonic()
         if af is not None and pending:
             # Audio from before the first keyframe is of no use: keep what plays with it.
             first = pending[0][1] * self._audio_clock // 90_000
             af.out[:] = [f for f in af.out if f[1] >= first]
         while True:
+            if self.arrival_timed:
+                pending = self._by_arrival(pending, batch_at)
+            elif pending and pending[0][1] == prev_ts:
+                # A picture with its predecessor's timestamp: the camera's clock stands still.
+                self._time_by_arrival(prev_ts, prev_at, prev_ts)
+                pending = self._by_arrival(pending, batch_at)
+            if pending:
+                prev_ts = pending[-1][1]
             for data, ts, key in pending:
                 if ts < max_ts:
                     if max_ts - ts < REORDER_TICKS and vf.is_b_picture(data):
@@ -1185,6 +1242,8 @@ class NativeRtspSource:
                         yield packet
                 af.out.clear()
             session.read(self._stall)
+            if vf.out:
+                prev_at, batch_at = batch_at, time.monotonic()
             pending = vf.out
             vf.out = []
 

@@ -410,3 +410,18 @@ async def test_a_20_s_gop_camera_is_waited_for_and_never_replaced(tmp_path: Path
             check_segments(segments)
         finally:
             store.close()
+
+
+def test_a_camera_whose_timestamps_stand_still_is_timed_by_arrival(store: SegmentStore) -> None:
+    """Every picture with the same RTP timestamp: pictures are told apart by their first
+    slice and timed by when they arrive, so a file's duration matches its frames."""
+    with MediaCamera(Quirks(constant_ts=True)) as cam:
+        _, opener = record(store, cam.url(), 12)
+    segments = store.segments("cam")
+    assert sum(s.duration_ms for s in segments) >= 11_000
+    for seg in segments:
+        found = Mp4Check(seg.path)
+        assert found.dts_rising and not found.warnings, (seg.path, found.warnings)
+        assert found.decoded == found.frames == seg.frames
+        assert abs(found.frames - seg.duration_ms / 100) <= 0.05 * found.frames + 2, seg
+    assert opener._ffmpeg_reason is None
