@@ -91,6 +91,22 @@ def test_pictures_of_one_timestamp_are_told_apart_by_their_first_slice() -> None
     ]
 
 
+def test_parameter_sets_stamped_with_the_previous_picture_open_the_next() -> None:
+    """A Reolink quirk in retina's issue tracker: the SPS/PPS before each IDR carry the
+    previous picture's timestamp (the SPS with the marker bit). They must open the IDR's
+    access unit, not end the previous picture."""
+    f = h264()
+    f.payload(memoryview(b"\x41\x9a"), 100, True)  # a P picture at 100
+    f.payload(memoryview(b"\x67\x64"), 100, True)  # SPS at 100, marker set
+    f.payload(memoryview(b"\x68\xee"), 100, False)
+    f.payload(memoryview(b"\x65\x88"), 200, True)  # the IDR at 200
+    f.payload(memoryview(b"\x41\x9a"), 300, True)
+    assert [(bytes(d), ts, key) for d, ts, key in f.out] == [
+        (SC + b"\x41\x9a", 100, False),
+        (SC + b"\x67\x64" + SC + b"\x68\xee" + SC + b"\x65\x88", 200, True),
+    ]
+
+
 def test_b_pictures_are_found_from_the_slice_header() -> None:
     f = h264()
     # first_mb 0 ('1'), slice_type ue: P=0 ('1'), B=1 ('010'), I=7 ('0001000'), B=6 ('00111').
