@@ -1137,9 +1137,26 @@ class SegmentStore:
         except OSError as err:
             log.error("cannot record the audit head in %s: %s", path, err.strerror)
         if key is not None:
-            self._checkpoint_if_due(key, entry)
+            self._checkpoint_if_due(key, entry, entry.at_ms)
 
-    def _checkpoint_if_due(self, key: Ed25519PrivateKey, entry: AuditEntry) -> None:
+    def checkpoint_audit(self) -> bool:
+        """Sign a checkpoint over the newest audit entry if the last checkpoint is older than
+        the checkpoint interval and does not cover it yet. The daemon calls this on a timer,
+        so the hourly checkpoint does not wait for the next entry to arrive. Returns whether a
+        checkpoint was written. Runs on the caller's thread (blocking I/O)."""
+        key = self._signing_key()
+        if key is None:
+            return False
+        with Session(self._engine) as s:
+            row = s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(1)).first()
+            newest = None if row is None else audit_log.to_entry(row)
+        if newest is None:
+            return False
+        return self._checkpoint_if_due(key, newest, self._clock())
+
+    def _checkpoint_if_due(self, key: Ed25519PrivateKey, entry: AuditEntry, now_ms: int) -> bool:
+        """Write a checkpoint over `entry` at `now_ms` when `checkpoint_entries` entries or
+        `checkpoint_ms` have passed since the last one (and it does not cover `entry` yet)."""
         with Session(self._engine) as s:
             last = s.execute(
                 select(AuditCheckpointRow.audit_id, AuditCheckpointRow.at_ms)
@@ -1148,12 +1165,12 @@ class SegmentStore:
             ).first()
         if last is not None and (
             entry.id - last[0] < self._checkpoint_entries
-            and entry.at_ms - last[1] < self._checkpoint_ms
+            and now_ms - last[1] < self._checkpoint_ms
         ):
-            return
+            return False
         if last is not None and last[0] >= entry.id:
-            return
-        at = entry.at_ms
+            return False
+        at = now_ms
         sig = key.sign(audit_log.checkpoint_message(entry.id, entry.hash, at))
         text = base64.b64encode(sig).decode("ascii")
         fp = signing.fingerprint(key)
@@ -1186,6 +1203,7 @@ class SegmentStore:
                 os.close(fd)
         except OSError as err:
             log.error("cannot append the audit checkpoint to a file: %s", err.strerror)
+        return True
 
     def audit_entries(
         self,

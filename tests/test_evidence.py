@@ -288,6 +288,32 @@ def test_audit_verify_detects_truncation_and_rewritten_history(
     assert "last good checkpoint: entry 21" in done.stdout
 
 
+def test_hourly_checkpoint_does_not_wait_for_the_next_entry(tmp_path: Path) -> None:
+    """Entries after the last checkpoint are covered by one within the checkpoint interval
+    even when no further entry arrives (the daemon asks `checkpoint_audit` on a timer)."""
+    root = tmp_path / "store"
+    clock = FakeClock(T0)
+    store = SegmentStore(
+        root, f"sqlite:///{root / 'index.db'}", clock=clock, checkpoint_ms=3_600_000
+    )
+    for n in range(3):
+        store.audit("olga", "playback", "cam", "ok", {"n": n})
+    assert store.audit_report().checkpoints == 1  # the first entry starts the chain
+    clock.now += 3_599_000
+    assert store.checkpoint_audit() is False  # not an hour yet
+    clock.now += 1_000
+    assert store.checkpoint_audit() is True
+    assert store.checkpoint_audit() is False  # the newest entry is covered already
+    report = store.audit_report()
+    assert report.problems == [] and report.checkpoints == 2
+    assert report.last_good is not None and report.last_good.audit_id == 3
+    lines = (root / ".audit-checkpoints").read_text().splitlines()
+    assert lines[-1].split()[:3] == ["3", store.audit_entries()[-1].hash, str(clock.now)]
+    clock.now += 7_200_000
+    assert store.checkpoint_audit() is False  # nothing new to sign
+    store.close()
+
+
 # --- items 2, 5-8: a package the recipient can use, gaps, H.265 -------------------------------
 
 SITE = "Jiefangbei pedestrian street, Yuzhong district"
