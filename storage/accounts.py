@@ -48,6 +48,10 @@ class AccountError(StorageError):
     """A user change that cannot be made (unknown user, bad name, weak password, ...)."""
 
 
+class LastAdminError(AccountError):
+    """The change would leave no enabled admin: nobody could manage users any more."""
+
+
 @dataclass(frozen=True)
 class User:
     """A user as the API sees it: no password hash."""
@@ -96,11 +100,34 @@ def check_role(role: str) -> Role:
     return role
 
 
-def check_password_strength(password: str) -> None:
+STRENGTH_CHARS = 72
+"""zxcvbn judges at most this many characters (its own limit); longer passwords are judged by
+their start, which is where a guesser starts too."""
+MIN_SCORE = 3
+"""zxcvbn's score 3: 'safely unguessable', more than 10^8 guesses. Below it are the passwords
+on its lists of common passwords, names and words, keyboard walks, repeats and dates."""
+
+
+def check_password_strength(password: str, name: str | None = None) -> None:
+    """Refuse a password that is too short or too long, or that zxcvbn (a maintained
+    library with ranked lists of the 30,000 most common passwords, names and words, and
+    rules for repeats, sequences, keyboard walks and dates) scores below `MIN_SCORE`.
+    The user's own name counts as a known word. Every place a password is set (API, CLI)
+    comes through here. The message says why, never the password."""
     if len(password) < MIN_PASSWORD:
         raise AccountError(f"passwords need at least {MIN_PASSWORD} characters")
     if len(password) > MAX_PASSWORD:
         raise AccountError(f"passwords are at most {MAX_PASSWORD} characters")
+    from zxcvbn import zxcvbn  # imported when needed: its word lists take 30 ms to load
+
+    judged = zxcvbn(password[:STRENGTH_CHARS], user_inputs=[name] if name else [])
+    if judged["score"] < MIN_SCORE:
+        warning = str(judged["feedback"].get("warning") or "").strip()
+        why = warning.rstrip(".") if warning else "it is too easy to guess"
+        raise AccountError(
+            f"this password is too easy to guess ({why}); use a longer phrase of "
+            "uncommon words, or a password manager"
+        )
 
 
 def check_cameras(cameras: Iterable[str]) -> frozenset[str]:
@@ -179,7 +206,7 @@ class AccountStore:
         """Create a user. Raises AccountError if the name is taken or a value is invalid."""
         check_name(name)
         checked_role = check_role(role)
-        check_password_strength(password)
+        check_password_strength(password, name)
         cams = check_cameras(cameras)
         digest = self._hasher.hash(password)
         now = self._clock()
@@ -218,10 +245,42 @@ class AccountStore:
         )
         return self._require(name)
 
+    def _keep_an_admin(self, s: Session, user: User) -> None:
+        """Inside the write transaction that demotes or disables `user`: refuse if no other
+        enabled admin would be left. The enabled admins are read FOR UPDATE (PostgreSQL
+        locks their rows; SQLite's writers are serialised), so two admins demoting each
+        other at once cannot both succeed."""
+        admins = set(
+            s.scalars(
+                select(UserRow.id)
+                .where(UserRow.role == "admin", UserRow.disabled.is_(False))
+                .with_for_update()
+            )
+        )
+        if user.id in admins and not admins - {user.id}:
+            raise LastAdminError(
+                f"{user.name!r} is the last enabled admin: add or enable another admin first"
+            )
+
+    def _refused(self, err: AccountError, actor: str, action: str, name: str) -> None:
+        self._audit(actor, action, f"user:{name}", "refused", {"reason": str(err)})
+
     def set_role(self, name: str, role: str, *, actor: str) -> User:
+        """Change a user's role; refused (LastAdminError) for the last enabled admin."""
         checked = check_role(role)
         before = self._require(name)
-        self._update(name, role=checked)
+        try:
+            with self._writing() as s:
+                if checked != "admin":
+                    self._keep_an_admin(s, before)
+                s.execute(
+                    update(UserRow)
+                    .where(UserRow.id == before.id)
+                    .values(role=checked, updated_ms=self._clock())
+                )
+        except LastAdminError as err:
+            self._refused(err, actor, "user-role", name)
+            raise
         self._audit(actor, "user-role", f"user:{name}", "ok", {"from": before.role, "to": checked})
         return self._require(name)
 
@@ -245,9 +304,21 @@ class AccountStore:
         return self._require(name)
 
     def set_disabled(self, name: str, disabled: bool, *, actor: str) -> User:
-        """Disable (or enable again) a user; disabling also revokes every token of the user."""
+        """Disable (or enable again) a user; disabling also revokes every token of the user.
+        Disabling the last enabled admin is refused (LastAdminError)."""
         user = self._require(name)
-        self._update(name, disabled=disabled)
+        try:
+            with self._writing() as s:
+                if disabled:
+                    self._keep_an_admin(s, user)
+                s.execute(
+                    update(UserRow)
+                    .where(UserRow.id == user.id)
+                    .values(disabled=disabled, updated_ms=self._clock())
+                )
+        except LastAdminError as err:
+            self._refused(err, actor, "user-disable", name)
+            raise
         if disabled:
             self._revoke_all(user.id)
         self._audit(actor, "user-disable" if disabled else "user-enable", f"user:{name}", "ok")
@@ -255,7 +326,7 @@ class AccountStore:
 
     def set_password(self, name: str, password: str, *, actor: str) -> User:
         """Set a new password; every token of the user is revoked."""
-        check_password_strength(password)
+        check_password_strength(password, name)
         user = self._require(name)
         self._update(name, password_hash=self._hasher.hash(password))
         self._revoke_all(user.id)

@@ -28,8 +28,10 @@ from tests.test_api import (
     footage_template,
     free_port,
     make_config,
+    nvr,
     open_store,
     users_template,
+    write_config,
 )
 
 __all__ = ["api", "footage_api", "footage_template", "users_template"]  # fixtures used here
@@ -351,3 +353,50 @@ def test_refused_footage_requests_are_audited(footage_api: Api) -> None:
     ]
     assert ("vera", "bframes", 403) in refused and ("audrey", "h264aac", 403) in refused
     assert footage_api.store.verify_audit() == []
+
+
+# --- 9. accounts -------------------------------------------------------------------------------
+
+
+def test_common_and_repetitive_passwords_are_refused_everywhere(api: Api, tmp_path: Path) -> None:
+    token = api.login("root")
+    with api.client(token) as c:
+        for weak in ("aaaaaaaaaa", "password123", "qwertyuiop", "1q2w3e4r5t", "Password2026"):
+            r = c.post("/api/users", json={"name": "vera2", "role": "viewer", "password": weak})
+            assert r.status_code == 400, (weak, r.text)
+            assert r.headers["content-type"] == PROBLEM
+            assert "too easy to guess" in r.json()["detail"] and weak not in r.text
+            r = c.patch("/api/users/vera", json={"password": weak})
+            assert r.status_code == 400, (weak, r.text)
+        r = c.patch("/api/users/vera", json={"password": "amber lantern under snow"})
+        assert r.status_code == 200, r.text
+    cfg = write_config(api.root, tmp_path / "nvr.toml")
+    for args in (
+        ["user", "add", "-c", str(cfg), "bob", "--role", "viewer", "--password-stdin"],
+        ["user", "set", "-c", str(cfg), "vera", "--password-stdin"],
+    ):
+        done = nvr(args, tmp_path, stdin="aaaaaaaaaa\n")
+        assert done.returncode != 0 and "too easy to guess" in done.stderr, done.stderr
+        assert "aaaaaaaaaa" not in done.stdout + done.stderr
+
+
+def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(api: Api, tmp_path: Path) -> None:
+    token = api.login("root")
+    with api.client(token) as c:
+        for change in ({"role": "operator"}, {"disabled": True}):
+            r = c.patch("/api/users/root", json=change)
+            assert r.status_code == 409, r.text
+            assert "last enabled admin" in r.json()["detail"]
+        assert c.get("/api/me").json()["role"] == "admin"  # still admin, token still valid
+        r = c.patch("/api/users/olga", json={"role": "admin"})
+        assert r.status_code == 200
+        r = c.patch("/api/users/olga", json={"disabled": True})  # root remains
+        assert r.status_code == 200
+    cfg = write_config(api.root, tmp_path / "nvr.toml")
+    for args in (["user", "disable", "root"], ["user", "set", "root", "--role", "viewer"]):
+        done = nvr([*args[:2], "-c", str(cfg), *args[2:]], tmp_path)
+        assert done.returncode != 0 and "last enabled admin" in done.stderr, done.stderr
+    refused = api.store.audit_entries(target="user:root", outcome="refused")
+    assert len(refused) == 4
+    assert nvr(["user", "enable", "-c", str(cfg), "olga"], tmp_path).returncode == 0
+    assert nvr(["user", "disable", "-c", str(cfg), "root"], tmp_path).returncode == 0

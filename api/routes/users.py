@@ -1,5 +1,6 @@
 """User administration (admins): list, add, change role, cameras, password, disable.
-Every change is audited by the account store."""
+Every change is audited by the account store, which also judges new passwords and refuses
+to demote or disable the last enabled admin (409)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from api.deps import AdminDep, ServicesDep
 from api.errors import BadRequest, Conflict, NotFound
 from api.models import Problem, UserIn, UserOut, UserPatch
 from api.routes.auth import user_out
-from storage.accounts import AccountError, User
+from storage.accounts import AccountError, LastAdminError, User
 
 router = APIRouter(tags=["accounts"])
 
@@ -72,5 +73,7 @@ async def change_user(
 
     try:
         return user_out(await asyncio.to_thread(apply))
+    except LastAdminError as err:
+        raise Conflict(str(err)) from err
     except AccountError as err:
         raise BadRequest(str(err)) from err
