@@ -44,9 +44,9 @@ import av.logging
 
 from bench.docs import update_doc
 from storage import SegmentStore
-from tests.camsim.clips import make_clips
+from tests.camsim.clips import make_quirk_clips
 from tests.camsim.fixtures import clips_cache_dir
-from tests.camsim.quirks import CATALOGUE, QuirkServer
+from tests.camsim.quirks import CATALOGUE, QuirkServer, clip_names
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "interop.md"
@@ -310,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unknown mounts {unknown}; known: {sorted(CATALOGUE)}", file=sys.stderr)
         return 2
     clips = clips_cache_dir(Path(tempfile.gettempdir()) / "camsim-clips")
-    make_clips(clips, sorted({q.clip for q in CATALOGUE.values()}))
+    make_quirk_clips(clips, clip_names())
     cams = cameras(args.crowd, mounts)
     with QuirkServer(clips) as server, tempfile.TemporaryDirectory(prefix="interop-") as tmp:
         work = Path(tmp)

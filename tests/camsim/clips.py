@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -216,9 +216,10 @@ def _data_name(name: str, kind: str, data: bytes) -> str:
 # --- video -------------------------------------------------------------------------------------
 
 
-def _encoder_options(v: VideoSpec) -> dict[str, str]:
-    """Encoder options giving a fixed one-second GOP of closed, IDR-started groups."""
-    gop = v.fps
+def _encoder_options(v: VideoSpec, gop: int = 0, slices: int = 1) -> dict[str, str]:
+    """Encoder options giving a fixed GOP (one second unless `gop` frames) of closed,
+    IDR-started groups, one slice per picture unless `slices`."""
+    gop = gop or v.fps
     if v.codec == "libx264":
         params = [
             f"keyint={gop}",
@@ -229,6 +230,8 @@ def _encoder_options(v: VideoSpec) -> dict[str, str]:
             "repeat-headers=1",
             "sliced-threads=0",  # one slice per picture, as most cameras send
         ]
+        if slices > 1:
+            params.append(f"slices={slices}")
         if v.noise:
             # A steady rate near the target, as a camera in CBR-like mode would send.
             kbit = v.bit_rate // 1000
@@ -247,9 +250,12 @@ def _encoder_options(v: VideoSpec) -> dict[str, str]:
     return {"preset": v.preset, "x265-params": ":".join(params)}
 
 
-def _encode_video(v: VideoSpec) -> tuple[bytes, list[list[int]]]:
-    """Encode one loop; return the elementary stream and its index rows in 1/90000 s."""
-    frames = LOOP_SECONDS * v.fps
+def _encode_video(
+    v: VideoSpec, seconds: int = LOOP_SECONDS, gop_seconds: int = 1, slices: int = 1
+) -> tuple[bytes, list[list[int]]]:
+    """Encode one loop of `seconds`; return the elementary stream and its index rows in
+    1/90000 s."""
+    frames = seconds * v.fps
     ctx = av.CodecContext.create(v.codec, "w")
     assert isinstance(ctx, av.VideoCodecContext)
     ctx.width = v.width
@@ -258,9 +264,9 @@ def _encode_video(v: VideoSpec) -> tuple[bytes, list[list[int]]]:
     ctx.time_base = Fraction(1, v.fps)
     ctx.framerate = Fraction(v.fps, 1)
     ctx.bit_rate = v.bit_rate
-    ctx.gop_size = v.fps
+    ctx.gop_size = v.fps * gop_seconds
     ctx.max_b_frames = v.b_frames
-    ctx.options = _encoder_options(v)
+    ctx.options = _encoder_options(v, v.fps * gop_seconds, slices)
     packets: list[av.Packet[Any]] = []
     for i, picture in enumerate(_pictures(v, frames)):
         frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
@@ -393,3 +399,138 @@ def _encode_audio(a: AudioSpec) -> tuple[bytes, list[list[int]], bytes, int]:
     if len(rows) != loop_frames:
         raise RuntimeError(f"aac: expected {loop_frames} packets in the loop, got {len(rows)}")
     return bytes(data), rows, codec_data, loop_samples
+
+
+# --- quirk clips (tests/camsim/quirks.py) -------------------------------------------------------
+
+QUIRK_CLIPS_DIR = "quirks"
+"""Subdirectory of the clip directory for the clips only the quirk camera serves. They stay
+out of the GStreamer server's way: it mounts every index of the directory it is given (when
+told no mounts) and serves H.264, H.265 and AAC only."""
+
+
+@dataclass(frozen=True)
+class QuirkClipSpec:
+    """A clip of one stream that only the quirk camera serves: video or G.711/G.726 audio."""
+
+    video: VideoSpec | None = None
+    seconds: int = LOOP_SECONDS
+    gop_seconds: int = 1
+    slices: int = 1
+    """Slices per picture (x264 `slices=N`), each its own NAL unit."""
+    resize_to: tuple[int, int] | None = None
+    """The second half of the loop is encoded at this size: a new SPS at its first keyframe,
+    and the old one again at the loop's seam."""
+    audio: str = ""
+    """"pcma", "pcmu" or "g726" (G.726-32): a 440 Hz tone at 8 kHz mono, 20 ms packets."""
+
+
+QUIRK_CLIPS: dict[str, QuirkClipSpec] = {
+    "slices4": QuirkClipSpec(_SD_H264, slices=4),
+    "longgop": QuirkClipSpec(_SD_H264, seconds=28, gop_seconds=14),
+    "resize": QuirkClipSpec(_SD_H264, resize_to=(480, 272)),
+    "pcma": QuirkClipSpec(audio="pcma"),
+    "pcmu": QuirkClipSpec(audio="pcmu"),
+    "g726": QuirkClipSpec(audio="g726"),
+}
+G7XX_RATE = 8000
+G7XX_PACKET_SAMPLES = 160  # 20 ms, what cameras send
+
+
+def quirk_clip_path(directory: Path, name: str) -> Path:
+    """The index of a clip: quirk clips live in `QUIRK_CLIPS_DIR` under `directory`."""
+    if name in QUIRK_CLIPS:
+        return directory / QUIRK_CLIPS_DIR / f"{name}.json"
+    return directory / f"{name}.json"
+
+
+def make_quirk_clips(directory: Path, names: list[str]) -> dict[str, Path]:
+    """Encode the quirk clips (of `QUIRK_CLIPS`) or camsim clips (of `CLIPS`) named `names`
+    that are missing or stale; return name -> index path. Same cache rules as `make_clips`."""
+    plain = [n for n in names if n not in QUIRK_CLIPS]
+    result = make_clips(directory, plain) if plain else {}
+    sub = directory / QUIRK_CLIPS_DIR
+    sub.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name not in QUIRK_CLIPS:
+            continue
+        spec = QUIRK_CLIPS[name]
+        blob = json.dumps({"format": FORMAT_VERSION, "quirk": asdict(spec)}, sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+        index_path = sub / f"{name}.json"
+        if not _is_complete(index_path, key):
+            stream = _quirk_video(spec) if spec.video is not None else _g7xx_audio(spec.audio)
+            data = stream.pop("data")
+            stream["file"] = _data_name(name, stream["kind"], data)
+            stream["file_size"] = len(data)
+            _atomic_write(sub / stream["file"], data)
+            index = {"format": FORMAT_VERSION, "key": key, "name": name, "streams": [stream]}
+            _atomic_write(index_path, json.dumps(index).encode())
+        result[name] = index_path
+    return result
+
+
+def _quirk_video(spec: QuirkClipSpec) -> dict[str, Any]:
+    """One video loop of `spec` (two sizes back to back when it resizes), as an index entry
+    with its data under "data"."""
+    v = spec.video
+    assert v is not None
+    parts = [(v, spec.seconds)]
+    if spec.resize_to is not None:
+        half = spec.seconds // 2
+        w, h = spec.resize_to
+        parts = [(v, half), (replace(v, width=w, height=h), spec.seconds - half)]
+    data = bytearray()
+    rows: list[list[int]] = []
+    t0 = 0
+    for part, seconds in parts:
+        chunk, part_rows = _encode_video(part, seconds, spec.gop_seconds, spec.slices)
+        rows += [[o + len(data), n, pts + t0, dts + t0, d, k] for o, n, pts, dts, d, k in part_rows]
+        data += chunk
+        t0 += seconds * VIDEO_TIME_BASE
+    return {
+        "kind": "video",
+        "codec": "h264",
+        "data": bytes(data),
+        "width": v.width,
+        "height": v.height,
+        "fps": v.fps,
+        "time_base": [1, VIDEO_TIME_BASE],
+        "loop_duration": spec.seconds * VIDEO_TIME_BASE,
+        "packets": rows,
+    }
+
+
+def _g7xx_audio(kind: str) -> dict[str, Any]:
+    """A seamless 440 Hz tone loop in G.711 A-law / mu-law or G.726-32, 20 ms packets."""
+    rate, step = G7XX_RATE, G7XX_PACKET_SAMPLES
+    samples = LOOP_SECONDS * rate
+    t = np.arange(samples) / rate
+    tone = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16)
+    codec = {"pcma": "pcm_alaw", "pcmu": "pcm_mulaw", "g726": "g726"}[kind]
+    ctx = av.CodecContext.create(codec, "w")
+    assert isinstance(ctx, av.AudioCodecContext)
+    ctx.sample_rate, ctx.layout, ctx.format = rate, "mono", "s16"
+    if kind == "g726":
+        ctx.bit_rate = 32_000
+    ctx.open()
+    out = bytearray()
+    for i in range(0, samples, step):
+        frame = av.AudioFrame.from_ndarray(tone[None, i : i + step], format="s16", layout="mono")
+        frame.sample_rate, frame.pts = rate, i
+        out += b"".join(bytes(p) for p in ctx.encode(frame))
+    out += b"".join(bytes(p) for p in ctx.encode(None))
+    size = step if kind != "g726" else step // 2  # G.726-32: 4 bits a sample
+    if len(out) != samples * size // step:
+        raise RuntimeError(f"{codec}: {len(out)} bytes for {samples} samples")
+    rows = [[i * size, size, i * step, i * step, step, 1] for i in range(samples // step)]
+    return {
+        "kind": "audio",
+        "codec": kind,
+        "data": bytes(out),
+        "sample_rate": rate,
+        "channels": 1,
+        "time_base": [1, rate],
+        "loop_duration": samples,
+        "packets": rows,
+    }

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["CATALOGUE", "Quirk", "QuirkServer"]
+from tests.camsim.clips import G7XX_RATE, make_quirk_clips, quirk_clip_path
+
+__all__ = ["CATALOGUE", "Quirk", "QuirkServer", "clip_names"]
 
 RTP_PAYLOAD_BYTES = 1400
 """Largest RTP payload sent: a NAL unit above this goes out as FU-A fragments."""
@@ -61,6 +63,22 @@ class Quirk:
     busy_seconds: float = 0.0
     """Server-wide, one DESCRIBE/SETUP/PLAY at a time, each taking this long: a camera server
     slow under load (many clients connecting at once), not a dead one."""
+    video: bool = True
+    """False: the clip's video is not offered (an audio-only camera)."""
+    audio: str = ""
+    """An audio clip of `QUIRK_CLIPS` ("pcma", "pcmu", "g726") served instead of the clip's."""
+    marker_every_slice: bool = False
+    """The RTP marker bit on the last packet of every slice, not only of the picture's last."""
+    join_seconds: float = 0.0
+    """A session starts this far into the clip (mid-GOP, as when joining a running camera)."""
+    step_at: float = 0.0
+    step_seconds: float = 0.0
+    """At `step_at` seconds of media, every track's RTP clock steps by `step_seconds` (an
+    SNTP correction of the camera's clock), once per session."""
+    audio_rtpinfo_offset: float = 0.0
+    """The audio's RTP-Info `rtptime` is this many seconds away from what its packets say."""
+    constant_ts: bool = False
+    """Every video picture carries the same RTP timestamp."""
 
 
 CATALOGUE: dict[str, Quirk] = {
@@ -78,6 +96,25 @@ CATALOGUE: dict[str, Quirk] = {
               udp_only=True),
         Quirk("busy", "one handshake request at a time, 0.1 s each (64 cameras at once)", "11",
               busy_seconds=0.1),
+    Quirk("slices-marker", "4 slices a picture, RTP marker bit on every slice", "2",
+              clip="slices4", marker_every_slice=True),
+    Quirk("long-gop", "a keyframe every 14 s, joined 1 s into a GOP", "4",
+              clip="longgop", join_seconds=1.0),
+    Quirk("step-back-0.5", "RTP clocks step back 0.5 s after 6 s (SNTP correction)", "6",
+              clip="h264aac", step_at=6.0, step_seconds=-0.5),
+    Quirk("step-back-2", "RTP clocks step back 2 s after 6 s (SNTP correction)", "6",
+              clip="h264aac", step_at=6.0, step_seconds=-2.0),
+    Quirk("pcma", "G.711 A-law audio (payload type 8, with rtpmap)", "7", audio="pcma"),
+    Quirk("pcmu", "G.711 mu-law audio (payload type 0, no rtpmap)", "7", audio="pcmu"),
+    Quirk("g726", "G.726-32 audio (cannot be kept without re-encoding)", "7", audio="g726"),
+    Quirk("rtpinfo-audio", "audio RTP-Info rtptime 30 s away from its packets", "8",
+              clip="h264aac", audio_rtpinfo_offset=-30.0),
+    Quirk("resize", "640x360 for 5 s, then 480x272 (a new SPS), looping", "resolution",
+              clip="resize"),
+    Quirk("audio-only", "an audio-only camera (AAC, no video in the SDP)", "audio only",
+              clip="h264aac", video=False),
+    Quirk("constant-ts", "every picture with the same RTP timestamp", "constant ts",
+              constant_ts=True),
     )
 }  # fmt: skip
 
@@ -87,13 +124,14 @@ CATALOGUE: dict[str, Quirk] = {
 
 @dataclass
 class _Track:
-    """One stream of a clip cut into RTP payloads: `units` of (time in clock ticks, payloads)."""
+    """One stream of a clip cut into RTP payloads: `units` of (time in clock ticks, payloads,
+    indices of the payloads that end a slice)."""
 
     kind: str
     payload_type: int
     clock: int
     loop_ticks: int
-    units: list[tuple[int, list[bytes]]]
+    units: list[tuple[int, list[bytes], frozenset[int]]]
     sdp: list[str]
 
 
@@ -107,12 +145,16 @@ def _nal_units(annex_b: bytes) -> list[bytes]:
     return [n.lstrip(b"\x00") for n in re.split(b"\x00\x00\x01", annex_b) if n.strip(b"\x00")]
 
 
-def _h264_payloads(nals: list[bytes]) -> list[bytes]:
-    """RFC 6184 packetization mode 1: single NAL unit packets and FU-A."""
+def _h264_payloads(nals: list[bytes]) -> tuple[list[bytes], frozenset[int]]:
+    """RFC 6184 packetization mode 1: single NAL unit packets and FU-A; also the indices of
+    the payloads that end a slice (VCL NAL unit)."""
     out: list[bytes] = []
+    ends: set[int] = set()
     for nal in nals:
         if len(nal) <= RTP_PAYLOAD_BYTES:
             out.append(nal)
+            if 1 <= nal[0] & 0x1F <= 5:
+                ends.add(len(out) - 1)
             continue
         indicator = (nal[0] & 0xE0) | 28
         body = nal[1:]
@@ -124,14 +166,17 @@ def _h264_payloads(nals: list[bytes]) -> list[bytes]:
             if start + step >= len(body):
                 header |= 0x40
             out.append(bytes([indicator, header]) + body[start : start + step])
-    return out
+        if 1 <= nal[0] & 0x1F <= 5:
+            ends.add(len(out) - 1)
+    return out, frozenset(ends)
 
 
 def _load_clip(clips_dir: Path, name: str) -> _Clip:
-    index = json.loads((clips_dir / f"{name}.json").read_text())
+    index_path = quirk_clip_path(clips_dir, name)
+    index = json.loads(index_path.read_text())
     clip = _Clip()
     for stream in index["streams"]:
-        data = (clips_dir / stream["file"]).read_bytes()
+        data = (index_path.parent / stream["file"]).read_bytes()
         rows = stream["packets"]
         if stream["kind"] == "video":
             if stream["codec"] != "h264":
@@ -147,7 +192,7 @@ def _load_clip(clips_dir: Path, name: str) -> _Clip:
                         sps = nal
                     elif nal[0] & 0x1F == 8 and not pps:
                         pps = nal
-                units.append((pts, _h264_payloads(nals)))
+                units.append((pts, *_h264_payloads(nals)))
             sprop = ",".join(base64.b64encode(x).decode() for x in (sps, pps))
             sdp = [
                 "m=video 0 RTP/AVP 96",
@@ -161,7 +206,7 @@ def _load_clip(clips_dir: Path, name: str) -> _Clip:
             units = []
             for offset, size, pts, _dts, _dur, _key in rows:
                 au = data[offset : offset + size]
-                units.append((pts, [struct.pack(">HH", 16, size << 3) + au]))
+                units.append((pts, [struct.pack(">HH", 16, size << 3) + au], frozenset()))
             sdp = [
                 "m=audio 0 RTP/AVP 97",
                 f"a=rtpmap:97 MPEG4-GENERIC/{rate}/{channels}",
@@ -169,9 +214,25 @@ def _load_clip(clips_dir: Path, name: str) -> _Clip:
                 f"indexlength=3;indexdeltalength=3;config={stream['codec_data']}",
             ]
             clip.tracks.append(_Track("audio", 97, rate, stream["loop_duration"], units, sdp))
-    if not clip.tracks or clip.tracks[0].kind != "video":
-        raise ValueError(f"clip {name} has no video stream first")
+        elif stream["kind"] == "audio" and stream["codec"] in G7XX_SDP:
+            payload_type, sdp = G7XX_SDP[stream["codec"]]
+            units = [
+                (pts, [data[offset : offset + size]], frozenset())
+                for offset, size, pts, _dts, _dur, _key in rows
+            ]
+            clip.tracks.append(
+                _Track("audio", payload_type, G7XX_RATE, stream["loop_duration"], units, sdp)
+            )
+        else:
+            raise ValueError(f"quirk server cannot serve {stream['codec']} (clip {name})")
     return clip
+
+
+G7XX_SDP = {
+    "pcma": (8, ["m=audio 0 RTP/AVP 8", "a=rtpmap:8 PCMA/8000"]),
+    "pcmu": (0, ["m=audio 0 RTP/AVP 0"]),  # a static payload type needs no rtpmap
+    "g726": (97, ["m=audio 0 RTP/AVP 97", "a=rtpmap:97 G726-32/8000"]),
+}
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -272,7 +333,7 @@ class _Session:
         elif method == "GET_PARAMETER":
             self.reply("200 OK", cseq, {"Session": self.id})
         elif method == "DESCRIBE":
-            self.clip = self.server.clip(quirk.clip)
+            self.clip = self.server.tracks(quirk)
             sdp = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", f"s={quirk.name}", "t=0 0",
                    "c=IN IP4 0.0.0.0", "a=control:*"]  # fmt: skip
             for i, track in enumerate(self.clip.tracks):
@@ -333,14 +394,25 @@ class _Session:
         self.reply("200 OK", cseq, {"Transport": answer, "Session": f"{self.id};timeout=60"})
 
     def play(self, base: str, cseq: str) -> None:
+        assert self.quirk is not None
+        quirk = self.quirk
+
+        def shown(s: _Stream) -> int:
+            if s.track.kind != "audio":
+                return s.ts0
+            return (s.ts0 + round(quirk.audio_rtpinfo_offset * s.track.clock)) & 0xFFFFFFFF
+
         info = ",".join(
-            f"url={base}/trackID={i};seq={s.seq};rtptime={s.ts0}" for i, s in self.streams.items()
+            f"url={base}/trackID={i};seq={s.seq};rtptime={shown(s)}"
+            for i, s in self.streams.items()
         )
         self.reply("200 OK", cseq, {"Session": self.id, "Range": "npt=0.000-", "RTP-Info": info})
-        assert self.quirk is not None
         for i, stream in self.streams.items():
             name = f"quirks-{self.id}-{i}"
-            self.tasks.append(asyncio.create_task(self.send(stream, 0.0), name=name))
+            # Joining mid-clip: every track from its first unit at or after `join_seconds`.
+            join = quirk.join_seconds * stream.track.clock
+            skip = next((k for k, u in enumerate(stream.track.units) if u[0] >= join), 0)
+            self.tasks.append(asyncio.create_task(self.send(stream, 0.0, skip), name=name))
             if self.quirk.foreign_ssrc and stream.udp is None:
                 ghost = _Stream(
                     stream.track,
@@ -362,28 +434,38 @@ class _Session:
         track = stream.track
         t0 = loop.time() + delay
         first = track.units[skip % len(track.units)][0]
+        quirk = self.quirk
+        assert quirk is not None
+        step = round(quirk.step_seconds * track.clock)
+        step_from = round(quirk.step_at * track.clock) if step else -1
+        still = quirk.constant_ts and track.kind == "video"
         n = 0
         with contextlib.suppress(ConnectionError):
             while True:
-                for ticks, payloads in track.units[skip:]:
+                for ticks, payloads, ends in track.units[skip:]:
                     t = n * track.loop_ticks + ticks - first
                     wait = t0 + t / track.clock - loop.time()
                     if wait > 0:
                         await asyncio.sleep(wait)
                     if self.writer.is_closing():
                         return
-                    self.write(stream, (stream.ts0 + t) & 0xFFFFFFFF, payloads)
+                    ts = stream.ts0 if still else stream.ts0 + t
+                    if 0 <= step_from <= t:
+                        ts += step  # the camera's clock was corrected: RTP time steps
+                    self.write(stream, ts & 0xFFFFFFFF, payloads, ends)
                     if stream.udp is None:
                         await self.writer.drain()
                 skip = 0
                 n += 1
 
-    def write(self, stream: _Stream, ts: int, payloads: list[bytes]) -> None:
-        """One unit's RTP packets (marker on the last), with this session's quirks."""
+    def write(self, stream: _Stream, ts: int, payloads: list[bytes], ends: frozenset[int]) -> None:
+        """One unit's RTP packets (marker on the last; with `marker_every_slice` also on
+        every payload in `ends`), with this session's quirks."""
         out = bytearray()
         last = len(payloads) - 1
+        every_slice = self.quirk is not None and self.quirk.marker_every_slice
         for i, payload in enumerate(payloads):
-            marker = 0x80 if i == last else 0
+            marker = 0x80 if i == last or (every_slice and i in ends) else 0
             packet = struct.pack(
                 ">BBHII", 0x80, marker | stream.track.payload_type, stream.seq, ts, stream.ssrc
             )
@@ -438,10 +520,18 @@ class QuirkServer:
             self._clips[name] = _load_clip(self.clips_dir, name)
         return self._clips[name]
 
+    def tracks(self, quirk: Quirk) -> _Clip:
+        """What `quirk`'s mount offers: its clip's video (unless audio-only), then its audio
+        clip's or the clip's own audio."""
+        base = self.clip(quirk.clip)
+        tracks = [t for t in base.tracks if t.kind == "video" and quirk.video]
+        audio = self.clip(quirk.audio).tracks if quirk.audio else base.tracks
+        return _Clip(tracks + [t for t in audio if t.kind == "audio"])
+
     def start(self) -> None:
         """Listen (blocking until the port is open); clips are loaded here, not per client."""
         for quirk in CATALOGUE.values():
-            self.clip(quirk.clip)
+            self.tracks(quirk)
         self._thread = threading.Thread(target=self._main, name="quirks-server", daemon=True)
         self._thread.start()
         self._ready.wait(10)
@@ -509,11 +599,16 @@ class QuirkServer:
             await asyncio.gather(*sessions, return_exceptions=True)
 
 
-def main(argv: Sequence[str]) -> int:
-    from tests.camsim.clips import make_clips
+def clip_names() -> list[str]:
+    """Every clip the mounts of `CATALOGUE` serve, for `clips.make_quirk_clips`."""
+    return sorted(
+        {q.clip for q in CATALOGUE.values()} | {q.audio for q in CATALOGUE.values()} - {""}
+    )
 
+
+def main(argv: Sequence[str]) -> int:
     clips = Path(argv[0]) if argv else Path.home() / ".cache" / "nvr-camsim"
-    make_clips(clips, sorted({q.clip for q in CATALOGUE.values()}))
+    make_quirk_clips(clips, clip_names())
     with QuirkServer(clips, int(argv[1]) if len(argv) > 1 else 0) as server:
         for name, quirk in CATALOGUE.items():
             print(f"{server.url(name)}  {quirk.summary}", flush=True)
