@@ -1,7 +1,8 @@
 """Authentication helpers of the API: slowing down repeated failed logins, signed playback
-links for `<video src>`, and the role rules. Runs on the event loop; the state here is
-in-memory and per daemon process (a restart forgets throttles and invalidates links, which
-are short-lived by design). Never logs a password, a token or a link signature.
+links for `<video src>`, the static `/metrics` scrape token, and the role rules. Runs on the
+event loop; the state here is in-memory and per daemon process (a restart forgets throttles
+and invalidates links, which are short-lived by design). Never logs a password, a token or a
+link signature.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from storage.accounts import Role, User
 
@@ -21,6 +25,8 @@ PLAYBACK: tuple[Role, ...] = ("viewer", "operator", "admin")
 OPERATE: tuple[Role, ...] = ("operator", "admin")
 AUDIT: tuple[Role, ...] = ("auditor", "admin")
 ADMIN: tuple[Role, ...] = ("admin",)
+
+log = logging.getLogger("nvr.api")
 
 
 @dataclass
@@ -215,3 +221,60 @@ class LinkSigner:
 
 def has_role(user: User, roles: tuple[Role, ...]) -> bool:
     return user.role in roles
+
+
+class ScrapeToken:
+    """The static bearer token that may read `/metrics` and nothing else (for Prometheus,
+    whose scrape cannot log in). Only its sha256 is kept, in `[api] metrics_token_file`
+    (written by `nvr metrics-token`); it does not expire. The file is re-read when it
+    changes (so a new token needs no restart); a missing or malformed file is logged and
+    accepts no token, and never stops the recorder. Blocking (a stat per check): call
+    `matches` through `asyncio.to_thread`."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._seen: tuple[int, int, int] | None = None
+        self._digest: bytes | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self._path is not None
+
+    def _load(self) -> bytes | None:
+        path = self._path
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if seen == self._seen:
+                return self._digest
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeError) as err:
+            if self._seen != (-1, -1, -1):
+                log.error("[api] metrics_token_file: cannot read %s: %s", path, err)
+            self._seen, self._digest = (-1, -1, -1), None
+            return None
+        self._seen = seen
+        if not re.fullmatch(r"[0-9a-f]{64}", text):
+            log.error(
+                "[api] metrics_token_file: %s must hold the sha256 of the token as 64 lower-case "
+                "hex digits (write it with `nvr metrics-token`); scrape token refused",
+                path,
+            )
+            self._digest = None
+        else:
+            self._digest = bytes.fromhex(text)
+        return self._digest
+
+    def matches(self, token: str) -> bool:
+        digest = self._load()
+        if digest is None or not token or len(token) > 256:
+            return False
+        return hmac.compare_digest(hashlib.sha256(token.encode("utf-8")).digest(), digest)
+
+
+def new_scrape_token() -> tuple[str, str]:
+    """A new scrape token and the sha256 hex to store."""
+    token = "nvrm_" + secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode("utf-8")).hexdigest()

@@ -9,7 +9,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from api.auth import LinkSigner, LoginThrottle
+from api.auth import LinkSigner, LoginThrottle, ScrapeToken
 from api.cameras import CameraDirectory, LiveStatus, NoRecorders
 from api.exports import ExportService
 from api.health import CapacityProvider, HealthService, RecentErrors
@@ -49,6 +49,8 @@ class ApiServices:
     throttle: LoginThrottle
     links: LinkSigner
     errors: RecentErrors
+    scrape: ScrapeToken = field(default_factory=lambda: ScrapeToken(None))
+    """The static `/metrics` token (`[api] metrics_token_file`), if configured."""
     hashing: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(HASHING_THREADS, thread_name_prefix="argon2")
     )
@@ -90,7 +92,10 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         throttle=LoginThrottle(),
         links=LinkSigner(),
         errors=errors,
+        scrape=ScrapeToken(settings.metrics_token_file),
     )
+    if services.scrape.configured:
+        await asyncio.to_thread(services.scrape.matches, "")  # logs a bad file at start
     await exports.resume()
     services.tasks.append(
         asyncio.create_task(playback.keep_warm(cameras.known, services.stop), name="playback-warm")

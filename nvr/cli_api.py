@@ -1,13 +1,15 @@
 """CLI commands for the API's accounts and evidence: `user` (add, list, set, disable, enable),
-`audit-verify` and `verify-export`. Account commands open the store beside a running daemon
-(no writer lock) and change users through `SegmentStore.accounts`, which audits every change
-with `cli:<os user>` as actor. Passwords are read from stdin or a terminal prompt, never from
-the command line, and never printed. Runs on the main thread."""
+`metrics-token`, `audit-verify` and `verify-export`. Account commands open the store beside a
+running daemon (no writer lock) and change users through `SegmentStore.accounts`, which audits
+every change with `cli:<os user>` as actor. Passwords are read from stdin or a terminal prompt,
+never from the command line, and never printed (a new scrape token is printed once, or written
+to a file, because Prometheus needs it). Runs on the main thread."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 from pathlib import Path
 
@@ -138,6 +140,56 @@ def cmd_user_enable(args: argparse.Namespace) -> int:
     return _set_disabled(args, False)
 
 
+def _write_file(path: Path, text: str, mode: int) -> None:
+    """Write `text` to `path` whole or not at all (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, text.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def cmd_metrics_token(args: argparse.Namespace) -> int:
+    """A new static scrape token for `/metrics`: its sha256 goes to `[api]
+    metrics_token_file` (replacing the old token), the token itself to `--token-file` or
+    stdout, once. The running daemon picks the new hash up at the next scrape."""
+    from api.auth import new_scrape_token
+
+    config = _load(args.config)
+    target: Path | None = args.hash_file or (
+        config.api.metrics_token_file if config.api is not None else None
+    )
+    if target is None:
+        print(
+            "no hash file: set [api] metrics_token_file in the config (or give --hash-file)",
+            file=sys.stderr,
+        )
+        return 2
+    token, digest = new_scrape_token()
+    try:
+        if args.token_file is not None:
+            _write_file(args.token_file, token + "\n", 0o600)
+        # the hash is no secret (the token is 256 random bits), so the daemon may read it
+        _write_file(target, digest + "\n", 0o644)
+    except OSError as err:
+        print(f"cannot write {err.filename}: {err.strerror}", file=sys.stderr)
+        return 1
+    store = open_cli_store(config)
+    try:
+        store.audit(actor(), "metrics-token", "metrics", "ok", {"hash_file": str(target)})
+    finally:
+        store.close()
+    if args.token_file is not None:
+        print(f"scrape token written to {args.token_file} (mode 0600); its sha256 to {target}")
+    else:
+        print(token)
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     key = None
     if args.key is not None:
@@ -200,7 +252,7 @@ def cmd_verify_export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add `user`, `audit-verify` and `verify-export` to the `nvr` parser."""
+    """Add `user`, `metrics-token`, `audit-verify` and `verify-export` to the `nvr` parser."""
     user = sub.add_parser("user", help="manage API users (add, list, set, disable, enable)")
     users = user.add_subparsers(dest="user_command", required=True)
 
@@ -233,6 +285,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = with_config("enable", "enable a disabled user")
     p.add_argument("name")
     p.set_defaults(func=cmd_user_enable)
+
+    p = sub.add_parser(
+        "metrics-token",
+        help="make a new static bearer token that may read /metrics only (for Prometheus)",
+    )
+    p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+    p.add_argument(
+        "--hash-file",
+        type=Path,
+        help="where to store its sha256 (default: [api] metrics_token_file)",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="write the token here (mode 0600) instead of printing it, e.g. for Prometheus's "
+        "credentials_file",
+    )
+    p.set_defaults(func=cmd_metrics_token)
 
     p = sub.add_parser(
         "audit-verify", help="walk the audit log's hash chain and check its signed checkpoints"

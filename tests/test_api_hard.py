@@ -8,6 +8,7 @@ audit of refused and HEAD footage requests. Clients on other source addresses bi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import shutil
@@ -465,3 +466,46 @@ def test_docs_page_renders_under_its_csp_in_a_browser(api: Api, tmp_path: Path) 
     assert "/api/cameras/{name}/timeline" in done.stdout.replace("&ZeroWidthSpace;", "").replace(
         "\u200b", ""
     )
+
+
+# --- 11. the scrape token ------------------------------------------------------------------------
+
+
+def test_a_static_scrape_token_reads_metrics_and_nothing_else(
+    users_template: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    hash_file = tmp_path / "metrics.sha256"
+    cfg = write_config(root, tmp_path / "nvr.toml")
+    cfg.write_text(cfg.read_text() + f'[api]\nmetrics_token_file = "{hash_file}"\n')
+    done = nvr(["metrics-token", "-c", str(cfg)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    stored = hash_file.read_text().strip()
+    assert stored == hashlib.sha256(token.encode()).hexdigest() and token not in stored
+    for scraped in run_with(root, metrics_token_file=hash_file):
+        with scraped.client(token) as c:
+            r = c.get("/metrics")
+            assert r.status_code == 200, r.text
+            assert 'camera="h264aac"' in r.text and 'camera="gate"' in r.text  # every camera
+            for path in ("/api/me", "/api/health", "/api/cameras", "/api/audit", "/api/users"):
+                assert c.get(path).status_code == 401, path
+            assert c.get("/openapi.json").status_code == 401
+            assert c.get("/docs").status_code == 401
+            r = c.post("/api/cameras/h264aac/links", json={"start": 0, "end": 60_000})
+            assert r.status_code == 401
+        with scraped.client(token + "x") as c:
+            assert c.get("/metrics").status_code == 401
+        # a new token replaces the old one without a restart
+        new = tmp_path / "prometheus.token"
+        done = nvr(["metrics-token", "-c", str(cfg), "--token-file", str(new)], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert new.stat().st_mode & 0o777 == 0o600
+        assert new.read_text().strip() not in done.stdout
+        with scraped.client(token) as c:
+            assert c.get("/metrics").status_code == 401
+        with scraped.client(new.read_text().strip()) as c:
+            assert c.get("/metrics").status_code == 200
+        made = scraped.store.audit_entries(action="metrics-token")
+        assert len(made) == 2 and all(e.actor.startswith("cli:") for e in made)

@@ -4,10 +4,11 @@ metrics (`/metrics`)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from fastapi import APIRouter, Response
 
-from api.deps import ServicesDep, UserDep
+from api.deps import Credentials, ServicesDep, UserDep, get_session
 from api.metrics import CONTENT_TYPE, render
 from api.models import (
     CameraHealthOut,
@@ -72,15 +73,22 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}, 401: {"model": Problem}},
 )
-async def metrics(user: UserDep, services: ServicesDep) -> Response:
+async def metrics(services: ServicesDep, creds: Credentials) -> Response:
     """Prometheus text: per camera (those you may see) bytes, segments, reconnects, gap
-    seconds, stall and state; storage free bytes and forecast days."""
+    seconds, stall and state; storage free bytes and forecast days. Authenticate with a
+    user's bearer token, or with the static scrape token of `[api] metrics_token_file`
+    (`nvr metrics-token`), which sees every camera here and is refused everywhere else."""
+    token = creds.credentials if creds is not None else ""
+    if services.scrape.configured and await asyncio.to_thread(services.scrape.matches, token):
+        may_view: Callable[[str], bool] = lambda _camera: True  # noqa: E731
+    else:
+        may_view = (await get_session(services, creds)).user.may_view
     body = await asyncio.to_thread(
         render,
         services.store,
         services.cameras,
         services.health,
         services.playback,
-        user.may_view,
+        may_view,
     )
     return Response(content=body, media_type=CONTENT_TYPE)
