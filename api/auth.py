@@ -28,6 +28,9 @@ ADMIN: tuple[Role, ...] = ("admin",)
 
 log = logging.getLogger("nvr.api")
 
+LINK_TTL_MS = 10 * 60_000
+"""A playback link's life without renewal."""
+
 
 @dataclass
 class _Failures:
@@ -167,13 +170,15 @@ class LoginThrottle:
 
 @dataclass(frozen=True)
 class Link:
-    """What a signed playback link grants: one user, one camera, one exact range."""
+    """What a signed playback link grants: one user, one camera, one exact range, for as long
+    as the session `token_id` that asked for it lives and the link is not expired."""
 
     user_id: int
     camera: str
     start_ms: int
     end_ms: int
     expires_ms: int
+    token_id: int
 
 
 def _b64(data: bytes) -> str:
@@ -187,21 +192,38 @@ def _unb64(text: str) -> bytes:
 class LinkSigner:
     """HMAC-signed, short-lived playback links. A browser's `<video src>` cannot send an
     Authorization header, so the link itself carries the (narrow) right to play one range.
-    The key is random per process: links die with a restart."""
+
+    A link belongs to the session (bearer token) that asked for it: it stops working when
+    that session ends (logout, password change, account disabled, token expiry), checked on
+    every request by the caller. It also expires `LINK_TTL_MS` after it was made, unless the
+    page renews it (`renew`, through `POST /api/links/renew` with the session's token) while
+    it is valid: the renewal is kept here, by the link's signature, so the URL the `<video>`
+    element is playing stays the same and playback never breaks while the session lives. A
+    leaked link therefore dies within `LINK_TTL_MS` of the page closing.
+    The key is random per process: links die with a restart. Runs on the event loop."""
+
+    MAX_RENEWED = 100_000
 
     def __init__(self, key: bytes | None = None) -> None:
         self._key = key or secrets.token_bytes(32)
+        self._renewed: dict[bytes, int] = {}
 
     def sign(self, link: Link) -> str:
         payload = json.dumps(
-            [link.user_id, link.camera, link.start_ms, link.end_ms, link.expires_ms],
+            [
+                link.user_id,
+                link.camera,
+                link.start_ms,
+                link.end_ms,
+                link.expires_ms,
+                link.token_id,
+            ],
             separators=(",", ":"),
         ).encode("utf-8")
         mac = hmac.new(self._key, payload, hashlib.sha256).digest()
         return f"{_b64(payload)}.{_b64(mac)}"
 
-    def verify(self, token: str, now_ms: int) -> Link | None:
-        """The link if `token` is authentic and unexpired, else None."""
+    def _open(self, token: str) -> tuple[Link, bytes] | None:
         try:
             head, mac_text = token.split(".", 1)
             payload = _unb64(head)
@@ -212,11 +234,46 @@ class LinkSigner:
         if not hmac.compare_digest(mac, good):
             return None
         try:
-            user_id, camera, start, end, expires = json.loads(payload)
-            link = Link(int(user_id), str(camera), int(start), int(end), int(expires))
+            user_id, camera, start, end, expires, token_id = json.loads(payload)
+            link = Link(
+                int(user_id), str(camera), int(start), int(end), int(expires), int(token_id)
+            )
         except (ValueError, TypeError):
             return None
-        return link if link.expires_ms > now_ms else None
+        return link, mac
+
+    def authentic(self, token: str) -> Link | None:
+        """The link if `token` was signed here (expired or not), with its renewed expiry."""
+        opened = self._open(token)
+        if opened is None:
+            return None
+        link, mac = opened
+        renewed = self._renewed.get(mac)
+        if renewed is not None and renewed > link.expires_ms:
+            link = Link(
+                link.user_id, link.camera, link.start_ms, link.end_ms, renewed, link.token_id
+            )
+        return link
+
+    def verify(self, token: str, now_ms: int) -> Link | None:
+        """The link if `token` is authentic and unexpired, else None."""
+        link = self.authentic(token)
+        return link if link is not None and link.expires_ms > now_ms else None
+
+    def renew(self, token: str, until_ms: int, now_ms: int) -> Link | None:
+        """Extend an authentic, unexpired link to `until_ms`; None if it is not one."""
+        opened = self._open(token)
+        link = self.verify(token, now_ms)
+        if opened is None or link is None:
+            return None
+        mac = opened[1]
+        if len(self._renewed) >= self.MAX_RENEWED:
+            self._renewed = {k: v for k, v in self._renewed.items() if v > now_ms}
+            if len(self._renewed) >= self.MAX_RENEWED:  # all live: the oldest renewal goes
+                self._renewed.pop(next(iter(self._renewed)))
+        until = max(until_ms, link.expires_ms)
+        self._renewed[mac] = until
+        return Link(link.user_id, link.camera, link.start_ms, link.end_ms, until, link.token_id)
 
 
 def has_role(user: User, roles: tuple[Role, ...]) -> bool:

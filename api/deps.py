@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import ADMIN, AUDIT, OPERATE, PLAYBACK, Link, has_role
 from api.errors import Forbidden, NotFound, Unauthorized
-from api.params import CAMERA_NAME
+from api.params import CAMERA_NAME, iso
 from api.services import ApiServices
 from storage import SegmentStore
 from storage.accounts import Role, TokenSession, User
@@ -108,18 +108,35 @@ AccessQuery = Annotated[
 ]
 
 
+async def link_user(services: ApiServices, access: str) -> tuple[User, Link]:
+    """The user and link a playback link's grant speaks for, or 401 saying why it does not
+    hold: not ours, expired, or the login session it was made in has ended."""
+    link = services.links.authentic(access)
+    if link is None:
+        raise Unauthorized("invalid playback link (not signed by this server, or altered)")
+    if link.expires_ms <= services.store.now():
+        raise Unauthorized(
+            f"this playback link expired at {iso(link.expires_ms)}: ask for a new one with "
+            "POST /api/cameras/{name}/links (a page renews its links with POST "
+            "/api/links/renew before they expire)"
+        )
+    session = await asyncio.to_thread(services.store.accounts.session_by_id, link.token_id)
+    if session is None or session.user.id != link.user_id:
+        raise Unauthorized(
+            "the login session this playback link was made in has ended (logout, password "
+            "change, disabled account or expiry): log in and ask for a new link"
+        )
+    return session.user, link
+
+
 async def playback_user(
     services: ServicesDep, creds: Credentials, access: AccessQuery = None
 ) -> tuple[User, Link | None]:
-    """The user of a playback request: a bearer token, or a signed link's grant."""
+    """The user of a playback request: a bearer token, or a signed link's grant, which holds
+    only while the session that asked for it lives (logout, a password change or a disabled
+    account end it) and until it expires (the page renews it while playing)."""
     if access is not None:
-        link = services.links.verify(access, services.store.now())
-        if link is None:
-            raise Unauthorized("invalid or expired playback link")
-        user = await asyncio.to_thread(services.store.accounts.user_by_id, link.user_id)
-        if user is None or user.disabled:
-            raise Unauthorized("invalid or expired playback link")
-        return user, link
+        return await link_user(services, access)
     session = await get_session(services, creds)
     return session.user, None
 

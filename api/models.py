@@ -104,6 +104,11 @@ class LinkIn(_In):
     end: TimeIn
 
 
+class LinkRenewIn(_In):
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    """The link's URL as `POST /api/cameras/{name}/links` gave it (or just its `access`)."""
+
+
 class LinkOut(BaseModel):
     url: str
     """Relative URL of the recording, playable by a `<video>` element without a header."""

@@ -395,6 +395,26 @@ class AccountStore:
             tok, row = found
             return TokenSession(self._to_user(s, row), tok.id, tok.expires_ms)
 
+    def session_by_id(self, token_id: int) -> TokenSession | None:
+        """The session of token `token_id` if it is still valid (not revoked, unexpired)
+        and its user enabled: what a playback link made in that session rests on."""
+        now = self._clock()
+        with Session(self._engine) as s:
+            found = s.execute(
+                select(TokenRow, UserRow)
+                .join(UserRow, UserRow.id == TokenRow.user_id)
+                .where(
+                    TokenRow.id == token_id,
+                    TokenRow.revoked_ms.is_(None),
+                    TokenRow.expires_ms > now,
+                    UserRow.disabled.is_(False),
+                )
+            ).first()
+            if found is None:
+                return None
+            tok, row = found
+            return TokenSession(self._to_user(s, row), tok.id, tok.expires_ms)
+
     def revoke(self, token_id: int) -> None:
         with self._writing() as s:
             s.execute(

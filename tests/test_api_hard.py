@@ -29,11 +29,13 @@ from tests.test_api import (
     ServerThread,
     api,
     footage_api,
+    footage_end,
     footage_template,
     free_port,
     make_config,
     nvr,
     open_store,
+    run_api,
     users_template,
     write_config,
 )
@@ -509,3 +511,65 @@ def test_a_static_scrape_token_reads_metrics_and_nothing_else(
             assert c.get("/metrics").status_code == 200
         made = scraped.store.audit_entries(action="metrics-token")
         assert len(made) == 2 and all(e.actor.startswith("cli:") for e in made)
+
+
+# --- 7. playback links end with the session -----------------------------------------------------
+
+
+def test_playback_links_end_with_the_session_and_live_while_renewed(
+    footage_template: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    skew = [0]
+    offset = time.time_ns() // 1_000_000 - (footage_end(root) + 60_000)
+    for served in run_api(root, clock=lambda: time.time_ns() // 1_000_000 - offset + skew[0]):
+        check_links(served, skew)
+
+
+def check_links(api: Api, skew: list[int]) -> None:
+    """Links over a store whose clock runs `skew[0]` ms ahead (the test moves it)."""
+    start, end = footage_range(api)
+    first = {"Range": "bytes=0-99"}
+
+    def new_link(c: httpx.Client) -> str:
+        r = c.post("/api/cameras/h264aac/links", json={"start": start, "end": end})
+        assert r.status_code == 200, r.text
+        return str(r.json()["url"])
+
+    def refused(anon: httpx.Client, url: str, why: str) -> None:
+        r = anon.get(url, headers=first)
+        assert r.status_code == 401 and r.headers["content-type"] == PROBLEM, r.text
+        assert why in r.json()["detail"], r.text
+
+    with api.client() as anon, api.as_user("vera") as c:
+        url = new_link(c)
+        assert anon.get(url, headers=first).status_code == 206
+        for _ in range(3):  # renewed every 6 minutes: the same URL plays past 10 minutes
+            skew[0] += 6 * 60_000
+            r = c.post("/api/links/renew", json={"url": url})
+            assert r.status_code == 200, r.text
+            assert r.json()["url"] == url
+            assert anon.get(url, headers=first).status_code == 206
+        with api.as_user("olga") as other:
+            assert other.post("/api/links/renew", json={"url": url}).status_code == 403
+        skew[0] += 11 * 60_000  # the page stopped renewing
+        refused(anon, url, "expired at")
+        assert c.post("/api/links/renew", json={"url": url}).status_code == 401
+
+        url = new_link(c)  # logout ends the session's links at once
+        assert anon.get(url, headers=first).status_code == 206
+        assert c.post("/api/logout").status_code == 204
+        refused(anon, url, "session this playback link was made in has ended")
+
+    new_password = "amber lantern under snow"
+    with api.client() as anon, api.as_user("vera") as c, api.as_user("root") as admin:
+        url = new_link(c)  # so does a password change (by an admin, from elsewhere)
+        r = admin.patch("/api/users/vera", json={"password": new_password})
+        assert r.status_code == 200, r.text
+        refused(anon, url, "has ended")
+    with api.client() as anon, api.client(api.login("vera", new_password)) as c:
+        url = new_link(c)  # and disabling the account
+        with api.as_user("root") as admin:
+            assert admin.patch("/api/users/vera", json={"disabled": True}).status_code == 200
+        refused(anon, url, "has ended")

@@ -7,22 +7,33 @@ from __future__ import annotations
 import asyncio
 import re
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api.auth import PLAYBACK, Link, has_role
+from api.auth import LINK_TTL_MS, PLAYBACK, Link, has_role
 from api.deps import (
     CameraPath,
     OperatorDep,
     PlaybackUserDep,
     ServicesDep,
+    SessionDep,
     UserDep,
     ViewerDep,
     check_camera,
+    link_user,
 )
-from api.errors import Conflict, Forbidden, NotFound, TooBusy, Unavailable, Unprocessable
+from api.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    TooBusy,
+    Unauthorized,
+    Unavailable,
+    Unprocessable,
+)
 from api.models import (
     CameraOut,
     DeletedOut,
@@ -30,6 +41,7 @@ from api.models import (
     GapOut,
     LinkIn,
     LinkOut,
+    LinkRenewIn,
     Problem,
     SpanOut,
     TimelineOut,
@@ -52,7 +64,6 @@ TimeQuery = Annotated[
     ),
 ]
 TIMELINE_MAX_HOURS = 168
-LINK_TTL_MS = 10 * 60_000
 DELETE_MAX_HOURS = 24 * 366 * 10
 ERRORS: dict[int | str, dict[str, object]] = {
     400: {"model": Problem},
@@ -108,21 +119,45 @@ async def timeline(
     )
 
 
+def _link_url(link: Link, grant: str) -> str:
+    return (
+        f"/api/cameras/{link.camera}/recording.mp4?start={link.start_ms}&end={link.end_ms}"
+        f"&access={quote(grant, safe='')}"
+    )
+
+
 @router.post("/api/cameras/{name}/links", response_model=LinkOut, responses=ERRORS)
 async def playback_link(
-    name: CameraPath, body: LinkIn, user: ViewerDep, services: ServicesDep
+    name: CameraPath, body: LinkIn, user: ViewerDep, session: SessionDep, services: ServicesDep
 ) -> LinkOut:
-    """A short-lived URL of `recording.mp4` for this range that a `<video>` element can
-    play without an Authorization header. It grants only this camera and range, to you."""
+    """A URL of `recording.mp4` for this range that a `<video>` element can play without an
+    Authorization header. It grants only this camera and range, to you, while this login
+    session lives (logout, a password change or a disabled account end it at once), and
+    expires after 10 minutes unless renewed with `POST /api/links/renew`."""
     await check_camera(services, user, name)
     rng = parse_range(body.start, body.end, services.settings.max_range_hours)
     expires = services.store.now() + LINK_TTL_MS
-    grant = services.links.sign(Link(user.id, name, rng.start_ms, rng.end_ms, expires))
-    url = (
-        f"/api/cameras/{name}/recording.mp4?start={rng.start_ms}&end={rng.end_ms}"
-        f"&access={quote(grant, safe='')}"
-    )
-    return LinkOut(url=url, expires_ms=expires)
+    link = Link(user.id, name, rng.start_ms, rng.end_ms, expires, session.token_id)
+    return LinkOut(url=_link_url(link, services.links.sign(link)), expires_ms=expires)
+
+
+@router.post("/api/links/renew", response_model=LinkOut, responses=ERRORS)
+async def renew_link(body: LinkRenewIn, session: SessionDep, services: ServicesDep) -> LinkOut:
+    """Keep a playback link you made alive for another 10 minutes: the same URL goes on
+    working, so a playing `<video>` is not interrupted. A page calls this every few minutes
+    while it plays; an expired link, or one from a session that has ended, cannot be
+    renewed (401), and a link of someone else is 403."""
+    access = parse_qs(urlsplit(body.url).query).get("access", [body.url])[0]
+    if len(access) > 1024:
+        raise BadRequest("url: not a playback link")
+    user, _link = await link_user(services, access)
+    if user.id != session.user.id:
+        raise Forbidden("this playback link belongs to another user")
+    now = services.store.now()
+    renewed = services.links.renew(access, now + LINK_TTL_MS, now)
+    if renewed is None:  # expired between the check and now
+        raise Unauthorized("this playback link has expired: ask for a new one")
+    return LinkOut(url=_link_url(renewed, access), expires_ms=renewed.expires_ms)
 
 
 _RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
