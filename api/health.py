@@ -25,7 +25,7 @@ from typing import Protocol
 from api.cameras import DAY_MS, CameraDirectory
 from config import NvrConfig
 from config.models import ApiConfig
-from storage import Outage, SegmentStore
+from storage import IndexCorruptError, Outage, SegmentStore
 
 
 class ForecastLike(Protocol):
@@ -198,6 +198,11 @@ class HealthService:
         hidden_down = 0
         shown: list[CameraHealth] = []
         live = self._cameras.live()
+        damaged = next((st for st in live.values() if st.state == "index-damaged"), None)
+        if damaged is not None:
+            # Recording is paused for every camera until the index is sound: critical at once.
+            worse("critical")
+            reasons.append(f"index damaged, recording paused: {damaged.detail}")
         for name in sorted(self._cameras.known()):
             st = live.get(name)
             if name in enabled and st is not None and st.state != "recording":
@@ -216,7 +221,13 @@ class HealthService:
                     else:
                         hidden_down += 1
             if visible(name):
-                shown.append(self.camera(name, now))
+                try:
+                    shown.append(self.camera(name, now))
+                except IndexCorruptError as err:
+                    if damaged is None:
+                        worse("critical")
+                        reasons.append(f"index damaged: {err}")
+                    break
         if hidden_down:
             reasons.append(f"{hidden_down} other camera(s) down")
         cap = self.capacity()

@@ -26,6 +26,7 @@ STATES = (
     "stalled",
     "storage-full",
     "storage-error",
+    "index-damaged",
     "paused",
     "not-running",
     "removed",

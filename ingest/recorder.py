@@ -42,6 +42,7 @@ from ingest.sources import Source, StreamOpener
 from ingest.timecheck import CLOCK_STEP, ClockStep, ClockStepDetector
 from ingest.timeline import Stamped, StreamTimeline
 from storage import (
+    IndexCorruptError,
     IndexFullError,
     IndexWriteError,
     PacketRejected,
@@ -94,7 +95,8 @@ class RecorderStatus:
     camera: str
     state: str
     """starting | connecting | recording | reconnecting | stalled | storage-full |
-    storage-error | stopped | abandoned (replaced by the supervisor)"""
+    storage-error | index-damaged (the index file is corrupt: the detail says what to do) |
+    stopped | abandoned (replaced by the supervisor)"""
     since_ms: int
     detail: str
     last_segment_end_ms: int | None
@@ -386,7 +388,9 @@ class CameraRecorder:
             self._set(state="abandoned")
 
     def _run(self) -> None:
-        self._adopt_ledger()
+        if not self._adopt_ledger_when_readable():
+            self._set(state="stopped", detail="")
+            return
         first_connect = True
         while not self._stop.is_set():
             if self._index_behind():
@@ -401,6 +405,8 @@ class CameraRecorder:
                 cause, detail = err.cause, str(err)
             except StorageFullError as err:
                 cause, detail = "storage-full", str(err)
+            except IndexCorruptError as err:
+                cause, detail = "index-damaged", str(err)
             except StorageError as err:
                 cause, detail = "storage-error", str(err)
             except Exception as err:
@@ -415,6 +421,7 @@ class CameraRecorder:
                 "stalled": "stalled",
                 "storage-full": "storage-full",
                 "storage-error": "storage-error",
+                "index-damaged": "index-damaged",
             }.get(cause, "reconnecting")
             self._set(state=state, detail=detail, reconnects=self._status.reconnects + 1)
             self.log.warning("camera %s: %s (%s)", self.camera, cause, detail)
@@ -432,6 +439,35 @@ class CameraRecorder:
                 err,
             )
         self._set(state="stopped", detail="")
+
+    def _adopt_ledger_when_readable(self) -> bool:
+        """`_adopt_ledger`, retried each second while the index cannot be read or written
+        (a damaged or full index: the state says why, the thread never dies of it). False
+        if stopped first."""
+        while not self._stop.is_set():
+            self._progress(in_backoff=True)
+            try:
+                self._adopt_ledger()
+                return True
+            except IndexWriteError as err:
+                self._index_trouble(err)
+            self._stop.wait(1.0)
+        return False
+
+    def _index_trouble(self, err: IndexWriteError) -> None:
+        """Say (state, and the log once) that the index is in the way of recording."""
+        if self._index_error is None or type(self._index_error) is not type(err):
+            self.log.error(
+                "camera %s: %s; recording paused, retrying every second", self.camera, err
+            )
+        self._index_error = err
+        if isinstance(err, IndexCorruptError):
+            state = "index-damaged"
+        elif isinstance(err, IndexFullError):
+            state = "storage-full"
+        else:
+            state = "storage-error"
+        self._set(state=state, detail=str(err))
 
     @_fenced
     def _adopt_ledger(self) -> None:
@@ -512,7 +548,7 @@ class CameraRecorder:
                     self._outage_id = due.outage
                 self._due = None
         except IndexWriteError as err:
-            if self._index_error is None:
+            if self._index_error is None or type(self._index_error) is not type(err):
                 self.log.error(
                     "camera %s: %s; recording paused, retrying every second", self.camera, err
                 )
@@ -583,11 +619,7 @@ class CameraRecorder:
             if room and self._catch_up():
                 return
             if self._index_error is not None:
-                full = isinstance(self._index_error, IndexFullError)
-                self._set(
-                    state="storage-full" if full else "storage-error",
-                    detail=str(self._index_error),
-                )
+                self._index_trouble(self._index_error)
             self._stop.wait(1.0)
 
     # --- one connection -----------------------------------------------------------------------

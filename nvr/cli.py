@@ -1,4 +1,5 @@
-"""The `nvr` command line: `run`, `check-config`, `status`, `discover` (`nvr.discover`). Runs on
+"""The `nvr` command line: `run`, `check-config`, `status`, `discover` (`nvr.discover`), and the
+commands of `nvr.cli_retention`, `nvr.cli_api` and `nvr.cli_index`. Runs on
 the main thread; `run` hands over to the asyncio loop (`nvr.daemon`)."""
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 from config import ConfigError, NvrConfig, default_config, load_config
 from ingest.timecheck import camera_status_lines, server_status_line
-from nvr import cli_api, cli_retention, discover
-from storage import SegmentStore, StorageError
+from nvr import cli_api, cli_index, cli_retention, discover
+from storage import IndexCorruptError, SegmentStore, StorageError
 
 log = logging.getLogger("nvr")
 
@@ -91,12 +92,25 @@ def _status_doc(root: Path) -> dict[str, Any] | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    store = SegmentStore(config.storage.root, config.storage.index_url(), exclusive=False)
+    doc = _status_doc(config.storage.root)
+    now = time.time_ns() // 1_000_000
+    fresh = doc is not None and doc.get("running") and now - int(doc["written_ms"]) < 15_000
+    print("daemon: " + (f"running (pid {doc['pid']})" if fresh and doc else "not running"))
     try:
-        doc = _status_doc(config.storage.root)
-        now = time.time_ns() // 1_000_000
-        fresh = doc is not None and doc.get("running") and now - int(doc["written_ms"]) < 15_000
-        print("daemon: " + (f"running (pid {doc['pid']})" if fresh and doc else "not running"))
+        return _status_from_index(config, doc if fresh else None, now)
+    except IndexCorruptError as err:
+        # What the daemon says (status.json) still shows, then what is wrong and what to do.
+        for name, live in sorted(((doc or {}).get("cameras", {}) if fresh else {}).items()):
+            detail = f" ({live['detail']})" if live.get("detail") else ""
+            print(f"{name}: {live['state']}{detail}")
+        print(f"index: DAMAGED: {err}")
+        return 1
+
+
+def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) -> int:
+    store = SegmentStore(config.storage.root, config.storage.index_url(), exclusive=False)
+    fresh = doc is not None
+    try:
         capacity = store.capacity_history(limit=1)
         free_gb = store.free_bytes() / 1e9
         if capacity:
@@ -154,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=cmd_status)
     cli_retention.register(sub)
     cli_api.register(sub)
+    cli_index.register(sub)
     discover.add_parser(sub)
     return parser
 

@@ -311,7 +311,11 @@ async def _checkpoint(store: SegmentStore) -> None:
 async def _consistency(store: SegmentStore) -> None:
     """Index complete files that have no row (left by a crash before start-up recovery
     looked only at the newest folders); report the rest (never deleted)."""
-    report = await asyncio.to_thread(store.consistency)
+    try:
+        report = await asyncio.to_thread(store.consistency)
+    except StorageError as err:  # a damaged index: the recorders say so and what to do
+        log.error("consistency check not done: %s", err)
+        return
     unindexed = []
     for path in report.files_without_rows:
         try:

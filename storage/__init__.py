@@ -6,6 +6,7 @@ See `storage.store` for the create and delete orders and the threads that call i
 from storage.audit import AuditEntry
 from storage.errors import (
     ForeignIndexError,
+    IndexCorruptError,
     IndexFullError,
     IndexWriteError,
     LockError,
@@ -36,6 +37,7 @@ __all__ = [
     "CameraStats",
     "ConsistencyReport",
     "ForeignIndexError",
+    "IndexCorruptError",
     "IndexFullError",
     "IndexWriteError",
     "Lock",

@@ -37,6 +37,26 @@ class IndexFullError(IndexWriteError, StorageFullError):
     retryable = True
 
 
+class IndexCorruptError(IndexWriteError):
+    """The index database file is damaged (SQLite: `database disk image is malformed`, `file
+    is not a database`). The message names the file and what to do: stop the recorder and
+    run `nvr index rebuild`, which builds a new index from the segment files and keeps the
+    damaged one aside. Nothing is deleted because of it; recorders pause (as for any index
+    write failure) and say why in their state, and resume as soon as the index can be
+    written again."""
+
+    retryable = True
+
+    def __init__(self, database: str, detail: str) -> None:
+        self.database = database
+        self.detail = detail
+        super().__init__(
+            f"the index {database} is damaged ({detail}); nothing was deleted. With the "
+            "recorder stopped, run `nvr index rebuild -c <config>`: it builds a new index "
+            "from the segment files and keeps the damaged one aside (README: 'A damaged index')"
+        )
+
+
 class PacketRejected(StorageError):
     """The muxer refused the stream's parameters or one of its packets (EINVAL, invalid
     data): what the camera sent is at fault, not the disk. Recorders treat it as a stream

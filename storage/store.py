@@ -87,7 +87,7 @@ from storage.guard import (
     iso,
     protection,
 )
-from storage.index import make_engine, migrate
+from storage.index import check_integrity, make_engine, migrate
 from storage.schema import (
     AuditCheckpointRow,
     AuditRow,
@@ -341,7 +341,21 @@ class SegmentStore:
             raise StorageIOError(f"cannot create storage root {self.root}: {err.strerror}") from err
         if exclusive:
             self._take_root_lock()
+        try:
+            self._open(database_url, exclusive, index_reserve_bytes, migrate_in_child)
+        except BaseException:
+            self.close()  # a refused index must not keep the root locked
+            raise
+
+    def _open(
+        self, database_url: str, exclusive: bool, index_reserve_bytes: int, migrate_in_child: bool
+    ) -> None:
         self._engine = make_engine(database_url)
+        if exclusive:
+            # The recorder trusts nothing it has not checked: a damaged file is refused here,
+            # before anything is recovered, deleted or written (IndexCorruptError says how
+            # to rebuild it).
+            check_integrity(self._engine)
         db = self._engine.url.database if self._engine.dialect.name == "sqlite" else None
         self._reserve_file: Path | None = None
         self._reserve_bytes = 0
@@ -491,8 +505,9 @@ class SegmentStore:
         if disk_id is not None and index_id is None:
             raise ForeignIndexError(
                 f"the index is new or empty but {self.root} already holds recordings of store "
-                f"{disk_id}; restore that store's index (or point database_url at it) instead "
-                "of starting a new history beside existing footage"
+                f"{disk_id}; restore that store's index (or point database_url at it), or "
+                "if it is lost or damaged run `nvr index rebuild -c <config>`, instead of "
+                "starting a new history beside existing footage"
             )
         if disk_id is None and index_id is not None and indexed > 0:
             raise ForeignIndexError(
@@ -514,7 +529,9 @@ class SegmentStore:
         return store_id
 
     def close(self) -> None:
-        self._engine.dispose()
+        engine = getattr(self, "_engine", None)
+        if engine is not None:
+            engine.dispose()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -1126,9 +1143,9 @@ class SegmentStore:
         key = self._signing_key()
         sig = "-"
         if key is not None:
-            sig = base64.b64encode(
-                key.sign(audit_log.head_message(entry.id, entry.hash))
-            ).decode("ascii")
+            sig = base64.b64encode(key.sign(audit_log.head_message(entry.id, entry.hash))).decode(
+                "ascii"
+            )
         path = self.root / AUDIT_HEAD
         tmp = path.with_name(f"{AUDIT_HEAD}.{os.getpid()}.tmp")
         try:
@@ -1680,9 +1697,7 @@ class SegmentStore:
                 and current.end_requested_by is not None
                 and current.end_requested_by.strip().casefold() == actor.strip().casefold()
             ):
-                problem = (
-                    "the admin who asked to end a lock cannot approve it; a second admin must"
-                )
+                problem = "the admin who asked to end a lock cannot approve it; a second admin must"
             if problem is None and not approve:
                 row.end_requested_by = actor
                 row.end_requested_ms = now

@@ -1,5 +1,7 @@
 """Faults of the index (issue 11, items 7 and 8): a crash between a segment's rename and its
-row, header-only `.part` files, and a damaged `index.db`.
+row, header-only `.part` files, and a damaged `index.db` (truncated, a corrupt page before
+start, pages damaged while recording), refused with the way out and rebuilt with
+`nvr index rebuild` from the segment files.
 
 Crashes are real: a child process running the daemon is SIGKILLed at the fault point. The
 damaged index is a real SQLite file truncated or with a page overwritten. Everything is then
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,11 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from config import load_config
+from config import CameraConfig, NvrConfig, StorageConfig, load_config
+from ingest import CameraRecorder, RtspOpener, Supervisor
 from nvr.cli import main
-from nvr.daemon import run_daemon
-from storage import SegmentStore
+from nvr.daemon import run_daemon, write_status
+from storage import IndexCorruptError, Segment, SegmentStore
+from storage.rebuild import rebuild_index
 from storage.store import GENESIS_CHAIN, chain_value, segment_name
+from tests.camsim import CameraSim
 from tests.media import check_file, fast_pattern, pattern_packets
 
 T0 = 1_795_000_000_000
@@ -281,3 +288,303 @@ def test_part_with_samples_but_no_complete_fragment_is_kept(tmp_path: Path) -> N
         assert store.consistency().unsalvageable_parts == [part]
     finally:
         store.close()
+
+
+# --- item 8: a damaged index --------------------------------------------------------------------
+
+REBUILD_HINT = "nvr index rebuild"
+
+
+def index_config(tmp_path: Path, root: Path) -> Path:
+    """A config naming the recorded root (the CLI's view of the same store)."""
+    path = tmp_path / "nvr-index.toml"
+    path.write_text(
+        CONFIG.replace('root = "rec"', f'root = "{root}"').replace(
+            'log_level = "warning"', 'log_level = "error"'
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def recorded(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store recorded from the GStreamer simulator (2 s segments, H.264 + AAC), closed."""
+    root = tmp_path_factory.mktemp("recorded") / "rec"
+    sim = CameraSim(camsim_clips, mounts=["h264aac"])
+    sim.start()
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    rec = _recorder(store, sim.url("h264aac"))
+    try:
+        _wait(lambda: len(store.segments("cam")) >= 5, 60, "five segments")
+    finally:
+        rec.stop()
+        rec.thread.join(15)
+        store.close()
+        sim.stop()
+    assert not rec.thread.is_alive()
+    return root
+
+
+def _recorder(store: SegmentStore, url: str) -> CameraRecorder:
+    opener = RtspOpener(
+        url, username=None, password=None, transport="tcp", timeout_s=3.0, camera="cam"
+    )
+    rec = CameraRecorder("cam", opener, store, segment_seconds=2, reserve_bytes=0, stall_seconds=3)
+    rec.start()
+    return rec
+
+
+def _wait(cond: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def copy_store(recorded: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "rec"
+    shutil.copytree(recorded, root)
+    return root
+
+
+def footage(root: Path) -> dict[str, str]:
+    """Every segment file (and `.part`) under the root with its SHA-256."""
+    return {
+        str(p.relative_to(root)): sha256(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and (p.name.endswith(".mp4") or p.name.endswith(".part"))
+    }
+
+
+def leaf_pages(db: Path, name: str) -> list[int]:
+    """Page numbers of the leaf pages of table or index `name` (SQLite's dbstat table)."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf' ORDER BY pageno",
+            (name,),
+        ).fetchall()
+        size = conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    assert size == PAGE
+    return [r[0] for r in rows]
+
+
+def damage_page(db: Path, page: int) -> None:
+    with db.open("r+b") as f:
+        f.seek((page - 1) * PAGE)
+        f.write(b"\xa5" * PAGE)
+
+
+PAGE = 4096
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real `nvr` command in a child process (its own logging, exit status)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nvr.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_clear_refusal(done: subprocess.CompletedProcess[str], db: Path) -> None:
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "Traceback" not in out, out
+    assert f"the index {db} is damaged" in out, out
+    assert REBUILD_HINT in out and "nothing was deleted" in out, out
+
+
+def rebuilt_and_checked(
+    cfg: Path, root: Path, files: dict[str, str], *, audit_lost: bool = False
+) -> list[Segment]:
+    """Rebuild with the CLI, then: every file indexed once, `nvr verify` clean (but for
+    the audit entries lost with the damaged pages, when `audit_lost`: reported, never
+    hidden), each file re-read and decoded with PyAV."""
+    done = run_cli("index", "rebuild", "-c", str(cfg))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert footage(root) == files  # the rebuild changed no recording
+    verified = run_cli("verify", "-c", str(cfg))
+    if audit_lost:
+        assert verified.returncode == 1, verified.stdout + verified.stderr
+        assert " 0 recording problems" in verified.stdout, verified.stdout
+        assert "differs from the signed checkpoint" in verified.stdout, verified.stdout
+    else:
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    store = reader(root)
+    try:
+        segs = store.segments("cam")
+        assert sorted(str(s.path.relative_to(root)) for s in segs) == sorted(files)
+        assert [e.action for e in store.audit_entries(action="index-rebuild")] == ["index-rebuild"]
+    finally:
+        store.close()
+    for seg in segs:
+        found = check_file(seg.path)
+        assert found.first_is_key and found.decoded == found.frames > 0
+        assert found.audio_codec == "aac" and found.audio_packets > 0
+    return segs
+
+
+def test_truncated_index_is_refused_with_the_way_out_then_rebuilt(
+    recorded: Path, tmp_path: Path
+) -> None:
+    root = copy_store(recorded, tmp_path)
+    cfg = index_config(tmp_path, root)
+    db = root / "index.db"
+    assert not (root / "index.db-wal").exists()  # the store closed cleanly: all in the file
+    files = footage(root)
+    assert len(files) >= 5
+    with db.open("r+b") as f:
+        f.truncate(db.stat().st_size // 2)
+    truncated = db.read_bytes()
+    for command in ("status", "verify", "run"):
+        done = run_cli(command, "-c", str(cfg))
+        assert_clear_refusal(done, db)
+    assert footage(root) == files  # nothing deleted, nothing renamed
+    assert db.read_bytes() == truncated
+
+    rebuilt_and_checked(cfg, root, files)
+    (aside,) = root.glob("index.db.damaged-*")
+    assert aside.read_bytes() == truncated  # the damaged index kept as it was
+
+
+def test_corrupt_page_is_refused_at_start_and_rebuilt_as_it_was(
+    recorded: Path, tmp_path: Path
+) -> None:
+    """A damaged page of an index b-tree (the rows themselves intact): `run` refuses at
+    start, before anything is recovered or deleted; the rebuild proves every file and keeps
+    every row's times and chain value."""
+    root = copy_store(recorded, tmp_path)
+    cfg = index_config(tmp_path, root)
+    db = root / "index.db"
+    files = footage(root)
+    before = reader(root)
+    try:
+        old = {str(s.path.relative_to(root)): s for s in before.segments("cam")}
+    finally:
+        before.close()
+    assert run_cli("verify", "-c", str(cfg)).returncode == 0  # reads only what is intact
+    (page,) = leaf_pages(db, "ix_segments_camera_end")
+    damage_page(db, page)
+    assert_clear_refusal(run_cli("run", "-c", str(cfg)), db)
+    with pytest.raises(IndexCorruptError, match="integrity check"):
+        asyncio.run(run_daemon(load_config(cfg)))
+    assert footage(root) == files
+
+    segs = rebuilt_and_checked(cfg, root, files)
+    for seg in segs:
+        was = old[str(seg.path.relative_to(root))]
+        assert not seg.recovered
+        assert (seg.sha256, seg.start_ms, seg.end_ms, seg.chain) == (
+            was.sha256,
+            was.start_ms,
+            was.end_ms,
+            was.chain,
+        )
+
+
+def test_rebuild_proves_what_the_damaged_file_still_holds(tmp_path: Path) -> None:
+    """A damaged page of the segments table itself: its rows are lost, the files they named
+    are indexed as `recovered` at their place in the chain; the rows read back keep their
+    recorded times; `verify` is clean."""
+    store = SegmentStore(tmp_path, f"sqlite:///{tmp_path / 'index.db'}")
+    from storage import SegmentInfo
+
+    try:
+        for i in range(30):
+            src = fast_pattern()
+            writer = store.new_writer("cam", T0 + i * 2000, src.video, None)
+            for pkt in pattern_packets(src, 10):
+                pkt.stream = writer.video
+                writer.mux(pkt)
+            start = T0 + i * 2000
+            store.commit(
+                writer, SegmentInfo("cam", start, start + 2000, 2000, 10, "h264", None, 640, 360)
+            )
+            src.close()
+        old = {s.path: s for s in store.segments("cam")}
+    finally:
+        store.close()
+    db = tmp_path / "index.db"
+    leaves = leaf_pages(db, "segments")
+    assert len(leaves) >= 2, leaves
+    damage_page(db, leaves[0])  # the oldest rows
+    report = rebuild_index(tmp_path, f"sqlite:///{db}")
+    assert "segments" in report.lost and not report.missing and not report.not_indexed
+    store = reader(tmp_path)
+    try:
+        segs = store.segments("cam")
+        assert len(segs) == 30 and store.verify().ok
+    finally:
+        store.close()
+    lost = [s for s in segs if s.recovered]
+    proven = [s for s in segs if not s.recovered]
+    assert lost and proven and lost[-1].start_ms < proven[0].start_ms
+    (cam,) = report.cameras.values()
+    # After the break the proven rows are linked anew (their recorded times kept).
+    assert (cam.files, cam.recovered, cam.proven) == (30, len(lost), len(proven))
+    assert cam.relinked == len(proven)
+    for seg in proven:
+        was = old[seg.path]
+        assert (seg.start_ms, seg.end_ms, seg.frames) == (was.start_ms, was.end_ms, was.frames)
+    for seg in segs:
+        assert seg.sha256 == old[seg.path].sha256 == sha256(seg.path)
+
+
+@pytest.mark.slow
+def test_corruption_at_run_time_pauses_with_a_reason_then_rebuild_keeps_everything(
+    camsim: CameraSim, tmp_path: Path
+) -> None:
+    root = tmp_path / "rec"
+    cfg = index_config(tmp_path, root)
+    db = root / "index.db"
+    store = SegmentStore(root, f"sqlite:///{db}")
+    config = NvrConfig(
+        storage=StorageConfig(root=root, reserve_bytes=0),
+        cameras=[
+            CameraConfig(name="cam", url=camsim.url("h264aac"), segment_seconds=10, stall_seconds=3)
+        ],
+    )
+    supervisor = Supervisor(config, store)  # the daemon's view: health and status.json
+    supervisor.start()
+    rec = supervisor.recorders["cam"]
+    try:
+        _wait(lambda: len(store.segments("cam")) >= 1, 60, "a first segment")
+        conn = sqlite3.connect(db)
+        try:  # everything into the main file, which is then damaged past its first page
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        finally:
+            conn.close()
+        with db.open("r+b") as f:
+            f.seek(PAGE)
+            f.write(b"\xa5" * PAGE * (pages - 1))
+        _wait(lambda: rec.status().state == "index-damaged", 30, "the index-damaged state")
+        for _ in range(3):  # paused and saying why: never a dead thread, never "starting"
+            st = rec.status()
+            assert rec.thread.is_alive()
+            assert st.state == "index-damaged", st
+            assert f"the index {db} is damaged" in st.detail and REBUILD_HINT in st.detail
+            (health,) = supervisor.health()
+            assert not health.stuck, health  # nothing for self-repair to replace
+            time.sleep(1)
+        write_status(root, supervisor, True)
+        shown = run_cli("status", "-c", str(cfg))
+        out = shown.stdout + shown.stderr
+        assert shown.returncode == 1 and "Traceback" not in out, out
+        assert "cam: index-damaged (the index" in out and "index: DAMAGED" in out, out
+    finally:
+        late = asyncio.run(supervisor.stop())
+        store.close()
+    assert not late and not rec.thread.is_alive()
+    files = footage(root)
+    assert not [f for f in files if f.endswith(".part")], files  # in-flight footage kept
+    # Every page but the first was damaged: the audit log went with them, and says so.
+    segs = rebuilt_and_checked(cfg, root, files, audit_lost=True)
+    assert len(segs) >= 2  # the segment in flight at the damage is indexed too
