@@ -1,7 +1,8 @@
 """`HealthService`: the daemon's health for `GET /api/health` and `/metrics` (R1).
 
 Overall status: `critical` when a camera has been down longer than
-`[api] critical_after_seconds` or the storage forecast is critical; `degraded` when a camera
+`[api] critical_after_seconds`, a camera cannot start as configured (`config-error`, at once),
+or the storage forecast is critical; `degraded` when a camera
 has been down longer than `degraded_after_seconds` or the forecast is a warning; else `ok`.
 "Down" means an enabled camera whose recorder is not recording.
 
@@ -26,6 +27,9 @@ from api.cameras import DAY_MS, CameraDirectory
 from config import NvrConfig
 from config.models import ApiConfig
 from storage import IndexCorruptError, Outage, SegmentStore
+
+CONFIG_ERROR = "config-error"
+"""Recorder state of a camera that cannot start as configured (e.g. its secret is missing)."""
 
 
 class ForecastLike(Protocol):
@@ -209,7 +213,8 @@ class HealthService:
                 down_s = max(0.0, (now - st.since_ms) / 1000)
                 level = (
                     "critical"
-                    if down_s > self._api.critical_after_seconds
+                    # a camera that cannot start as configured does not heal by waiting
+                    if down_s > self._api.critical_after_seconds or st.state == CONFIG_ERROR
                     else "degraded"
                     if down_s > self._api.degraded_after_seconds
                     else "ok"
@@ -217,7 +222,8 @@ class HealthService:
                 if level != "ok":
                     worse(level)
                     if visible(name):
-                        reasons.append(f"camera {name} {st.state} for {down_s:.0f} s")
+                        why = f": {st.detail}" if st.state == CONFIG_ERROR else ""
+                        reasons.append(f"camera {name} {st.state} for {down_s:.0f} s{why}")
                     else:
                         hidden_down += 1
             if visible(name):

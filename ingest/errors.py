@@ -45,3 +45,11 @@ class UnsupportedStream(StreamError):
     """The stream has no H.264/H.265 video, or never sends a keyframe."""
 
     cause = "unsupported-stream"
+
+
+class CameraConfigFault(StreamError):
+    """The camera cannot start as configured on this machine (its password's environment
+    variable is unset, its password file unreadable). Only this camera is down; retried, so
+    a secret put in place later is picked up."""
+
+    cause = "config"

@@ -96,6 +96,7 @@ class RecorderStatus:
     state: str
     """starting | connecting | recording | reconnecting | stalled | storage-full |
     storage-error | index-damaged (the index file is corrupt: the detail says what to do) |
+    config-error (cannot start as configured, e.g. its secret is missing) |
     stopped | abandoned (replaced by the supervisor)"""
     since_ms: int
     detail: str
@@ -422,6 +423,7 @@ class CameraRecorder:
                 "storage-full": "storage-full",
                 "storage-error": "storage-error",
                 "index-damaged": "index-damaged",
+                "config": "config-error",
             }.get(cause, "reconnecting")
             self._set(state=state, detail=detail, reconnects=self._status.reconnects + 1)
             self.log.warning("camera %s: %s (%s)", self.camera, cause, detail)

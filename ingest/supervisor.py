@@ -26,10 +26,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import BUILTIN_TEST_PATTERN, CameraConfig, NvrConfig
+from config import BUILTIN_TEST_PATTERN, CameraConfig, ConfigError, NvrConfig
+from ingest.errors import CameraConfigFault
 from ingest.onvif import OnvifOpener
 from ingest.recorder import CameraRecorder, Clock, RecorderStatus, SystemClock
-from ingest.sources import RtspOpener, StreamOpener, TestPatternOpener
+from ingest.sources import RtspOpener, Source, StreamOpener, TestPatternOpener
 from ingest.timecheck import ClockedOpener, ClockMonitor
 from storage import SegmentStore, StorageError
 
@@ -108,6 +109,41 @@ def default_opener(camera: CameraConfig) -> StreamOpener:
     return ClockedOpener(rtsp, camera.name, camera.max_clock_offset_seconds)  # RTCP clock check
 
 
+class ConfigFaultOpener:
+    """The opener of a camera whose opener could not be built (`ConfigError`: a secret that
+    cannot be read). Each `open()` on the recorder thread tries again and, while it still
+    fails, raises `CameraConfigFault` (ledger cause `config`, this camera only); once the
+    secret is there it hands over to the real opener."""
+
+    def __init__(
+        self,
+        camera: CameraConfig,
+        factory: OpenerFactory,
+        error: ConfigError,
+        adopted: Callable[[StreamOpener], None],
+    ) -> None:
+        self._camera = camera
+        self._factory = factory
+        self._adopted = adopted
+        self.problem = "; ".join(error.problems)
+        self._real: StreamOpener | None = None
+
+    def open(self) -> Source:
+        if self._real is None:
+            try:
+                real = self._factory(self._camera)
+            except ConfigError as err:
+                self.problem = "; ".join(err.problems)
+                raise CameraConfigFault(f"cannot start: {self.problem}") from None
+            self._adopted(real)
+            self._real = real
+            log.info("camera %s: its configuration can be used now", self._camera.name)
+        return self._real.open()
+
+    def probe_reachable(self) -> bool:
+        return self._real.probe_reachable() if self._real is not None else False
+
+
 class Supervisor:
     """Starts, watches, repairs and stops the recorders."""
 
@@ -136,7 +172,19 @@ class Supervisor:
         """Server clock and camera clock checks (thread `clock-check`)."""
 
     def _build(self, camera: CameraConfig) -> CameraRecorder:
-        opener = self._opener_factory(camera)
+        opener: StreamOpener
+        try:
+            opener = self._opener_factory(camera)
+        except ConfigError as err:
+            # One camera's missing secret is that camera's outage, never the others' (R1).
+            fault = ConfigFaultOpener(
+                camera,
+                self._opener_factory,
+                err,
+                lambda real: self.clocks.adopt(camera.name, real),
+            )
+            log.error("camera %s cannot start: %s", camera.name, fault.problem)
+            opener = fault
         self.clocks.adopt(camera.name, opener)  # device info and clock checks (ONVIF, RTCP)
         return CameraRecorder(
             camera.name,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from config import ConfigError, NvrConfig, default_config, load_config
+from config.checks import machine_problems
 from ingest.timecheck import camera_status_lines, server_status_line
 from nvr import cli_api, cli_index, cli_retention, discover
 from storage import IndexCorruptError, SegmentStore, StorageError
@@ -39,6 +40,9 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
 
+
+STATUS_FRESH_MS = 15_000
+"""status.json older than this means the daemon is not running (it rewrites it every 2 s)."""
 
 MALLOC_ARENAS = 2
 """glibc malloc arenas for the daemon's many threads (see nvr/memory.py)."""
@@ -74,8 +78,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _daemon_running(root: Path) -> int | None:
+    """The pid of a daemon publishing status for `root` right now, if any."""
+    doc = _status_doc(root)
+    if doc is None or not doc.get("running"):
+        return None
+    if time.time_ns() // 1_000_000 - int(doc.get("written_ms", 0)) > STATUS_FRESH_MS:
+        return None
+    pid = int(doc.get("pid", 0))
+    return pid or None
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The schema, then (unless --schema-only) what the config needs from this machine:
+    every problem at once, each naming its key."""
     config = load_config(args.file)
+    if not args.schema_only:
+        running = _daemon_running(config.storage.root)
+        problems = machine_problems(config, port_in_use_ok=running is not None)
+        if problems:
+            raise ConfigError(str(args.file), problems)
+        if running is not None and config.api is not None:
+            print(f"{config.api.listen}: not checked, the daemon (pid {running}) is running")
     print(
         f"{args.file}: ok ({len(config.cameras)} cameras, retention {config.retention.days} days)"
     )
@@ -94,7 +118,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args.config)
     doc = _status_doc(config.storage.root)
     now = time.time_ns() // 1_000_000
-    fresh = doc is not None and doc.get("running") and now - int(doc["written_ms"]) < 15_000
+    fresh = (
+        doc is not None and doc.get("running") and now - int(doc["written_ms"]) < STATUS_FRESH_MS
+    )
     print("daemon: " + (f"running (pid {doc['pid']})" if fresh and doc else "not running"))
     try:
         return _status_from_index(config, doc if fresh else None, now)
@@ -160,8 +186,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the recorder in the foreground")
     run.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded demo)")
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check-config", help="validate a config file")
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file and what it needs on this machine (every problem at once)",
+    )
     check.add_argument("file", type=Path)
+    check.add_argument(
+        "--schema-only",
+        action="store_true",
+        help="only the file itself, not what it needs from this machine (secrets, storage "
+        "root, TLS files, the API port)",
+    )
     check.set_defaults(func=cmd_check_config)
     status = sub.add_parser("status", help="per-camera state, recent segments and gaps")
     status.add_argument("-c", "--config", type=Path)

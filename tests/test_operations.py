@@ -1,0 +1,177 @@
+"""Running the recorder day to day (issue 16): one camera's bad config never stops the others,
+`check-config` reports every problem at once. Real daemons (`nvr run`), the GStreamer camera
+simulator, the API over HTTP, the index reopened afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from storage import SegmentStore
+from tests.camsim import CameraSim
+from tests.test_api import NVR, PASSWORD, free_port, nvr
+from tests.test_recording import wait_for
+
+UNSET = "NVR_TEST_SURELY_UNSET_PASSWORD"
+
+
+def test_check_config_reports_every_machine_problem_at_once(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "nvr.toml"
+        cfg.write_text(
+            f'[storage]\nroot = "{not_a_folder}"\n'
+            f'[api]\nlisten = "127.0.0.1:{port}"\n'
+            f'tls_certificate = "{tmp_path / "cert.pem"}"\ntls_key = "{tmp_path / "key.pem"}"\n'
+            '[[cameras]]\nname = "ok"\nurl = "rtsp://127.0.0.1:9/a"\n'
+            '[[cameras]]\nname = "envless"\nurl = "rtsp://127.0.0.1:9/b"\n'
+            f'username = "u"\npassword_env = "{UNSET}"\n'
+            '[[cameras]]\nname = "fileless"\nurl = "rtsp://127.0.0.1:9/c"\n'
+            f'username = "u"\npassword_file = "{tmp_path / "missing.secret"}"\n'
+            # a disabled camera's secret is not needed now
+            '[[cameras]]\nname = "off"\nurl = "rtsp://127.0.0.1:9/d"\nenabled = false\n'
+            f'username = "u"\npassword_env = "{UNSET}"\n'
+        )
+        env = {k: v for k, v in os.environ.items() if k != UNSET}
+        done = subprocess.run(
+            [*NVR, "check-config", str(cfg)], capture_output=True, text=True, env=env, check=False
+        )
+    assert done.returncode == 2, done
+    err = done.stderr
+    lines = [
+        f"cameras[1](envless).password_env: expected environment variable {UNSET} to be set",
+        "cameras[2](fileless).password_file: cannot read",
+        f"storage.root: {not_a_folder} is not a folder",
+        "api.tls_certificate: cannot read",
+        "api.tls_key: cannot read",
+        f"api.listen: 127.0.0.1:{port} is already in use",
+    ]
+    for line in lines:
+        assert line in err, (line, err)
+    assert "(off)" not in err and "(ok)" not in err
+    assert done.stdout == ""
+    # Fixed on the machine, the same file passes; schema-only never looks at the machine.
+    (tmp_path / "missing.secret").write_text("s3cret\n")
+    fixed = cfg.read_text().replace(str(not_a_folder), str(tmp_path / "data"))
+    fixed = fixed[: fixed.index("tls_certificate")] + fixed[fixed.index("[[cameras]]") :]
+    cfg.write_text(fixed)
+    env[UNSET] = "s3cret"
+    done = subprocess.run(
+        [*NVR, "check-config", str(cfg)], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok (4 cameras" in done.stdout
+    assert "s3cret" not in done.stdout + done.stderr
+
+
+@contextmanager
+def daemon(cfg: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`nvr run -c cfg`, stopped with SIGTERM at the end (which must exit 0)."""
+    log = (cfg.parent / "daemon.log").open("ab")
+    proc = subprocess.Popen(
+        [*NVR, "run", "-c", str(cfg)], cwd=cfg.parent, stdout=log, stderr=log, env=env
+    )
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        log.close()
+    assert code == 0, (cfg.parent / "daemon.log").read_text()
+
+
+def login(base: str) -> httpx.Client:
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answers, 30, "the daemon's API")
+    r = httpx.post(f"{base}/api/login", json={"username": "admin", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30
+    )
+
+
+def add_admin(cfg: Path) -> None:
+    made = nvr(
+        ["user", "add", "-c", str(cfg), "admin", "--role", "admin", "--password-stdin"],
+        cfg.parent,
+        stdin=PASSWORD + "\n",
+    )
+    assert made.returncode == 0, made.stderr
+
+
+def open_index(root: Path) -> SegmentStore:
+    return SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
+
+
+@pytest.mark.slow
+def test_a_camera_without_its_secret_is_its_own_outage(camsim: CameraSim, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    port = free_port()
+    secret = tmp_path / "late.secret"
+    cfg = tmp_path / "nvr.toml"
+    url = camsim.url("h264")
+    cfg.write_text(
+        f'[storage]\nroot = "{root}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+        f'[[cameras]]\nname = "good"\nurl = "{url}"\nsegment_seconds = 10\n'
+        f'[[cameras]]\nname = "envless"\nurl = "{url}"\nusername = "u"\n'
+        f'password_env = "{UNSET}"\n'
+        f'[[cameras]]\nname = "late"\nurl = "{url}"\nusername = "u"\n'
+        f'password_file = "{secret}"\nsegment_seconds = 10\n'
+    )
+    add_admin(cfg)
+    env = {k: v for k, v in os.environ.items() if k != UNSET}
+    with daemon(cfg, env) as proc, login(f"http://127.0.0.1:{port}") as api:
+
+        def states() -> dict[str, str]:
+            return {c["name"]: c["state"] for c in api.get("/api/cameras").json()}
+
+        wait_for(
+            lambda: states()
+            == {"good": "recording", "envless": "config-error", "late": "config-error"},
+            30,
+            "one camera recording, two in config-error",
+        )
+        health = api.get("/api/health").json()
+        assert health["status"] == "critical", health
+        reasons = "\n".join(health["reasons"])
+        assert "camera envless config-error" in reasons
+        assert f"expected environment variable {UNSET} to be set" in reasons
+        assert f"password_file: cannot read {secret}" in reasons
+        status = nvr(["status", "-c", str(cfg)], tmp_path)
+        assert "envless: config-error (" in status.stdout, status.stdout
+        assert "open gap since" in status.stdout and ": config " in status.stdout
+        # The secret put in place: that camera starts without a restart.
+        secret.write_text("hunter2\n")
+        wait_for(lambda: states()["late"] == "recording", 30, "the late camera recording")
+        assert proc.poll() is None
+    store = open_index(root)
+    try:
+        assert store.segments("good") and store.segments("late")
+        assert not store.segments("envless")
+        (outage, *_) = store.outages("envless")
+        assert outage.cause == "config" and UNSET in outage.detail
+        late = store.outages("late")
+        assert late[0].cause == "config" and late[0].end_ms is not None
+        assert not [o for o in store.outages("good") if o.cause == "config"]
+    finally:
+        store.close()
+    text = (tmp_path / "daemon.log").read_text()
+    assert "hunter2" not in text
+    assert "camera envless cannot start: password_env" in text
