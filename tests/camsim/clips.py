@@ -21,6 +21,7 @@ exactly when its index exists and names files of the recorded sizes.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -88,8 +89,19 @@ CLIPS: dict[str, ClipSpec] = {
 
 
 def make_clips(directory: Path, names: list[str] | None = None) -> dict[str, Path]:
-    """Encode the clips that are missing or stale in `directory`; return name -> index path."""
+    """Encode the clips that are missing or stale in `directory`; return name -> index path.
+    Several test processes (pytest-xdist workers) may ask at once: the first encodes while
+    the others wait on an exclusive lock of `directory/.lock`, then find the clips complete."""
     directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _make_clips_locked(directory, names)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _make_clips_locked(directory: Path, names: list[str] | None) -> dict[str, Path]:
     wanted = list(CLIPS) if names is None else names
     unknown = sorted(set(wanted) - set(CLIPS))
     if unknown:
