@@ -4,20 +4,23 @@ ffmpeg's segmenter, side by side (issue 12: "parity is measured, not assumed").
 1. A `QuirkServer` (a thread of this process) serves every mount of `CATALOGUE` on 127.0.0.1,
    plus `--crowd` cameras on the `busy` mount (one slow server, all cameras connecting at once).
 2. **ours**: ``nvr run -c FILE`` as a subprocess, one camera per mount (and the crowd), for
-   ``--seconds`` from its start, then SIGTERM. Its outage ledger is read afterwards.
-3. **ffmpeg**: one process per camera, started together, for the same time, then SIGTERM::
+   ``--seconds`` from its first RTSP request (the server notes when each camera's first request
+   arrives; the daemon's Python start-up before that is reported, not counted), then SIGTERM.
+   Its outage ledger is read afterwards.
+3. **ffmpeg**: one process per camera, started together, each stopped with SIGTERM
+   ``--seconds`` after its own first RTSP request::
 
        ffmpeg -loglevel error -nostdin -rtsp_transport tcp -i URL -c copy -f segment \\
          -segment_time 10 -segment_format_options movflags=frag_keyframe+empty_moov out%05d.mp4
 
-   (each ffmpeg is stopped `--seconds` after its own start).
-
-Per camera, from the files reopened with PyAV: recorded seconds (video media time), decode
-errors (FFmpeg error messages or failures while decoding every frame), gaps (a step of more than
-1.5 frames between consecutive frames within a file; for ours also holes of more than a frame
-between indexed segments), outages (ours: the ledger's rows), audio seconds. The sides run one after
-the other (the machine has few cores). The table goes into docs/interop.md between generated
-markers. Runs on the main thread; the recorders and ffmpeg are child processes.
+Per camera, from the files reopened with PyAV: recorded seconds (the video media time its
+frames cover: steps between frames up to 1.5 frames, plus the last frame; audio media time
+for a file without video), decode errors (FFmpeg error messages or failures while decoding
+every frame), gaps (a step of more than 1.5 frames, or back, between consecutive frames within
+a file; for ours also holes of more than a frame between indexed segments), outages (ours: the
+ledger's rows), audio seconds. The sides run one after the other (the machine has few cores).
+The table goes into docs/interop.md between generated markers. Runs on the main thread; the
+recorders and ffmpeg are child processes.
 
 Run: ``python -m bench.interop [--seconds 30] [--crowd 64] [--mounts plain,redirect]``.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import shutil
 import signal
@@ -91,12 +95,21 @@ def read_files(paths: Sequence[Path]) -> Files:
         try:
             with av.logging.Capture() as logs, av.open(str(path)) as c:
                 if not c.streams.video:
-                    out.decode_errors += 1
+                    if not c.streams.audio:
+                        out.decode_errors += 1
+                        continue
+                    # An audio-only camera: its recorded seconds are audio seconds.
+                    audio = sum(
+                        float((p.duration or 0) * p.time_base)
+                        for p in c.demux(audio=0)
+                        if p.time_base is not None
+                    )
+                    out.recorded_s += audio
+                    out.audio_s += audio
                     continue
                 video = c.streams.video[0]
-                first: float | None = None
-                end = 0.0
                 prev: float | None = None
+                last = 0.0
                 for packet in c.demux():
                     if packet.dts is None or packet.time_base is None:
                         continue
@@ -104,17 +117,21 @@ def read_files(paths: Sequence[Path]) -> Files:
                     if packet.stream.type == "audio":
                         out.audio_s += float((packet.duration or 0) * packet.time_base)
                         continue
-                    if prev is not None and t - prev > 1.5 * FRAME_S:
-                        out.gaps += 1
+                    if prev is not None:
+                        # Footage is what frames cover: a hole or a step back is a gap and
+                        # adds nothing (a file whose timestamps run wild is not hours long).
+                        step = t - prev
+                        if step > 1.5 * FRAME_S or step < 0:
+                            out.gaps += 1
+                        out.recorded_s += min(max(step, 0.0), 1.5 * FRAME_S)
                     prev = t
-                    first = t if first is None else first
-                    end = t + float((packet.duration or 0) * packet.time_base)
+                    last = float((packet.duration or 0) * packet.time_base)
                     try:
                         video.codec_context.decode(packet)
                     except av.FFmpegError:
                         out.decode_errors += 1
-                if first is not None:
-                    out.recorded_s += end - first
+                if prev is not None:
+                    out.recorded_s += last
                 out.decode_errors += sum(1 for level, _, _ in logs if level <= av.logging.ERROR)
         except (av.FFmpegError, OSError):
             out.decode_errors += 1
@@ -128,7 +145,10 @@ def cameras(crowd: int, mounts: Sequence[str]) -> dict[str, str]:
     return cams
 
 
-def run_ours(server: QuirkServer, cams: dict[str, str], seconds: float, work: Path) -> list[Camera]:
+def run_ours(
+    server: QuirkServer, cams: dict[str, str], seconds: float, work: Path
+) -> tuple[list[Camera], float]:
+    """Every camera in one `nvr run`; also the seconds from its start to its first request."""
     root = work / "store"
     config = work / "nvr.toml"
     lines = ['log_level = "info"', "", "[storage]", f"root = {json.dumps(str(root))}", ""]
@@ -143,10 +163,24 @@ def run_ours(server: QuirkServer, cams: dict[str, str], seconds: float, work: Pa
         proc = subprocess.Popen(
             [*nvr, "run", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=work
         )
-        began = time.monotonic()
-        time.sleep(seconds)
+        # The cameras' time starts at the daemon's first RTSP request (as ffmpeg's at its
+        # own): the Python start-up of `nvr run` (imports, index migrations) is a cost of a
+        # daemon restart, not of recording a camera.
+        started = time.monotonic()
+        while not server.first_request and proc.poll() is None:
+            if time.monotonic() - started > 60:
+                break
+            time.sleep(0.05)
+        began = min(server.first_request.values(), default=started)
+        startup = began - started
+        while time.monotonic() - began < seconds and proc.poll() is None:
+            time.sleep(0.1)
         wall = time.monotonic() - began
+        died = proc.poll()
         stop(proc)
+    if died is not None:  # a bench that quietly reports zeros would be worse than none
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise SystemExit(f"nvr run exited early (status {died}):\n{tail}")
     text = log_path.read_text(encoding="utf-8", errors="replace")
     store = SegmentStore(root, f"sqlite:///{root.resolve() / 'index.db'}", exclusive=False)
     try:
@@ -171,7 +205,7 @@ def run_ours(server: QuirkServer, cams: dict[str, str], seconds: float, work: Pa
                     " / ".join(n.split(f"camera {name}: ", 1)[1] for n in notes[-2:]),
                 )
             )
-        return result
+        return result, startup
     finally:
         store.close()
 
@@ -198,7 +232,14 @@ def run_ffmpeg(
                 err,
             )
     ended: dict[str, float] = {}
-    for name, (proc, _) in procs.items():  # each runs `seconds` from its own start
+    started = time.monotonic()
+    while len(server.first_request) < len(cams) and time.monotonic() - started < 10:
+        time.sleep(0.05)  # every ffmpeg has asked (one that never does: its start counts)
+    for name in cams:
+        began[name] = server.first_request.get(cams[name], began[name])
+    # Each runs `seconds` from its first request: stopped in the order they are due.
+    for name in sorted(cams, key=lambda n: began[n]):
+        proc = procs[name][0]
         time.sleep(max(0.0, began[name] + seconds - time.monotonic()))
         proc.send_signal(signal.SIGTERM)
         ended[name] = time.monotonic()
@@ -251,7 +292,14 @@ def row(label: str, cams: list[Camera], side: str) -> str:
 
 
 def render(
-    ours: list[Camera], theirs: list[Camera], seconds: float, crowd: int, argv: str, ffmpeg: str
+    ours: list[Camera],
+    theirs: list[Camera],
+    seconds: float,
+    crowd: int,
+    argv: str,
+    ffmpeg: str,
+    startup: float,
+    load: str,
 ) -> str:
     version = subprocess.run([ffmpeg, "-version"], capture_output=True, text=True, check=False)
     tool = version.stdout.split(" Copyright")[0] if version.stdout else ffmpeg
@@ -260,7 +308,9 @@ def render(
         f"({platform.machine()}, Python {platform.python_version()}, "
         f"{tool}, PyAV {av.__version__})"
         f" with `python -m bench.interop {argv}`: each camera recorded for {seconds:.0f} s "
-        "from process start (connecting included).",
+        "from its first RTSP request (connecting included; `nvr run`'s Python start-up "
+        f"before that took {startup:.1f} s)."
+        f" Load average before the run: {load}.",
         "",
         "| quirk (issue 12 item) | side | recorded s / wall s | decode errors | gaps "
         "| outages | audio s |",
@@ -317,11 +367,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         (work / "ours").mkdir()
         (work / "ffmpeg").mkdir()
         print(f"ours: {len(cams)} cameras for {args.seconds:.0f} s", flush=True)
-        ours = run_ours(server, cams, args.seconds, work / "ours")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        server.first_request.clear()
+        ours, startup = run_ours(server, cams, args.seconds, work / "ours")
         time.sleep(2)
         print(f"ffmpeg: {len(cams)} processes for {args.seconds:.0f} s", flush=True)
+        server.first_request.clear()
         theirs = run_ffmpeg(server, cams, args.seconds, work / "ffmpeg", ffmpeg)
-    body = render(ours, theirs, args.seconds, args.crowd, " ".join(args_list), ffmpeg)
+    body = render(
+        ours, theirs, args.seconds, args.crowd, " ".join(args_list), ffmpeg, startup, load
+    )
     print(body)
     if not args.no_doc:
         if not DOC.exists():

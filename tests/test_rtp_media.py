@@ -1,6 +1,7 @@
-"""Media quirks of real cameras (issue 12): the depacketiser fed crafted RTP, and recordings
-from a quirky camera (`tests.camsim.mediacam`, a real RTSP server on 127.0.0.1) made by real
-recorder threads into a real store, every file reopened with PyAV."""
+"""Media quirks of real cameras (issue 12): the depacketiser fed crafted RTP, and a 20 s GOP
+camera (`tests.camsim.mediacam`, a real RTSP server on 127.0.0.1) recorded under the real
+supervisor, every file reopened with PyAV. Recordings of every other media quirk through the
+real recorder are in tests/test_rtsp_quirks.py (the quirk camera's mounts, all at once)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import asyncio
 import itertools
 import struct
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
@@ -16,7 +16,7 @@ import pytest
 
 import ingest.rtsp as rtsp
 from config import CameraConfig, NvrConfig, StorageConfig
-from ingest import CameraRecorder, RtspOpener
+from ingest import RtspOpener
 from ingest.rtp import (
     AacFrames,
     G711Frames,
@@ -222,42 +222,6 @@ def test_a_reconnect_waits_for_three_of_the_longest_gops_seen() -> None:
 # --- recordings from the quirky camera --------------------------------------------------------
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    s = SegmentStore(tmp_path / "store", f"sqlite:///{tmp_path / 'store' / 'index.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def record(
-    store: SegmentStore, url: str, seconds: float, *, segment_seconds: int = 10
-) -> tuple[CameraRecorder, RtspOpener]:
-    """Record `url` for `seconds` after the recorder starts recording; stopped on return."""
-    opener = RtspOpener(
-        url, username=None, password=None, transport="tcp", timeout_s=3.0, camera="cam"
-    )
-    rec = CameraRecorder("cam", opener, store, segment_seconds=segment_seconds, stall_seconds=3.0)
-    rec.start()
-    try:
-        wait_for(lambda: rec.status().state == "recording", 20, "recording")
-        time.sleep(seconds)
-    finally:
-        rec.stop()
-        rec.thread.join(15)
-    assert not rec.thread.is_alive()
-    return rec, opener
-
-
 class Mp4Check:
     """What PyAV finds in one recorded file, with the FFmpeg warnings it logged."""
 
@@ -307,90 +271,6 @@ def check_segments(segments: list[Segment], fps: int = 10) -> list[Mp4Check]:
     return out
 
 
-def test_multi_slice_pictures_with_a_marker_on_every_slice_record_cleanly(
-    store: SegmentStore,
-) -> None:
-    with MediaCamera(Quirks(slices=4, marker_every_slice=True)) as cam:
-        record(store, cam.url(), 12)
-    segments = store.segments("cam")
-    assert sum(s.duration_ms for s in segments) >= 11_000
-    check_segments(segments)
-
-
-@pytest.mark.parametrize("step", [-0.5, -2.0])
-def test_a_backward_clock_step_is_a_discontinuity_without_gap_or_demotion(
-    store: SegmentStore, step: float
-) -> None:
-    with MediaCamera(Quirks(step_at=4.0, step_seconds=step, audio="aac")) as cam:
-        _, opener = record(store, cam.url(), 10)
-    assert opener._ffmpeg_reason is None  # still our own client: no B-frames were assumed
-    assert [o.cause for o in store.outages("cam")] in ([], ["daemon-stopped"])
-    segments = store.segments("cam")
-    assert any(s.discontinuity for s in segments[1:]), segments
-    assert [e.kind for e in store.events("cam")].count("discontinuity") >= 1
-    checks = check_segments(segments)
-    for seg, found in zip(segments, checks, strict=True):
-        assert abs(found.audio_s - seg.duration_ms / 1000) < 0.5, (seg, found.audio_s)
-
-
-@pytest.mark.parametrize(("kind", "codec"), [("pcma", "pcm_alaw"), ("pcmu", "pcm_mulaw")])
-def test_g711_audio_is_kept_as_it_came(store: SegmentStore, kind: str, codec: str) -> None:
-    with MediaCamera(Quirks(audio=kind)) as cam:
-        rec, _ = record(store, cam.url(), 12)
-    segments = store.segments("cam")
-    checks = check_segments(segments)
-    for seg, found in zip(segments, checks, strict=True):
-        assert found.audio_codec == codec and seg.audio_codec == codec
-        assert abs(found.audio_s - seg.duration_ms / 1000) < 0.3, (seg, found.audio_s)
-    assert "audio not recorded" not in rec.status().detail
-
-
-def test_g726_audio_is_said_to_be_missing_and_the_video_recorded(store: SegmentStore) -> None:
-    with MediaCamera(Quirks(audio="g726")) as cam:
-        opener = RtspOpener(
-            cam.url(), username=None, password=None, transport="tcp", timeout_s=3.0, camera="cam"
-        )
-        rec = CameraRecorder("cam", opener, store, segment_seconds=10, stall_seconds=3.0)
-        rec.start()
-        try:
-            wait_for(lambda: rec.status().state == "recording", 20, "recording")
-            detail = rec.status().detail
-            time.sleep(3)
-        finally:
-            rec.stop()
-            rec.thread.join(15)
-    assert "audio not recorded: G726-32/8000 audio cannot be kept" in detail
-    assert opener._ffmpeg_reason is None  # no detour through FFmpeg (and no extra outage)
-    (event,) = [e for e in store.events("cam") if e.kind == "audio-not-recorded"]
-    assert "G.726" in event.detail
-    segments = store.segments("cam")
-    assert segments and all(s.audio_codec is None for s in segments)
-    check_segments(segments)
-
-
-def test_audio_whose_rtp_info_is_off_is_re_anchored_not_squeezed(store: SegmentStore) -> None:
-    with MediaCamera(Quirks(audio="aac", audio_rtpinfo_offset=-30.0)) as cam:
-        record(store, cam.url(), 12)
-    segments = store.segments("cam")
-    for seg, found in zip(segments, check_segments(segments), strict=True):
-        assert found.audio_codec == "aac"
-        assert abs(found.audio_s - seg.duration_ms / 1000) < 0.3, (seg, found.audio_s)
-
-
-def test_a_resolution_change_starts_a_segment_with_the_new_parameters(
-    store: SegmentStore,
-) -> None:
-    with MediaCamera(Quirks(resize_at=5.0, loop_seconds=10.0)) as cam:
-        record(store, cam.url(), 14)
-    segments = store.segments("cam")
-    checks = check_segments(segments)
-    sizes = {(s.width, s.height) for s in segments}
-    assert sizes == {(320, 240), (480, 272)}, segments
-    for seg, found in zip(segments, checks, strict=True):
-        assert (found.width, found.height) == (seg.width, seg.height)
-    assert "resolution-change" in [e.kind for e in store.events("cam")]
-
-
 async def test_a_20_s_gop_camera_is_waited_for_and_never_replaced(tmp_path: Path) -> None:
     """A "smart codec" camera with a keyframe every 20 s, joined mid-GOP: the recorder waits
     for the keyframe (with media arriving) while the supervisor, whose stuck limit is 8 s
@@ -428,16 +308,3 @@ async def test_a_20_s_gop_camera_is_waited_for_and_never_replaced(tmp_path: Path
             store.close()
 
 
-def test_a_camera_whose_timestamps_stand_still_is_timed_by_arrival(store: SegmentStore) -> None:
-    """Every picture with the same RTP timestamp: pictures are told apart by their first
-    slice and timed by when they arrive, so a file's duration matches its frames."""
-    with MediaCamera(Quirks(constant_ts=True)) as cam:
-        _, opener = record(store, cam.url(), 12)
-    segments = store.segments("cam")
-    assert sum(s.duration_ms for s in segments) >= 11_000
-    for seg in segments:
-        found = Mp4Check(seg.path)
-        assert found.dts_rising and not found.warnings, (seg.path, found.warnings)
-        assert found.decoded == found.frames == seg.frames
-        assert abs(found.frames - seg.duration_ms / 100) <= 0.05 * found.frames + 2, seg
-    assert opener._ffmpeg_reason is None

@@ -267,7 +267,7 @@ def test_a_14_s_gop_joined_mid_gop_is_waited_for(recorded: dict[str, Recorded]) 
     assert rec.opener._ffmpeg_reason is None
 
 
-@pytest.mark.parametrize("mount", ["step-back-0.5", "step-back-2"])
+@pytest.mark.parametrize("mount", ["step-back-half", "step-back-2"])
 def test_a_backward_clock_step_cuts_a_segment_without_a_gap(
     recorded: dict[str, Recorded], mount: str
 ) -> None:

@@ -26,6 +26,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +101,7 @@ CATALOGUE: dict[str, Quirk] = {
               clip="slices4", marker_every_slice=True),
     Quirk("long-gop", "a keyframe every 14 s, joined 1 s into a GOP", "4",
               clip="longgop", join_seconds=1.0),
-    Quirk("step-back-0.5", "RTP clocks step back 0.5 s after 6 s (SNTP correction)", "6",
+    Quirk("step-back-half", "RTP clocks step back 0.5 s after 6 s (SNTP correction)", "6",
               clip="h264aac", step_at=6.0, step_seconds=-0.5),
     Quirk("step-back-2", "RTP clocks step back 2 s after 6 s (SNTP correction)", "6",
               clip="h264aac", step_at=6.0, step_seconds=-2.0),
@@ -317,6 +318,8 @@ class _Session:
             self.reply("404 Not Found", cseq, {})
             return True
         self.quirk = quirk
+        camera = "/".join(p for p in parts if not p.startswith(("hop", "trackID=")))
+        self.server.first_request.setdefault(camera, time.monotonic())
         base = f"rtsp://127.0.0.1:{self.server.port}/" + "/".join(
             p for p in parts if not p.startswith("trackID=")
         )
@@ -498,6 +501,9 @@ class QuirkServer:
         self.junk_sent = 0
         """How many times stray bytes were sent (all sessions)."""
         self.sessions = 0
+        self.first_request: dict[str, float] = {}
+        """Mount path (as given to `url`) -> `time.monotonic()` of its first RTSP request:
+        where a client's connecting began, whatever its process did before."""
         self.busy: asyncio.Lock
         self._clips: dict[str, _Clip] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
