@@ -615,7 +615,9 @@ class CameraRecorder:
         while not self._stop.is_set():
             self._progress(in_backoff=True)
             try:
-                room = self._store.free_bytes() >= needed
+                # The index's reserve too: on a filesystem of its own the recordings' free
+                # space says nothing about it, and the next ledger entry needs it.
+                room = self._store.free_bytes() >= needed and self._store.index_has_room()
             except OSError:
                 room = False  # filesystem still failing: keep waiting
             if room and self._catch_up():

@@ -17,7 +17,7 @@ Index reserve: beside a SQLite index file the daemon keeps `<index>.reserve`
 (`INDEX_RESERVE_BYTES` of zeros). When an index write finds its filesystem full, the reserve is
 deleted so the next writes (the outage ledger, the held segments) find room; `free_bytes` counts
 it as used until it is made again, which happens as soon as there is room, before recorders
-resume.
+resume (on a filesystem of the index's own, recorders wait for `index_has_room`).
 
 Delete order (used by retention): check the window and locks and mark the rows as garbage in
 ONE write transaction that holds the database's write lock (a lock committed by any process
@@ -744,6 +744,12 @@ class SegmentStore:
             if same:
                 free = max(0, free - self._reserve_bytes)
         return free
+
+    def index_has_room(self) -> bool:
+        """Whether the index's reserve is in place (made again here if there is room): on a
+        filesystem of the index's own, `free_bytes` of the recordings says nothing about it,
+        so recorders also wait for this before they resume. True without a reserve."""
+        return self._restore_index_reserve()
 
     # --- start-up recovery ------------------------------------------------------------------
 

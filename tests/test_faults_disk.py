@@ -194,3 +194,79 @@ def test_index_reserve_keeps_the_ledger_on_a_full_disk(camsim: CameraSim, shared
         rec.thread.join(15)
     assert_all_indexed(store)
     store.close()
+
+
+@pytest.fixture
+def index_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 12 MiB tmpfs for the index alone (the recordings stay on the ordinary disk)."""
+    mnt = tmp_path / "indexfs"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a test tmpfs (needs root): {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_index_filesystem_of_its_own_keeps_recording_paused_until_room(
+    camsim: CameraSim, index_fs: Path, tmp_path: Path
+) -> None:
+    """The index on a filesystem of its own fills up while the recordings' disk has room:
+    the reserve lets the ledger and the held segment be written, and recording stays paused
+    (not resumed into the reserve's last megabytes, which the next ledger entry needs) until
+    the index's filesystem has room again; it then resumes within about a second."""
+    root = tmp_path / "rec"
+    db = index_fs / "index.db"
+    store = SegmentStore(root, f"sqlite:///{db}")
+    reserve = index_fs / ("index.db" + ".reserve")
+    assert reserve.stat().st_size == INDEX_RESERVE_BYTES
+    opener = RtspOpener(
+        camsim.url("h264"),
+        username=None,
+        password=None,
+        transport="tcp",
+        timeout_s=3.0,
+        camera="cam",
+    )
+    rec = CameraRecorder("cam", opener, store, segment_seconds=2, reserve_bytes=0, stall_seconds=3)
+    rec.start()
+    filler = index_fs / "filler"
+    try:
+        wait_for(lambda: len(store.segments("cam")) >= 2, 30, "two segments")
+        fill_up(filler)
+        wait_for(lambda: rec.status().state == "storage-full", 30, "the storage-full alarm")
+        wait_for(lambda: bool(store.open_outages("cam")), 10, "the ledger entry")
+        assert not reserve.exists(), "the index never needed its reserve"
+        wait_for(lambda: not store.held("cam"), 10, "the held segment to be indexed")
+        indexed = len(store.segments("cam"))
+        for _ in range(5):  # still full: paused, saying so, adding nothing to the index
+            time.sleep(1)
+            st = rec.status()
+            assert rec.thread.is_alive() and st.state == "storage-full", st
+            assert len(store.segments("cam")) == indexed
+        (outage,) = store.open_outages("cam")
+        assert (
+            outage.cause == "storage-full" and outage.start_ms == store.segments("cam")[-1].end_ms
+        )
+        filler.unlink()
+        freed = time.monotonic()
+        wait_for(lambda: rec.status().state != "storage-full", 10, "the pause to end")
+        paused_after_room = time.monotonic() - freed
+        wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
+        assert reserve.stat().st_size == INDEX_RESERVE_BYTES  # made again before resuming
+        wait_for(lambda: not store.open_outages("cam"), 20, "the outage to close")
+    finally:
+        rec.stop()
+        rec.thread.join(15)
+    assert paused_after_room < 2.5, paused_after_room  # retried each second (loaded-CI margin)
+    gaps = [o for o in store.outages("cam") if o.cause != "daemon-stopped"]
+    assert [o.cause for o in gaps] == ["storage-full"], gaps  # one gap, one row
+    assert_all_indexed(store)
+    store.close()
