@@ -463,9 +463,18 @@ def make_quirk_clips(directory: Path, names: list[str]) -> dict[str, Path]:
     result = make_clips(directory, plain) if plain else {}
     sub = directory / QUIRK_CLIPS_DIR
     sub.mkdir(parents=True, exist_ok=True)
+    with open(sub / ".lock", "a+b") as lock:  # as in `make_clips`: one encoder at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            result.update(_make_quirk_clips_locked(sub, [n for n in names if n in QUIRK_CLIPS]))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return result
+
+
+def _make_quirk_clips_locked(sub: Path, names: list[str]) -> dict[str, Path]:
+    result: dict[str, Path] = {}
     for name in names:
-        if name not in QUIRK_CLIPS:
-            continue
         spec = QUIRK_CLIPS[name]
         blob = json.dumps({"format": FORMAT_VERSION, "quirk": asdict(spec)}, sort_keys=True)
         key = hashlib.sha256(blob.encode()).hexdigest()[:16]
