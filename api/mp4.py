@@ -19,13 +19,17 @@ manifest and cover sheet. (Empty edits in an edit list would show no picture at 
 FFmpeg, and so Chrome and every tool built on it, ignores empty edits after the first and
 then puts every later frame at the wrong time: see docs/evidence.md.)
 
+The cost of a plan is proportional to its output: the sample tables are written a batch of
+segments at a time from views of the segments' indexes, and the header is kept as the blocks
+it was written in, so a 24 h range (6 million samples with audio) needs ~40 MiB at the peak,
+of which ~28 MiB (mostly `stsz`, 4 bytes a sample) is the plan (`bench.plan_cost`).
+
 Pure functions and value types plus blocking file reads (`parse_segment`, `VirtualFile.read`):
 run them on a worker thread (`asyncio.to_thread`), never on the event loop.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 import os
@@ -34,6 +38,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -653,21 +658,52 @@ class SourceSegment:
 
 
 @dataclass
+class _Part:
+    """Samples [lo, hi) of one segment's track, selected for an output track (views of the
+    segment's index: nothing is copied until the tables are written)."""
+
+    track: TrackIndex
+    lo: int
+    hi: int
+    file_no: int
+    desc: int
+    dur: U32 | None = None
+    """Durations converted to the output timescale, when the segment's differs."""
+    last: int | None = None
+    """The last sample's duration when a gap or overlap moved it."""
+
+    @property
+    def count(self) -> int:
+        return self.hi - self.lo
+
+    def durations(self) -> I64:
+        d = (self.track.duration[self.lo : self.hi] if self.dur is None else self.dur).astype(
+            np.int64
+        )
+        if self.last is not None:
+            d[-1] = self.last
+        return d
+
+    def last_duration(self) -> int:
+        if self.last is not None:
+            return self.last
+        d = self.track.duration if self.dur is None else self.dur
+        return int(d[self.hi - 1] if self.dur is None else d[-1])
+
+
+@dataclass
 class _TrackOut:
-    """Samples selected for one output track, built segment by segment."""
+    """Samples selected for one output track, built segment by segment as a list of parts
+    (views of the segments' indexes). The sample tables are written from the parts one
+    segment at a time, so a plan's memory is its output (mostly `stsz`, 4 bytes a sample),
+    never a copy of every sample's fields."""
 
     timescale: int
     handler: str
     width: int = 0
     height: int = 0
     entries: list[bytes] = field(default_factory=list)
-    durations: list[U32] = field(default_factory=list)
-    sizes: list[U32] = field(default_factory=list)
-    ctos: list[npt.NDArray[np.int32]] = field(default_factory=list)
-    syncs: list[BOOL] = field(default_factory=list)
-    offsets: list[I64] = field(default_factory=list)
-    files: list[npt.NDArray[np.int32]] = field(default_factory=list)
-    descs: list[npt.NDArray[np.int32]] = field(default_factory=list)
+    parts: list[_Part] = field(default_factory=list)
     end: int = 0
     """Output decode time after the last selected sample."""
     first_out: int | None = None
@@ -695,85 +731,125 @@ class _TrackOut:
         """Append samples [lo, hi) of `track`, the first placed at output time `target`."""
         if hi <= lo:
             return
-        dur = track.duration[lo:hi].astype(np.int64)
+        converted: U32 | None = None
         if track.timescale != self.timescale:
-            times = np.concatenate([[0], np.cumsum(dur)]) * self.timescale // track.timescale
-            dur = np.diff(times)
-        if self.durations:
+            d64 = track.duration[lo:hi].astype(np.int64)
+            times = np.concatenate([[0], np.cumsum(d64)]) * self.timescale // track.timescale
+            converted = np.diff(times).astype(np.uint32)
+            total = int(times[-1])
+        else:
+            total = int(track.duration[lo:hi].sum(dtype=np.int64))
+        if self.parts:
             # Keep media time on wall-clock time: the previous sample lasts until this one
             # (a gap holds the last frame, and the gap track says so; an overlap shortens it).
             drift = target - self.end
             if abs(drift) > GAP_TOLERANCE_MS * self.timescale // 1000:
-                last = self.durations[-1]
-                new_last = max(1, int(last[-1]) + drift)
+                prev = self.parts[-1]
+                old = prev.last_duration()
+                new_last = max(1, old + drift)
                 if new_last <= MAX_SAMPLE_DURATION:
-                    self.end += new_last - int(last[-1])
-                    last[-1] = new_last
+                    self.end += new_last - old
+                    prev.last = new_last
         else:
             self.first_out = target
             self.end = target
-        self.durations.append(dur.astype(np.uint32))
-        self.sizes.append(track.size[lo:hi])
-        self.ctos.append(track.cto[lo:hi])
-        self.syncs.append(track.sync[lo:hi])
-        self.offsets.append(track.offset[lo:hi])
-        self.files.append(np.full(hi - lo, file_no, np.int32))
         desc = self.entry_index(entry if entry is not None else track.sample_entry)
-        self.descs.append(np.full(hi - lo, desc, np.int32))
-        self.end += int(dur.sum())
+        self.parts.append(_Part(track, lo, hi, file_no, desc, converted))
+        self.end += total
         if not self.width:
             self.width, self.height = track.width, track.height
 
+    def shorten_last(self, ticks: int) -> None:
+        """Cut `ticks` off the last sample (audio does not outlast the picture)."""
+        prev = self.parts[-1]
+        prev.last = prev.last_duration() - ticks
+        self.end -= ticks
+
     @property
     def count(self) -> int:
-        return sum(len(d) for d in self.durations)
+        return sum(p.count for p in self.parts)
 
     @functools.cached_property
-    def flat(self) -> _Flat:
-        """The selected samples as single arrays (built once, after the last `add`)."""
-        return _Flat(
-            duration=np.concatenate(self.durations).astype(np.int64),
-            size=np.concatenate(self.sizes).astype(np.int64),
-            cto=np.concatenate(self.ctos).astype(np.int64),
-            sync=np.concatenate(self.syncs),
-            offset=np.concatenate(self.offsets),
-            file=np.concatenate(self.files).astype(np.int64),
-            desc=np.concatenate(self.descs).astype(np.int64),
-        )
+    def tables(self) -> _Tables:
+        """The sample tables (all but the chunk offsets), written part by part."""
+        return _tables(self)
 
-    @functools.cached_property
+    @property
     def presentation(self) -> tuple[int, int, int]:
         """(lead, first, end) in track ticks: the empty time before the track starts on the
         movie timeline, and the media times of its first and last presented instants
         (composition offsets move them off the decode times)."""
-        f = self.flat
-        dts = np.cumsum(f.duration) - f.duration
-        comp = dts + f.cto
-        return (self.first_out or 0), int(comp.min()), int((comp + f.duration).max())
+        t = self.tables
+        return (self.first_out or 0), t.comp_first, t.comp_end
 
 
-@dataclass(frozen=True)
-class _Flat:
-    duration: I64
-    size: I64
-    cto: I64
-    sync: BOOL
-    offset: I64
-    file: I64
-    desc: I64
+class Header:
+    """A virtual file's header (`ftyp`, `moov`, the `mdat` box header and the gap track's
+    text) as the blocks it was written in: a 24-hour `moov` is tens of MB, and joining
+    them into one `bytes` would hold it twice while building. Sliceable like bytes."""
+
+    __slots__ = ("_blocks", "_length", "_starts")
+
+    def __init__(self, pieces: Sequence[bytes], small: int = 16 << 10) -> None:
+        """Pieces of `small` bytes or more are kept as they are (never copied); runs of
+        smaller ones are joined into blocks of about 16 times that."""
+        block = 16 * small
+        blocks: list[bytes] = []
+        few: list[bytes] = []
+        few_len = 0
+        for x in pieces:
+            if len(x) >= small:
+                if few:
+                    blocks.append(b"".join(few))
+                    few, few_len = [], 0
+                blocks.append(x)
+            else:
+                few.append(x)
+                few_len += len(x)
+                if few_len >= block:
+                    blocks.append(b"".join(few))
+                    few, few_len = [], 0
+        if few:
+            blocks.append(b"".join(few))
+        self._blocks = blocks
+        self._starts = np.concatenate([[0], np.cumsum([len(b) for b in blocks], dtype=np.int64)])
+        self._length = int(self._starts[-1])
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, span: slice) -> bytes:
+        start, stop, step = span.indices(self._length)
+        if step != 1:
+            raise ValueError("only contiguous slices")
+        if stop <= start:
+            return b""
+        i = int(np.searchsorted(self._starts, start, side="right")) - 1
+        out: list[bytes] = []
+        pos = start
+        while pos < stop:
+            b0 = int(self._starts[i])
+            block = self._blocks[i]
+            out.append(block[pos - b0 : min(len(block), stop - b0)])
+            pos = b0 + len(block)
+            i += 1
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self._blocks)
 
 
 @dataclass(frozen=True)
 class VirtualFile:
     """An MP4 file that exists as a header plus byte ranges of segment files."""
 
-    header: bytes
+    header: Header
     paths: tuple[Path, ...]
-    piece_starts: tuple[int, ...]
+    piece_starts: I64
     """Virtual offset of each piece (after the header), ascending."""
-    piece_files: tuple[int, ...]
-    piece_offsets: tuple[int, ...]
-    piece_lengths: tuple[int, ...]
+    piece_files: I64
+    piece_offsets: I64
+    piece_lengths: I64
     size: int
     start_ms: int
     """Wall-clock time (UTC ms) of the first frame."""
@@ -784,9 +860,17 @@ class VirtualFile:
     """Wall-clock (start, end) of each gap between segments inside the file: no picture
     there (an empty edit), never a frozen frame."""
 
+    @property
+    def nbytes(self) -> int:
+        """Memory the plan holds: its header and piece list."""
+        return len(self.header) + sum(
+            a.nbytes
+            for a in (self.piece_starts, self.piece_files, self.piece_offsets, self.piece_lengths)
+        )
+
     def piece_index(self, pos: int) -> int:
         """The piece holding virtual offset `pos` (at or after the header)."""
-        return max(0, bisect.bisect_right(self.piece_starts, pos) - 1)
+        return max(0, int(np.searchsorted(self.piece_starts, pos, side="right")) - 1)
 
     def chunks(self, first: int, last: int, chunk: int = 1 << 20) -> Iterator[bytes]:
         """Bytes first..last (inclusive) of the file, in pieces of at most `chunk`. Blocking."""
@@ -800,21 +884,21 @@ class VirtualFile:
             pos = stop
         fds: dict[int, int] = {}
         try:
-            i = max(0, bisect.bisect_right(self.piece_starts, pos) - 1)
+            i = self.piece_index(pos)
             while pos <= last and i < len(self.piece_starts):
-                p_start = self.piece_starts[i]
-                p_len = self.piece_lengths[i]
+                p_start = int(self.piece_starts[i])
+                p_len = int(self.piece_lengths[i])
                 if pos >= p_start + p_len:
                     i += 1
                     continue
-                f = self.piece_files[i]
+                f = int(self.piece_files[i])
                 fd = fds.get(f)
                 if fd is None:
                     fd = os.open(self.paths[f], os.O_RDONLY | os.O_CLOEXEC)
                     fds[f] = fd
                 within = pos - p_start
                 want = min(p_len - within, last + 1 - pos, chunk)
-                data = os.pread(fd, want, self.piece_offsets[i] + within)
+                data = os.pread(fd, want, int(self.piece_offsets[i]) + within)
                 if len(data) != want:
                     raise OSError(f"{self.paths[f]} is shorter than its index says")
                 yield data
@@ -946,11 +1030,8 @@ def plan(
         # make the last sample long): end it with the last frame.
         video_end = video.end * audio.timescale // video.timescale
         excess = audio.end - video_end
-        last = audio.durations[-1]
         if excess > 0:
-            cut = min(excess, int(last[-1]) - 1)
-            last[-1] -= cut
-            audio.end -= cut
+            audio.shorten_last(min(excess, audio.parts[-1].last_duration() - 1))
     tracks = [video] + ([audio] if audio is not None and audio.count else [])
     cues = [(lo - out_wall0, hi - out_wall0, label(lo, hi)) for lo, hi in gaps]
     return dataclasses.replace(
@@ -990,69 +1071,217 @@ def _pairs(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], signed_b: bool = 
     return out.tobytes()
 
 
+class _Node:
+    """A box whose body is bytes and other boxes, written once at the end: a 24-hour
+    `moov` (tens of MB) is joined a single time instead of being copied at every level."""
+
+    __slots__ = ("kind", "parts", "size")
+
+    def __init__(self, kind: bytes, parts: Sequence[bytes | _Node], prefix: bytes = b"") -> None:
+        self.kind = kind
+        self.parts: list[bytes | _Node] = [prefix, *parts] if prefix else list(parts)
+        total = 8
+        for x in self.parts:
+            total += len(x) if isinstance(x, bytes) else x.size
+        self.size: int = total
+
+    def emit(self, out: list[bytes]) -> None:
+        out.append(struct.pack(">I4s", self.size, self.kind))
+        for x in self.parts:
+            if isinstance(x, bytes):
+                out.append(x)
+            else:
+                x.emit(out)
+
+
+def _node(kind: bytes, *parts: bytes | _Node) -> _Node:
+    return _Node(kind, parts)
+
+
+def _fnode(kind: bytes, version: int, flags: int, *parts: bytes | _Node) -> _Node:
+    return _Node(kind, parts, struct.pack(">I", (version << 24) | flags))
+
+
+class _RunWriter:
+    """(count, value) runs of a track-long column, written segment by segment: runs that
+    continue across a segment boundary are merged, so the table is the same as one built
+    from the whole column at once."""
+
+    def __init__(self, signed: bool = False) -> None:
+        self.signed = signed
+        self.pieces: list[bytes] = []
+        self.entries = 0
+        self.pending: tuple[int, int] | None = None
+        self.negative = False
+        self.nonzero = False
+
+    def add(self, values: I64) -> None:
+        counts, vals = _runs(values)
+        if len(counts) == 0:
+            return
+        if self.pending is not None:
+            if int(vals[0]) == self.pending[1]:
+                counts[0] += self.pending[0]
+            else:
+                self._write(np.array([self.pending[0]]), np.array([self.pending[1]]))
+        self.pending = (int(counts[-1]), int(vals[-1]))
+        self._write(counts[:-1], vals[:-1])
+        if self.signed:
+            self.negative = self.negative or bool((vals < 0).any())
+        self.nonzero = self.nonzero or bool(vals.any())
+
+    def _write(self, counts: I64, vals: I64) -> None:
+        if len(counts):
+            self.pieces.append(_pairs(counts, vals, self.signed))
+            self.entries += len(counts)
+
+    def finish(self) -> tuple[int, list[bytes]]:
+        if self.pending is not None:
+            self._write(np.array([self.pending[0]]), np.array([self.pending[1]]))
+            self.pending = None
+        return self.entries, self.pieces
+
+
 @dataclass
-class _Chunks:
-    """Chunk layout of one track in the mdat."""
+class _Tables:
+    """One output track's sample tables (all but the chunk offsets) and its chunks."""
 
-    first_sample: npt.NDArray[np.int64]
-    count: npt.NDArray[np.int64]
-    desc: npt.NDArray[np.int64]
-    file: npt.NDArray[np.int64]
-    src_offset: npt.NDArray[np.int64]
-    length: npt.NDArray[np.int64]
-
-
-def _chunks(t: _TrackOut) -> _Chunks:
-    f = t.flat
-    offsets, sizes, files, descs = f.offset, f.size, f.file, f.desc
-    n = len(offsets)
-    new = np.ones(n, np.bool_)
-    if n > 1:
-        contiguous = (offsets[1:] == offsets[:-1] + sizes[:-1]) & (files[1:] == files[:-1])
-        new[1:] = ~contiguous | (descs[1:] != descs[:-1])
-    first = np.flatnonzero(new).astype(np.int64)
-    ends = np.concatenate([first[1:], [n]])
-    csum = np.concatenate([[0], np.cumsum(sizes)])
-    return _Chunks(
-        first_sample=first,
-        count=ends - first,
-        desc=descs[first],
-        file=files[first],
-        src_offset=offsets[first],
-        length=csum[ends] - csum[first],
-    )
+    boxes: list[bytes | _Node]
+    chunk_file: I64
+    chunk_offset: I64
+    """Where each chunk's bytes sit in its segment file."""
+    chunk_length: I64
+    comp_first: int
+    comp_end: int
 
 
-def _stbl_tables(t: _TrackOut, ch: _Chunks) -> list[bytes]:
-    """Every box of the sample table but the chunk offsets (which depend on the header)."""
-    f = t.flat
-    durations, sizes, ctos, syncs = f.duration, f.size, f.cto, f.sync
-    n = len(durations)
-    stsd = _full(b"stsd", 0, 0, struct.pack(">I", len(t.entries)), *t.entries)
-    c, v = _runs(durations)
-    stts = _full(b"stts", 0, 0, struct.pack(">I", len(c)), _pairs(c, v))
-    boxes = [stsd, stts]
-    if ctos.any():
-        c, v = _runs(ctos)
-        version = 1 if (v < 0).any() else 0
-        boxes.append(_full(b"ctts", version, 0, struct.pack(">I", len(c)), _pairs(c, v, True)))
-    if not syncs.all():
-        idx = (np.flatnonzero(syncs) + 1).astype(">u4")
-        boxes.append(_full(b"stss", 0, 0, struct.pack(">I", len(idx)), idx.tobytes()))
+BATCH_SAMPLES = 32_768
+"""Samples whose columns are joined and written at once: few numpy calls per table, and at
+most a few MB of temporaries whatever the range's length."""
+
+
+def _batches(parts: Sequence[_Part]) -> Iterator[list[_Part]]:
+    batch: list[_Part] = []
+    n = 0
+    for part in parts:
+        batch.append(part)
+        n += part.count
+        if n >= BATCH_SAMPLES:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
+def _join(arrays: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
+def _tables(t: _TrackOut) -> _Tables:
+    """Write `t`'s sample tables a batch of parts (segments) at a time; only the output
+    and one batch's temporaries are ever in memory."""
+    stts = _RunWriter()
+    ctts = _RunWriter(signed=True)
+    stss: list[bytes | tuple[int, int]] = []
+    """Sync sample numbers per batch; (first, count) for a batch of only sync samples
+    (audio), written out only if some other batch has a non-sync sample."""
+    all_sync = True
+    stsz: list[bytes] = []
+    first_size: int | None = None
+    same_size = True
+    c_count: list[I64] = []
+    c_desc: list[I64] = []
+    c_file: list[I64] = []
+    c_offset: list[I64] = []
+    c_length: list[I64] = []
+    base = 0  # samples before this batch
+    dts0 = 0  # output decode time of this batch's first sample
+    comp_first: int | None = None
+    comp_end: int | None = None
+    for batch in _batches(t.parts):
+        counts_p = np.array([p.count for p in batch], np.int64)
+        starts_p = np.concatenate([[0], np.cumsum(counts_p)[:-1]])
+        n = int(counts_p.sum())
+        dur = _join([p.durations() for p in batch])
+        sizes = _join([p.track.size[p.lo : p.hi] for p in batch])
+        cto = _join([p.track.cto[p.lo : p.hi] for p in batch]).astype(np.int64)
+        sync = _join([p.track.sync[p.lo : p.hi] for p in batch])
+        offsets = _join([p.track.offset[p.lo : p.hi] for p in batch])
+        stts.add(dur)
+        ctts.add(cto)
+        if sync.all():
+            stss.append((base + 1, n))
+        else:
+            all_sync = False
+            stss.append((np.flatnonzero(sync) + 1 + base).astype(">u4").tobytes())
+        if first_size is None:
+            first_size = int(sizes[0])
+        if same_size and not (sizes == first_size).all():
+            same_size = False
+        stsz.append(sizes.astype(">u4").tobytes())
+        # Chunks: runs of samples contiguous in one file (a part is one file, one entry).
+        new = np.ones(n, np.bool_)
+        if n > 1:
+            new[1:] = offsets[1:] != offsets[:-1] + sizes[:-1].astype(np.int64)
+        new[starts_p] = True
+        first = np.flatnonzero(new).astype(np.int64)
+        ends = np.concatenate([first[1:], [n]])
+        csum = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        part_of = np.searchsorted(starts_p, first, side="right") - 1
+        c_count.append(ends - first)
+        c_desc.append(np.array([p.desc for p in batch], np.int64)[part_of])
+        c_file.append(np.array([p.file_no for p in batch], np.int64)[part_of])
+        c_offset.append(offsets[first].astype(np.int64))
+        c_length.append(csum[ends] - csum[first])
+        # Presentation: composition times on the output time line.
+        dts = dts0 + np.cumsum(dur) - dur
+        comp = dts + cto
+        lo_c, hi_c = int(comp.min()), int((comp + dur).max())
+        comp_first = lo_c if comp_first is None else min(comp_first, lo_c)
+        comp_end = hi_c if comp_end is None else max(comp_end, hi_c)
+        base += n
+        dts0 += int(dur.sum())
+    n_all = base
+    counts = np.concatenate(c_count) if c_count else np.zeros(0, np.int64)
+    descs = np.concatenate(c_desc) if c_desc else np.zeros(0, np.int64)
+    boxes: list[bytes | _Node] = [
+        _full(b"stsd", 0, 0, struct.pack(">I", len(t.entries)), *t.entries)
+    ]
+    entries, pieces = stts.finish()
+    boxes.append(_fnode(b"stts", 0, 0, struct.pack(">I", entries), *pieces))
+    entries, pieces = ctts.finish()
+    if ctts.nonzero:
+        version = 1 if ctts.negative else 0
+        boxes.append(_fnode(b"ctts", version, 0, struct.pack(">I", entries), *pieces))
+    if not all_sync:
+        numbers = [
+            x if isinstance(x, bytes) else np.arange(x[0], x[0] + x[1]).astype(">u4").tobytes()
+            for x in stss
+        ]
+        n_sync = sum(len(x) for x in numbers) // 4
+        boxes.append(_fnode(b"stss", 0, 0, struct.pack(">I", n_sync), *numbers))
     # stsc: runs of (samples per chunk, description) over chunks.
-    key = ch.count * 1_000_000 + ch.desc
+    key = counts * 1_000_000 + descs
     change = np.concatenate([[True], key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.bool_)
     first_chunk = np.flatnonzero(change)
     stsc = np.empty((len(first_chunk), 3), dtype=">u4")
     stsc[:, 0] = first_chunk + 1
-    stsc[:, 1] = ch.count[first_chunk]
-    stsc[:, 2] = ch.desc[first_chunk]
+    stsc[:, 1] = counts[first_chunk]
+    stsc[:, 2] = descs[first_chunk]
     boxes.append(_full(b"stsc", 0, 0, struct.pack(">I", len(stsc)), stsc.tobytes()))
-    if n and (sizes == sizes[0]).all():
-        boxes.append(_full(b"stsz", 0, 0, struct.pack(">II", int(sizes[0]), n)))
+    if n_all and same_size:
+        assert first_size is not None
+        boxes.append(_full(b"stsz", 0, 0, struct.pack(">II", first_size, n_all)))
     else:
-        boxes.append(_full(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes.astype(">u4").tobytes()))
-    return boxes
+        boxes.append(_fnode(b"stsz", 0, 0, struct.pack(">II", 0, n_all), *stsz))
+    return _Tables(
+        boxes=boxes,
+        chunk_file=np.concatenate(c_file) if c_file else np.zeros(0, np.int64),
+        chunk_offset=np.concatenate(c_offset) if c_offset else np.zeros(0, np.int64),
+        chunk_length=np.concatenate(c_length) if c_length else np.zeros(0, np.int64),
+        comp_first=comp_first or 0,
+        comp_end=comp_end or 0,
+    )
 
 
 def _chunk_offsets(offsets: npt.NDArray[np.int64], co64: bool) -> bytes:
@@ -1060,7 +1289,13 @@ def _chunk_offsets(offsets: npt.NDArray[np.int64], co64: bool) -> bytes:
     return _full(kind, 0, 0, struct.pack(">I", len(offsets)), offsets.astype(dtype).tobytes())
 
 
-def _trak(t: _TrackOut, track_id: int, stbl: bytes, created: int, movie_duration: int) -> bytes:
+def _chunk_offsets_size(n: int, co64: bool) -> int:
+    return 16 + n * (8 if co64 else 4)
+
+
+def _trak(
+    t: _TrackOut, track_id: int, stbl: _Node, created: int, movie_duration: int
+) -> _Node:
     media_duration = t.end - (t.first_out or 0)
     video = t.handler == "vide"
     tkhd = _full(
@@ -1079,7 +1314,7 @@ def _trak(t: _TrackOut, track_id: int, stbl: bytes, created: int, movie_duration
     if lead > 0 or media_start != 0 or media_end != media_duration:
         shown = (media_end - media_start) * MOVIE_TIMESCALE // t.timescale
         edits.append(struct.pack(">Qqhh", shown, media_start, 1, 0))
-    boxes = [tkhd]
+    boxes: list[bytes | _Node] = [tkhd]
     if edits:
         boxes.append(_box(b"edts", _full(b"elst", 1, 0, struct.pack(">I", len(edits)), *edits)))
     mdhd = _full(
@@ -1096,9 +1331,9 @@ def _trak(t: _TrackOut, track_id: int, stbl: bytes, created: int, movie_duration
         else _full(b"smhd", 0, 0, struct.pack(">hH", 0, 0))
     )
     dinf = _box(b"dinf", _full(b"dref", 0, 0, struct.pack(">I", 1), _full(b"url ", 0, 1)))
-    minf = _box(b"minf", media_header, dinf, stbl)
-    boxes.append(_box(b"mdia", mdhd, hdlr, minf))
-    return _box(b"trak", *boxes)
+    minf = _node(b"minf", media_header, dinf, stbl)
+    boxes.append(_node(b"mdia", mdhd, hdlr, minf))
+    return _node(b"trak", *boxes)
 
 
 _TX3G = (
@@ -1169,12 +1404,11 @@ def _build(
     cues: Sequence[tuple[int, int, str]] = (),
 ) -> VirtualFile:
     created = wall0 // 1000 + MP4_EPOCH_OFFSET
-    chunks = [_chunks(t) for t in tracks]
-    tables = [_stbl_tables(t, c) for t, c in zip(tracks, chunks, strict=True)]
+    tables = [t.tables for t in tracks]
     # Interleave the tracks' chunks in the order their bytes sit in the segment files.
-    order_file = np.concatenate([c.file for c in chunks])
-    order_off = np.concatenate([c.src_offset for c in chunks])
-    lengths = np.concatenate([c.length for c in chunks])
+    order_file = np.concatenate([c.chunk_file for c in tables])
+    order_off = np.concatenate([c.chunk_offset for c in tables])
+    lengths = np.concatenate([c.chunk_length for c in tables])
     order = np.lexsort((order_off, order_file))
     positions = np.empty(len(order), np.int64)
     positions[order] = np.concatenate([[0], np.cumsum(lengths[order])[:-1]]) if len(order) else []
@@ -1185,52 +1419,67 @@ def _build(
         durations_ms.append((lead + media_end - media_start) * MOVIE_TIMESCALE // t.timescale)
     movie_duration = max(durations_ms)
     ftyp = _box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2avc1mp41")
+    mvhd = _full(
+        b"mvhd",
+        1,
+        0,
+        struct.pack(">QQIQ", created, created, MOVIE_TIMESCALE, movie_duration),
+        struct.pack(">IH10x", 0x10000, 0x100),
+        _MATRIX,
+        bytes(24),
+        struct.pack(">I", len(tracks) + 2),
+    )
+    _, text_probe = _text_track(cues, movie_duration, 0, 0, created) if cues else (b"", b"")
+    text_len = len(text_probe)
 
-    def moov(header_len: int, co64: bool) -> bytes:
-        mvhd = _full(
-            b"mvhd",
-            1,
-            0,
-            struct.pack(">QQIQ", created, created, MOVIE_TIMESCALE, movie_duration),
-            struct.pack(">IH10x", 0x10000, 0x100),
-            _MATRIX,
-            bytes(24),
-            struct.pack(">I", len(tracks) + 2),
-        )
-        traks = []
+    def moov(header_len: int, co64: bool, sizing: bool) -> _Node:
+        """The moov; with `sizing`, chunk offsets are placeholders of the right length."""
+        traks: list[bytes | _Node] = []
         start = 0
-        for i, (t, c) in enumerate(zip(tracks, chunks, strict=True)):
-            offs = positions[start : start + len(c.first_sample)] + header_len
-            start += len(c.first_sample)
-            stbl = _box(b"stbl", *tables[i], _chunk_offsets(offs, co64))
+        for i, (t, c) in enumerate(zip(tracks, tables, strict=True)):
+            n = len(c.chunk_file)
+            if sizing:
+                offsets: bytes = bytes(_chunk_offsets_size(n, co64))
+            else:
+                offsets = _chunk_offsets(positions[start : start + n] + header_len, co64)
+            start += n
+            stbl = _node(b"stbl", *c.boxes, offsets)
             traks.append(_trak(t, i + 1, stbl, created, durations_ms[i]))
-        text = b""
         if cues:
             # The gap track's few bytes open the mdat, ahead of the recorded samples.
-            trak, text = _text_track(
+            trak, _text = _text_track(
                 cues, movie_duration, max(0, header_len - text_len), len(tracks) + 1, created
             )
             traks.append(trak)
-        return _box(b"moov", mvhd, *traks) + text
+        return _node(b"moov", mvhd, *traks)
 
     co64 = False
-    _, probe_text = _text_track(cues, movie_duration, 0, 0, created) if cues else (b"", b"")
-    text_len = len(probe_text)
-    probe = moov(0, co64)
-    if len(ftyp) + len(probe) + 16 + payload > 0xFFFFFFFF:
+    moov_size = moov(0, co64, True).size
+    if len(ftyp) + moov_size + text_len + 16 + payload > 0xFFFFFFFF:
         co64 = True
-        probe = moov(0, co64)
-    header_len = len(ftyp) + len(probe) + 16
+        moov_size = moov(0, co64, True).size
+    header_len = len(ftyp) + moov_size + text_len + 16
     mdat_header = struct.pack(">I4sQ", 1, b"mdat", 16 + text_len + payload)
-    built = moov(header_len, co64)
-    moov_box, text_bytes = built[: len(built) - text_len], built[len(built) - text_len :]
-    header = ftyp + moov_box + mdat_header + text_bytes
-    if len(header) != header_len:
+    built = moov(header_len, co64, False)
+    if built.size != moov_size:
         raise Mp4Error("internal: the moov changed size between layout and build")
+    pieces = [ftyp]
+    built.emit(pieces)
+    del built
+    pieces.append(mdat_header)
+    if cues:
+        pieces.append(
+            _text_track(cues, movie_duration, header_len - text_len, len(tracks) + 1, created)[1]
+        )
+    header = Header(pieces)
+    del pieces
+    if len(header) != header_len:
+        raise Mp4Error("internal: the header is not the length laid out")
     # Pieces in mdat order; neighbours that continue each other in the same file are one.
     p_files = order_file[order]
     p_offs = order_off[order]
     p_lens = lengths[order]
+    del order_file, order_off, lengths, order
     if len(p_files):
         new = np.ones(len(p_files), np.bool_)
         new[1:] = (p_files[1:] != p_files[:-1]) | (p_offs[1:] != p_offs[:-1] + p_lens[:-1])
@@ -1243,10 +1492,10 @@ def _build(
     return VirtualFile(
         header=header,
         paths=tuple(paths),
-        piece_starts=tuple(m_starts.tolist()),
-        piece_files=tuple(m_files.tolist()),
-        piece_offsets=tuple(m_offs.tolist()),
-        piece_lengths=tuple(m_lens.tolist()),
+        piece_starts=m_starts.astype(np.int64, copy=False),
+        piece_files=m_files.astype(np.int64, copy=False),
+        piece_offsets=m_offs.astype(np.int64, copy=False),
+        piece_lengths=m_lens.astype(np.int64, copy=False),
         size=header_len + payload,
         start_ms=wall0,
         end_ms=wall_end,

@@ -152,10 +152,11 @@ class PlanBusy(Exception):
 
 class PlaybackService:
     """Plans are built on worker threads, at most `max_builds` at once and
-    `max_builds_per_user` for one user (a 24 h plan costs about a second of CPU and tens of
-    MiB): a request that would start one more gets `PlanBusy` (429) at once, never a queue
-    that holds the loop or piles up memory. Requests that share a build in progress, or find
-    the plan cached, are not counted."""
+    `max_builds_per_user` for one user (a 24 h plan of a 25 fps camera with audio costs
+    ~0.15 s of CPU and ~40 MiB at its peak, `bench.plan_cost`): a request that would start
+    one more gets `PlanBusy` (429) at once, never a queue that holds the loop or piles up
+    memory. Requests that share a build in progress, or find the plan cached, are not
+    counted. Built plans are kept by count and by bytes (`plan_budget_bytes`)."""
 
     def __init__(
         self,
@@ -163,6 +164,7 @@ class PlaybackService:
         *,
         index_budget_bytes: int = 256 << 20,
         plans: int = 8,
+        plan_budget_bytes: int = 96 << 20,
         max_builds: int = 2,
         max_builds_per_user: int = 1,
     ) -> None:
@@ -170,6 +172,7 @@ class PlaybackService:
         self.indexes = SegmentIndexCache(store, index_budget_bytes)
         self._plans: OrderedDict[str, VirtualFile] = OrderedDict()
         self._max_plans = plans
+        self._plan_budget = plan_budget_bytes
         self._building: dict[str, asyncio.Future[VirtualFile]] = {}
         self._max_builds = max_builds
         self._max_builds_per_user = max_builds_per_user
@@ -233,7 +236,12 @@ class PlaybackService:
                 self._builds_by_user[user_id] = left
         fut.set_result(vf)
         self._plans[rec.etag] = vf
-        while len(self._plans) > self._max_plans:
+        # At most `plans` plans and `plan_budget_bytes` of them (a 24 h plan with audio
+        # holds ~28 MiB); the newest is kept whatever its size.
+        while len(self._plans) > 1 and (
+            len(self._plans) > self._max_plans
+            or sum(p.nbytes for p in self._plans.values()) > self._plan_budget
+        ):
             self._plans.popitem(last=False)
         return vf
 
