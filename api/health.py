@@ -2,8 +2,9 @@
 
 Overall status: `critical` when a camera has been down longer than
 `[api] critical_after_seconds`, a camera cannot start as configured (`config-error`, at once),
-or the storage forecast is critical; `degraded` when a camera
-has been down longer than `degraded_after_seconds` or the forecast is a warning; else `ok`.
+or the storage forecast is critical; `degraded` when a camera has been down longer than
+`degraded_after_seconds`, the forecast is a warning, or purging is held back because the server
+clock stepped (`storage.clock`); else `ok`.
 "Down" means an enabled camera whose recorder is not recording.
 
 Also owns `RecentErrors`, a logging handler that keeps the last warnings and errors of the
@@ -94,6 +95,9 @@ class Health:
     retention_detail: str
     errors: tuple[ErrorLine, ...]
     at_ms: int
+    retention_held: bool = False
+    """Purging is held back: the server clock stepped (what to do: `retention_clock`)."""
+    retention_clock: str = ""
 
 
 class RecentErrors(logging.Handler):
@@ -255,7 +259,13 @@ class HealthService:
         else:
             compliant = cap.forecast_days >= window
             detail = f"the disk holds {cap.forecast_days:.1f} days; the window is {window} days"
+        verdict = self._store.clock_verdict()
+        if verdict.held:
+            worse("degraded")
+            reasons.append(f"purging held back: {verdict.reason}. {verdict.advice}")
         return Health(
+            retention_held=verdict.held,
+            retention_clock=verdict.describe(),
             status=status,
             reasons=tuple(reasons),
             cameras=tuple(shown),

@@ -157,6 +157,10 @@ class HealthOut(BaseModel):
     storage: CapacityOut
     retention_compliant: bool | None
     retention_detail: str
+    retention_held: bool
+    """Purging is held back because the server clock stepped (see `retention_clock`)."""
+    retention_clock: str
+    """How footage's age is judged now, or why purging is held and what to do."""
     last_errors: list[ErrorLineOut]
 
 

@@ -55,8 +55,10 @@ def locked_segments(locked: float) -> int:
 
 
 def build(root: Path, cameras: int, days: int, real_hours: int, locked: float = 0.0) -> int:
-    """Fill the index directly (bulk SQL) after the store created the schema."""
-    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    """Fill the index directly (bulk SQL) after the store created the schema (as a recorder
+    run on the simulated clock, whose uptime is that clock: no step when the bench's clock
+    opens it again)."""
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", clock=Clock(T0))
     paths = {}
     first = locked_segments(locked)
     for c in range(cameras):

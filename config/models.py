@@ -114,6 +114,12 @@ class RetentionConfig(_Frozen):
     """How long footage is kept at least."""
 
     days: Days = MIN_RETENTION_DAYS
+    clock_stable_minutes: Annotated[int, Field(strict=True, ge=0, le=10_080)] = 60
+    """After a step of the server clock, purging is held back until an operator confirms the
+    clock (`nvr purge --i-confirm-clock`) or it has been synchronised and stable this long
+    (docs/retention-clock.md)."""
+    interval_seconds: Annotated[int, Field(strict=True, ge=1, le=3600)] = 60
+    """Seconds between the daemon's retention passes."""
 
     @field_validator("days")
     @classmethod

@@ -134,7 +134,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) -> int:
-    store = SegmentStore(config.storage.root, config.storage.index_url(), exclusive=False)
+    store = SegmentStore(
+        config.storage.root,
+        config.storage.index_url(),
+        exclusive=False,
+        clock_stable_s=config.retention.clock_stable_minutes * 60,
+    )
     fresh = doc is not None
     try:
         capacity = store.capacity_history(limit=1)
@@ -147,6 +152,17 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
         else:
             print(f"storage: {free_gb:.1f} GB free; capacity not yet forecast")
         print(server_status_line())
+        verdict = store.clock_verdict()
+        print(("WARNING " if verdict.held else "") + "retention: " + verdict.describe())
+        runs = store.runs(limit=1)
+        if runs:
+            run = runs[0]
+            print(
+                f"recorder run: pid {run.pid}, started {fmt_ms(run.started_wall_ms)}, last "
+                f"heartbeat {fmt_ms(run.last_wall_ms)} (uptime "
+                f"{(run.last_uptime_ms - run.started_uptime_ms) / 1000:.0f} s in this run, "
+                f"boot {run.boot_id[:8]})"
+            )
         hour_ago = now - 3_600_000
         for cam in config.cameras:
             live = (doc or {}).get("cameras", {}).get(cam.name) if fresh else None

@@ -39,6 +39,7 @@ def open_cli_store(config: NvrConfig) -> SegmentStore:
         signing_key=config.signing_key_path(),
         checkpoint_entries=config.evidence.checkpoint_entries,
         checkpoint_ms=config.evidence.checkpoint_minutes * 60_000,
+        clock_stable_s=config.retention.clock_stable_minutes * 60,
     )
 
 

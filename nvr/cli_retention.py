@@ -15,7 +15,7 @@ from pathlib import Path
 
 from config import NvrConfig, default_config, load_config
 from retention import RetentionService
-from storage import LockError, RetentionViolation, SegmentStore
+from storage import ClockSuspicious, LockError, RetentionViolation, SegmentStore
 from storage.guard import iso
 
 
@@ -160,6 +160,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
         cam = _camera(config, store, args.camera)
         try:
             gone = store.delete_range(cam, args.start, args.end, actor=actor())
+        except ClockSuspicious as err:
+            print(f"nvr delete: refused: {err.reason}.\n{err.advice}", file=sys.stderr)
+            return 1
         except RetentionViolation as err:
             print(f"nvr delete: refused: {err.reason}", file=sys.stderr)
             return 1
@@ -181,9 +184,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
+    """One retention pass. Under a suspicious server clock it refuses (audited) and says
+    why, unless the operator checked the clock (`--i-confirm-clock --reason`, audited)."""
+    if args.i_confirm_clock and not (args.reason or "").strip():
+        print("nvr purge: --i-confirm-clock needs --reason (what you checked)", file=sys.stderr)
+        return 2
     with opened(args) as (config, store):
+        who = actor()
+        confirmed: str | None = None
+        if args.i_confirm_clock:
+            was = store.confirm_clock(actor=who, reason=args.reason)
+            confirmed = who
+            print(
+                f"clock confirmed by {who} ({args.reason})"
+                + (f"; it was suspicious: {was.reason}" if was.held else "")
+            )
+        verdict = store.clock_verdict()
+        if verdict.held and confirmed is None:
+            store.audit(who, "purge", "", "refused", {"why": f"clock: {verdict.reason}"})
+            print(
+                "nvr purge: refused, nothing deleted: the server clock is suspicious: "
+                f"{verdict.reason}.\n{verdict.advice}",
+                file=sys.stderr,
+            )
+            return 1
         service = RetentionService(config, store)
-        deleted = service.purge_once()
+        deleted = service.purge_once(clock_confirmed_by=confirmed)
         fc = service.capacity_once()
     print(f"purged {deleted} segments; capacity {fc.state}: {fc.detail}")
     return 0
@@ -243,4 +269,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_verify)
 
     p = with_config("purge", "run one retention pass now (the daemon does this every minute)")
+    p.add_argument(
+        "--i-confirm-clock",
+        action="store_true",
+        help="I checked the server clock: purge even though it stepped (audited; needs --reason)",
+    )
+    p.add_argument("--reason", help="what was checked (with --i-confirm-clock)")
     p.set_defaults(func=cmd_purge)

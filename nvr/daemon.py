@@ -32,6 +32,7 @@ from nvr import memory
 from nvr.sdnotify import Notifier
 from retention import Forecast, RetentionService
 from storage import SegmentStore, StorageError
+from storage.clock import ClockVerdict
 
 log = logging.getLogger("nvr.daemon")
 
@@ -53,6 +54,7 @@ def status_line(
     health: list[RecorderHealth],
     free_bytes: int,
     forecast: Forecast | None,
+    clock: ClockVerdict | None = None,
 ) -> str:
     """The one-line STATUS= summary: cameras recording, trouble, free space, forecast."""
     recording = sum(1 for s in statuses if s.state == "recording")
@@ -77,6 +79,8 @@ def status_line(
                 f"storage holds {forecast.forecast_days:.0f} days ({forecast.state}, "
                 f"window {forecast.window_days})"
             )
+    if clock is not None and clock.held:
+        parts.append("PURGING HELD: server clock stepped")
     return "; ".join(parts)
 
 
@@ -181,6 +185,7 @@ class _Publisher:
         self._failing: str | None = None
         self._trimmed = time.monotonic()
         self.free_bytes = 0
+        self.clock: ClockVerdict | None = None
 
     def _round(self, running: bool) -> None:
         """Blocking: runs on a worker thread."""
@@ -188,6 +193,11 @@ class _Publisher:
         if now - self._trimmed >= TRIM_INTERVAL:
             self._trimmed = now
             memory.trim()
+        try:
+            # The run's heartbeat: a step of the wall clock shows against uptime here.
+            self.clock = self._store.clock_heartbeat()
+        except StorageError as err:
+            log.error("cannot record the recorder's heartbeat: %s", err)
         try:
             self.free_bytes = self._store.free_bytes()
             write_status(self._root, self._supervisor, running)
@@ -229,6 +239,7 @@ async def run_daemon(
             signing_key=config.signing_key_path(),
             checkpoint_entries=config.evidence.checkpoint_entries,
             checkpoint_ms=config.evidence.checkpoint_minutes * 60_000,
+            clock_stable_s=config.retention.clock_stable_minutes * 60,
         ),
         root,
         config.storage.index_url(),
@@ -263,6 +274,7 @@ async def run_daemon(
                 supervisor.health(),
                 publisher.free_bytes,
                 retention.last_forecast,
+                publisher.clock,
             )
             if new_line != line:
                 notifier.status(new_line)

@@ -3,6 +3,10 @@
 Every `interval` seconds: purge footage past its window and not locked (driven by the index,
 in batches, through the storage door which re-checks every segment), then compute the
 capacity forecast and record state changes. Blocking work runs via `asyncio.to_thread`.
+
+A pass runs only when the server clock is not suspicious (`storage.clock`: no step of the
+wall clock against the recorder's uptime since it was last trusted) or an operator confirmed
+it; what it deletes is also old enough by the evidence time (docs/retention-clock.md).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections.abc import Callable
 from config import NvrConfig
 from retention.capacity import Forecast, forecast
 from retention.policy import SegmentSpan, plan_purge
-from storage import RetentionViolation, SegmentStore, StorageError
+from storage import ClockSuspicious, RetentionViolation, SegmentStore, StorageError
+from storage.clock import ClockVerdict
 
 log = logging.getLogger("nvr.retention")
 
@@ -31,17 +36,31 @@ class RetentionService:
         self._store = store
         self._clock = clock or store.now
         self.last_forecast: Forecast | None = None
+        self.last_verdict: ClockVerdict | None = None
+        """The clock verdict of the last pass (health and status show a hold)."""
 
-    def purge_once(self) -> int:
+    def purge_once(self, *, clock_confirmed_by: str | None = None) -> int:
         """One purge pass over every camera in the index; returns segments deleted.
 
+        Nothing while the server clock is suspicious, unless `clock_confirmed_by` (an
+        operator who checked it, already audited by `SegmentStore.confirm_clock`).
         Candidates come from index queries that skip locked footage (so locked footage never
         stalls a pass, however much of it there is) and are deleted in guarded batches of
         `BATCH`."""
+        verdict = self._store.clock_verdict()
+        before, self.last_verdict = self.last_verdict, verdict
+        if verdict.held and clock_confirmed_by is None:
+            if before is None or before.reason != verdict.reason:
+                log.error("purging held back: %s. %s", verdict.reason, verdict.advice)
+            return 0
+        if before is not None and before.held and not verdict.held:
+            log.warning("purging resumed: the server clock is trusted again")
         now = self._clock()
         deleted = 0
         while True:
-            candidates = self._store.purge_candidates(limit=BATCH)
+            candidates = self._store.purge_candidates(
+                limit=BATCH, clock_confirmed=clock_confirmed_by is not None
+            )
             if not candidates:
                 break
             full = len(candidates) == BATCH
@@ -53,7 +72,14 @@ class RetentionService:
             if not ids:
                 break
             try:
-                deleted += len(self._store.delete_segments(ids, actor=ACTOR))
+                deleted += len(
+                    self._store.delete_segments(
+                        ids, actor=ACTOR, clock_confirmed_by=clock_confirmed_by
+                    )
+                )
+            except ClockSuspicious as err:
+                log.error("purge refused by storage: %s", err.reason)
+                break
             except RetentionViolation as err:
                 # The door disagreed with the plan (a lock or a longer window committed since
                 # it was made, or a bug): never a reason to force it; the next pass re-plans.
@@ -100,7 +126,9 @@ class RetentionService:
         self.last_forecast = fc
         return fc
 
-    async def run(self, stop: asyncio.Event, interval: float = 60.0) -> None:
+    async def run(self, stop: asyncio.Event, interval: float | None = None) -> None:
+        if interval is None:
+            interval = float(self._config.retention.interval_seconds)
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.purge_once)

@@ -5,6 +5,7 @@ See `storage.store` for the create and delete orders and the threads that call i
 
 from storage.audit import AuditEntry
 from storage.errors import (
+    ClockSuspicious,
     ForeignIndexError,
     IndexCorruptError,
     IndexFullError,
@@ -35,6 +36,7 @@ from storage.writer import SegmentWriter, container_format
 __all__ = [
     "AuditEntry",
     "CameraStats",
+    "ClockSuspicious",
     "ConsistencyReport",
     "ForeignIndexError",
     "IndexCorruptError",

@@ -81,3 +81,13 @@ class RetentionViolation(StorageError):
 
 class LockError(StorageError):
     """A lock request is invalid (e.g. shortening an expiry, releasing a non-hold)."""
+
+
+class ClockSuspicious(RetentionViolation):
+    """Nothing is deleted: the server clock stepped against the evidence of time
+    (`storage.clock`). An operator who checked the clock may confirm it; the refusal is
+    audited."""
+
+    def __init__(self, reason: str, advice: str) -> None:
+        self.advice = advice
+        super().__init__(reason)

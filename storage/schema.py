@@ -59,6 +59,9 @@ class SegmentRow(Base):
     garbage: Mapped[bool] = mapped_column(Boolean, default=False)
     """Marked for deletion: the file may already be gone; start-up finishes the delete."""
     created_ms: Mapped[int] = mapped_column(BigInteger)
+    elapsed_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Evidence time when indexed (`storage.clock`): real time proven by the recorder's
+    uptime, so a segment's proven age cannot be faked by stepping the wall clock."""
 
     __table_args__ = (
         Index("ix_segments_camera_start", "camera", "start_ms"),
@@ -76,6 +79,41 @@ class CameraWindowRow(Base):
     camera: Mapped[str] = mapped_column(String(64), primary_key=True)
     days: Mapped[int] = mapped_column(Integer)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RunRow(Base):
+    """One run of the recorder (the exclusive store): its boot, and its wall clock and
+    uptime (`storage.clock`) when it started and when last seen, updated by its heartbeat,
+    so a step of the wall clock shows against uptime, in this run or the next."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    boot_id: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_wall_ms: Mapped[int] = mapped_column(BigInteger)
+    started_uptime_ms: Mapped[int] = mapped_column(BigInteger)
+    last_wall_ms: Mapped[int] = mapped_column(BigInteger)
+    last_uptime_ms: Mapped[int] = mapped_column(BigInteger)
+    elapsed_start_ms: Mapped[int] = mapped_column(BigInteger)
+    """Evidence time when the run started."""
+    synchronised: Mapped[bool] = mapped_column(Boolean)
+    """The kernel's sync state at the last heartbeat."""
+
+
+class ClockHoldRow(Base):
+    """A step of the wall clock seen by the recorder: purging is held back until an operator
+    confirms the clock or it has been synchronised and stable for a while (`cleared_*`)."""
+
+    __tablename__ = "clock_holds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    boot_id: Mapped[str] = mapped_column(String(64))
+    uptime_ms: Mapped[int] = mapped_column(BigInteger)
+    step_ms: Mapped[int] = mapped_column(BigInteger)
+    detail: Mapped[str] = mapped_column(Text)
+    cleared_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cleared_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    cleared_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class OutageRow(Base):

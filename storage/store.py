@@ -25,6 +25,14 @@ either precedes the check or waits for the mark) -> unlink -> fsync directory ->
 start-up finishes half-done deletes. Nothing here deletes a file that has no row, except those
 header-only `.part` files.
 
+Clock evidence (`storage.clock`, docs/retention-clock.md): the exclusive store is the
+recorder's *run*: it records its boot, wall clock and uptime in `runs` at open and at each
+`clock_heartbeat`, stamps each segment with the evidence time (`elapsed_ms`), and records a
+step of the wall clock as a hold (`clock_holds`). The delete door refuses everything while the
+clock is suspicious (a hold, or this process's clock stepped against the recorder's last
+heartbeat) unless an operator confirmed it, and every segment that is younger than its window
+by the evidence time, or ends after the newest footage's time minus the window.
+
 Windows: each camera's window is stored in the index (`camera_windows`) when its footage is
 indexed and only ever grows, so footage keeps the longest window it was promised whatever
 config a later process (or the CLI) reads.
@@ -43,6 +51,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -58,15 +67,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import av
-from sqlalchemy import ColumnElement, bindparam, case, delete, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from storage import audit as audit_log
+from storage import clock as evidence
 from storage import signing
 from storage.accounts import AccountStore
 from storage.audit import AuditEntry
 from storage.errors import (
+    ClockSuspicious,
     ForeignIndexError,
     IndexFullError,
     IndexWriteError,
@@ -94,10 +115,12 @@ from storage.schema import (
     CameraWindowRow,
     CapacityRow,
     ChainGapRow,
+    ClockHoldRow,
     EventRow,
     LockRow,
     Meta,
     OutageRow,
+    RunRow,
     SegmentRow,
     SegmentSamplesRow,
 )
@@ -299,6 +322,10 @@ class SegmentStore:
         checkpoint_entries: int = 1000,
         checkpoint_ms: int = 3_600_000,
         index_reserve_bytes: int = INDEX_RESERVE_BYTES,
+        uptime: Callable[[], int] | None = None,
+        synchronised: Callable[[], bool] = evidence.read_synchronised,
+        boot_id: str | None = None,
+        clock_stable_s: int = 3600,
     ) -> None:
         """Open (creating if new) the store. `exclusive` takes the writer lock on the root:
         the daemon does; other tools (status, verify, lock) do not. `retention_days` gives
@@ -313,7 +340,11 @@ class SegmentStore:
         `<root>/.nvr-export-key`) signs the audit head and a checkpoint every
         `checkpoint_entries` entries or `checkpoint_ms` (see `storage.audit`).
         `index_reserve_bytes`: see the module docstring (kept only by the exclusive writer,
-        beside a SQLite file)."""
+        beside a SQLite file).
+        `uptime` (ms since boot), `synchronised` (the kernel's sync state) and `boot_id` are
+        the clock evidence (`storage.clock`); an injected `clock` is a simulated world whose
+        uptime is that clock unless given. A hold after a step ends by itself once the clock
+        has been synchronised and stable for `clock_stable_s`."""
         self.root = root.resolve()
         self.max_lock_years = max_lock_years
         self._key_path = signing_key if signing_key is not None else self.root / ".nvr-export-key"
@@ -324,6 +355,15 @@ class SegmentStore:
         self._checkpoint_ms = checkpoint_ms
         self._window = retention_days or (lambda _camera: MIN_WINDOW_DAYS)
         self._clock = clock
+        self._uptime = uptime or (evidence.read_uptime_ms if clock is now_ms else clock)
+        self._synchronised = synchronised
+        self._boot_id = boot_id or evidence.read_boot_id()
+        self._clock_stable_ms = clock_stable_s * 1000
+        self._run: evidence.RunMark | None = None
+        """This process's run (exclusive stores): the last heartbeat, in memory."""
+        self._run_written_uptime = 0
+        self._stable_since: int | None = None
+        """Uptime since which the clock has been synchronised without a step."""
         self._pause = pause or (lambda _point: None)
         self._promised: dict[str, int] = {}
         self._purge_cursors: dict[str, tuple[int, tuple[tuple[int, int], ...]]] = {}
@@ -370,6 +410,8 @@ class SegmentStore:
         with _file_lock(self.root / ".nvr-migrate.lock"):
             migrate(self._engine, in_child=migrate_in_child)
         self.store_id = self._check_identity(create=exclusive)
+        if exclusive:
+            self._begin_run()
         self._chain_heads: dict[str, str] = {}
         with Session(self._engine) as s:
             last_ids = (
@@ -683,6 +725,7 @@ class SegmentStore:
                 discontinuity=info.discontinuity,
                 garbage=False,
                 created_ms=now_ms(),
+                elapsed_ms=self.elapsed_now() if self._run is not None else None,
             )
             s.add(row)
             s.flush()
@@ -869,7 +912,12 @@ class SegmentStore:
             )
             if not rows:
                 return
-            refused = {r.id: why for r, why in self._protected(s, rows, now)}
+            verdict = self.clock_verdict(s=s)
+            if verdict.held:
+                why_clock = f"the server clock is suspicious: {verdict.reason}"
+                refused = {r.id: why_clock for r in rows}
+            else:
+                refused = {r.id: why for r, why in self._protected(s, rows, now)}
             for run in _runs(rows):
                 gap = _gap_of(s, run)
                 why = next((refused[r.id] for r in run if r.id in refused), None)
@@ -1449,6 +1497,269 @@ class SegmentStore:
         """The store's clock (UTC ms): the time every retention decision is made at."""
         return self._clock()
 
+    # --- clock evidence: runs, heartbeats, holds (storage.clock) ----------------------------
+
+    def _reading(self) -> evidence.Reading:
+        return evidence.Reading(self._clock(), self._uptime(), self._boot_id, self._synced())
+
+    def _synced(self) -> bool:
+        try:
+            return self._synchronised()
+        except OSError:
+            return False
+
+    @staticmethod
+    def _last_run(s: Session) -> evidence.RunMark | None:
+        row = s.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
+        return None if row is None else _run_mark(row)
+
+    def _begin_run(self) -> None:
+        """Record this process as the recorder's new run, continuing the evidence time from
+        the last one; a step of the wall clock since that run's last heartbeat is a hold."""
+        now = self._reading()
+        entry: AuditEntry | None = None
+        with self._writing() as s:
+            prev = self._last_run(s)
+            row = RunRow(
+                boot_id=now.boot_id,
+                pid=evidence.this_pid(),
+                started_wall_ms=now.wall_ms,
+                started_uptime_ms=now.uptime_ms,
+                last_wall_ms=now.wall_ms,
+                last_uptime_ms=now.uptime_ms,
+                elapsed_start_ms=evidence.elapsed_after(prev, now),
+                synchronised=now.synchronised,
+            )
+            s.add(row)
+            s.flush()
+            step = evidence.step_since(prev, now) if prev is not None else None
+            if prev is not None and step is not None:
+                entry = self._add_hold(
+                    s,
+                    now,
+                    step,
+                    f"the server clock stepped {evidence.describe_step(step)} between the "
+                    f"recorder's run of {iso(prev.started_wall_ms)} (last seen "
+                    f"{iso(prev.last_wall_ms)}) and this one",
+                )
+            self._run = _run_mark(row)
+        self._run_written_uptime = now.uptime_ms
+        self._stable_since = now.uptime_ms if now.synchronised and step is None else None
+        if entry is not None:
+            self._write_audit_head(entry)
+
+    def _add_hold(self, s: Session, now: evidence.Reading, step: int, detail: str) -> AuditEntry:
+        s.add(
+            ClockHoldRow(
+                at_ms=now.wall_ms,
+                boot_id=now.boot_id,
+                uptime_ms=now.uptime_ms,
+                step_ms=step,
+                detail=detail,
+            )
+        )
+        log.error("%s: purging is held back until the clock is confirmed", detail)
+        return audit_log.append(
+            s,
+            now.wall_ms,
+            "system",
+            "clock-step",
+            "server",
+            "warning",
+            {"step_ms": step, "detail": detail, "uptime_ms": now.uptime_ms},
+        )
+
+    def clock_heartbeat(self) -> evidence.ClockVerdict:
+        """The recorder's heartbeat (the daemon calls it every few seconds, on a worker
+        thread): look for a step of the wall clock against uptime since the last one (a
+        hold), end a hold once the clock has been synchronised and stable for the configured
+        time, and write the run's last-seen times (at most every `HEARTBEAT_WRITE_MS`, at once
+        on a change). Returns the clock verdict."""
+        run = self._run
+        if run is None:
+            return self.clock_verdict()
+        now = self._reading()
+        step = evidence.step_since(run, now)
+        if step is not None or not now.synchronised:
+            self._stable_since = None
+        elif self._stable_since is None:
+            self._stable_since = now.uptime_ms
+        stable = (
+            self._stable_since is not None
+            and now.uptime_ms - self._stable_since >= self._clock_stable_ms
+        )
+        due = (
+            step is not None
+            or now.synchronised != run.synchronised
+            or now.uptime_ms - self._run_written_uptime >= evidence.HEARTBEAT_WRITE_MS
+            or stable
+        )
+        entries: list[AuditEntry] = []
+        if due:
+            with self._writing() as s:
+                s.execute(
+                    update(RunRow)
+                    .where(RunRow.id == run.id)
+                    .values(
+                        last_wall_ms=now.wall_ms,
+                        last_uptime_ms=now.uptime_ms,
+                        synchronised=now.synchronised,
+                    )
+                )
+                if step is not None:
+                    entries.append(
+                        self._add_hold(
+                            s,
+                            now,
+                            step,
+                            f"the server clock stepped {evidence.describe_step(step)} at "
+                            f"{iso(now.wall_ms)} while the recorder ran (against its uptime)",
+                        )
+                    )
+                elif stable:
+                    entries += self._clear_holds(
+                        s,
+                        now.wall_ms,
+                        "system",
+                        f"synchronised and stable for {self._clock_stable_ms // 1000} s",
+                    )
+            self._run_written_uptime = now.uptime_ms
+        self._run = dataclasses.replace(
+            run,
+            last_wall_ms=now.wall_ms,
+            last_uptime_ms=now.uptime_ms,
+            synchronised=now.synchronised,
+        )
+        if entries:
+            self._write_audit_head(entries[-1])
+        return self.clock_verdict(now)
+
+    def _clear_holds(self, s: Session, at_ms: int, actor: str, reason: str) -> list[AuditEntry]:
+        rows = list(s.scalars(select(ClockHoldRow).where(ClockHoldRow.cleared_ms.is_(None))))
+        if not rows:
+            return []
+        for row in rows:
+            row.cleared_ms = at_ms
+            row.cleared_by = actor
+            row.cleared_reason = reason
+        log.warning("clock holds %s ended by %s: %s", [r.id for r in rows], actor, reason)
+        return [
+            audit_log.append(
+                s,
+                at_ms,
+                actor,
+                "clock-confirm",
+                "server",
+                "ok",
+                {
+                    "holds": [r.id for r in rows],
+                    "steps_ms": [r.step_ms for r in rows],
+                    "reason": reason,
+                },
+            )
+        ]
+
+    def confirm_clock(self, *, actor: str, reason: str) -> evidence.ClockVerdict:
+        """An operator checked the server clock: end every hold and audit who and why (also
+        when there was none: the confirmation lets this process purge despite its own clock
+        disagreeing with the recorder's). Returns the verdict as it was before."""
+        if not reason.strip():
+            raise ValueError("a reason is required to confirm the clock")
+        verdict = self.clock_verdict()
+        now = self._clock()
+        with self._writing() as s:
+            entries = self._clear_holds(s, now, actor, reason)
+            if not entries:
+                entries = [
+                    audit_log.append(
+                        s,
+                        now,
+                        actor,
+                        "clock-confirm",
+                        "server",
+                        "ok",
+                        {"holds": [], "reason": reason, "was": verdict.reason or "trusted"},
+                    )
+                ]
+        self._write_audit_head(entries[-1])
+        return verdict
+
+    def elapsed_now(self, s: Session | None = None) -> int:
+        """Evidence time now (`storage.clock`). The recorder's own run counts its uptime;
+        another process continues from the recorder's last heartbeat in this boot, and
+        proves nothing across a reboot."""
+        run = self._run
+        if run is not None:
+            return run.elapsed_start_ms + (self._uptime() - run.started_uptime_ms)
+        if s is None:
+            with Session(self._engine) as own:
+                mark = self._last_run(own)
+        else:
+            mark = self._last_run(s)
+        if mark is None:
+            return 0
+        uptime = self._uptime()
+        if mark.boot_id == self._boot_id and uptime >= mark.last_uptime_ms:
+            return mark.elapsed_last_ms + (uptime - mark.last_uptime_ms)
+        return mark.elapsed_last_ms
+
+    def clock_verdict(
+        self, now: evidence.Reading | None = None, s: Session | None = None
+    ) -> evidence.ClockVerdict:
+        """Whether purging may run at this process's clock (see `storage.clock`)."""
+        if s is None:
+            with Session(self._engine) as own:
+                return self.clock_verdict(now, own)
+        now = now or self._reading()
+        elapsed = self.elapsed_now(s)
+        advice = evidence.confirm_advice(self._clock_stable_ms // 1000)
+        hold = s.scalars(
+            select(ClockHoldRow)
+            .where(ClockHoldRow.cleared_ms.is_(None))
+            .order_by(ClockHoldRow.id.desc())
+            .limit(1)
+        ).first()
+        if hold is not None:
+            return evidence.ClockVerdict(
+                True,
+                hold.detail,
+                advice,
+                now.synchronised,
+                elapsed,
+                evidence.ClockHold(hold.id, hold.at_ms, hold.step_ms, hold.detail),
+            )
+        mark = self._run or self._last_run(s)
+        if mark is not None:
+            step = evidence.step_since(mark, now)
+            if step is not None:
+                whose = "the recorder's" if self._run is not None else "this process's"
+                return evidence.ClockVerdict(
+                    True,
+                    f"{whose} clock is {evidence.describe_step(step)} from where the "
+                    f"recorder's uptime puts it (last heartbeat {iso(mark.last_wall_ms)})",
+                    advice,
+                    now.synchronised,
+                    elapsed,
+                )
+        return evidence.ClockVerdict(False, "", "", now.synchronised, elapsed)
+
+    def runs(self, limit: int = 10) -> list[evidence.RunMark]:
+        """The recorder's last runs, newest first."""
+        with Session(self._engine) as s:
+            rows = s.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(limit))
+            return [_run_mark(r) for r in rows]
+
+    def _newest_ms(self, s: Session) -> int | None:
+        """The newest footage's time: the latest creation or end time of the last indexed
+        segment, or the latest end of any (footage order; both indexed lookups)."""
+        last = s.execute(
+            select(SegmentRow.created_ms, SegmentRow.end_ms).order_by(SegmentRow.id.desc()).limit(1)
+        ).first()
+        if last is None:
+            return None
+        top = s.scalar(select(func.max(SegmentRow.end_ms)))
+        return max(int(last[0]), int(last[1]), int(top or 0))
+
     def verify(
         self, camera: str | None = None, start_ms: int | None = None, end_ms: int | None = None
     ) -> VerifyReport:
@@ -1736,7 +2047,9 @@ class SegmentStore:
             raise LockError(problem)
         return updated
 
-    def purge_candidates(self, limit: int = 10_000) -> list[Segment]:
+    def purge_candidates(
+        self, limit: int = 10_000, *, clock_confirmed: bool = False
+    ) -> list[Segment]:
         """Up to `limit` segments, oldest first per camera, that ended before their camera's
         window and overlap no active lock (the door re-checks each).
 
@@ -1744,10 +2057,21 @@ class SegmentStore:
         between its active locks are searched (one index range per span), so a pass costs
         the same however much expired footage is locked. Spans already found empty are
         remembered (per camera, while its locks below them are unchanged) and not searched
-        again: old locked footage kept for years costs nothing per pass."""
+        again: old locked footage kept for years costs nothing per pass.
+
+        The clock evidence is applied in the query too: nothing while the clock is
+        suspicious, nothing younger than the window by evidence time or newer than the newest
+        footage's time minus the window (see the module docstring); `clock_confirmed`: an
+        operator confirmed a suspicious clock."""
         now = self._clock()
         out: list[Segment] = []
         with Session(self._engine) as s:
+            if self.clock_verdict(s=s).held and not clock_confirmed:
+                return []
+            elapsed = self.elapsed_now(s)
+            newest = self._newest_ms(s)
+            if newest is None:
+                return []
             window = self._windows_now(s)
             locks: dict[str, list[tuple[int, int]]] = {}
             for camera, start, end in s.execute(
@@ -1757,7 +2081,8 @@ class SegmentStore:
             for camera in self.cameras():
                 if len(out) >= limit:
                     break
-                horizon = now - window(camera) * DAY_MS
+                horizon = min(now, newest) - window(camera) * DAY_MS
+                young = elapsed - window(camera) * DAY_MS
                 spans = _merge(locks.get(camera, []))
                 cursor = self._purge_cursor(camera, spans)  # end times <= cursor: done
                 advancing = True
@@ -1770,11 +2095,12 @@ class SegmentStore:
                         "lo": _NO_BOUND if lo is None else lo,
                         "hi": hi,
                         "n": limit - len(out),
+                        "young": young,
                     }
                     rows = s.execute(_FREE_SPAN_QUERY, bounds).all()
                     out += [_segment(r, self.root) for r in rows]
-                    if rows:
-                        advancing = False
+                    if rows or s.execute(_YOUNG_IN_SPAN, bounds).first() is not None:
+                        advancing = False  # (footage kept by evidence time ages in place)
                     elif advancing:  # nothing free is left below `hi`
                         cursor = hi
                         self._purge_cursors[camera] = (hi, _below(spans, hi))
@@ -1794,10 +2120,18 @@ class SegmentStore:
         return found[0]
 
     def delete_segments(
-        self, ids: Sequence[int], *, actor: str, action: str = "purge"
+        self,
+        ids: Sequence[int],
+        *,
+        actor: str,
+        action: str = "purge",
+        clock_confirmed_by: str | None = None,
     ) -> list[Segment]:
         """Delete these segments in the crash-safe order, or none of them: if any is inside
-        its window or locked, RetentionViolation is raised and the refusal audited.
+        its window (by the wall clock, by the evidence time, or past the newest footage's
+        time minus the window) or locked, RetentionViolation is raised and the refusal
+        audited; while the clock is suspicious, ClockSuspicious, unless an operator confirmed
+        the clock (`clock_confirmed_by`, see `confirm_clock`).
 
         The window and locks are checked and the rows marked as garbage in ONE write
         transaction (see `_writing(guard=True)`): a lock or a longer window committed by any
@@ -1818,7 +2152,13 @@ class SegmentStore:
             if not rows:
                 return []
             cams = {r.camera for r in rows}
-            refusals = [f"{r.camera} {r.path}: {why}" for r, why in self._protected(s, rows, now)]
+            verdict = self.clock_verdict(s=s)
+            suspicious = verdict.held and clock_confirmed_by is None
+            refusals = (
+                [f"the server clock is suspicious: {verdict.reason}"]
+                if suspicious
+                else [f"{r.camera} {r.path}: {why}" for r, why in self._protected(s, rows, now)]
+            )
             self._pause("checked")
             if refusals:
                 refusal = refusals[0] + (
@@ -1834,9 +2174,20 @@ class SegmentStore:
                     {"segments": len(rows), "refused": len(refusals), "why": refusal},
                 )
             else:
-                entry = self._mark_garbage(s, rows, now=now, actor=actor, action=action)
+                entry = self._mark_garbage(
+                    s,
+                    rows,
+                    now=now,
+                    actor=actor,
+                    action=action,
+                    clock_confirmed_by=clock_confirmed_by if verdict.held else None,
+                )
             segs = [Segment.from_row(r, self.root) for r in rows]
         self._write_audit_head(entry)
+        if suspicious:
+            raise ClockSuspicious(
+                f"the server clock is suspicious: {verdict.reason}", verdict.advice
+            )
         if refusal is not None:
             raise RetentionViolation(refusal)
         # 2. Unlink, fsync each directory once. 3. Drop the rows.
@@ -1870,22 +2221,43 @@ class SegmentStore:
         for row in s.execute(q):
             locks.setdefault(row.camera, []).append(_lock(row))
         window = self._windows_now(s)
+        elapsed = self.elapsed_now(s)
+        newest = self._newest_ms(s)
         out = []
         for r in rows:
+            days = window(r.camera)
             why = protection(
                 r.camera,
                 r.start_ms,
                 r.end_ms,
                 now_ms=now,
-                window_days=window(r.camera),
+                window_days=days,
                 locks=locks.get(r.camera, []),
             )
+            if why is None and r.elapsed_ms is not None and elapsed - r.elapsed_ms < days * DAY_MS:
+                why = (
+                    f"inside the {days}-day retention window by the recorder's uptime evidence "
+                    f"(indexed {(elapsed - r.elapsed_ms) / DAY_MS:.2f} days of proven time ago, "
+                    "whatever the wall clock says)"
+                )
+            if why is None and newest is not None and r.end_ms > newest - days * DAY_MS:
+                why = (
+                    f"within {days} days of the newest footage ({iso(newest)}): footage is "
+                    "never purged newer than the newest footage's time minus the window"
+                )
             if why is not None:
                 out.append((r, why))
         return out
 
     def _mark_garbage(
-        self, s: Session, rows: list[SegmentRow], *, now: int, actor: str, action: str
+        self,
+        s: Session,
+        rows: list[SegmentRow],
+        *,
+        now: int,
+        actor: str,
+        action: str,
+        clock_confirmed_by: str | None = None,
     ) -> AuditEntry:
         """Step 1 of the delete order, in the caller's guarded transaction: mark the rows as
         garbage, record the chain gaps they leave, and audit it."""
@@ -1938,7 +2310,8 @@ class SegmentStore:
                 "from_ms": min(r.start_ms for r in rows),
                 "to_ms": max(r.end_ms for r in rows),
                 "gaps": recorded,
-            },
+            }
+            | ({"clock_confirmed_by": clock_confirmed_by} if clock_confirmed_by else {}),
         )
 
     def delete_range(self, camera: str, start_ms: int, end_ms: int, *, actor: str) -> list[Segment]:
@@ -2143,12 +2516,29 @@ _FREE_SPAN_QUERY = (
         _t.end_ms > bindparam("after"),
         _t.end_ms <= bindparam("hi"),
         _t.start_ms >= bindparam("lo"),
+        or_(_t.elapsed_ms.is_(None), _t.elapsed_ms <= bindparam("young")),
     )
     .order_by(_t.end_ms)
     .limit(bindparam("n"))
 )
 """A camera's segments in one free span (start >= lo, end <= hi) that end after `after`,
 oldest first: one range of the (camera, end_ms) index. Built once: a pass runs it per span."""
+
+
+_YOUNG_IN_SPAN = (
+    select(_t.id)
+    .where(
+        _t.camera == bindparam("camera"),
+        _t.garbage.is_(False),
+        _t.end_ms > bindparam("after"),
+        _t.end_ms <= bindparam("hi"),
+        _t.start_ms >= bindparam("lo"),
+        _t.elapsed_ms > bindparam("young"),
+    )
+    .limit(1)
+)
+"""Whether a span holds footage past its window by the wall clock but not yet by evidence
+time (then the span is searched again next pass)."""
 
 
 def _segment(r: Any, root: Path) -> Segment:
@@ -2177,6 +2567,20 @@ def _active_lock(now: int) -> ColumnElement[bool]:
     """Locks active at `now` (as `Lock.active`): not released, not expired."""
     return LockRow.released_ms.is_(None) & (
         LockRow.expires_ms.is_(None) | (LockRow.expires_ms > now)
+    )
+
+
+def _run_mark(row: RunRow) -> evidence.RunMark:
+    return evidence.RunMark(
+        row.id,
+        row.boot_id,
+        row.pid,
+        row.started_wall_ms,
+        row.started_uptime_ms,
+        row.last_wall_ms,
+        row.last_uptime_ms,
+        row.elapsed_start_ms,
+        row.synchronised,
     )
 
 

@@ -22,11 +22,16 @@ from storage import (
     StorageError,
     now_ms,
 )
+from storage.clock import read_uptime_ms
 from storage.guard import DAY_MS, add_years
 from tests.media import fast_pattern, pattern_packets
 
 T0 = 1_790_000_000_000  # 2026-09-21
 NVR = [sys.executable, "-m", "nvr.cli"]
+BOOT_OFFSET = now_ms() - read_uptime_ms()
+"""This boot's wall clock minus uptime: a simulated clock's uptime is `clock - BOOT_OFFSET`,
+as if the machine had been up since then (so its footage's evidence time agrees with the
+real processes' that a test runs next; see storage/clock.py)."""
 
 
 class FakeClock:
@@ -101,7 +106,11 @@ def test_purge_never_selects_young_or_locked_footage_and_selects_all_else(
 
 def open_store(root: Path, clock: FakeClock, days: int = 30) -> SegmentStore:
     return SegmentStore(
-        root, f"sqlite:///{root / 'index.db'}", clock=clock, retention_days=lambda _c: days
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        clock=clock,
+        retention_days=lambda _c: days,
+        uptime=lambda: clock() - BOOT_OFFSET,
     )
 
 

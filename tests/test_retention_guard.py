@@ -25,7 +25,7 @@ from retention import RetentionService, RetentionViolation, SegmentSpan, plan_pu
 from retention import service as retention_service
 from storage import SegmentStore, StorageIOError
 from storage.guard import DAY_MS
-from tests.test_retention import T0, FakeClock, add_segment
+from tests.test_retention import BOOT_OFFSET, T0, FakeClock, add_segment
 
 PG_USER = os.environ.get("NVR_TEST_PG_USER", "postgres")
 PG_DSN = f"host=127.0.0.1 port=5432 user={PG_USER} dbname=test connect_timeout=3"
@@ -61,7 +61,14 @@ def open_store(
     days: Callable[[str], int] = lambda _c: 30,
     pause: Callable[[str], None] | None = None,
 ) -> SegmentStore:
-    return SegmentStore(root, url, clock=clock, retention_days=days, pause=pause)
+    return SegmentStore(
+        root,
+        url,
+        clock=clock,
+        retention_days=days,
+        pause=pause,
+        uptime=lambda: clock() - BOOT_OFFSET,
+    )
 
 
 def day_starts(store: SegmentStore, camera: str = "cam") -> list[int]:
@@ -257,6 +264,9 @@ def test_a_camera_removed_from_the_config_keeps_its_stored_window(
     with pytest.raises(RetentionViolation, match="90-day retention window"):
         store.delete_range("long", T0, T0 + DAY_MS, actor="admin")
     clock.now = T0 + 92 * DAY_MS
+    # The recorder goes on recording (footage is never purged newer than the newest
+    # footage's time minus the window).
+    add_segment(store, "other", clock.now - 2000)
     assert service.purge_once() == 2
     assert day_starts(store, "long") == [2]
     assert store.verify().ok
@@ -452,7 +462,13 @@ HOUR_MS = 3_600_000
 @pytest.fixture(scope="module")
 def empty_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("candidates") / "store"
-    SegmentStore(root, f"sqlite:///{root / 'index.db'}").close()
+    # Made by a recorder run at T0 (the simulated clock's world, see BOOT_OFFSET).
+    SegmentStore(
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        clock=FakeClock(T0),
+        uptime=lambda: T0 - BOOT_OFFSET,
+    ).close()
     return root
 
 
@@ -500,12 +516,22 @@ def test_purge_candidates_are_exactly_the_expired_unlocked_segments(
 
     add_locks(first_locks)
     clock = FakeClock(T0 + (30 * 24 + now_h) * HOUR_MS)
-    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False, clock=clock)
+    store = SegmentStore(
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        exclusive=False,
+        clock=clock,
+        uptime=lambda: clock() - BOOT_OFFSET,
+    )
 
     def expected() -> set[int]:
         rows = db.execute("SELECT id, camera, start_ms, end_ms FROM segments").fetchall()
         spans = [SegmentSpan(*r) for r in rows]
-        return set(plan_purge(spans, store.locks(), now_ms=clock.now, window_days=lambda _c: 30))
+        # Never newer than the newest footage's time minus the window (these rows were
+        # "created" at 0: the newest time is the latest end).
+        newest = max((r[3] for r in rows), default=clock.now)
+        now = min(clock.now, newest)
+        return set(plan_purge(spans, store.locks(), now_ms=now, window_days=lambda _c: 30))
 
     try:
         assert {s.id for s in store.purge_candidates()} == expected()

@@ -64,6 +64,8 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
         storage=CapacityOut(**vars(h.capacity)),
         retention_compliant=h.retention_compliant,
         retention_detail=h.retention_detail,
+        retention_held=h.retention_held,
+        retention_clock=h.retention_clock,
         last_errors=[ErrorLineOut(**vars(e)) for e in h.errors],
     )
 

@@ -1,0 +1,469 @@
+"""Retention under a wrong or stepped server clock (issue 11, item 1; R2, R4, R11).
+
+Real `nvr` processes under Debian's libfaketime (`faketime`) for the three reported cases:
+(a) `nvr purge` run 31 days ahead of a store recorded minutes earlier, (b) a daemon whose
+clock steps 31 days forward while it records, (c) footage recorded under a clock 40 days
+slow, then the daemon restarted with the true clock. Then, on simulated clocks with a real
+store, the box that never had a time source (it must still purge, by uptime evidence) and a
+hold that ends once the clock has been synchronised and stable.
+
+libfaketime fakes CLOCK_MONOTONIC and CLOCK_BOOTTIME too; the evidence of time is read from
+`/proc/uptime`, which it does not touch, as no real clock step does (storage/clock.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config import NvrConfig, RetentionConfig, StorageConfig
+from retention import RetentionService
+from storage import ClockSuspicious, SegmentStore, now_ms
+from storage.clock import read_uptime_ms
+from storage.guard import DAY_MS
+from tests.camsim.fixtures import CameraSim
+from tests.test_recording import wait_for
+from tests.test_retention import BOOT_OFFSET, FakeClock, add_segment
+
+NVR = [sys.executable, "-m", "nvr.cli"]
+FAKETIME = shutil.which("faketime")
+needs_faketime = pytest.mark.skipif(
+    FAKETIME is None, reason="Debian package faketime (libfaketime) not installed"
+)
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+
+
+def config_file(
+    tmp_path: Path, root: Path, camera_url: str | None = None, **retention: int
+) -> Path:
+    text = f'[storage]\nroot = "{root}"\nreserve_bytes = 0\n[retention]\ndays = 30\n'
+    for key, value in retention.items():
+        text += f"{key} = {value}\n"
+    if camera_url is not None:
+        text += (
+            f'[[cameras]]\nname = "cam"\nurl = "{camera_url}"\nsegment_seconds = 10\n'
+            "stall_seconds = 3.0\n"
+        )
+    path = tmp_path / "nvr.toml"
+    path.write_text(text)
+    return path
+
+
+def nvr(args: list[str], cwd: Path, fake: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`nvr ARGS`, under `faketime -f FAKE` when given."""
+    cmd = [*NVR, *args]
+    if fake is not None:
+        assert FAKETIME is not None
+        cmd = [FAKETIME, "-f", fake, *cmd]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def read_store(root: Path) -> SegmentStore:
+    return SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
+
+
+def recorded_minutes_ago(root: Path, count: int = 4) -> list[int]:
+    """A store recorded by a real run of the recorder (this process, real clocks): `count`
+    one-second segments from four minutes ago; returns their ids."""
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        start = now_ms() - 4 * 60_000
+        for i in range(count):
+            add_segment(store, "cam", start + i * 1000)
+        return [s.id for s in store.segments("cam")]
+    finally:
+        store.close()
+
+
+# --- (a) nvr purge with a clock 31 days ahead ------------------------------------------------
+
+
+@needs_faketime
+def test_purge_31_days_ahead_refuses_and_says_why_then_a_confirmed_one_keeps_fresh_footage(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "store"
+    ids = recorded_minutes_ago(root)
+    config = config_file(tmp_path, root)
+
+    done = nvr(["purge", "-c", str(config)], tmp_path, fake="+31d")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refused, nothing deleted" in done.stderr
+    assert "clock is suspicious" in done.stderr and "forward 31.0 days" in done.stderr
+    assert "--i-confirm-clock" in done.stderr
+    store = read_store(root)
+    try:
+        assert [s.id for s in store.segments("cam")] == ids
+        assert all(s.path.exists() for s in store.segments("cam"))
+        (refused,) = store.audit_entries(action="purge", outcome="refused")
+        assert "clock" in refused.detail["why"]
+    finally:
+        store.close()
+
+    # The door itself refuses too, whoever asks (here `nvr delete`).
+    done = nvr(
+        [
+            "delete",
+            "-c",
+            str(config),
+            "cam",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2100-01-01T00:00:00Z",
+        ],
+        tmp_path,
+        fake="+31d",
+    )
+    assert done.returncode == 1 and "clock is suspicious" in done.stderr, done.stderr
+
+    done = nvr(["purge", "-c", str(config), "--i-confirm-clock"], tmp_path, fake="+31d")
+    assert done.returncode == 2 and "--reason" in done.stderr
+
+    # A human who checked may proceed (audited with who and why); the evidence still keeps
+    # footage recorded minutes ago, whatever the clock says.
+    done = nvr(
+        ["purge", "-c", str(config), "--i-confirm-clock", "--reason", "checked the wall clock"],
+        tmp_path,
+        fake="+31d",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "clock confirmed by cli:" in done.stdout and "purged 0 segments" in done.stdout
+    store = read_store(root)
+    try:
+        assert [s.id for s in store.segments("cam")] == ids
+        (confirm,) = store.audit_entries(action="clock-confirm")
+        assert confirm.actor.startswith("cli:")
+        assert confirm.detail["reason"] == "checked the wall clock"
+        assert store.verify().ok
+    finally:
+        store.close()
+    done = nvr(["purge", "-c", str(config)], tmp_path)  # the true clock: nothing to refuse
+    assert done.returncode == 0 and "purged 0 segments" in done.stdout, done.stderr
+
+
+@needs_faketime
+def test_a_confirmed_purge_under_a_stepped_clock_deletes_only_what_evidence_proves_old(
+    tmp_path: Path,
+) -> None:
+    """Footage recorded 40 days ago by a recorder that has run since (simulated clock and
+    uptime of this boot), plus today's: a confirmed purge 31 days ahead deletes the old."""
+    root = tmp_path / "store"
+    clock = FakeClock(now_ms() - 40 * DAY_MS)
+    store = SegmentStore(
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        clock=clock,
+        uptime=lambda: clock() - BOOT_OFFSET,
+    )
+    for i in range(3):
+        add_segment(store, "cam", clock.now + i * 1000)
+    store.close()
+    fresh = recorded_minutes_ago(root, count=1)
+    config = config_file(tmp_path, root)
+    done = nvr(["purge", "-c", str(config)], tmp_path, fake="+31d")
+    assert done.returncode == 1 and "clock is suspicious" in done.stderr
+    done = nvr(
+        ["purge", "-c", str(config), "--i-confirm-clock", "--reason", "NTP checked"],
+        tmp_path,
+        fake="+31d",
+    )
+    assert done.returncode == 0 and "purged 3 segments" in done.stdout, done.stderr
+    store = read_store(root)
+    try:
+        kept = [s.id for s in store.segments("cam")]
+        assert kept == fresh[-1:]  # today's footage stays
+        (purge,) = store.audit_entries(action="purge", outcome="ok")
+        assert purge.detail["segments"] == 3
+        assert store.verify().ok
+    finally:
+        store.close()
+
+
+# --- (b) a daemon whose clock steps 31 days forward while it records -----------------------
+
+
+@pytest.fixture
+def daemon_log(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "daemon.log"
+
+
+def start_daemon(
+    config: Path, log: Path, fake: str | None = None, fake_file: Path | None = None
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if fake is not None or fake_file is not None:
+        env["LD_PRELOAD"] = LIBFAKETIME
+        env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"  # as a real step: only the wall clock moves
+        if fake_file is not None:
+            env["FAKETIME_TIMESTAMP_FILE"] = str(fake_file)
+            env["FAKETIME_CACHE_DURATION"] = "1"
+        else:
+            assert fake is not None
+            env["FAKETIME"] = fake
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [*NVR, "run", "-c", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def recording(root: Path) -> bool:
+    try:
+        return '"state": "recording"' in (root / "status.json").read_text()
+    except OSError:
+        return False
+
+
+@needs_faketime
+def test_daemon_clock_stepping_31_days_forward_purges_nothing_recorded_before(
+    tmp_path: Path, camsim: CameraSim, daemon_log: Path
+) -> None:
+    root = tmp_path / "store"
+    before = recorded_minutes_ago(root)
+    config = config_file(tmp_path, root, camsim.url("h264"), interval_seconds=1)
+    fake = tmp_path / "faketime"
+    fake.write_text("+0\n")
+    proc = start_daemon(config, daemon_log, fake_file=fake)
+    try:
+        wait_for(lambda: recording(root), 20, "the daemon to record")
+        stepped_ms = now_ms() + 31 * DAY_MS
+        fake.write_text("+31d\n")
+        store = read_store(root)
+        try:
+            wait_for(lambda: store.clock_verdict().hold is not None, 15, "the step to be held")
+            # Footage recorded after the step (stamped 31 days on) makes everything before
+            # it look 31 days old to the wall clock; passes run every second.
+            wait_for(
+                lambda: any(s.start_ms >= stepped_ms - 60_000 for s in store.segments("cam")),
+                30,
+                "a segment recorded on the stepped clock",
+            )
+            wait_for(lambda: b"purging held back" in daemon_log.read_bytes(), 10, "a held pass")
+            time.sleep(3)
+            ids = [s.id for s in store.segments("cam")]
+            assert ids[: len(before)] == before, daemon_log.read_text()
+            assert all(s.path.exists() for s in store.segments("cam"))
+            assert store.audit_entries(action="purge", outcome="ok") == []
+            (step,) = store.audit_entries(action="clock-step")
+            assert step.detail["step_ms"] > 30 * DAY_MS
+        finally:
+            store.close()
+        status = nvr(["status", "-c", str(config)], tmp_path)
+        assert "WARNING retention: purging HELD BACK" in status.stdout, status.stdout
+        assert "stepped forward 31.0 days" in status.stdout
+        assert "--i-confirm-clock" in status.stdout
+        assert "recorder run: pid" in status.stdout
+    finally:
+        stop(proc)
+    assert b"server clock stepped forward" in daemon_log.read_bytes()
+
+
+# --- (c) recorded under a clock 40 days slow, restarted with the true clock ----------------
+
+
+@needs_faketime
+def test_footage_recorded_40_days_slow_is_not_purged_when_the_true_clock_returns(
+    tmp_path: Path, camsim: CameraSim, daemon_log: Path
+) -> None:
+    root = tmp_path / "store"
+    config = config_file(tmp_path, root, camsim.url("h264"), interval_seconds=1)
+    proc = start_daemon(config, daemon_log, fake="-40d")
+    try:
+        wait_for(lambda: recording(root), 20, "the daemon to record, 40 days slow")
+        time.sleep(3)
+    finally:
+        stop(proc)  # the segment in flight is finished and indexed
+    store = read_store(root)
+    try:
+        slow = store.segments("cam")
+        assert slow and all(s.end_ms < now_ms() - 39 * DAY_MS for s in slow)
+    finally:
+        store.close()
+
+    proc = start_daemon(config, daemon_log)
+    try:
+        wait_for(lambda: recording(root), 20, "the daemon to record on the true clock")
+        time.sleep(3)  # passes every second
+    finally:
+        stop(proc)
+    store = read_store(root)
+    try:
+        segs = store.segments("cam")
+        assert [s.id for s in segs[: len(slow)]] == [s.id for s in slow]
+        assert segs[-1].end_ms > now_ms() - 60_000  # today's footage is the newest
+        verdict = store.clock_verdict()
+        assert verdict.held and "forward 40.0 days" in verdict.reason
+    finally:
+        store.close()
+    # An operator confirms the (now true) clock: still nothing recorded minutes ago goes.
+    done = nvr(
+        ["purge", "-c", str(config), "--i-confirm-clock", "--reason", "NTP now synchronised"],
+        tmp_path,
+    )
+    assert done.returncode == 0 and "purged 0 segments" in done.stdout, done.stderr
+    store = read_store(root)
+    try:
+        assert [s.id for s in store.segments("cam")[: len(slow)]] == [s.id for s in slow]
+        assert not store.clock_verdict().held
+    finally:
+        store.close()
+
+
+# --- the box with no time source, and a hold that ends by itself --------------------------
+
+
+FUTURE = now_ms() + 400 * DAY_MS
+"""A simulated box's clock starts here: after every real creation time (`created_ms` is
+stamped by the real clock), so the newest footage's time is the box's own."""
+
+
+class Box:
+    """A simulated machine: wall clock, uptime, boot and the kernel's sync state."""
+
+    def __init__(self, wall: int) -> None:
+        self.wall = wall
+        self.up = 1000
+        self.boot = "boot-1"
+        self.synced = False
+
+    def run(self, ms: int) -> None:
+        self.wall += ms
+        self.up += ms
+
+    def reboot(self, down_ms: int) -> None:
+        self.wall += down_ms
+        self.up = 1000
+        self.boot = f"boot-{int(self.boot.split('-')[1]) + 1}"
+
+    def open(self, root: Path, exclusive: bool = True) -> SegmentStore:
+        return SegmentStore(
+            root,
+            f"sqlite:///{root / 'index.db'}",
+            exclusive=exclusive,
+            clock=lambda: self.wall,
+            uptime=lambda: self.up,
+            synchronised=lambda: self.synced,
+            boot_id=self.boot,
+            clock_stable_s=600,
+        )
+
+
+def service(root: Path, store: SegmentStore) -> RetentionService:
+    return RetentionService(
+        NvrConfig(storage=StorageConfig(root=root), retention=RetentionConfig()), store
+    )
+
+
+def record_days(box: Box, store: SegmentStore, days: float) -> None:
+    """Record one segment every 6 hours for `days` of the box's time."""
+    for _ in range(round(days * 4)):
+        add_segment(store, "cam", box.wall - 1000)
+        box.run(DAY_MS // 4)
+        store.clock_heartbeat()
+
+
+def test_a_box_that_never_synchronised_still_purges_by_uptime_evidence(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    box = Box(FUTURE)
+    store = box.open(root)
+    record_days(box, store, 35)
+    purge = service(root, store)
+    verdict = store.clock_verdict()
+    assert not verdict.held and "not synchronised" in verdict.describe()
+    # 35 days of uptime: what is older than 30 days by both clocks goes, and only that.
+    assert purge.purge_once() == 20
+    oldest = store.segments("cam")[0]
+    assert box.wall - oldest.end_ms < 30 * DAY_MS + DAY_MS // 4
+    store.close()
+
+    # Powered off for 10 days: an unsynchronised clock proves no downtime, so the footage
+    # from before is kept longer by the downtime, never deleted earlier.
+    box.reboot(10 * DAY_MS)
+    store = box.open(root)
+    purge = service(root, store)
+    assert purge.purge_once() == 0  # the wall clock alone says 10 more days have passed
+    record_days(box, store, 2)
+    # Two days of uptime free two days of footage (8 segments, and the one the newest
+    # footage's time held back before): by the wall clock it is all 39 days old and more.
+    assert purge.purge_once() == 9
+    assert box.wall - store.segments("cam")[0].end_ms > 39 * DAY_MS
+    store.close()
+
+
+def test_a_step_on_a_box_without_time_source_holds_until_an_operator_confirms(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "store"
+    box = Box(FUTURE)
+    store = box.open(root)
+    record_days(box, store, 31)
+    box.wall += 31 * DAY_MS  # someone sets the date a month ahead
+    verdict = store.clock_heartbeat()
+    assert verdict.held and verdict.hold is not None and "forward 31.0 days" in verdict.reason
+    record_days(box, store, 1)
+    count = len(store.segments("cam"))
+    purge = service(root, store)
+    assert purge.purge_once() == 0 and len(store.segments("cam")) == count
+    with pytest.raises(ClockSuspicious, match=r"forward 31\.0 days"):
+        store.delete_range("cam", 0, box.wall, actor="admin")
+    # Still held after a restart of the recorder (the hold is in the index).
+    store.close()
+    box.run(60_000)
+    store = box.open(root)
+    assert store.clock_verdict().held
+    cli = box.open(root, exclusive=False)
+    cli.confirm_clock(actor="cli:alice", reason="set the date by hand from a radio clock")
+    cli.close()
+    assert not store.clock_heartbeat().held
+    # Purged by evidence only: 32 days of uptime, not the 63 days the wall clock claims.
+    assert service(root, store).purge_once() == 9  # the first 2 days and a minute
+    assert store.segments("cam")[0].end_ms > FUTURE + 2 * DAY_MS
+    (confirm,) = store.audit_entries(action="clock-confirm")
+    assert confirm.actor == "cli:alice" and "radio clock" in confirm.detail["reason"]
+    store.close()
+
+
+def test_a_hold_ends_once_the_clock_is_synchronised_and_stable(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    box = Box(FUTURE)
+    box.synced = True
+    store = box.open(root)
+    record_days(box, store, 31)
+    box.wall -= 3 * 3_600_000  # NTP steps the clock back three hours
+    assert store.clock_heartbeat().held
+    box.run(300_000)
+    assert store.clock_heartbeat().held  # 5 of the 10 stable minutes
+    box.synced = False
+    box.run(300_000)
+    assert store.clock_heartbeat().held  # sync lost: the count starts again
+    box.synced = True
+    box.run(300_000)
+    assert store.clock_heartbeat().held  # synchronised again: stable from here
+    box.run(300_000)
+    assert store.clock_heartbeat().held
+    box.run(301_000)
+    assert not store.clock_heartbeat().held
+    (cleared,) = store.audit_entries(action="clock-confirm")
+    assert cleared.actor == "system" and "stable" in cleared.detail["reason"]
+    assert service(root, store).purge_once() > 0
+    store.close()
+
+
+def test_uptime_is_read_from_the_kernel_not_from_the_faked_clocks() -> None:
+    """`/proc/uptime` against CLOCK_BOOTTIME of this (unfaked) process: the same clock."""
+    a = read_uptime_ms()
+    b = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
+    assert abs(a - b) < 100
