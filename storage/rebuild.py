@@ -501,6 +501,7 @@ _KEPT = (
     "recovered",
     "discontinuity",
     "created_ms",
+    "elapsed_ms",  # the evidence time (storage/clock.py); a re-scanned file has none
 )
 """Columns of a proven row taken from the damaged index as they were."""
 

@@ -89,6 +89,7 @@ from storage.audit import AuditEntry
 from storage.errors import (
     ClockSuspicious,
     ForeignIndexError,
+    IndexCorruptError,
     IndexFullError,
     IndexWriteError,
     LockError,
@@ -410,8 +411,9 @@ class SegmentStore:
         with _file_lock(self.root / ".nvr-migrate.lock"):
             migrate(self._engine, in_child=migrate_in_child)
         self.store_id = self._check_identity(create=exclusive)
+        self._run_pending = exclusive
         if exclusive:
-            self._begin_run()
+            self._try_begin_run()
         self._chain_heads: dict[str, str] = {}
         with Session(self._engine) as s:
             last_ids = (
@@ -1513,6 +1515,19 @@ class SegmentStore:
         row = s.scalars(select(RunRow).order_by(RunRow.id.desc()).limit(1)).first()
         return None if row is None else _run_mark(row)
 
+    def _try_begin_run(self) -> None:
+        """Begin the run, or leave it for the next heartbeat when the index cannot take the
+        row now (a full filesystem must not keep the recorder from starting: footage indexed
+        meanwhile has no evidence stamp and is aged by the other rules)."""
+        try:
+            self._begin_run()
+        except IndexCorruptError:
+            raise
+        except IndexWriteError as err:
+            log.error("cannot record the recorder's run yet (retried each heartbeat): %s", err)
+            return
+        self._run_pending = False
+
     def _begin_run(self) -> None:
         """Record this process as the recorder's new run, continuing the evidence time from
         the last one; a step of the wall clock since that run's last heartbeat is a hold."""
@@ -1575,6 +1590,8 @@ class SegmentStore:
         hold), end a hold once the clock has been synchronised and stable for the configured
         time, and write the run's last-seen times (at most every `HEARTBEAT_WRITE_MS`, at once
         on a change). Returns the clock verdict."""
+        if self._run_pending:
+            self._try_begin_run()
         run = self._run
         if run is None:
             return self.clock_verdict()

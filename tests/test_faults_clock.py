@@ -29,7 +29,7 @@ from retention import RetentionService
 from storage import ClockSuspicious, SegmentStore, now_ms
 from storage.clock import read_uptime_ms
 from storage.guard import DAY_MS
-from tests.camsim.fixtures import CameraSim
+from tests.camsim import CameraSim
 from tests.test_recording import wait_for
 from tests.test_retention import BOOT_OFFSET, FakeClock, add_segment
 
