@@ -30,8 +30,11 @@ from storage import ClockSuspicious, SegmentStore, now_ms
 from storage.clock import read_uptime_ms
 from storage.guard import DAY_MS
 from tests.camsim import CameraSim
+from tests.test_api import run_api, users_template
 from tests.test_recording import wait_for
 from tests.test_retention import BOOT_OFFSET, FakeClock, add_segment
+
+__all__ = ["users_template"]  # a fixture used here
 
 NVR = [sys.executable, "-m", "nvr.cli"]
 FAKETIME = shutil.which("faketime")
@@ -467,3 +470,28 @@ def test_uptime_is_read_from_the_kernel_not_from_the_faked_clocks() -> None:
     a = read_uptime_ms()
     b = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
     assert abs(a - b) < 100
+
+
+def test_health_says_purging_is_held_and_what_to_do(users_template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    # A recorder run whose clock was set 31 days ahead (against this boot's uptime).
+    SegmentStore(
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        clock=lambda: now_ms() + 31 * DAY_MS,
+        uptime=read_uptime_ms,
+    ).close()
+    for api in run_api(root):
+        with api.as_user("vera") as c:
+            health = c.get("/api/health").json()
+            assert health["status"] == "degraded" and health["retention_held"] is True
+            assert any(
+                "purging held back" in r and "--i-confirm-clock" in r for r in health["reasons"]
+            )
+            assert "HELD BACK" in health["retention_clock"]
+            api.store.confirm_clock(actor="cli:olga", reason="checked against a GPS clock")
+            health = c.get("/api/health").json()
+            assert health["status"] == "ok" and health["retention_held"] is False
+            assert "HELD" not in health["retention_clock"]
+            assert not any("purging held back" in r for r in health["reasons"])
