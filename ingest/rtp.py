@@ -314,6 +314,13 @@ class H264Frames(_AccessUnits):
             self._nal(p, t)
         elif t == 24:  # STAP-A
             self._aggregate(p, 1)
+        elif t == 0 and len(p) > 3 and p[0] == 0 and p[1] == 0 and (p[2] == 1 or p[2] == 0):
+            # Annex B where one NAL unit belongs (V380 cameras: start codes, often several
+            # NAL units in one packet): each unit taken as if it had come on its own.
+            for chunk in bytes(p).split(b"\x00\x00\x01"):
+                nal = chunk.rstrip(b"\x00")  # a NAL unit never ends in a zero byte
+                if nal and 1 <= nal[0] & 0x1F <= 23:
+                    self._nal(memoryview(nal), nal[0] & 0x1F)
 
     def _nal(self, nal: memoryview, t: int) -> None:
         super()._nal(nal, t)

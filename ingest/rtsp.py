@@ -100,6 +100,9 @@ MAX_MESSAGE_BYTES = 64 * 1024
 USER_AGENT = "nvr"
 MAX_REDIRECTS = 3
 """Redirects (301/302/303/307/308 with `Location`) followed in one handshake, as FFmpeg does."""
+OTHER_TYPE_ADOPT = 16
+"""Packets in a row of one other payload type before a track that has taken nothing yet
+adopts it (its SDP named another payload type than the camera uses)."""
 HANDSHAKE_SLOTS = 8
 """RTSP handshakes in flight at once across all cameras. After a restart or a power cut every
 camera connects at once; a camera server answering 64 DESCRIBEs together is slow, not dead, and
@@ -123,6 +126,17 @@ _RTSP_START = re.compile(rb"[A-Z][\x20-\x7e]*\r?")
 """The bytes of an RTSP line seen so far, before its line end arrived."""
 
 log = logging.getLogger("nvr.ingest")
+
+
+def _absolute(base: str, request_url: str) -> str:
+    """`Content-Base` as an absolute URL: some cameras (Anjvision) send it without the
+    scheme (`192.168.1.10:554/stream0/`), or as a path alone."""
+    if "://" in base:
+        return base
+    parts = urlsplit(request_url)
+    if base.startswith("/"):
+        return urlunsplit((parts.scheme, parts.netloc, base, "", ""))
+    return f"{parts.scheme}://{base}"
 
 
 class _HandshakeGate:
@@ -272,6 +286,10 @@ class _Track:
         self.own_at = 0.0
         """When the last packet of `ssrc` arrived (monotonic)."""
         self.waited = 0
+        self.payload_type = media.payload_type
+        """Packets of another payload type on the track's channel are dropped (Geovision
+        sends payload type 50 among the video), unless they are all the camera sends."""
+        self.other_type_run = 0
 
 
 class RtspSession:
@@ -319,6 +337,8 @@ class RtspSession:
         self.skips = 0
         self.foreign_packets = 0
         """RTP packets dropped because their SSRC was not the session's."""
+        self.other_type_packets = 0
+        """RTP packets of the session's SSRC dropped because of their payload type."""
         self._now = 0.0
 
     # --- handshake ---------------------------------------------------------------------------
@@ -383,10 +403,11 @@ class RtspSession:
         if "GET_PARAMETER" in public:
             self._keepalive_method = "GET_PARAMETER"
         describe = self._request("DESCRIBE", self.url, {"Accept": "application/sdp"})
-        base = (
+        base = _absolute(
             describe.headers.get("content-base")
             or describe.headers.get("content-location")
-            or self.url
+            or self.url,
+            self.url,
         )
         try:
             medias = parse_sdp(describe.body.decode("utf-8", "replace"))
@@ -750,7 +771,9 @@ class RtspSession:
                 b0, b1, seq, raw_ts, ssrc = unpack(">BBHII", buf, p)
                 track = video if channel == vch else audio
                 assert track is not None
-                if ssrc == track.ssrc or self._other_ssrc(track, ssrc, seq):
+                if (ssrc == track.ssrc or self._other_ssrc(track, ssrc, seq)) and (
+                    (b1 & 0x7F) == track.payload_type or self._other_type(track, b1 & 0x7F)
+                ):
                     track.own_at = self._now
                     head = 12 + 4 * (b0 & 0x0F)
                     if b0 & 0x10 and head + 4 <= size:
@@ -863,6 +886,37 @@ class RtspSession:
         self.foreign_packets += 1
         return False
 
+    def _other_type(self, track: _Track, payload_type: int) -> bool:
+        """A packet of the session's SSRC with another payload type than the SDP gave the
+        track: dropped and counted, unless the track has taken nothing yet and
+        `OTHER_TYPE_ADOPT` packets in a row came with this type (a camera whose SDP names
+        another number than its packets carry): then the track takes that type."""
+        if not track.started:
+            track.other_type_run += 1
+            if track.other_type_run >= OTHER_TYPE_ADOPT:
+                log.warning(
+                    "RTSP %s:%s: %s packets carry payload type %d, the SDP said %d: taking %d",
+                    self.host,
+                    self.port,
+                    track.media.kind,
+                    payload_type,
+                    track.payload_type,
+                    payload_type,
+                )
+                track.payload_type = payload_type
+                return True
+        elif self.other_type_packets == 0:
+            log.warning(
+                "RTSP %s:%s: dropping %s packets of payload type %d (the track's is %d)",
+                self.host,
+                self.port,
+                track.media.kind,
+                payload_type,
+                track.payload_type,
+            )
+        self.other_type_packets += 1
+        return False
+
     def _sender_report(self, buf: bytearray, pos: int, end: int) -> None:
         """The video's first RTCP sender report: the camera's wall clock at video tick 0,
         `realtime_us` (as FFmpeg's `start_time_realtime`), for the camera clock check."""
@@ -916,15 +970,16 @@ class RtspSession:
         sock, self._sock = self._sock, None
         if sock is None:
             return
-        if self.skips or self.foreign_packets:
+        if self.skips or self.foreign_packets or self.other_type_packets:
             log.info(
                 "RTSP %s:%s: %d stray bytes skipped in %d places, %d packets of other SSRCs "
-                "dropped on this connection",
+                "and %d of other payload types dropped on this connection",
                 self.host,
                 self.port,
                 self.skipped_bytes,
                 self.skips,
                 self.foreign_packets,
+                self.other_type_packets,
             )
         try:
             if self._session:

@@ -714,3 +714,70 @@ def test_a_slow_server_is_waited_for_while_it_answers_other_cameras() -> None:
             helper.join()
         session.close()
         camera.close()
+
+
+# --- quirks retina documents (docs/interop.md) --------------------------------------------------
+
+
+def test_annex_b_in_single_nal_unit_packets_is_split_into_units() -> None:
+    """V380 cameras: start codes where a NAL unit belongs, several units in one packet."""
+    f = H264Frames(h264_media(**{"packetization-mode": "1"}))
+    sps, pps, idr = b"\x67\x64\x00\x1f\xaa", b"\x68\xee\x3c\x80", b"\x65\x88\x00\x01\x02"
+    f.payload(memoryview(SC + sps + b"\x00\x00\x01" + pps), 1000, False)
+    f.payload(memoryview(SC + idr), 1000, True)
+    f.payload(memoryview(SC + b"\x41\x9a\x01"), 4600, True)
+    f.payload(memoryview(b"\x41\x9a\x02"), 8200, True)  # ends the one before
+    assert [(bytes(d), ts, key) for d, ts, key in f.out] == [
+        (SC + sps + SC + pps + SC + idr, 1000, True),
+        (SC + b"\x41\x9a\x01", 4600, False),
+    ]
+    assert f.params[7] == sps and f.params[8] == pps
+
+
+def test_packets_of_another_payload_type_are_dropped_unless_they_are_all_there_is() -> None:
+    """Geovision's payload type 50 among the video is dropped and counted; a camera whose
+    packets all carry another type than its SDP names is taken at that type after
+    `OTHER_TYPE_ADOPT` packets."""
+    session = offline_session()
+    video = session.video
+    assert video is not None
+    video.ssrc = 1234
+    data = b""
+    for i in range(4):
+        data += interleaved(0, rtp(i * 2, i * 3600, bytes([0x65 if i == 0 else 0x41, i]), True))
+        data += interleaved(0, rtp(i * 2 + 1, i * 3600, b"\x65junk", True, pt=50))
+    session._buf[: len(data)] = data
+    session._end = len(data)
+    session._parse()
+    frames = [bytes(d) for d, _, _ in video.frames.out]
+    assert frames == [SC + b"\x65\x00", SC + b"\x41\x01", SC + b"\x41\x02"]
+    assert session.other_type_packets == 4
+
+    session = offline_session()
+    video = session.video
+    assert video is not None
+    video.ssrc = 1234
+    n = rtsp.OTHER_TYPE_ADOPT + 3
+    data = b"".join(
+        interleaved(0, rtp(i, i * 3600, bytes([0x65 if i == 0 else 0x41, i]), True, pt=35))
+        for i in range(n)
+    )
+    session._buf[: len(data)] = data
+    session._end = len(data)
+    session._parse()
+    assert video.payload_type == 35
+    assert session.other_type_packets == rtsp.OTHER_TYPE_ADOPT - 1
+    assert len(video.frames.out) == n - rtsp.OTHER_TYPE_ADOPT  # the last waits for the next
+
+
+@pytest.mark.parametrize(
+    ("base", "absolute"),
+    [
+        ("rtsp://10.0.0.2:554/live/", "rtsp://10.0.0.2:554/live/"),
+        ("10.0.0.2:554/stream0/", "rtsp://10.0.0.2:554/stream0/"),
+        ("/stream0/", "rtsp://10.0.0.2:8554/stream0/"),
+    ],
+)
+def test_a_content_base_without_scheme_is_made_absolute(base: str, absolute: str) -> None:
+    """Anjvision cameras send `Content-Base: 192.168.1.10:554/stream0/`."""
+    assert rtsp._absolute(base, "rtsp://10.0.0.2:8554/x") == absolute

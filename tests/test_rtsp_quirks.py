@@ -336,6 +336,28 @@ def test_constant_rtp_timestamps_are_timed_by_arrival(recorded: dict[str, Record
     assert rec.opener._ffmpeg_reason is None
 
 
+def test_a_content_base_without_its_scheme_is_resolved(recorded: dict[str, Recorded]) -> None:
+    """retina's Anjvision quirk: `Content-Base: 127.0.0.1:PORT/mount/` (no `rtsp://`)."""
+    rec = recorded["base-no-scheme"]
+    assert_clean(rec, None)
+    assert rec.opener._ffmpeg_reason is None
+
+
+def test_packets_of_another_payload_type_are_dropped(recorded: dict[str, Recorded]) -> None:
+    """retina's Geovision quirk: junk packets of payload type 50 (same SSRC and sequence
+    numbering) among the video: dropped, so every picture decodes."""
+    rec = recorded["payload-type-50"]
+    assert_clean(rec, None)
+    assert rec.opener._ffmpeg_reason is None
+
+
+def test_annex_b_in_single_nal_unit_packets_is_split(recorded: dict[str, Recorded]) -> None:
+    """retina's V380 quirk: start codes (and several NAL units) in single NAL unit packets."""
+    rec = recorded["annex-b-payloads"]
+    assert_clean(rec, None)
+    assert rec.opener._ffmpeg_reason is None
+
+
 def test_64_cameras_connecting_at_once_to_a_slow_server_all_record(
     quirks: QuirkServer, tmp_path: Path
 ) -> None:

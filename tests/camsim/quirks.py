@@ -80,6 +80,16 @@ class Quirk:
     """The audio's RTP-Info `rtptime` is this many seconds away from what its packets say."""
     constant_ts: bool = False
     """Every video picture carries the same RTP timestamp."""
+    base_without_scheme: bool = False
+    """DESCRIBE's `Content-Base` lacks the scheme: `127.0.0.1:PORT/mount/` (Anjvision)."""
+    other_payload_type: int = 0
+    """About one video packet in 50 is followed by a packet of this payload type (same SSRC
+    and sequence numbering, junk payload), as Geovision cameras send type 50."""
+    annex_b_payloads: bool = False
+    """Single NAL unit packets carry Annex B instead: a start code before the unit, and
+    small units (parameter sets, SEI) packed together with start codes (V380 cameras)."""
+    sdp_parameter_sets: bool = True
+    """False: no `sprop-parameter-sets` in the SDP; they come in-band only."""
 
 
 CATALOGUE: dict[str, Quirk] = {
@@ -116,6 +126,12 @@ CATALOGUE: dict[str, Quirk] = {
               clip="h264aac", video=False),
     Quirk("constant-ts", "every picture with the same RTP timestamp", "constant ts",
               constant_ts=True),
+    Quirk("base-no-scheme", "Content-Base without rtsp:// (Anjvision)", "retina",
+              base_without_scheme=True),
+    Quirk("payload-type-50", "packets of payload type 50 among the video (Geovision)",
+              "retina", other_payload_type=50),
+    Quirk("annex-b-payloads", "start codes in single NAL unit packets, parameter sets "
+              "in-band only (V380)", "retina", annex_b_payloads=True, sdp_parameter_sets=False),
     )
 }  # fmt: skip
 
@@ -229,6 +245,28 @@ def _load_clip(clips_dir: Path, name: str) -> _Clip:
     return clip
 
 
+def _annex_b(payloads: list[bytes]) -> list[bytes]:
+    """Single NAL unit payloads as Annex B (start code first), small ones packed together;
+    FU-A fragments unchanged."""
+    out: list[bytes] = []
+    group = b""
+    for payload in payloads:
+        if payload[0] & 0x1F == 28:
+            if group:
+                out.append(group)
+                group = b""
+            out.append(payload)
+            continue
+        unit = b"\x00\x00\x00\x01" + payload
+        if group and len(group) + len(unit) > RTP_PAYLOAD_BYTES:
+            out.append(group)
+            group = b""
+        group += unit
+    if group:
+        out.append(group)
+    return out
+
+
 G7XX_SDP = {
     "pcma": (8, ["m=audio 0 RTP/AVP 8", "a=rtpmap:8 PCMA/8000"]),
     "pcmu": (0, ["m=audio 0 RTP/AVP 0"]),  # a static payload type needs no rtpmap
@@ -340,11 +378,17 @@ class _Session:
             sdp = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", f"s={quirk.name}", "t=0 0",
                    "c=IN IP4 0.0.0.0", "a=control:*"]  # fmt: skip
             for i, track in enumerate(self.clip.tracks):
-                sdp += [*track.sdp, f"a=control:trackID={i}"]
+                lines = track.sdp
+                if not quirk.sdp_parameter_sets:
+                    lines = [re.sub(r";sprop-parameter-sets=[^;]*", "", x) for x in lines]
+                sdp += [*lines, f"a=control:trackID={i}"]
+            content_base = base + "/"
+            if quirk.base_without_scheme:
+                content_base = content_base.removeprefix("rtsp://")
             self.reply(
                 "200 OK",
                 cseq,
-                {"Content-Base": base + "/", "Content-Type": "application/sdp"},
+                {"Content-Base": content_base, "Content-Type": "application/sdp"},
                 "\r\n".join(sdp) + "\r\n",
             )
         elif method == "SETUP":
@@ -465,10 +509,25 @@ class _Session:
         """One unit's RTP packets (marker on the last; with `marker_every_slice` also on
         every payload in `ends`), with this session's quirks."""
         out = bytearray()
+        quirk = self.quirk
+        assert quirk is not None
+        if quirk.annex_b_payloads and stream.track.kind == "video":
+            payloads = _annex_b(payloads)
         last = len(payloads) - 1
-        every_slice = self.quirk is not None and self.quirk.marker_every_slice
+        every_slice = quirk.marker_every_slice
         for i, payload in enumerate(payloads):
             marker = 0x80 if i == last or (every_slice and i in ends) else 0
+            if (
+                quirk.other_payload_type
+                and stream.track.kind == "video"
+                and stream.udp is None
+                and self.rng.random() < 0.02
+            ):
+                junk = struct.pack(
+                    ">BBHII", 0x80, quirk.other_payload_type, stream.seq, ts, stream.ssrc
+                ) + self.rng.randbytes(self.rng.randint(20, 100))
+                stream.seq = (stream.seq + 1) & 0xFFFF
+                out += struct.pack(">cBH", b"$", stream.channel, len(junk)) + junk
             packet = struct.pack(
                 ">BBHII", 0x80, marker | stream.track.payload_type, stream.seq, ts, stream.ssrc
             )
