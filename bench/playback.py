@@ -5,7 +5,8 @@ a fragmented MP4).
 What it does:
 
 1. A camera simulator (`tests.camsim.CameraSim`, GStreamer's RTSP server on 127.0.0.1) serves
-   `--cameras` independent mounts ``camNN=hd4m`` (H.264 1280x720, 25 fps, ~4.1 Mbit/s).
+   `--cameras` independent mounts ``camNN=hd4m`` (H.264 1280x720, 25 fps, ~4.1 Mbit/s), and
+   ``daysrc=h264aac``, recorded in step 2 only.
 2. ``nvr run -c FILE`` (a subprocess, with an ``[api]`` table) records them until camera
    ``cam00`` has a complete 60 s segment, then is stopped.
 3. That segment's packets are remuxed (through the store's own `SegmentWriter`, as the
@@ -19,6 +20,13 @@ What it does:
      time: its sample tables are built anew from the cached segment indexes);
    - **same range**: the same one-hour range again (what a browser does while seeking);
    - **seek**: ``Range: bytes=<middle>-`` of that range;
+   - **24 h range**: ``--requests`` new ranges of 24 h of camera ``day`` (``--day-hours``
+     of 60 s segments with audio, remuxed from a recording of the ``h264aac`` mount
+     ``daysrc``, H.264 10 fps + AAC; each range starts in another segment, so each is a new
+     plan);
+   - **20 clients at once**: 20 users released together, each asking for a new one-hour
+     range; time from the release to each first byte, honouring 429 Retry-After (at most 2
+     plans are built at once, 1 per user);
    - **ffmpeg concat** (Frigate): ``ffmpeg -f concat -safe 0 -i list.txt -c copy -movflags
      frag_keyframe+empty_moov+default_base_moof -f mp4 pipe:1`` over the same hour's files
      (``inpoint``/``outpoint`` on the first and last), time from spawning ffmpeg to its first
@@ -48,6 +56,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,7 +67,7 @@ from typing import Any
 
 import av
 
-from api.mp4 import parse_segment
+from api.mp4 import encode_index, parse_segment
 from bench.docs import update_doc
 from storage import SegmentInfo, SegmentStore
 from tests.camsim import CameraSim, free_port, gst_rtsp_unavailable
@@ -72,7 +81,11 @@ END = "<!-- /bench.playback -->"
 USER = "bench"
 PASSWORD = "bench-password-not-secret"
 HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
 SEGMENT_MS = 60_000
+CLIENTS = 20
+DAY_SOURCE = "daysrc"
+"""Recorded in the first run only: the 24 h camera `day` (H.264 10 fps + AAC) is made of it."""
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -110,6 +123,19 @@ class Daemon:
         if status != 200:
             raise RuntimeError(f"login failed: {status} {body[:200]!r}")
         self.token = json.loads(body)["token"]
+
+    @staticmethod
+    def login_as(port: int, name: str) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            body = json.dumps({"username": name, "password": PASSWORD}).encode()
+            conn.request(
+                "POST", "/api/login", body=body, headers={"Content-Type": "application/json"}
+            )
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
 
     def _answers(self) -> bool:
         try:
@@ -215,6 +241,73 @@ def synthesize_history(store: SegmentStore, source: Path, hours: float, end_ms: 
                     height=stream.codec_context.height,
                 ),
             )
+    return start_ms
+
+
+def synthesize_with_audio(
+    store: SegmentStore, source: Path, hours: float, end_ms: int, camera: str = "history"
+) -> int:
+    """`hours` of 60 s-ish segments of `camera` (video and audio) ending at `end_ms`, remuxed
+    from `source` through the store's writer, each with its sample index stored."""
+    with av.open(str(source)) as src:
+        v = src.streams.video[0]
+        a = src.streams.audio[0] if src.streams.audio else None
+        streams = [v] if a is None else [v, a]
+        packets = []
+        for p in src.demux(*streams):
+            if p.size == 0 or p.dts is None or p.pts is None:
+                continue
+            tb = p.time_base
+            assert tb is not None
+            packets.append(
+                (bytes(p), p.pts, p.dts, p.duration or 0, p.is_keyframe, p.stream.type, tb)
+            )
+        vtb = v.time_base
+        assert vtb is not None
+        vp = [p for p in packets if p[5] == "video"]
+        first_s = {
+            kind: min(float(p[2] * p[6]) for p in packets if p[5] == kind)
+            for kind in ("video", "audio")
+            if any(p[5] == kind for p in packets)
+        }
+        seg_ms = int((vp[-1][2] + vp[-1][3] - vp[0][2]) * vtb * 1000)
+        count = max(1, round(hours * 3_600_000 / seg_ms))
+        start_ms = end_ms - count * seg_ms
+        for k in range(count):
+            t0 = start_ms + k * seg_ms
+            writer = store.new_writer(camera, t0, v, a)
+            try:
+                for data, pts, dts, dur, key, kind, tb in packets:
+                    out = writer.video if kind == "video" else writer.audio
+                    if out is None:
+                        continue
+                    base = round(first_s[kind] / tb)
+                    pkt = av.Packet(data)
+                    pkt.is_keyframe = key
+                    pkt.pts = pts - base
+                    pkt.dts = dts - base
+                    pkt.duration = dur
+                    pkt.time_base = Fraction(tb.numerator, tb.denominator)
+                    pkt.stream = out
+                    writer.mux(pkt)
+            except BaseException:
+                writer.abandon()
+                raise
+            seg = store.commit(
+                writer,
+                SegmentInfo(
+                    camera=camera,
+                    start_ms=t0,
+                    end_ms=t0 + seg_ms,
+                    duration_ms=seg_ms,
+                    frames=len(vp),
+                    video_codec="h264",
+                    audio_codec="aac" if a is not None else None,
+                    width=v.codec_context.width,
+                    height=v.codec_context.height,
+                ),
+            )
+            store.save_sample_index(seg, encode_index(parse_segment(seg.path)))
     return start_ms
 
 
@@ -345,6 +438,53 @@ class Stats:
         return max(self.samples) * 1000
 
 
+def clients_at_once(port: int, paths: list[str], busy: list[int]) -> list[float]:
+    """Each path requested by its own user (`clientNN`), all released together; seconds
+    from the release to each first byte, retrying after a 429's Retry-After (counted in
+    `busy`)."""
+    tokens = []
+    for i in range(len(paths)):
+        status, body = Daemon.login_as(port, f"client{i:02d}")
+        if status != 200:
+            raise RuntimeError(f"login client{i:02d}: {status} {body[:200]!r}")
+        tokens.append(json.loads(body)["token"])
+    barrier = threading.Barrier(len(paths) + 1)
+    times: list[float] = [0.0] * len(paths)
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        barrier.wait()
+        started = time.perf_counter()
+        while True:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            try:
+                conn.request("GET", paths[i], headers={"Authorization": f"Bearer {tokens[i]}"})
+                resp = conn.getresponse()
+                if resp.status == 429:
+                    with lock:
+                        busy[0] += 1
+                    wait = float(resp.getheader("Retry-After") or "1")
+                    resp.read()
+                    time.sleep(wait)
+                    continue
+                if resp.status != 200 or not resp.read(1):
+                    raise RuntimeError(f"GET {paths[i]}: {resp.status}")
+                times[i] = time.perf_counter() - started
+                return
+            finally:
+                conn.close()
+
+    threads = [
+        threading.Thread(target=one, args=(i,), name=f"client-{i}") for i in range(len(paths))
+    ]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    for t in threads:
+        t.join()
+    return times
+
+
 def proc_cpu(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
@@ -371,12 +511,19 @@ def run(args: argparse.Namespace) -> str:
     names = [f"cam{i:02d}" for i in range(args.cameras)]
     notes: list[str] = []
     try:
-        with CameraSim(clips, mounts=[f"{n}=hd4m" for n in names]) as sim:
+        mounts = [f"{n}=hd4m" for n in names] + [f"{DAY_SOURCE}=h264aac"]
+        with CameraSim(clips, mounts=mounts) as sim:
             port = free_port()
             cfg = work / "nvr.toml"
-            write_config(cfg, root, port, {n: sim.url(n) for n in names})
+            urls = {n: sim.url(n) for n in names}
+            # The first run also records the source of the 24 h camera (with audio).
+            write_config(cfg, root, port, {**urls, DAY_SOURCE: sim.url(DAY_SOURCE)})
             store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
             store.accounts.add_user(USER, "viewer", PASSWORD, cameras=["*"], actor="bench")
+            for i in range(CLIENTS):
+                store.accounts.add_user(
+                    f"client{i:02d}", "viewer", PASSWORD, cameras=["*"], actor="bench"
+                )
             store.close()
             daemon = Daemon(cfg, port, work / "daemon.log")
             print(f"recording {args.cameras} cameras until cam00 has a full 60 s segment ...")
@@ -386,11 +533,14 @@ def run(args: argparse.Namespace) -> str:
                 def full_segment() -> bool:
                     s = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
                     try:
-                        return any(x.duration_ms >= 59_000 for x in s.segments("cam00"))
+                        return all(
+                            any(x.duration_ms >= 59_000 for x in s.segments(cam))
+                            for cam in ("cam00", DAY_SOURCE)
+                        )
                     finally:
                         s.close()
 
-                wait_until(full_segment, 200, "a full segment of cam00")
+                wait_until(full_segment, 200, "a full segment of cam00 and of the day source")
             finally:
                 daemon.stop()
             store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
@@ -404,8 +554,17 @@ def run(args: argparse.Namespace) -> str:
                 print(f"  done in {time.monotonic() - t:.0f} s")
                 hist_segments = len(store.segments("history"))
                 hist_bytes = sum(x.bytes for x in store.segments("history"))
+                day_src = next(x for x in store.segments(DAY_SOURCE) if x.duration_ms >= 59_000)
+                print(f"synthesizing {args.day_hours} h of camera day (with audio)")
+                t = time.monotonic()
+                day_start = synthesize_with_audio(
+                    store, day_src.path, args.day_hours, end_ms, camera="day"
+                )
+                day_segments = len(store.segments("day"))
+                print(f"  done in {time.monotonic() - t:.0f} s")
             finally:
                 store.close()
+            write_config(cfg, root, port, urls)  # measured while recording the 8 cameras
             reader = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
 
             def path_for(start: int) -> str:
@@ -417,6 +576,9 @@ def run(args: argparse.Namespace) -> str:
             same: list[float] = []
             seek: list[float] = []
             frigate: list[float] = []
+            day: list[float] = []
+            crowd: list[float] = []
+            crowd_busy = [0]
             recording_seen: list[int] = []
             cpu_share = 0.0
             checks: dict[str, tuple[float, bool, int]] = {}
@@ -468,6 +630,23 @@ def run(args: argparse.Namespace) -> str:
                     checks["ffmpeg"] = check_mp4(work / "frigate.mp4")
                     for _ in range(args.requests):
                         frigate.append(ffmpeg_ttfb(ffmpeg, listing))
+                    for k in range(args.requests):
+                        # a new 24 h range each time (its first segment differs)
+                        s = day_start + (k + 1) * SEGMENT_MS + 30_500
+                        day.append(
+                            ttfb(
+                                port,
+                                f"/api/cameras/day/recording.mp4?start={s}&end={s + DAY_MS}",
+                                daemon.token,
+                            )
+                        )
+                    crowd.extend(
+                        clients_at_once(
+                            port,
+                            [path_for(base + 1_200_000 + i * 13_000) for i in range(CLIENTS)],
+                            crowd_busy,
+                        )
+                    )
                     cpu_share = (proc_cpu(daemon.pid) - cpu0) / (time.monotonic() - wall0)
                     recording_seen.append(sum(c["state"] == "recording" for c in daemon.cameras()))
                 finally:
@@ -487,7 +666,20 @@ def run(args: argparse.Namespace) -> str:
         Stats("ours, same range again", same),
         Stats("ours, seek: Range bytes=<middle>-", seek),
         Stats("ffmpeg concat, fragmented MP4 to a pipe (Frigate)", frigate),
+        Stats(
+            f"ours, new 24 h range of a 10 fps camera with audio ({day_segments} segments)",
+            day,
+        ),
+        Stats(
+            f"ours, {CLIENTS} clients at once, each its own user and a new one-hour range "
+            "(from the common start, 429 waits included)",
+            crowd,
+        ),
     ]
+    notes.append(
+        f"{CLIENTS} clients at once: {crowd_busy[0]} answers were 429 with Retry-After (at "
+        "most 2 plans are built at once, 1 per user), each retried after the time it gave."
+    )
     notes.append(
         f"Fallback, for footage whose sample index was never stored: parsing one hour's "
         f"segment files takes {parse_cold * 1000:.0f} ms with the files out of the page "
@@ -548,7 +740,8 @@ def report(
     when = datetime.now(tz=UTC).strftime("%Y-%m-%d")
     lines = [
         f"Command: `python -m bench.playback --cameras {args.cameras} --history-hours "
-        f"{args.history_hours:g} --requests {args.requests} --cold-runs {args.cold_runs}`",
+        f"{args.history_hours:g} --day-hours {args.day_hours:g} --requests {args.requests} "
+        f"--cold-runs {args.cold_runs}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs during "
         f"the run), Python {platform.python_version()}, {when}. Footage played: "
@@ -584,6 +777,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--cameras", type=int, default=8, help="cameras recorded meanwhile")
     p.add_argument("--history-hours", type=float, default=2.75)
+    p.add_argument("--day-hours", type=float, default=25.0, help="footage of camera day")
     p.add_argument("--requests", type=int, default=20, help="requests per kind")
     p.add_argument("--cold-runs", type=int, default=3, help="daemon starts for cold requests")
     p.add_argument("--warmup", type=float, default=15.0)
