@@ -273,6 +273,8 @@ class PlaybackService:
             start = since.get(camera, now - int(hours * 3_600_000))
             fresh = self._store.segments(camera, start, None)
             for seg in fresh:
+                if seg.video_codec is None:
+                    continue  # an audio-only camera's: playback serves video only
                 if not self.indexes.has(seg):
                     try:
                         self.indexes.get(seg)

@@ -222,6 +222,7 @@ def synthesize_history(store: SegmentStore, source: Path, hours: float, end_ms: 
                     pkt.dts = dts - first
                     pkt.duration = dur
                     pkt.time_base = Fraction(tb.numerator, tb.denominator)
+                    assert writer.video is not None
                     pkt.stream = writer.video
                     writer.mux(pkt)
             except BaseException:

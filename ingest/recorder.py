@@ -153,6 +153,9 @@ RECORDED_A_WHILE_SECONDS = 10.0
 """A connection that lasted this long was not a tight failure loop: a camera answering the
 probe right after it may be reconnected at once."""
 
+AUDIO_FRAME_TICKS = 1024
+"""The nominal audio frame (AAC's) for the audio timeline: a step back of this many ticks or
+more is a jump (a cut), less is nudged forward."""
 AUDIO_ANCHOR_SECONDS = 1.0
 """A segment's first audio packet further than this from the video's position is placed at
 the video's position (audio timestamps inconsistent with the video's), never squeezed."""
@@ -211,11 +214,12 @@ class _Segmenting:
         arrival_mono: float,
         time_base: Fraction,
         name_ms: int,
-        template: VideoStream,
+        template: VideoStream | None,
     ) -> None:
         self.writer = writer
         self.template = template
-        """The video template the file's sample entry came from (its codec and size)."""
+        """The video template the file's sample entry came from (its codec and size); None
+        for an audio-only camera, whose segments are timed by their audio."""
         self.video_out = writer.video
         self.mux = writer.mux
         self.began = arrival_mono
@@ -256,6 +260,21 @@ class _Segmenting:
         self.last_video_dts = dts
         self.last_video_dur = duration
         self.frames += 1
+        est = now - rel * self.tb_s
+        if est < self.mono_est:
+            self.mono_est = est
+
+    def write_audio_only(self, packet: av.Packet[Any], st: Stamped, now: float) -> None:
+        """Mux one packet of an audio-only camera (the segment's only stream, its time base
+        the segment's)."""
+        rel = st.dts - self.first_dts
+        packet.stream = self.writer.audio
+        packet.dts = rel
+        packet.pts = rel + max(0, st.pts - st.dts)
+        packet.duration = st.duration
+        self.mux(packet)
+        self.last_video_dts = st.dts
+        self.last_video_dur = st.duration
         est = now - rel * self.tb_s
         if est < self.mono_est:
             self.mono_est = est
@@ -641,6 +660,9 @@ class CameraRecorder:
 
     def _record(self, source: Source, first_connect: bool) -> None:
         video = source.video
+        if video is None:
+            self._record_audio_only(source, first_connect)
+            return
         vtb = video.time_base
         if vtb is None:
             raise UnsupportedStream("video stream has no time base")
@@ -649,7 +671,7 @@ class CameraRecorder:
         vclock = StreamTimeline(frame_ticks, jump_ticks=int(2 / vtb))
         audio, note = self._audio_for(source)
         atb = audio.time_base if audio is not None else None
-        aclock = StreamTimeline(1024, jump_ticks=int(2 / atb)) if atb is not None else None
+        aclock = StreamTimeline(AUDIO_FRAME_TICKS, jump_ticks=int(2 / atb)) if atb else None
         description = source.description
         if note:
             description += f"; audio not recorded: {note}"
@@ -731,10 +753,11 @@ class CameraRecorder:
                                 float(st.jump_ticks * vtb),
                             )
                         if pkt.is_keyframe:
-                            if source.video is not video:
+                            new = source.video
+                            if new is not video and new is not None:
                                 # A new SPS (resolution): a new file with the new sample entry.
-                                self._new_video(video, source.video)
-                                video = source.video
+                                self._new_video(video, new)
+                                video = new
                                 cut_pending = True
                             long_enough = (
                                 seg is not None and (st.dts - seg.first_dts) * vtb >= target
@@ -776,20 +799,113 @@ class CameraRecorder:
             return
         raise StreamStalled("stream stopped without an error")
 
+    def _record_audio_only(self, source: Source, first_connect: bool) -> None:
+        """A camera without video: its audio alone, cut into segments at any packet once a
+        segment is `segment_seconds` long (every audio frame can start playback). Timing,
+        discontinuities, clock steps, free space and the ledger as for video."""
+        audio, note = self._audio_for(source)
+        if audio is None:
+            raise UnsupportedStream(f"no video stream, and its audio cannot be kept: {note}")
+        atb = audio.time_base
+        if atb is None:
+            raise UnsupportedStream("audio stream has no time base")
+        aclock = StreamTimeline(AUDIO_FRAME_TICKS, jump_ticks=int(2 / atb))
+        description = f"{source.description}; audio only (the camera sends no video)"
+        self._set(detail=description)
+        self.log.info(
+            "camera %s: connected (%s, audio only: %s)",
+            self.camera,
+            source.description,
+            audio.codec_context.name,
+        )
+        target: float = self._segment_seconds
+        if first_connect:
+            target = max(1.0, target - stagger_phase(self.camera, target))
+        seg: _Segmenting | None = None
+        cut_pending = False
+        mono = self._clock.monotonic
+        last_space_check = last_tick = mono()
+        try:
+            for packet in source.packets():
+                now = mono()
+                self._last_progress = now
+                if now - last_tick >= TICK_SECONDS:
+                    last_tick = now
+                    if self._stop.is_set():
+                        break
+                    step = self._steps.sample(self._clock.wall_ms(), now)
+                    if step is not None:
+                        self._clock_stepped(seg, step)
+                        cut_pending = True
+                    if seg is not None and not seg.settled and now - seg.began >= SETTLE_SECONDS:
+                        self._settle(seg)
+                    if seg is not None and now - last_space_check >= 1.0:
+                        last_space_check = now
+                        if self._reserve and self._store.free_bytes() < self._reserve:
+                            self._finish(seg, None, atb, source)
+                            seg = None
+                            raise StorageFullError(
+                                f"free space below the reserve of {self._reserve} bytes"
+                            )
+                for item, st in aclock.push(packet, packet.pts, packet.dts, packet.duration or 0):
+                    pkt = item if isinstance(item, av.Packet) else packet
+                    if st.jump_ticks:
+                        cut_pending = True
+                        with self._fence_for(seg):
+                            self._store.add_event(
+                                self.camera,
+                                self._clock.wall_ms(),
+                                "discontinuity",
+                                f"timestamps jumped {float(st.jump_ticks * atb):+.3f} s",
+                                float(st.jump_ticks * atb),
+                            )
+                        self.log.warning(
+                            "camera %s: timestamp jump of %+.3f s",
+                            self.camera,
+                            float(st.jump_ticks * atb),
+                        )
+                    if seg is None or cut_pending or (st.dts - seg.first_dts) * atb >= target:
+                        chained = seg is not None and not cut_pending
+                        if seg is not None:
+                            self._finish(seg, st.dts, atb, source)
+                            target = self._segment_seconds
+                        seg = self._begin(st.dts, None, audio, chained, cut_pending, now)
+                        cut_pending = False
+                        self._set(state="recording", detail=description)
+                    seg.write_audio_only(pkt, st, now)
+        except StreamError:
+            if seg is not None:
+                self._finish(seg, None, atb, source)
+            raise
+        except (StorageError, av.FFmpegError, OSError) as err:
+            if seg is not None:
+                self._abandon(seg)
+            if isinstance(err, PacketRejected):
+                raise StreamError(str(err)) from err
+            if isinstance(err, StorageError):
+                raise
+            raise StorageIOError(f"writing segment: {err}") from err
+        if seg is not None:
+            self._finish(seg, None, atb, source)
+        if self._stop.is_set():
+            return
+        raise StreamStalled("stream stopped without an error")
+
     def _begin(
         self,
         first_dts: int,
-        video: VideoStream,
+        video: VideoStream | None,
         audio: AudioStream | None,
         chained: bool,
         discontinuity: bool,
         now: float,
     ) -> _Segmenting:
-        """Open the next segment's file at a keyframe. A chained segment is named after the
-        previous end; any other after this arrival, provisionally (see `_settle`). Closes
-        the open outage, provisionally too (corrected when the start has settled)."""
-        vtb = video.time_base
+        """Open the next segment's file at a keyframe (an audio-only camera's at any audio
+        packet: `first_dts` is then in the audio's time base). A chained segment is named
+        after the previous end; any other after this arrival, provisionally (see `_settle`).
+        Closes the open outage, provisionally too (corrected when the start has settled)."""
         atb = audio.time_base if audio is not None else None
+        vtb = video.time_base if video is not None else atb
         if vtb is None:
             raise UnsupportedStream("video stream has no time base")
         afirst = int(first_dts * vtb / atb) if atb is not None else 0
@@ -917,19 +1033,19 @@ class CameraRecorder:
                 )
         if self._last_end_ms is not None and start_ms < self._last_end_ms:
             start_ms = self._last_end_ms  # never overlap the previous segment
-        ctx = seg.template.codec_context
+        ctx = seg.template.codec_context if seg.template is not None else None
         info = SegmentInfo(
             camera=self.camera,
             start_ms=start_ms,
             end_ms=start_ms + duration_ms,
             duration_ms=duration_ms,
             frames=seg.frames,
-            video_codec=ctx.codec.canonical_name,
+            video_codec=ctx.codec.canonical_name if ctx is not None else None,
             audio_codec=seg.writer.audio.codec_context.codec.canonical_name
             if seg.writer.audio
             else None,
-            width=ctx.width,
-            height=ctx.height,
+            width=ctx.width if ctx is not None else None,
+            height=ctx.height if ctx is not None else None,
             discontinuity=seg.discontinuity,
         )
         try:

@@ -100,6 +100,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 USER_AGENT = "nvr"
 MAX_REDIRECTS = 3
 """Redirects (301/302/303/307/308 with `Location`) followed in one handshake, as FFmpeg does."""
+AUDIO_ONLY_FRAMES = 4
+"""Audio frames an audio-only camera must send before recording starts (its template)."""
 OTHER_TYPE_ADOPT = 16
 """Packets in a row of one other payload type before a track that has taken nothing yet
 adopts it (its SDP named another payload type than the camera uses)."""
@@ -414,7 +416,6 @@ class RtspSession:
         except PayloadError as err:
             raise NotForUs(str(err)) from None
         self._choose(medias, base)
-        assert self.video is not None
         channel = 0
         for track in (self.video, self.audio):
             if track is None:
@@ -483,8 +484,8 @@ class RtspSession:
         video = [m for m in medias if m.kind == "video"]
         last = "no video over RTP/AVP"
         if not video:
-            kinds = ", ".join(m.kind for m in medias) or "none"
-            raise UnsupportedStream(f"no video stream in the camera's SDP (found {kinds})")
+            self._choose_audio_only(medias, base)
+            return
         for m in video:
             if "AVP" not in m.protocol.upper():
                 continue
@@ -505,6 +506,21 @@ class RtspSession:
                 # FFmpeg's demuxer could not keep it either (remux only): record the video
                 # here, and say plainly why there is no audio.
                 self.audio_note = str(err)
+
+    def _choose_audio_only(self, medias: list[SdpMedia], base: str) -> None:
+        """A camera without video (an audio-only device): its audio is recorded alone if a
+        segment can hold it as it comes, else the camera cannot be recorded and says why."""
+        audio = [m for m in medias if m.kind == "audio" and "AVP" in m.protocol.upper()]
+        if not audio:
+            kinds = ", ".join(m.kind for m in medias) or "none"
+            raise UnsupportedStream(f"no video or audio stream in the camera's SDP (found {kinds})")
+        try:
+            frames = audio_frames_for(audio[0])
+        except PayloadError as err:
+            raise UnsupportedStream(
+                f"no video stream in the camera's SDP, and its audio cannot be kept: {err}"
+            ) from None
+        self.audio = _Track(audio[0], frames, self._control_url(base, audio[0].control))
 
     @staticmethod
     def _control_url(base: str, control: str) -> str:
@@ -1012,14 +1028,15 @@ class NativeRtspSource:
         self._on_reordered = on_reordered
         self._on_gop = on_gop
         self.description = description
-        assert session.video is not None and not isinstance(
-            session.video.frames, AacFrames | G711Frames
-        )
-        self._vframes: VideoFrames = session.video.frames
+        self._vframes: VideoFrames | None = None
+        """None: an audio-only camera (`video` is None too)."""
+        if session.video is not None:
+            assert not isinstance(session.video.frames, AacFrames | G711Frames)
+            self._vframes = session.video.frames
         self._aframes: AudioFrames | None = None
         if session.audio is not None and isinstance(session.audio.frames, AacFrames | G711Frames):
             self._aframes = session.audio.frames
-        self._sps_type = self._vframes.PARAM_TYPES[-2]
+        self._sps_type = self._vframes.PARAM_TYPES[-2] if self._vframes is not None else 0
         self._sps: bytes | None = None
         """The SPS the current video template was made from."""
         self._held: list[Frame] = []
@@ -1027,7 +1044,7 @@ class NativeRtspSource:
         self._dummy: OutputContainer | None = None
         self._audio_scale = Fraction(1)
         self._audio_clock = 90_000
-        self.video: VideoStream
+        self.video: VideoStream | None = None
         self.audio: AudioStream | None = None
         self.resolution_changes = 0
         self._held_at: list[float] = []
@@ -1052,6 +1069,9 @@ class NativeRtspSource:
         supervisor does not take a long wait for a stuck thread. NotForUs if frames arrive
         out of presentation order (B-frames: FFmpeg's parser derives their decode times)."""
         session, vf, af = self._session, self._vframes, self._aframes
+        if vf is None:
+            self._start_audio_only()
+            return
         began = time.monotonic()
         deadline = began + keyframe_seconds
         audio_deadline = deadline
@@ -1104,6 +1124,23 @@ class NativeRtspSource:
             ]
         self._make_templates()
 
+    def _start_audio_only(self) -> None:
+        """An audio-only camera: wait for its first audio frames (while they arrive), then
+        make the audio template."""
+        session, af = self._session, self._aframes
+        if af is None:
+            raise UnsupportedStream(
+                f"no video stream, and no audio that can be kept ({session.audio_note})"
+            )
+        while len(af.out) < AUDIO_ONLY_FRAMES:
+            session.read(self._stall)  # raises StreamStalled when audio stops coming
+            progress.report()
+        self._audio_template(None)
+        if self.audio is None:
+            raise UnsupportedStream(
+                f"no video stream, and its audio could not be used ({session.audio_note})"
+            )
+
     def _time_by_arrival(self, base: int, at: float, last_out: int) -> None:
         """Switch to timing pictures by their arrival: tick `base` is monotonic time `at`,
         `last_out` the last timestamp handed out."""
@@ -1139,6 +1176,7 @@ class NativeRtspSource:
 
     def _video_template(self, keyframe: bytearray) -> VideoStream:
         vf = self._vframes
+        assert vf is not None
         sample = vf.parameter_sets() + bytes(keyframe)
         deltas = sorted(b[1] - a[1] for a, b in itertools.pairwise(self._held) if b[1] > a[1])
         rate = Fraction(90_000, deltas[len(deltas) // 2]) if deltas else Fraction(25)
@@ -1161,10 +1199,10 @@ class NativeRtspSource:
         self._sps = vf.nal_of(keyframe, self._sps_type) or vf.params.get(self._sps_type)
         return video
 
-    def _audio_template(self, video: VideoStream) -> None:
-        """The audio template lives in an in-memory file after a copy of the video stream,
-        so its stream index differs from the video's. AAC: its extradata is the SDP's AAC
-        config; G.711: the codec, rate and channels say it all."""
+    def _audio_template(self, video: VideoStream | None) -> None:
+        """The audio template lives in an in-memory file after a copy of the video stream
+        (if there is one), so its stream index differs from the video's. AAC: its extradata
+        is the SDP's AAC config; G.711: the codec, rate and channels say it all."""
         af = self._aframes
         assert af is not None and self._session.audio is not None
         if not af.out:
@@ -1175,7 +1213,8 @@ class NativeRtspSource:
             clock = af.sample_rate
             dummy = av.open(io.BytesIO(), "w", format="mov")
             self._dummy = dummy
-            dummy.add_stream_from_template(video, opaque=True)
+            if video is not None:
+                dummy.add_stream_from_template(video, opaque=True)
             audio = cast(AudioStream, dummy.add_stream(af.codec, rate=clock))
             audio.layout = "stereo" if af.channels == 2 else "mono"
             audio.time_base = Fraction(1, clock)
@@ -1192,7 +1231,9 @@ class NativeRtspSource:
         self._audio_clock = clock
         self.audio = audio
 
-    def _aac_template(self, af: AacFrames, video: VideoStream) -> tuple[AudioStream, int] | None:
+    def _aac_template(
+        self, af: AacFrames, video: VideoStream | None
+    ) -> tuple[AudioStream, int] | None:
         assert self._session.audio is not None
         config = af.config
         adts = b"".join(config.adts(bytes(f[0])) for f in af.out[:4])
@@ -1210,7 +1251,8 @@ class NativeRtspSource:
             clock = self._session.audio.media.clock_rate or config.sample_rate
             dummy = av.open(io.BytesIO(), "w", format="mp4")
             self._dummy = dummy
-            dummy.add_stream_from_template(video, opaque=True)
+            if video is not None:
+                dummy.add_stream_from_template(video, opaque=True)
             audio = dummy.add_stream_from_template(probe.streams.audio[0], opaque=True)
             audio.codec_context.extradata = config.raw
             audio.time_base = Fraction(1, clock)
@@ -1222,6 +1264,7 @@ class NativeRtspSource:
     def _new_resolution(self, keyframe: bytearray) -> bool:
         """Whether `keyframe` carries an SPS other than the template's; if so `video` is now
         a template made from it."""
+        assert self._vframes is not None and self.video is not None
         sps = self._vframes.nal_of(keyframe, self._sps_type)
         if sps is None or sps == self._sps:
             return False
@@ -1239,6 +1282,10 @@ class NativeRtspSource:
     def packets(self) -> Iterator[av.Packet[Any]]:
         video, vtb = self.video, Fraction(1, 90_000)
         vf, af = self._vframes, self._aframes
+        if vf is None:
+            yield from self._audio_packets()
+            return
+        assert video is not None
         session = self._session
         max_ts = -(1 << 62)  # the held frames were checked in `start`; checked again here
         last_key = -1
@@ -1275,7 +1322,7 @@ class NativeRtspSource:
                     if last_key >= 0 and self._on_gop is not None and ts > last_key:
                         self._on_gop((ts - last_key) / 90_000)
                     last_key = ts
-                    if self._new_resolution(data):
+                    if self._new_resolution(data) and self.video is not None:
                         video = self.video
                 packet = Packet(cast(bytes, data))  # any buffer will do: no copy to bytes
                 packet.pts = packet.dts = ts
@@ -1301,6 +1348,23 @@ class NativeRtspSource:
                 prev_at, batch_at = batch_at, time.monotonic()
             pending = vf.out
             vf.out = []
+
+    def _audio_packets(self) -> Iterator[av.Packet[Any]]:
+        """An audio-only camera's packets."""
+        af, audio, session = self._aframes, self.audio, self._session
+        assert af is not None and audio is not None and audio.time_base is not None
+        atb, scale = audio.time_base, self._audio_scale
+        Packet = av.Packet
+        while True:
+            for data, ts, _ in af.out:
+                packet = Packet(cast(bytes, data))
+                packet.pts = packet.dts = ts if scale == 1 else int(ts * scale)
+                packet.duration = int(af.samples(data) * scale)
+                packet.time_base = atb
+                packet.stream = audio
+                yield packet
+            af.out.clear()
+            session.read(self._stall)
 
     def camera_realtime_us(self) -> int | None:
         """The camera's clock at video pts 0 (µs since the Unix epoch), from RTCP."""

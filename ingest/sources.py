@@ -60,9 +60,10 @@ class Source(Protocol):
     """An open stream: one video stream, maybe one audio stream, and their packets."""
 
     @property
-    def video(self) -> VideoStream:
+    def video(self) -> VideoStream | None:
         """The video template; a source may replace it at a keyframe (a new resolution):
-        the recorder then starts a new segment with the new one."""
+        the recorder then starts a new segment with the new one. None: an audio-only camera
+        (our own client only; then `audio` is set)."""
         ...
 
     audio: AudioStream | None

@@ -397,12 +397,12 @@ class ClockedSource:
         self.audio: AudioStream | None = inner.audio
         self.description = inner.description
         self._probe: RtcpClockProbe | None = None
-        tb = inner.video.time_base
+        tb = inner.video.time_base if inner.video is not None else None
         if isinstance(inner, CameraRealtime) and tb is not None:
             self._probe = RtcpClockProbe(inner.camera_realtime_us, tb, wall)
 
     @property
-    def video(self) -> VideoStream:
+    def video(self) -> VideoStream | None:
         """The inner source's template (it may change at a keyframe: a new resolution)."""
         return self._inner.video
 
@@ -412,7 +412,7 @@ class ClockedSource:
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         probe = self._probe
-        vindex = self.video.index
+        vindex = self.video.index if self.video is not None else -1
         packets = self._inner.packets()
         for packet in packets:
             if probe is not None and packet.stream_index == vindex:

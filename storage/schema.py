@@ -42,10 +42,11 @@ class SegmentRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(String(512), unique=True)
     """Relative to the storage root."""
-    video_codec: Mapped[str] = mapped_column(String(32))
+    video_codec: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    """NULL (and width, height): an audio-only camera's segment."""
     audio_codec: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
     frames: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     prev_chain: Mapped[str] = mapped_column(String(64))

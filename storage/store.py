@@ -179,10 +179,11 @@ class SegmentInfo:
     end_ms: int
     duration_ms: int
     frames: int
-    video_codec: str
+    video_codec: str | None
+    """None (and no width, height or frames): an audio-only camera's segment."""
     audio_codec: str | None
-    width: int
-    height: int
+    width: int | None
+    height: int | None
     discontinuity: bool = False
 
 
@@ -197,10 +198,11 @@ class Segment:
     duration_ms: int
     bytes: int
     path: Path
-    video_codec: str
+    video_codec: str | None
+    """None (and no width or height, 0 frames): an audio-only camera's segment."""
     audio_codec: str | None
-    width: int
-    height: int
+    width: int | None
+    height: int | None
     frames: int
     sha256: str
     chain: str
@@ -599,7 +601,7 @@ class SegmentStore:
         self,
         camera: str,
         start_ms: int,
-        video: av.video.stream.VideoStream,
+        video: av.video.stream.VideoStream | None,
         audio: av.audio.stream.AudioStream | None,
     ) -> SegmentWriter:
         """Begin a segment file `<provisional start>.mp4.part`; the final name is given at
@@ -1456,12 +1458,17 @@ class SegmentStore:
         return True
 
     def segments_without_sample_index(self, limit: int = 100) -> list[Segment]:
-        """The newest indexed segments that have no playback sample index yet."""
+        """The newest indexed segments that have no playback sample index yet (audio-only
+        segments never get one: playback serves video)."""
         with Session(self._engine) as s:
             rows = s.scalars(
                 select(SegmentRow)
                 .outerjoin(SegmentSamplesRow, SegmentSamplesRow.segment_id == SegmentRow.id)
-                .where(SegmentSamplesRow.segment_id.is_(None), ~SegmentRow.garbage)
+                .where(
+                    SegmentSamplesRow.segment_id.is_(None),
+                    ~SegmentRow.garbage,
+                    SegmentRow.video_codec.is_not(None),
+                )
                 .order_by(SegmentRow.id.desc())
                 .limit(limit)
             )
@@ -2426,21 +2433,24 @@ def _b64(text: str) -> bytes:
 def probe_segment(path: Path, camera: str, start_ms: int) -> SegmentInfo:
     """Read a segment file back with PyAV to learn its codecs, size and media duration."""
     with av.open(str(path)) as container:
-        video = container.streams.video[0]
+        video = container.streams.video[0] if container.streams.video else None
         audio = container.streams.audio[0] if container.streams.audio else None
-        tb = video.time_base
+        main = video if video is not None else audio  # an audio-only camera's: its audio
+        if main is None:
+            raise StorageIOError(f"{path}: neither video nor audio in the file")
+        tb = main.time_base
         first: int | None = None
         last_end = 0
         frames = 0
-        for packet in container.demux(video):
+        for packet in container.demux(main):
             if packet.dts is None:
                 continue
-            frames += 1
+            frames += video is not None
             if first is None:
                 first = packet.dts
             last_end = max(last_end, packet.dts + (packet.duration or 0))
         if tb is None:
-            raise StorageIOError(f"{path}: video stream has no time base")
+            raise StorageIOError(f"{path}: {main.type} stream has no time base")
         duration_ms = 0 if first is None else int((last_end - first) * tb * 1000)
         return SegmentInfo(
             camera=camera,
@@ -2448,10 +2458,10 @@ def probe_segment(path: Path, camera: str, start_ms: int) -> SegmentInfo:
             end_ms=start_ms + duration_ms,
             duration_ms=duration_ms,
             frames=frames,
-            video_codec=video.codec_context.codec.canonical_name,
+            video_codec=video.codec_context.codec.canonical_name if video is not None else None,
             audio_codec=audio.codec_context.codec.canonical_name if audio is not None else None,
-            width=video.codec_context.width,
-            height=video.codec_context.height,
+            width=video.codec_context.width if video is not None else None,
+            height=video.codec_context.height if video is not None else None,
         )
 
 

@@ -107,7 +107,8 @@ def _refused_by_muxer(err: BaseException) -> bool:
 
 
 class SegmentWriter:
-    """Mux packets of one video (and optional audio) stream into a `.part` temp file.
+    """Mux packets of one video (and optional audio) stream into a `.part` temp file; an
+    audio-only camera's segments have the audio stream alone.
 
     `finish()` writes the trailer, fsyncs, renames to the final path and fsyncs the directory.
     `abandon()` closes what was written without renaming (the `.part` file stays for salvage:
@@ -117,9 +118,11 @@ class SegmentWriter:
     def __init__(
         self,
         temp_path: Path,
-        video: av.video.stream.VideoStream,
+        video: av.video.stream.VideoStream | None,
         audio: av.audio.stream.AudioStream | None,
     ) -> None:
+        if video is None and audio is None:
+            raise PacketRejected(f"{temp_path}: a segment needs a video or an audio stream")
         self.temp_path = temp_path
         try:
             temp_path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +137,9 @@ class SegmentWriter:
                 options=MUX_OPTIONS,
                 buffer_size=WRITE_BUFFER_BYTES,
             )
-            self.video = self._out.add_stream_from_template(video)
+            self.video = (
+                self._out.add_stream_from_template(video) if video is not None else None
+            )
             self.audio = self._out.add_stream_from_template(audio) if audio is not None else None
         except (av.FFmpegError, OSError) as err:
             self._sink.close()

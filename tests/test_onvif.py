@@ -207,7 +207,8 @@ def test_profile_by_token_and_by_highest_resolution(device: OnvifSim) -> None:
     op = opener(device, profile="Profile_Sub")
     src = op.open()
     try:
-        assert src.video.codec_context.name == "hevc"  # camsim's h265 mount: the sub stream
+        # camsim's h265 mount: the sub stream
+        assert src.video is not None and src.video.codec_context.name == "hevc"
     finally:
         src.close()
     assert op.resolved is not None and op.resolved.stream.uri.endswith("/h265")
@@ -217,7 +218,7 @@ def test_profile_by_token_and_by_highest_resolution(device: OnvifSim) -> None:
     src = op.open()
     try:
         assert op.resolved is not None and op.resolved.profile.token == "Profile_Sub"
-        assert src.video.codec_context.name == "hevc"
+        assert src.video is not None and src.video.codec_context.name == "hevc"
     finally:
         src.close()
     with pytest.raises(ProfileNotFound, match="Profile_Main"):

@@ -312,6 +312,7 @@ def first_packets(op: RtspOpener, count: int) -> tuple[Source, list[tuple[str, a
     """The source `op` opens and its first `count` packets as (kind, packet); closed."""
     source = op.open()
     try:
+        assert source.video is not None
         vindex = source.video.index
         packets = []
         for packet in source.packets():
@@ -330,6 +331,7 @@ def test_our_client_takes_the_usual_streams_and_ffmpeg_the_b_frames(camsim: Came
         source = op.open()
         try:
             assert isinstance(source, NativeRtspSource), mount
+            assert source.video is not None
             assert source.video.codec_context.name == ("hevc" if mount == "h265" else "h264")
             assert source.video.codec_context.width > 0
             if mount == "h264aac":
@@ -376,7 +378,7 @@ def test_keepalive_answers_between_media_do_not_disturb_the_stream(
 ) -> None:
     monkeypatch.setattr(rtsp, "KEEPALIVE_SECONDS", 0.3)
     source = opener(camsim.url("h264")).open()
-    assert isinstance(source, NativeRtspSource)
+    assert isinstance(source, NativeRtspSource) and source.video is not None
     try:
         began = time.monotonic()
         frames = 0
@@ -564,9 +566,18 @@ SDP_HEAD = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=x\r\nt=0 0\r\n"
         ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", StreamError, "did not answer in RTSP"),
         (answer("404 Not Found"), StreamError, "DESCRIBE with 404 Not Found"),
         (
-            answer("200 OK", SDP_HEAD + "m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"),
+            answer(
+                "200 OK",
+                SDP_HEAD + "m=application 0 RTP/AVP 107\r\n"
+                "a=rtpmap:107 vnd.onvif.metadata/90000\r\n",
+            ),
             UnsupportedStream,
-            "no video stream",
+            "no video or audio stream",
+        ),
+        (
+            answer("200 OK", SDP_HEAD + "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 G726-32/8000\r\n"),
+            UnsupportedStream,
+            "no video stream in the camera's SDP, and its audio cannot be kept",
         ),
         (
             answer("200 OK", SDP_HEAD + "m=video 0 RTP/AVP 26\r\na=rtpmap:26 JPEG/90000\r\n"),
@@ -627,7 +638,7 @@ def test_announced_audio_that_never_comes_delays_recording_by_a_second_at_most(
     source.start(keyframe_seconds=10)
     assert time.monotonic() - began < rtsp.AUDIO_WAIT_SECONDS + 1.0
     assert source.audio is None and "no audio" in session.audio_note
-    assert source.video.codec_context.width == 64
+    assert source.video is not None and source.video.codec_context.width == 64
     source.close()
 
 

@@ -18,7 +18,7 @@ import av.logging
 import pytest
 
 from ingest import CameraRecorder, RtspOpener
-from storage import Outage, Segment, SegmentStore, StreamEvent
+from storage import Outage, Segment, SegmentStore, StreamEvent, probe_segment
 from tests.camsim.clips import make_quirk_clips
 from tests.camsim.fixtures import clips_cache_dir
 from tests.camsim.quirks import CATALOGUE, QuirkServer, clip_names
@@ -156,8 +156,8 @@ def recorded(quirks: QuirkServer, tmp_path_factory: pytest.TempPathFactory) -> d
     return record(quirks, tmp_path_factory.mktemp("quirks"), mounts, RECORD_SECONDS)
 
 
-NOT_IN_THE_MATRIX = {"busy", "audio-only"}
-"""`busy` has a test of its own (64 cameras); `audio-only` too."""
+NOT_IN_THE_MATRIX = {"busy"}
+"""`busy` has a test of its own (64 cameras)."""
 
 
 def assert_clean(
@@ -358,6 +358,55 @@ def test_annex_b_in_single_nal_unit_packets_is_split(recorded: dict[str, Recorde
     assert rec.opener._ffmpeg_reason is None
 
 
+def test_an_audio_only_camera_is_recorded(recorded: dict[str, Recorded]) -> None:
+    """No video in the SDP: the audio alone, in files PyAV reads back without errors, every
+    packet decoded, as long as the time recorded, without a gap; the index (and a salvage's
+    probe of the file) say there is no video."""
+    rec = recorded["audio-only"]
+    assert rec.outages == [], rec.outages
+    assert rec.segments, "nothing recorded"
+    assert "audio only" in rec.detail
+    frame_s = 1024 / 16_000
+    media = 0.0
+    prev_end: int | None = None
+    for seg in rec.segments:
+        assert (seg.video_codec, seg.width, seg.height, seg.frames) == (None, None, None, 0)
+        assert seg.audio_codec == "aac", seg
+        with av.logging.Capture() as logs, av.open(str(seg.path)) as c:
+            assert not c.streams.video and len(c.streams.audio) == 1
+            a = c.streams.audio[0]
+            packets = decoded = 0
+            audio_s = 0.0
+            dts: list[int] = []
+            for packet in c.demux(a):
+                if packet.size == 0:
+                    continue
+                assert packet.dts is not None and packet.duration and packet.time_base
+                packets += 1
+                dts.append(packet.dts)
+                audio_s += float(packet.duration * packet.time_base)
+                decoded += len(a.codec_context.decode(packet))
+            decoded += len(a.codec_context.decode(None))
+            tb = a.time_base
+            assert tb is not None
+        errors = [msg for level, _, msg in logs if level <= av.logging.ERROR]
+        assert errors == [], (seg.path, errors[:5])
+        assert decoded == packets, (seg.path, decoded, packets)
+        steps = [float((b - x) * tb) for x, b in itertools.pairwise(dts)]
+        assert all(0 < step <= 1.5 * frame_s for step in steps), (seg.path, max(steps))
+        assert abs(audio_s - seg.duration_ms / 1000) <= 0.1, (seg, audio_s)
+        probed = probe_segment(seg.path, seg.camera, seg.start_ms)
+        assert (probed.video_codec, probed.audio_codec) == (None, "aac")
+        assert abs(probed.duration_ms - seg.duration_ms) <= 100, (probed, seg)
+        if prev_end is not None:
+            assert abs(seg.start_ms - prev_end) <= FRAME_S * 1000, (prev_end, seg)
+        prev_end = seg.end_ms
+        media += audio_s
+    wall = (rec.stopped_ms - rec.segments[0].start_ms) / 1000
+    assert abs(media - wall) <= 0.02 * wall + 0.5, (media, wall)
+    assert (rec.segments[0].start_ms - rec.began_ms) / 1000 <= 4.0, rec.segments[0]
+
+
 def test_64_cameras_connecting_at_once_to_a_slow_server_all_record(
     quirks: QuirkServer, tmp_path: Path
 ) -> None:
@@ -392,7 +441,8 @@ def test_a_udp_only_camera_already_on_ffmpegs_demuxer_switches_to_udp(
             keyframes += packet.is_keyframe
             if count >= 30:
                 break
-        assert keyframes >= 1 and source.video.codec_context.width == 640
+        assert keyframes >= 1 and source.video is not None
+        assert source.video.codec_context.width == 640
         assert opener._ffmpeg_transport == "udp"
     finally:
         source.close()
