@@ -167,6 +167,8 @@ class PlaybackService:
         plan_budget_bytes: int = 96 << 20,
         max_builds: int = 2,
         max_builds_per_user: int = 1,
+        queue_wait: float = 1.0,
+        max_waiting: int = 32,
     ) -> None:
         self._store = store
         self.indexes = SegmentIndexCache(store, index_budget_bytes)
@@ -177,6 +179,11 @@ class PlaybackService:
         self._max_builds = max_builds
         self._max_builds_per_user = max_builds_per_user
         self._builds_by_user: dict[int, int] = {}
+        self._queue_wait = queue_wait
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        self._freed: asyncio.Event | None = None
+        """Set (and replaced) whenever a build ends: wakes the requests waiting for a slot."""
 
     async def resolve(self, camera: str, start_ms: int, end_ms: int) -> Recording | None:
         """The segments overlapping [start, end) and the ETag of their MP4; None if none.
@@ -207,19 +214,38 @@ class PlaybackService:
     async def file(self, rec: Recording, user_id: int = 0) -> VirtualFile:
         """The virtual MP4 of a resolved range (cached; concurrent callers share one build).
         Raises Mp4Error if the footage cannot form one file, StorageIOError if unreadable,
-        PlanBusy if building it now would exceed the limits."""
-        found = self._plans.get(rec.etag)
-        if found is not None:
-            self._plans.move_to_end(rec.etag)
-            return found
-        pending = self._building.get(rec.etag)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        mine = self._builds_by_user.get(user_id, 0)
-        if mine >= self._max_builds_per_user:
-            raise PlanBusy("your other playback requests are still being prepared", 2.0)
-        if len(self._building) >= self._max_builds:
-            raise PlanBusy("the recorder is preparing other playback requests", 2.0)
+        PlanBusy if building it would exceed the limits: at once for a user who has a build
+        in progress; when all `max_builds` are busy, after waiting up to `queue_wait`
+        seconds for one of them to end (at most `max_waiting` requests wait; an awaited
+        condition, never a blocked loop), since most plans take milliseconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._queue_wait
+        while True:
+            found = self._plans.get(rec.etag)
+            if found is not None:
+                self._plans.move_to_end(rec.etag)
+                return found
+            pending = self._building.get(rec.etag)
+            if pending is not None:
+                return await asyncio.shield(pending)
+            mine = self._builds_by_user.get(user_id, 0)
+            if mine >= self._max_builds_per_user:
+                raise PlanBusy("your other playback requests are still being prepared", 1.0)
+            if len(self._building) < self._max_builds:
+                break
+            left = deadline - loop.time()
+            if left <= 0 or self._waiting >= self._max_waiting:
+                raise PlanBusy("the recorder is preparing other playback requests", 1.0)
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            freed = self._freed
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(freed.wait(), left)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiting -= 1
         fut: asyncio.Future[VirtualFile] = asyncio.get_running_loop().create_future()
         self._building[rec.etag] = fut
         self._builds_by_user[user_id] = mine + 1
@@ -229,13 +255,17 @@ class PlaybackService:
             fut.set_exception(err)
             fut.exception()  # retrieved: waiters get it; nobody else needs to
             raise
+        else:
+            fut.set_result(vf)
+            self._plans[rec.etag] = vf
         finally:
             self._building.pop(rec.etag, None)
             left = self._builds_by_user.pop(user_id, 1) - 1
             if left > 0:
                 self._builds_by_user[user_id] = left
-        fut.set_result(vf)
-        self._plans[rec.etag] = vf
+            if self._freed is not None:  # a slot is free: wake who waits for one
+                self._freed.set()
+                self._freed = None
         # At most `plans` plans and `plan_budget_bytes` of them (a 24 h plan with audio
         # holds ~28 MiB); the newest is kept whatever its size.
         while len(self._plans) > 1 and (

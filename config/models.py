@@ -318,7 +318,8 @@ class ApiConfig(_Frozen):
     """A file holding the sha256 (hex) of a static bearer token that may read `/metrics`
     only, for Prometheus; it does not expire. Create it with `nvr metrics-token`."""
     max_plan_builds: Annotated[int, Field(ge=1, le=64)] = 2
-    """Playback plans built at once (all users); more get 429 with Retry-After."""
+    """Playback plans built at once (all users); a request finding them all busy waits up to
+    a second for one to end (most take milliseconds), then gets 429 with Retry-After."""
     max_plan_builds_per_user: Annotated[int, Field(ge=1, le=64)] = 1
     """Playback plans one user may have building at once; more get 429."""
 

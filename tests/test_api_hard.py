@@ -301,7 +301,9 @@ async def test_plan_builds_are_limited_per_user_and_in_total(footage_api: Api) -
     from api.playback import PlanBusy, PlaybackService
 
     start, end = footage_range(footage_api)
-    service = PlaybackService(footage_api.store, max_builds=2, max_builds_per_user=1)
+    service = PlaybackService(
+        footage_api.store, max_builds=2, max_builds_per_user=1, queue_wait=0
+    )
     recs = []
     for i in range(4):
         rec = await service.resolve("h264aac", start + i * 2500, end)
@@ -322,6 +324,32 @@ async def test_plan_builds_are_limited_per_user_and_in_total(footage_api: Api) -
     # once built, the plans are served from the cache to anyone, without limits
     again = await asyncio.gather(*(service.file(recs[0], user_id=1) for _ in range(5)))
     assert all(vf is again[0] for vf in again)
+
+
+async def test_plan_builds_beyond_the_limit_wait_briefly_for_a_slot(footage_api: Api) -> None:
+    """Most plans take milliseconds: a request finding every build slot busy waits for one
+    (up to `queue_wait`), so 20 viewers arriving together are all served; only requests
+    beyond `max_waiting` are refused at once."""
+    from api.playback import PlanBusy, PlaybackService
+
+    start, end = footage_range(footage_api)
+    service = PlaybackService(
+        footage_api.store, max_builds=2, max_builds_per_user=1, queue_wait=30, max_waiting=5
+    )
+    recs = []
+    for i in range(8):
+        rec = await service.resolve("h264aac", start + (i % 4) * 2500, end - (i // 4) * 1000)
+        assert rec is not None
+        recs.append(rec)
+    assert len({r.etag for r in recs}) == 8
+    results = await asyncio.gather(
+        *(service.file(rec, user_id=10 + i) for i, rec in enumerate(recs)),
+        return_exceptions=True,
+    )
+    busy = [isinstance(r, PlanBusy) for r in results]
+    # two build at once, five wait for a slot and are built in turn, the eighth finds the
+    # waiting room full
+    assert busy == [False] * 7 + [True], results
 
 
 def test_head_never_builds_a_plan_and_is_audited(footage_api: Api) -> None:
