@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.middleware import AccessLog, BodyLimit, SecurityHeaders, printable
-from api.routes import audit, auth, cameras, docs, exports, health, locks, users
+from api.routes import audit, auth, cameras, config, docs, exports, health, locks, users
 from api.services import ApiContext, close_services, open_services
 from storage import StorageError
 
@@ -84,7 +84,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    for module in (health, auth, users, cameras, locks, exports, audit, docs):
+    for module in (health, auth, users, cameras, locks, exports, audit, config, docs):
         app.include_router(module.router)
 
     @app.exception_handler(StorageError)

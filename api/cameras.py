@@ -107,6 +107,12 @@ class CameraDirectory:
         self._known_at = float("-inf")
         self._lock = threading.Lock()
 
+    def reconfigure(self, config: NvrConfig) -> None:
+        """A reloaded config (on the event loop; readers see the old or the new one)."""
+        self._config = config
+        with self._lock:
+            self._known_at = float("-inf")  # cameras added by it are known at once
+
     def now(self) -> int:
         return self._clock()
 

@@ -63,6 +63,10 @@ class ExportService:
         self._tasks: set[asyncio.Task[None]] = set()
         self._one_at_a_time = asyncio.Lock()
 
+    def reconfigure(self, config: NvrConfig) -> None:
+        """A reloaded config (on the event loop; readers see the old or the new one)."""
+        self._config = config
+
     def key(self) -> Ed25519PrivateKey:
         """The signing key (blocking the first time: file I/O). PackageError if unusable."""
         with self._key_lock:

@@ -144,6 +144,10 @@ class HealthService:
         self._capacity = capacity
         self.errors = errors
 
+    def reconfigure(self, config: NvrConfig) -> None:
+        """A reloaded config (on the event loop; readers see the old or the new one)."""
+        self._config = config
+
     def capacity(self) -> Capacity:
         """The live forecast from retention if the daemon runs it, else the last state
         recorded in the index; free space is always measured now."""

@@ -18,7 +18,7 @@ import uvicorn
 from api.app import create_app
 from api.cameras import LiveStatus
 from api.health import CapacityProvider
-from api.services import ApiContext
+from api.services import ApiContext, ConfigReloader
 from config import NvrConfig
 from storage import SegmentStore
 
@@ -116,10 +116,13 @@ def serve_api(
     store: SegmentStore,
     live: LiveStatus,
     capacity: CapacityProvider | None = None,
+    reloader: ConfigReloader | None = None,
 ) -> RunningApi | None:
     """Start serving `[api]` on the running loop (None when the config has no `[api]`)."""
     if config.api is None:
         return None
-    server = ApiServer(ApiContext(config=config, store=store, live=live, capacity=capacity))
+    server = ApiServer(
+        ApiContext(config=config, store=store, live=live, capacity=capacity, reloader=reloader)
+    )
     log.info("HTTP API on %s", server.url)
     return RunningApi(server, asyncio.create_task(server.serve(), name="api"))

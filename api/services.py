@@ -1,13 +1,15 @@
 """The services the API's routes call, built by the app's lifespan from what the daemon hands
-over (`ApiContext`: config, the store, the recorders' live state, retention's forecast).
-Built and closed on the event loop."""
+over (`ApiContext`: config, the store, the recorders' live state, retention's forecast, the
+config reload). Built and closed on the event loop; a reload hands them the new config there."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from api.auth import LinkSigner, LoginThrottle, ScrapeToken
 from api.cameras import CameraDirectory, LiveStatus, NoRecorders
@@ -15,11 +17,22 @@ from api.exports import ExportService
 from api.health import CapacityProvider, HealthService, RecentErrors
 from api.playback import PlaybackService
 from config import NvrConfig
+from config.diff import ReloadOutcome
 from config.models import ApiConfig
 from storage import SegmentStore
 
 HASHING_THREADS = 2
 """Password checks at once: argon2 uses 64 MiB each; a burst of logins queues here."""
+
+
+class ConfigReloader(Protocol):
+    """The daemon's config reload (`nvr.reload.Reloader`), for `POST /api/reload`."""
+
+    async def reload(self, actor: str) -> ReloadOutcome: ...
+
+    def subscribe(self, listener: Callable[[NvrConfig], None]) -> None: ...
+
+    def unsubscribe(self, listener: Callable[[NvrConfig], None]) -> None: ...
 
 
 @dataclass
@@ -31,6 +44,7 @@ class ApiContext:
     live: LiveStatus = field(default_factory=NoRecorders)
     capacity: CapacityProvider | None = None
     api: ApiConfig | None = None
+    reloader: ConfigReloader | None = None
 
     @property
     def settings(self) -> ApiConfig:
@@ -58,6 +72,15 @@ class ApiServices:
     default pool that playback and the store use."""
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    reloader: ConfigReloader | None = None
+    """The daemon's config reload; None when the API runs without a daemon."""
+
+    def reconfigure(self, config: NvrConfig) -> None:
+        """A reloaded config: cameras, sites and windows as the daemon now has them."""
+        self.config = config
+        self.cameras.reconfigure(config)
+        self.health.reconfigure(config)
+        self.exports.reconfigure(config)
 
     @property
     def token_ttl_ms(self) -> int:
@@ -93,7 +116,10 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         links=LinkSigner(),
         errors=errors,
         scrape=ScrapeToken(settings.metrics_token_file),
+        reloader=ctx.reloader,
     )
+    if ctx.reloader is not None:
+        ctx.reloader.subscribe(services.reconfigure)
     if services.scrape.configured:
         await asyncio.to_thread(services.scrape.matches, "")  # logs a bad file at start
     await exports.resume()
@@ -104,6 +130,8 @@ async def open_services(ctx: ApiContext) -> ApiServices:
 
 
 async def close_services(services: ApiServices) -> None:
+    if services.reloader is not None:
+        services.reloader.unsubscribe(services.reconfigure)
     services.stop.set()
     for task in services.tasks:
         await task

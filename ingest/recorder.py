@@ -312,6 +312,7 @@ class CameraRecorder:
         self._backoff = backoff or Backoff()
         self._on_segment = on_segment
         self._stop = threading.Event()
+        self._stop_why = ("daemon-stopped", "recorder stopped")
         self._lock = threading.Lock()
         self._status = RecorderStatus(
             camera,
@@ -348,7 +349,10 @@ class CameraRecorder:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def stop(self, cause: str = "daemon-stopped", detail: str = "recorder stopped") -> None:
+        """Finish the segment in flight and end the thread; the gap from then on goes into
+        the ledger with `cause` (the daemon stopping, or a reload taking the camera away)."""
+        self._stop_why = (cause, detail)
         self._stop.set()
 
     def abandon(self, timeout: float) -> bool:
@@ -509,8 +513,9 @@ class CameraRecorder:
 
     @_fenced
     def _shutdown_ledger(self) -> None:
-        """The daemon is stopping: end the current outage (its cause stays as it was) and
-        open a `daemon-stopped` one, closed when recording resumes after the restart."""
+        """The recorder is stopping: end the current outage (its cause stays as it was) and
+        open one with the cause given to `stop()` (`daemon-stopped`, `config-reload`), closed
+        when the camera records again."""
         now = self._clock.wall_ms()
         start = self._last_end_ms if self._last_end_ms is not None else now
         if not self._catch_up():
@@ -518,9 +523,7 @@ class CameraRecorder:
         if self._outage_id is not None:
             self._store.close_outage(self._outage_id, now)
             start = now
-        self._outage_id = self._store.open_outage(
-            self.camera, start, "daemon-stopped", "recorder stopped"
-        ).id
+        self._outage_id = self._store.open_outage(self.camera, start, *self._stop_why).id
 
     @_fenced
     def _note_outage(self, cause: str, detail: str) -> None:

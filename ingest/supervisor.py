@@ -40,6 +40,17 @@ OpenerFactory = Callable[[CameraConfig], StreamOpener]
 
 REPLACED = "recorder-replaced"
 """Outage-ledger cause (and stream-event kind) of a stuck recorder thread that was replaced."""
+RELOAD = "config-reload"
+"""Outage-ledger cause of a recorder stopped by a reload (camera removed or changed)."""
+
+
+def _join(recorders: list[CameraRecorder], grace: float) -> list[CameraRecorder]:
+    """Wait up to `grace` seconds in all for the recorders' threads; those still running.
+    Blocking: runs on a worker thread."""
+    deadline = time.monotonic() + grace
+    for recorder in recorders:
+        recorder.thread.join(max(0.0, deadline - time.monotonic()))
+    return [r for r in recorders if r.thread.is_alive()]
 
 
 @dataclass(frozen=True)
@@ -170,6 +181,8 @@ class Supervisor:
         self.replacements = 0
         self.clocks = ClockMonitor(store)
         """Server clock and camera clock checks (thread `clock-check`)."""
+        self._changing = asyncio.Lock()
+        """Held by a repair and by a reconfiguration, so they never act on one camera at once."""
 
     def _build(self, camera: CameraConfig) -> CameraRecorder:
         opener: StreamOpener
@@ -238,6 +251,10 @@ class Supervisor:
     async def repair(self) -> list[str]:
         """Replace every stuck recorder that may still be replaced, and salvage what ended
         abandoned threads left behind. Returns the cameras replaced."""
+        async with self._changing:
+            return await self._repair()
+
+    async def _repair(self) -> list[str]:
         await self._collect_abandoned()
         replaced = []
         for h in self.health():
@@ -333,6 +350,66 @@ class Supervisor:
             return
         if seg is None:
             log.warning("camera %s: %s left by the abandoned thread kept", recorder.camera, part)
+
+    # --- reconfiguration (a reload), on the event loop ----------------------------------------
+
+    async def reconfigure(self, config: NvrConfig, grace: float = 10.0) -> None:
+        """Apply a new config's cameras: recorders of removed cameras finish their segment and
+        stop; changed ones do the same and a new recorder starts with the new settings; added
+        ones start. Recorders of unchanged cameras are not touched (not a frame lost). The
+        gap of a stopped camera is in the ledger (`config-reload`, its detail says why)."""
+        async with self._changing:
+            new = {c.name: c for c in config.cameras if c.enabled}
+            old = self._cameras
+            removed = [n for n in old if n not in new]
+            changed = [n for n in new if n in old and old[n] != new[n]]
+            added = [n for n in new if n not in old]
+            stopping = {n: self.recorders.pop(n) for n in removed}
+            for name in removed:
+                stopping[name].stop(RELOAD, "removed from the config (reload)")
+            for name in changed:
+                stopping[name] = self.recorders[name]
+                stopping[name].stop(RELOAD, "restarted with a changed config (reload)")
+            late = await asyncio.to_thread(_join, list(stopping.values()), grace)
+            unfenced: set[str] = set()
+            for recorder in late:
+                # Fence it off (as a replacement does) so it never writes beside its successor.
+                if await asyncio.to_thread(recorder.abandon, self._policy.fence_timeout):
+                    self.abandoned.append(recorder)
+                    log.error(
+                        "camera %s: recorder did not stop within %.0f s; abandoned",
+                        recorder.camera,
+                        grace,
+                    )
+                else:
+                    unfenced.add(recorder.camera)
+                    log.error(
+                        "camera %s: recorder did not stop within %.0f s and is inside a "
+                        "storage write; the stuck-recorder repair replaces it once it ends",
+                        recorder.camera,
+                        grace,
+                    )
+            for name in removed:
+                self.clocks.forget(name)
+                self._replaced.pop(name, None)
+                self._refused.discard(name)
+            self._config = config
+            self._cameras = new
+            for name in changed + added:
+                if name in unfenced:
+                    continue
+                self._replaced.setdefault(name, deque())
+                recorder = await asyncio.to_thread(self._build, new[name])
+                self.recorders[name] = recorder
+                recorder.start()
+            if removed or changed or added:
+                log.info(
+                    "cameras reconfigured: %d started, %d restarted, %d stopped, %d untouched",
+                    len(added),
+                    len(changed),
+                    len(removed),
+                    len(new) - len(added) - len(changed),
+                )
 
     # --- stopping -------------------------------------------------------------------------------
 

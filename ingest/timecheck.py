@@ -567,6 +567,11 @@ class ClockMonitor:
             else:
                 self._checks.pop(camera, None)
 
+    def forget(self, camera: str) -> None:
+        """No more clock checks of a camera taken out of the config (a reload). Any thread."""
+        with self._lock:
+            self._checks.pop(camera, None)
+
     def start(self) -> None:
         self.thread.start()
 

@@ -71,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.storage.root,
         )
     try:
-        asyncio.run(run_daemon(config))
+        asyncio.run(run_daemon(config, config_path=args.config))
     except StorageError as err:
         log.error("%s", err)
         return 1

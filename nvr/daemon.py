@@ -1,7 +1,8 @@
 """The daemon's lifespan on the asyncio event loop: open the store (recover interrupted
-writes), start the recorders, publish status, and on SIGTERM/SIGINT finish every in-flight
-segment within 10 s. Blocking work (opening the store, scans, status files) goes through
-`asyncio.to_thread`; recorders run on their own threads.
+writes), start the recorders, publish status, on SIGHUP reload the config file
+(`nvr.reload`), and on SIGTERM/SIGINT finish every in-flight segment within 10 s. Blocking
+work (opening the store, scans, status files) goes through `asyncio.to_thread`; recorders
+run on their own threads.
 
 Under systemd (`systemd/nvr.service`, `Type=notify`) it reports READY=1 once the index is open
 and the recorders are started, a one-line STATUS= every few seconds, and STOPPING=1 on the way
@@ -29,6 +30,7 @@ from config import NvrConfig
 from ingest import RecorderStatus, Supervisor
 from ingest.supervisor import OpenerFactory, RecorderHealth, RepairPolicy, default_opener
 from nvr import memory
+from nvr.reload import LiveConfig, Reloader
 from nvr.sdnotify import Notifier
 from retention import Forecast, RetentionService
 from storage import SegmentStore, StorageError
@@ -221,19 +223,25 @@ async def run_daemon(
     opener_factory: OpenerFactory = default_opener,
     notifier: Notifier | None = None,
     repair: RepairPolicy | None = None,
+    config_path: Path | None = None,
 ) -> None:
-    """Run until `stop` is set or SIGTERM/SIGINT arrives. `notifier` defaults to the one
-    systemd's environment asks for (none outside systemd)."""
+    """Run until `stop` is set or SIGTERM/SIGINT arrives; SIGHUP reloads `config_path` (the
+    file `config` came from; `nvr.reload`). `notifier` defaults to the one systemd's
+    environment asks for (none outside systemd)."""
     stop = stop or asyncio.Event()
     notifier = notifier or Notifier.from_environment()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Until the reloader exists a SIGHUP is noted, not fatal (its default action ends us).
+    hups: list[str] = []
+    loop.add_signal_handler(signal.SIGHUP, hups.append, "signal:SIGHUP")
+    live = LiveConfig(config)
     root = config.storage.root
     store = await asyncio.to_thread(
         partial(
             SegmentStore,
-            retention_days=config.retention_days,
+            retention_days=live.retention_days,
             migrate_in_child=True,
             max_lock_years=config.evidence.max_lock_years,
             signing_key=config.signing_key_path(),
@@ -256,7 +264,25 @@ async def run_daemon(
         log.info("recording %d cameras into %s", len(supervisor.recorders), root)
         publisher = _Publisher(root, supervisor, store)
         await publisher.publish(True)
-        api = serve_api(config, store, supervisor, lambda: retention.last_forecast)
+        reloader = Reloader(live, config_path, supervisor, store, notifier)
+        reloader.subscribe(retention.reconfigure)
+        reloads: set[asyncio.Task[object]] = set()
+
+        def reload_on_signal(actor: str) -> None:
+            if stop.is_set():
+                log.warning("%s: not reloading, the daemon is stopping", actor)
+                return
+            log.info("%s: reloading the configuration", actor)
+            task = asyncio.create_task(reloader.reload(actor), name="config-reload")
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload_on_signal, "signal:SIGHUP")
+        for actor in hups:
+            reload_on_signal(actor)
+        api = serve_api(
+            config, store, supervisor, lambda: retention.last_forecast, reloader=reloader
+        )
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
         notifier.ready(line)
         if notifier.watchdog is not None:
@@ -287,13 +313,15 @@ async def run_daemon(
         notifier.stopping("stopping: finishing in-flight segments")
         if api is not None:
             await api.close()
+        if reloads:
+            await asyncio.wait(reloads)  # a reload in progress finishes before the recorders stop
         await asyncio.wait([beat])  # ends at `stop`; a failure was logged when it happened
         check.cancel()
         await supervisor.stop(grace=10.0)
         await retention_task
         await publisher.publish(False)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await asyncio.to_thread(store.close)
         notifier.close()

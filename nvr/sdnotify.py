@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 
 log = logging.getLogger("nvr.sdnotify")
@@ -108,6 +109,11 @@ class Notifier:
 
     def status(self, status: str) -> bool:
         return self.send("STATUS=" + one_line(status))
+
+    def reloading(self, status: str) -> bool:
+        """RELOADING=1 (with the monotonic time systemd asks for); READY=1 must follow."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=" + one_line(status))
 
     def stopping(self, status: str) -> bool:
         return self.send("STOPPING=1", "STATUS=" + one_line(status))

@@ -39,6 +39,10 @@ class RetentionService:
         self.last_verdict: ClockVerdict | None = None
         """The clock verdict of the last pass (health and status show a hold)."""
 
+    def reconfigure(self, config: NvrConfig) -> None:
+        """A reloaded config (its cameras' windows count in the next forecast); on the loop."""
+        self._config = config
+
     def purge_once(self, *, clock_confirmed_by: str | None = None) -> int:
         """One purge pass over every camera in the index; returns segments deleted.
 

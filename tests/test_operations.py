@@ -1,17 +1,21 @@
 """Running the recorder day to day (issue 16): one camera's bad config never stops the others,
-`check-config` reports every problem at once. Real daemons (`nvr run`), the GStreamer camera
+`check-config` reports every problem at once, a reload changes cameras without a gap in the
+unchanged ones. Real daemons (`nvr run`), the GStreamer camera
 simulator, the API over HTTP, the index reopened afterwards."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
+import av
 import httpx
 import pytest
 
@@ -175,3 +179,159 @@ def test_a_camera_without_its_secret_is_its_own_outage(camsim: CameraSim, tmp_pa
     text = (tmp_path / "daemon.log").read_text()
     assert "hunter2" not in text
     assert "camera envless cannot start: password_env" in text
+
+
+FRAME_MS = 100  # the simulator's 10 fps clips
+
+
+def largest_step_ms(path: Path) -> tuple[float, float]:
+    """The largest step between consecutive video DTS in a file, and its media length (ms)."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        tb = v.time_base
+        assert tb is not None
+        dts = [p.dts for p in c.demux(v) if p.size and p.dts is not None]
+    steps = [float((b - a) * tb) * 1000 for a, b in itertools.pairwise(dts)]
+    return max(steps), float((dts[-1] - dts[0]) * tb) * 1000 + FRAME_MS
+
+
+def camera_block(name: str, url: str, extra: str = "") -> str:
+    return f'[[cameras]]\nname = "{name}"\nurl = "{url}"\nsegment_seconds = 10\n{extra}'
+
+
+@pytest.mark.slow
+def test_reload_3_into_4_cameras_keeps_the_unchanged_one_contiguous(
+    camsim: CameraSim, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    port = free_port()
+    head = f'[storage]\nroot = "{root}"\n[api]\nlisten = "127.0.0.1:{port}"\n'
+    keep = camera_block("keep", camsim.url("h264"))
+    cfg = tmp_path / "nvr.toml"
+    cfg.write_text(
+        head
+        + keep
+        + camera_block("change", camsim.url("h265"))
+        + camera_block("gone", camsim.url("bframes"))
+    )
+    add_admin(cfg)
+    with daemon(cfg) as proc, login(f"http://127.0.0.1:{port}") as api:
+
+        def states() -> dict[str, str]:
+            return {c["name"]: c["state"] for c in api.get("/api/cameras").json()}
+
+        wait_for(
+            lambda: states() == dict.fromkeys(("keep", "change", "gone"), "recording"),
+            30,
+            "three cameras recording",
+        )
+        new = (
+            head
+            + keep
+            + camera_block("change", camsim.url("h265"), 'location = "moved to the gate"\n')
+            + camera_block("new", camsim.url("h264aac"))
+        )
+        cfg.write_text(new)
+        reload_ms = time.time_ns() // 1_000_000
+        proc.send_signal(signal.SIGHUP)
+        wait_for(
+            lambda: states()
+            == {"keep": "recording", "change": "recording", "new": "recording", "gone": "removed"},
+            30,
+            "the reload applied",
+        )
+        # Refused: a setting that needs a restart, then a file that is not valid; the
+        # running config is kept and the unchanged camera still records.
+        cfg.write_text(new.replace(str(root), str(tmp_path / "elsewhere")))
+        r = api.post("/api/reload")
+        assert r.status_code == 409, r.text
+        assert "storage.root: changed" in r.json()["detail"]
+        assert "restart the daemon" in r.json()["detail"]
+        cfg.write_text(new + "[[cameras]]\nname = 'bad name'\n")
+        r = api.post("/api/reload")
+        assert r.status_code == 409 and "cameras[3]" in r.json()["detail"], r.text
+        # Applied through the API: the diff comes back.
+        cfg.write_text(new.replace("[api]", '[site]\nname = "Depot"\n[api]'))
+        r = api.post("/api/reload")
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "applied": True,
+            "added": [],
+            "removed": [],
+            "changed": {},
+            "unchanged": ["keep", "change", "new"],
+            "settings": ["site.name"],
+        }
+        assert states()["keep"] == "recording"
+
+        def keep_cut_after_reload() -> bool:
+            with closing(open_index(root)) as store:
+                return any(s.start_ms > reload_ms for s in store.segments("keep"))
+
+        wait_for(keep_cut_after_reload, 20, "a segment of 'keep' begun after the reload")
+        audit = api.get("/api/audit", params={"action": "config-reload"}).json()
+    assert proc.returncode == 0
+    with closing(open_index(root)) as store:
+        segs = store.segments("keep")
+        assert segs[0].start_ms < reload_ms < segs[-1].start_ms
+        prev_end: float | None = None
+        for seg in segs:
+            step, media_ms = largest_step_ms(seg.path)
+            assert step <= FRAME_MS + 1, (seg.path, step)  # no frame missing inside a file
+            if prev_end is not None:
+                assert abs(seg.start_ms - prev_end) <= FRAME_MS, (seg, prev_end)
+            prev_end = seg.start_ms + media_ms
+        # Only the stop at the end of the test is in the unchanged camera's ledger.
+        assert [o.cause for o in store.outages("keep")] == ["daemon-stopped"]
+        (restarted, stopped) = store.outages("change")
+        assert stopped.cause == "daemon-stopped"
+        assert restarted.cause == "config-reload" and "changed" in restarted.detail
+        assert restarted.end_ms is not None and restarted.end_ms - restarted.start_ms < 10_000
+        assert any(s.start_ms > reload_ms for s in store.segments("change"))
+        (gone,) = store.outages("gone")
+        assert gone.cause == "config-reload" and gone.end_ms is None
+        assert "removed" in gone.detail
+        assert store.segments("gone")[-1].end_ms <= gone.start_ms + FRAME_MS
+        assert store.segments("new")
+    assert not list(root.rglob("*.part"))
+    outcomes = [(e["actor"], e["outcome"]) for e in audit]
+    assert ("signal:SIGHUP", "ok") in outcomes, audit
+    assert outcomes.count(("admin", "refused")) == 2 and ("admin", "ok") in outcomes
+    sighup = next(e for e in audit if e["actor"] == "signal:SIGHUP")
+    assert sighup["detail"]["added"] == ["new"] and sighup["detail"]["removed"] == ["gone"]
+    assert sighup["detail"]["changed"] == {"change": ["location"]}
+    log = (tmp_path / "daemon.log").read_text()
+    assert "configuration reload by admin refused" in log
+    assert "storage.root: changed" in log
+
+
+def test_reload_diff_names_what_needs_a_restart() -> None:
+    from config import parse_config
+    from config.diff import diff_configs
+
+    base = {
+        "storage": {"root": "/srv/a"},
+        "api": {"listen": "127.0.0.1:8080"},
+        "cameras": [
+            {"name": "a", "url": "rtsp://127.0.0.1/a"},
+            {"name": "b", "url": "rtsp://127.0.0.1/b", "enabled": False},
+        ],
+    }
+    old = parse_config(base, "old")
+    new = parse_config(
+        {
+            "storage": {"root": "/srv/b", "database_url": "sqlite:////srv/x.db"},
+            "api": {"listen": "127.0.0.1:9090"},
+            "log_level": "debug",
+            "cameras": [
+                {"name": "a", "url": "rtsp://127.0.0.1/a", "segment_seconds": 30},
+                {"name": "b", "url": "rtsp://127.0.0.1/b"},
+            ],
+        },
+        "new",
+    )
+    diff = diff_configs(old, new)
+    assert diff.restart_needed == ("storage.root", "storage.database_url", "api.listen")
+    assert diff.changed == {"a": ("segment_seconds",)} and diff.added == ("b",)
+    assert diff.live == ("log_level",)
+    assert diff_configs(old, old).empty
