@@ -158,8 +158,13 @@ def test_a_camera_without_its_secret_is_its_own_outage(camsim: CameraSim, tmp_pa
         assert "camera envless config-error" in reasons
         assert f"expected environment variable {UNSET} to be set" in reasons
         assert f"password_file: cannot read {secret}" in reasons
+        # status.json, which `nvr status` reads, is rewritten every 2 s
+        wait_for(
+            lambda: "envless: config-error (" in nvr(["status", "-c", str(cfg)], tmp_path).stdout,
+            10,
+            "nvr status to show the config error",
+        )
         status = nvr(["status", "-c", str(cfg)], tmp_path)
-        assert "envless: config-error (" in status.stdout, status.stdout
         assert "open gap since" in status.stdout and ": config " in status.stdout
         # The secret put in place: that camera starts without a restart.
         secret.write_text("hunter2\n")
