@@ -3,12 +3,14 @@ what was expected and what was found. Runs on the calling thread (CLI start-up).
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from config.errors import ConfigError
 from config.models import BUILTIN_TEST_PATTERN, CameraConfig, NvrConfig, StorageConfig
@@ -34,6 +36,29 @@ def _key_path(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
     return out or "(top level)"
 
 
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds: itself, or inside `X | None`, `list[X]`, `Annotated[X, ...]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the schema allows in the table at `loc` (for "did you mean")."""
+    model: type[BaseModel] | None = NvrConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue  # an element of a list of tables: same model
+        if model is None or part not in model.model_fields:
+            return []
+        model = _model_in(model.model_fields[part].annotation)
+    return list(model.model_fields) if model is not None else []
+
+
 def _found(err: dict[str, Any]) -> str:
     loc = err.get("loc", ())
     if loc and loc[-1] in _SECRET_KEYS:
@@ -50,7 +75,10 @@ def _describe(err: dict[str, Any], data: dict[str, Any]) -> str:
     path = _key_path(tuple(err.get("loc", ())), data)
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"{path}: unknown key (not part of the schema)"
+        loc = tuple(err.get("loc", ()))
+        close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1) if loc else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{path}: unknown key (not part of the schema){hint}"
     if kind == "missing":
         return f"{path}: required key is missing"
     msg = str(err["msg"])

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import logging
+import os
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from config import ConfigError, NvrConfig, default_config, load_config
+from config import ConfigError, NvrConfig, load_config
 from config.checks import machine_problems
 from ingest.timecheck import camera_status_lines, server_status_line
-from nvr import cli_api, cli_index, cli_retention, discover
+from nvr import cli_api, cli_index, cli_retention, configpath, discover
 from storage import IndexCorruptError, SegmentStore, StorageError
 
 log = logging.getLogger("nvr")
@@ -44,6 +46,11 @@ def setup_logging(level: str) -> None:
 STATUS_FRESH_MS = 15_000
 """status.json older than this means the daemon is not running (it rewrites it every 2 s)."""
 
+NOT_RUNNING = 3
+"""`nvr status` exit status when the daemon is not running (LSB: "program is not running")."""
+SIGPIPE_EXIT = 128 + 13
+"""Exit status when the reader of stdout went away (what a shell shows for SIGPIPE)."""
+
 MALLOC_ARENAS = 2
 """glibc malloc arenas for the daemon's many threads (see nvr/memory.py)."""
 
@@ -55,23 +62,24 @@ def fmt_ms(ms: int | None) -> str:
 
 
 def _load(path: Path | None) -> NvrConfig:
-    return default_config() if path is None else load_config(path)
+    return configpath.load(path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from nvr import memory
     from nvr.daemon import run_daemon
 
-    config = _load(args.config)
+    path = configpath.config_path(args.config)
+    config = _load(path)
     setup_logging(config.log_level)
     memory.limit_arenas(MALLOC_ARENAS)  # before any recorder thread exists
-    if args.config is None:
+    if path is None:
         log.info(
             "no config given: embedded default (data in %s, built-in camera 'demo')",
             config.storage.root,
         )
     try:
-        asyncio.run(run_daemon(config, config_path=args.config))
+        asyncio.run(run_daemon(config, config_path=path))
     except StorageError as err:
         log.error("%s", err)
         return 1
@@ -123,7 +131,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print("daemon: " + (f"running (pid {doc['pid']})" if fresh and doc else "not running"))
     try:
-        return _status_from_index(config, doc if fresh else None, now)
+        code = _status_from_index(config, doc if fresh else None, now)
+        # Scripts and monitoring can tell a stopped recorder from the exit status alone.
+        return code if fresh else NOT_RUNNING
     except IndexCorruptError as err:
         # What the daemon says (status.json) still shows, then what is wrong and what to do.
         for name, live in sorted(((doc or {}).get("cameras", {}) if fresh else {}).items()):
@@ -196,11 +206,19 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
     return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("nvr")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nvr", description="Evidence-grade video recorder")
+    parser.add_argument("--version", action="version", version=f"nvr {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the recorder in the foreground")
-    run.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded demo)")
+    run.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     run.set_defaults(func=cmd_run)
     check = sub.add_parser(
         "check-config",
@@ -215,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(func=cmd_check_config)
     status = sub.add_parser("status", help="per-camera state, recent segments and gaps")
-    status.add_argument("-c", "--config", type=Path)
+    status.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     status.set_defaults(func=cmd_status)
     cli_retention.register(sub)
     cli_api.register(sub)
@@ -228,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit, so that a reader gone is caught below
+    except BrokenPipeError:
+        # `nvr status | head`: the reader left. No traceback; stdout goes nowhere from now
+        # on, so the flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2

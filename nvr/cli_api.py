@@ -13,14 +13,15 @@ import os
 import sys
 from pathlib import Path
 
-from config import NvrConfig, default_config, load_config
+from config import NvrConfig
+from nvr import configpath
 from storage import SegmentStore
 from storage.accounts import ROLES, AccountError
 from storage.guard import iso as fmt_ms
 
 
 def _load(path: Path | None) -> NvrConfig:
-    return default_config() if path is None else load_config(path)
+    return configpath.load(path)
 
 
 def _open(args: argparse.Namespace) -> SegmentStore:
@@ -259,7 +260,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         p = users.add_parser(name, help=help_text)
-        p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+        p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
         return p
 
     p = with_config("add", "add a user")
@@ -291,7 +292,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "metrics-token",
         help="make a new static bearer token that may read /metrics only (for Prometheus)",
     )
-    p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+    p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     p.add_argument(
         "--hash-file",
         type=Path,
@@ -308,7 +309,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "audit-verify", help="walk the audit log's hash chain and check its signed checkpoints"
     )
-    p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+    p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     p.add_argument(
         "--key",
         type=Path,

@@ -7,12 +7,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from config import default_config, load_config
+from nvr import configpath
 from storage.rebuild import rebuild_index
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    config = default_config() if args.config is None else load_config(args.config)
+    config = configpath.load(args.config)
     report = rebuild_index(config.storage.root, config.storage.index_url())
     if report.damaged is not None:
         print(f"kept the old index as {report.damaged}")
@@ -45,5 +45,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="build a new index from the segment files (the old one is kept aside); "
         "run with the recorder stopped",
     )
-    p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+    p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     p.set_defaults(func=cmd_rebuild)

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from config import NvrConfig, default_config, load_config
+from config import NvrConfig
+from nvr import configpath
 from retention import RetentionService
 from storage import ClockSuspicious, LockError, RetentionViolation, SegmentStore
 from storage.guard import iso
@@ -43,7 +44,7 @@ def actor() -> str:
 
 
 def _config(path: Path | None) -> NvrConfig:
-    return default_config() if path is None else load_config(path)
+    return configpath.load(path)
 
 
 def open_store(config: NvrConfig) -> SegmentStore:
@@ -220,7 +221,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("-c", "--config", type=Path, help="TOML config (default: embedded)")
+        p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
         return p
 
     p = with_config("lock", "lock footage as evidence (default 2 years)")

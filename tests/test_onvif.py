@@ -38,6 +38,7 @@ from ingest.onvif import (
 )
 from ingest.supervisor import default_opener
 from ingest.timecheck import DEVICE_INFO, ClockMonitor, ClockNotes, read_server_clock
+from nvr.cli import NOT_RUNNING
 from nvr.cli import main as nvr_main
 from nvr.daemon import run_daemon
 from storage import SegmentStore
@@ -365,7 +366,7 @@ def test_camera_clock_30s_off_is_flagged_in_status_and_audit(
         f'onvif = "{device.address}"\nusername = "admin"\npassword_env = "LOBBY_PW"\n',
         encoding="utf-8",
     )
-    assert nvr_main(["status", "-c", str(config)]) == 0
+    assert nvr_main(["status", "-c", str(config)]) == NOT_RUNNING  # printed all the same
     out = capsys.readouterr().out
     assert "device: PythonCam VirtualCam-1, firmware" in out and "serial PY-000042" in out
     line = next(x for x in out.splitlines() if "camera clock (onvif" in x)
@@ -490,7 +491,7 @@ async def test_daemon_records_an_onvif_camera_and_status_shows_device_and_clocks
     finally:
         stop.set()
         await asyncio.wait_for(daemon, 30)
-    assert nvr_main(["status", "-c", str(path)]) == 0
+    assert nvr_main(["status", "-c", str(path)]) == NOT_RUNNING  # stopped by now
     out = capsys.readouterr().out
     assert "device: PythonCam VirtualCam-1, firmware" in out, out
     assert "profile Profile_Main (1920x1080 H264)" in out

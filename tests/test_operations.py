@@ -340,3 +340,70 @@ def test_reload_diff_names_what_needs_a_restart() -> None:
     assert diff.changed == {"a": ("segment_seconds",)} and diff.added == ("b",)
     assert diff.live == ("log_level",)
     assert diff_configs(old, old).empty
+
+
+# --- the CLI as an operator meets it (issue 16, item 6) ---------------------------------------
+
+
+def test_version_and_config_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nvr import configpath
+
+    done = subprocess.run([*NVR, "--version"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("nvr 0."), done
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(
+        f'[storage]\nroot = "{tmp_path / "data"}"\n'
+        '[[cameras]]\nname = "yard"\nurl = "rtsp://127.0.0.1:9/a"\n'
+    )
+    env = {**os.environ, "NVR_CONFIG": str(cfg)}
+    done = subprocess.run(
+        [*NVR, "status"], cwd=tmp_path, capture_output=True, text=True, env=env, check=False
+    )
+    # Not the embedded demo: the file NVR_CONFIG names; and not running is a failure status.
+    assert "yard: not running" in done.stdout and "demo" not in done.stdout, done
+    assert done.returncode == 3
+    assert not (tmp_path / "nvr-data").exists()
+    # Without -c and NVR_CONFIG, the installed file is used when it exists.
+    monkeypatch.delenv("NVR_CONFIG", raising=False)
+    monkeypatch.setattr(configpath, "DEFAULT_PATH", cfg)
+    assert configpath.config_path(None) == cfg
+    assert configpath.load(None).cameras[0].name == "yard"
+    monkeypatch.setattr(configpath, "DEFAULT_PATH", tmp_path / "absent.toml")
+    assert configpath.config_path(None) is None
+    assert configpath.config_path(tmp_path / "given.toml") == tmp_path / "given.toml"
+
+
+def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    cfg = tmp_path / "nvr.toml"
+    cfg.write_text(f'[storage]\nroot = "{tmp_path / "data"}"\n')
+    read, write = os.pipe()
+    os.close(read)  # `nvr status | head -1` once head has gone
+    try:
+        done = subprocess.run(
+            [*NVR, "status", "-c", str(cfg)], stdout=write, stderr=subprocess.PIPE, check=False
+        )
+    finally:
+        os.close(write)
+    assert done.stderr == b"", done.stderr.decode()
+    assert done.returncode == 141
+
+
+def test_unknown_keys_get_a_did_you_mean(tmp_path: Path) -> None:
+    from config import ConfigError, load_config
+
+    cfg = tmp_path / "nvr.toml"
+    cfg.write_text(
+        'log_levle = "info"\n[storage]\nroot = "r"\n[api]\nlisen = "127.0.0.1:8080"\n'
+        '[[cameras]]\nname = "a"\nurl = "rtsp://127.0.0.1/a"\nsegment_second = 10\nzzz = 1\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg)
+    assert sorted(info.value.problems) == [
+        "api.lisen: unknown key (not part of the schema); did you mean 'listen'?",
+        "cameras[0](a).segment_second: unknown key (not part of the schema); "
+        "did you mean 'segment_seconds'?",
+        "cameras[0](a).zzz: unknown key (not part of the schema)",
+        "log_levle: unknown key (not part of the schema); did you mean 'log_level'?",
+    ]
