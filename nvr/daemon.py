@@ -273,7 +273,7 @@ async def run_daemon(
                 log.warning("%s: not reloading, the daemon is stopping", actor)
                 return
             log.info("%s: reloading the configuration", actor)
-            task = asyncio.create_task(reloader.reload(actor), name="config-reload")
+            task = asyncio.create_task(reloader.reload(actor), name="sighup-reload")
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
@@ -313,8 +313,7 @@ async def run_daemon(
         notifier.stopping("stopping: finishing in-flight segments")
         if api is not None:
             await api.close()
-        if reloads:
-            await asyncio.wait(reloads)  # a reload in progress finishes before the recorders stop
+        await reloader.close()  # a reload in progress finishes before the recorders stop
         await asyncio.wait([beat])  # ends at `stop`; a failure was logged when it happened
         check.cancel()
         await supervisor.stop(grace=10.0)

@@ -53,6 +53,8 @@ class Reloader:
         self._notifier = notifier
         self._listeners: list[Listener] = []
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[ReloadOutcome]] = set()
+        self._closed = False
 
     @property
     def config(self) -> NvrConfig:
@@ -67,7 +69,23 @@ class Reloader:
             self._listeners.remove(listener)
 
     async def reload(self, actor: str) -> ReloadOutcome:
-        """Read the config file again and apply it, or refuse it (logged and audited)."""
+        """Read the config file again and apply it, or refuse it (logged and audited). The
+        work runs as a task of its own: a caller that gives up (an HTTP client gone) never
+        leaves the recorders half reconfigured."""
+        if self._closed:
+            return ReloadOutcome(False, None, ("the daemon is stopping",))
+        task = asyncio.create_task(self._serialized(actor), name="config-reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
+
+    async def close(self) -> None:
+        """Refuse further reloads and wait for one in progress (before the recorders stop)."""
+        self._closed = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _serialized(self, actor: str) -> ReloadOutcome:
         async with self._lock:
             if self._notifier is not None:
                 self._notifier.reloading(f"reloading the configuration ({actor})")
