@@ -345,9 +345,10 @@ class SegmentStore:
         `index_reserve_bytes`: see the module docstring (kept only by the exclusive writer,
         beside a SQLite file).
         `uptime` (ms since boot), `synchronised` (the kernel's sync state) and `boot_id` are
-        the clock evidence (`storage.clock`); an injected `clock` is a simulated world whose
-        uptime is that clock unless given. A hold after a step ends by itself once the clock
-        has been synchronised and stable for `clock_stable_s`."""
+        the clock evidence (`storage.clock`); an injected `clock` without `uptime` is taken to
+        run in this boot, as far from uptime as the real clock was at open. A hold after a
+        step ends by itself once the clock has been synchronised and stable for
+        `clock_stable_s`."""
         self.root = root.resolve()
         self.max_lock_years = max_lock_years
         self._key_path = signing_key if signing_key is not None else self.root / ".nvr-export-key"
@@ -358,7 +359,12 @@ class SegmentStore:
         self._checkpoint_ms = checkpoint_ms
         self._window = retention_days or (lambda _camera: MIN_WINDOW_DAYS)
         self._clock = clock
-        self._uptime = uptime or (evidence.read_uptime_ms if clock is now_ms else clock)
+        if uptime is None and clock is not now_ms:
+            # A simulated clock runs in this boot: as far from uptime as the real clock is
+            # now (so it steps only where the test moves it against that).
+            boot_offset = now_ms() - evidence.read_uptime_ms()
+            uptime = lambda: clock() - boot_offset  # noqa: E731
+        self._uptime = uptime or evidence.read_uptime_ms
         self._synchronised = synchronised
         self._boot_id = boot_id or evidence.read_boot_id()
         self._clock_stable_ms = clock_stable_s * 1000

@@ -13,6 +13,7 @@ from api.mp4 import decode_index, encode_index, parse_segment
 from api.playback import PlaybackService
 from storage import SegmentStore
 from tests.test_api import CAMERAS, footage_template, users_template
+from tests.test_retention import add_segment
 
 __all__ = ["footage_template", "users_template"]  # fixtures used here
 
@@ -67,10 +68,12 @@ def test_stored_index_goes_with_its_segment(footage_template: Path, tmp_path: Pa
         assert len(store.sample_indexes(segs)) == len(segs)
     finally:
         store.close()
-    # Forty days later the footage is past its window: retention may delete it.
+    # Forty days later (of this boot's uptime too, see storage/clock.py), with the recorder
+    # still recording, the footage is past its window: retention may delete it.
     later = max(s.end_ms for s in segs) + 40 * 86_400_000
     store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", clock=lambda: later)
     try:
+        add_segment(store, "live", later - 2000)
         gone = store.delete_range("bframes", segs[0].start_ms, segs[-1].end_ms, actor="test")
         assert {s.id for s in gone} == {s.id for s in segs}
         assert store.sample_indexes(segs) == {}
