@@ -22,13 +22,29 @@ SIGKILL, restart, and once READY=1 arrives check through `storage.SegmentStore` 
 - **video lost per crash** per camera: kill time minus the end of the last footage that
   survived (indexed or salvaged). Target: the fragment in flight, about 1-2 s.
 
-Run: ``python -m bench.crash [--crashes 50] [--seed 1] [--json FILE]``. Runs on the main
-thread; everything measured runs in child processes. Results go to docs/reliability.md by hand.
+Scenarios (`--scenario`):
+
+- ``random`` (default): SIGKILL at a random moment, as above.
+- ``rename-insert``: fault injection between a segment's rename and its index row: the daemon
+  runs as `python -m bench.crashpoint`, which SIGKILLs itself at the first recorder commit
+  after a random moment, the file renamed and fsynced, its row not inserted. Checked besides:
+  every such stranded `.mp4` is indexed as `recovered` at the restart (start-up recovery).
+- ``full-index``: the index on a 16 MiB tmpfs of its own (needs root) is filled to the last
+  byte at a random moment; once every camera shows `storage-full` (segments held, the ledger
+  written from the index's reserve) and a random 0.5-3 s more, SIGKILL; the filler is removed
+  and the daemon restarted. Checked besides: the held segment files (on disk, no row at the
+  kill) are indexed as `recovered` at the restart; the outage from the last footage may be
+  the `storage-full` one the reserve let the daemon write.
+
+Run: ``python -m bench.crash [--crashes 50] [--seed 1] [--scenario S] [--json FILE]``. Runs
+on the main thread; everything measured runs in child processes. Results go to
+docs/reliability.md by hand.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
@@ -110,16 +126,27 @@ class Round:
     first_segment: list[str]
     """Cameras whose segment in flight was the first of their connection."""
     verify_ok: bool
+    stranded: int = 0
+    """Complete `.mp4` files without an index row at the kill (renamed, or held)."""
+    stranded_indexed: int = 0
+    """Of those, indexed as `recovered` by the restart."""
     problems: list[str] = field(default_factory=list)
 
 
 class Bench:
-    def __init__(self, work: Path, sims: list[CameraSim]) -> None:
+    def __init__(
+        self, work: Path, sims: list[CameraSim], scenario: str, index_dir: Path | None
+    ) -> None:
         self.work = work
+        self.scenario = scenario
         self.root = work / "store"
         self.config = work / "nvr.toml"
+        self.trigger = work / "crash-at-insert"
+        self.index_dir = index_dir
         self.cameras = [f"cam{i}" for i in range(len(sims))]
-        lines = [f'[storage]\nroot = "{self.root}"\n']
+        db = (index_dir or self.root) / "index.db"
+        self.db = db
+        lines = [f'[storage]\nroot = "{self.root}"\ndatabase_url = "sqlite:///{db}"\n']
         for name, sim, clip in zip(self.cameras, sims, CLIPS, strict=False):
             lines.append(
                 f'[[cameras]]\nname = "{name}"\nurl = "{sim.url(name)}"\n'
@@ -133,7 +160,7 @@ class Bench:
         """`.part` files already found to hold no complete fragment (kept, never deleted)."""
 
     def url(self) -> str:
-        return f"sqlite:///{self.root / 'index.db'}"
+        return f"sqlite:///{self.db}"
 
     def reader(self) -> SegmentStore:
         return SegmentStore(self.root, self.url(), exclusive=False)
@@ -144,8 +171,17 @@ class Bench:
         env = dict(os.environ, NOTIFY_SOCKET=self.manager.address)
         started = time.monotonic()
         with (self.work / "daemon.log").open("ab") as log:
+            command = [sys.executable, "-m", "nvr.cli", "run", "-c", str(self.config)]
+            if self.scenario == "rename-insert":
+                command = [
+                    sys.executable,
+                    "-m",
+                    "bench.crashpoint",
+                    str(self.config),
+                    str(self.trigger),
+                ]
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nvr.cli", "run", "-c", str(self.config)],
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -167,6 +203,34 @@ class Bench:
                 pass
             time.sleep(0.2)
         raise RuntimeError("cameras did not all start recording")
+
+    def wait_state(self, state: str, timeout: float = 60) -> None:
+        """Until status.json shows every camera in `state`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                doc = json.loads((self.root / "status.json").read_text(encoding="utf-8"))
+                cams = doc["cameras"]
+                if all(cams.get(c, {}).get("state") == state for c in self.cameras):
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"cameras did not all reach {state}")
+
+    def wait_dead(self, timeout: float = 60) -> int:
+        """Until the daemon has killed itself (the injected fault); its exit status."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout)
+        self.proc = None
+        return code
+
+    def stranded(self) -> list[Path]:
+        store = self.reader()
+        try:
+            return store.consistency().files_without_rows
+        finally:
+            store.close()
 
     def pid(self) -> int:
         assert self.proc is not None
@@ -224,10 +288,26 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
     first_id = max(bench.rows(), default=0)
     recording_since = time.monotonic()
     time.sleep(rng.uniform(0.5, 20.0))  # about two segments: the kill lands anywhere in them
-    before = bench.rows()
+    filler = bench.index_dir / "filler" if bench.index_dir is not None else None
+    if bench.scenario == "rename-insert":
+        bench.trigger.touch()  # the next commit renames its file, then the daemon dies
+        code = bench.wait_dead(60)
+        killed_ms = now_ms()
+        if code != -signal.SIGKILL:
+            raise RuntimeError(f"the daemon ended with {code}, not at the injected fault")
+        before = bench.rows()
+    else:
+        if filler is not None:
+            fill_up(filler)
+            bench.wait_state("storage-full")
+            time.sleep(rng.uniform(0.5, 3.0))
+        before = bench.rows()
+        killed_ms = now_ms()
+        bench.kill()
     parts = sorted(p for p in bench.root.rglob("*.mp4.part") if p not in bench.kept_parts)
-    killed_ms = now_ms()
-    bench.kill()
+    stranded = bench.stranded()
+    if filler is not None:
+        filler.unlink()  # room again before the restart
     ran = time.monotonic() - recording_since
     # Whose segment in flight was the first of its connection (nothing committed yet)?
     first = {
@@ -246,6 +326,15 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
     problems += [f"indexed segment lost: {s.camera} {s.path.name}" for s in lost_rows]
     problems += bench.check_files(after)
     new = [s for sid, s in after.items() if sid not in before]
+    recovered_paths = {s.path for s in new if s.recovered}
+    stranded_indexed = [p for p in stranded if p in recovered_paths]
+    problems += [
+        f"stranded {p.name} not indexed as recovered by the restart"
+        for p in stranded
+        if p not in recovered_paths
+    ]
+    if bench.scenario == "rename-insert" and not stranded:
+        problems.append("the injected fault left no file without a row")
     salvaged = [s for s in new if s.recovered]
     still_parts = [p for p in parts if p.exists()]
     bench.kept_parts.update(still_parts)
@@ -265,10 +354,13 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
                 continue
             last_end = max(s.end_ms for s in surviving)
             lost_video[cam] = killed_ms - last_end
+            causes = {"not-running"}
+            if bench.scenario == "full-index":
+                causes.add("storage-full")  # written from the index's reserve before the kill
             gaps = [
                 o
                 for o in store.outages(cam, last_end)
-                if o.cause == "not-running" and o.start_ms == last_end
+                if o.cause in causes and o.start_ms == last_end
             ]
             if not gaps:
                 problems.append(f"{cam}: no not-running outage from the last footage")
@@ -289,18 +381,41 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
         lost_video_ms=lost_video,
         first_segment=sorted(first),
         verify_ok=verify_ok,
+        stranded=len(stranded),
+        stranded_indexed=len(stranded_indexed),
         problems=problems,
     )
 
 
-def summarise(rounds: list[Round], final: list[str], ledger_closed: bool) -> str:
+def fill_up(path: Path) -> None:
+    """Write until the filesystem has not one free block left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (1 << 20, 4096, 512):
+            block = b"\0" * chunk
+            while True:
+                try:
+                    os.write(fd, block)
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+
+
+def summarise(
+    rounds: list[Round], final: list[str], ledger_closed: bool, scenario: str = "random"
+) -> str:
     steady = [
         ms for r in rounds for cam, ms in r.lost_video_ms.items() if cam not in r.first_segment
     ]
     early = [ms for r in rounds for cam, ms in r.lost_video_ms.items() if cam in r.first_segment]
     ready = [r.restart_to_ready_s for r in rounds]
     lines = [
-        f"crashes: {len(rounds)} SIGKILLs, 4 cameras, segments of 10 s",
+        f"scenario {scenario}: {len(rounds)} SIGKILLs, 4 cameras, segments of 10 s",
+        f"files without a row at the kill: {sum(r.stranded for r in rounds)}; indexed as "
+        f"recovered by the restart: {sum(r.stranded_indexed for r in rounds)}",
         f"indexed segments lost: {sum(r.lost_rows for r in rounds)}",
         f"rounds with problems: {sum(1 for r in rounds if r.problems)}",
         f"nvr verify passed after every restart: {all(r.verify_ok for r in rounds)}",
@@ -337,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crashes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every round as JSON here")
+    parser.add_argument(
+        "--scenario", choices=("random", "rename-insert", "full-index"), default="random"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     reason = gst_rtsp_unavailable()
@@ -350,10 +468,23 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     rounds: list[Round] = []
     bench: Bench | None = None
+    index_dir: Path | None = None
+    if args.scenario == "full-index":
+        index_dir = work / "indexfs"
+        index_dir.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(index_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            print(f"cannot mount the index's tmpfs (needs root): {done.stderr}", file=sys.stderr)
+            return 2
     try:
         for sim in sims:
             sim.start()
-        bench = Bench(work, sims)
+        bench = Bench(work, sims, args.scenario, index_dir)
         bench.start()
         for i in range(args.crashes):
             r = run_round(bench, i, rng)
@@ -378,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             store.close()
-        text = summarise(rounds, final, ledger_closed)
+        text = summarise(rounds, final, ledger_closed, args.scenario)
         print("\n" + text)
         if args.json is not None:
             args.json.write_text(
@@ -393,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.manager.close()
         for sim in sims:
             sim.stop()
+        if index_dir is not None:
+            subprocess.run(["umount", "-l", str(index_dir)], check=False)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
