@@ -2,7 +2,7 @@
 (RFC 7798), AAC (RFC 3640, `mpeg4-generic`) and G.711 (RFC 3551, PCMA/PCMU), plus the SDP
 parsing that says which applies.
 
-Pure logic, no I/O: `ingest.rtsp` feeds each RTP payload with its extended timestamp and
+Pure logic, no I/O: `ingest.rtsp_session` feeds each RTP payload with its extended timestamp and
 marker bit, and takes the finished frames from `out`. Runs on the recorder thread of one
 camera; called for every RTP packet, so the hot paths index bytes directly.
 

@@ -1,7 +1,7 @@
 """Where packets come from: the `StreamOpener` seam and its two real implementations,
 RTSP cameras and the built-in test pattern (H.264 made in-process).
 
-An RTSP camera is read by our own client (`ingest.rtsp`) where it can be: RTSP over TCP,
+An RTSP camera is read by our own client (`ingest.rtsp_session`) where it can be: RTSP over TCP,
 H.264/H.265 video, AAC or no audio, frames in presentation order. Anything else goes to
 FFmpeg's RTSP demuxer through PyAV (`RtspSource`), and a camera that needed it once keeps it.
 
@@ -40,7 +40,7 @@ from ingest.errors import (
     UnsupportedStream,
 )
 from ingest.redact import redact_text
-from ingest.rtsp import (
+from ingest.rtsp_session import (
     KEYFRAME_WAIT_SECONDS,
     NativeRtspSource,
     NotForUs,

@@ -14,7 +14,7 @@ from pathlib import Path
 import av
 import pytest
 
-import ingest.rtsp as rtsp
+import ingest.rtsp_session as rtsp
 from config import CameraConfig, NvrConfig, StorageConfig
 from ingest import RtspOpener
 from ingest.rtp import (

@@ -1,4 +1,4 @@
-"""Our RTSP/RTP client (`ingest.rtsp`, `ingest.rtp`): payload formats with hand-built RTP,
+"""Our RTSP/RTP client (`ingest.rtsp_session`, `ingest.rtp`): payload formats with hand-built RTP,
 the interleaved reader with arbitrary read boundaries, and real sessions against the
 GStreamer camera simulator (with Digest and Basic logins)."""
 
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ingest.rtsp as rtsp
+import ingest.rtsp_session as rtsp
 from ingest.errors import AuthRejected, ConnectTimeout, StreamError, UnsupportedStream
 from ingest.rtp import (
     AacFrames,
@@ -30,7 +30,7 @@ from ingest.rtp import (
     SdpMedia,
     parse_sdp,
 )
-from ingest.rtsp import NativeRtspSource, NotForUs, RtspSession, _Digest
+from ingest.rtsp_session import NativeRtspSource, NotForUs, RtspSession, _Digest
 from ingest.sources import RtspOpener, RtspSource, Source
 from tests.camsim import CameraSim
 
