@@ -50,7 +50,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ingest.errors import AuthRejected, CameraUnreachable, ConnectTimeout, StreamError
 from ingest.redact import redact_text
-from ingest.rtsp_session import KEYFRAME_WAIT_SECONDS
+from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from ingest.sources import RtspOpener, Source
 from ingest.timecheck import (
     CAMERA_CHECK_INTERVAL_S,

@@ -37,7 +37,7 @@ from av.video.stream import VideoStream
 
 from ingest import progress
 from ingest.errors import StreamError, StreamStalled, UnsupportedStream
-from ingest.rtsp_session import KEYFRAME_WAIT_SECONDS
+from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from ingest.sources import Source, StreamOpener
 from ingest.timecheck import CLOCK_STEP, ClockStep, ClockStepDetector
 from ingest.timeline import Stamped, StreamTimeline

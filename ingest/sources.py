@@ -1,9 +1,10 @@
 """Where packets come from: the `StreamOpener` seam and its two real implementations,
 RTSP cameras and the built-in test pattern (H.264 made in-process).
 
-An RTSP camera is read by our own client (`ingest.rtsp_session`) where it can be: RTSP over TCP,
-H.264/H.265 video, AAC or no audio, frames in presentation order. Anything else goes to
-FFmpeg's RTSP demuxer through PyAV (`RtspSource`), and a camera that needed it once keeps it.
+An RTSP camera is read by our own client (`ingest.rtsp_session`, `ingest.rtsp_source`)
+where it can be: RTSP over TCP, H.264/H.265 video, AAC or no audio, frames in presentation
+order. Anything else goes to FFmpeg's RTSP demuxer through PyAV (`RtspSource`), and a camera
+that needed it once keeps it.
 
 Everything here runs on the recorder thread of one camera. FFmpeg's blocked reads are
 interrupted by its own socket `timeout` option (cheap), never by closing the container from
@@ -40,13 +41,8 @@ from ingest.errors import (
     UnsupportedStream,
 )
 from ingest.redact import redact_text
-from ingest.rtsp_session import (
-    KEYFRAME_WAIT_SECONDS,
-    NativeRtspSource,
-    NotForUs,
-    RtspSession,
-    TcpRefused,
-)
+from ingest.rtsp_session import NotForUs, RtspSession, TcpRefused
+from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS, NativeRtspSource
 from ingest.watchdog import WATCHDOG, SocketCapture, Watched
 
 log = logging.getLogger("nvr.ingest")

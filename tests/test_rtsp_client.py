@@ -1,6 +1,6 @@
-"""Our RTSP/RTP client (`ingest.rtsp_session`, `ingest.rtp`): payload formats with hand-built RTP,
-the interleaved reader with arbitrary read boundaries, and real sessions against the
-GStreamer camera simulator (with Digest and Basic logins)."""
+"""Our RTSP/RTP client (`ingest.rtsp_session`, `rtsp_auth`, `rtsp_source`, `ingest.rtp`):
+payload formats with hand-built RTP, the interleaved reader with arbitrary read boundaries,
+and real sessions against the GStreamer camera simulator (with Digest and Basic logins)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ingest.rtsp_session as rtsp
+import ingest.rtsp_source as rtsp_source
 from ingest.errors import AuthRejected, ConnectTimeout, StreamError, UnsupportedStream
 from ingest.rtp import (
     AacFrames,
@@ -30,7 +31,9 @@ from ingest.rtp import (
     SdpMedia,
     parse_sdp,
 )
-from ingest.rtsp_session import NativeRtspSource, NotForUs, RtspSession, _Digest
+from ingest.rtsp_auth import DigestAuth
+from ingest.rtsp_session import NotForUs, RtspSession
+from ingest.rtsp_source import NativeRtspSource
 from ingest.sources import RtspOpener, RtspSource, Source
 from tests.camsim import CameraSim
 
@@ -207,14 +210,14 @@ def test_digest_answer_follows_rfc_2617() -> None:
     def md5(s: str) -> str:
         return hashlib.md5(s.encode()).hexdigest()
 
-    d = _Digest("viewer", "pw", ['Digest realm="cam", nonce="abc"'])
+    d = DigestAuth("viewer", "pw", ['Digest realm="cam", nonce="abc"'])
     header = d.header("DESCRIBE", "rtsp://h/x")
     expected = md5(f"{md5('viewer:cam:pw')}:abc:{md5('DESCRIBE:rtsp://h/x')}")
     assert f'response="{expected}"' in header and header.startswith("Digest ")
-    basic = _Digest("viewer", "pw", ["Basic realm=cam"]).header("PLAY", "rtsp://h/x")
+    basic = DigestAuth("viewer", "pw", ["Basic realm=cam"]).header("PLAY", "rtsp://h/x")
     assert basic == "Basic dmlld2VyOnB3"
     with pytest.raises(AuthRejected, match="scheme"):
-        _Digest("viewer", "pw", ["Bearer realm=x"])
+        DigestAuth("viewer", "pw", ["Bearer realm=x"])
 
 
 # --- the interleaved reader ---------------------------------------------------------------
@@ -636,7 +639,7 @@ def test_announced_audio_that_never_comes_delays_recording_by_a_second_at_most(
     source = NativeRtspSource(session, 3.0, "test", lambda why: None)
     began = time.monotonic()
     source.start(keyframe_seconds=10)
-    assert time.monotonic() - began < rtsp.AUDIO_WAIT_SECONDS + 1.0
+    assert time.monotonic() - began < rtsp_source.AUDIO_WAIT_SECONDS + 1.0
     assert source.audio is None and "no audio" in session.audio_note
     assert source.video is not None and source.video.codec_context.width == 64
     source.close()
