@@ -3,8 +3,11 @@
 Overall status: `critical` when a camera has been down longer than
 `[api] critical_after_seconds`, a camera cannot start as configured (`config-error`, at once),
 or the storage forecast is critical; `degraded` when a camera has been down longer than
-`degraded_after_seconds`, the forecast is a warning, or purging is held back because the server
-clock stepped (`storage.clock`); else `ok`.
+`degraded_after_seconds`, the forecast is a warning, purging is held back because the server
+clock stepped (`storage.clock`), the server clock is not synchronised (or its state cannot be
+read), or a camera's newest clock reading is beyond its `max_clock_offset_seconds`; else `ok`.
+The clock verdicts are those of `nvr status` and of the `nvr_clock_synchronized` and
+`nvr_camera_clock_offset_seconds` metrics (`ingest.timecheck.camera_clocks`).
 "Down" means an enabled camera whose recorder is not recording.
 
 Also owns `RecentErrors`, a logging handler that keeps the last warnings and errors of the
@@ -26,7 +29,8 @@ from typing import Protocol
 
 from api.cameras import DAY_MS, CameraDirectory
 from config import NvrConfig
-from config.models import ApiConfig
+from config.models import ApiConfig, CameraConfig
+from ingest.timecheck import CameraClock, ServerClockState, camera_clocks, read_server_clock
 from storage import IndexCorruptError, Outage, SegmentStore
 
 CONFIG_ERROR = "config-error"
@@ -74,6 +78,8 @@ class CameraHealth:
     gap_seconds_24h: float
     window_days: int
     oldest_segment_ms: int | None
+    clocks: tuple[CameraClock, ...] = ()
+    """The newest clock reading of each method (ONVIF, RTCP) and its limit."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,9 @@ class Health:
     retention_held: bool = False
     """Purging is held back: the server clock stepped (what to do: `retention_clock`)."""
     retention_clock: str = ""
+    clock_synchronised: bool | None = None
+    """The kernel's sync state of the server clock (adjtimex); None if it cannot be read."""
+    clock_detail: str = ""
 
 
 class RecentErrors(logging.Handler):
@@ -136,8 +145,10 @@ class HealthService:
         cameras: CameraDirectory,
         capacity: CapacityProvider | None,
         errors: RecentErrors,
+        server_clock: Callable[[], ServerClockState] = read_server_clock,
     ) -> None:
         self._config = config
+        self._server_clock = server_clock
         self._api = api
         self._store = store
         self._cameras = cameras
@@ -163,6 +174,23 @@ class HealthService:
             return Capacity(last.state, days, free, last.detail, "index")
         return Capacity("unknown", None, free, "no forecast yet", "none")
 
+    def clock_limit(self, name: str) -> float:
+        """The camera's `max_clock_offset_seconds` (the default for one no longer configured)."""
+        cam = next((c for c in self._config.cameras if c.name == name), None)
+        if cam is not None:
+            return cam.max_clock_offset_seconds
+        default = CameraConfig.model_fields["max_clock_offset_seconds"].default
+        return float(default)
+
+    def server_clock(self) -> tuple[bool | None, str]:
+        """Whether the kernel says the server clock is synchronised (None: unreadable), and
+        what `nvr status` says about it."""
+        try:
+            state = self._server_clock()
+        except OSError as err:
+            return None, f"unknown (cannot read its synchronisation state: {err})"
+        return state.synchronised, state.describe()
+
     def camera(self, name: str, now: int) -> CameraHealth:
         live = self._cameras.live()
         summary = self._cameras.summary(name, live, now)
@@ -178,6 +206,7 @@ class HealthService:
             gap_ms += max(0, hi - lo)
         oldest = self._store.first_segment(name)
         return CameraHealth(
+            clocks=tuple(camera_clocks(self._store, name, self.clock_limit(name))),
             name=name,
             state=summary.state,
             down_for_s=down_for,
@@ -208,6 +237,7 @@ class HealthService:
 
         enabled = {c.name for c in self._config.cameras if c.enabled}
         hidden_down = 0
+        hidden_clock = 0
         shown: list[CameraHealth] = []
         live = self._cameras.live()
         damaged = next((st for st in live.values() if st.state == "index-damaged"), None)
@@ -234,16 +264,32 @@ class HealthService:
                         reasons.append(f"camera {name} {st.state} for {down_s:.0f} s{why}")
                     else:
                         hidden_down += 1
-            if visible(name):
-                try:
+            try:
+                clocks = camera_clocks(self._store, name, self.clock_limit(name))
+                if visible(name):
                     shown.append(self.camera(name, now))
-                except IndexCorruptError as err:
-                    if damaged is None:
-                        worse("critical")
-                        reasons.append(f"index damaged: {err}")
-                    break
+            except IndexCorruptError as err:
+                if damaged is None:
+                    worse("critical")
+                    reasons.append(f"index damaged: {err}")
+                break
+            for clock in clocks:
+                if clock.warning:
+                    worse("degraded")
+                    if visible(name):
+                        reasons.append(f"camera {name} clock ({clock.source}): {clock.describe()}")
+                    else:
+                        hidden_clock += 1
+        if hidden_clock:
+            plural = "s" if hidden_clock > 1 else ""
+            reasons.append(f"{hidden_clock} other camera clock reading{plural} beyond the limit")
         if hidden_down:
-            reasons.append(f"{hidden_down} other camera(s) down")
+            reasons.append(f"{hidden_down} other camera{'s' if hidden_down > 1 else ''} down")
+        synchronised, clock_detail = self.server_clock()
+        if not synchronised:
+            # The same verdict as `nvr status`'s WARNING line and `nvr_clock_synchronized`.
+            worse("degraded")
+            reasons.append(f"server clock {clock_detail}")
         cap = self.capacity()
         if cap.state == "critical":
             worse("critical")
@@ -268,6 +314,8 @@ class HealthService:
             worse("degraded")
             reasons.append(f"purging held back: {verdict.reason}. {verdict.advice}")
         return Health(
+            clock_synchronised=synchronised,
+            clock_detail=clock_detail,
             retention_held=verdict.held,
             retention_clock=verdict.describe(),
             status=status,

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from api.cameras import DAY_MS, CameraDirectory
 from api.health import HealthService
 from api.playback import PlaybackService
+from ingest.timecheck import camera_clocks
 from storage import SegmentStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -101,7 +102,14 @@ class _Collector(Collector):
         bitrate = GaugeMetricFamily(
             "nvr_camera_bitrate_bps", "Recorded bitrate over the last 10 minutes", labels=["camera"]
         )
+        offset = GaugeMetricFamily(
+            "nvr_camera_clock_offset_seconds",
+            "The camera clock minus the server clock, newest reading of each method",
+            labels=["camera", "method"],
+        )
         for name in names:
+            for clock in camera_clocks(self._store, name, self._health.clock_limit(name)):
+                offset.add_metric([name, clock.source], clock.offset_s)
             st = live.get(name)
             summary = self._cameras.summary(name, live, now)
             recorded_bytes.add_metric([name], st.bytes_written if st else 0)
@@ -125,7 +133,13 @@ class _Collector(Collector):
             if summary.bitrate_bps is not None:
                 bitrate.add_metric([name], summary.bitrate_bps)
         yield from (recorded_bytes, segments, reconnects, gap_total, gap_24h, stalled, up, state)
-        yield from (age, share, bitrate)
+        yield from (age, share, bitrate, offset)
+        synchronised, _detail = self._health.server_clock()
+        yield GaugeMetricFamily(
+            "nvr_clock_synchronized",
+            "1 while the kernel says the server clock is synchronised (0 also when unreadable)",
+            value=1.0 if synchronised else 0.0,
+        )
         cap = self._health.capacity()
         yield GaugeMetricFamily(
             "nvr_storage_free_bytes",

@@ -123,6 +123,15 @@ class OutageOut(BaseModel):
     duration_s: float | None
 
 
+class CameraClockOut(BaseModel):
+    source: str
+    at_ms: int
+    offset_s: float
+    """Camera clock minus server clock (positive: the camera is ahead)."""
+    limit_s: float
+    warning: bool
+
+
 class CameraHealthOut(BaseModel):
     name: str
     state: str
@@ -132,6 +141,8 @@ class CameraHealthOut(BaseModel):
     outages_24h: list[OutageOut]
     window_days: int
     oldest_segment_ms: int | None
+    clocks: list[CameraClockOut]
+    """The newest clock reading of each method (onvif, rtcp)."""
 
 
 class CapacityOut(BaseModel):
@@ -162,6 +173,9 @@ class HealthOut(BaseModel):
     retention_clock: str
     """How footage's age is judged now, or why purging is held and what to do."""
     last_errors: list[ErrorLineOut]
+    clock_synchronised: bool | None
+    """The kernel says the server clock is synchronised (None: its state cannot be read)."""
+    clock_detail: str
 
 
 class LivenessOut(BaseModel):

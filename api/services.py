@@ -19,6 +19,7 @@ from api.playback import PlaybackService
 from config import NvrConfig
 from config.diff import ReloadOutcome
 from config.models import ApiConfig
+from ingest.timecheck import ServerClockState, read_server_clock
 from storage import SegmentStore
 
 HASHING_THREADS = 2
@@ -45,6 +46,8 @@ class ApiContext:
     capacity: CapacityProvider | None = None
     api: ApiConfig | None = None
     reloader: ConfigReloader | None = None
+    server_clock: Callable[[], ServerClockState] = read_server_clock
+    """The kernel's sync state of the server clock (a seam: tests give a synchronised one)."""
 
     @property
     def settings(self) -> ApiConfig:
@@ -100,7 +103,9 @@ async def open_services(ctx: ApiContext) -> ApiServices:
     )
     errors = RecentErrors()
     logging.getLogger("nvr").addHandler(errors)
-    health = HealthService(ctx.config, settings, ctx.store, cameras, ctx.capacity, errors)
+    health = HealthService(
+        ctx.config, settings, ctx.store, cameras, ctx.capacity, errors, ctx.server_clock
+    )
     exports = ExportService(
         ctx.store, playback, key_path, settings.exports_dir or root / "exports", ctx.config
     )

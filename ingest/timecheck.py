@@ -486,22 +486,50 @@ def server_status_line(read: Callable[[], ServerClockState] = read_server_clock)
     try:
         state = read()
     except OSError as err:
-        return f"server clock: unknown (cannot read its synchronisation state: {err})"
+        return f"WARNING server clock: unknown (cannot read its synchronisation state: {err})"
     prefix = "" if state.synchronised else "WARNING "
     return f"{prefix}server clock: {state.describe()}"
 
 
-def camera_status_lines(store: SegmentStore, camera: str, limit_s: float) -> list[str]:
+@dataclass(frozen=True)
+class CameraClock:
+    """A camera's newest clock reading by one method, judged against its limit."""
+
+    source: str
+    """onvif | rtcp"""
+    at_ms: int
+    offset_s: float
+    limit_s: float
+
+    @property
+    def warning(self) -> bool:
+        return abs(self.offset_s) > self.limit_s
+
+    def describe(self) -> str:
+        limit = f" (limit {self.limit_s:g} s)" if self.warning else ""
+        return f"{self.offset_s:+.3f} s from the server's{limit}"
+
+
+def camera_clocks(store: SegmentStore, camera: str, limit_s: float) -> list[CameraClock]:
+    """The newest clock reading of each method (`clock-offset` events), by method name: what
+    `nvr status`, `/api/health` and `/metrics` all judge a camera's clock by."""
+    newest: dict[str, CameraClock] = {}
+    for event in store.latest_events(camera, CLOCK_OFFSET):
+        source = event.detail.split(":", 1)[0]
+        if event.value is not None and source not in newest:
+            newest[source] = CameraClock(source, event.at_ms, event.value, limit_s)
+    return [newest[k] for k in sorted(newest)]
+
+
+def camera_status_lines(
+    store: SegmentStore, camera: str, limit_s: float, when: Callable[[int], str] | None = None
+) -> list[str]:
     """The camera's device information (ONVIF) and latest clock reading per method, with a
-    `WARNING` where the offset is beyond `limit_s`."""
+    `WARNING` where the offset is beyond `limit_s`; `when` formats a time (default UTC)."""
     device: str | None = None
-    clocks: dict[str, tuple[int, float, str]] = {}
-    for event in store.events(camera):
-        if event.kind == DEVICE_INFO:
-            device = event.detail
-        elif event.kind == CLOCK_OFFSET and event.value is not None:
-            source = event.detail.split(":", 1)[0]
-            clocks[source] = (event.at_ms, event.value, event.detail)
+    kept = store.latest_events(camera, DEVICE_INFO, limit=1)
+    if kept:
+        device = kept[0].detail
     lines = []
     if device is not None:
         try:
@@ -515,13 +543,11 @@ def camera_status_lines(store: SegmentStore, camera: str, limit_s: float) -> lis
             )
         except (ValueError, AttributeError):
             lines.append(f"device: {device}")
-    for source in sorted(clocks):
-        at_ms, offset, _detail = clocks[source]
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at_ms / 1000))
-        warn = abs(offset) > limit_s
+    fmt = when or (lambda ms: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)))
+    for clock in camera_clocks(store, camera, limit_s):
         lines.append(
-            f"{'WARNING ' if warn else ''}camera clock ({source}, {when}): {offset:+.3f} s "
-            f"from the server's{f' (limit {limit_s:g} s)' if warn else ''}"
+            f"{'WARNING ' if clock.warning else ''}camera clock ({clock.source}, "
+            f"{fmt(clock.at_ms)}): {clock.describe()}"
         )
     return lines
 

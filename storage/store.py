@@ -1161,6 +1161,20 @@ class SegmentStore:
                 for r in s.scalars(q.order_by(EventRow.at_ms))
             ]
 
+    def latest_events(self, camera: str, kind: str, limit: int = 64) -> list[StreamEvent]:
+        """The camera's newest `limit` events of `kind`, newest first."""
+        with Session(self._engine) as s:
+            q = (
+                select(EventRow)
+                .where(EventRow.camera == camera, EventRow.kind == kind)
+                .order_by(EventRow.at_ms.desc(), EventRow.id.desc())
+                .limit(limit)
+            )
+            return [
+                StreamEvent(r.id, r.camera, r.at_ms, r.kind, r.detail, r.value)
+                for r in s.scalars(q)
+            ]
+
     # --- audit log ------------------------------------------------------------------------
 
     def audit(

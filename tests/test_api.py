@@ -31,6 +31,7 @@ from api.health import CapacityProvider
 from config import CameraConfig, NvrConfig, StorageConfig
 from config.models import ApiConfig
 from ingest.recorder import RecorderStatus
+from ingest.timecheck import ServerClockState
 from retention import Forecast
 from storage import Segment, SegmentStore
 from tests.camsim import CameraSim
@@ -46,6 +47,7 @@ USERS = {
 }
 CAMERAS = ["h264aac", "bframes"]
 NVR = [sys.executable, "-m", "nvr.cli"]
+SYNCHRONISED = ServerClockState(True, "ok", 0.001, 0.01, 0.0)
 _RECORDED: dict[str, Path] = {}
 """Session footage, recorded once even when several modules use the fixture."""
 
@@ -134,10 +136,13 @@ def run_api(
     clock: Callable[[], int] | None = None,
     live: LiveStatus | None = None,
     capacity: CapacityProvider | None = None,
+    server_clock: Callable[[], ServerClockState] = lambda: SYNCHRONISED,
 ) -> Iterator[Api]:
+    """A running API over the store at `root`. The server clock is synchronised unless the
+    test says otherwise (this machine's may not be; tests/test_clock_health.py reads it)."""
     store = open_store(root, clock)
     config = make_config(root, free_port())
-    ctx = ApiContext(config=config, store=store, capacity=capacity)
+    ctx = ApiContext(config=config, store=store, capacity=capacity, server_clock=server_clock)
     if live is not None:
         ctx.live = live
     server = ServerThread(ctx)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Response
 from api.deps import Credentials, ServicesDep, UserDep, get_session
 from api.metrics import CONTENT_TYPE, render
 from api.models import (
+    CameraClockOut,
     CameraHealthOut,
     CapacityOut,
     ErrorLineOut,
@@ -58,6 +59,16 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
                 ],
                 window_days=c.window_days,
                 oldest_segment_ms=c.oldest_segment_ms,
+                clocks=[
+                    CameraClockOut(
+                        source=k.source,
+                        at_ms=k.at_ms,
+                        offset_s=k.offset_s,
+                        limit_s=k.limit_s,
+                        warning=k.warning,
+                    )
+                    for k in c.clocks
+                ],
             )
             for c in h.cameras
         ],
@@ -67,6 +78,8 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
         retention_held=h.retention_held,
         retention_clock=h.retention_clock,
         last_errors=[ErrorLineOut(**vars(e)) for e in h.errors],
+        clock_synchronised=h.clock_synchronised,
+        clock_detail=h.clock_detail,
     )
 
 
