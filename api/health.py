@@ -7,7 +7,7 @@ or the storage forecast is critical; `degraded` when a camera has been down long
 clock stepped (`storage.clock`), the server clock is not synchronised (or its state cannot be
 read), or a camera's newest clock reading is beyond its `max_clock_offset_seconds`; else `ok`.
 The clock verdicts are those of `nvr status` and of the `nvr_clock_synchronized` and
-`nvr_camera_clock_offset_seconds` metrics (`ingest.timecheck.camera_clocks`).
+`nvr_camera_clock_offset_seconds` metrics (`ingest.timecheck.notes.camera_clocks`).
 "Down" means an enabled camera whose recorder is not recording.
 
 Also owns `RecentErrors`, a logging handler that keeps the last warnings and errors of the
@@ -30,7 +30,8 @@ from typing import Protocol
 from api.cameras import DAY_MS, CameraDirectory
 from config import NvrConfig
 from config.models import ApiConfig, CameraConfig
-from ingest.timecheck import CameraClock, ServerClockState, camera_clocks, read_server_clock
+from ingest.timecheck.notes import CameraClock, camera_clocks
+from ingest.timecheck.server import ServerClockState, read_server_clock
 from storage import IndexCorruptError, Outage, SegmentStore
 
 CONFIG_ERROR = "config-error"

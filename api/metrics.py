@@ -16,7 +16,7 @@ from prometheus_client.registry import Collector
 from api.cameras import DAY_MS, CameraDirectory
 from api.health import HealthService
 from api.playback import PlaybackService
-from ingest.timecheck import camera_clocks
+from ingest.timecheck.notes import camera_clocks
 from storage import SegmentStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

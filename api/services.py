@@ -19,7 +19,7 @@ from api.playback import PlaybackService
 from config import NvrConfig
 from config.diff import ReloadOutcome
 from config.models import ApiConfig
-from ingest.timecheck import ServerClockState, read_server_clock
+from ingest.timecheck.server import ServerClockState, read_server_clock
 from storage import SegmentStore
 
 HASHING_THREADS = 2

@@ -18,7 +18,7 @@ session is created and closed on one loop, and the opener works the same without
 (tests, `nvr discover`). Resolution is rare (first connect, then again after
 `reresolve_after` failed opens in a row, since cameras change URIs after firmware updates or
 reboots), so a new loop each time costs nothing that matters. Hourly and on-reconnect clock
-checks run the same way on the `clock-check` thread (`ingest.timecheck.ClockMonitor`).
+checks run the same way on the `clock-check` thread (`ingest.timecheck.monitor.ClockMonitor`).
 
 Credentials: the RTSP session gets them from `RtspOpener` at connect time; errors and logs
 carry neither the password nor the username, and a URI the camera returns with credentials in
@@ -27,7 +27,7 @@ again for `auth_retry_s` (cameras lock accounts after a few failed logins); unti
 `open()` fails at once with the same error. The resolution timeout (10 s) keeps a connect
 attempt well inside the supervisor's stuck-recorder limit (30 s).
 
-Findings go to the index through `ingest.timecheck.ClockNotes`: a `device-info` event (JSON:
+Findings go to the index through `ingest.timecheck.notes.ClockNotes`: a `device-info` event (JSON:
 maker, model, firmware, serial, hardware id, profile) when it first appears or changes, and
 `clock-offset` readings (ONVIF and RTCP) with warnings audited.
 """
@@ -52,12 +52,9 @@ from ingest.errors import AuthRejected, CameraUnreachable, ConnectTimeout, Strea
 from ingest.redact import redact_text
 from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from ingest.sources import RtspOpener, Source
-from ingest.timecheck import (
-    CAMERA_CHECK_INTERVAL_S,
-    CameraClockReading,
-    ClockedSource,
-    ClockNotes,
-)
+from ingest.timecheck.monitor import CAMERA_CHECK_INTERVAL_S
+from ingest.timecheck.notes import CameraClockReading, ClockNotes
+from ingest.timecheck.rtcp import ClockedSource
 
 log = logging.getLogger("nvr.onvif")
 
@@ -528,7 +525,7 @@ class OnvifOpener:
         self.resolutions = 0
         """How many times the URI was asked from the device successfully (for tests, status)."""
 
-    # --- wiring (ingest.timecheck.ClockMonitor) ----------------------------------------------
+    # --- wiring (ingest.timecheck.monitor.ClockMonitor) --------------------------------------
 
     def attach(self, notes: ClockNotes) -> None:
         self._notes = notes
@@ -677,7 +674,7 @@ class OnvifOpener:
                 reading.source,
             )
 
-    # --- clock checks (ingest.timecheck.CameraClockCheck), on the clock-check thread ---------
+    # --- clock checks (ingest.timecheck.monitor.CameraClockCheck), on the clock-check thread -
 
     def clock_check_due(self, now: float) -> bool:
         with self._lock:

@@ -39,7 +39,7 @@ from ingest import progress
 from ingest.errors import StreamError, StreamStalled, UnsupportedStream
 from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from ingest.sources import Source, StreamOpener
-from ingest.timecheck import CLOCK_STEP, ClockStep, ClockStepDetector
+from ingest.timecheck.steps import CLOCK_STEP, ClockStep, ClockStepDetector
 from ingest.timeline import Stamped, StreamTimeline
 from storage import (
     IndexCorruptError,

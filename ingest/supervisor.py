@@ -31,7 +31,8 @@ from ingest.errors import CameraConfigFault
 from ingest.onvif import OnvifOpener
 from ingest.recorder import CameraRecorder, Clock, RecorderStatus, SystemClock
 from ingest.sources import RtspOpener, Source, StreamOpener, TestPatternOpener
-from ingest.timecheck import ClockedOpener, ClockMonitor
+from ingest.timecheck.monitor import ClockMonitor
+from ingest.timecheck.rtcp import ClockedOpener
 from storage import SegmentStore, StorageError
 
 log = logging.getLogger("nvr.ingest")

@@ -18,8 +18,8 @@ from typing import Any
 
 from config import ConfigError, NvrConfig, load_config
 from config.checks import machine_problems
-from ingest.timecheck import camera_status_lines, server_status_line
 from nvr import cli_api, cli_index, cli_retention, configpath, discover
+from nvr.clock_status import camera_status_lines, server_status_line
 from storage import IndexCorruptError, SegmentStore, StorageError
 
 log = logging.getLogger("nvr")

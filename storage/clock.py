@@ -58,7 +58,7 @@ def read_uptime_ms() -> int:
 
 def read_synchronised() -> bool:
     """Whether the kernel says the clock is synchronised (adjtimex); False if unreadable."""
-    from ingest.timecheck import read_server_clock  # ingest imports storage: import late
+    from ingest.timecheck.server import read_server_clock  # ingest imports storage: import late
 
     try:
         return read_server_clock().synchronised

@@ -31,7 +31,7 @@ from api.health import CapacityProvider
 from config import CameraConfig, NvrConfig, StorageConfig
 from config.models import ApiConfig
 from ingest.recorder import RecorderStatus
-from ingest.timecheck import ServerClockState
+from ingest.timecheck.server import ServerClockState
 from retention import Forecast
 from storage import Segment, SegmentStore
 from tests.camsim import CameraSim

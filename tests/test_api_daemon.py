@@ -13,7 +13,7 @@ import av
 import httpx
 import pytest
 
-from ingest.timecheck import read_server_clock
+from ingest.timecheck.server import read_server_clock
 from tests.test_api import NVR, PASSWORD, free_port, nvr
 from tests.test_recording import wait_for
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.timecheck import CLOCK_OFFSET, ServerClockState, read_server_clock
+from ingest.timecheck.notes import CLOCK_OFFSET
+from ingest.timecheck.server import ServerClockState, read_server_clock
 from tests.test_api import NVR, SYNCHRONISED, run_api, users_template
 from tests.test_service import UNIT, unit_settings
 

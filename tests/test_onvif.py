@@ -37,7 +37,9 @@ from ingest.onvif import (
     split_stream_uri,
 )
 from ingest.supervisor import default_opener
-from ingest.timecheck import DEVICE_INFO, ClockMonitor, ClockNotes, read_server_clock
+from ingest.timecheck.monitor import ClockMonitor
+from ingest.timecheck.notes import DEVICE_INFO, ClockNotes
+from ingest.timecheck.server import read_server_clock
 from nvr.cli import NOT_RUNNING
 from nvr.cli import main as nvr_main
 from nvr.daemon import run_daemon

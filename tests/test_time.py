@@ -16,20 +16,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ingest import CameraRecorder, RtspOpener
-from ingest.timecheck import (
-    CLOCK_STEP,
+from ingest.timecheck.monitor import ClockMonitor
+from ingest.timecheck.notes import ClockNotes
+from ingest.timecheck.rtcp import ClockedOpener, RtcpClockProbe
+from ingest.timecheck.server import (
     STA_UNSYNC,
     TIME_ERROR,
-    ClockedOpener,
-    ClockMonitor,
-    ClockNotes,
-    ClockStepDetector,
-    RtcpClockProbe,
     ServerClockState,
     read_server_clock,
     server_clock_state,
-    server_status_line,
 )
+from ingest.timecheck.steps import CLOCK_STEP, ClockStepDetector
+from nvr.clock_status import server_status_line
 from storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
