@@ -1,5 +1,21 @@
-"""Shared fixtures: the loopback RTSP camera simulator (see tests/camsim)."""
+"""Shared fixtures, registered for every test module (none imports another test module):
 
+- the loopback RTSP camera simulator (`camsim`, `camsim_clips`; see tests/camsim);
+- a store with real recorder threads (`rig`; tests/recording_rig.py, with `wait_for`);
+- the HTTP API over a store with users (`api`, `users_template`) and over the session footage
+  (`footage_template`, `footage_api`; tests/api_rig.py);
+"""
+
+from tests.api_rig import api, footage_api, footage_template, users_template
 from tests.camsim.fixtures import camsim, camsim_clips
+from tests.recording_rig import rig
 
-__all__ = ["camsim", "camsim_clips"]
+__all__ = [
+    "api",
+    "camsim",
+    "camsim_clips",
+    "footage_api",
+    "footage_template",
+    "rig",
+    "users_template",
+]

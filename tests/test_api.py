@@ -2,7 +2,7 @@
 roles and camera permissions, playback of footage recorded from the loopback RTSP server
 (reopened with PyAV), Range/ETag, bad input, timeline, health and metrics.
 
-Fixtures here are shared by the other `test_api_*` modules."""
+Its fixtures live in tests/api_rig.py (registered by tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,9 @@ import asyncio
 import ipaddress
 import logging
 import shutil
-import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,216 +21,24 @@ import httpx
 import pytest
 
 from api import ApiContext, ApiServer
-from api.cameras import LiveStatus
-from api.health import CapacityProvider
-from config import CameraConfig, NvrConfig, StorageConfig
 from config.models import ApiConfig
 from ingest.recorder import RecorderStatus
-from ingest.timecheck.server import ServerClockState
 from retention import Forecast
-from storage import Segment, SegmentStore
-from tests.camsim import CameraSim
-from tests.test_recording import Rig, wait_for
-
-PASSWORD = "correct horse battery staple"
-USERS = {
-    "root": ("admin", ["*"]),
-    "olga": ("operator", ["*"]),
-    "oscar": ("operator", ["*"]),
-    "vera": ("viewer", ["h264aac"]),
-    "audrey": ("auditor", []),
-}
-CAMERAS = ["h264aac", "bframes"]
-NVR = [sys.executable, "-m", "nvr.cli"]
-SYNCHRONISED = ServerClockState(True, "ok", 0.001, 0.01, 0.0)
-_RECORDED: dict[str, Path] = {}
-"""Session footage, recorded once even when several modules use the fixture."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def open_store(root: Path, clock: Callable[[], int] | None = None) -> SegmentStore:
-    if clock is None:
-        return SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    return SegmentStore(root, f"sqlite:///{root / 'index.db'}", clock=clock)
-
-
-def add_users(store: SegmentStore) -> None:
-    for name, (role, cams) in USERS.items():
-        store.accounts.add_user(name, role, PASSWORD, cameras=cams, actor="test")
-
-
-def make_config(root: Path, port: int) -> NvrConfig:
-    cams = [CameraConfig(name=n, url=f"rtsp://127.0.0.1:9/{n}") for n in [*CAMERAS, "gate"]]
-    return NvrConfig(
-        storage=StorageConfig(root=root),
-        cameras=cams,
-        api=ApiConfig(listen=f"127.0.0.1:{port}"),
-    )
-
-
-class ServerThread:
-    """An `ApiServer` on its own event loop in a thread, as the daemon runs it."""
-
-    def __init__(self, ctx: ApiContext) -> None:
-        self.server = ApiServer(ctx)
-        self.base = self.server.url
-        self._thread = threading.Thread(target=self._run, name="api-test", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.run(self.server.serve())
-
-    def start(self) -> None:
-        self._thread.start()
-        wait_for(lambda: self._answers(), 20, "the API to listen")
-
-    def _answers(self) -> bool:
-        try:
-            return httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    def stop(self) -> None:
-        self.server.stop()
-        self._thread.join(15)
-        assert not self._thread.is_alive(), "the API server did not stop"
-
-
-@dataclass
-class Api:
-    """A running API over a store, and clients for it."""
-
-    base: str
-    store: SegmentStore
-    root: Path
-    config: NvrConfig
-    server: ServerThread
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=60)
-
-    def login(self, name: str, password: str = PASSWORD) -> str:
-        with self.client() as c:
-            r = c.post("/api/login", json={"username": name, "password": password})
-            assert r.status_code == 200, r.text
-            token: str = r.json()["token"]
-            return token
-
-    def as_user(self, name: str) -> httpx.Client:
-        return self.client(self.login(name))
-
-
-def run_api(
-    root: Path,
-    clock: Callable[[], int] | None = None,
-    live: LiveStatus | None = None,
-    capacity: CapacityProvider | None = None,
-    server_clock: Callable[[], ServerClockState] = lambda: SYNCHRONISED,
-) -> Iterator[Api]:
-    """A running API over the store at `root`. The server clock is synchronised unless the
-    test says otherwise (this machine's may not be; tests/test_clock_health.py reads it)."""
-    store = open_store(root, clock)
-    config = make_config(root, free_port())
-    ctx = ApiContext(config=config, store=store, capacity=capacity, server_clock=server_clock)
-    if live is not None:
-        ctx.live = live
-    server = ServerThread(ctx)
-    try:
-        server.start()
-        yield Api(server.base, store, root, config, server)
-    finally:
-        server.stop()
-        store.close()
-
-
-@pytest.fixture(scope="session")
-def users_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty store with the test users (hashing passwords once per session)."""
-    root = tmp_path_factory.mktemp("users") / "store"
-    store = open_store(root)
-    try:
-        add_users(store)
-    finally:
-        store.close()
-    return root
-
-
-@pytest.fixture
-def api(users_template: Path, tmp_path: Path) -> Iterator[Api]:
-    """A running API over a store without footage."""
-    root = tmp_path / "store"
-    shutil.copytree(users_template, root)
-    yield from run_api(root)
-
-
-@pytest.fixture(scope="session")
-def footage_template(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Footage recorded once per session from the loopback RTSP server: `h264aac` (with
-    audio) and `bframes`, 10 s segments, then a camera restart (a gap in the ledger)."""
-    if "footage" in _RECORDED:  # other test_api_* modules import this fixture too
-        return _RECORDED["footage"]
-    root = tmp_path_factory.mktemp("footage") / "store"
-    with CameraSim(camsim_clips) as sim:
-        rig = Rig(root)
-        try:
-            for cam in CAMERAS:
-                rig.add(cam, sim.url(cam), segment_seconds=10)
-            wait_for(lambda: all(rig.state(c) == "recording" for c in CAMERAS), 20, "recording")
-            time.sleep(36)
-            sim.restart()
-            wait_for(
-                lambda: all(
-                    len(rig.store.outages(c)) == 1 and not rig.store.open_outages(c)
-                    for c in CAMERAS
-                ),
-                30,
-                "recording to resume after the restart",
-            )
-            time.sleep(4)
-        finally:
-            rig.stop()
-        add_users(rig.store)
-        rig.store.close()
-    _RECORDED["footage"] = root
-    return root
-
-
-def footage_end(root: Path) -> int:
-    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
-    try:
-        return max(s.end_ms for c in CAMERAS for s in store.segments(c))
-    finally:
-        store.close()
-
-
-@pytest.fixture
-def footage_api(footage_template: Path, tmp_path: Path) -> Iterator[Api]:
-    """A running API over a copy of the recorded footage; its clock stands one minute after
-    the end of the footage, however long ago the session recorded it."""
-    root = tmp_path / "store"
-    shutil.copytree(footage_template, root)
-    offset = time.time_ns() // 1_000_000 - (footage_end(root) + 60_000)
-    yield from run_api(root, clock=lambda: time.time_ns() // 1_000_000 - offset)
-
-
-def nvr(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        NVR + args, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=120, check=False
-    )
-
-
-def write_config(root: Path, path: Path) -> Path:
-    path.write_text(
-        f'[storage]\nroot = "{root}"\n[[cameras]]\nname = "h264aac"\nurl = "rtsp://127.0.0.1:9/x"\n'
-    )
-    return path
-
+from storage import SegmentStore
+from tests.api_rig import (
+    CAMERAS,
+    PASSWORD,
+    Api,
+    contiguous_trio,
+    footage_end,
+    free_port,
+    make_config,
+    nvr,
+    open_store,
+    run_api,
+    write_config,
+)
+from tests.recording_rig import wait_for
 
 # --- accounts and logins ---------------------------------------------------------------------
 
@@ -402,15 +205,6 @@ def test_user_cli_and_audit_verify(tmp_path: Path) -> None:
 
 
 # --- playback --------------------------------------------------------------------------------
-
-
-def contiguous_trio(store: SegmentStore, camera: str) -> list[Segment]:
-    segs = store.segments(camera)
-    for i in range(len(segs) - 2):
-        a, b, c = segs[i : i + 3]
-        if b.start_ms == a.end_ms and c.start_ms == b.end_ms:
-            return [a, b, c]
-    raise AssertionError(f"no three contiguous segments of {camera}: {segs}")
 
 
 def video_packets(path: Path) -> list[tuple[bytes, bool]]:

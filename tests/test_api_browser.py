@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_api import Api, contiguous_trio, footage_api, footage_template, users_template
-
-__all__ = ["footage_api", "footage_template", "users_template"]  # fixtures used here
+from tests.api_rig import Api, contiguous_trio
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WAIT_S = 5.0

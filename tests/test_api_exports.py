@@ -12,10 +12,7 @@ import av
 import httpx
 import pytest
 
-from tests.test_api import Api, contiguous_trio, footage_api, footage_template, nvr, users_template
-from tests.test_recording import wait_for
-
-__all__ = ["footage_api", "footage_template", "users_template"]  # fixtures used here
+from tests.api_rig import Api, contiguous_trio, nvr, ready
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +27,6 @@ def export_body(start: int, end: int, camera: str = "h264aac") -> dict[str, obje
         "approval_document": "YZ-2026-1122-07",
         "requester_work_id": "OP-1001",
     }
-
-
-def ready(c: httpx.Client, export_id: int) -> dict[str, object]:
-    def done() -> bool:
-        return str(c.get(f"/api/exports/{export_id}").json()["state"]) in ("ready", "failed")
-
-    wait_for(done, 60, "the package to be built")
-    doc: dict[str, object] = c.get(f"/api/exports/{export_id}").json()
-    return doc
 
 
 def test_export_needs_a_second_person_and_verifies_offline(

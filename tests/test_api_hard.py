@@ -26,24 +26,18 @@ from api import ApiContext
 from api.mp4 import plan
 from bench import plan_cost
 from config.models import ApiConfig
-from tests.test_api import (
+from tests.api_rig import (
     PASSWORD,
     Api,
     ServerThread,
-    api,
-    footage_api,
     footage_end,
-    footage_template,
     free_port,
     make_config,
     nvr,
     open_store,
     run_api,
-    users_template,
     write_config,
 )
-
-__all__ = ["api", "footage_api", "footage_template", "users_template"]  # fixtures used here
 
 PROBLEM = "application/problem+json"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

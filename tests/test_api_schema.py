@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_api import Api, footage_api, footage_template, users_template
-
-__all__ = ["footage_api", "footage_template", "users_template"]  # fixtures used here
+from tests.api_rig import Api
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # Changing a user may revoke the run's own token (new password, disabled), and so does

@@ -12,10 +12,8 @@ import pytest
 from api.mp4 import decode_index, encode_index, parse_segment
 from api.playback import PlaybackService
 from storage import SegmentStore
-from tests.test_api import CAMERAS, footage_template, users_template
-from tests.test_retention import add_segment
-
-__all__ = ["footage_template", "users_template"]  # fixtures used here
+from tests.api_rig import CAMERAS
+from tests.store_clock import add_segment
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,6 @@ import pytest
 import tests.camsim as camsim_module
 from tests.camsim import CameraSim, CameraSimError, gst_rtsp_unavailable
 from tests.camsim.clips import CLIPS, LOOP_SECONDS, make_clips
-from tests.camsim.fixtures import camsim, camsim_clips
-
-__all__ = ["camsim", "camsim_clips"]  # fixtures, imported for pytest to find
 
 EXPECTED_CODECS = {
     "h264aac": ["h264", "aac"],

@@ -13,7 +13,7 @@ import pytest
 
 from storage import SegmentStore
 from tests.media import check_file
-from tests.test_recording import wait_for
+from tests.recording_rig import wait_for
 
 NVR = [sys.executable, "-m", "nvr.cli"]
 

@@ -23,10 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest.timecheck.notes import CLOCK_OFFSET
 from ingest.timecheck.server import ServerClockState, read_server_clock
-from tests.test_api import NVR, SYNCHRONISED, run_api, users_template
-from tests.test_service import UNIT, unit_settings
-
-__all__ = ["users_template"]  # a fixture used here
+from tests.api_rig import NVR, SYNCHRONISED, run_api
+from tests.systemd_unit import UNIT, unit_settings
 
 REPO = Path(__file__).resolve().parent.parent
 UNSYNCED = ServerClockState(False, "unsynchronised", 16.0, 16.0, 0.0)

@@ -15,7 +15,7 @@ from ingest import CameraRecorder, RtspOpener
 from storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
-from tests.test_recording import wait_for
+from tests.recording_rig import wait_for
 
 pytestmark = pytest.mark.slow
 

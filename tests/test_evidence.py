@@ -35,11 +35,8 @@ from storage.accounts import AccountError
 from storage.audit import entry_hash
 from storage.exports import ExportRefused
 from storage.guard import DAY_MS, add_years, iso, protection
+from tests.api_rig import Api, ServerThread, free_port, ready
 from tests.media import fast_pattern, pattern_packets
-from tests.test_api import Api, ServerThread, free_port, users_template
-from tests.test_api_exports import ready
-
-__all__ = ["users_template"]  # a fixture used here
 
 T0 = 1_790_000_000_000  # 2026-09-21
 PASSWORD = "correct horse battery staple"

@@ -29,12 +29,10 @@ from retention import RetentionService
 from storage import ClockSuspicious, SegmentStore, now_ms
 from storage.clock import read_uptime_ms
 from storage.guard import DAY_MS
+from tests.api_rig import run_api
 from tests.camsim import CameraSim
-from tests.test_api import run_api, users_template
-from tests.test_recording import wait_for
-from tests.test_retention import BOOT_OFFSET, FakeClock, add_segment
-
-__all__ = ["users_template"]  # a fixture used here
+from tests.recording_rig import wait_for
+from tests.store_clock import BOOT_OFFSET, FakeClock, add_segment
 
 NVR = [sys.executable, "-m", "nvr.cli"]
 FAKETIME = shutil.which("faketime")

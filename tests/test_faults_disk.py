@@ -28,7 +28,7 @@ from storage import SegmentStore
 from storage.store import INDEX_RESERVE_BYTES
 from tests.camsim import CameraSim
 from tests.media import check_file
-from tests.test_recording import wait_for
+from tests.recording_rig import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -33,7 +33,7 @@ from ingest.sources import Source
 from storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
-from tests.test_recording import wait_for
+from tests.recording_rig import wait_for
 
 
 def template_without_parameter_sets(clips: Path) -> tuple[InputContainer, VideoStream]:

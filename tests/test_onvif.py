@@ -47,7 +47,7 @@ from storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.onvifsim import OnvifSim
-from tests.test_recording import assert_contiguous, wait_for
+from tests.recording_rig import assert_contiguous, wait_for
 
 PASSWORD = "s3cret-Pw"
 REPO = Path(__file__).resolve().parent.parent

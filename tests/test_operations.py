@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from storage import SegmentStore
+from tests.api_rig import NVR, PASSWORD, free_port, nvr
 from tests.camsim import CameraSim
-from tests.test_api import NVR, PASSWORD, free_port, nvr
-from tests.test_recording import wait_for
+from tests.recording_rig import wait_for
 
 UNSET = "NVR_TEST_SURELY_UNSET_PASSWORD"
 

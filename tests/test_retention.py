@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,32 +16,12 @@ from storage import (
     Lock,
     LockError,
     RetentionViolation,
-    SegmentInfo,
     SegmentStore,
     StorageError,
     now_ms,
 )
-from storage.clock import read_uptime_ms
 from storage.guard import DAY_MS, add_years
-from tests.media import fast_pattern, pattern_packets
-
-T0 = 1_790_000_000_000  # 2026-09-21
-NVR = [sys.executable, "-m", "nvr.cli"]
-BOOT_OFFSET = now_ms() - read_uptime_ms()
-"""This boot's wall clock minus uptime: a simulated clock's uptime is `clock - BOOT_OFFSET`,
-as if the machine had been up since then (so its footage's evidence time agrees with the
-real processes' that a test runs next; see storage/clock.py)."""
-
-
-class FakeClock:
-    """A simulated UTC clock in ms, moved by the test."""
-
-    def __init__(self, now: int) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
+from tests.store_clock import NVR, T0, FakeClock, add_segment, open_store
 
 # --- the decision, for all inputs ---------------------------------------------------------
 
@@ -62,7 +41,7 @@ lock_specs = st.lists(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)  # no timed assertions: a loaded machine is slow
 @given(spans, lock_specs, st.integers(0, 200 * DAY_MS), st.integers(30, 60))
 def test_purge_never_selects_young_or_locked_footage_and_selects_all_else(
     raw: list[tuple[str, int, int]],
@@ -102,29 +81,6 @@ def test_purge_never_selects_young_or_locked_footage_and_selects_all_else(
 
 
 # --- a real store under a simulated clock -------------------------------------------------
-
-
-def open_store(root: Path, clock: FakeClock, days: int = 30) -> SegmentStore:
-    return SegmentStore(
-        root,
-        f"sqlite:///{root / 'index.db'}",
-        clock=clock,
-        retention_days=lambda _c: days,
-        uptime=lambda: clock() - BOOT_OFFSET,
-    )
-
-
-def add_segment(store: SegmentStore, camera: str, start_ms: int, frames: int = 10) -> None:
-    src = fast_pattern()
-    writer = store.new_writer(camera, start_ms, src.video, None)
-    for pkt in pattern_packets(src, frames):
-        pkt.stream = writer.video
-        writer.mux(pkt)
-    dur = frames * 100
-    store.commit(
-        writer, SegmentInfo(camera, start_ms, start_ms + dur, dur, frames, "h264", None, 640, 360)
-    )
-    src.close()
 
 
 @pytest.fixture

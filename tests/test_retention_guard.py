@@ -25,7 +25,7 @@ from retention import RetentionService, RetentionViolation, SegmentSpan, plan_pu
 from retention import service as retention_service
 from storage import SegmentStore, StorageIOError
 from storage.guard import DAY_MS
-from tests.test_retention import BOOT_OFFSET, T0, FakeClock, add_segment
+from tests.store_clock import BOOT_OFFSET, T0, FakeClock, add_segment
 
 PG_USER = os.environ.get("NVR_TEST_PG_USER", "postgres")
 PG_DSN = f"host=127.0.0.1 port=5432 user={PG_USER} dbname=test connect_timeout=3"

@@ -34,10 +34,10 @@ from nvr.daemon import REPAIR_INTERVAL, run_daemon, status_line, unhealthy
 from nvr.sdnotify import Notifier, socket_address, watchdog_seconds
 from storage import SegmentStore
 from tests.notify import NotifyListener
+from tests.systemd_unit import UNIT, unit_settings
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
-UNIT = REPO / "systemd" / "nvr.service"
 
 
 # --- the service manager's end of NOTIFY_SOCKET ------------------------------------------------
@@ -145,16 +145,6 @@ def test_repair_policy_allows_for_slow_connections() -> None:
 
 
 # --- the unit file -----------------------------------------------------------------------------
-
-
-def unit_settings(path: Path) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if line and not line.startswith(("#", ";", "[")):
-            key, _, value = line.partition("=")
-            out.setdefault(key.strip(), []).append(value.strip())
-    return out
 
 
 def test_unit_declares_notify_watchdog_restart_and_hardening() -> None:

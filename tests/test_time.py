@@ -31,7 +31,7 @@ from nvr.clock_status import server_status_line
 from storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
-from tests.test_recording import wait_for
+from tests.recording_rig import wait_for
 
 
 @pytest.fixture
