@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.metrics import HttpMetrics
 from api.middleware import AccessLog, BodyLimit, SecurityHeaders, printable
 from api.routes import audit, auth, cameras, config, docs, exports, health, locks, users
 from api.services import ApiContext, close_services, open_services
@@ -63,9 +64,12 @@ def _problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_app(ctx: ApiContext) -> FastAPI:
+    http = HttpMetrics()
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         services = await open_services(ctx)
+        services.http = http
         try:
             yield {"services": services}
         finally:
@@ -120,5 +124,5 @@ def create_app(ctx: ApiContext) -> FastAPI:
     # added last = outermost: the log sees every answer, the limit runs before any route
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders, tls=settings.tls_certificate is not None)
-    app.add_middleware(AccessLog)
+    app.add_middleware(AccessLog, http=http)
     return app

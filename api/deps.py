@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.auth import ADMIN, AUDIT, OPERATE, PLAYBACK, Link, has_role
 from api.errors import Forbidden, NotFound, Unauthorized
+from api.middleware import ACCESS_USER
 from api.params import CAMERA_NAME, iso
 from api.services import ApiServices
 from storage import SegmentStore
@@ -54,7 +55,13 @@ async def get_session(services: ServicesDep, creds: Credentials) -> TokenSession
 SessionDep = Annotated[TokenSession, Depends(get_session)]
 
 
-async def get_user(session: SessionDep) -> User:
+def note_user(request: Request, name: str) -> None:
+    """Name who made this request in its access-log line (`api.middleware.AccessLog`)."""
+    setattr(request.state, ACCESS_USER, name)
+
+
+async def get_user(request: Request, session: SessionDep) -> User:
+    note_user(request, session.user.name)
     return session.user
 
 
@@ -130,15 +137,17 @@ async def link_user(services: ApiServices, access: str) -> tuple[User, Link]:
 
 
 async def playback_user(
-    services: ServicesDep, creds: Credentials, access: AccessQuery = None
+    request: Request, services: ServicesDep, creds: Credentials, access: AccessQuery = None
 ) -> tuple[User, Link | None]:
     """The user of a playback request: a bearer token, or a signed link's grant, which holds
     only while the session that asked for it lives (logout, a password change or a disabled
     account end it) and until it expires (the page renews it while playing)."""
     if access is not None:
-        return await link_user(services, access)
-    session = await get_session(services, creds)
-    return session.user, None
+        user, link = await link_user(services, access)
+    else:
+        user, link = (await get_session(services, creds)).user, None
+    note_user(request, user.name)
+    return user, link
 
 
 PlaybackUserDep = Annotated[tuple[User, Link | None], Depends(playback_user)]

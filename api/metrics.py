@@ -1,16 +1,38 @@
 """Prometheus metrics (`GET /metrics`), built at scrape time from the recorders' live state and
 the index, in a registry of our own (no process-global state). Per-camera series only for the
-cameras the scraping user may see.
+cameras the scraping user may see. Also: `nvr_build_info`, the process collector's
+`process_*` series, and `HttpMetrics` (requests by route template and status, counted by the
+access-log middleware on the event loop; prometheus-client's metrics are thread-safe).
+
+Names follow Prometheus conventions: base units (`_bytes`, `_seconds`, `_bits_per_second`,
+`_ratio`), a window before the unit (`_24h_seconds`), counters end in `_total`. Renamed in
+issue 16 (old -> new): `nvr_camera_gap_seconds_24h` -> `nvr_camera_gap_24h_seconds`,
+`nvr_camera_recorded_ratio_24h` -> `nvr_camera_recorded_24h_ratio`, `nvr_camera_bitrate_bps` ->
+`nvr_camera_recorded_10m_bits_per_second`, `nvr_storage_forecast_days` ->
+`nvr_storage_forecast_seconds`.
 
 `render` is blocking (index queries): call it through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from api.cameras import DAY_MS, CameraDirectory
@@ -34,6 +56,47 @@ STATES = (
     "starting",
     "stopped",
 )
+
+
+UNMATCHED = "unmatched"
+"""The route label of a request no route matched (a 404 or a scan): never the raw path, which
+would make a series per URL anyone sends."""
+
+
+class HttpMetrics:
+    """`nvr_http_requests_total{method,route,status}` and
+    `nvr_http_request_duration_seconds{method,route}`, by route template (`/api/cameras/{name}`)."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "nvr_http_requests",
+            "HTTP requests answered, by route template and status",
+            ["method", "route", "status"],
+            registry=None,
+        )
+        self.duration = Histogram(
+            "nvr_http_request_duration_seconds",
+            "Time to answer an HTTP request (until the last byte was handed to the server)",
+            ["method", "route"],
+            registry=None,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        )
+
+    def observe(self, method: str, route: str | None, status: int, seconds: float) -> None:
+        known = method if method in _METHODS else "other"
+        where = route or UNMATCHED
+        self.requests.labels(known, where, str(status)).inc()
+        self.duration.labels(known, where).observe(seconds)
+
+
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("nvr")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class _Collector(Collector):
@@ -72,7 +135,7 @@ class _Collector(Collector):
             labels=["camera"],
         )
         gap_24h = GaugeMetricFamily(
-            "nvr_camera_gap_seconds_24h",
+            "nvr_camera_gap_24h_seconds",
             "Seconds lost to outages in the last 24 h",
             labels=["camera"],
         )
@@ -95,12 +158,14 @@ class _Collector(Collector):
             labels=["camera"],
         )
         share = GaugeMetricFamily(
-            "nvr_camera_recorded_ratio_24h",
+            "nvr_camera_recorded_24h_ratio",
             "Share of the last 24 h that is recorded",
             labels=["camera"],
         )
         bitrate = GaugeMetricFamily(
-            "nvr_camera_bitrate_bps", "Recorded bitrate over the last 10 minutes", labels=["camera"]
+            "nvr_camera_recorded_10m_bits_per_second",
+            "Recorded bitrate over the last 10 minutes",
+            labels=["camera"],
         )
         offset = GaugeMetricFamily(
             "nvr_camera_clock_offset_seconds",
@@ -147,10 +212,11 @@ class _Collector(Collector):
             value=cap.free_bytes,
         )
         days = GaugeMetricFamily(
-            "nvr_storage_forecast_days", "Days of footage the disk can hold at the current rate"
+            "nvr_storage_forecast_seconds",
+            "How long the disk can hold footage at the current rate (absent while unknown)",
         )
         if cap.forecast_days is not None:
-            days.add_metric([], cap.forecast_days)
+            days.add_metric([], cap.forecast_days * 86_400)
         yield days
         cstate = GaugeMetricFamily(
             "nvr_storage_capacity_state",
@@ -160,6 +226,9 @@ class _Collector(Collector):
         for s in ("ok", "warning", "critical", "unknown"):
             cstate.add_metric([s], 1.0 if cap.state == s else 0.0)
         yield cstate
+        build = InfoMetricFamily("nvr_build", "The running nvr version")
+        build.add_metric([], {"version": version(), "python": platform.python_version()})
+        yield build
         yield GaugeMetricFamily(
             "nvr_playback_index_cache_bytes",
             "Memory held by cached segment sample indexes",
@@ -173,8 +242,13 @@ def render(
     health: HealthService,
     playback: PlaybackService,
     visible: Callable[[str], bool],
+    http: HttpMetrics | None = None,
 ) -> bytes:
     """The Prometheus text exposition for one scrape. Blocking."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(store, cameras, health, playback, visible))
+    ProcessCollector(registry=registry)
+    if http is not None:
+        registry.register(http.requests)
+        registry.register(http.duration)
     return generate_latest(registry)

@@ -1,6 +1,8 @@
-"""ASGI middleware of the API, outermost first: the access log (control characters escaped),
-security headers, and the request body limit. Runs on the daemon's event loop; each does a
-bounded amount of work per message, so no request can hold the loop.
+"""ASGI middleware of the API, outermost first: the access log (client address, user, method,
+path, status, time; control characters escaped) which also counts each request into
+`api.metrics.HttpMetrics` by route template, security headers, and the request body limit.
+Runs on the daemon's event loop; each does a bounded amount of work per message, so no request
+can hold the loop.
 
 The body limit is the first line against a client that wants to stall the recorder: a body
 larger than `max_body_bytes` is refused with 413 before a byte of it is read when it declares
@@ -16,6 +18,11 @@ import logging
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.metrics import HttpMetrics
+
+ACCESS_USER = "nvr_user"
+"""Where the routes' auth dependencies name the user (`api.deps.note_user`)."""
 
 access_log = logging.getLogger("nvr.api.access")
 
@@ -35,12 +42,21 @@ def printable(text: str, limit: int = 512) -> str:
     return out + ("..." if len(text) > limit else "")
 
 
-class AccessLog:
-    """Logs `METHOD /path -> status (ms)` per request, without query strings or headers;
-    the method and path are escaped with `printable`."""
+def _route(scope: Scope) -> str | None:
+    """The template of the route that answered (`/api/cameras/{name}`), if one matched."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else None
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class AccessLog:
+    """Logs `CLIENT USER "METHOD /path" status (ms)` per request, without query strings or
+    headers (`-` for a request no login vouched for); the method and path are escaped with
+    `printable`. Counts the request into `http` by route template."""
+
+    def __init__(self, app: ASGIApp, http: HttpMetrics | None = None) -> None:
         self.app = app
+        self.http = http
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,13 +74,21 @@ class AccessLog:
         try:
             await self.app(scope, receive, sending)
         finally:
+            elapsed = time.monotonic() - started
+            method = str(scope.get("method", "?"))
+            client = scope.get("client")
+            state = scope.get("state") or {}
             access_log.info(
-                "%s %s -> %d (%.0f ms)",
-                printable(str(scope.get("method", "?")), 16),
+                '%s %s "%s %s" %d (%.0f ms)',
+                printable(str(client[0]), 64) if client else "-",
+                printable(str(state.get(ACCESS_USER, "-")), 64),
+                printable(method, 16),
                 printable(str(scope.get("path", "?"))),
                 status,
-                (time.monotonic() - started) * 1000,
+                elapsed * 1000,
             )
+            if self.http is not None:
+                self.http.observe(method, _route(scope), status, elapsed)
 
 
 CSP = (

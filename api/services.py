@@ -15,6 +15,7 @@ from api.auth import LinkSigner, LoginThrottle, ScrapeToken
 from api.cameras import CameraDirectory, LiveStatus, NoRecorders
 from api.exports import ExportService
 from api.health import CapacityProvider, HealthService, RecentErrors
+from api.metrics import HttpMetrics
 from api.playback import PlaybackService
 from config import NvrConfig
 from config.diff import ReloadOutcome
@@ -77,6 +78,8 @@ class ApiServices:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     reloader: ConfigReloader | None = None
     """The daemon's config reload; None when the API runs without a daemon."""
+    http: HttpMetrics = field(default_factory=HttpMetrics)
+    """Requests by route and status (counted by the access log, shown by `/metrics`)."""
 
     def reconfigure(self, config: NvrConfig) -> None:
         """A reloaded config: cameras, sites and windows as the daemon now has them."""

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from api.deps import Credentials, ServicesDep, UserDep, get_session
+from api.deps import Credentials, ServicesDep, UserDep, get_session, note_user
 from api.metrics import CONTENT_TYPE, render
 from api.models import (
     CameraClockOut,
@@ -88,7 +88,7 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}, 401: {"model": Problem}},
 )
-async def metrics(services: ServicesDep, creds: Credentials) -> Response:
+async def metrics(request: Request, services: ServicesDep, creds: Credentials) -> Response:
     """Prometheus text: per camera (those you may see) bytes, segments, reconnects, gap
     seconds, stall and state; storage free bytes and forecast days. Authenticate with a
     user's bearer token, or with the static scrape token of `[api] metrics_token_file`
@@ -96,8 +96,11 @@ async def metrics(services: ServicesDep, creds: Credentials) -> Response:
     token = creds.credentials if creds is not None else ""
     if services.scrape.configured and await asyncio.to_thread(services.scrape.matches, token):
         may_view: Callable[[str], bool] = lambda _camera: True  # noqa: E731
+        note_user(request, "metrics-token")
     else:
-        may_view = (await get_session(services, creds)).user.may_view
+        user = (await get_session(services, creds)).user
+        note_user(request, user.name)
+        may_view = user.may_view
     body = await asyncio.to_thread(
         render,
         services.store,
@@ -105,5 +108,6 @@ async def metrics(services: ServicesDep, creds: Credentials) -> Response:
         services.health,
         services.playback,
         may_view,
+        services.http,
     )
     return Response(content=body, media_type=CONTENT_TYPE)
