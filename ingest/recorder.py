@@ -58,11 +58,16 @@ from storage import (
 
 
 class Clock(Protocol):
-    """Wall and monotonic time, injectable for tests."""
+    """Wall and monotonic time, and waiting on it; injectable for tests (a simulated clock
+    makes a recorder's back-off and pauses take no real time)."""
 
     def wall_ms(self) -> int: ...
 
     def monotonic(self) -> float: ...
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        """Wait `seconds` or until `stop` is set; whether it is set."""
+        ...
 
 
 class SystemClock:
@@ -70,6 +75,9 @@ class SystemClock:
 
     def wall_ms(self) -> int:
         return time.time_ns() // 1_000_000
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.wait(seconds)
 
 
 class Backoff:
@@ -476,7 +484,7 @@ class CameraRecorder:
                 return True
             except IndexWriteError as err:
                 self._index_trouble(err)
-            self._stop.wait(1.0)
+            self._clock.wait(self._stop, 1.0)
         return False
 
     def _index_trouble(self, err: IndexWriteError) -> None:
@@ -626,7 +634,7 @@ class CameraRecorder:
                     seen_down = True
             now = self._clock.monotonic()
             pause = min(PROBE_INTERVAL_SECONDS - (now - began), deadline - now)
-            if self._stop.wait(max(0.0, pause)):
+            if self._clock.wait(self._stop, max(0.0, pause)):
                 return
 
     def _pause_for_storage(self) -> None:
@@ -646,7 +654,7 @@ class CameraRecorder:
                 return
             if self._index_error is not None:
                 self._index_trouble(self._index_error)
-            self._stop.wait(1.0)
+            self._clock.wait(self._stop, 1.0)
 
     # --- one connection -----------------------------------------------------------------------
 

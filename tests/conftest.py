@@ -4,11 +4,14 @@
 - a store with real recorder threads (`rig`; tests/recording_rig.py, with `wait_for`);
 - the HTTP API over a store with users (`api`, `users_template`) and over the session footage
   (`footage_template`, `footage_api`; tests/api_rig.py);
+- the clips a scripted camera plays to a recorder on a simulated clock (`scripted_clips`;
+  tests/scripted.py).
 """
 
 from tests.api_rig import api, footage_api, footage_template, users_template
 from tests.camsim.fixtures import camsim, camsim_clips
 from tests.recording_rig import rig
+from tests.scripted import scripted_clips
 
 __all__ = [
     "api",
@@ -17,5 +20,6 @@ __all__ = [
     "footage_api",
     "footage_template",
     "rig",
+    "scripted_clips",
     "users_template",
 ]

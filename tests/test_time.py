@@ -196,6 +196,9 @@ class SteppingClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        return stop.wait(seconds)
+
     def step(self, ms: int) -> None:
         self.offset_ms += ms
 

@@ -1,0 +1,284 @@
+"""A scripted camera and a simulated clock for the recorder: its behaviour at segment
+boundaries, gaps, reconnects, timestamp jumps and clock steps, tested in milliseconds and
+without GStreamer.
+
+This module owns `SimulatedClock` (an `ingest.recorder.Clock` that moves only when told; a
+wait moves it at once, as Moonfire NVR's `SimulatedClocks` does) and `ScriptedOpener` (an
+`ingest.sources.StreamOpener` that plays a script of connections and refusals). A connection
+replays one of the camera simulator's pre-encoded clips (tests/camsim/clips.py: the packets as
+the camera sent them, with their timestamps, parsed into a PyAV template as our RTSP client
+does) and moves the clock to each packet's arrival, as a camera sending in real time would.
+When the script has run out, the opener stops the recorder, so `run_script` returns as soon
+as the recorder thread has ended: no test waits on wall time.
+
+Everything here runs on the recorder thread it drives, except `run_script` (the test's).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+from av.audio.stream import AudioStream
+from av.video.stream import VideoStream
+
+from ingest import CameraRecorder
+from ingest.errors import CameraUnreachable, StreamEnded, StreamError
+from storage import SegmentStore, now_ms
+from storage.clock import read_uptime_ms
+from tests.camsim.clips import make_clips
+from tests.camsim.fixtures import clips_cache_dir
+
+BOOT_OFFSET = now_ms() - read_uptime_ms()
+"""This boot's wall clock minus uptime (as in tests/store_clock.py): the store's uptime under
+the simulated clock, so its evidence time agrees with the wall clock."""
+
+
+class SimulatedClock:
+    """Wall and monotonic time that move only forward and only when told: by `advance` (a
+    packet's arrival), by `wait` (at once, unless stopped), and the wall clock alone by
+    `step_wall` (NTP or an operator stepping the server's clock). Thread-safe."""
+
+    def __init__(self, wall_ms: int, monotonic: float = 1000.0) -> None:
+        self._lock = threading.Lock()
+        self._mono = monotonic
+        self._wall_at_zero = wall_ms - round(monotonic * 1000)
+
+    def wall_ms(self) -> int:
+        with self._lock:
+            return self._wall_at_zero + round(self._mono * 1000)
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"a simulated clock never goes back ({seconds} s)")
+        with self._lock:
+            self._mono += seconds
+
+    def advance_to(self, monotonic: float) -> None:
+        with self._lock:
+            self._mono = max(self._mono, monotonic)
+
+    def step_wall(self, ms: int) -> None:
+        with self._lock:
+            self._wall_at_zero += ms
+
+    def wait(self, stop: threading.Event, seconds: float) -> bool:
+        if not stop.is_set():
+            self.advance(seconds)
+        return stop.is_set()
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One connection that streams `seconds` of `clip` in real time and then ends with
+    `end` (after `silence_s` without media: a stall's watchdog time). At `jump_at_s` media
+    seconds the camera's timestamps jump by `jump_s`; at `step_wall_at_s` the server's wall
+    clock steps by `step_wall_ms`."""
+
+    clip: str = "h264"
+    seconds: float = 30.0
+    end: Callable[[str], StreamError] = StreamEnded
+    silence_s: float = 0.0
+    jump_at_s: float | None = None
+    jump_s: float = 0.0
+    step_wall_at_s: float | None = None
+    step_wall_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Refused:
+    """One connection attempt that fails with `error` after `seconds` (a timeout's)."""
+
+    error: Callable[[str], StreamError] = CameraUnreachable
+    seconds: float = 0.0
+
+
+Step = Connection | Refused
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A pre-encoded clip of the camera simulator: one video stream's packets in decode order,
+    `(data, pts, dts, duration, keyframe)` in 1/90000 s, looping every `loop_ticks`."""
+
+    codec: str
+    fps: int
+    loop_ticks: int
+    packets: tuple[tuple[bytes, int, int, int, bool], ...]
+
+    @classmethod
+    def load(cls, directory: Path, name: str) -> Clip:
+        index = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
+        (video,) = [s for s in index["streams"] if s["kind"] == "video"]
+        if video["time_base"] != [1, 90_000]:
+            raise ValueError(f"clip {name}: video time base {video['time_base']}, not 1/90000")
+        data = (directory / video["file"]).read_bytes()
+        rows = tuple(
+            (data[off : off + size], pts, dts, dur, bool(key))
+            for off, size, pts, dts, dur, key in video["packets"]
+        )
+        return cls(video["codec"], video["fps"], video["loop_duration"], rows)
+
+    def template(self) -> tuple[VideoStream, av.container.InputContainer]:
+        """The video stream of the clip's first keyframe, parsed by FFmpeg (as our RTSP
+        client parses a camera's), in 1/90000 s; keep the container open while it is used."""
+        probe = av.open(
+            io.BytesIO(self.packets[0][0]),
+            "r",
+            format="hevc" if self.codec == "h265" else self.codec,
+            options={"framerate": str(self.fps)},
+        )
+        video = probe.streams.video[0]
+        video.time_base = Fraction(1, 90_000)
+        return video, probe
+
+
+class ScriptedSource:
+    """One scripted connection: the clip's packets, looped, each at its real-time arrival."""
+
+    def __init__(
+        self,
+        clip: Clip,
+        step: Connection,
+        clock: SimulatedClock,
+        last: Callable[[], None] | None = None,
+    ) -> None:
+        self._clip = clip
+        self._step = step
+        self._clock = clock
+        self._last = last
+        """Called instead of ending the stream when this is the script's last step."""
+        self.video: VideoStream | None
+        self.video, self._probe = clip.template()
+        self.audio: AudioStream | None = None
+        self.description = f"scripted {step.clip}"
+
+    @property
+    def audio_note(self) -> str:
+        return ""
+
+    def packets(self) -> Iterator[av.Packet[Any]]:
+        step, clock, clip = self._step, self._clock, self._clip
+        video = self.video
+        assert video is not None
+        tb = Fraction(1, 90_000)
+        began = clock.monotonic()
+        first_dts = clip.packets[0][2]
+        jump = round(step.jump_s * 90_000)
+        stepped = False
+        loop = 0
+        while True:
+            for data, pts, dts, duration, key in clip.packets:
+                at = (loop * clip.loop_ticks + dts - first_dts) / 90_000
+                if at >= step.seconds:
+                    if self._last is not None:
+                        clock.advance_to(began + step.seconds)
+                        self._last()  # the recorder stops: finishes its segment and ends
+                        return
+                    clock.advance_to(began + step.seconds + step.silence_s)
+                    raise step.end(f"scripted end after {step.seconds} s")
+                clock.advance_to(began + at)
+                if not stepped and step.step_wall_at_s is not None and at >= step.step_wall_at_s:
+                    stepped = True
+                    clock.step_wall(step.step_wall_ms)
+                offset = loop * clip.loop_ticks
+                if step.jump_at_s is not None and at >= step.jump_at_s:
+                    offset += jump
+                packet = av.Packet(data)
+                packet.pts = pts + offset
+                packet.dts = dts + offset
+                packet.duration = duration
+                packet.time_base = tb
+                packet.stream = video
+                if key:
+                    packet.is_keyframe = True
+                yield packet
+            loop += 1
+
+    def close(self) -> None:
+        self._probe.close()
+
+
+@dataclass
+class ScriptedOpener:
+    """Plays `script` one step per `open()`; its probe answers when the next step is a
+    connection. Once the script has run out, `on_end` (the recorder's stop) is called: at
+    the end of the last connection's media, or at the next `open()` after a refusal."""
+
+    clips: Path
+    clock: SimulatedClock
+    script: list[Step]
+    on_end: Callable[[], None] = lambda: None
+    opened: int = 0
+    _loaded: dict[str, Clip] = field(default_factory=dict)
+
+    def open(self) -> ScriptedSource:
+        self.opened += 1
+        if not self.script:
+            self.on_end()
+            raise CameraUnreachable("the script has ended")
+        step = self.script.pop(0)
+        if isinstance(step, Refused):
+            self.clock.advance(step.seconds)
+            raise step.error("scripted refusal")
+        if step.clip not in self._loaded:
+            self._loaded[step.clip] = Clip.load(self.clips, step.clip)
+        last = self.on_end if not self.script else None
+        return ScriptedSource(self._loaded[step.clip], step, self.clock, last)
+
+    def probe_reachable(self) -> bool:
+        return not self.script or isinstance(self.script[0], Connection)
+
+
+def open_store(root: Path, clock: SimulatedClock) -> SegmentStore:
+    """A store whose clock is the simulated one."""
+    return SegmentStore(
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        clock=clock.wall_ms,
+        uptime=lambda: clock.wall_ms() - BOOT_OFFSET,
+    )
+
+
+def run_script(
+    store: SegmentStore,
+    clips: Path,
+    clock: SimulatedClock,
+    script: Sequence[Step],
+    *,
+    camera: str = "cam",
+    segment_seconds: int = 10,
+) -> CameraRecorder:
+    """Record `script` with a real `CameraRecorder` thread on the simulated clock, until the
+    script has run out and the recorder has stopped."""
+    opener = ScriptedOpener(clips, clock, list(script))
+    rec = CameraRecorder(camera, opener, store, segment_seconds=segment_seconds, clock=clock)
+    opener.on_end = rec.stop
+    rec.start()
+    rec.thread.join(60)  # a bound for a hang, not a timing: a script takes milliseconds
+    if rec.thread.is_alive():
+        rec.stop()
+        rec.thread.join(10)
+        raise AssertionError(f"the recorder did not finish the script: {rec.status()}")
+    return rec
+
+
+@pytest.fixture(scope="session")
+def scripted_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The camera simulator's clips the scripted camera plays (encoded once, cached as
+    tests/camsim/fixtures.py caches them; PyAV only, no GStreamer)."""
+    directory = clips_cache_dir(tmp_path_factory.getbasetemp().parent / "camsim-clips")
+    make_clips(directory, ["h264", "h265", "bframes"])
+    return directory

@@ -1,0 +1,157 @@
+"""The recorder against a scripted camera on a simulated clock (tests/scripted.py): segment
+boundaries, gaps and the outage ledger, reconnects and the back-off's probe, timestamp jumps
+and server clock steps. Real recorder threads, a real SQLite store, every file reopened with
+PyAV; no RTSP server and no wall-clock waits, so each test takes well under a second of work.
+The same behaviour against a real RTSP camera is in tests/test_recording.py (marked slow)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest.errors import AuthRejected, CameraUnreachable, StreamEnded, StreamStalled
+from ingest.recorder import stagger_phase
+from storage import SegmentStore, now_ms
+from tests.media import check_file
+from tests.recording_rig import assert_contiguous
+from tests.scripted import Connection, Refused, SimulatedClock, Step, open_store, run_script
+
+CODECS = {"h264": "h264", "h265": "hevc", "bframes": "h264"}
+
+
+@pytest.fixture
+def clock() -> SimulatedClock:
+    return SimulatedClock(now_ms())
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: SimulatedClock) -> Iterator[SegmentStore]:
+    s = open_store(tmp_path / "store", clock)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("clip", ["h264", "h265", "bframes"])
+def test_segments_are_cut_at_the_first_keyframe_after_the_target(
+    scripted_clips: Path, clock: SimulatedClock, store: SegmentStore, clip: str
+) -> None:
+    """35 s in 10 s segments: the first shortened by the camera's stagger phase and cut at
+    the next keyframe (one a second), then 10 s each, then the rest at stop; back to back in
+    wall time, every file starting with a keyframe and as long as the index says."""
+    began = clock.wall_ms()
+    run_script(store, scripted_clips, clock, [Connection(clip, seconds=35)])
+    segs = store.segments("cam")
+    first = math.ceil(10 - stagger_phase("cam", 10))
+    assert [s.duration_ms for s in segs] == [first * 1000, 10_000, 10_000, (15 - first) * 1000]
+    assert segs[0].start_ms == began
+    assert segs[-1].end_ms == began + 35_000
+    assert_contiguous(segs)
+    for seg in segs:
+        found = check_file(seg.path, decode=False)
+        assert found.video_codec == CODECS[clip]
+        assert found.frames == seg.frames == seg.duration_ms // 100
+    (outage,) = store.outages("cam")
+    assert outage.cause == "daemon-stopped" and outage.start_ms == segs[-1].end_ms
+
+
+def test_camera_gone_and_back_is_one_outage_from_last_footage_to_first(
+    scripted_clips: Path, clock: SimulatedClock, store: SegmentStore
+) -> None:
+    """The camera hangs up, refuses three connections, then answers the back-off's probe:
+    one outage (named by the last failure) from the end of the footage to the start of the
+    next, and the probe cuts the fourth back-off (4 s) short: 0.5 + 1 + 2 s of waiting."""
+    script: list[Step] = [
+        Connection(seconds=12, end=StreamEnded),
+        Refused(CameraUnreachable),
+        Refused(CameraUnreachable),
+        Refused(CameraUnreachable),
+        Connection(seconds=12),
+    ]
+    rec = run_script(store, scripted_clips, clock, script)
+    segs = store.segments("cam")
+    outages = store.outages("cam")
+    assert [o.cause for o in outages] == ["unreachable", "daemon-stopped"]
+    gap = outages[0]
+    before = [s for s in segs if s.end_ms <= gap.start_ms]
+    after = [s for s in segs if s.start_ms >= gap.start_ms]
+    assert before and after and len(before) + len(after) == len(segs)
+    assert gap.start_ms == before[-1].end_ms
+    assert gap.end_ms == after[0].start_ms
+    assert gap.end_ms - gap.start_ms == 3_500
+    assert sum(s.duration_ms for s in segs) == 24_000
+    assert_contiguous(before)
+    assert_contiguous(after)
+    assert rec.status().reconnects == 4  # the end, three refusals (the stop is not one)
+
+
+def test_a_stall_waits_out_its_back_off_when_the_connection_was_short(
+    scripted_clips: Path, clock: SimulatedClock, store: SegmentStore
+) -> None:
+    """A stream that stalls (3 s without media) after 5 s: a `stalled` outage from the end of
+    the footage; the camera answers the probe at once, but a connection that recorded only a
+    few seconds does not cut the back-off short (a tight failure loop otherwise)."""
+    script: list[Step] = [
+        Connection(seconds=5, end=StreamStalled, silence_s=3.0),
+        Connection(seconds=5),
+    ]
+    run_script(store, scripted_clips, clock, script)
+    segs = store.segments("cam")
+    gap, stop = store.outages("cam")
+    assert gap.cause == "stalled" and stop.cause == "daemon-stopped"
+    assert gap.start_ms == segs[0].end_ms
+    assert gap.end_ms == segs[1].start_ms
+    assert gap.end_ms - gap.start_ms == 3_000 + 500  # the silence, then the first back-off
+
+
+def test_a_rejected_login_is_not_probed_and_backs_off_in_full(
+    scripted_clips: Path, clock: SimulatedClock, store: SegmentStore
+) -> None:
+    """A camera refusing the login from the start: one `auth-rejected` outage from the first
+    attempt until footage begins; its back-off is never cut short by the probe (the camera
+    answers, but a wrong password does not heal by itself)."""
+    began = clock.wall_ms()
+    script: list[Step] = [Refused(AuthRejected), Refused(AuthRejected), Connection(seconds=3)]
+    run_script(store, scripted_clips, clock, script)
+    (seg,) = store.segments("cam")
+    gap, _stop = store.outages("cam")
+    assert gap.cause == "auth-rejected"
+    assert gap.start_ms == began
+    assert gap.end_ms == seg.start_ms == began + 500 + 1_000
+
+
+def test_timestamp_jump_starts_a_new_segment_and_is_recorded(
+    scripted_clips: Path, clock: SimulatedClock, store: SegmentStore
+) -> None:
+    """The camera's timestamps jump an hour ahead mid-segment: the segment ends there, the
+    next is marked as a discontinuity and starts where the previous ended (no gap: the
+    camera kept sending), a `discontinuity` event is written, and no outage."""
+    script = [Connection(seconds=20, jump_at_s=8.0, jump_s=3600.0)]
+    run_script(store, scripted_clips, clock, script, segment_seconds=60)
+    segs = store.segments("cam")
+    assert [s.duration_ms for s in segs] == [8_000, 12_000]
+    assert [s.discontinuity for s in segs] == [False, True]
+    assert segs[1].start_ms == segs[0].end_ms
+    assert_contiguous(segs)
+    (event,) = [e for e in store.events("cam") if e.kind == "discontinuity"]
+    assert event.value is not None and abs(event.value - 3600) <= 0.1  # within a frame
+    assert [o.cause for o in store.outages("cam")] == ["daemon-stopped"]
+
+
+def test_a_server_clock_step_is_written_down_and_never_overlaps_footage(
+    scripted_clips: Path, clock: SimulatedClock, store: SegmentStore
+) -> None:
+    """The server's wall clock steps 5 s back mid-recording: a closed `clock-step` row in
+    the ledger, a new segment from the step on, and segment times that never go back."""
+    script = [Connection(seconds=20, step_wall_at_s=8.0, step_wall_ms=-5_000)]
+    run_script(store, scripted_clips, clock, script, segment_seconds=60)
+    segs = store.segments("cam")
+    assert len(segs) == 2, segs
+    assert segs[1].start_ms >= segs[0].end_ms
+    assert sum(s.duration_ms for s in segs) == 20_000
+    steps = [o for o in store.outages("cam") if o.cause == "clock-step"]
+    assert len(steps) == 1 and steps[0].end_ms is not None
