@@ -4,9 +4,11 @@ loop. `ApiServer` (the daemon's handle), `create_app` (tests run it under their 
 
 Layout: `app` (application, lifespan, access log), `services` (what routes call), `deps`
 (typed dependencies: services, the logged-in user, roles, camera permissions), `routes/*`,
-`models` (request/response schemas), `mp4` + `playback` (virtual MP4 files of any range),
-`cameras`, `health`, `metrics`, `exports` + `package` (signed evidence packages), `auth`
-(login throttle, signed playback links), `params`, `errors`.
+`models` (request/response schemas), `playback` (virtual MP4 files of any range, with
+caches), `cameras`, `health`, `metrics`, `exports` (building signed evidence packages),
+`auth` (login throttle, signed playback links), `params`, `errors`. The file formats they
+serve (MP4, the export package) are `storage.media`'s. Imports go down: `storage`, `config`,
+`ingest` (status types only); nothing imports `api` but `nvr`.
 """
 
 from api.app import create_app

@@ -3,7 +3,7 @@
 The register and the two-person rule live in the index (`SegmentStore.exports`); this service
 builds the package once the second person has approved: the original segments (re-hashed
 against the index while they are copied), one MP4 of the range, a signed manifest (see
-`api.package`). Builds run one at a time on a worker thread, started from the event loop;
+`storage.media.package`). Builds run one at a time on a worker thread, started from the event loop;
 an approved export whose build was interrupted (daemon stopped) is built again at start-up.
 """
 
@@ -16,9 +16,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from api.cover import local_time, zone, zone_label
-from api.mp4 import Mp4Error
-from api.package import (
+from api.params import iso
+from api.playback import PlaybackService, Recording, etag, gap_causes
+from config import CameraConfig, NvrConfig
+from config.models import SiteConfig
+from storage import SegmentStore, StorageError
+from storage.exports import Export, ExportFile
+from storage.media.cover import local_time, zone, zone_label
+from storage.media.mp4 import Mp4Error
+from storage.media.package import (
     Cancelled,
     PackageError,
     file_chunks,
@@ -27,12 +33,6 @@ from api.package import (
     public_pem,
     write_package,
 )
-from api.params import iso
-from api.playback import PlaybackService, Recording, etag, gap_causes
-from config import CameraConfig, NvrConfig
-from config.models import SiteConfig
-from storage import SegmentStore, StorageError
-from storage.exports import Export, ExportFile
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -1,4 +1,4 @@
-"""`PlaybackService`: virtual MP4 files of recorded ranges (see `api.mp4`), with caches.
+"""`PlaybackService`: virtual MP4 files of recorded ranges (see `storage.media.mp4`), with caches.
 
 Owns the sample indexes of segments at three levels: in memory (segments never change once
 indexed, so an entry keyed by segment id and sha256 stays valid; bounded by bytes, least
@@ -28,7 +28,9 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from api.mp4 import (
+from storage import Segment, SegmentStore, StorageError, StorageIOError
+from storage.guard import iso
+from storage.media.mp4 import (
     Mp4Error,
     SegmentIndex,
     SourceSegment,
@@ -40,8 +42,6 @@ from api.mp4 import (
     plan,
     plan_key,
 )
-from storage import Segment, SegmentStore, StorageError, StorageIOError
-from storage.guard import iso
 
 log = logging.getLogger("nvr.api.playback")
 
@@ -359,7 +359,7 @@ def etag(
     key: tuple[int, int, int] | None = None,
 ) -> str:
     """A strong ETag: the same request over the same segments is the same file. With the
-    plan's `key` (`api.mp4.plan_key`) the times themselves are left out: every range that
+    plan's `key` (`storage.media.mp4.plan_key`) the times themselves are left out: every range that
     cuts the same segments at the same samples is the same file."""
     cut = f"{start_ms}|{end_ms}" if key is None else "cut:{}:{}:{}".format(*key)
     h = hashlib.sha256(f"{FORMAT_VERSION}|{camera}|{cut}".encode())

@@ -1,4 +1,5 @@
-"""Playback plan cost: CPU and memory of `api.mp4.plan` for long ranges (issue 13, item 4).
+"""Playback plan cost: CPU and memory of `storage.media.mp4.plan` for long ranges (issue 13,
+item 4).
 
 The target: a 24 h range of a 25 fps camera with audio is planned in under 1 s of CPU and
 under 64 MiB of extra memory. What is measured is the plan itself (the `moov` with every
@@ -40,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from api.mp4 import SegmentIndex, SourceSegment, TrackIndex, plan
 from bench.docs import update_doc
+from storage.media.mp4 import SegmentIndex, SourceSegment, TrackIndex, plan
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"

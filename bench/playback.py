@@ -67,9 +67,9 @@ from typing import Any
 
 import av
 
-from api.mp4 import encode_index, parse_segment
 from bench.docs import update_doc
 from storage import SegmentInfo, SegmentStore
+from storage.media.mp4 import encode_index, parse_segment
 from tests.camsim import CameraSim, free_port, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 

@@ -227,7 +227,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_export(args: argparse.Namespace) -> int:
-    from api.package import verify_package
+    from storage.media.package import verify_package
 
     key = None
     if args.key is not None:

@@ -38,8 +38,8 @@ from typing import Any
 import av
 
 from storage.errors import StorageError
-from storage.fmp4 import scan_fragments
 from storage.index import make_engine, upgrade
+from storage.media.fragments import scan_fragments
 from storage.schema import Base
 from storage.store import (
     AUDIT_HEAD,

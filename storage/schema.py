@@ -312,7 +312,7 @@ class ExportRow(Base):
 
 class SegmentSamplesRow(Base):
     """A segment's sample index for playback (sizes, durations, keyframes, where each run of
-    samples sits in the file), zlib-compressed; made by `api.mp4` from the file, kept so a
+    samples sits in the file), zlib-compressed; made by `storage.media.mp4` from the file, kept so a
     one-hour MP4 can be laid out without reading thousands of `moof` boxes from disk. Goes
     with its segment row (ON DELETE CASCADE)."""
 

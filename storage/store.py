@@ -98,7 +98,6 @@ from storage.errors import (
     StorageIOError,
 )
 from storage.exports import Export, ExportRegister
-from storage.fmp4 import scan_fragments
 from storage.guard import (
     DAY_MS,
     LOCK_FUTURE_MARGIN_MS,
@@ -110,6 +109,7 @@ from storage.guard import (
     protection,
 )
 from storage.index import check_integrity, make_engine, migrate
+from storage.media.fragments import scan_fragments
 from storage.schema import (
     AuditCheckpointRow,
     AuditRow,

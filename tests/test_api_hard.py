@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from api import ApiContext
-from api.mp4 import plan
 from bench import plan_cost
 from config.models import ApiConfig
+from storage.media.mp4 import plan
 from tests.api_rig import (
     PASSWORD,
     Api,

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.mp4 import decode_index, encode_index, parse_segment
 from api.playback import PlaybackService
 from storage import SegmentStore
+from storage.media.mp4 import decode_index, encode_index, parse_segment
 from tests.api_rig import CAMERAS
 from tests.store_clock import add_segment
 

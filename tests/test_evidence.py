@@ -27,7 +27,6 @@ import av
 import pytest
 
 from api import ApiContext
-from api.mp4 import hvc1_entry, parse_segment
 from config import CameraConfig, NvrConfig, StorageConfig
 from config.models import ApiConfig, SiteConfig
 from storage import LockError, SegmentInfo, SegmentStore
@@ -35,6 +34,7 @@ from storage.accounts import AccountError
 from storage.audit import entry_hash
 from storage.exports import ExportRefused
 from storage.guard import DAY_MS, add_years, iso, protection
+from storage.media.mp4 import hvc1_entry, parse_segment
 from tests.api_rig import Api, ServerThread, free_port, ready
 from tests.media import fast_pattern, pattern_packets
 

@@ -46,12 +46,12 @@ from api.models import (
     SpanOut,
     TimelineOut,
 )
-from api.mp4 import Mp4Error
 from api.params import CAMERA_NAME, iso, parse_range
 from api.playback import PlanBusy, RangeReader, Recording, gap_causes, gaps_header, stream
 from api.routes.locks import lock_out
 from api.services import ApiServices
 from storage import RetentionViolation, StorageError
+from storage.media.mp4 import Mp4Error
 
 router = APIRouter(tags=["cameras"])
 

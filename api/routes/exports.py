@@ -21,11 +21,11 @@ from api.models import (
     Problem,
     RejectIn,
 )
-from api.package import PackageError
 from api.params import parse_range
 from storage import StorageError
 from storage.accounts import User
 from storage.exports import READY, Export, ExportError, ExportRefused
+from storage.media.package import PackageError
 
 router = APIRouter(tags=["exports"])
 

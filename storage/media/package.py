@@ -7,7 +7,7 @@ A package is one ZIP file (stored, not compressed; ZIP64 when large) holding:
 - `recording.mp4`: the requested range as one standard MP4 (from the keyframe at or before
   the start), for viewing;
 - `README.txt`, `cover.html`: the cover sheet for the recipient, in Chinese and English
-  (see `api.cover`);
+  (see `storage.media.cover`);
 - `manifest.json`: site, camera (name, location, description), range (UTC and local time
   with its offset), the outages inside the range with their causes, segments with hashes and
   chain values, requester, approver, work ids, purpose, recipient, approval document, times,
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from api.cover import COVER, README, SUMS, cover_html, readme
 from storage import signing
+from storage.media.cover import COVER, README, SUMS, cover_html, readme
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
