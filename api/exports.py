@@ -22,8 +22,8 @@ from config import CameraConfig, NvrConfig
 from config.models import SiteConfig
 from storage import SegmentStore, StorageError
 from storage.exports import Export, ExportFile
+from storage.media.boxes import Mp4Error
 from storage.media.cover import local_time, zone, zone_label
-from storage.media.mp4 import Mp4Error
 from storage.media.package import (
     Cancelled,
     PackageError,

@@ -1,4 +1,5 @@
-"""`PlaybackService`: virtual MP4 files of recorded ranges (see `storage.media.mp4`), with caches.
+"""`PlaybackService`: virtual MP4 files of recorded ranges (see `storage.media.virtual`), with
+caches.
 
 Owns the sample indexes of segments at three levels: in memory (segments never change once
 indexed, so an entry keyed by segment id and sha256 stays valid; bounded by bytes, least
@@ -30,18 +31,10 @@ from dataclasses import dataclass
 
 from storage import Segment, SegmentStore, StorageError, StorageIOError
 from storage.guard import iso
-from storage.media.mp4 import (
-    Mp4Error,
-    SegmentIndex,
-    SourceSegment,
-    VirtualFile,
-    decode_index,
-    encode_index,
-    gap_cue,
-    parse_segment,
-    plan,
-    plan_key,
-)
+from storage.media.boxes import Mp4Error
+from storage.media.sampleindex import decode_index, encode_index
+from storage.media.segment import SegmentIndex, parse_segment
+from storage.media.virtual import SourceSegment, VirtualFile, gap_cue, plan, plan_key
 
 log = logging.getLogger("nvr.api.playback")
 
@@ -359,8 +352,8 @@ def etag(
     key: tuple[int, int, int] | None = None,
 ) -> str:
     """A strong ETag: the same request over the same segments is the same file. With the
-    plan's `key` (`storage.media.mp4.plan_key`) the times themselves are left out: every range that
-    cuts the same segments at the same samples is the same file."""
+    plan's `key` (`storage.media.virtual.plan_key`) the times themselves are left out: every
+    range that cuts the same segments at the same samples is the same file."""
     cut = f"{start_ms}|{end_ms}" if key is None else "cut:{}:{}:{}".format(*key)
     h = hashlib.sha256(f"{FORMAT_VERSION}|{camera}|{cut}".encode())
     for s in segments:
@@ -490,5 +483,3 @@ def gaps_header(gaps: Sequence[GapInfo]) -> str:
     return ", ".join(
         f"{iso(g.start_ms)}/{iso(g.end_ms)} {'+'.join(c for c, _ in g.causes)}" for g in gaps
     )
-
-

@@ -1,4 +1,4 @@
-"""Playback plan cost: CPU and memory of `storage.media.mp4.plan` for long ranges (issue 13,
+"""Playback plan cost: CPU and memory of `storage.media.virtual.plan` for long ranges (issue 13,
 item 4).
 
 The target: a 24 h range of a 25 fps camera with audio is planned in under 1 s of CPU and
@@ -42,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.docs import update_doc
-from storage.media.mp4 import SegmentIndex, SourceSegment, TrackIndex, plan
+from storage.media.segment import SegmentIndex, TrackIndex
+from storage.media.virtual import SourceSegment, plan
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"

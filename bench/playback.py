@@ -69,7 +69,8 @@ import av
 
 from bench.docs import update_doc
 from storage import SegmentInfo, SegmentStore
-from storage.media.mp4 import encode_index, parse_segment
+from storage.media.sampleindex import encode_index
+from storage.media.segment import parse_segment
 from tests.camsim import CameraSim, free_port, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 

@@ -312,9 +312,9 @@ class ExportRow(Base):
 
 class SegmentSamplesRow(Base):
     """A segment's sample index for playback (sizes, durations, keyframes, where each run of
-    samples sits in the file), zlib-compressed; made by `storage.media.mp4` from the file, kept so a
-    one-hour MP4 can be laid out without reading thousands of `moof` boxes from disk. Goes
-    with its segment row (ON DELETE CASCADE)."""
+    samples sits in the file), zlib-compressed; made by `storage.media.sampleindex` from the
+    file, kept so a one-hour MP4 can be laid out without reading thousands of `moof` boxes
+    from disk. Goes with its segment row (ON DELETE CASCADE)."""
 
     __tablename__ = "segment_samples"
     segment_id: Mapped[int] = mapped_column(

@@ -25,7 +25,7 @@ import pytest
 from api import ApiContext
 from bench import plan_cost
 from config.models import ApiConfig
-from storage.media.mp4 import plan
+from storage.media.virtual import plan
 from tests.api_rig import (
     PASSWORD,
     Api,

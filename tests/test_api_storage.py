@@ -11,7 +11,8 @@ import pytest
 
 from api.playback import PlaybackService
 from storage import SegmentStore
-from storage.media.mp4 import decode_index, encode_index, parse_segment
+from storage.media.sampleindex import decode_index, encode_index
+from storage.media.segment import parse_segment
 from tests.api_rig import CAMERAS
 from tests.store_clock import add_segment
 

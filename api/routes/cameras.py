@@ -51,7 +51,7 @@ from api.playback import PlanBusy, RangeReader, Recording, gap_causes, gaps_head
 from api.routes.locks import lock_out
 from api.services import ApiServices
 from storage import RetentionViolation, StorageError
-from storage.media.mp4 import Mp4Error
+from storage.media.boxes import Mp4Error
 
 router = APIRouter(tags=["cameras"])
 

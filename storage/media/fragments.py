@@ -1,12 +1,16 @@
 """Reading the top-level box structure of a fragmented MP4, to salvage a file that was being
-written when the process died. Pure functions on a file path; run on whichever thread salvages
-(the store's start-up recovery, before recorders start)."""
+written when the process died: how much of it is complete fragments. Walks with
+`storage.media.boxes.file_boxes`, as the segment reader does. Blocking reads of a file path;
+run on whichever thread salvages (the store's start-up recovery, before recorders start).
+Imports go down to `storage.media.boxes`."""
 
 from __future__ import annotations
 
-import struct
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from storage.media.boxes import file_boxes
 
 
 @dataclass(frozen=True)
@@ -31,43 +35,33 @@ class BoxScan:
 
 def scan_fragments(path: Path) -> BoxScan:
     """Walk top-level boxes; stop at the first one that is cut short or malformed."""
-    size = path.stat().st_size
     has_moov = False
     fragments = 0
     good = 0
     pending_moof = False
     media_seen = False
-    with path.open("rb") as f:
-        pos = 0
-        while pos + 8 <= size:
-            f.seek(pos)
-            header = f.read(16)
-            box_len, kind = struct.unpack(">I4s", header[:8])
-            if kind in (b"moof", b"mdat"):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        for box in file_boxes(fd, size):
+            if box.kind in (b"moof", b"mdat"):
                 media_seen = True
-            header_len = 8
-            if box_len == 1:
-                if len(header) < 16:
-                    break
-                box_len = struct.unpack(">Q", header[8:16])[0]
-                header_len = 16
-            elif box_len == 0:
-                box_len = size - pos  # "to end of file": only valid for the last box
-            if box_len < header_len or pos + box_len > size:
+            if not box.complete:
                 break
-            pos += box_len
-            if kind == b"moov":
+            if box.kind == b"moov":
                 has_moov = True
-                good = pos
-            elif kind == b"moof":
+                good = box.end
+            elif box.kind == b"moof":
                 pending_moof = True
-            elif kind == b"mdat":
+            elif box.kind == b"mdat":
                 if pending_moof:
                     fragments += 1
                     pending_moof = False
-                    good = pos
+                    good = box.end
             elif not pending_moof:
-                good = pos  # ftyp, free, sidx, mfra...: complete boxes between fragments
+                good = box.end  # ftyp, free, sidx, mfra...: complete boxes between fragments
+    finally:
+        os.close(fd)
     return BoxScan(
         has_moov=has_moov, fragments=fragments, good_bytes=good, size=size, media_seen=media_seen
     )

@@ -210,9 +210,7 @@ class _Source:
                 if len(subdirs) == 1 and (subdirs[0] / MANIFEST).exists():
                     base = subdirs[0]
             self._dir = base
-            self.names = sorted(
-                str(p.relative_to(base)) for p in base.rglob("*") if p.is_file()
-            )
+            self.names = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
             return
         self._zip = zipfile.ZipFile(package)
         raw = [n for n in self._zip.namelist() if not n.endswith("/")]

@@ -24,8 +24,12 @@ segments at a time from views of the segments' indexes, and the header is kept a
 it was written in, so a 24 h range (6 million samples with audio) needs ~40 MiB at the peak,
 of which ~28 MiB (mostly `stsz`, 4 bytes a sample) is the plan (`bench.plan_cost`).
 
-Pure functions and value types plus blocking file reads (`parse_segment`, `VirtualFile.read`):
-run them on a worker thread (`asyncio.to_thread`), never on the event loop.
+The segments' indexes come from `storage.media.segment` (or their stored form,
+`storage.media.sampleindex`); boxes are written with `storage.media.boxes`.
+
+Pure functions and value types plus blocking file reads (`VirtualFile.chunks`, a keyframe for
+an H.265 sample entry): run them on a worker thread (`asyncio.to_thread`), never on the event
+loop. Imports go down: `storage.media.boxes`, `segment`, `hevc`, numpy.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import dataclasses
 import functools
 import os
 import struct
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from storage.media.boxes import Mp4Error, Node, box, full_box, full_node, node
+from storage.media.hevc import hvc1_entry
+from storage.media.segment import I64, U32, SegmentIndex, TrackIndex
 
 MP4_EPOCH_OFFSET = 2_082_844_800
 """Seconds from 1904-01-01 (MP4 times) to 1970-01-01."""
@@ -51,598 +58,6 @@ GAP_TOLERANCE_MS = 50
 (filled by holding the previous frame, and a cue in the gap text track); closer, the recorded
 durations are kept as they are."""
 MAX_SAMPLE_DURATION = 2**31 - 1
-
-U32 = npt.NDArray[np.uint32]
-I64 = npt.NDArray[np.int64]
-BOOL = npt.NDArray[np.bool_]
-
-
-class Mp4Error(Exception):
-    """A segment that cannot be indexed, or a range that cannot become one MP4 file."""
-
-
-# --- reading segments -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrackIndex:
-    """Every sample of one track of one segment file, in decode order."""
-
-    track_id: int
-    handler: str
-    """`vide` or `soun`."""
-    timescale: int
-    sample_entry: bytes
-    """The `stsd` child box (e.g. `avc1` with its `avcC`), copied verbatim."""
-    width: int
-    height: int
-    dts: I64
-    """Decode times in `timescale` units (from `tfdt`)."""
-    duration: U32
-    size: U32
-    cto: npt.NDArray[np.int32]
-    sync: BOOL
-    offset: I64
-    """Byte offset of each sample in the file."""
-
-    @property
-    def count(self) -> int:
-        return len(self.dts)
-
-    @property
-    def nbytes(self) -> int:
-        return int(
-            self.dts.nbytes
-            + self.duration.nbytes
-            + self.size.nbytes
-            + self.cto.nbytes
-            + self.sync.nbytes
-            + self.offset.nbytes
-        )
-
-
-@dataclass(frozen=True)
-class SegmentIndex:
-    """The sample index of one segment file: its video track and optional audio track."""
-
-    video: TrackIndex
-    audio: TrackIndex | None
-
-    @property
-    def nbytes(self) -> int:
-        return self.video.nbytes + (self.audio.nbytes if self.audio else 0) + 512
-
-
-@dataclass
-class _Run:
-    """One `trun` box, not yet expanded into samples."""
-
-    layout: int
-    """Which per-sample fields it carries (trun flags 0xF00) and whether cto is signed."""
-    count: int
-    raw: bytes
-    data_pos: int
-    dts0: int
-    first_flags: int
-    """-1 when absent."""
-    d_duration: int
-    d_size: int
-    d_flags: int
-
-
-@dataclass
-class _Trak:
-    track_id: int = 0
-    handler: str = ""
-    timescale: int = 0
-    sample_entry: bytes = b""
-    width: int = 0
-    height: int = 0
-    d_duration: int = 0
-    d_size: int = 0
-    d_flags: int = 0
-    runs: list[_Run] = field(default_factory=list)
-
-
-def _boxes(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, body start, box end) of each box in data[start:end]."""
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:
-            if pos + 16 > end:
-                raise Mp4Error("truncated box header")
-            size = struct.unpack_from(">Q", data, pos + 8)[0]
-            header = 16
-        elif size == 0:
-            size = end - pos
-        if size < header or pos + size > end:
-            raise Mp4Error(f"malformed {kind!r} box")
-        yield kind, pos + header, pos + size
-        pos += size
-
-
-def _child(data: bytes | memoryview, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
-    for k, body, box_end in _boxes(data, start, end):
-        if k == kind:
-            return body, box_end
-    return None
-
-
-def _parse_trak(data: bytes, start: int, end: int) -> _Trak:
-    t = _Trak()
-    tkhd = _child(data, start, end, b"tkhd")
-    mdia = _child(data, start, end, b"mdia")
-    if tkhd is None or mdia is None:
-        raise Mp4Error("trak without tkhd or mdia")
-    version = data[tkhd[0]]
-    if version == 1:
-        t.track_id = struct.unpack_from(">I", data, tkhd[0] + 4 + 16)[0]
-    else:
-        t.track_id = struct.unpack_from(">I", data, tkhd[0] + 4 + 8)[0]
-    w, h = struct.unpack_from(">II", data, tkhd[1] - 8)
-    t.width, t.height = w >> 16, h >> 16
-    mdhd = _child(data, mdia[0], mdia[1], b"mdhd")
-    hdlr = _child(data, mdia[0], mdia[1], b"hdlr")
-    minf = _child(data, mdia[0], mdia[1], b"minf")
-    if mdhd is None or hdlr is None or minf is None:
-        raise Mp4Error("mdia without mdhd, hdlr or minf")
-    off = 4 + (16 if data[mdhd[0]] == 1 else 8)
-    t.timescale = struct.unpack_from(">I", data, mdhd[0] + off)[0]
-    t.handler = bytes(data[hdlr[0] + 8 : hdlr[0] + 12]).decode("latin-1")
-    stbl = _child(data, minf[0], minf[1], b"stbl")
-    if stbl is None:
-        raise Mp4Error("minf without stbl")
-    stsd = _child(data, stbl[0], stbl[1], b"stsd")
-    stsz = _child(data, stbl[0], stbl[1], b"stsz")
-    if stsd is None:
-        raise Mp4Error("stbl without stsd")
-    if stsz is not None and struct.unpack_from(">I", data, stsz[0] + 8)[0] != 0:
-        raise Mp4Error("samples in the moov: not a fragmented segment")
-    entries = list(_boxes(data, stsd[0] + 8, stsd[1]))
-    if len(entries) != 1:
-        raise Mp4Error(f"expected one sample description, found {len(entries)}")
-    _kind, body, box_end = entries[0]
-    t.sample_entry = bytes(data[body - 8 : box_end])  # sample entries never use a 64-bit size
-    return t
-
-
-def _parse_moov(data: bytes) -> dict[int, _Trak]:
-    traks: dict[int, _Trak] = {}
-    trex: dict[int, tuple[int, int, int]] = {}
-    for kind, body, end in _boxes(data, 0, len(data)):
-        if kind == b"trak":
-            t = _parse_trak(data, body, end)
-            traks[t.track_id] = t
-        elif kind == b"mvex":
-            for k2, b2, _e2 in _boxes(data, body, end):
-                if k2 == b"trex":
-                    tid, _sdi, dur, size, flags = struct.unpack_from(">IIIII", data, b2 + 4)
-                    trex[tid] = (dur, size, flags)
-    for tid, (dur, size, flags) in trex.items():
-        if tid in traks:
-            traks[tid].d_duration, traks[tid].d_size, traks[tid].d_flags = dur, size, flags
-    return traks
-
-
-_UNPACK_I = struct.Struct(">I").unpack_from
-_UNPACK_Q = struct.Struct(">Q").unpack_from
-_UNPACK_i = struct.Struct(">i").unpack_from
-_UNPACK_BOX = struct.Struct(">I4s").unpack_from
-_FIELDS = (0x100, 0x200, 0x400, 0x800)
-
-
-def _parse_moof(data: bytes, moof_pos: int, traks: dict[int, _Trak]) -> None:
-    """Record the runs of one `moof` (given as bytes starting at the box) in `traks`.
-
-    Kept to plain struct reads: this runs once per fragment (thousands per hour of footage);
-    the samples are expanded per segment with numpy in `_expand`."""
-    end = len(data)
-    next_base = moof_pos
-    last_run: _Run | None = None
-    pos = 8
-    while pos + 8 <= end:
-        size, kind = _UNPACK_BOX(data, pos)
-        if size < 8 or pos + size > end:
-            raise Mp4Error("malformed box in moof")
-        if kind != b"traf":
-            pos += size
-            continue
-        traf_end = pos + size
-        q = pos + 8
-        t: _Trak | None = None
-        base = moof_pos
-        dts0 = -1
-        d_dur = d_size = d_flags = 0
-        data_pos = 0
-        while q + 8 <= traf_end:
-            bsize, bkind = _UNPACK_BOX(data, q)
-            if bsize < 8 or q + bsize > traf_end:
-                raise Mp4Error("malformed box in traf")
-            body = q + 8
-            if bkind == b"tfhd":
-                flags = _UNPACK_I(data, body)[0] & 0xFFFFFF
-                tid = _UNPACK_I(data, body + 4)[0]
-                t = traks.get(tid)
-                if t is None:
-                    raise Mp4Error(f"fragment of unknown track {tid}")
-                p = body + 8
-                if flags & 0x20000:
-                    base = moof_pos
-                elif next_base >= 0:
-                    base = next_base
-                else:
-                    base = _run_end(last_run)[0] if last_run is not None else moof_pos
-                if flags & 0x1:
-                    base = _UNPACK_Q(data, p)[0]
-                    p += 8
-                if flags & 0x2:
-                    p += 4
-                d_dur, d_size, d_flags = t.d_duration, t.d_size, t.d_flags
-                if flags & 0x8:
-                    d_dur = _UNPACK_I(data, p)[0]
-                    p += 4
-                if flags & 0x10:
-                    d_size = _UNPACK_I(data, p)[0]
-                    p += 4
-                if flags & 0x20:
-                    d_flags = _UNPACK_I(data, p)[0]
-                data_pos = base
-            elif bkind == b"tfdt":
-                if data[body] == 1:
-                    dts0 = _UNPACK_Q(data, body + 4)[0]
-                else:
-                    dts0 = _UNPACK_I(data, body + 4)[0]
-            elif bkind == b"trun":
-                if t is None:
-                    raise Mp4Error("trun before tfhd")
-                if dts0 < 0:
-                    dts0 = _run_end(t.runs[-1])[1] if t.runs else 0
-                head = _UNPACK_I(data, body)[0]
-                version, tflags = head >> 24, head & 0xFFFFFF
-                count = _UNPACK_I(data, body + 4)[0]
-                r = body + 8
-                if tflags & 0x1:
-                    data_pos = base + _UNPACK_i(data, r)[0]
-                    r += 4
-                elif data_pos < 0:
-                    data_pos = _run_end(last_run)[0] if last_run is not None else base
-                first_flags = -1
-                if tflags & 0x4:
-                    first_flags = _UNPACK_I(data, r)[0]
-                    r += 4
-                ncols = bin(tflags & 0xF00).count("1")
-                raw = data[r : r + 4 * ncols * count]
-                if len(raw) != 4 * ncols * count:
-                    raise Mp4Error("trun shorter than its sample count")
-                layout = (tflags & 0xF00) | (0x1000 if version else 0)
-                run = _Run(layout, count, raw, data_pos, dts0, first_flags, d_dur, d_size, d_flags)
-                t.runs.append(run)
-                last_run = run
-                data_pos = -1  # resolved from the run's sizes only if something needs it
-                dts0 = -1
-            q += bsize
-        next_base = -1
-        pos += size
-
-
-def _run_end(run: _Run) -> tuple[int, int]:
-    """(byte offset, decode time) just after the last sample of `run`."""
-    cols = [b for b in _FIELDS if run.layout & b]
-    table = np.frombuffer(run.raw, ">u4").reshape(run.count, len(cols))
-    sizes = int(table[:, cols.index(0x200)].sum()) if 0x200 in cols else run.d_size * run.count
-    durs = int(table[:, cols.index(0x100)].sum()) if 0x100 in cols else run.d_duration * run.count
-    return run.data_pos + sizes, run.dts0 + durs
-
-
-def _column(
-    table: npt.NDArray[np.uint32], cols: list[int], bit: int, defaults: list[int], counts: I64
-) -> U32:
-    """One per-sample field: from the runs' tables, or each run's default repeated."""
-    if bit in cols:
-        return table[:, cols.index(bit)].astype(np.uint32)
-    return np.repeat(np.asarray(defaults, dtype=np.uint32), counts)
-
-
-def _expand(t: _Trak) -> TrackIndex:
-    """All samples of a track from its runs, vectorised over runs of the same layout."""
-    parts: list[tuple[I64, U32, U32, npt.NDArray[np.int32], BOOL, I64]] = []
-    i = 0
-    runs = t.runs
-    while i < len(runs):
-        j = i
-        while j < len(runs) and runs[j].layout == runs[i].layout:
-            j += 1
-        group = runs[i:j]
-        i = j
-        layout = group[0].layout
-        cols = [b for b in _FIELDS if layout & b]
-        counts = np.fromiter((r.count for r in group), np.int64, len(group))
-        n = int(counts.sum())
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        table = (
-            np.frombuffer(b"".join(r.raw for r in group), ">u4").reshape(n, len(cols))
-            if cols
-            else np.zeros((n, 0), ">u4")
-        )
-
-        dur = _column(table, cols, 0x100, [r.d_duration for r in group], counts)
-        size = _column(table, cols, 0x200, [r.d_size for r in group], counts)
-        flags = _column(table, cols, 0x400, [r.d_flags for r in group], counts)
-        if 0x400 not in cols:
-            firsts = np.fromiter((r.first_flags for r in group), np.int64, len(group))
-            has = firsts >= 0
-            flags[starts[has]] = firsts[has].astype(np.uint32)
-        if 0x800 in cols:
-            raw_cto = table[:, cols.index(0x800)].astype(np.int64)
-            if layout & 0x1000:
-                raw_cto = np.where(raw_cto >= 2**31, raw_cto - 2**32, raw_cto)
-            cto = raw_cto.astype(np.int32)
-        else:
-            cto = np.zeros(n, np.int32)
-        size64 = size.astype(np.int64)
-        dur64 = dur.astype(np.int64)
-        cs = np.cumsum(size64) - size64
-        cd = np.cumsum(dur64) - dur64
-        data_pos = np.fromiter((r.data_pos for r in group), np.int64, len(group))
-        dts0 = np.fromiter((r.dts0 for r in group), np.int64, len(group))
-        offset = np.repeat(data_pos - cs[starts], counts) + cs
-        dts = np.repeat(dts0 - cd[starts], counts) + cd
-        parts.append((dts, dur, size, cto, (flags & 0x10000) == 0, offset))
-    return TrackIndex(
-        track_id=t.track_id,
-        handler=t.handler,
-        timescale=t.timescale,
-        sample_entry=t.sample_entry,
-        width=t.width,
-        height=t.height,
-        dts=np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64),
-        duration=np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.uint32),
-        size=np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.uint32),
-        cto=np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int32),
-        sync=np.concatenate([p[4] for p in parts]) if parts else np.zeros(0, np.bool_),
-        offset=np.concatenate([p[5] for p in parts]) if parts else np.zeros(0, np.int64),
-    )
-
-
-def parse_segment(path: Path) -> SegmentIndex:
-    """Read the sample index of a recorded (fragmented) segment file. Blocking."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        pos = 0
-        traks: dict[int, _Trak] | None = None
-        head = os.pread(fd, 16, 0)
-        while pos + 8 <= size and len(head) >= 8:
-            box_size, kind = _UNPACK_BOX(head)
-            if box_size == 1:
-                box_size = _UNPACK_Q(head, 8)[0]
-            elif box_size == 0:
-                box_size = size - pos
-            if box_size < 8 or pos + box_size > size:
-                break  # a cut-off tail: the complete fragments before it still count
-            if kind == b"moov":
-                traks = _parse_moov(os.pread(fd, box_size - 8, pos + 8))
-            elif kind == b"moof":
-                if traks is None:
-                    raise Mp4Error(f"{path.name}: moof before moov")
-                # The moof and the next box's header in one read.
-                buf = os.pread(fd, box_size + 16, pos)
-                _parse_moof(buf[:box_size], pos, traks)
-                pos += box_size
-                head = buf[box_size:]
-                continue
-            pos += box_size
-            head = os.pread(fd, 16, pos)
-    finally:
-        os.close(fd)
-    if traks is None:
-        raise Mp4Error(f"{path.name}: no moov box")
-    video: TrackIndex | None = None
-    audio: TrackIndex | None = None
-    for t in sorted(traks.values(), key=lambda x: x.track_id):
-        ti = _expand(t)
-        if t.handler == "vide" and video is None:
-            video = ti
-        elif t.handler == "soun" and audio is None:
-            audio = ti
-    if video is None or video.count == 0:
-        raise Mp4Error(f"{path.name}: no video samples")
-    if video.timescale <= 0:
-        raise Mp4Error(f"{path.name}: video track without a timescale")
-    if audio is not None and (audio.count == 0 or audio.timescale <= 0):
-        audio = None
-    return SegmentIndex(video, audio)
-
-
-# --- storing an index -------------------------------------------------------------------------
-
-_INDEX_MAGIC = b"NVRI"
-_INDEX_VERSION = 1
-_TRACK_HEAD = struct.Struct(">I4sIIIIII")
-
-
-def _runs_of(t: TrackIndex) -> tuple[I64, I64, I64]:
-    """Where each run of contiguous samples (in bytes and in decode time) starts."""
-    n = t.count
-    size = t.size.astype(np.int64)
-    dur = t.duration.astype(np.int64)
-    new = np.ones(n, np.bool_)
-    if n > 1:
-        new[1:] = (t.offset[1:] != t.offset[:-1] + size[:-1]) | (t.dts[1:] != t.dts[:-1] + dur[:-1])
-    starts = np.flatnonzero(new).astype(np.int64)
-    return starts, t.offset[starts].astype(np.int64), t.dts[starts].astype(np.int64)
-
-
-def encode_index(index: SegmentIndex) -> bytes:
-    """A compact, compressed form of a segment's sample index, for the index database."""
-    parts = [_INDEX_MAGIC, bytes([_INDEX_VERSION])]
-    for t in (index.video, index.audio):
-        if t is None:
-            continue
-        starts, pos, dts = _runs_of(t)
-        parts.append(
-            _TRACK_HEAD.pack(
-                t.track_id,
-                t.handler.encode("latin-1")[:4].ljust(4),
-                t.timescale,
-                t.width,
-                t.height,
-                t.count,
-                len(starts),
-                len(t.sample_entry),
-            )
-        )
-        parts.append(t.sample_entry)
-        parts.append(t.duration.astype("<u4").tobytes())
-        parts.append(t.size.astype("<u4").tobytes())
-        parts.append(t.cto.astype("<i4").tobytes())
-        parts.append(t.sync.astype(np.uint8).tobytes())
-        parts.append(starts.astype("<i8").tobytes())
-        parts.append(pos.astype("<i8").tobytes())
-        parts.append(dts.astype("<i8").tobytes())
-    return zlib.compress(b"".join(parts), 1)
-
-
-def decode_index(data: bytes) -> SegmentIndex:
-    """Inverse of `encode_index`; Mp4Error if the data is not a stored index."""
-    try:
-        raw = zlib.decompress(data)
-    except zlib.error as err:
-        raise Mp4Error(f"stored sample index unreadable: {err}") from err
-    if raw[:4] != _INDEX_MAGIC or raw[4] != _INDEX_VERSION:
-        raise Mp4Error("stored sample index has an unknown format")
-    pos = 5
-    tracks: list[TrackIndex] = []
-    try:
-        while pos < len(raw):
-            tid, handler, ts, width, height, n, runs, entry_len = _TRACK_HEAD.unpack_from(raw, pos)
-            pos += _TRACK_HEAD.size
-            entry = raw[pos : pos + entry_len]
-            pos += entry_len
-
-            def take(dtype: str, count: int) -> npt.NDArray[np.generic]:
-                nonlocal pos
-                arr = np.frombuffer(raw, dtype=dtype, count=count, offset=pos)
-                pos += arr.nbytes
-                return arr
-
-            dur = take("<u4", n).astype(np.uint32)
-            size = take("<u4", n).astype(np.uint32)
-            cto = take("<i4", n).astype(np.int32)
-            sync = take("u1", n).astype(np.bool_)
-            starts = take("<i8", runs).astype(np.int64)
-            run_pos = take("<i8", runs).astype(np.int64)
-            run_dts = take("<i8", runs).astype(np.int64)
-            counts = np.diff(np.concatenate([starts, [n]]))
-            size64 = size.astype(np.int64)
-            dur64 = dur.astype(np.int64)
-            cs = np.cumsum(size64) - size64
-            cd = np.cumsum(dur64) - dur64
-            tracks.append(
-                TrackIndex(
-                    track_id=tid,
-                    handler=handler.decode("latin-1"),
-                    timescale=ts,
-                    sample_entry=bytes(entry),
-                    width=width,
-                    height=height,
-                    dts=np.repeat(run_dts - cd[starts], counts) + cd,
-                    duration=dur,
-                    size=size,
-                    cto=cto,
-                    sync=sync,
-                    offset=np.repeat(run_pos - cs[starts], counts) + cs,
-                )
-            )
-    except (struct.error, ValueError, IndexError) as err:
-        raise Mp4Error(f"stored sample index truncated: {err}") from err
-    video = next((t for t in tracks if t.handler == "vide"), None)
-    audio = next((t for t in tracks if t.handler == "soun"), None)
-    if video is None or video.count == 0:
-        raise Mp4Error("stored sample index has no video")
-    return SegmentIndex(video, audio)
-
-
-# --- H.265 sample entries -----------------------------------------------------------------------
-
-_VISUAL_ENTRY_HEADER = 86
-"""Bytes of a visual sample entry before its child boxes (box header included)."""
-_HEVC_PARAMETER_SETS = (32, 33, 34)
-"""VPS, SPS, PPS."""
-
-
-def _hvcc_arrays(hvcc: bytes) -> tuple[bytes, list[tuple[int, list[bytes]]]]:
-    """(the 22-byte fixed part, [(NAL type, [NAL units])]) of an hvcC record."""
-    if len(hvcc) < 23:
-        raise Mp4Error("hvcC record too short")
-    fixed = hvcc[:22]
-    count = hvcc[22]
-    pos = 23
-    arrays: list[tuple[int, list[bytes]]] = []
-    for _ in range(count):
-        kind = hvcc[pos] & 0x3F
-        n = struct.unpack_from(">H", hvcc, pos + 1)[0]
-        pos += 3
-        units = []
-        for _ in range(n):
-            size = struct.unpack_from(">H", hvcc, pos)[0]
-            units.append(hvcc[pos + 2 : pos + 2 + size])
-            pos += 2 + size
-        arrays.append((kind, units))
-    return fixed, arrays
-
-
-def hvc1_entry(entry: bytes, keyframe: Callable[[], bytes]) -> bytes:
-    """An H.265 sample entry as QuickTime and Safari want it: `hvc1` (not `hev1`) with the
-    VPS, SPS and PPS in its `hvcC` (array_completeness set). Parameter sets the recorded
-    entry lacks are taken from the in-band NAL units of the first keyframe (`keyframe()`
-    reads it). Any other entry, or one whose parameter sets cannot be found, is returned
-    unchanged."""
-    kind = entry[4:8]
-    if kind not in (b"hev1", b"hvc1") or len(entry) < _VISUAL_ENTRY_HEADER:
-        return entry
-    children = list(_boxes(entry, _VISUAL_ENTRY_HEADER, len(entry)))
-    found = next(((b, e) for k, b, e in children if k == b"hvcC"), None)
-    if found is None:
-        return entry
-    try:
-        fixed, arrays = _hvcc_arrays(entry[found[0] : found[1]])
-    except (Mp4Error, struct.error, IndexError):
-        return entry
-    have = {k for k, units in arrays if units}
-    if not have.issuperset(_HEVC_PARAMETER_SETS):
-        size_len = (fixed[21] & 0x3) + 1
-        data = keyframe()
-        pos = 0
-        inband: dict[int, list[bytes]] = {}
-        while pos + size_len <= len(data):
-            n = int.from_bytes(data[pos : pos + size_len], "big")
-            nal = data[pos + size_len : pos + size_len + n]
-            pos += size_len + n
-            if nal:
-                t = (nal[0] >> 1) & 0x3F
-                if t in _HEVC_PARAMETER_SETS and nal not in inband.get(t, []):
-                    inband.setdefault(t, []).append(nal)
-        if not (have | set(inband)).issuperset(_HEVC_PARAMETER_SETS):
-            return entry
-        arrays = [(k, u) for k, u in arrays if k not in inband or u] + [
-            (k, inband[k]) for k in _HEVC_PARAMETER_SETS if k not in have
-        ]
-    arrays.sort(key=lambda a: (a[0] not in _HEVC_PARAMETER_SETS, a[0]))
-    record = bytearray(fixed)
-    record.append(len(arrays))
-    for k, units in arrays:
-        complete = 0x80 if k in _HEVC_PARAMETER_SETS else 0
-        record += struct.pack(">BH", complete | k, len(units))
-        for u in units:
-            record += struct.pack(">H", len(u)) + u
-    hvcc = _box(b"hvcC", bytes(record))
-    rest = b"".join(entry[b - 8 : e] for k, b, e in children if k != b"hvcC")
-    # Child box headers are 8 bytes (sample entries never use 64-bit sizes).
-    body = entry[8:_VISUAL_ENTRY_HEADER] + hvcc + rest
-    return struct.pack(">I4s", 8 + len(body), b"hvc1") + body
 
 
 # --- planning a range -------------------------------------------------------------------------
@@ -1039,16 +454,7 @@ def plan(
     )
 
 
-# --- writing boxes ------------------------------------------------------------------------------
-
-
-def _box(kind: bytes, *payload: bytes) -> bytes:
-    body = b"".join(payload)
-    return struct.pack(">I4s", 8 + len(body), kind) + body
-
-
-def _full(kind: bytes, version: int, flags: int, *payload: bytes) -> bytes:
-    return _box(kind, struct.pack(">I", (version << 24) | flags), *payload)
+# --- writing the file ---------------------------------------------------------------------------
 
 
 _MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
@@ -1069,37 +475,6 @@ def _pairs(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64], signed_b: bool = 
     out[:, 0] = a
     out[:, 1] = b.astype(np.int64).astype(np.uint32) if signed_b else b
     return out.tobytes()
-
-
-class _Node:
-    """A box whose body is bytes and other boxes, written once at the end: a 24-hour
-    `moov` (tens of MB) is joined a single time instead of being copied at every level."""
-
-    __slots__ = ("kind", "parts", "size")
-
-    def __init__(self, kind: bytes, parts: Sequence[bytes | _Node], prefix: bytes = b"") -> None:
-        self.kind = kind
-        self.parts: list[bytes | _Node] = [prefix, *parts] if prefix else list(parts)
-        total = 8
-        for x in self.parts:
-            total += len(x) if isinstance(x, bytes) else x.size
-        self.size: int = total
-
-    def emit(self, out: list[bytes]) -> None:
-        out.append(struct.pack(">I4s", self.size, self.kind))
-        for x in self.parts:
-            if isinstance(x, bytes):
-                out.append(x)
-            else:
-                x.emit(out)
-
-
-def _node(kind: bytes, *parts: bytes | _Node) -> _Node:
-    return _Node(kind, parts)
-
-
-def _fnode(kind: bytes, version: int, flags: int, *parts: bytes | _Node) -> _Node:
-    return _Node(kind, parts, struct.pack(">I", (version << 24) | flags))
 
 
 class _RunWriter:
@@ -1146,7 +521,7 @@ class _RunWriter:
 class _Tables:
     """One output track's sample tables (all but the chunk offsets) and its chunks."""
 
-    boxes: list[bytes | _Node]
+    boxes: list[bytes | Node]
     chunk_file: I64
     chunk_offset: I64
     """Where each chunk's bytes sit in its segment file."""
@@ -1244,22 +619,22 @@ def _tables(t: _TrackOut) -> _Tables:
     n_all = base
     counts = np.concatenate(c_count) if c_count else np.zeros(0, np.int64)
     descs = np.concatenate(c_desc) if c_desc else np.zeros(0, np.int64)
-    boxes: list[bytes | _Node] = [
-        _full(b"stsd", 0, 0, struct.pack(">I", len(t.entries)), *t.entries)
+    boxes: list[bytes | Node] = [
+        full_box(b"stsd", 0, 0, struct.pack(">I", len(t.entries)), *t.entries)
     ]
     entries, pieces = stts.finish()
-    boxes.append(_fnode(b"stts", 0, 0, struct.pack(">I", entries), *pieces))
+    boxes.append(full_node(b"stts", 0, 0, struct.pack(">I", entries), *pieces))
     entries, pieces = ctts.finish()
     if ctts.nonzero:
         version = 1 if ctts.negative else 0
-        boxes.append(_fnode(b"ctts", version, 0, struct.pack(">I", entries), *pieces))
+        boxes.append(full_node(b"ctts", version, 0, struct.pack(">I", entries), *pieces))
     if not all_sync:
         numbers = [
             x if isinstance(x, bytes) else np.arange(x[0], x[0] + x[1]).astype(">u4").tobytes()
             for x in stss
         ]
         n_sync = sum(len(x) for x in numbers) // 4
-        boxes.append(_fnode(b"stss", 0, 0, struct.pack(">I", n_sync), *numbers))
+        boxes.append(full_node(b"stss", 0, 0, struct.pack(">I", n_sync), *numbers))
     # stsc: runs of (samples per chunk, description) over chunks.
     key = counts * 1_000_000 + descs
     change = np.concatenate([[True], key[1:] != key[:-1]]) if len(key) else np.zeros(0, np.bool_)
@@ -1268,12 +643,12 @@ def _tables(t: _TrackOut) -> _Tables:
     stsc[:, 0] = first_chunk + 1
     stsc[:, 1] = counts[first_chunk]
     stsc[:, 2] = descs[first_chunk]
-    boxes.append(_full(b"stsc", 0, 0, struct.pack(">I", len(stsc)), stsc.tobytes()))
+    boxes.append(full_box(b"stsc", 0, 0, struct.pack(">I", len(stsc)), stsc.tobytes()))
     if n_all and same_size:
         assert first_size is not None
-        boxes.append(_full(b"stsz", 0, 0, struct.pack(">II", first_size, n_all)))
+        boxes.append(full_box(b"stsz", 0, 0, struct.pack(">II", first_size, n_all)))
     else:
-        boxes.append(_fnode(b"stsz", 0, 0, struct.pack(">II", 0, n_all), *stsz))
+        boxes.append(full_node(b"stsz", 0, 0, struct.pack(">II", 0, n_all), *stsz))
     return _Tables(
         boxes=boxes,
         chunk_file=np.concatenate(c_file) if c_file else np.zeros(0, np.int64),
@@ -1286,19 +661,17 @@ def _tables(t: _TrackOut) -> _Tables:
 
 def _chunk_offsets(offsets: npt.NDArray[np.int64], co64: bool) -> bytes:
     kind, dtype = (b"co64", ">u8") if co64 else (b"stco", ">u4")
-    return _full(kind, 0, 0, struct.pack(">I", len(offsets)), offsets.astype(dtype).tobytes())
+    return full_box(kind, 0, 0, struct.pack(">I", len(offsets)), offsets.astype(dtype).tobytes())
 
 
 def _chunk_offsets_size(n: int, co64: bool) -> int:
     return 16 + n * (8 if co64 else 4)
 
 
-def _trak(
-    t: _TrackOut, track_id: int, stbl: _Node, created: int, movie_duration: int
-) -> _Node:
+def _trak(t: _TrackOut, track_id: int, stbl: Node, created: int, movie_duration: int) -> Node:
     media_duration = t.end - (t.first_out or 0)
     video = t.handler == "vide"
-    tkhd = _full(
+    tkhd = full_box(
         b"tkhd",
         1,
         3,
@@ -1314,26 +687,26 @@ def _trak(
     if lead > 0 or media_start != 0 or media_end != media_duration:
         shown = (media_end - media_start) * MOVIE_TIMESCALE // t.timescale
         edits.append(struct.pack(">Qqhh", shown, media_start, 1, 0))
-    boxes: list[bytes | _Node] = [tkhd]
+    boxes: list[bytes | Node] = [tkhd]
     if edits:
-        boxes.append(_box(b"edts", _full(b"elst", 1, 0, struct.pack(">I", len(edits)), *edits)))
-    mdhd = _full(
+        boxes.append(box(b"edts", full_box(b"elst", 1, 0, struct.pack(">I", len(edits)), *edits)))
+    mdhd = full_box(
         b"mdhd",
         1,
         0,
         struct.pack(">QQIQHH", created, created, t.timescale, media_duration, 0x55C4, 0),
     )
     name = b"VideoHandler\0" if video else b"SoundHandler\0"
-    hdlr = _full(b"hdlr", 0, 0, struct.pack(">I4s12x", 0, t.handler.encode("latin-1")), name)
+    hdlr = full_box(b"hdlr", 0, 0, struct.pack(">I4s12x", 0, t.handler.encode("latin-1")), name)
     media_header = (
-        _full(b"vmhd", 0, 1, struct.pack(">HHHH", 0, 0, 0, 0))
+        full_box(b"vmhd", 0, 1, struct.pack(">HHHH", 0, 0, 0, 0))
         if video
-        else _full(b"smhd", 0, 0, struct.pack(">hH", 0, 0))
+        else full_box(b"smhd", 0, 0, struct.pack(">hH", 0, 0))
     )
-    dinf = _box(b"dinf", _full(b"dref", 0, 0, struct.pack(">I", 1), _full(b"url ", 0, 1)))
-    minf = _node(b"minf", media_header, dinf, stbl)
-    boxes.append(_node(b"mdia", mdhd, hdlr, minf))
-    return _node(b"trak", *boxes)
+    dinf = box(b"dinf", full_box(b"dref", 0, 0, struct.pack(">I", 1), full_box(b"url ", 0, 1)))
+    minf = node(b"minf", media_header, dinf, stbl)
+    boxes.append(node(b"mdia", mdhd, hdlr, minf))
+    return node(b"trak", *boxes)
 
 
 _TX3G = (
@@ -1341,7 +714,7 @@ _TX3G = (
     + struct.pack(">IbbBBBB", 0, 1, -1, 0, 0, 0, 0)  # flags, centred at the bottom, no background
     + struct.pack(">hhhh", 0, 0, 0, 0)  # default text box
     + struct.pack(">HHHBBBBBB", 0, 0, 1, 0, 18, 0xFF, 0xFF, 0x00, 0xFF)  # style: yellow
-    + _box(b"ftab", struct.pack(">HHB", 1, 1, 5), b"Serif")
+    + box(b"ftab", struct.pack(">HHB", 1, 1, 5), b"Serif")
 )
 
 
@@ -1369,22 +742,22 @@ def _text_track(
         samples.append(b"\0\0")
     data = b"".join(samples)
     n = len(samples)
-    stsd = _full(b"stsd", 0, 0, struct.pack(">I", 1), _box(b"tx3g", _TX3G))
-    stts = _full(
+    stsd = full_box(b"stsd", 0, 0, struct.pack(">I", 1), box(b"tx3g", _TX3G))
+    stts = full_box(
         b"stts", 0, 0, struct.pack(">I", n), b"".join(struct.pack(">II", 1, d) for d in durations)
     )
-    stsc = _full(b"stsc", 0, 0, struct.pack(">IIII", 1, 1, n, 1))
+    stsc = full_box(b"stsc", 0, 0, struct.pack(">IIII", 1, 1, n, 1))
     sizes = b"".join(struct.pack(">I", len(x)) for x in samples)
-    stsz = _full(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes)
-    stco = _full(b"co64", 0, 0, struct.pack(">IQ", 1, offset))
-    stbl = _box(b"stbl", stsd, stts, stsc, stsz, stco)
-    dinf = _box(b"dinf", _full(b"dref", 0, 0, struct.pack(">I", 1), _full(b"url ", 0, 1)))
-    minf = _box(b"minf", _full(b"nmhd", 0, 0), dinf, stbl)
-    mdhd = _full(
+    stsz = full_box(b"stsz", 0, 0, struct.pack(">II", 0, n), sizes)
+    stco = full_box(b"co64", 0, 0, struct.pack(">IQ", 1, offset))
+    stbl = box(b"stbl", stsd, stts, stsc, stsz, stco)
+    dinf = box(b"dinf", full_box(b"dref", 0, 0, struct.pack(">I", 1), full_box(b"url ", 0, 1)))
+    minf = box(b"minf", full_box(b"nmhd", 0, 0), dinf, stbl)
+    mdhd = full_box(
         b"mdhd", 1, 0, struct.pack(">QQIQHH", created, created, 1000, duration_ms, 0x55C4, 0)
     )
-    hdlr = _full(b"hdlr", 0, 0, struct.pack(">I4s12x", 0, b"sbtl"), b"Gaps in the recording\0")
-    tkhd = _full(
+    hdlr = full_box(b"hdlr", 0, 0, struct.pack(">I4s12x", 0, b"sbtl"), b"Gaps in the recording\0")
+    tkhd = full_box(
         b"tkhd",
         1,
         3,
@@ -1393,7 +766,7 @@ def _text_track(
         _MATRIX,
         struct.pack(">II", 0, 0),
     )
-    return _box(b"trak", tkhd, _box(b"mdia", mdhd, hdlr, minf)), data
+    return box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, minf)), data
 
 
 def _build(
@@ -1418,8 +791,8 @@ def _build(
         lead, media_start, media_end = t.presentation
         durations_ms.append((lead + media_end - media_start) * MOVIE_TIMESCALE // t.timescale)
     movie_duration = max(durations_ms)
-    ftyp = _box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2avc1mp41")
-    mvhd = _full(
+    ftyp = box(b"ftyp", b"isom", struct.pack(">I", 0x200), b"isomiso2avc1mp41")
+    mvhd = full_box(
         b"mvhd",
         1,
         0,
@@ -1432,9 +805,9 @@ def _build(
     _, text_probe = _text_track(cues, movie_duration, 0, 0, created) if cues else (b"", b"")
     text_len = len(text_probe)
 
-    def moov(header_len: int, co64: bool, sizing: bool) -> _Node:
+    def moov(header_len: int, co64: bool, sizing: bool) -> Node:
         """The moov; with `sizing`, chunk offsets are placeholders of the right length."""
-        traks: list[bytes | _Node] = []
+        traks: list[bytes | Node] = []
         start = 0
         for i, (t, c) in enumerate(zip(tracks, tables, strict=True)):
             n = len(c.chunk_file)
@@ -1443,7 +816,7 @@ def _build(
             else:
                 offsets = _chunk_offsets(positions[start : start + n] + header_len, co64)
             start += n
-            stbl = _node(b"stbl", *c.boxes, offsets)
+            stbl = node(b"stbl", *c.boxes, offsets)
             traks.append(_trak(t, i + 1, stbl, created, durations_ms[i]))
         if cues:
             # The gap track's few bytes open the mdat, ahead of the recorded samples.
@@ -1451,7 +824,7 @@ def _build(
                 cues, movie_duration, max(0, header_len - text_len), len(tracks) + 1, created
             )
             traks.append(trak)
-        return _node(b"moov", mvhd, *traks)
+        return node(b"moov", mvhd, *traks)
 
     co64 = False
     moov_size = moov(0, co64, True).size
