@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from config import NvrConfig
-from ingest.recorder import RecorderStatus
+from ingest.status import RecorderStatus
 from storage import SegmentStore
 
 DAY_MS = 86_400_000

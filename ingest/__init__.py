@@ -2,12 +2,25 @@
 
 `Supervisor` (event loop) owns `CameraRecorder`s (one thread each); `StreamOpener`s are the
 seam between a recorder and where packets come from (RTSP or the built-in test pattern).
+
+One module per thing: `supervisor` (the loop side: recorders, repair, the watchdog),
+`recorder` (a camera's thread: connect, remux, cut segments), `status` (what a recorder
+reports), `sources` (the opener seam; RTSP cameras, falling back to FFmpeg's demuxer),
+`rtsp_session` / `rtsp_auth` / `rtsp_source` (our own RTSP client: the wire, its logins,
+its PyAV packets), `rtp` (RTP payloads into frames), `testpattern` (the built-in camera),
+`onvif` (ONVIF cameras, discovery), `timecheck/` (server and camera clocks), `timeline`
+(media time onto wall-clock time), `watchdog`, `progress`, `redact`, `errors`.
+
+Imports go down: `ingest` uses `storage` (segments and the index) and `config`'s values;
+`nvr` wires it, and `api` reads only `status` and `timecheck`'s findings.
 """
 
 from ingest.errors import StreamError
-from ingest.recorder import Backoff, CameraRecorder, Clock, RecorderStatus, SystemClock
-from ingest.sources import RtspOpener, Source, StreamOpener, TestPatternOpener
+from ingest.recorder import Backoff, CameraRecorder, Clock, SystemClock
+from ingest.sources import RtspOpener, Source, StreamOpener
+from ingest.status import RecorderStatus
 from ingest.supervisor import Supervisor, default_opener
+from ingest.testpattern import TestPatternOpener
 
 __all__ = [
     "Backoff",

@@ -39,6 +39,7 @@ from ingest import progress
 from ingest.errors import StreamError, StreamStalled, UnsupportedStream
 from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from ingest.sources import Source, StreamOpener
+from ingest.status import RecorderStatus
 from ingest.timecheck.steps import CLOCK_STEP, ClockStep, ClockStepDetector
 from ingest.timeline import Stamped, StreamTimeline
 from storage import (
@@ -96,25 +97,6 @@ class Backoff:
         delay = self._next
         self._next = min(self.cap, self._next * 2)
         return delay
-
-
-@dataclass(frozen=True)
-class RecorderStatus:
-    camera: str
-    state: str
-    """starting | connecting | recording | reconnecting | stalled | storage-full |
-    storage-error | index-damaged (the index file is corrupt: the detail says what to do) |
-    config-error (cannot start as configured, e.g. its secret is missing) |
-    stopped | abandoned (replaced by the supervisor)"""
-    since_ms: int
-    detail: str
-    last_segment_end_ms: int | None
-    segments_written: int
-    bytes_written: int
-    reconnects: int
-    last_progress: float
-    """Monotonic time of the last packet or deliberate wait (for the watchdog)."""
-    in_backoff: bool
 
 
 @dataclass

@@ -29,8 +29,10 @@ from pathlib import Path
 from config import BUILTIN_TEST_PATTERN, CameraConfig, ConfigError, NvrConfig
 from ingest.errors import CameraConfigFault
 from ingest.onvif import OnvifOpener
-from ingest.recorder import CameraRecorder, Clock, RecorderStatus, SystemClock
-from ingest.sources import RtspOpener, Source, StreamOpener, TestPatternOpener
+from ingest.recorder import CameraRecorder, Clock, SystemClock
+from ingest.sources import RtspOpener, Source, StreamOpener
+from ingest.status import RecorderStatus
+from ingest.testpattern import TestPatternOpener
 from ingest.timecheck.monitor import ClockMonitor
 from ingest.timecheck.rtcp import ClockedOpener
 from storage import SegmentStore, StorageError

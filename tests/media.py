@@ -10,7 +10,7 @@ from typing import Any
 
 import av
 
-from ingest.sources import TestPatternSource
+from ingest.testpattern import TestPatternSource
 
 
 def fast_pattern() -> TestPatternSource:

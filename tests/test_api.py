@@ -22,7 +22,7 @@ import pytest
 
 from api import ApiContext, ApiServer
 from config.models import ApiConfig
-from ingest.recorder import RecorderStatus
+from ingest.status import RecorderStatus
 from retention import Forecast
 from storage import SegmentStore
 from tests.api_rig import (

@@ -28,8 +28,8 @@ from av.video.stream import VideoStream
 
 from config import CameraConfig, NvrConfig, StorageConfig
 from ingest import Source
-from ingest.sources import TestPatternSource
 from ingest.supervisor import REPLACED, RecorderHealth, RepairPolicy
+from ingest.testpattern import TestPatternSource
 from nvr.daemon import REPAIR_INTERVAL, run_daemon, status_line, unhealthy
 from nvr.sdnotify import Notifier, socket_address, watchdog_seconds
 from storage import SegmentStore

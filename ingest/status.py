@@ -1,0 +1,28 @@
+"""What a recorder reports about itself: `RecorderStatus`, the snapshot the supervisor, the
+daemon's status file, `nvr status` and the API's camera list read. A plain value: made on the
+recorder thread, read on any. Imports nothing (the API takes it from here, never from the
+PyAV-side `ingest.recorder`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RecorderStatus:
+    camera: str
+    state: str
+    """starting | connecting | recording | reconnecting | stalled | storage-full |
+    storage-error | index-damaged (the index file is corrupt: the detail says what to do) |
+    config-error (cannot start as configured, e.g. its secret is missing) |
+    stopped | abandoned (replaced by the supervisor)"""
+    since_ms: int
+    detail: str
+    last_segment_end_ms: int | None
+    segments_written: int
+    bytes_written: int
+    reconnects: int
+    last_progress: float
+    """Monotonic time of the last packet or deliberate wait (for the watchdog)."""
+    in_backoff: bool
