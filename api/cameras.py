@@ -20,8 +20,8 @@ from typing import Protocol
 from config import NvrConfig
 from ingest.status import RecorderStatus
 from storage import SegmentStore
+from storage.timestamps import DAY_MS, now_ms
 
-DAY_MS = 86_400_000
 SPAN_TOLERANCE_MS = 500
 """Segments closer than this are one recorded span (a re-anchored clock, not an outage)."""
 BITRATE_WINDOW_MS = 10 * 60_000
@@ -102,7 +102,7 @@ class CameraDirectory:
         self._config = config
         self._store = store
         self._live = live
-        self._clock = clock or (lambda: time.time_ns() // 1_000_000)
+        self._clock = clock or now_ms
         self._known: frozenset[str] = frozenset(c.name for c in config.cameras)
         self._known_at = float("-inf")
         self._lock = threading.Lock()

@@ -13,10 +13,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.auth import ADMIN, AUDIT, OPERATE, PLAYBACK, Link, has_role
 from api.errors import Forbidden, NotFound, Unauthorized
 from api.middleware import ACCESS_USER
-from api.params import CAMERA_NAME, iso
 from api.services import ApiServices
+from config.models import CAMERA_NAME
 from storage import SegmentStore
 from storage.accounts import Role, TokenSession, User
+from storage.timestamps import iso
 
 bearer = HTTPBearer(
     auto_error=False,

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from api.params import iso
 from api.playback import PlaybackService, Recording, etag, gap_causes
 from config import CameraConfig, NvrConfig
 from config.models import SiteConfig
@@ -33,6 +32,7 @@ from storage.media.package import (
     public_pem,
     write_package,
 )
+from storage.timestamps import iso
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

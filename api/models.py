@@ -8,11 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from config.models import CAMERA_NAME, CAMERA_NAME_RULE
 from storage.accounts import Role
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 WorkId = Annotated[str, Field(min_length=1, max_length=64)]
-CameraName = Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,64}$")]
+CameraName = Annotated[str, Field(pattern=CAMERA_NAME.pattern)]
+CameraGrant = Annotated[str, Field(pattern=rf"^(\*|{CAMERA_NAME_RULE})$")]
+"""A camera a user may see, or `*` for all."""
 TimeIn = Annotated[
     int | Annotated[str, Field(min_length=1, max_length=64)],
     Field(description="UTC ms since 1970, or RFC 3339 with a zone (2026-11-22T08:15:00Z)"),
@@ -47,12 +50,12 @@ class UserIn(_In):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
     role: Role
     password: Annotated[str, Field(min_length=10, max_length=1024)]
-    cameras: list[Annotated[str, Field(pattern=r"^(\*|[a-z0-9_-]{1,64})$")]] = []
+    cameras: list[CameraGrant] = []
 
 
 class UserPatch(_In):
     role: Role | None = None
-    cameras: list[Annotated[str, Field(pattern=r"^(\*|[a-z0-9_-]{1,64})$")]] | None = None
+    cameras: list[CameraGrant] | None = None
     disabled: bool | None = None
     password: Annotated[str, Field(min_length=10, max_length=1024)] | None = None
 

@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 
 from api.errors import BadRequest
 
-CAMERA_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
 MIN_MS = 946_684_800_000
 """2000-01-01T00:00:00Z: no footage is older."""
 MAX_MS = 4_102_444_800_000
@@ -60,6 +59,3 @@ def parse_range(start: str | int, end: str | int, max_hours: float) -> TimeRange
     return TimeRange(s, e)
 
 
-def iso(ms: int) -> str:
-    """UTC ms as RFC 3339 with milliseconds."""
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -72,6 +72,7 @@ from bench.playback import (
     write_config,
 )
 from storage import SegmentStore
+from storage.timestamps import now_ms
 from tests.camsim import CameraSim, free_port, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.notify import NotifyListener
@@ -379,7 +380,7 @@ def run(args: argparse.Namespace) -> str:
                     f"synthesizing {args.history_hours} h of history (with audio) ...", flush=True
                 )
                 t = time.monotonic()
-                end_ms = time.time_ns() // 1_000_000 - 3 * 60_000
+                end_ms = now_ms() - 3 * 60_000
                 hist_start = synthesize_with_audio(store, source.path, args.history_hours, end_ms)
                 hist_end = store.segments("history")[-1].end_ms
                 hist_n = len(store.segments("history"))
@@ -391,7 +392,7 @@ def run(args: argparse.Namespace) -> str:
             os.environ["WATCHDOG_USEC"] = str(WATCHDOG_USEC)
             os.environ.pop("WATCHDOG_PID", None)
             daemon.start()
-            run_start_ms = time.time_ns() // 1_000_000
+            run_start_ms = now_ms()
             try:
                 wait_until(
                     lambda: sum(c["state"] == "recording" for c in daemon.cameras()) == 2,
@@ -435,7 +436,7 @@ def run(args: argparse.Namespace) -> str:
             finally:
                 daemon.stop()
                 manager.sock.close()
-            run_end_ms = time.time_ns() // 1_000_000
+            run_end_ms = now_ms()
             store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
             try:
                 outages = [

@@ -63,15 +63,12 @@ from pathlib import Path
 from typing import Any
 
 from storage import SegmentStore
+from storage.timestamps import now_ms
 from tests.camsim import CameraSim, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
 
 CLIPS = ("h264aac", "h264", "h265", "bframes")
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class ServiceManager:

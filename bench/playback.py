@@ -71,6 +71,7 @@ from bench.docs import update_doc
 from storage import SegmentInfo, SegmentStore
 from storage.media.sampleindex import encode_index
 from storage.media.segment import parse_segment
+from storage.timestamps import DAY_MS, now_ms
 from tests.camsim import CameraSim, free_port, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 
@@ -82,7 +83,6 @@ END = "<!-- /bench.playback -->"
 USER = "bench"
 PASSWORD = "bench-password-not-secret"
 HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 SEGMENT_MS = 60_000
 CLIENTS = 20
 DAY_SOURCE = "daysrc"
@@ -549,7 +549,7 @@ def run(args: argparse.Namespace) -> str:
             try:
                 source = next(x for x in store.segments("cam00") if x.duration_ms >= 59_000)
                 print(f"synthesizing {args.history_hours} h of history from {source.path.name}")
-                end_ms = time.time_ns() // 1_000_000 - 5 * 60_000
+                end_ms = now_ms() - 5 * 60_000
                 t = time.monotonic()
                 hist_start = synthesize_history(store, source.path, args.history_hours, end_ms)
                 hist_end = store.segments("history")[-1].end_ms

@@ -35,8 +35,8 @@ from pathlib import Path
 from config import NvrConfig, StorageConfig
 from retention import RetentionService
 from storage import SegmentStore
+from storage.timestamps import DAY_MS
 
-DAY_MS = 86_400_000
 SEG_MS = 60_000
 T0 = 1_790_000_000_000 - (1_790_000_000_000 % DAY_MS)
 

@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from storage import Outage, Segment, SegmentStore
+from storage.timestamps import now_ms
 from tests.camsim import CameraSim, SilentListener, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
@@ -73,10 +74,6 @@ SAMPLE_S = 10.0
 TOLERANCE_MS = 2000
 HOLE_MS = 1000
 """A hole between consecutive segments longer than this must be covered by the ledger."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

@@ -30,7 +30,11 @@ MAX_RESERVE_BYTES = 1 << 50
 """1 PiB: a reserve beyond any single filesystem this runs on (`config.loader` also checks the
 actual filesystem of the storage root)."""
 
-CAMERA_NAME = re.compile(r"^[a-z0-9_-]{1,64}$")
+CAMERA_NAME_RULE = "[a-z0-9_-]{1,64}"
+"""The one rule for a camera's name (config, API paths and bodies, account grants): it names
+the camera's folder under the storage root and appears in URLs, so lower-case letters,
+digits, '_' and '-' only."""
+CAMERA_NAME = re.compile(f"^{CAMERA_NAME_RULE}$")
 
 Days = Annotated[int, Field(strict=True, ge=1, le=MAX_RETENTION_DAYS)]
 """Whole days; strict, so `true` or `1e12` (a float in TOML) is refused, not taken as a number."""
@@ -202,7 +206,7 @@ class CameraConfig(_Frozen):
     @classmethod
     def _name(cls, value: str) -> str:
         if not CAMERA_NAME.match(value):
-            raise ValueError(f"must match [a-z0-9_-]{{1,64}}, found {value!r}")
+            raise ValueError(f"must match {CAMERA_NAME_RULE}, found {value!r}")
         return value
 
     @field_validator("url")

@@ -56,6 +56,7 @@ from storage import (
     StorageIOError,
     container_format,
 )
+from storage.timestamps import now_ms
 
 
 class Clock(Protocol):
@@ -75,7 +76,7 @@ class SystemClock:
     monotonic = staticmethod(time.monotonic)  # the builtin itself: read for every packet
 
     def wall_ms(self) -> int:
-        return time.time_ns() // 1_000_000
+        return now_ms()
 
     def wait(self, stop: threading.Event, seconds: float) -> bool:
         return stop.wait(seconds)

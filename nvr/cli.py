@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from config.checks import machine_problems
 from nvr import cli_api, cli_index, cli_retention, configpath, discover
 from nvr.clock_status import camera_status_lines, server_status_line
 from storage import IndexCorruptError, SegmentStore, StorageError
+from storage.timestamps import iso, now_ms
 
 log = logging.getLogger("nvr")
 
@@ -56,13 +56,7 @@ MALLOC_ARENAS = 2
 
 
 def fmt_ms(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def _load(path: Path | None) -> NvrConfig:
-    return configpath.load(path)
+    return "-" if ms is None else iso(ms)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -70,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nvr.daemon import run_daemon
 
     path = configpath.config_path(args.config)
-    config = _load(path)
+    config = configpath.load(path)
     setup_logging(config.log_level)
     memory.limit_arenas(MALLOC_ARENAS)  # before any recorder thread exists
     if path is None:
@@ -91,7 +85,7 @@ def _daemon_running(root: Path) -> int | None:
     doc = _status_doc(root)
     if doc is None or not doc.get("running"):
         return None
-    if time.time_ns() // 1_000_000 - int(doc.get("written_ms", 0)) > STATUS_FRESH_MS:
+    if now_ms() - int(doc.get("written_ms", 0)) > STATUS_FRESH_MS:
         return None
     pid = int(doc.get("pid", 0))
     return pid or None
@@ -123,9 +117,9 @@ def _status_doc(root: Path) -> dict[str, Any] | None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = configpath.load(args.config)
     doc = _status_doc(config.storage.root)
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     fresh = (
         doc is not None and doc.get("running") and now - int(doc["written_ms"]) < STATUS_FRESH_MS
     )

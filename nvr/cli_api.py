@@ -13,42 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-from config import NvrConfig
 from nvr import configpath
-from storage import SegmentStore
+from nvr.cli_context import actor, open_store
 from storage.accounts import ROLES, AccountError
-from storage.guard import iso as fmt_ms
-
-
-def _load(path: Path | None) -> NvrConfig:
-    return configpath.load(path)
-
-
-def _open(args: argparse.Namespace) -> SegmentStore:
-    return open_cli_store(_load(args.config))
-
-
-def open_cli_store(config: NvrConfig) -> SegmentStore:
-    """The store of `config`, beside a running daemon (no writer lock), with the evidence
-    settings (lock bounds, the key signing the audit log)."""
-    return SegmentStore(
-        config.storage.root,
-        config.storage.index_url(),
-        exclusive=False,
-        retention_days=config.retention_days,
-        max_lock_years=config.evidence.max_lock_years,
-        signing_key=config.signing_key_path(),
-        checkpoint_entries=config.evidence.checkpoint_entries,
-        checkpoint_ms=config.evidence.checkpoint_minutes * 60_000,
-        clock_stable_s=config.retention.clock_stable_minutes * 60,
-    )
-
-
-def actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
+from storage.timestamps import iso
 
 
 def _cameras(text: str | None) -> list[str] | None:
@@ -71,7 +39,7 @@ def _password(from_stdin: bool) -> str:
 
 def cmd_user_add(args: argparse.Namespace) -> int:
     password = _password(args.password_stdin)
-    store = _open(args)
+    store = open_store(configpath.load(args.config))
     try:
         user = store.accounts.add_user(
             args.name,
@@ -88,7 +56,7 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    store = _open(args)
+    store = open_store(configpath.load(args.config))
     try:
         users = store.accounts.users()
     finally:
@@ -104,7 +72,7 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 def cmd_user_set(args: argparse.Namespace) -> int:
     password = _password(True) if args.password_stdin else None
-    store = _open(args)
+    store = open_store(configpath.load(args.config))
     try:
         if store.accounts.user(args.name) is None:
             raise AccountError(f"no user called {args.name!r}")
@@ -125,7 +93,7 @@ def cmd_user_set(args: argparse.Namespace) -> int:
 
 
 def _set_disabled(args: argparse.Namespace, disabled: bool) -> int:
-    store = _open(args)
+    store = open_store(configpath.load(args.config))
     try:
         user = store.accounts.set_disabled(args.name, disabled, actor=actor())
     finally:
@@ -161,7 +129,7 @@ def cmd_metrics_token(args: argparse.Namespace) -> int:
     stdout, once. The running daemon picks the new hash up at the next scrape."""
     from api.auth import new_scrape_token
 
-    config = _load(args.config)
+    config = configpath.load(args.config)
     target: Path | None = args.hash_file or (
         config.api.metrics_token_file if config.api is not None else None
     )
@@ -180,7 +148,7 @@ def cmd_metrics_token(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"cannot write {err.filename}: {err.strerror}", file=sys.stderr)
         return 1
-    store = open_cli_store(config)
+    store = open_store(config)
     try:
         store.audit(actor(), "metrics-token", "metrics", "ok", {"hash_file": str(target)})
     finally:
@@ -192,22 +160,28 @@ def cmd_metrics_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_key(path: Path | None) -> bytes | None:
+    """The public key given with `--key`, None without one; exit 2 naming the file when it
+    cannot be read."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        print(f"cannot read {path}: {err.strerror}", file=sys.stderr)
+        raise SystemExit(2) from err
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    key = None
-    if args.key is not None:
-        try:
-            key = args.key.read_bytes()
-        except OSError as err:
-            print(f"cannot read {args.key}: {err.strerror}", file=sys.stderr)
-            return 2
-    store = _open(args)
+    key = _read_key(args.key)
+    store = open_store(configpath.load(args.config))
     try:
         report = store.audit_report(key)
     finally:
         store.close()
     last = report.last_good
     anchor = (
-        f"last good checkpoint: entry {last.audit_id}, signed {fmt_ms(last.at_ms)}"
+        f"last good checkpoint: entry {last.audit_id}, signed {iso(last.at_ms)}"
         if last is not None
         else "no good checkpoint"
     )
@@ -229,13 +203,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_verify_export(args: argparse.Namespace) -> int:
     from storage.media.package import verify_package
 
-    key = None
-    if args.key is not None:
-        try:
-            key = args.key.read_bytes()
-        except OSError as err:
-            print(f"cannot read {args.key}: {err.strerror}", file=sys.stderr)
-            return 2
+    key = _read_key(args.key)
     result = verify_package(args.package, key)
     for note in result.notes:
         print(f"note: {note}")

@@ -6,18 +6,16 @@ Runs on the main thread."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import getpass
 import sys
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 from config import NvrConfig
 from nvr import configpath
+from nvr.cli_context import actor, opened
 from retention import RetentionService
 from storage import ClockSuspicious, LockError, RetentionViolation, SegmentStore
-from storage.guard import iso
+from storage.timestamps import iso
 
 
 def parse_time(text: str) -> int:
@@ -33,35 +31,6 @@ def parse_time(text: str) -> int:
             f"the time {text!r} has no zone; add Z or an offset such as +08:00"
         )
     return int(dt.timestamp() * 1000)
-
-
-def actor() -> str:
-    """Who is acting at the command line (audited)."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli:unknown"
-
-
-def _config(path: Path | None) -> NvrConfig:
-    return configpath.load(path)
-
-
-def open_store(config: NvrConfig) -> SegmentStore:
-    from nvr.cli_api import open_cli_store
-
-    return open_cli_store(config)
-
-
-@contextlib.contextmanager
-def opened(args: argparse.Namespace) -> Iterator[tuple[NvrConfig, SegmentStore]]:
-    """The config named by `-c` and its store (beside a running daemon), closed after."""
-    config = _config(args.config)
-    store = open_store(config)
-    try:
-        yield config, store
-    finally:
-        store.close()
 
 
 def _camera(config: NvrConfig, store: SegmentStore, name: str) -> str:

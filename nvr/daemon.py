@@ -35,6 +35,7 @@ from nvr.sdnotify import Notifier
 from retention import Forecast, RetentionService
 from storage import SegmentStore, StorageError
 from storage.clock import ClockVerdict
+from storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.daemon")
 
@@ -145,7 +146,7 @@ def write_status(root: Path, supervisor: Supervisor, running: bool) -> None:
     doc = {
         "pid": os.getpid(),
         "running": running,
-        "written_ms": time.time_ns() // 1_000_000,
+        "written_ms": now_ms(),
         "cameras": {s.camera: asdict(s) for s in supervisor.snapshot()},
     }
     text = json.dumps(doc, indent=1).encode("utf-8")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from storage.timestamps import DAY_MS
+
 WARNING_MARGIN_DAYS = 7
 MIN_SAMPLE_MS = 10 * 60 * 1000
 """Below ten minutes of recorded media the rate is not trusted: the state is `unknown`."""
@@ -49,7 +51,7 @@ def forecast(
         )
     # Media time summed over cameras; per-camera rate x cameras gives the site's daily bytes.
     per_camera_ms = recorded_media_ms_24h / cameras_recording
-    daily = recorded_bytes_24h / per_camera_ms * 86_400_000
+    daily = recorded_bytes_24h / per_camera_ms * DAY_MS
     days = usable / daily if daily > 0 else float("inf")
     if days < window_days:
         state = "critical"

@@ -21,6 +21,7 @@ from retention.capacity import Forecast, forecast
 from retention.policy import SegmentSpan, plan_purge
 from storage import ClockSuspicious, RetentionViolation, SegmentStore, StorageError
 from storage.clock import ClockVerdict
+from storage.timestamps import DAY_MS
 
 log = logging.getLogger("nvr.retention")
 
@@ -98,7 +99,7 @@ class RetentionService:
     def capacity_once(self) -> Forecast:
         """Forecast from the last 24 h of cameras that recorded in it; record state changes."""
         now = self._clock()
-        since = now - 86_400_000
+        since = now - DAY_MS
         total_bytes = total_media = 0
         active = 0
         for camera in self._store.cameras():

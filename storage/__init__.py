@@ -27,9 +27,9 @@ from storage.store import (
     SegmentStore,
     StreamEvent,
     chain_value,
-    now_ms,
     probe_segment,
 )
+from storage.timestamps import now_ms
 from storage.verify import VerifyReport
 from storage.writer import SegmentWriter, container_format
 

@@ -29,6 +29,7 @@ from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from config.models import CAMERA_NAME, CAMERA_NAME_RULE
 from storage.audit import AuditEntry
 from storage.errors import StorageError
 from storage.schema import TokenRow, UserCameraRow, UserRow
@@ -133,9 +134,9 @@ def check_password_strength(password: str, name: str | None = None) -> None:
 def check_cameras(cameras: Iterable[str]) -> frozenset[str]:
     out = frozenset(cameras)
     for cam in out:
-        if cam != ALL_CAMERAS and not re.match(r"^[a-z0-9_-]{1,64}$", cam):
+        if cam != ALL_CAMERAS and not CAMERA_NAME.match(cam):
             raise AccountError(
-                f"camera names match [a-z0-9_-]{{1,64}} (or * for all), found {cam!r}"
+                f"camera names match {CAMERA_NAME_RULE} (or * for all), found {cam!r}"
             )
     return out
 

@@ -24,6 +24,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from storage.timestamps import DAY_MS
+
 TOLERANCE_MS = 60_000
 """Disagreement between the wall clock and uptime taken as a step (plus `SLEW_PPM`)."""
 SLEW_PPM = 500
@@ -139,7 +141,7 @@ def elapsed_after(mark: RunMark | None, now: Reading) -> int:
 
 
 def describe_step(step_ms: int) -> str:
-    days = abs(step_ms) / 86_400_000
+    days = abs(step_ms) / DAY_MS
     size = f"{days:.1f} days" if days >= 1 else f"{abs(step_ms) / 1000:.0f} s"
     return f"{'forward' if step_ms > 0 else 'back'} {size}"
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-DAY_MS = 86_400_000
+from storage.timestamps import DAY_MS, iso
+
 LOCK_YEARS = 2
 """Default lock duration (R3: important footage is kept at least two years)."""
 MAX_LOCK_YEARS = 10
@@ -15,10 +16,6 @@ MAX_LOCK_YEARS = 10
 admin): a lock cannot be made to keep footage for ever by mistake or malice."""
 LOCK_FUTURE_MARGIN_MS = 10 * 60_000
 """A lock covers footage that exists: its end may be at most this far past now."""
-
-
-def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def add_years(ms: int, years: int) -> int:

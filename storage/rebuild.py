@@ -47,11 +47,11 @@ from storage.store import (
     MARKER,
     SegmentStore,
     chain_value,
-    now_ms,
     parse_segment_name,
     probe_segment,
     segment_name,
 )
+from storage.timestamps import now_ms
 from storage.writer import fsync_dir
 
 NOT_COPIED = {"alembic_version", "segments", "segment_samples"}

@@ -99,13 +99,11 @@ from storage.errors import (
 )
 from storage.exports import Export, ExportRegister
 from storage.guard import (
-    DAY_MS,
     LOCK_FUTURE_MARGIN_MS,
     LOCK_YEARS,
     MAX_LOCK_YEARS,
     Lock,
     add_years,
-    iso,
     protection,
 )
 from storage.index import check_integrity, make_engine, migrate
@@ -125,6 +123,7 @@ from storage.schema import (
     SegmentRow,
     SegmentSamplesRow,
 )
+from storage.timestamps import DAY_MS, iso, now_ms
 from storage.verify import VerifyReport, verify_store
 from storage.writer import SegmentWriter, WrittenFile, fsync_dir
 
@@ -142,10 +141,6 @@ INDEX_RESERVE_BYTES = 4 * 1024 * 1024
 """Room kept beside a SQLite index for the writes that must still succeed on a full disk
 (outage ledger, held segments): thousands of rows, and a WAL that grows before checkpoints."""
 RESERVE_SUFFIX = ".reserve"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def chain_value(prev: str, sha256: str, camera: str, start_ms: int, end_ms: int) -> str:

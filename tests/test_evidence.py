@@ -33,9 +33,10 @@ from storage import LockError, SegmentInfo, SegmentStore
 from storage.accounts import AccountError
 from storage.audit import entry_hash
 from storage.exports import ExportRefused
-from storage.guard import DAY_MS, add_years, iso, protection
+from storage.guard import add_years, protection
 from storage.media.hevc import hvc1_entry
 from storage.media.segment import parse_segment
+from storage.timestamps import DAY_MS, iso
 from tests.api_rig import Api, ServerThread, free_port, ready
 from tests.media import fast_pattern, pattern_packets
 

@@ -28,7 +28,7 @@ from config import NvrConfig, RetentionConfig, StorageConfig
 from retention import RetentionService
 from storage import ClockSuspicious, SegmentStore, now_ms
 from storage.clock import read_uptime_ms
-from storage.guard import DAY_MS
+from storage.timestamps import DAY_MS
 from tests.api_rig import run_api
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for

@@ -20,7 +20,8 @@ from storage import (
     StorageError,
     now_ms,
 )
-from storage.guard import DAY_MS, add_years
+from storage.guard import add_years
+from storage.timestamps import DAY_MS
 from tests.store_clock import NVR, T0, FakeClock, add_segment, open_store
 
 # --- the decision, for all inputs ---------------------------------------------------------

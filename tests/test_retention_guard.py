@@ -24,7 +24,7 @@ from config import NvrConfig, StorageConfig
 from retention import RetentionService, RetentionViolation, SegmentSpan, plan_purge
 from retention import service as retention_service
 from storage import SegmentStore, StorageIOError
-from storage.guard import DAY_MS
+from storage.timestamps import DAY_MS
 from tests.store_clock import BOOT_OFFSET, T0, FakeClock, add_segment
 
 PG_USER = os.environ.get("NVR_TEST_PG_USER", "postgres")

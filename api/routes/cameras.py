@@ -46,12 +46,15 @@ from api.models import (
     SpanOut,
     TimelineOut,
 )
-from api.params import CAMERA_NAME, iso, parse_range
+from api.params import parse_range
 from api.playback import PlanBusy, RangeReader, Recording, gap_causes, gaps_header, stream
+from api.routes import problems
 from api.routes.locks import lock_out
 from api.services import ApiServices
+from config.models import CAMERA_NAME
 from storage import RetentionViolation, StorageError
 from storage.media.boxes import Mp4Error
+from storage.timestamps import iso
 
 router = APIRouter(tags=["cameras"])
 
@@ -65,12 +68,7 @@ TimeQuery = Annotated[
 ]
 TIMELINE_MAX_HOURS = 168
 DELETE_MAX_HOURS = 24 * 366 * 10
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": Problem},
-    401: {"model": Problem},
-    403: {"model": Problem},
-    404: {"model": Problem},
-}
+ERRORS = problems(400, 401, 403, 404)
 
 
 @router.get("/api/cameras", response_model=list[CameraOut], responses=ERRORS)
@@ -371,7 +369,7 @@ async def _head(
 @router.delete(
     "/api/cameras/{name}/recordings",
     response_model=DeletedOut,
-    responses={409: {"model": Problem}, **ERRORS},
+    responses=problems(400, 401, 403, 404, 409),
 )
 async def delete_recordings(
     name: CameraPath,

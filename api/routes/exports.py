@@ -22,6 +22,7 @@ from api.models import (
     RejectIn,
 )
 from api.params import parse_range
+from api.routes import ERRORS
 from storage import StorageError
 from storage.accounts import User
 from storage.exports import READY, Export, ExportError, ExportRefused
@@ -30,13 +31,6 @@ from storage.media.package import PackageError
 router = APIRouter(tags=["exports"])
 
 ExportId = Annotated[int, Path(ge=1, le=2**62)]
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": Problem},
-    401: {"model": Problem},
-    403: {"model": Problem},
-    404: {"model": Problem},
-    409: {"model": Problem},
-}
 
 
 def export_out(e: Export) -> ExportOut:

@@ -11,21 +11,15 @@ from fastapi import APIRouter, Path, Query
 
 from api.deps import AdminDep, OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
 from api.errors import Conflict, Forbidden, NotFound
-from api.models import LockExtendIn, LockIn, LockOut, LockReleaseIn, Problem
+from api.models import LockExtendIn, LockIn, LockOut, LockReleaseIn
 from api.params import parse_time
+from api.routes import ERRORS
 from storage import LockError
 from storage.guard import Lock
 
 router = APIRouter(tags=["locks"])
 
 LockId = Annotated[int, Path(ge=1, le=2**62)]
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": Problem},
-    401: {"model": Problem},
-    403: {"model": Problem},
-    404: {"model": Problem},
-    409: {"model": Problem},
-}
 
 
 def lock_out(lk: Lock, now: int) -> LockOut:

@@ -11,20 +11,14 @@ from fastapi import APIRouter, Path
 
 from api.deps import AdminDep, ServicesDep
 from api.errors import BadRequest, Conflict, NotFound
-from api.models import Problem, UserIn, UserOut, UserPatch
+from api.models import UserIn, UserOut, UserPatch
+from api.routes import ERRORS
 from api.routes.auth import user_out
 from storage.accounts import AccountError, LastAdminError, User
 
 router = APIRouter(tags=["accounts"])
 
 UserName = Annotated[str, Path(min_length=1, max_length=64)]
-ERRORS: dict[int | str, dict[str, object]] = {
-    400: {"model": Problem},
-    401: {"model": Problem},
-    403: {"model": Problem},
-    404: {"model": Problem},
-    409: {"model": Problem},
-}
 
 
 @router.get("/api/users", response_model=list[UserOut], responses=ERRORS)

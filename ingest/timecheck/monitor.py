@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 from ingest.timecheck.notes import ClockNotes
 from ingest.timecheck.server import ServerClockState, read_server_clock
 from storage import SegmentStore
+from storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.time")
 
@@ -62,7 +63,7 @@ class ClockMonitor:
         read_server: Callable[[], ServerClockState] = read_server_clock,
         server_interval_s: float = SERVER_CHECK_INTERVAL_S,
         monotonic: Callable[[], float] = time.monotonic,
-        wall_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        wall_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.notes = ClockNotes(store)
         self._read_server = read_server

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 from ingest.timecheck.server import ServerClockState
 from storage import SegmentStore, StorageError
+from storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.time")
 
@@ -106,7 +106,7 @@ class ClockNotes:
                 kept = [e for e in self._store.events(camera) if e.kind == DEVICE_INFO]
                 known = kept[-1].detail if kept else ""
             if detail != known:
-                when = time.time_ns() // 1_000_000 if at_ms is None else at_ms
+                when = now_ms() if at_ms is None else at_ms
                 self._store.add_event(camera, when, DEVICE_INFO, detail)
                 if known:
                     log.warning("camera %s: device information changed: %s", camera, detail)

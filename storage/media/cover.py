@@ -39,8 +39,6 @@ def local_time(ms: int, tz: tzinfo | None) -> str:
     return f"{text} {offset[:3]}:{offset[3:]}"
 
 
-def utc_time(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def zone_label(name: str | None, ms: int) -> str:
