@@ -5,7 +5,8 @@ Overall status: `critical` when a camera has been down longer than
 or the storage forecast is critical; `degraded` when a camera has been down longer than
 `degraded_after_seconds`, the forecast is a warning, purging is held back because the server
 clock stepped (`storage.clock`), the server clock is not synchronised (or its state cannot be
-read), or a camera's newest clock reading is beyond its `max_clock_offset_seconds`; else `ok`.
+read), a camera's newest clock reading is beyond its `max_clock_offset_seconds`, or an alert
+destination (`[events]`: the MQTT broker, a webhook) is unreachable; else `ok`.
 The clock verdicts are those of `nvr status` and of the `nvr_clock_synchronized` and
 `nvr_camera_clock_offset_seconds` metrics (`ingest.timecheck.notes.camera_clocks`).
 "Down" means an enabled camera whose recorder is not recording.
@@ -148,7 +149,9 @@ class HealthService:
         capacity: CapacityProvider | None,
         errors: RecentErrors,
         server_clock: Callable[[], ServerClockState] = read_server_clock,
+        event_problems: Callable[[], list[str]] | None = None,
     ) -> None:
+        self._event_problems = event_problems
         self._config = config
         self._server_clock = server_clock
         self._api = api
@@ -315,6 +318,10 @@ class HealthService:
         if verdict.held:
             worse("degraded")
             reasons.append(f"purging held back: {verdict.reason}. {verdict.advice}")
+        for problem in self._event_problems() if self._event_problems is not None else []:
+            # Nobody hears of the next fault while an alert destination is down.
+            worse("degraded")
+            reasons.append(problem)
         return Health(
             clock_synchronised=synchronised,
             clock_detail=clock_detail,

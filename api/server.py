@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 
 import uvicorn
 
 from api.app import create_app
 from api.cameras import LiveStatus
 from api.health import CapacityProvider
-from api.services import ApiContext, ConfigReloader
+from api.services import ApiContext, ConfigReloader, EventEmit
 from config import NvrConfig
 from storage import SegmentStore
 
@@ -117,12 +117,22 @@ def serve_api(
     live: LiveStatus,
     capacity: CapacityProvider | None = None,
     reloader: ConfigReloader | None = None,
+    emit: EventEmit | None = None,
+    event_problems: Callable[[], list[str]] | None = None,
 ) -> RunningApi | None:
     """Start serving `[api]` on the running loop (None when the config has no `[api]`)."""
     if config.api is None:
         return None
     server = ApiServer(
-        ApiContext(config=config, store=store, live=live, capacity=capacity, reloader=reloader)
+        ApiContext(
+            config=config,
+            store=store,
+            live=live,
+            capacity=capacity,
+            reloader=reloader,
+            emit=emit,
+            event_problems=event_problems,
+        )
     )
     log.info("HTTP API on %s", server.url)
     return RunningApi(server, asyncio.create_task(server.serve(), name="api"))

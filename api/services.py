@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from api.auth import LinkSigner, LoginThrottle, ScrapeToken
 from api.cameras import CameraDirectory, LiveStatus, NoRecorders
@@ -22,6 +22,11 @@ from config.diff import ReloadOutcome
 from config.models import ApiConfig
 from ingest.timecheck.server import ServerClockState, read_server_clock
 from storage import SegmentStore
+from storage.exports import Export
+from storage.timestamps import iso
+
+EventEmit = Callable[[str, str | None, dict[str, Any]], None]
+"""(kind, camera, data) -> None: `nvr.events.EventBus.emit`."""
 
 HASHING_THREADS = 2
 """Password checks at once: argon2 uses 64 MiB each; a burst of logins queues here."""
@@ -49,6 +54,10 @@ class ApiContext:
     reloader: ConfigReloader | None = None
     server_clock: Callable[[], ServerClockState] = read_server_clock
     """The kernel's sync state of the server clock (a seam: tests give a synchronised one)."""
+    emit: EventEmit | None = None
+    """Alerts out (`nvr.events.EventBus.emit`): export requests and decisions."""
+    event_problems: Callable[[], list[str]] | None = None
+    """Event destinations that are down (`nvr.events.EventBus.problems`), for health."""
 
     @property
     def settings(self) -> ApiConfig:
@@ -80,6 +89,26 @@ class ApiServices:
     """The daemon's config reload; None when the API runs without a daemon."""
     http: HttpMetrics = field(default_factory=HttpMetrics)
     """Requests by route and status (counted by the access log, shown by `/metrics`)."""
+    emit: EventEmit | None = None
+    """Alerts out; None without `[events]`."""
+
+    def tell_export(self, export: Export, actor: str, state: str | None = None) -> None:
+        """An export request was made or decided: an `export` event (never blocks). The
+        purpose and recipient stay in the register; the event says who and what to open."""
+        if self.emit is None:
+            return
+        self.emit(
+            "export",
+            export.camera,
+            {
+                "id": export.id,
+                "state": state or export.state,
+                "actor": actor,
+                "requester": export.requester,
+                "start": iso(export.start_ms),
+                "end": iso(export.end_ms),
+            },
+        )
 
     def reconfigure(self, config: NvrConfig) -> None:
         """A reloaded config: cameras, sites and windows as the daemon now has them."""
@@ -107,7 +136,14 @@ async def open_services(ctx: ApiContext) -> ApiServices:
     errors = RecentErrors()
     logging.getLogger("nvr").addHandler(errors)
     health = HealthService(
-        ctx.config, settings, ctx.store, cameras, ctx.capacity, errors, ctx.server_clock
+        ctx.config,
+        settings,
+        ctx.store,
+        cameras,
+        ctx.capacity,
+        errors,
+        ctx.server_clock,
+        ctx.event_problems,
     )
     exports = ExportService(
         ctx.store, playback, key_path, settings.exports_dir or root / "exports", ctx.config
@@ -125,6 +161,7 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         errors=errors,
         scrape=ScrapeToken(settings.metrics_token_file),
         reloader=ctx.reloader,
+        emit=ctx.emit,
     )
     if ctx.reloader is not None:
         ctx.reloader.subscribe(services.reconfigure)

@@ -1,8 +1,9 @@
 """What a valid config needs from the machine it runs on: every camera's secret resolvable,
 the storage root writable, the API's certificate and key readable (and matching), the API
 port free. `machine_problems` reports every such problem at once, one line per key, for
-`nvr check-config` (the schema itself is checked by `config.loader`). Blocking (files, a
-socket bind); runs on the calling thread. Never echoes a secret.
+`nvr check-config`, with `[events]` secrets (the schema itself is checked by
+`config.loader`). Blocking (files, a socket bind); runs on the calling thread. Never echoes a
+secret.
 """
 
 from __future__ import annotations
@@ -128,6 +129,29 @@ def port_problem(listen: str, host: str, port: int) -> str | None:
     return None
 
 
+def events_problems(config: NvrConfig) -> list[str]:
+    """The broker password and each webhook's HMAC secret readable now."""
+    events = config.events
+    if events is None:
+        return []
+    out: list[str] = []
+    try:
+        events.password()
+    except ConfigError as err:
+        out.extend(f"events.{p}" for p in err.problems)
+    for i, hook in enumerate(events.webhooks):
+        try:
+            hook.secret(f"events.webhooks[{i}]")
+        except ConfigError as err:
+            out.extend(f"events.webhooks[{i}].{p}" for p in err.problems)
+    return out
+
+
 def machine_problems(config: NvrConfig, port_in_use_ok: bool = False) -> list[str]:
     """Every problem of `config` on this machine, each line naming its key."""
-    return secret_problems(config) + storage_problems(config) + api_problems(config, port_in_use_ok)
+    return (
+        secret_problems(config)
+        + storage_problems(config)
+        + api_problems(config, port_in_use_ok)
+        + events_problems(config)
+    )

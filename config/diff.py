@@ -14,9 +14,9 @@ from config.models import CameraConfig, NvrConfig
 
 LIVE_KEYS = ("log_level", "site")
 """Top-level settings a reload applies to the running daemon."""
-RESTART_KEYS = ("storage", "api", "retention", "evidence")
+RESTART_KEYS = ("storage", "api", "retention", "evidence", "events")
 """Top-level tables read once at start (the index, the HTTP server, the retention service, the
-audit signing): a change in them is refused by a reload, naming the keys."""
+audit signing, the event publishers): a change in them is refused by a reload, naming the keys."""
 
 
 @dataclass(frozen=True)

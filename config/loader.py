@@ -16,7 +16,17 @@ from config.errors import ConfigError
 from config.models import BUILTIN_TEST_PATTERN, CameraConfig, NvrConfig, StorageConfig
 
 _SECRET_KEYS = frozenset(
-    {"url", "database_url", "password", "password_env", "password_file", "username"}
+    {
+        "url",
+        "database_url",
+        "password",
+        "password_env",
+        "password_file",
+        "username",
+        "mqtt",
+        "secret_env",
+        "secret_file",
+    }
 )
 
 

@@ -292,6 +292,154 @@ class CameraConfig(_Frozen):
         return None
 
 
+SITE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""A site's id in MQTT topics and Home Assistant ids: no `/`, `+`, `#` or spaces."""
+
+
+def default_site_id() -> str:
+    """The host's name, made fit for a topic level (`nvr/<site>/...`)."""
+    import socket
+
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])[:64]
+    return name or "nvr"
+
+
+def _secret(where: str, env: str | None, file: Path | None, what: str) -> str | None:
+    """Read a secret from an environment variable or a file (ConfigError if it cannot be)."""
+    if env is not None:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(where, [f"{what}_env: expected environment variable {env} to be set"])
+        return value
+    if file is not None:
+        try:
+            return file.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as err:
+            raise ConfigError(
+                where, [f"{what}_file: cannot read {file}: {err.strerror}"]
+            ) from err
+    return None
+
+
+class WebhookConfig(_Frozen):
+    """One webhook (`[[events.webhooks]]`): every event is POSTed to `url` as JSON, signed
+    with HMAC-SHA256 when a secret is given, retried with back-off until it is taken."""
+
+    url: str
+    """http:// or https:// URL that receives the events."""
+    secret_env: str | None = None
+    """Environment variable holding the HMAC secret (`X-NVR-Signature` header)."""
+    secret_file: Path | None = None
+    """... or a file holding it."""
+    timeout_seconds: Annotated[float, Field(strict=True, gt=0, le=120)] = 10.0
+    """How long one delivery may take before it counts as failed (and is retried)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError(
+                f"must be an http:// or https:// URL, found scheme {parts.scheme or '(none)'!r}"
+            )
+        if not parts.hostname:
+            raise ValueError("must name a host, found none")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not contain credentials; use secret_env or secret_file")
+        check_url_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookConfig:
+        if self.secret_env is not None and self.secret_file is not None:
+            raise ValueError("give secret_env or secret_file, not both")
+        return self
+
+    def secret(self, where: str) -> bytes | None:
+        """The HMAC secret, read now (never kept in the model)."""
+        value = _secret(where, self.secret_env, self.secret_file, "secret")
+        return value.encode("utf-8") if value is not None else None
+
+
+class EventsConfig(_Frozen):
+    """Alerts out (`[events]`): camera states and outages, the storage forecast, clock
+    warnings and export requests, published to an MQTT broker and/or webhooks."""
+
+    mqtt: str | None = None
+    """Broker URL, `mqtt://host[:port]` (or `mqtts://` for TLS)."""
+    username: str | None = None
+    """MQTT user name, if the broker wants one."""
+    password_env: str | None = None
+    password_file: Path | None = None
+    site: str = Field(default_factory=default_site_id)
+    """This recorder's id in topics (`nvr/<site>/...`) and Home Assistant; default: the host
+    name."""
+    discovery: StrictBool = True
+    """Publish Home Assistant MQTT discovery (each camera a binary sensor)."""
+    discovery_prefix: str = "homeassistant"
+    queue_size: Annotated[int, Field(strict=True, ge=10, le=100_000)] = 1000
+    """Events kept per destination while it is unreachable; beyond it the oldest are dropped
+    (and counted)."""
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+    @field_validator("mqtt")
+    @classmethod
+    def _mqtt(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(
+                f"must be an mqtt:// or mqtts:// URL, found scheme {parts.scheme or '(none)'!r}"
+            )
+        if not parts.hostname:
+            raise ValueError("must name a host, found none")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(
+                "must not contain credentials; use username and password_env or password_file"
+            )
+        if parts.path.strip("/") or parts.query:
+            raise ValueError("must be host and port only, found a path or query")
+        check_url_port(value)
+        return value
+
+    @field_validator("site")
+    @classmethod
+    def _site(cls, value: str) -> str:
+        if not SITE_ID.match(value):
+            raise ValueError(f"must match [A-Za-z0-9_-]{{1,64}} (a topic level), found {value!r}")
+        return value
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "+# ") or value.strip("/") != value:
+            raise ValueError(f"expected a topic prefix such as 'homeassistant', found {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _secrets(self) -> EventsConfig:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        if self.username is None and (self.password_env or self.password_file):
+            raise ValueError("a password needs a username")
+        if (self.username or self.password_env or self.password_file) and self.mqtt is None:
+            raise ValueError("username and password apply to mqtt, which is not set")
+        return self
+
+    def password(self) -> str | None:
+        """The broker password, read now from its variable or file (never kept)."""
+        return _secret("events", self.password_env, self.password_file, "password")
+
+    def mqtt_host_port(self) -> tuple[str, int, bool]:
+        """(host, port, tls) of the broker; ValueError when there is none."""
+        if self.mqtt is None:
+            raise ValueError("no broker configured")
+        parts = urlsplit(self.mqtt)
+        tls = parts.scheme == "mqtts"
+        return parts.hostname or "", parts.port or (8883 if tls else 1883), tls
+
+
 class ApiConfig(_Frozen):
     """The HTTP API served inside the daemon (`[api]`); absent means no API."""
 
@@ -380,6 +528,8 @@ class NvrConfig(_Frozen):
     """The HTTP API; served only when an `[api]` table is present."""
     site: SiteConfig = SiteConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    events: EventsConfig | None = None
+    """Alerts out to MQTT and webhooks; none when absent."""
 
     def signing_key_path(self) -> Path:
         """The Ed25519 key signing export manifests and audit checkpoints."""

@@ -287,6 +287,7 @@ class CameraRecorder:
         clock: Clock | None = None,
         backoff: Backoff | None = None,
         on_segment: Callable[[Segment], None] | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.camera = camera
         self.log = logging.getLogger(f"nvr.camera.{camera}")
@@ -302,6 +303,11 @@ class CameraRecorder:
         self._clock = clock or SystemClock()
         self._backoff = backoff or Backoff()
         self._on_segment = on_segment
+        self._on_event = on_event
+        """Alerts out (`nvr.events`): called on this thread with (kind, data) when the state
+        changes or an outage begins or ends; it only queues, never blocks."""
+        self._outage_told: tuple[int | None, str] | None = None
+        """(start, cause) of the outage last told to `on_event`, while it is open."""
         self._stop = threading.Event()
         self._stop_why = ("daemon-stopped", "recorder stopped")
         self._lock = threading.Lock()
@@ -379,10 +385,57 @@ class CameraRecorder:
             )
 
     def _set(self, **changes: object) -> None:
+        previous: str | None = None
         with self._lock:
             if "state" in changes and changes["state"] != self._status.state:
                 changes.setdefault("since_ms", self._clock.wall_ms())
+                previous = self._status.state
             self._status = replace(self._status, **changes)  # type: ignore[arg-type]
+            status = self._status
+        if previous is not None and self._on_event is not None:
+            self._tell(
+                "camera-state",
+                {
+                    "state": status.state,
+                    "previous": previous,
+                    "detail": status.detail,
+                    "since_ms": status.since_ms,
+                },
+            )
+
+    def _tell(self, kind: str, data: dict[str, Any]) -> None:
+        """Hand an event to `on_event`; its failure (a bug) never touches recording."""
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(kind, data)
+        except Exception:
+            self.log.exception("camera %s: event %s not queued", self.camera, kind)
+
+    def _tell_outage(self, start_ms: int | None, cause: str, detail: str) -> None:
+        """An outage began (or its cause changed): told once per (start, cause)."""
+        if self._outage_told == (start_ms, cause):
+            return
+        phase = "began" if self._outage_told is None else "cause-changed"
+        self._outage_told = (start_ms, cause)
+        self._tell(
+            "camera-outage",
+            {"phase": phase, "cause": cause, "detail": detail, "start_ms": start_ms},
+        )
+
+    def _tell_outage_ended(self, end_ms: int) -> None:
+        told, self._outage_told = self._outage_told, None
+        start = told[0] if told is not None else None
+        self._tell(
+            "camera-outage",
+            {
+                "phase": "ended",
+                "cause": told[1] if told is not None else None,
+                "start_ms": start,
+                "end_ms": end_ms,
+                "seconds": (end_ms - start) / 1000 if start is not None else None,
+            },
+        )
 
     def _progress(self, in_backoff: bool = False) -> None:
         # Plain attribute stores (atomic in CPython): this runs for every packet.
@@ -496,6 +549,7 @@ class CameraRecorder:
             self._set(last_segment_end_ms=last.end_ms)
         if open_outages:
             self._outage_id = open_outages[-1].id
+            self._outage_told = (open_outages[-1].start_ms, open_outages[-1].cause)
         elif last is not None:
             self._due = _LedgerDue(
                 None, last.end_ms, "not-running", "recorder was not running (crash or power loss)"
@@ -524,7 +578,10 @@ class CameraRecorder:
             self._due.cause, self._due.detail = cause, detail
         else:
             start = self._last_end_ms if self._last_end_ms is not None else self._clock.wall_ms()
+            if self._outage_id is not None and self._outage_told is not None:
+                start = self._outage_told[0] or start  # the open outage keeps its start
             self._due = _LedgerDue(self._outage_id, start, cause, detail)
+        self._tell_outage(self._due.start_ms, cause, detail)
         self._catch_up()
 
     def _index_behind(self) -> bool:
@@ -592,6 +649,7 @@ class CameraRecorder:
             self._store.close_outage(self._outage_id, end_ms)
             self.log.info("camera %s: recording again", self.camera)
             self._outage_id = None
+            self._tell_outage_ended(end_ms)
 
     def _wait_backoff(self, connected_for: float, cause: str) -> None:
         """Sit out the back-off; for causes where the camera itself went away, probe it

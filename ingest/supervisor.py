@@ -24,7 +24,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from config import BUILTIN_TEST_PATTERN, CameraConfig, ConfigError, NvrConfig
 from ingest.errors import CameraConfigFault
@@ -40,6 +42,12 @@ from storage import SegmentStore, StorageError
 log = logging.getLogger("nvr.ingest")
 
 OpenerFactory = Callable[[CameraConfig], StreamOpener]
+EventEmit = Callable[[str, str | None, dict[str, Any]], None]
+"""(kind, camera, data): queues an event for alerts out (`nvr.events.EventBus.emit`)."""
+
+
+def _camera_event(emit: EventEmit, camera: str, kind: str, data: dict[str, Any]) -> None:
+    emit(kind, camera, data)
 
 REPLACED = "recorder-replaced"
 """Outage-ledger cause (and stream-event kind) of a stuck recorder thread that was replaced."""
@@ -169,8 +177,11 @@ class Supervisor:
         *,
         repair: RepairPolicy | None = None,
         clock: Clock | None = None,
+        emit: EventEmit | None = None,
     ) -> None:
         self._config = config
+        self._emit = emit
+        """Alerts out (`nvr.events.EventBus.emit`): any thread, never blocks."""
         self._store = store
         self._opener_factory = opener_factory
         self._policy = repair or RepairPolicy()
@@ -184,6 +195,7 @@ class Supervisor:
         self.replacements = 0
         self.clocks = ClockMonitor(store)
         """Server clock and camera clock checks (thread `clock-check`)."""
+        self.clocks.notes.listener = emit
         self._changing = asyncio.Lock()
         """Held by a repair and by a reconfiguration, so they never act on one camera at once."""
 
@@ -211,6 +223,9 @@ class Supervisor:
             stall_seconds=camera.stall_seconds,
             keyframe_wait_seconds=camera.keyframe_wait_seconds,
             clock=self._clock,
+            on_event=(
+                None if self._emit is None else partial(_camera_event, self._emit, camera.name)
+            ),
         )
 
     def start(self) -> None:

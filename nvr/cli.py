@@ -116,6 +116,21 @@ def _status_doc(root: Path) -> dict[str, Any] | None:
     return doc
 
 
+def events_lines(doc: dict[str, Any] | None) -> list[str]:
+    """One line per alert destination (`[events]`) from the daemon's status.json."""
+    out = []
+    for d in (doc or {}).get("events", []):
+        lost = f", {d['dropped']} dropped" if d.get("dropped") else ""
+        if d.get("ok"):
+            out.append(f"events: {d['name']}: ok ({d['delivered']} delivered{lost})")
+        else:
+            out.append(
+                f"WARNING events: {d['name']}: unreachable since {fmt_ms(d['since_ms'])}: "
+                f"{d['problem']} ({d['queued']} queued{lost})"
+            )
+    return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = configpath.load(args.config)
     doc = _status_doc(config.storage.root)
@@ -124,6 +139,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc is not None and doc.get("running") and now - int(doc["written_ms"]) < STATUS_FRESH_MS
     )
     print("daemon: " + (f"running (pid {doc['pid']})" if fresh and doc else "not running"))
+    for line in events_lines(doc if fresh else None):
+        print(line)
     try:
         code = _status_from_index(config, doc if fresh else None, now)
         # Scripts and monitoring can tell a stopped recorder from the exit status alone.

@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -28,10 +29,19 @@ from pathlib import Path
 from api.server import serve_api
 from config import NvrConfig
 from ingest import RecorderStatus, Supervisor
-from ingest.supervisor import OpenerFactory, RecorderHealth, RepairPolicy, default_opener
+from ingest.supervisor import (
+    EventEmit,
+    OpenerFactory,
+    RecorderHealth,
+    RepairPolicy,
+    default_opener,
+)
 from nvr import memory
+from nvr.events import EventBus
+from nvr.mqtt import MqttPublisher
 from nvr.reload import LiveConfig, Reloader
 from nvr.sdnotify import Notifier
+from nvr.webhooks import WebhookSender, start_webhooks
 from retention import Forecast, RetentionService
 from storage import SegmentStore, StorageError
 from storage.clock import ClockVerdict
@@ -139,15 +149,19 @@ STATUS_ROOM = 16 * 1024
 its text, so that on a full disk it can be rewritten in place in the blocks it already has."""
 
 
-def write_status(root: Path, supervisor: Supervisor, running: bool) -> None:
-    """Atomically publish the recorders' live state for `nvr status` (another process).
-    On a full disk (no room for the new file) the old one is overwritten in place instead,
-    so the alarm still shows. Blocking: runs on a worker thread."""
+def write_status(
+    root: Path, supervisor: Supervisor, running: bool, bus: EventBus | None = None
+) -> None:
+    """Atomically publish the recorders' live state (and the alert destinations') for
+    `nvr status` (another process). On a full disk (no room for the new file) the old one is
+    overwritten in place instead, so the alarm still shows. Blocking: runs on a worker
+    thread."""
     doc = {
         "pid": os.getpid(),
         "running": running,
         "written_ms": now_ms(),
         "cameras": {s.camera: asdict(s) for s in supervisor.snapshot()},
+        "events": [asdict(d) for d in bus.destinations()] if bus is not None else [],
     }
     text = json.dumps(doc, indent=1).encode("utf-8")
     size = -(-2 * len(text) // STATUS_ROOM) * STATUS_ROOM
@@ -181,8 +195,11 @@ class _Publisher:
     """status.json and free space, each round; a full or failing disk is logged once and
     never stops the daemon (the recorders handle it: pause, ledger, resume)."""
 
-    def __init__(self, root: Path, supervisor: Supervisor, store: SegmentStore) -> None:
+    def __init__(
+        self, root: Path, supervisor: Supervisor, store: SegmentStore, bus: EventBus | None
+    ) -> None:
         self._root = root
+        self._bus = bus
         self._supervisor = supervisor
         self._store = store
         self._failing: str | None = None
@@ -203,7 +220,7 @@ class _Publisher:
             log.error("cannot record the recorder's heartbeat: %s", err)
         try:
             self.free_bytes = self._store.free_bytes()
-            write_status(self._root, self._supervisor, running)
+            write_status(self._root, self._supervisor, running, self._bus)
         except OSError as err:
             if self._failing is None:
                 log.warning("cannot publish %s: %s", STATUS_FILE, err)
@@ -253,17 +270,20 @@ async def run_daemon(
         root,
         config.storage.index_url(),
     )
+    alerts: Alerts | None = None
     try:
         salvaged = await asyncio.to_thread(store.recover)
         if salvaged:
             log.warning("recovered %d interrupted segments", len(salvaged))
-        supervisor = Supervisor(config, store, opener_factory, repair=repair)
+        alerts = Alerts.start(config)  # before the recorders: their first states are events
+        supervisor = Supervisor(config, store, opener_factory, repair=repair, emit=alerts.emit)
         supervisor.start()
         check = asyncio.create_task(_consistency(store), name="consistency-check")
         retention = RetentionService(config, store)
+        retention.listener = alerts.emit
         retention_task = asyncio.create_task(retention.run(stop), name="retention")
         log.info("recording %d cameras into %s", len(supervisor.recorders), root)
-        publisher = _Publisher(root, supervisor, store)
+        publisher = _Publisher(root, supervisor, store, alerts.bus)
         await publisher.publish(True)
         reloader = Reloader(live, config_path, supervisor, store, notifier)
         reloader.subscribe(retention.reconfigure)
@@ -282,7 +302,13 @@ async def run_daemon(
         for actor in hups:
             reload_on_signal(actor)
         api = serve_api(
-            config, store, supervisor, lambda: retention.last_forecast, reloader=reloader
+            config,
+            store,
+            supervisor,
+            lambda: retention.last_forecast,
+            reloader=reloader,
+            emit=alerts.emit,
+            event_problems=alerts.problems,
         )
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
         notifier.ready(line)
@@ -321,11 +347,74 @@ async def run_daemon(
         await retention_task
         await publisher.publish(False)
     finally:
+        if alerts is not None:
+            await alerts.close()  # the recorders' last states go out, then `offline`
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await asyncio.to_thread(store.close)
         notifier.close()
     log.info("stopped")
+
+
+class Alerts:
+    """The event bus and its publishers (`[events]`): the MQTT task on this loop, a thread
+    per webhook. Without `[events]` it is inert (`emit` None)."""
+
+    CLOSE_TIMEOUT = 5.0
+
+    def __init__(
+        self,
+        bus: EventBus | None,
+        mqtt: asyncio.Task[None] | None,
+        senders: list[WebhookSender],
+        stop: asyncio.Event,
+    ) -> None:
+        self.bus = bus
+        self._mqtt = mqtt
+        self._senders = senders
+        self._stop = stop
+
+    @classmethod
+    def start(cls, config: NvrConfig) -> Alerts:
+        events = config.events
+        stop = asyncio.Event()
+        if events is None:
+            return cls(None, None, [], stop)
+        bus = EventBus(events.site, events.queue_size)
+        senders = start_webhooks(bus, list(events.webhooks))
+        task = None
+        if events.mqtt is not None:
+            publisher = MqttPublisher(events, bus)
+            task = asyncio.create_task(publisher.run(stop), name="mqtt")
+            task.add_done_callback(_report_crash)
+        log.info(
+            "events: site %s, %s, %d webhooks",
+            events.site,
+            events.mqtt or "no MQTT broker",
+            len(senders),
+        )
+        return cls(bus, task, senders, stop)
+
+    @property
+    def emit(self) -> EventEmit | None:
+        return self.bus.emit if self.bus is not None else None
+
+    @property
+    def problems(self) -> Callable[[], list[str]] | None:
+        return self.bus.problems if self.bus is not None else None
+
+    async def close(self) -> None:
+        """Stop the publishers: MQTT publishes what is queued it can within the timeout,
+        then `offline`; webhooks end after the delivery in progress."""
+        self._stop.set()
+        if self._mqtt is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._mqtt), self.CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("events: the MQTT broker did not take the last messages in time")
+                self._mqtt.cancel()
+        for sender in self._senders:
+            await asyncio.to_thread(sender.stop, self.CLOSE_TIMEOUT)
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 from config import NvrConfig
 from retention.capacity import Forecast, forecast
@@ -39,6 +40,9 @@ class RetentionService:
         self.last_forecast: Forecast | None = None
         self.last_verdict: ClockVerdict | None = None
         """The clock verdict of the last pass (health and status show a hold)."""
+        self.listener: Callable[[str, str | None, dict[str, Any]], None] | None = None
+        """Alerts out (`nvr.events.EventBus.emit`): told the first forecast of the run and
+        every change of its state; never blocks."""
 
     def reconfigure(self, config: NvrConfig) -> None:
         """A reloaded config (its cameras' windows count in the next forecast); on the loop."""
@@ -125,10 +129,23 @@ class RetentionService:
             window_days=window,
         )
         days = fc.forecast_days if math.isfinite(fc.forecast_days) else -1.0
-        if self._store.record_capacity(fc.state, days, fc.free_bytes, fc.detail):
+        changed = self._store.record_capacity(fc.state, days, fc.free_bytes, fc.detail)
+        if changed:
             level = logging.WARNING if fc.state in ("warning", "critical") else logging.INFO
             log.log(level, "storage capacity %s: %s", fc.state, fc.detail)
-        self.last_forecast = fc
+        before, self.last_forecast = self.last_forecast, fc
+        if self.listener is not None and (changed or before is None or before.state != fc.state):
+            self.listener(
+                "storage-forecast",
+                None,
+                {
+                    "state": fc.state,
+                    "forecast_days": round(days, 1) if days >= 0 else None,
+                    "window_days": fc.window_days,
+                    "free_bytes": fc.free_bytes,
+                    "detail": fc.detail,
+                },
+            )
         return fc
 
     async def run(self, stop: asyncio.Event, interval: float | None = None) -> None:

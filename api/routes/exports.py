@@ -97,6 +97,7 @@ async def request_export(body: ExportIn, user: OperatorDep, services: ServicesDe
         )
     except ExportRefused as err:
         raise _refusal(err) from err
+    services.tell_export(export, user.name)
     return export_out(export)
 
 
@@ -118,6 +119,7 @@ async def approve_export(
     except ExportRefused as err:
         raise _refusal(err) from err
     services.exports.schedule(export_id)
+    services.tell_export(approved, user.name, "approved")  # its build is already under way
     return export_out(approved)
 
 
@@ -140,6 +142,7 @@ async def reject_export(
         )
     except ExportRefused as err:
         raise _refusal(err) from err
+    services.tell_export(rejected, user.name)
     return export_out(rejected)
 
 
@@ -158,6 +161,7 @@ async def cancel_export(
         )
     except ExportRefused as err:
         raise _refusal(err) from err
+    services.tell_export(cancelled, user.name)
     return export_out(cancelled)
 
 

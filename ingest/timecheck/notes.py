@@ -4,7 +4,8 @@ seconds; the ONVIF opener adds `device-info`), and audit rows (`clock-warning` /
 `clock-recovered`, actor `system`) when a camera's offset or the server's sync state crosses
 into or out of a warning; and reading them back: `camera_clocks`, each camera's newest reading
 by each method, which `nvr status`, `/api/health` and `/metrics` judge a camera's clock by.
-Thread-safe: the recorder threads and the `clock-check` thread call it. Imports go down to
+Thread-safe: the recorder threads and the `clock-check` thread call it. Warnings beginning and
+clearing are also told to `listener` (alerts out, `nvr.events`). Imports go down to
 `storage` and `ingest.timecheck.server`.
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ingest.timecheck.server import ServerClockState
 from storage import SegmentStore, StorageError
@@ -54,6 +57,17 @@ class ClockNotes:
         self._lock = threading.Lock()
         self._warning: dict[tuple[str, str], bool] = {}
         self._device: dict[str, str] = {}
+        self.listener: Callable[[str, str | None, dict[str, Any]], None] | None = None
+        """Alerts out (`nvr.events.EventBus.emit`): told (kind, camera or None for the
+        server, data) when a warning begins or clears; never blocks."""
+
+    def _tell(self, camera: str | None, data: dict[str, Any]) -> None:
+        if self.listener is None:
+            return
+        try:
+            self.listener("clock", camera, data)
+        except Exception:
+            log.exception("clock event not queued")
 
     def _transition(self, key: tuple[str, str], warn: bool) -> bool | None:
         """True if a warning begins, False if one ends, None if nothing changed."""
@@ -72,6 +86,16 @@ class ClockNotes:
             self._store.add_event(camera, reading.at_ms, CLOCK_OFFSET, detail, reading.offset_s)
             change = self._transition((camera, reading.source), warn)
             if change is not None:
+                self._tell(
+                    camera,
+                    {
+                        "state": "warning" if change else "ok",
+                        "source": reading.source,
+                        "offset_seconds": round(reading.offset_s, 3),
+                        "limit_seconds": limit_s,
+                        "detail": detail,
+                    },
+                )
                 self._store.audit(
                     "system",
                     "clock-warning" if change else "clock-recovered",
@@ -125,6 +149,14 @@ class ClockNotes:
             log.warning("server clock %s", state.describe())
         else:
             log.info("server clock %s", state.describe())
+        self._tell(
+            None,
+            {
+                "state": "warning" if change else "ok",
+                "source": "server",
+                "detail": state.describe(),
+            },
+        )
         try:
             self._store.audit(
                 "system",
