@@ -54,6 +54,13 @@ class CameraSummary:
     """Over the segments that ended in the last 10 minutes."""
     recorded_share_24h: float
     reconnects: int
+    stored_bytes: int = 0
+    """Bytes of this camera's footage on disk."""
+    locked_bytes: int = 0
+    """Of those, bytes under an active lock (never purged while it lasts)."""
+    oldest_footage_ms: int | None = None
+    held_days: float | None = None
+    """Days from the oldest footage kept to now."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,12 @@ class CameraDirectory:
         stats = self._store.stats(name, now - BITRATE_WINDOW_MS)
         bitrate = stats.bytes * 8 * 1000 / stats.media_ms if stats.media_ms > 0 else None
         share = self._store.recorded_ms(name, now - DAY_MS, now) / DAY_MS
+        kept = self._store.camera_storage(name)
         return CameraSummary(
+            stored_bytes=kept.stored_bytes,
+            locked_bytes=kept.locked_bytes,
+            oldest_footage_ms=kept.oldest_ms,
+            held_days=None if kept.oldest_ms is None else max(0, now - kept.oldest_ms) / DAY_MS,
             name=name,
             state=state,
             state_since_ms=since,

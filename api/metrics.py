@@ -173,6 +173,24 @@ class _Collector(Collector):
             "The camera clock minus the server clock, newest reading of each method",
             labels=["camera", "method"],
         )
+        stored = GaugeMetricFamily(
+            "nvr_camera_stored_bytes", "Bytes of the camera's footage on disk", labels=["camera"]
+        )
+        locked = GaugeMetricFamily(
+            "nvr_camera_locked_bytes",
+            "Bytes of the camera's footage under an active lock",
+            labels=["camera"],
+        )
+        oldest = GaugeMetricFamily(
+            "nvr_camera_oldest_footage_timestamp_seconds",
+            "Start of the camera's oldest footage kept (Unix time)",
+            labels=["camera"],
+        )
+        held = GaugeMetricFamily(
+            "nvr_camera_held_seconds",
+            "Time from the camera's oldest footage kept to now",
+            labels=["camera"],
+        )
         for name in names:
             for clock in camera_clocks(self._store, name, self._health.clock_limit(name)):
                 offset.add_metric([name, clock.source], clock.offset_s)
@@ -196,10 +214,15 @@ class _Collector(Collector):
             if summary.last_segment_end_ms is not None:
                 age.add_metric([name], (now - summary.last_segment_end_ms) / 1000)
             share.add_metric([name], summary.recorded_share_24h)
+            stored.add_metric([name], summary.stored_bytes)
+            locked.add_metric([name], summary.locked_bytes)
+            if summary.oldest_footage_ms is not None:
+                oldest.add_metric([name], summary.oldest_footage_ms / 1000)
+                held.add_metric([name], max(0, now - summary.oldest_footage_ms) / 1000)
             if summary.bitrate_bps is not None:
                 bitrate.add_metric([name], summary.bitrate_bps)
         yield from (recorded_bytes, segments, reconnects, gap_total, gap_24h, stalled, up, state)
-        yield from (age, share, bitrate, offset)
+        yield from (age, share, bitrate, offset, stored, locked, oldest, held)
         synchronised, _detail = self._health.server_clock()
         yield GaugeMetricFamily(
             "nvr_clock_synchronized",

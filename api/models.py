@@ -69,6 +69,14 @@ class CameraOut(BaseModel):
     bitrate_bps: float | None
     recorded_share_24h: float
     reconnects: int
+    stored_bytes: int
+    """Bytes of this camera's footage on disk."""
+    locked_bytes: int
+    """Of those, bytes under an active lock (kept whatever the window)."""
+    oldest_footage_ms: int | None
+    held_days: float | None
+    """Days from the oldest footage kept to now (the window it is kept for: `window_days` in
+    `/api/health`; how long the disk holds at the current rate: its `storage.forecast_days`)."""
 
 
 class SpanOut(BaseModel):

@@ -17,10 +17,10 @@ from typing import Any
 
 from config import ConfigError, NvrConfig, load_config
 from config.checks import machine_problems
-from nvr import cli_api, cli_index, cli_retention, configpath, discover
+from nvr import cli_api, cli_index, cli_retention, configpath, discover, show
 from nvr.clock_status import camera_status_lines, server_status_line
-from storage import IndexCorruptError, SegmentStore, StorageError
-from storage.timestamps import iso, now_ms
+from storage import CameraStorage, IndexCorruptError, SegmentStore, StorageError
+from storage.timestamps import now_ms
 
 log = logging.getLogger("nvr")
 
@@ -55,8 +55,7 @@ MALLOC_ARENAS = 2
 """glibc malloc arenas for the daemon's many threads (see nvr/memory.py)."""
 
 
-def fmt_ms(ms: int | None) -> str:
-    return "-" if ms is None else iso(ms)
+fmt_ms = show.when
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -103,7 +102,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if running is not None and config.api is not None:
             print(f"{config.api.listen}: not checked, the daemon (pid {running}) is running")
     print(
-        f"{args.file}: ok ({len(config.cameras)} cameras, retention {config.retention.days} days)"
+        f"{args.file}: ok ({show.count(len(config.cameras), 'camera')}, retention "
+        f"{show.count(config.retention.days, 'day')})"
     )
     return 0
 
@@ -193,13 +193,16 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
             stats = store.stats(cam.name, hour_ago)
             outages = store.outages(cam.name, 0)
             print(f"{cam.name}: {state}{detail}")
-            for line in camera_status_lines(store, cam.name, cam.max_clock_offset_seconds):
+            for line in camera_status_lines(
+                store, cam.name, cam.max_clock_offset_seconds, show.when
+            ):
                 print(f"  {line}")
             print(f"  last segment end: {fmt_ms(last.end_ms if last else None)}")
             print(
-                f"  last hour: {stats.segments} segments, {stats.bytes} bytes, "
+                f"  last hour: {show.count(stats.segments, 'segment')}, {show.size(stats.bytes)}, "
                 f"{stats.media_ms / 1000:.0f} s recorded"
             )
+            print(f"  {storage_line(store.camera_storage(cam.name), store, now)}")
             open_gaps = [o for o in outages if o.end_ms is None]
             closed = [o for o in outages if o.end_ms is not None]
             for o in open_gaps:
@@ -217,6 +220,20 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
     return 0
 
 
+def storage_line(kept: CameraStorage, store: SegmentStore, now: int) -> str:
+    """`stored: ...` of one camera: bytes, oldest footage and days held against its window,
+    bytes locked (as `/api/cameras` and `/metrics` give them)."""
+    window = store.window_days(kept.camera)
+    if kept.oldest_ms is None:
+        return f"stored: nothing (window {show.count(window, 'day')})"
+    held = max(0, now - kept.oldest_ms) / 86_400_000
+    return (
+        f"stored: {show.size(kept.stored_bytes)} in {show.count(kept.segments, 'segment')} "
+        f"since {fmt_ms(kept.oldest_ms)} ({held:.1f} days held, window "
+        f"{show.count(window, 'day')}); {show.size(kept.locked_bytes)} locked"
+    )
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("nvr")
@@ -227,6 +244,11 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nvr", description="Evidence-grade video recorder")
     parser.add_argument("--version", action="version", version=f"nvr {_version()}")
+    parser.add_argument(
+        "--utc",
+        action="store_true",
+        help="print times in UTC (default: local time with its offset from UTC)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the recorder in the foreground")
     run.add_argument("-c", "--config", type=Path, help=configpath.HELP)
@@ -255,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show.use_utc(args.utc)
     try:
         code: int = args.func(args)
         sys.stdout.flush()  # here, not at exit, so that a reader gone is caught below

@@ -13,16 +13,36 @@ import os
 import sys
 from pathlib import Path
 
+from config import NvrConfig
 from nvr import configpath
 from nvr.cli_context import actor, open_store
+from nvr.show import when as iso
+from storage import SegmentStore
 from storage.accounts import ROLES, AccountError
-from storage.timestamps import iso
 
 
 def _cameras(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _checked_cameras(
+    config: NvrConfig, store: SegmentStore, cameras: list[str] | None
+) -> list[str] | None:
+    """`cameras` if each is `*` or a camera of the config or the index; else exit saying
+    which are unknown (a typo would give a user no camera at all, silently)."""
+    if cameras is None:
+        return None
+    known = {c.name for c in config.cameras} | set(store.cameras())
+    unknown = [c for c in cameras if c != "*" and c not in known]
+    if unknown:
+        names = ", ".join(repr(c) for c in unknown)
+        raise SystemExit(
+            f"nvr user: unknown camera{'s' if len(unknown) > 1 else ''} {names} "
+            f"(known: {', '.join(sorted(known)) or 'none'}; * for all); nothing changed"
+        )
+    return cameras
 
 
 def _password(from_stdin: bool) -> str:
@@ -38,15 +58,13 @@ def _password(from_stdin: bool) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace) -> int:
-    password = _password(args.password_stdin)
-    store = open_store(configpath.load(args.config))
+    config = configpath.load(args.config)
+    store = open_store(config)
     try:
+        cameras = _checked_cameras(config, store, _cameras(args.cameras)) or []
+        password = _password(args.password_stdin)
         user = store.accounts.add_user(
-            args.name,
-            args.role,
-            password,
-            cameras=_cameras(args.cameras) or [],
-            actor=actor(),
+            args.name, args.role, password, cameras=cameras, actor=actor()
         )
     finally:
         store.close()
@@ -71,14 +89,15 @@ def cmd_user_list(args: argparse.Namespace) -> int:
 
 
 def cmd_user_set(args: argparse.Namespace) -> int:
-    password = _password(True) if args.password_stdin else None
-    store = open_store(configpath.load(args.config))
+    config = configpath.load(args.config)
+    store = open_store(config)
     try:
+        cameras = _checked_cameras(config, store, _cameras(args.cameras))
+        password = _password(True) if args.password_stdin else None
         if store.accounts.user(args.name) is None:
             raise AccountError(f"no user called {args.name!r}")
         if args.role is not None:
             store.accounts.set_role(args.name, args.role, actor=actor())
-        cameras = _cameras(args.cameras)
         if cameras is not None:
             store.accounts.set_cameras(args.name, cameras, actor=actor())
         if password is not None:

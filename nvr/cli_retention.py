@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
+from typing import TextIO
 
 from config import NvrConfig
-from nvr import configpath
+from nvr import configpath, show
 from nvr.cli_context import actor, opened
+from nvr.show import when as iso
 from retention import RetentionService
 from storage import ClockSuspicious, LockError, RetentionViolation, SegmentStore
-from storage.timestamps import iso
+from storage.verify import VerifyReport
 
 
 def parse_time(text: str) -> int:
@@ -136,19 +139,73 @@ def cmd_delete(args: argparse.Namespace) -> int:
         except RetentionViolation as err:
             print(f"nvr delete: refused: {err.reason}", file=sys.stderr)
             return 1
-    print(f"deleted {len(gone)} segments ({sum(s.bytes for s in gone)} bytes)")
+    print(f"deleted {show.count(len(gone), 'segment')} ({show.size(sum(s.bytes for s in gone))})")
     return 0
 
 
+class Progress:
+    """`nvr verify`'s progress on a terminal (stderr): bytes hashed of the total, rate and
+    time left, redrawn at most every `every_s` seconds on one line."""
+
+    def __init__(self, out: TextIO, every_s: float = 0.5) -> None:
+        self._out = out
+        self._every = every_s
+        self._started = time.monotonic()
+        self._drawn = 0.0
+        self.shown = False
+
+    def rate(self, done: int) -> float:
+        return done / max(time.monotonic() - self._started, 1e-6)
+
+    def __call__(self, report: VerifyReport) -> None:
+        now = time.monotonic()
+        if now - self._drawn < self._every:
+            return
+        self._drawn = now
+        done, total = report.bytes_hashed, max(report.bytes_to_hash, report.bytes_hashed)
+        rate = self.rate(done)
+        left = (total - done) / rate if rate > 0 else 0.0
+        share = 100 * done / total if total else 100.0
+        self._out.write(
+            f"\rverifying: {show.size(done)} of {show.size(total)} ({share:.0f}%), "
+            f"{show.size(int(rate))}/s, ETA {_duration(left)}\x1b[K"
+        )
+        self._out.flush()
+        self.shown = True
+
+    def finish(self) -> None:
+        if self.shown:
+            self._out.write("\r\x1b[K")
+            self._out.flush()
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds + 0.5)
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
-    with opened(args) as (_, store):
-        report = store.verify(args.camera, args.start, args.end)
+    progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+    started = time.monotonic()
+    with opened(args) as (config, store):
+        camera = None if args.camera is None else _camera(config, store, args.camera)
+        try:
+            report = store.verify(camera, args.start, args.end, progress)
+        finally:
+            if progress is not None:
+                progress.finish()
         audit = store.verify_audit()
+    elapsed = time.monotonic() - started
     for line in report.problems + audit:
         print(line)
+    rate = report.bytes_hashed / max(elapsed, 1e-6)
     print(
-        f"{report.segments_checked} segments checked, {report.files_hashed} files hashed, "
-        f"{len(report.problems)} recording problems, {len(audit)} audit problems"
+        f"{show.count(report.segments_checked, 'segment')} checked, "
+        f"{show.count(report.files_hashed, 'file')} hashed ({show.size(report.bytes_hashed)} "
+        f"in {elapsed:.1f} s, {show.size(int(rate))}/s), "
+        f"{show.count(len(report.problems), 'recording problem')}, "
+        f"{show.count(len(audit), 'audit problem')}"
     )
     return 0 if report.ok and not audit else 1
 
@@ -181,7 +238,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         service = RetentionService(config, store)
         deleted = service.purge_once(clock_confirmed_by=confirmed)
         fc = service.capacity_once()
-    print(f"purged {deleted} segments; capacity {fc.state}: {fc.detail}")
+    print(f"purged {show.count(deleted, 'segment')}; capacity {fc.state}: {fc.detail}")
     return 0
 
 

@@ -20,6 +20,7 @@ from storage.errors import (
 from storage.guard import Lock, protection
 from storage.store import (
     CameraStats,
+    CameraStorage,
     ConsistencyReport,
     Outage,
     Segment,
@@ -36,6 +37,7 @@ from storage.writer import SegmentWriter, container_format
 __all__ = [
     "AuditEntry",
     "CameraStats",
+    "CameraStorage",
     "ClockSuspicious",
     "ConsistencyReport",
     "ForeignIndexError",

@@ -268,6 +268,19 @@ class CameraStats:
     media_ms: int
 
 
+@dataclass(frozen=True)
+class CameraStorage:
+    """What one camera's footage takes on disk now (rows not marked for deletion)."""
+
+    camera: str
+    segments: int
+    stored_bytes: int
+    locked_bytes: int
+    """Bytes of segments overlapping an active lock (each counted once)."""
+    oldest_ms: int | None
+    """Start of the oldest footage kept."""
+
+
 def _outage(row: OutageRow) -> Outage:
     return Outage(row.id, row.camera, row.start_ms, row.end_ms, row.cause, row.detail)
 
@@ -1800,11 +1813,18 @@ class SegmentStore:
         return max(int(last[0]), int(last[1]), int(top or 0))
 
     def verify(
-        self, camera: str | None = None, start_ms: int | None = None, end_ms: int | None = None
+        self,
+        camera: str | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        progress: Callable[[VerifyReport], None] | None = None,
     ) -> VerifyReport:
-        """Re-hash files and walk the hash chains (see storage/verify.py)."""
+        """Re-hash files and walk the hash chains (see storage/verify.py); `progress` is
+        called after each file hashed."""
         with Session(self._engine) as s:
-            return verify_store(s, self.root, camera=camera, start_ms=start_ms, end_ms=end_ms)
+            return verify_store(
+                s, self.root, camera=camera, start_ms=start_ms, end_ms=end_ms, progress=progress
+            )
 
     def window_days(self, camera: str) -> int:
         """`camera`'s retention window in days: the longest of the 30-day floor, the
@@ -2415,6 +2435,35 @@ class SegmentStore:
                     or 0
                 )
         return int(total)
+
+    def camera_storage(self, camera: str) -> CameraStorage:
+        """Bytes stored, bytes under an active lock and the oldest footage of one camera."""
+        now = self._clock()
+        live = (SegmentRow.camera == camera) & ~SegmentRow.garbage
+        locked = (
+            select(LockRow.id)
+            .where(
+                LockRow.camera == SegmentRow.camera,
+                LockRow.start_ms < SegmentRow.end_ms,
+                LockRow.end_ms > SegmentRow.start_ms,
+                _active_lock(now),
+            )
+            .exists()
+        )
+        with Session(self._engine) as s:
+            count, stored, oldest = s.execute(
+                select(
+                    func.count(SegmentRow.id),
+                    func.coalesce(func.sum(SegmentRow.bytes), 0),
+                    func.min(SegmentRow.start_ms),
+                ).where(live)
+            ).one()
+            held = s.scalar(
+                select(func.coalesce(func.sum(SegmentRow.bytes), 0)).where(live, locked)
+            )
+        return CameraStorage(
+            camera, int(count), int(stored), int(held or 0), None if oldest is None else int(oldest)
+        )
 
     def stored_bytes(self) -> int:
         with Session(self._engine) as s:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from storage.schema import AuditRow, ChainGapRow, SegmentRow
@@ -30,6 +31,9 @@ class VerifyReport:
     segments_checked: int = 0
     files_hashed: int = 0
     problems: list[str] = field(default_factory=list)
+    bytes_hashed: int = 0
+    bytes_to_hash: int = 0
+    """What the index says the files in range take (the progress total)."""
 
     @property
     def ok(self) -> bool:
@@ -81,6 +85,7 @@ def _verify_camera(
     report: VerifyReport,
     start_ms: int | None,
     end_ms: int | None,
+    progress: Callable[[VerifyReport], None] | None = None,
 ) -> None:
     """Walk one camera's chain. Rows marked for deletion (garbage) are checked too: their
     chain values and (while they remain) files, and that the delete that marked them recorded
@@ -127,6 +132,9 @@ def _verify_camera(
         report.files_hashed += 1
         if _sha256(path) != row.sha256:
             report.problems.append(f"{cam}: altered file {row.path} (sha256 differs)")
+        report.bytes_hashed += row.bytes
+        if progress is not None:
+            progress(report)
 
     def settle(run: list[SegmentRow]) -> None:
         if not run:
@@ -170,9 +178,19 @@ def verify_store(
     camera: str | None = None,
     start_ms: int | None = None,
     end_ms: int | None = None,
+    progress: Callable[[VerifyReport], None] | None = None,
 ) -> VerifyReport:
-    """Check the chains of all (or one) camera; re-hash files overlapping the time range."""
+    """Check the chains of all (or one) camera; re-hash files overlapping the time range.
+    `progress` is called (on this thread) after each file hashed."""
     report = VerifyReport()
+    total = select(func.coalesce(func.sum(SegmentRow.bytes), 0)).where(~SegmentRow.garbage)
+    if camera is not None:
+        total = total.where(SegmentRow.camera == camera)
+    if start_ms is not None:
+        total = total.where(SegmentRow.end_ms > start_ms)
+    if end_ms is not None:
+        total = total.where(SegmentRow.start_ms < end_ms)
+    report.bytes_to_hash = int(s.scalar(total) or 0)
     cams_q = select(SegmentRow.camera).distinct()
     cameras = sorted(set(s.scalars(cams_q)) | set(s.scalars(select(ChainGapRow.camera).distinct())))
     if camera is not None:
@@ -181,7 +199,7 @@ def verify_store(
     confirmed = _confirmed_gaps(s)
     indexed: set[str] = set()
     for cam in cameras:
-        _verify_camera(s, root, cam, confirmed, indexed, report, start_ms, end_ms)
+        _verify_camera(s, root, cam, confirmed, indexed, report, start_ms, end_ms, progress)
     for cam in sorted(set(cameras) | set(on_disk)):
         base = root / cam
         if not base.is_dir():

@@ -31,7 +31,7 @@ def test_check_config_ok_and_errors(tmp_path: Path) -> None:
     good.write_text('[storage]\nroot = "r"\n[[cameras]]\nname = "a"\nurl = "rtsp://127.0.0.1/x"\n')
     done = run(["check-config", str(good)], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "ok (1 cameras" in done.stdout
+    assert "ok (1 camera," in done.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(
         '[storage]\nroot = "r"\n[retention]\ndays = 10\n[[cameras]]\nname = "a"\n'
@@ -76,7 +76,7 @@ def test_run_without_config_records_the_demo_camera(tmp_path: Path) -> None:
     status = run(["status"], tmp_path)
     assert "daemon: not running" in status.stdout
     assert "demo: not running" in status.stdout
-    assert "last hour: 1 segments" in status.stdout
+    assert "last hour: 1 segment," in status.stdout
     assert "open gap since" in status.stdout and "daemon-stopped" in status.stdout
 
 
