@@ -16,6 +16,7 @@ Everything here runs on the recorder thread it drives, except `run_script` (the 
 
 from __future__ import annotations
 
+import heapq
 import io
 import json
 import threading
@@ -32,6 +33,7 @@ from av.video.stream import VideoStream
 
 from ingest import CameraRecorder
 from ingest.errors import CameraUnreachable, StreamEnded, StreamError
+from ingest.rtp import AacConfig
 from storage import SegmentStore, now_ms
 from storage.clock import read_uptime_ms
 from tests.camsim.clips import make_clips
@@ -108,41 +110,103 @@ class Refused:
 Step = Connection | Refused
 
 
+Row = tuple[bytes, int, int, int, bool]
+"""One packet of a clip: data, pts, dts, duration (in the track's time base), keyframe."""
+
+
 @dataclass(frozen=True)
-class Clip:
-    """A pre-encoded clip of the camera simulator: one video stream's packets in decode order,
-    `(data, pts, dts, duration, keyframe)` in 1/90000 s, looping every `loop_ticks`."""
+class Track:
+    """One stream of a clip: its packets in decode order, looping every `loop_ticks` of
+    `1/rate` s."""
 
     codec: str
-    fps: int
+    rate: int
     loop_ticks: int
-    packets: tuple[tuple[bytes, int, int, int, bool], ...]
+    packets: tuple[Row, ...]
+    fps: int = 0
+    config: str = ""
+    """AAC's AudioSpecificConfig (hex)."""
+
+    def timeline(self) -> Iterator[tuple[float, int, int, int, bytes, bool]]:
+        """(seconds after the first packet, pts, dts, duration, data, keyframe), forever."""
+        first = self.packets[0][2]
+        loop = 0
+        while True:
+            offset = loop * self.loop_ticks
+            for data, pts, dts, duration, key in self.packets:
+                at = (offset + dts - first) / self.rate
+                yield at, pts + offset, dts + offset, duration, data, key
+            loop += 1
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A pre-encoded clip of the camera simulator (tests/camsim/clips.py): its video and, if
+    it has one, its AAC audio."""
+
+    video: Track
+    audio: Track | None
 
     @classmethod
     def load(cls, directory: Path, name: str) -> Clip:
         index = json.loads((directory / f"{name}.json").read_text(encoding="utf-8"))
-        (video,) = [s for s in index["streams"] if s["kind"] == "video"]
-        if video["time_base"] != [1, 90_000]:
-            raise ValueError(f"clip {name}: video time base {video['time_base']}, not 1/90000")
-        data = (directory / video["file"]).read_bytes()
-        rows = tuple(
-            (data[off : off + size], pts, dts, dur, bool(key))
-            for off, size, pts, dts, dur, key in video["packets"]
-        )
-        return cls(video["codec"], video["fps"], video["loop_duration"], rows)
+        tracks: dict[str, Track] = {}
+        for stream in index["streams"]:
+            num, rate = stream["time_base"]
+            if num != 1:
+                raise ValueError(f"clip {name}: time base {stream['time_base']}")
+            data = (directory / stream["file"]).read_bytes()
+            rows = tuple(
+                (data[off : off + size], pts, dts, dur, bool(key))
+                for off, size, pts, dts, dur, key in stream["packets"]
+            )
+            tracks[stream["kind"]] = Track(
+                stream["codec"],
+                rate,
+                stream["loop_duration"],
+                rows,
+                fps=stream.get("fps", 0),
+                config=stream.get("codec_data", ""),
+            )
+        return cls(tracks["video"], tracks.get("audio"))
 
-    def template(self) -> tuple[VideoStream, av.container.InputContainer]:
-        """The video stream of the clip's first keyframe, parsed by FFmpeg (as our RTSP
-        client parses a camera's), in 1/90000 s; keep the container open while it is used."""
+    def templates(self) -> tuple[VideoStream, AudioStream | None, list[Any]]:
+        """The streams as our RTSP client makes them (ingest/rtsp_source.py): the video parsed
+        by FFmpeg from the first keyframe, in 1/90000 s; the AAC audio probed from ADTS
+        frames, with the config as extradata, in 1/rate s. The containers (third) must stay
+        open while the streams are used."""
+        v = self.video
         probe = av.open(
-            io.BytesIO(self.packets[0][0]),
+            io.BytesIO(v.packets[0][0]),
             "r",
-            format="hevc" if self.codec == "h265" else self.codec,
-            options={"framerate": str(self.fps)},
+            format="hevc" if v.codec == "h265" else v.codec,
+            options={"framerate": str(v.fps)},
         )
         video = probe.streams.video[0]
-        video.time_base = Fraction(1, 90_000)
-        return video, probe
+        video.time_base = Fraction(1, v.rate)
+        keep: list[Any] = [probe]
+        if self.audio is None:
+            return video, None, keep
+        a = self.audio
+        config = AacConfig.parse(a.config)
+        adts = b"".join(config.adts(row[0]) for row in a.packets[:4])
+        aprobe = av.open(io.BytesIO(adts), "r", format="aac")
+        dummy = av.open(io.BytesIO(), "w", format="mp4")
+        keep += [aprobe, dummy]
+        dummy.add_stream_from_template(video, opaque=True)
+        audio = dummy.add_stream_from_template(aprobe.streams.audio[0], opaque=True)
+        audio.codec_context.extradata = config.raw
+        audio.time_base = Fraction(1, a.rate)
+        dummy.start_encoding()
+        return video, audio, keep
+
+
+def _tagged(
+    index: int, timeline: Iterator[tuple[float, int, int, int, bytes, bool]]
+) -> Iterator[tuple[float, int, int, int, int, bytes, bool]]:
+    """A track's timeline with its index after the arrival time (the merge's order)."""
+    for at, pts, dts, duration, data, key in timeline:
+        yield at, index, pts, dts, duration, data, key
 
 
 class ScriptedSource:
@@ -161,8 +225,8 @@ class ScriptedSource:
         self._last = last
         """Called instead of ending the stream when this is the script's last step."""
         self.video: VideoStream | None
-        self.video, self._probe = clip.template()
-        self.audio: AudioStream | None = None
+        self.audio: AudioStream | None
+        self.video, self.audio, self._keep = clip.templates()
         self.description = f"scripted {step.clip}"
 
     @property
@@ -171,44 +235,42 @@ class ScriptedSource:
 
     def packets(self) -> Iterator[av.Packet[Any]]:
         step, clock, clip = self._step, self._clock, self._clip
-        video = self.video
-        assert video is not None
-        tb = Fraction(1, 90_000)
+        tracks: list[tuple[Track, Any]] = [(clip.video, self.video)]
+        if clip.audio is not None and self.audio is not None:
+            tracks.append((clip.audio, self.audio))
+        timelines = [_tagged(i, track.timeline()) for i, (track, _) in enumerate(tracks)]
         began = clock.monotonic()
-        first_dts = clip.packets[0][2]
-        jump = round(step.jump_s * 90_000)
         stepped = False
-        loop = 0
-        while True:
-            for data, pts, dts, duration, key in clip.packets:
-                at = (loop * clip.loop_ticks + dts - first_dts) / 90_000
-                if at >= step.seconds:
-                    if self._last is not None:
-                        clock.advance_to(began + step.seconds)
-                        self._last()  # the recorder stops: finishes its segment and ends
-                        return
-                    clock.advance_to(began + step.seconds + step.silence_s)
-                    raise step.end(f"scripted end after {step.seconds} s")
-                clock.advance_to(began + at)
-                if not stepped and step.step_wall_at_s is not None and at >= step.step_wall_at_s:
-                    stepped = True
-                    clock.step_wall(step.step_wall_ms)
-                offset = loop * clip.loop_ticks
-                if step.jump_at_s is not None and at >= step.jump_at_s:
-                    offset += jump
-                packet = av.Packet(data)
-                packet.pts = pts + offset
-                packet.dts = dts + offset
-                packet.duration = duration
-                packet.time_base = tb
-                packet.stream = video
-                if key:
-                    packet.is_keyframe = True
-                yield packet
-            loop += 1
+        for at, i, pts, dts, duration, data, key in heapq.merge(*timelines):
+            if at >= step.seconds:
+                if self._last is not None:
+                    clock.advance_to(began + step.seconds)
+                    self._last()  # the recorder stops: finishes its segment and ends
+                    return
+                clock.advance_to(began + step.seconds + step.silence_s)
+                raise step.end(f"scripted end after {step.seconds} s")
+            clock.advance_to(began + at)
+            if not stepped and step.step_wall_at_s is not None and at >= step.step_wall_at_s:
+                stepped = True
+                clock.step_wall(step.step_wall_ms)
+            track, stream = tracks[i]
+            jump = 0
+            if step.jump_at_s is not None and at >= step.jump_at_s:
+                jump = round(step.jump_s * track.rate)
+            packet = av.Packet(data)
+            packet.pts = pts + jump
+            packet.dts = dts + jump
+            packet.duration = duration
+            packet.time_base = Fraction(1, track.rate)
+            packet.stream = stream
+            if key:
+                packet.is_keyframe = True
+            yield packet
+        raise AssertionError("a clip's timeline never ends")
 
     def close(self) -> None:
-        self._probe.close()
+        for container in self._keep:
+            container.close()
 
 
 @dataclass
@@ -280,5 +342,5 @@ def scripted_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The camera simulator's clips the scripted camera plays (encoded once, cached as
     tests/camsim/fixtures.py caches them; PyAV only, no GStreamer)."""
     directory = clips_cache_dir(tmp_path_factory.getbasetemp().parent / "camsim-clips")
-    make_clips(directory, ["h264", "h265", "bframes"])
+    make_clips(directory, ["h264", "h264aac", "h265", "bframes"])
     return directory

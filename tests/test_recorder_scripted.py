@@ -19,7 +19,7 @@ from tests.media import check_file
 from tests.recording_rig import assert_contiguous
 from tests.scripted import Connection, Refused, SimulatedClock, Step, open_store, run_script
 
-CODECS = {"h264": "h264", "h265": "hevc", "bframes": "h264"}
+CODECS = {"h264": "h264", "h264aac": "h264", "h265": "hevc", "bframes": "h264"}
 
 
 @pytest.fixture
@@ -36,7 +36,7 @@ def store(tmp_path: Path, clock: SimulatedClock) -> Iterator[SegmentStore]:
         s.close()
 
 
-@pytest.mark.parametrize("clip", ["h264", "h265", "bframes"])
+@pytest.mark.parametrize("clip", list(CODECS))
 def test_segments_are_cut_at_the_first_keyframe_after_the_target(
     scripted_clips: Path, clock: SimulatedClock, store: SegmentStore, clip: str
 ) -> None:
@@ -55,6 +55,9 @@ def test_segments_are_cut_at_the_first_keyframe_after_the_target(
         found = check_file(seg.path, decode=False)
         assert found.video_codec == CODECS[clip]
         assert found.frames == seg.frames == seg.duration_ms // 100
+        if clip == "h264aac":  # the audio along, as long as the video within a frame
+            assert found.audio_codec == "aac" and found.audio_packets > 0
+            assert abs(found.audio_packets * 1024 / 16_000 - seg.duration_ms / 1000) <= 0.13
     (outage,) = store.outages("cam")
     assert outage.cause == "daemon-stopped" and outage.start_ms == segs[-1].end_ms
 
