@@ -24,10 +24,18 @@ from api.cameras import LiveStatus
 from api.health import CapacityProvider
 from config import CameraConfig, NvrConfig, StorageConfig
 from config.models import ApiConfig
+from ingest.errors import CameraUnreachable, StreamEnded
 from ingest.timecheck.server import ServerClockState
-from storage import Segment, SegmentStore
-from tests.camsim import CameraSim
-from tests.recording_rig import Rig, wait_for
+from storage import Segment, SegmentStore, now_ms
+from tests.recording_rig import wait_for
+from tests.scripted import (
+    BOOT_OFFSET,
+    Connection,
+    Refused,
+    SimulatedClock,
+    Step,
+    run_script,
+)
 
 PASSWORD = "correct horse battery staple"
 USERS = {
@@ -167,33 +175,34 @@ def api(users_template: Path, tmp_path: Path) -> Iterator[Api]:
 
 
 @pytest.fixture(scope="session")
-def footage_template(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Footage recorded once per session from the loopback RTSP server: `h264aac` (with
-    audio) and `bframes`, 10 s segments, then a camera restart (a gap in the ledger)."""
-    if "footage" in _RECORDED:  # other test_api_* modules import this fixture too
+def footage_template(scripted_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Footage recorded once per session (per test process) by real recorder threads from
+    a scripted camera on a simulated clock (tests/scripted.py), in milliseconds: `h264aac`
+    (with audio) and `bframes`, 10 s segments, 36 s, then the camera goes away (refused thrice,
+    3.5 s) and comes back for 4 s more (a gap in the ledger), as a camera restart would."""
+    if "footage" in _RECORDED:
         return _RECORDED["footage"]
     root = tmp_path_factory.mktemp("footage") / "store"
-    with CameraSim(camsim_clips) as sim:
-        rig = Rig(root)
-        try:
-            for cam in CAMERAS:
-                rig.add(cam, sim.url(cam), segment_seconds=10)
-            wait_for(lambda: all(rig.state(c) == "recording" for c in CAMERAS), 20, "recording")
-            time.sleep(36)
-            sim.restart()
-            wait_for(
-                lambda: all(
-                    len(rig.store.outages(c)) == 1 and not rig.store.open_outages(c)
-                    for c in CAMERAS
-                ),
-                30,
-                "recording to resume after the restart",
-            )
-            time.sleep(4)
-        finally:
-            rig.stop()
-        add_users(rig.store)
-        rig.store.close()
+    start = now_ms() - 3_600_000  # an hour ago: footage_api's clock stands after its end
+    current = [SimulatedClock(start)]
+    store = SegmentStore(
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        clock=lambda: current[0].wall_ms(),
+        uptime=lambda: current[0].wall_ms() - BOOT_OFFSET,
+    )
+    try:
+        for cam in CAMERAS:
+            current[0] = SimulatedClock(start)  # both cameras over the same hour
+            script: list[Step] = [
+                Connection(cam, seconds=36, end=StreamEnded),
+                *[Refused(CameraUnreachable)] * 3,  # 3.5 s of back-off
+                Connection(cam, seconds=4),
+            ]
+            run_script(store, scripted_clips, current[0], script, camera=cam)
+        add_users(store)
+    finally:
+        store.close()
     _RECORDED["footage"] = root
     return root
 
