@@ -34,6 +34,7 @@ from av.video.stream import VideoStream
 from ingest import CameraRecorder
 from ingest.errors import CameraUnreachable, StreamEnded, StreamError
 from ingest.rtp import AacConfig
+from ingest.sources import StreamOpener
 from storage import SegmentStore, now_ms
 from storage.clock import read_uptime_ms
 from tests.camsim.clips import make_clips
@@ -322,11 +323,14 @@ def run_script(
     *,
     camera: str = "cam",
     segment_seconds: int = 10,
+    wrap: Callable[[ScriptedOpener], StreamOpener] | None = None,
 ) -> CameraRecorder:
     """Record `script` with a real `CameraRecorder` thread on the simulated clock, until the
-    script has run out and the recorder has stopped."""
+    script has run out and the recorder has stopped. `wrap` puts a decorator (a fault) around
+    the scripted opener."""
     opener = ScriptedOpener(clips, clock, list(script))
-    rec = CameraRecorder(camera, opener, store, segment_seconds=segment_seconds, clock=clock)
+    outer: StreamOpener = opener if wrap is None else wrap(opener)
+    rec = CameraRecorder(camera, outer, store, segment_seconds=segment_seconds, clock=clock)
     opener.on_end = rec.stop
     rec.start()
     rec.thread.join(60)  # a bound for a hang, not a timing: a script takes milliseconds

@@ -6,8 +6,8 @@ the first packet with EINVAL ("dimensions not set") before writing a byte. That 
 camera sent, not the disk: the outage stays one ledger row under a stream cause, no empty
 `.part` file is left behind, and the next connection records again.
 
-The camera is the loopback simulator (frozen: RTSP and RTCP go on, RTP stops); the reconnect
-that loses its parameter sets is a `StreamOpener` around the real RTSP opener whose one
+The camera is scripted on a simulated clock (tests/scripted.py: its media stops, a stall); the
+reconnect that loses its parameter sets is a `StreamOpener` around the scripted one whose one
 connection's video template is probed, as our RTSP client probes, from the camera's own
 keyframes with the SPS/PPS taken out."""
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import time
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -28,12 +27,18 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
-from ingest import CameraRecorder, RtspOpener
-from ingest.sources import Source
-from storage import SegmentStore
-from tests.camsim import CameraSim
+from ingest.errors import StreamStalled
+from ingest.sources import Source, StreamOpener
+from storage import now_ms
 from tests.media import check_file
-from tests.recording_rig import wait_for
+from tests.scripted import (
+    Connection,
+    ScriptedOpener,
+    SimulatedClock,
+    Step,
+    open_store,
+    run_script,
+)
 
 
 def template_without_parameter_sets(clips: Path) -> tuple[InputContainer, VideoStream]:
@@ -68,9 +73,9 @@ class _Relabelled:
 
 
 class LosesParameterSetsOnce:
-    """The real RTSP opener; its `broken`-th successful connection hands over `template`."""
+    """An opener whose `broken`-th successful connection hands over `template`."""
 
-    def __init__(self, inner: RtspOpener, template: VideoStream, broken: int) -> None:
+    def __init__(self, inner: StreamOpener, template: VideoStream, broken: int) -> None:
         self._inner = inner
         self._template = template
         self._broken = broken
@@ -88,41 +93,29 @@ class LosesParameterSetsOnce:
 
 
 def test_muxer_refusal_on_reconnect_is_one_stream_gap(
-    camsim: CameraSim, camsim_clips: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    scripted_clips: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    probe, template = template_without_parameter_sets(camsim_clips)
+    probe, template = template_without_parameter_sets(scripted_clips)
+    clock = SimulatedClock(now_ms())
     root = tmp_path / "store"
-    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    opener = LosesParameterSetsOnce(
-        RtspOpener(
-            camsim.url("h264"),
-            username=None,
-            password=None,
-            transport="tcp",
-            timeout_s=3.0,
-            camera="cam",
-        ),
-        template,
-        broken=2,
-    )
-    rec = CameraRecorder("cam", opener, store, segment_seconds=10, stall_seconds=3.0)
-    rec.start()
+    store = open_store(root, clock)
+    openers: list[LosesParameterSetsOnce] = []
+
+    def broken_second(inner: ScriptedOpener) -> LosesParameterSetsOnce:
+        openers.append(LosesParameterSetsOnce(inner, template, broken=2))
+        return openers[0]
+
+    script: list[Step] = [
+        Connection(seconds=5, end=StreamStalled, silence_s=3.0),  # media stops, RTCP goes on
+        Connection(seconds=5),  # the reconnect without parameter sets: refused at once
+        Connection(seconds=5),  # and the next one records again
+    ]
     try:
-        wait_for(lambda: rec.status().state == "recording", 15, "recording")
-        time.sleep(3)
-        camsim.freeze("h264")  # RTP stops; the RTSP session and its RTCP go on
-        wait_for(lambda: bool(store.open_outages("cam")), 15, "the stall in the ledger")
-        time.sleep(2)
-        camsim.thaw("h264")
-        wait_for(lambda: opener.opens >= 3, 30, "a reconnect after the refused one")
-        wait_for(lambda: not store.open_outages("cam"), 15, "the outage to close")
-        wait_for(lambda: rec.status().state == "recording", 15, "recording again")
-        time.sleep(2)
+        run_script(store, scripted_clips, clock, script, wrap=broken_second)
     finally:
-        rec.stop()
-        rec.thread.join(15)
         probe.close()
+    assert openers[0].opens == 3
     gaps = [o for o in store.outages("cam") if o.cause != "daemon-stopped"]
     assert len(gaps) == 1, gaps  # one gap, one row: never two overlapping ones
     (gap,) = gaps
