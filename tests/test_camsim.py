@@ -181,6 +181,7 @@ def _established(port: int) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_every_mount_streams_its_codecs_in_real_time(camsim: CameraSim) -> None:
     """Each mount opens, names the right codecs, starts on a keyframe and is paced to real time.
 
@@ -218,6 +219,7 @@ def test_every_mount_streams_its_codecs_in_real_time(camsim: CameraSim) -> None:
             _assert_frame_steps(mount, pts, 1 / FPS[mount], multi_stream=mount == "h264aac")
 
 
+@pytest.mark.slow
 def test_bframes_arrive_in_decode_order_with_pts_ahead_of_dts(camsim: CameraSim) -> None:
     """The B-frame mount reaches the client reordered: dts rises, pts does not, pts > dts on P."""
     reader = Reader(camsim.url("bframes"))
@@ -234,6 +236,7 @@ def test_bframes_arrive_in_decode_order_with_pts_ahead_of_dts(camsim: CameraSim)
     assert all(step > 0 for step in _steps(dts)), "dts not strictly increasing"
 
 
+@pytest.mark.slow
 def test_udp_transport(camsim: CameraSim) -> None:
     """RTP over UDP works as well as interleaved TCP."""
     reader = Reader(camsim.url("h264"), transport="udp")
@@ -244,6 +247,7 @@ def test_udp_transport(camsim: CameraSim) -> None:
     assert reader.error is None
 
 
+@pytest.mark.slow
 def test_freeze_stalls_media_but_keeps_the_connection_and_thaw_resumes(camsim: CameraSim) -> None:
     """A frozen mount sends nothing while its sessions stay up; thaw resumes after a real gap.
 
@@ -284,6 +288,7 @@ def test_freeze_stalls_media_but_keeps_the_connection_and_thaw_resumes(camsim: C
     assert gaps[0] == pytest.approx(frozen_for, abs=0.5), f"gap {gaps[0]:.2f}s, {frozen_for:.2f}s"
 
 
+@pytest.mark.slow
 def test_jump_moves_timestamps_forward(camsim: CameraSim) -> None:
     """A jump on a single-stream mount shows as one forward pts step of the jump's size."""
     reader = Reader(camsim.url("h264"))
@@ -300,6 +305,7 @@ def test_jump_moves_timestamps_forward(camsim: CameraSim) -> None:
     assert big == [pytest.approx(30.1, abs=1e-3)], f"steps other than one frame: {big}"
 
 
+@pytest.mark.slow
 def test_loop_seam_keeps_timestamps_rising(camsim: CameraSim) -> None:
     """Past the 10 s loop, video and audio timestamps keep rising by one frame per packet."""
     reader = Reader(camsim.url("h264aac"))
@@ -318,6 +324,7 @@ def test_loop_seam_keeps_timestamps_rising(camsim: CameraSim) -> None:
     assert seam_keys, "no keyframe after the loop seam"
 
 
+@pytest.mark.slow
 def test_restart_keeps_the_port_and_serves_again(camsim: CameraSim) -> None:
     """Restart drops every session; the same URL serves a fresh stream from the new process."""
     old = Reader(camsim.url("h265"))
@@ -338,6 +345,7 @@ def test_restart_keeps_the_port_and_serves_again(camsim: CameraSim) -> None:
     assert new.codecs == ["hevc"]
 
 
+@pytest.mark.slow
 def test_sigstop_hangs_the_whole_camera(camsim: CameraSim) -> None:
     """SIGSTOP freezes every mount and the RTSP side; SIGCONT lets it serve again."""
     reader = Reader(camsim.url("h264"), timeout=1.0)
@@ -355,6 +363,7 @@ def test_sigstop_hangs_the_whole_camera(camsim: CameraSim) -> None:
     camsim.thaw("h264")
 
 
+@pytest.mark.slow
 def test_bad_commands_and_busy_port_are_reported(camsim: CameraSim, camsim_clips: Path) -> None:
     """Refused commands and a server that cannot listen raise CameraSimError with the reason."""
     with pytest.raises(CameraSimError, match="no mount 'nosuch'"):

@@ -228,6 +228,7 @@ def recording(root: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 @needs_faketime
 def test_daemon_clock_stepping_31_days_forward_purges_nothing_recorded_before(
     tmp_path: Path, camsim: CameraSim, daemon_log: Path
@@ -275,6 +276,7 @@ def test_daemon_clock_stepping_31_days_forward_purges_nothing_recorded_before(
 # --- (c) recorded under a clock 40 days slow, restarted with the true clock ----------------
 
 
+@pytest.mark.slow
 @needs_faketime
 def test_footage_recorded_40_days_slow_is_not_purged_when_the_true_clock_returns(
     tmp_path: Path, camsim: CameraSim, daemon_log: Path

@@ -271,6 +271,7 @@ def check_segments(segments: list[Segment], fps: int = 10) -> list[Mp4Check]:
     return out
 
 
+@pytest.mark.slow
 async def test_a_20_s_gop_camera_is_waited_for_and_never_replaced(tmp_path: Path) -> None:
     """A "smart codec" camera with a keyframe every 20 s, joined mid-GOP: the recorder waits
     for the keyframe (with media arriving) while the supervisor, whose stuck limit is 8 s

@@ -328,6 +328,7 @@ def first_packets(op: RtspOpener, count: int) -> tuple[Source, list[tuple[str, a
         source.close()
 
 
+@pytest.mark.slow
 def test_our_client_takes_the_usual_streams_and_ffmpeg_the_b_frames(camsim: CameraSim) -> None:
     for mount in ("h264aac", "h265", "hd4m"):
         op = opener(camsim.url(mount))
@@ -359,6 +360,7 @@ def test_our_client_takes_the_usual_streams_and_ffmpeg_the_b_frames(camsim: Came
         again.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["digest", "basic"])
 def test_logins_are_answered_and_wrong_ones_rejected_without_leaking(
     camsim_clips: Path, scheme: str
@@ -376,6 +378,7 @@ def test_logins_are_answered_and_wrong_ones_rejected_without_leaking(
         sim.stop()
 
 
+@pytest.mark.slow
 def test_keepalive_answers_between_media_do_not_disturb_the_stream(
     camsim: CameraSim, monkeypatch: pytest.MonkeyPatch
 ) -> None:
