@@ -12,27 +12,6 @@ its PyAV packets), `rtp` (RTP payloads into frames), `testpattern` (the built-in
 (media time onto wall-clock time), `watchdog`, `progress`, `redact`, `errors`.
 
 Imports go down: `ingest` uses `storage` (segments and the index) and `config`'s values;
-`nvr` wires it, and `api` reads only `status` and `timecheck`'s findings.
+`nvr` wires it, and `api` reads only `status` and `timecheck`'s findings. This file imports
+nothing, so importing those two never loads the recorder: import from the modules.
 """
-
-from ingest.errors import StreamError
-from ingest.recorder import Backoff, CameraRecorder, Clock, SystemClock
-from ingest.sources import RtspOpener, Source, StreamOpener
-from ingest.status import RecorderStatus
-from ingest.supervisor import Supervisor, default_opener
-from ingest.testpattern import TestPatternOpener
-
-__all__ = [
-    "Backoff",
-    "CameraRecorder",
-    "Clock",
-    "RecorderStatus",
-    "RtspOpener",
-    "Source",
-    "StreamError",
-    "StreamOpener",
-    "Supervisor",
-    "SystemClock",
-    "TestPatternOpener",
-    "default_opener",
-]

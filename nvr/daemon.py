@@ -28,12 +28,13 @@ from pathlib import Path
 
 from api.server import serve_api
 from config import NvrConfig
-from ingest import RecorderStatus, Supervisor
+from ingest.status import RecorderStatus
 from ingest.supervisor import (
     EventEmit,
     OpenerFactory,
     RecorderHealth,
     RepairPolicy,
+    Supervisor,
     default_opener,
 )
 from nvr import memory

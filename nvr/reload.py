@@ -18,7 +18,7 @@ from pathlib import Path
 
 from config import ConfigError, NvrConfig, load_config
 from config.diff import ConfigDiff, ReloadOutcome, diff_configs
-from ingest import Supervisor
+from ingest.supervisor import Supervisor
 from nvr.sdnotify import Notifier
 from storage import SegmentStore, StorageError
 

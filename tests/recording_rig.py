@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest import CameraRecorder, RtspOpener
+from ingest.recorder import CameraRecorder
+from ingest.sources import RtspOpener
 from storage import Segment, SegmentStore
 from tests.media import check_file
 

@@ -31,8 +31,8 @@ import pytest
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from ingest import CameraRecorder
 from ingest.errors import CameraUnreachable, StreamEnded, StreamError
+from ingest.recorder import CameraRecorder
 from ingest.rtp import AacConfig
 from ingest.sources import StreamOpener
 from storage import SegmentStore, now_ms

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest import CameraRecorder, RtspOpener
+from ingest.recorder import CameraRecorder
+from ingest.sources import RtspOpener
 from storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from config import CameraConfig, NvrConfig, StorageConfig
-from ingest import CameraRecorder, RtspOpener, Supervisor
+from ingest.recorder import CameraRecorder
+from ingest.sources import RtspOpener
+from ingest.supervisor import Supervisor
 from nvr.daemon import STATUS_FILE, write_status
 from storage import SegmentStore
 from storage.store import INDEX_RESERVE_BYTES

@@ -24,7 +24,9 @@ from pathlib import Path
 import pytest
 
 from config import CameraConfig, NvrConfig, StorageConfig, load_config
-from ingest import CameraRecorder, RtspOpener, Supervisor
+from ingest.recorder import CameraRecorder
+from ingest.sources import RtspOpener
+from ingest.supervisor import Supervisor
 from nvr.cli import main
 from nvr.daemon import run_daemon, write_status
 from storage import IndexCorruptError, Segment, SegmentStore

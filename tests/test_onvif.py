@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 
 from config import CameraConfig, ConfigError, load_config, parse_config
-from ingest import CameraRecorder, RtspOpener
 from ingest.errors import CameraUnreachable, StreamError
 from ingest.onvif import (
     MediaProfile,
@@ -36,6 +35,8 @@ from ingest.onvif import (
     choose_profile,
     split_stream_uri,
 )
+from ingest.recorder import CameraRecorder
+from ingest.sources import RtspOpener
 from ingest.supervisor import default_opener
 from ingest.timecheck.monitor import ClockMonitor
 from ingest.timecheck.notes import DEVICE_INFO, ClockNotes

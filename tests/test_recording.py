@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest import RtspOpener
 from ingest.recorder import SETTLE_SECONDS
+from ingest.sources import RtspOpener
 from storage import SegmentStore
 from storage.store import parse_segment_name
 from tests.camsim import CameraSim, SilentListener

@@ -16,7 +16,6 @@ import pytest
 
 import ingest.rtsp_session as rtsp
 from config import CameraConfig, NvrConfig, StorageConfig
-from ingest import RtspOpener
 from ingest.rtp import (
     AacFrames,
     G711Frames,
@@ -27,6 +26,7 @@ from ingest.rtp import (
     audio_frames_for,
     parse_sdp,
 )
+from ingest.sources import RtspOpener
 from ingest.supervisor import RepairPolicy, Supervisor
 from ingest.timeline import StreamTimeline
 from storage import Segment, SegmentStore

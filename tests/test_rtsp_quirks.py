@@ -17,7 +17,8 @@ import av
 import av.logging
 import pytest
 
-from ingest import CameraRecorder, RtspOpener
+from ingest.recorder import CameraRecorder
+from ingest.sources import RtspOpener
 from storage import Outage, Segment, SegmentStore, StreamEvent, probe_segment
 from tests.camsim.clips import make_quirk_clips
 from tests.camsim.fixtures import clips_cache_dir

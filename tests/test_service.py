@@ -27,7 +27,7 @@ from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
 from config import CameraConfig, NvrConfig, StorageConfig
-from ingest import Source
+from ingest.sources import Source
 from ingest.supervisor import REPLACED, RecorderHealth, RepairPolicy
 from ingest.testpattern import TestPatternSource
 from nvr.daemon import REPAIR_INTERVAL, run_daemon, status_line, unhealthy
@@ -121,7 +121,7 @@ def test_watchdog_is_withheld_only_when_self_repair_cannot_help() -> None:
 
 
 def test_status_line_summarises_cameras_and_storage() -> None:
-    from ingest import RecorderStatus
+    from ingest.status import RecorderStatus
 
     def status(name: str, state: str) -> RecorderStatus:
         return RecorderStatus(name, state, 0, "", None, 0, 0, 0, 0.0, False)

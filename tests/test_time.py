@@ -15,7 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest import CameraRecorder, RtspOpener
+from ingest.recorder import CameraRecorder
+from ingest.sources import RtspOpener
 from ingest.timecheck.monitor import ClockMonitor
 from ingest.timecheck.notes import ClockNotes
 from ingest.timecheck.rtcp import ClockedOpener, RtcpClockProbe
