@@ -32,6 +32,7 @@ from typing import Any
 
 import aiomqtt
 
+from config.errors import ConfigError
 from config.models import EventsConfig
 from nvr.events import CAMERA_OUTAGE, CAMERA_STATE, CLOCK, EXPORT, STORAGE, Event, EventBus
 
@@ -166,7 +167,9 @@ class MqttPublisher:
                     return
             except aiomqtt.MqttError as err:
                 self._bus.failed(self.name, str(err) or type(err).__name__)
-            except Exception as err:  # a secret that cannot be read (ConfigError), a bug
+            except ConfigError as err:  # the password cannot be read (yet): tried again
+                self._bus.failed(self.name, "; ".join(f"events.{p}" for p in err.problems))
+            except Exception as err:  # a bug: never the end of the daemon, nor of retrying
                 log.exception("events: %s failed", self.name)
                 self._bus.failed(self.name, str(err) or type(err).__name__)
             try:

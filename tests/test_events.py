@@ -27,11 +27,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from api.services import ApiContext
-from config import ConfigError, load_config
+from config import ConfigError, NvrConfig, load_config
 from config.checks import events_problems
 from config.models import WebhookConfig
-from nvr.events import CAMERA_STATE, EventBus, Outbox
+from ingest.timecheck.notes import CameraClockReading, ClockNotes
+from nvr.events import CAMERA_STATE, Event, EventBus, Outbox
 from nvr.webhooks import WebhookSender
+from retention import RetentionService
 from storage import SegmentStore
 from tests.api_rig import (
     NVR,
@@ -118,7 +120,7 @@ def open_index(root: Path) -> SegmentStore:
 class Listener:
     """A paho client subscribed to `topics`, keeping every message (its own thread)."""
 
-    def __init__(self, *topics: str) -> None:
+    def __init__(self, *topics: str, port: int = BROKER[1]) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2)
@@ -126,7 +128,7 @@ class Listener:
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_: subscribed.set()
         self._client.on_connect = lambda c, *_: c.subscribe([(t, 1) for t in topics])
-        self._client.connect(*BROKER)
+        self._client.connect(BROKER[0], port)
         self._client.loop_start()
         assert subscribed.wait(10), "the broker did not confirm the subscription"
 
@@ -151,8 +153,8 @@ class Listener:
 
 
 @contextmanager
-def listening(*topics: str) -> Iterator[Listener]:
-    listener = Listener(*topics)
+def listening(*topics: str, port: int = BROKER[1]) -> Iterator[Listener]:
+    listener = Listener(*topics, port=port)
     try:
         yield listener
     finally:
@@ -326,6 +328,47 @@ def test_a_webhook_refusing_an_event_does_not_block_the_others(tmp_path: Path) -
     finally:
         sender.stop()
         receiver.close()
+
+
+def test_clock_warnings_and_the_storage_forecast_are_events(tmp_path: Path) -> None:
+    bus = EventBus("depot")
+    box = bus.outbox("test")
+    store = open_index(tmp_path / "data")
+    try:
+        notes = ClockNotes(store)
+        notes.listener = bus.emit
+        now = int(time.time() * 1000)
+        for offset in (0.1, 5.0, 6.0, 0.2):  # ok, a warning begins, goes on, clears
+            notes.camera_clock("gate", CameraClockReading(offset, 0.01, "rtcp", now), 2.0)
+        config = load_config_text(tmp_path, f'[storage]\nroot = "{tmp_path / "data"}"\n')
+        retention = RetentionService(config, store)
+        retention.listener = bus.emit
+        retention.capacity_once()
+        retention.capacity_once()  # the same state: told once
+    finally:
+        store.close()
+    events = drain(box)
+    assert [(e.kind, e.camera, e.data["state"]) for e in events] == [
+        ("clock", "gate", "warning"),
+        ("clock", "gate", "ok"),
+        ("storage-forecast", None, "unknown"),
+    ]
+    assert events[0].data["offset_seconds"] == 5.0 and events[0].data["limit_seconds"] == 2.0
+    assert bus.storage_state() is events[2]  # retained for MQTT (re)connects
+
+
+def load_config_text(tmp_path: Path, text: str) -> NvrConfig:
+    cfg = tmp_path / "nvr.toml"
+    cfg.write_text(text)
+    return load_config(cfg)
+
+
+def drain(box: Outbox) -> list[Event]:
+    out = []
+    while (event := box.head()) is not None:
+        out.append(event)
+        box.pop(event)
+    return out
 
 
 # --- a real daemon ----------------------------------------------------------------------------
@@ -539,10 +582,7 @@ def test_export_requests_and_decisions_are_events(footage_template: Path, tmp_pa
     finally:
         server.stop()
         store.close()
-    events = []
-    while (event := box.head()) is not None:
-        events.append(event)
-        box.pop(event)
+    events = drain(box)
     assert [(e.kind, e.camera, e.data["id"], e.data["state"], e.data["actor"]) for e in events] == [
         ("export", "h264aac", first, "pending", "olga"),
         ("export", "h264aac", first, "rejected", "oscar"),
@@ -553,3 +593,63 @@ def test_export_requests_and_decisions_are_events(footage_template: Path, tmp_pa
     doc = events[0].body("depot")
     assert doc["requester"] == "olga" and doc["start"].endswith("Z")
     assert "purpose" not in doc and "recipient" not in doc  # those stay in the register
+
+
+MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto (the broker program) is not installed")
+@pytest.mark.slow
+def test_a_broker_that_comes_back_gets_the_state_and_clears_the_reason(
+    camsim: CameraSim, tmp_path: Path
+) -> None:
+    assert MOSQUITTO is not None
+    port = free_port()  # nothing listens there until the broker starts below
+    site = site_name()
+    cfg = tmp_path / "nvr.toml"
+    cfg.write_text(
+        f'[storage]\nroot = "{tmp_path / "data"}"\n'
+        f'[events]\nmqtt = "mqtt://127.0.0.1:{port}"\nsite = "{site}"\n'
+        f'[[cameras]]\nname = "gate"\nurl = "{camsim.url("h264")}"\nsegment_seconds = 10\n'
+    )
+
+    def status() -> str:
+        return nvr(["status", "-c", str(cfg)], tmp_path).stdout
+
+    with running(cfg):
+        wait_for(
+            lambda: f"WARNING events: mqtt mqtt://127.0.0.1:{port}: unreachable" in status(),
+            30,
+            "nvr status to name the unreachable broker",
+        )
+        broker = subprocess.Popen(
+            [MOSQUITTO, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            wait_for(lambda: broker_listening(port), 10, "the second broker to listen")
+            with listening(f"nvr/{site}/#", port=port) as seen:
+                state = f"nvr/{site}/camera/gate/state"
+                wait_for(
+                    lambda: (
+                        any(d["state"] == "recording" for d in seen.docs(state))
+                        and seen.on(f"nvr/{site}/availability")[-1:] == [b"online"]
+                    ),
+                    60,
+                    "the retained state and 'online' after the reconnect",
+                )
+                wait_for(
+                    lambda: f"events: mqtt mqtt://127.0.0.1:{port}: ok" in status(),
+                    10,
+                    "the broker's reason to clear in nvr status",
+                )
+        finally:
+            broker.terminate()
+            broker.wait(10)
+
+
+def broker_listening(port: int) -> bool:
+    try:
+        with socket.create_connection((BROKER[0], port), timeout=1):
+            return True
+    except OSError:
+        return False
