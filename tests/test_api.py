@@ -212,7 +212,6 @@ def video_packets(path: Path) -> list[tuple[bytes, bool]]:
         return [(bytes(p), p.is_keyframe) for p in c.demux(c.streams.video[0]) if p.size > 0]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("camera", CAMERAS)
 def test_recording_spanning_three_segments_is_one_standard_mp4(
     footage_api: Api, camera: str, tmp_path: Path
@@ -259,7 +258,6 @@ def test_recording_spanning_three_segments_is_one_standard_mp4(
     assert entries[-1].detail["start_ms"] == start and entries[-1].detail["end_ms"] == end
 
 
-@pytest.mark.slow
 def test_range_requests_give_the_exact_bytes(footage_api: Api) -> None:
     trio = contiguous_trio(footage_api.store, "h264aac")
     params = {"start": trio[0].start_ms, "end": trio[2].end_ms}
@@ -303,7 +301,6 @@ def test_range_requests_give_the_exact_bytes(footage_api: Api) -> None:
     assert len(played) == 13  # every response with footage, the 304 and the HEAD are audited
 
 
-@pytest.mark.slow
 def test_bad_input_is_4xx_never_500(footage_api: Api) -> None:
     seg = footage_api.store.segments("h264aac")[0]
     good = {"start": str(seg.start_ms), "end": str(seg.end_ms)}
@@ -356,7 +353,6 @@ def test_bad_input_is_4xx_never_500(footage_api: Api) -> None:
         assert r.status_code == 200  # an unreadable Range header is ignored (RFC 9110)
 
 
-@pytest.mark.slow
 def test_timeline_shows_spans_and_gaps_with_causes(footage_api: Api) -> None:
     segs = footage_api.store.segments("h264aac")
     (restart,) = [o for o in footage_api.store.outages("h264aac") if o.cause != "daemon-stopped"]
@@ -398,7 +394,6 @@ class StalledCamera:
         ]
 
 
-@pytest.mark.slow
 def test_cameras_health_and_metrics(footage_template: Path, tmp_path: Path) -> None:
     root = tmp_path / "store"
     shutil.copytree(footage_template, root)
