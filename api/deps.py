@@ -25,14 +25,16 @@ bearer = HTTPBearer(
 )
 
 
-def get_services(request: Request) -> ApiServices:
+async def get_services(request: Request) -> ApiServices:
+    # async, as every dependency here: FastAPI runs a plain `def` dependency on a worker
+    # thread, a thread hop (and a GIL hand-over) per request for a lookup (issue 13)
     return cast(ApiServices, request.state.services)
 
 
 ServicesDep = Annotated[ApiServices, Depends(get_services)]
 
 
-def get_store(services: ServicesDep) -> SegmentStore:
+async def get_store(services: ServicesDep) -> SegmentStore:
     return services.store
 
 

@@ -54,6 +54,15 @@ SIGPIPE_EXIT = 128 + 13
 MALLOC_ARENAS = 2
 """glibc malloc arenas for the daemon's many threads (see nvr/memory.py)."""
 
+GIL_SWITCH_SECONDS = 0.001
+"""How long a thread running Python code may keep the GIL while another waits for it
+(CPython's default is 5 ms). The event loop (API, watchdog, supervision) gives the GIL up
+at every system call (each accept, recv, send, epoll wait) and must win it back from the
+threads that compute (playback plans, recorders, the store): each time it waits up to this
+long, so a request of ~20 system calls waited ~100 ms behind a 24 h playback plan
+(`python -m bench.abuse`, issue 13). At 1 ms the loop's wait is bounded by ~20 ms per
+request; the threads that compute lose only the cost of the extra switches."""
+
 
 fmt_ms = show.when
 
@@ -66,6 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = configpath.load(path)
     setup_logging(config.log_level)
     memory.limit_arenas(MALLOC_ARENAS)  # before any recorder thread exists
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     if path is None:
         log.info(
             "no config given: embedded default (data in %s, built-in camera 'demo')",
