@@ -1,7 +1,9 @@
 """`ApiServer`: uvicorn serving the API inside the daemon's event loop (no process, no thread
 of its own). uvicorn's own signal capture is switched off: the daemon owns SIGTERM/SIGINT and
 stops the server with `stop()`. A server that cannot start (port taken, bad certificate) is
-logged and leaves recording running: footage matters more than the API. Forwarded headers
+logged and leaves recording running: footage matters more than the API. A port that is taken
+(or an address this machine does not have) is said plainly, and tried again with back-off
+(2 s up to a minute) until it is free; the API then starts by itself. Forwarded headers
 are believed only from `[api] trusted_proxies`; listening beyond loopback without TLS is
 warned about at start."""
 
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
+import socket
 from collections.abc import Callable, Generator
 
 import uvicorn
@@ -32,6 +36,37 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+RETRY_S = (2.0, 5.0, 10.0, 30.0, 60.0)
+"""Waits between attempts to listen on a port that is taken (the last one repeats)."""
+
+
+def bind_problem(host: str, port: int) -> str | None:
+    """Why the API could not listen on host:port now (None: it can), in plain words. Blocking
+    (name resolution): call it through `asyncio.to_thread`."""
+    try:
+        family, kind, proto, _name, where = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as err:
+        return f"cannot resolve {host!r}: {err.strerror}"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(where)
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} is already in use by another program "
+                    f"(`ss -ltnp 'sport = :{port}'` shows which)"
+                )
+            if err.errno == errno.EADDRNOTAVAIL:
+                return f"{host} is not an address of this machine"
+            if err.errno == errno.EACCES:
+                return f"port {port} needs privileges (use a port above 1023)"
+            return err.strerror or str(err)
+    return None
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -67,26 +102,60 @@ class ApiServer:
                 "the network in clear; set [api] tls_certificate and tls_key",
                 settings.listen,
             )
+        self._config = config
+        self._host, self._port = host, port
         self._server = _EmbeddedServer(config)
         self._done = asyncio.Event()
+        self._stopping = asyncio.Event()
 
     @property
     def started(self) -> bool:
         return self._server.started
 
     async def serve(self) -> None:
-        """Serve until `stop()`. Returns (after logging why) if the server cannot start."""
+        """Serve until `stop()`. While the address cannot be bound, say why and try again
+        (recording goes on); any other failure to start is logged and ends the API."""
+        attempt = 0
         try:
-            await self._server.serve()
-        except SystemExit:
-            # uvicorn exits the process on a start-up failure; here that must not end recording.
-            log.error("the HTTP API could not start on %s (see the error above)", self.url)
-        except OSError as err:
-            log.error("the HTTP API could not start on %s: %s", self.url, err.strerror or err)
+            while not self._stopping.is_set():
+                problem = await asyncio.to_thread(bind_problem, self._host, self._port)
+                if problem is None:
+                    try:
+                        await self._server.serve()
+                        return
+                    except SystemExit:
+                        # uvicorn exits the process on a start-up failure; here that must
+                        # not end recording.
+                        if self._server.started:
+                            return
+                        log.error("the HTTP API could not start on %s (see above)", self.url)
+                        return
+                    except OSError as err:
+                        if err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                            log.error(
+                                "the HTTP API could not start on %s: %s",
+                                self.url,
+                                err.strerror or err,
+                            )
+                            return
+                        problem = err.strerror or str(err)
+                    self._server = _EmbeddedServer(self._config)
+                delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+                attempt += 1
+                log.error(
+                    "the HTTP API cannot listen on %s: %s; trying again in %.0f s "
+                    "(recording goes on)",
+                    self.url,
+                    problem,
+                    delay,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
         finally:
             self._done.set()
 
     def stop(self) -> None:
+        self._stopping.set()
         self._server.should_exit = True
 
     async def wait_started(self) -> bool:

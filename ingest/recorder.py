@@ -37,6 +37,7 @@ from av.video.stream import VideoStream
 
 from ingest import progress
 from ingest.errors import StreamError, StreamStalled, UnsupportedStream
+from ingest.failures import FailureLog
 from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from ingest.sources import Source, StreamOpener
 from ingest.status import RecorderStatus
@@ -301,6 +302,7 @@ class CameraRecorder:
         """The last reason given for recording without the camera's audio (logged once)."""
         self._audio_reanchored = False
         self._clock = clock or SystemClock()
+        self._failures = FailureLog(self.log, camera, self._clock.monotonic)
         self._backoff = backoff or Backoff()
         self._on_segment = on_segment
         self._on_event = on_event
@@ -493,7 +495,7 @@ class CameraRecorder:
                 "config": "config-error",
             }.get(cause, "reconnecting")
             self._set(state=state, detail=detail, reconnects=self._status.reconnects + 1)
-            self.log.warning("camera %s: %s (%s)", self.camera, cause, detail)
+            self._failures.failed(cause, detail)
             if cause == "storage-full" or self._index_behind():
                 self._pause_for_storage()
             else:
@@ -647,7 +649,7 @@ class CameraRecorder:
     def _close_outage(self, end_ms: int) -> None:
         if self._outage_id is not None:
             self._store.close_outage(self._outage_id, end_ms)
-            self.log.info("camera %s: recording again", self.camera)
+            self._failures.recovered()
             self._outage_id = None
             self._tell_outage_ended(end_ms)
 

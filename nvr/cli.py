@@ -31,13 +31,46 @@ class _UTCFormatter(logging.Formatter):
         return time.gmtime(secs)
 
 
+SYSLOG_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(_UTCFormatter):
+    """Our line format, each line prefixed `<N>` with the record's syslog priority: journald
+    takes it as the entry's priority (`journalctl -p warning`) and strips it. A traceback's
+    lines carry the same prefix, so none of them lands as a lower priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = max((lv for lv in SYSLOG_PRIORITY if lv <= record.levelno), default=logging.DEBUG)
+        prefix = f"<{SYSLOG_PRIORITY[level]}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+def stderr_is_journal(environ: dict[str, str] | None = None) -> bool:
+    """Whether stderr is the journal's stream (systemd sets `JOURNAL_STREAM=dev:inode` of the
+    stream it connected; a redirected stderr no longer matches it)."""
+    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (int(dev), int(ino)) == (st.st_dev, st.st_ino)
+    except (ValueError, OSError):
+        return False
+
+
 def setup_logging(level: str) -> None:
+    """Log to stderr in our format (uvicorn's loggers, configured with `log_config=None`,
+    reach the same handler); with syslog priorities when stderr is the journal."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _UTCFormatter(
-            "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-    )
+    fmt = "%(asctime)s.%(msecs)03dZ %(levelname)s %(name)s: %(message)s"
+    journal = stderr_is_journal()
+    formatter = JournalFormatter if journal else _UTCFormatter
+    handler.setFormatter(formatter(fmt, "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

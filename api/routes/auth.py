@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Request, Response
 
 from api.deps import ServicesDep, SessionDep, UserDep
 from api.errors import TooManyAttempts, Unauthorized
+from api.middleware import printable
 from api.models import LoginIn, LoginOut, Problem, UserOut
 from api.services import ApiServices
 from storage.accounts import User
+
+log = logging.getLogger("nvr.api.auth")
 
 router = APIRouter(tags=["accounts"])
 
@@ -46,6 +50,12 @@ async def attempt_login(
     admission = services.throttle.admit(name, client)
     if admission.refused:
         if admission.first_refusal:
+            log.warning(
+                "login throttled for %s from %s (too many failures; wait %.0f s)",
+                printable(name, 64),
+                client,
+                admission.wait,
+            )
             await asyncio.to_thread(
                 store.audit,
                 name,
@@ -69,6 +79,12 @@ async def attempt_login(
         else:
             services.throttle.succeeded(name, client)
     if user is None:
+        log.warning(
+            "login failed for %s from %s%s",
+            printable(name, 64),
+            client,
+            f" via {via}" if via else "",
+        )
         await asyncio.to_thread(store.audit, name, "login", f"user:{name}", "failed", extra)
     return user
 

@@ -4,6 +4,7 @@ admin, the retrieval register, the package download (audited), and the signing k
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from fastapi.responses import FileResponse
 
 from api.deps import OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
 from api.errors import Conflict, Forbidden, NotFound, Unavailable
+from api.middleware import printable
 from api.models import (
     ApproveIn,
     CancelIn,
@@ -56,9 +58,29 @@ def export_out(e: Export) -> ExportOut:
     )
 
 
-def _refusal(err: ExportRefused) -> Forbidden | Conflict:
-    """403 when refused because of who asked, 409 when because of the request's state."""
+log = logging.getLogger("nvr.api.exports")
+
+
+def _refusal(err: ExportRefused, what: str, who: str) -> Forbidden | Conflict:
+    """403 when refused because of who asked, 409 when because of the request's state; the
+    refusal is logged (it is audited by the store)."""
+    log.warning("export %s by %s refused: %s", what, printable(who, 64), printable(err.reason))
     return Forbidden(err.reason) if err.person else Conflict(err.reason)
+
+
+def _decided(export: Export, verb: str, who: str) -> None:
+    """Log an export decision beside its audit entry (who, which range, why, to whom)."""
+    log.info(
+        "export %d %s by %s: camera %s, %s .. %s ms, purpose %s, recipient %s",
+        export.id,
+        verb,
+        printable(who, 64),
+        export.camera,
+        export.start_ms,
+        export.end_ms,
+        printable(export.purpose, 200),
+        printable(export.recipient, 200),
+    )
 
 
 async def _visible_export(services: ServicesDep, user: User, export_id: int) -> Export:
@@ -96,7 +118,8 @@ async def request_export(body: ExportIn, user: OperatorDep, services: ServicesDe
             )
         )
     except ExportRefused as err:
-        raise _refusal(err) from err
+        raise _refusal(err, "request", user.name) from err
+    _decided(export, "requested", user.name)
     services.tell_export(export, user.name)
     return export_out(export)
 
@@ -117,7 +140,8 @@ async def approve_export(
             )
         )
     except ExportRefused as err:
-        raise _refusal(err) from err
+        raise _refusal(err, f"{export_id} approval", user.name) from err
+    _decided(approved, "approved", user.name)
     services.exports.schedule(export_id)
     services.tell_export(approved, user.name, "approved")  # its build is already under way
     return export_out(approved)
@@ -141,7 +165,8 @@ async def reject_export(
             )
         )
     except ExportRefused as err:
-        raise _refusal(err) from err
+        raise _refusal(err, f"{export_id} rejection", user.name) from err
+    _decided(rejected, "rejected", user.name)
     services.tell_export(rejected, user.name)
     return export_out(rejected)
 
@@ -160,7 +185,8 @@ async def cancel_export(
             )
         )
     except ExportRefused as err:
-        raise _refusal(err) from err
+        raise _refusal(err, f"{export_id} cancellation", user.name) from err
+    _decided(cancelled, "cancelled", user.name)
     services.tell_export(cancelled, user.name)
     return export_out(cancelled)
 
