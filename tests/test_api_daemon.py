@@ -13,6 +13,7 @@ import av
 import httpx
 import pytest
 
+from ingest.timecheck.server import read_server_clock
 from tests.api_rig import NVR, PASSWORD, free_port, nvr
 from tests.recording_rig import wait_for
 
@@ -75,7 +76,11 @@ def test_daemon_serves_the_api(tmp_path: Path) -> None:
 
             wait_for(recorded, 40, "a recorded segment")
             health = c.get("/api/health").json()
-            assert health["status"] == "ok", health
+            # A real daemon reads this machine's clock: unsynchronised is its only reason.
+            synced = read_server_clock().synchronised
+            assert health["status"] == ("ok" if synced else "degraded"), health
+            assert [r for r in health["reasons"] if not r.startswith("server clock")] == []
+            assert health["clock_synchronised"] is synced
             assert health["cameras"][0]["state"] == "recording"
             assert 'nvr_camera_recording{camera="demo"} 1.0' in c.get("/metrics").text
             now = int(time.time() * 1000)
