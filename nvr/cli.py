@@ -18,6 +18,7 @@ from typing import Any
 from config import ConfigError, NvrConfig, load_config
 from config.checks import machine_problems
 from nvr import cli_api, cli_index, cli_retention, configpath, discover, show
+from nvr.cli_context import config_command
 from nvr.clock_status import camera_status_lines, server_status_line
 from storage import CameraStorage, IndexCorruptError, SegmentStore, StorageError
 from storage.timestamps import now_ms
@@ -293,8 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="print times in UTC (default: local time with its offset from UTC)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the recorder in the foreground")
-    run.add_argument("-c", "--config", type=Path, help=configpath.HELP)
+    run = config_command(sub, "run", "run the recorder in the foreground")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser(
         "check-config",
@@ -308,8 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         "root, TLS files, the API port)",
     )
     check.set_defaults(func=cmd_check_config)
-    status = sub.add_parser("status", help="per-camera state, recent segments and gaps")
-    status.add_argument("-c", "--config", type=Path, help=configpath.HELP)
+    status = config_command(sub, "status", "per-camera state, recent segments and gaps")
     status.set_defaults(func=cmd_status)
     cli_retention.register(sub)
     cli_api.register(sub)

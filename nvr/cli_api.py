@@ -15,7 +15,7 @@ from pathlib import Path
 
 from config import NvrConfig
 from nvr import configpath
-from nvr.cli_context import actor, open_store
+from nvr.cli_context import actor, config_command, open_store
 from nvr.show import when as iso
 from storage import SegmentStore
 from storage.accounts import ROLES, AccountError
@@ -246,9 +246,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     users = user.add_subparsers(dest="user_command", required=True)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = users.add_parser(name, help=help_text)
-        p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
-        return p
+        return config_command(users, name, help_text)
 
     p = with_config("add", "add a user")
     p.add_argument("name")
@@ -275,11 +273,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("name")
     p.set_defaults(func=cmd_user_enable)
 
-    p = sub.add_parser(
+    p = config_command(
+        sub,
         "metrics-token",
-        help="make a new static bearer token that may read /metrics only (for Prometheus)",
+        "make a new static bearer token that may read /metrics only (for Prometheus)",
     )
-    p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     p.add_argument(
         "--hash-file",
         type=Path,
@@ -293,10 +291,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.set_defaults(func=cmd_metrics_token)
 
-    p = sub.add_parser(
-        "audit-verify", help="walk the audit log's hash chain and check its signed checkpoints"
+    p = config_command(
+        sub, "audit-verify", "walk the audit log's hash chain and check its signed checkpoints"
     )
-    p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     p.add_argument(
         "--key",
         type=Path,

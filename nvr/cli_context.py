@@ -1,7 +1,7 @@
-"""What the CLI's commands start from: the config named by `-c` (`nvr.configpath`), its store
-opened beside a running daemon, and who acts (for the audit log). One definition for every
-command module (`nvr.cli_api`, `nvr.cli_retention`). Runs on the CLI's main thread.
-Imports go down: `config`, `storage`.
+"""What the CLI's commands start from: the `-c FILE` option, the config it names
+(`nvr.configpath`), its store opened beside a running daemon, and who acts (for the audit
+log). One definition for every command module (`nvr.cli`, `nvr.cli_api`, `nvr.cli_index`,
+`nvr.cli_retention`). Runs on the CLI's main thread. Imports go down: `config`, `storage`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,20 @@ import argparse
 import contextlib
 import getpass
 from collections.abc import Iterator
+from pathlib import Path
 
 from config import NvrConfig
 from nvr import configpath
 from storage import SegmentStore
+
+
+def config_command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    """A subcommand `name` that takes `-c FILE` (which file: `nvr.configpath`)."""
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
+    return p
 
 
 def open_store(config: NvrConfig) -> SegmentStore:

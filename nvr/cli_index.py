@@ -5,9 +5,9 @@ for a damaged one; see `storage.rebuild`). Runs on the main thread, with the rec
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from nvr import configpath
+from nvr.cli_context import config_command
 from storage.rebuild import rebuild_index
 
 
@@ -40,10 +40,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `nvr index ...` to the `nvr` parser."""
     index = sub.add_parser("index", help="maintain the index database")
     isub = index.add_subparsers(dest="index_command", required=True)
-    p = isub.add_parser(
+    p = config_command(
+        isub,
         "rebuild",
-        help="build a new index from the segment files (the old one is kept aside); "
+        "build a new index from the segment files (the old one is kept aside); "
         "run with the recorder stopped",
     )
-    p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
     p.set_defaults(func=cmd_rebuild)

@@ -9,12 +9,11 @@ import argparse
 import sys
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import TextIO
 
 from config import NvrConfig
-from nvr import configpath, show
-from nvr.cli_context import actor, opened
+from nvr import show
+from nvr.cli_context import actor, config_command, opened
 from nvr.show import when as iso
 from retention import RetentionService
 from storage import ClockSuspicious, LockError, RetentionViolation, SegmentStore
@@ -246,9 +245,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the retention commands to the `nvr` parser."""
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("-c", "--config", type=Path, help=configpath.HELP)
-        return p
+        return config_command(sub, name, help_text)
 
     p = with_config("lock", "lock footage as evidence (default 2 years)")
     p.add_argument("camera")
