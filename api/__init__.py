@@ -8,7 +8,7 @@ Layout: `app` (application, lifespan, access log), `services` (what routes call)
 caches), `cameras`, `health`, `metrics`, `exports` (building signed evidence packages),
 `auth` (login throttle, signed playback links), `params`, `errors`. The file formats they
 serve (MP4, the export package) are `storage.media`'s. Imports go down: `storage`, `config`,
-`ingest` (status types only); nothing imports `api` but `nvr`.
+`ingest` (`status` and `timecheck`'s clock findings only); nothing imports `api` but `nvr`.
 """
 
 from api.app import create_app
