@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.recorder import CameraRecorder
 from ingest.sources import RtspOpener
 from ingest.timecheck.monitor import ClockMonitor
 from ingest.timecheck.notes import ClockNotes
@@ -29,10 +28,23 @@ from ingest.timecheck.server import (
 )
 from ingest.timecheck.steps import CLOCK_STEP, ClockStepDetector
 from nvr.clock_status import server_status_line
-from storage import SegmentStore
+from storage import SegmentStore, now_ms
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.recording_rig import wait_for
+from tests.scripted import Connection, SimulatedClock, run_script
+from tests.scripted import open_store as open_scripted_store
+
+
+@pytest.fixture
+def simulated(tmp_path: Path) -> Iterator[tuple[SimulatedClock, SegmentStore]]:
+    """A simulated clock and a store on it, for the scripted camera."""
+    clock = SimulatedClock(now_ms())
+    s = open_scripted_store(tmp_path / "store", clock)
+    try:
+        yield clock, s
+    finally:
+        s.close()
 
 
 @pytest.fixture
@@ -184,26 +196,6 @@ def test_rtcp_sender_reports_of_a_real_rtsp_server_give_the_camera_clock(
 # --- server clock steps ------------------------------------------------------------------------
 
 
-class SteppingClock:
-    """The system clocks, except that the wall clock can be stepped (as NTP or an operator
-    would step the server's)."""
-
-    def __init__(self) -> None:
-        self.offset_ms = 0
-
-    def wall_ms(self) -> int:
-        return time.time_ns() // 1_000_000 + self.offset_ms
-
-    def monotonic(self) -> float:
-        return time.monotonic()
-
-    def wait(self, stop: threading.Event, seconds: float) -> bool:
-        return stop.wait(seconds)
-
-    def step(self, ms: int) -> None:
-        self.offset_ms += ms
-
-
 def test_step_detector() -> None:
     d = ClockStepDetector()
     assert d.sample(1_000_000, 10.0) is None
@@ -244,26 +236,15 @@ def test_step_detector_finds_exactly_the_one_step(
         assert abs(found[0][1] - size) <= 400
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("step_ms", [-30_000, 30_000], ids=["back-30s", "forward-30s"])
 def test_server_clock_step_makes_no_overlap_and_one_clock_event(
-    camsim: CameraSim, store: SegmentStore, step_ms: int
+    scripted_clips: Path, simulated: tuple[SimulatedClock, SegmentStore], step_ms: int
 ) -> None:
-    clock = SteppingClock()
-    opener = RtspOpener(
-        camsim.url("h264"), username=None, password=None, transport="tcp", timeout_s=3.0
-    )
-    rec = CameraRecorder("cam", opener, store, segment_seconds=10, stall_seconds=3.0, clock=clock)
-    rec.start()
-    try:
-        wait_for(lambda: rec.status().state == "recording", 20, "recording")
-        time.sleep(4)
-        before = len(store.segments("cam"))
-        clock.step(step_ms)
-        wait_for(lambda: len(store.segments("cam")) >= before + 2, 30, "segments after the step")
-    finally:
-        rec.stop()
-        rec.thread.join(15)
+    """A scripted camera on a simulated clock (tests/scripted.py) whose server wall clock
+    steps 30 s back or forward 6 s into the recording; 25 s in 10 s segments."""
+    clock, store = simulated
+    script = [Connection(seconds=25, step_wall_at_s=6.0, step_wall_ms=step_ms)]
+    run_script(store, scripted_clips, clock, script, segment_seconds=10)
     segs = store.segments("cam")
     for prev, seg in itertools.pairwise(segs):
         assert seg.start_ms >= prev.end_ms, (prev, seg)  # never overlapping nor backwards
