@@ -31,7 +31,8 @@ def test_cameras_record_30s_in_10s_segments(camsim: CameraSim, rig: Rig) -> None
     for m in mounts:
         rig.add(m, camsim.url(m))
     wait_for(lambda: all(rig.state(m) == "recording" for m in mounts), 15, "recording")
-    time.sleep(30)
+    # Three segments indexed per camera (the first staggered, then 10 s each): about 30 s.
+    wait_for(lambda: all(len(rig.store.segments(m)) >= 3 for m in mounts), 60, "3 segments each")
     stopped_ms = time.time_ns() // 1_000_000
     rig.stop()
     for m in mounts:
@@ -93,7 +94,9 @@ def test_silent_listener_is_stalled_without_disturbing_others(camsim: CameraSim,
         (outage,) = rig.store.outages("hung")
         assert outage.cause == "connect-timeout" and outage.end_ms is None
         wait_for(lambda: silent.accepted >= 2, 15, "a retry of the hung camera")
-        time.sleep(12)
+        # Retries go on (each a 3 s connect timeout, then the back-off) and the good camera
+        # records on meanwhile.
+        wait_for(lambda: silent.accepted >= 4, 40, "more retries of the hung camera")
         assert rig.state("good") == "recording"
         assert rig.state("hung") in ("reconnecting", "connecting")
     finally:
@@ -146,7 +149,8 @@ def test_recording_resumes_promptly_once_a_hung_camera_answers(
             time.sleep(2)
             sim.sigstop()
         wait_for(lambda: len(rig.store.outages("cam")) == 1, 10, "the outage in the ledger")
-        time.sleep(12)  # long enough for the back-off to grow past a few seconds
+        # Long enough for the back-off to grow past a few seconds (0.5, 1, 2, then 4 s).
+        wait_for(lambda: rig.recorders["cam"].status().reconnects >= 3, 40, "three failures")
         if silent is not None:
             silent.close()
             sim.start()
