@@ -21,7 +21,7 @@ from nvr import cli_api, cli_index, cli_retention, configpath, discover, show
 from nvr.cli_context import config_command
 from nvr.clock_status import camera_status_lines, server_status_line
 from storage import CameraStorage, IndexCorruptError, SegmentStore, StorageError
-from storage.timestamps import now_ms
+from storage.timestamps import DAY_MS, now_ms
 
 log = logging.getLogger("nvr")
 
@@ -270,7 +270,7 @@ def storage_line(kept: CameraStorage, store: SegmentStore, now: int) -> str:
     window = store.window_days(kept.camera)
     if kept.oldest_ms is None:
         return f"stored: nothing (window {show.count(window, 'day')})"
-    held = max(0, now - kept.oldest_ms) / 86_400_000
+    held = max(0, now - kept.oldest_ms) / DAY_MS
     return (
         f"stored: {show.size(kept.stored_bytes)} in {show.count(kept.segments, 'segment')} "
         f"since {fmt_ms(kept.oldest_ms)} ({held:.1f} days held, window "

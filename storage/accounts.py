@@ -33,6 +33,7 @@ from config.models import CAMERA_NAME, CAMERA_NAME_RULE
 from storage.audit import AuditEntry
 from storage.errors import StorageError
 from storage.schema import TokenRow, UserCameraRow, UserRow
+from storage.timestamps import DAY_MS
 
 Role = Literal["viewer", "operator", "auditor", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
@@ -434,7 +435,7 @@ class AccountStore:
 
     def drop_expired_tokens(self) -> int:
         """Forget tokens that expired (or were revoked) more than a day ago."""
-        cutoff = self._clock() - 86_400_000
+        cutoff = self._clock() - DAY_MS
         with self._writing() as s:
             result = s.execute(
                 delete(TokenRow).where(
