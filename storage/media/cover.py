@@ -6,7 +6,8 @@ causes), who released it on whose authority (both persons and work ids, purpose,
 approval document), which files it holds with their sha256, and how to check all of that
 with standard tools (sha256sum, openssl, any video player).
 
-Pure functions (text in, bytes out); no I/O.
+Pure functions (text in, bytes out); no I/O; any thread. Imports nothing of the project;
+`storage.media.package` writes what it makes, `api.exports` uses its local-time helpers.
 """
 
 # ruff: noqa: RUF001

@@ -23,8 +23,9 @@ A package is one ZIP file (stored, not compressed; ZIP64 when large) holding:
 `verify_package` takes the ZIP as built, the same files zipped again by any tool (directory
 entries, another order, one folder around them) or an extracted folder.
 
-Blocking file work; run on worker threads. No secrets are written except the private key,
-created once with mode 0600.
+Blocking file work; run on worker threads (the API's export builder) or the CLI's main thread
+(`nvr verify-export`). No secrets are written except the private key, created once with mode
+0600. Imports go down: `storage.media.cover`, `storage.signing`.
 """
 
 from __future__ import annotations
