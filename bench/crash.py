@@ -30,11 +30,30 @@ Scenarios (`--scenario`):
   after a random moment, the file renamed and fsynced, its row not inserted. Checked besides:
   every such stranded `.mp4` is indexed as `recovered` at the restart (start-up recovery).
 - ``full-index``: the index on a 16 MiB tmpfs of its own (needs root) is filled to the last
-  byte at a random moment; once every camera shows `storage-full` (segments held, the ledger
-  written from the index's reserve) and a random 0.5-3 s more, SIGKILL; the filler is removed
-  and the daemon restarted. Checked besides: the held segment files (on disk, no row at the
-  kill) are indexed as `recovered` at the restart; the outage from the last footage may be
-  the `storage-full` one the reserve let the daemon write.
+  byte at a random moment; in every other round the room its reserve gives back when it is
+  released is filled too, so held segments and the ledger cannot be written either. Once
+  every camera shows `storage-full` and a random 0.5-3 s more, SIGKILL; the filler is
+  removed and the daemon restarted. Checked besides: the held segment files (on disk, no row
+  at the kill) are indexed as `recovered` at the restart; the outage from the last footage
+  may be the `storage-full` one the reserve let the daemon write. Recording was paused at
+  the kill, so the video lost *by the kill* is 0 for a camera whose `storage-full` outage
+  began at its last footage; the pause itself (ledgered) is reported apart. After the kills,
+  `--resumes N` (default 5) fill-and-free cycles without a kill measure how soon recording
+  resumes once the index has room again (issue 11, item 6: "within 1 s"): from the filler's
+  removal to each recorder's `room again, resuming` log line (the check that found room;
+  checks are 1 s apart), and to the end of its `storage-full` outage in the ledger (its
+  first footage again: reconnection and the camera's next keyframe included).
+- ``clock-step``: the daemon runs under libfaketime (Debian `faketime`; its offset read from
+  a file, only the wall clock faked, as a real step) with retention passes every second and
+  a 30-day window. Each round steps the clock forward or back by 1-12 hours or 1-40 days at
+  a random moment, SIGKILLs a random 0.5-8 s later, and in half the rounds steps it again
+  while the daemon is down. Every segment is minutes old, inside the window: any purge is an
+  early delete. Checked besides: no `purge` audited as ok and no segment deleted, ever; the
+  step is held (`clock-step` audited, a hold in the index); `nvr verify` (run under the same
+  clock) passes. At the end an operator confirms the clock (`nvr purge --i-confirm-clock`)
+  and the evidence still purges nothing. Video lost per kill is measured where the footage
+  in flight is stamped on the clock of the kill (after a step back, footage is stamped on
+  from the previous footage's end until the clock catches up: not measurable that way).
 
 Run: ``python -m bench.crash [--crashes 50] [--seed 1] [--scenario S] [--json FILE]``. Runs
 on the main thread; everything measured runs in child processes. Results go to
@@ -59,6 +78,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +89,10 @@ from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
 
 CLIPS = ("h264aac", "h264", "h265", "bframes")
+LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+HOUR_S = 3600
+DAY_S = 86400
+MAX_OFFSET_S = 45 * DAY_S
 
 
 class ServiceManager:
@@ -127,6 +151,17 @@ class Round:
     """Complete `.mp4` files without an index row at the kill (renamed, or held)."""
     stranded_indexed: int = 0
     """Of those, indexed as `recovered` by the restart."""
+    paused_ms: dict[str, int] = field(default_factory=dict)
+    """full-index: kill time minus the end of the footage, for cameras paused (a
+    `storage-full` outage from their last footage) when killed; nothing was in flight."""
+    reserve_filled: bool = False
+    """full-index: the room of the index's released reserve was filled too."""
+    steps_s: list[int] = field(default_factory=list)
+    """clock-step: the steps of the round (while running, and while down), seconds."""
+    offset_s: int = 0
+    """clock-step: the daemon's clock offset at the kill, seconds."""
+    unmeasured: list[str] = field(default_factory=list)
+    """clock-step: cameras whose surviving footage is stamped on an earlier clock."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -144,6 +179,12 @@ class Bench:
         db = (index_dir or self.root) / "index.db"
         self.db = db
         lines = [f'[storage]\nroot = "{self.root}"\ndatabase_url = "sqlite:///{db}"\n']
+        if scenario == "clock-step":
+            lines.append("[retention]\ndays = 30\ninterval_seconds = 1\n")
+        self.fake_file = work / "faketime"
+        self.offset_s = 0
+        """clock-step: the offset of the daemon's wall clock (and its CLI's), seconds."""
+        self.set_clock(0)
         for name, sim, clip in zip(self.cameras, sims, CLIPS, strict=False):
             lines.append(
                 f'[[cameras]]\nname = "{name}"\nurl = "{sim.url(name)}"\n'
@@ -159,13 +200,31 @@ class Bench:
     def url(self) -> str:
         return f"sqlite:///{self.db}"
 
+    def set_clock(self, offset_s: int) -> None:
+        """clock-step: step the daemon's wall clock (libfaketime reads the file each second)."""
+        self.offset_s = offset_s
+        tmp = self.fake_file.with_suffix(".tmp")
+        tmp.write_text(f"{offset_s:+d}\n", encoding="utf-8")
+        tmp.replace(self.fake_file)
+
+    def env(self) -> dict[str, str]:
+        """The environment of the daemon and its CLI: under libfaketime for clock-step (the
+        wall clock only: a real step does not move the monotonic clocks)."""
+        env = dict(os.environ)
+        if self.scenario == "clock-step":
+            env["LD_PRELOAD"] = LIBFAKETIME
+            env["FAKETIME_DONT_FAKE_MONOTONIC"] = "1"
+            env["FAKETIME_TIMESTAMP_FILE"] = str(self.fake_file)
+            env["FAKETIME_CACHE_DURATION"] = "1"
+        return env
+
     def reader(self) -> SegmentStore:
         return SegmentStore(self.root, self.url(), exclusive=False)
 
     def start(self) -> float:
         """Start the daemon; seconds until READY=1."""
         self.manager.drain()
-        env = dict(os.environ, NOTIFY_SOCKET=self.manager.address)
+        env = dict(self.env(), NOTIFY_SOCKET=self.manager.address)
         started = time.monotonic()
         with (self.work / "daemon.log").open("ab") as log:
             command = [sys.executable, "-m", "nvr.cli", "run", "-c", str(self.config)]
@@ -269,14 +328,37 @@ class Bench:
         return problems
 
     def verify_cli(self) -> tuple[bool, str]:
+        return self.cli("verify")
+
+    def cli(self, *args: str) -> tuple[bool, str]:
+        """`nvr ARGS -c FILE` on the daemon's clock; whether it exited 0, and its output."""
         done = subprocess.run(
-            [sys.executable, "-m", "nvr.cli", "verify", "-c", str(self.config)],
+            [sys.executable, "-m", "nvr.cli", args[0], "-c", str(self.config), *args[1:]],
             capture_output=True,
             text=True,
             timeout=600,
             check=False,
+            env=self.env(),
         )
         return done.returncode == 0, " | ".join((done.stdout + done.stderr).strip().splitlines())
+
+    def purges(self) -> int:
+        """Segments deleted by purges audited as ok (all footage here is inside its window)."""
+        store = self.reader()
+        try:
+            entries = store.audit_entries(action="purge", outcome="ok", limit=100_000)
+            return sum(int(e.detail.get("segments", 0)) for e in entries)
+        finally:
+            store.close()
+
+    def holds(self) -> tuple[int, bool]:
+        """clock-step: steps audited (`clock-step`), and whether a hold is in force."""
+        store = self.reader()
+        try:
+            steps = len(store.audit_entries(action="clock-step", limit=100_000))
+            return steps, store.clock_verdict().hold is not None
+        finally:
+            store.close()
 
 
 def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
@@ -286,6 +368,8 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
     recording_since = time.monotonic()
     time.sleep(rng.uniform(0.5, 20.0))  # about two segments: the kill lands anywhere in them
     filler = bench.index_dir / "filler" if bench.index_dir is not None else None
+    reserve_filled = False
+    steps: list[int] = []
     if bench.scenario == "rename-insert":
         bench.trigger.touch()  # the next commit renames its file, then the daemon dies
         code = bench.wait_dead(60)
@@ -296,11 +380,20 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
     else:
         if filler is not None:
             fill_up(filler)
+            if index % 2 == 1:
+                # The reserve too: the room it gives back when released is filled at once.
+                reserve_filled = fill_released_reserve(bench.db, filler)
             bench.wait_state("storage-full")
             time.sleep(rng.uniform(0.5, 3.0))
+        if bench.scenario == "clock-step":
+            steps.append(step_clock(bench, rng))
+            time.sleep(rng.uniform(0.5, 8.0))  # retention passes every second meanwhile
         before = bench.rows()
-        killed_ms = now_ms()
+        killed_ms = now_ms() + bench.offset_s * 1000  # on the daemon's clock
+        offset_at_kill = bench.offset_s
         bench.kill()
+        if bench.scenario == "clock-step" and rng.random() < 0.5:
+            steps.append(step_clock(bench, rng))  # the restart finds another clock
     parts = sorted(p for p in bench.root.rglob("*.mp4.part") if p not in bench.kept_parts)
     stranded = bench.stranded()
     if filler is not None:
@@ -340,6 +433,8 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
         if not part.exists() and part.name not in salvaged_names:
             problems.append(f"{part.name} vanished without becoming a recovered segment")
     lost_video: dict[str, int] = {}
+    paused: dict[str, int] = {}
+    unmeasured: list[str] = []
     store = bench.reader()
     try:
         for cam in bench.cameras:
@@ -350,7 +445,6 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
                 problems.append(f"{cam}: no footage survived at all")
                 continue
             last_end = max(s.end_ms for s in surviving)
-            lost_video[cam] = killed_ms - last_end
             causes = {"not-running"}
             if bench.scenario == "full-index":
                 causes.add("storage-full")  # written from the index's reserve before the kill
@@ -361,11 +455,25 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
             ]
             if not gaps:
                 problems.append(f"{cam}: no not-running outage from the last footage")
+            if gaps and gaps[0].cause == "storage-full":
+                paused[cam] = killed_ms - last_end  # paused before the kill: none in flight
+                lost_video[cam] = 0
+            elif bench.scenario == "clock-step" and not -1000 <= killed_ms - last_end < 60_000:
+                unmeasured.append(cam)  # stamped on an earlier clock (after a step back)
+            else:
+                lost_video[cam] = killed_ms - last_end
     finally:
         store.close()
     verify_ok, verify_line = bench.verify_cli()
     if not verify_ok:
         problems.append(f"nvr verify failed: {verify_line}")
+    if bench.scenario == "clock-step":
+        purged = bench.purges()
+        if purged:
+            problems.append(f"{purged} segments purged, all of them inside the window")
+        audited, held = bench.holds()
+        if not held or audited < 1:
+            problems.append(f"the step is not held (clock-step audited {audited} times)")
     return Round(
         index=index,
         ran_s=round(ran, 2),
@@ -380,8 +488,120 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
         verify_ok=verify_ok,
         stranded=len(stranded),
         stranded_indexed=len(stranded_indexed),
+        paused_ms=paused,
+        reserve_filled=reserve_filled,
+        steps_s=steps,
+        offset_s=offset_at_kill if bench.scenario == "clock-step" else 0,
+        unmeasured=unmeasured,
         problems=problems,
     )
+
+
+def step_clock(bench: Bench, rng: random.Random) -> int:
+    """Step the daemon's clock forward or back by 1-12 hours or 1-40 days (the offset kept
+    within 45 days of the true time); the step, seconds."""
+    size = rng.randint(1, 12) * HOUR_S if rng.random() < 0.5 else rng.randint(1, 40) * DAY_S
+    step = size if rng.random() < 0.5 else -size
+    if abs(bench.offset_s + step) > MAX_OFFSET_S:
+        step = -step
+    bench.set_clock(bench.offset_s + step)
+    return step
+
+
+def fill_released_reserve(db: Path, filler: Path, timeout: float = 60) -> bool:
+    """Once the daemon releases the index's reserve (its first failed write), fill the room
+    it gave back; True if that happened within `timeout`."""
+    reserve = db.with_name(db.name + ".reserve")
+    deadline = time.monotonic() + timeout
+    while reserve.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    fill_up(filler)
+    return True
+
+
+def measure_resumes(bench: Bench, cycles: int, rng: random.Random) -> tuple[list[str], bool]:
+    """full-index: fill the index's filesystem, free it once every camera is paused, and
+    measure per camera how soon it resumed (see the module's docstring)."""
+    assert bench.index_dir is not None
+    filler = bench.index_dir / "filler"
+    log = bench.work / "daemon.log"
+    to_check: list[int] = []
+    to_footage: list[int] = []
+    problems: list[str] = []
+    for cycle in range(cycles):
+        bench.wait_recording()
+        time.sleep(rng.uniform(0.5, 5.0))
+        fill_up(filler)
+        bench.wait_state("storage-full")
+        time.sleep(rng.uniform(1.0, 3.0))
+        offset = log.stat().st_size
+        freed_ms = now_ms()
+        filler.unlink()
+        bench.wait_recording()
+        time.sleep(1)  # the log lines are written by now
+        with log.open("rb") as f:
+            f.seek(offset)
+            resumed = {
+                line.split(b"camera ", 2)[1].split(b":")[0].decode(): log_ms(line)
+                for line in f
+                if b"room again, resuming" in line
+            }
+        store = bench.reader()
+        try:
+            for cam in bench.cameras:
+                if cam not in resumed:
+                    problems.append(f"resume {cycle}: {cam} logged no resume")
+                    continue
+                to_check.append(resumed[cam] - freed_ms)
+                ends = [
+                    o.end_ms
+                    for o in store.outages(cam, freed_ms - 600_000)
+                    if o.cause == "storage-full"
+                    and o.start_ms < freed_ms
+                    and o.end_ms is not None
+                    and o.end_ms >= freed_ms
+                ]
+                if not ends:
+                    problems.append(f"resume {cycle}: {cam} has no closed storage-full outage")
+                    continue
+                to_footage.append(max(ends) - freed_ms)
+        finally:
+            store.close()
+    lines = [
+        f"resume after the index has room again ({cycles} fill-and-free cycles x 4 cameras), "
+        "ms from the filler's removal:",
+        f"  to the check that found room (checks 1 s apart): {_stats(to_check)}",
+        f"  to footage again (ledger: end of storage-full; reconnection and next keyframe "
+        f"included): {_stats(to_footage)}",
+    ] + [f"  PROBLEM: {p}" for p in problems]
+    return lines, not problems and bool(to_check)
+
+
+def log_ms(line: bytes) -> int:
+    """The time of a daemon log line (`2026-12-02T02:41:07.893Z ...`), ms since the epoch."""
+    stamp = line.split(b" ", 1)[0].decode().rstrip("Z")
+    return int(datetime.fromisoformat(stamp).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def confirm_at_end(bench: Bench) -> tuple[list[str], bool]:
+    """clock-step: an operator confirms the (stepped) clock; the evidence still purges
+    nothing, by the CLI or by the daemon's passes (every second) afterwards."""
+    steps, held = bench.holds()
+    ids = set(bench.rows())
+    ok_, out = bench.cli("purge", "--i-confirm-clock", "--reason", "bench: clock checked")
+    time.sleep(3)  # three of the daemon's passes under the confirmed clock
+    _, held_after = bench.holds()
+    gone = len(ids - set(bench.rows()))
+    purged = bench.purges()
+    good = ok_ and "purged 0 segments" in out and not held_after and not gone and not purged
+    return [
+        f"steps audited as clock-step: {steps}; hold in force before the confirmation: {held}",
+        f"segments purged by the daemon or the CLI over the whole run: {purged}",
+        f"confirmed at the end (`nvr purge --i-confirm-clock`): {out[:400]}; hold cleared: "
+        f"{not held_after}; of the {len(ids)} segments then, gone three passes later: {gone}",
+    ], good
 
 
 def fill_up(path: Path) -> None:
@@ -402,7 +622,11 @@ def fill_up(path: Path) -> None:
 
 
 def summarise(
-    rounds: list[Round], final: list[str], ledger_closed: bool, scenario: str = "random"
+    rounds: list[Round],
+    final: list[str],
+    ledger_closed: bool,
+    scenario: str = "random",
+    extra: list[str] | None = None,
 ) -> str:
     steady = [
         ms for r in rounds for cam, ms in r.lost_video_ms.items() if cam not in r.first_segment
@@ -427,7 +651,28 @@ def summarise(
         f"max {max(ready):.2f}",
         f"final full re-hash of every segment: {'ok' if not final else final[:5]}",
     ]
-    return "\n".join(lines)
+    if scenario == "full-index":
+        paused = [ms for r in rounds for ms in r.paused_ms.values()]
+        lines += [
+            f"rounds with the released reserve's room filled too: "
+            f"{sum(r.reserve_filled for r in rounds)}",
+            f"cameras paused (storage-full from their last footage) at the kill: {len(paused)} "
+            f"of {4 * len(rounds)}; kill - last footage for them, ms: {_stats(paused)}",
+        ]
+    if scenario == "clock-step":
+        steps = [st for r in rounds for st in r.steps_s]
+        down = sum(len(r.steps_s) - 1 for r in rounds)
+        offsets = [r.offset_s for r in rounds]
+        lines += [
+            f"clock steps: {len(steps)} ({sum(st > 0 for st in steps)} forward, "
+            f"{sum(st < 0 for st in steps)} back; {len(rounds)} while running, {down} while "
+            f"down), sizes {min(abs(st) for st in steps) / HOUR_S:.0f} h to "
+            f"{max(abs(st) for st in steps) / DAY_S:.0f} d; offset at the kills "
+            f"{min(offsets) / DAY_S:+.2f} to {max(offsets) / DAY_S:+.2f} days",
+            f"cameras whose surviving footage is stamped on an earlier clock (loss not "
+            f"measured): {sum(len(r.unmeasured) for r in rounds)}",
+        ]
+    return "\n".join(lines + (extra or []))
 
 
 def _stats(values: list[int]) -> str:
@@ -450,13 +695,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write every round as JSON here")
     parser.add_argument(
-        "--scenario", choices=("random", "rename-insert", "full-index"), default="random"
+        "--scenario",
+        choices=("random", "rename-insert", "full-index", "clock-step"),
+        default="random",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--resumes", type=int, default=5, help="full-index: fill-and-free cycles measured"
+    )
     args = parser.parse_args(argv)
     reason = gst_rtsp_unavailable()
     if reason is not None:
         print(f"camera simulator unavailable: {reason}", file=sys.stderr)
+        return 2
+    if args.scenario == "clock-step" and not Path(LIBFAKETIME).exists():
+        print(f"libfaketime unavailable ({LIBFAKETIME}): apt install faketime", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="nvr-crash-"))
     clips = clips_cache_dir(work / "clips")
@@ -496,6 +749,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         bench.wait_recording()
         time.sleep(3)
+        extra: list[str] = []
+        confirmed_ok = True
+        if args.scenario == "clock-step":
+            extra, confirmed_ok = confirm_at_end(bench)
+        if args.scenario == "full-index" and args.resumes > 0:
+            extra, confirmed_ok = measure_resumes(bench, args.resumes, rng)
         bench.terminate()
         final = bench.check_files(bench.rows(), every=True)
         store = bench.reader()
@@ -506,14 +765,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             store.close()
-        text = summarise(rounds, final, ledger_closed, args.scenario)
+        text = summarise(rounds, final, ledger_closed, args.scenario, extra)
         print("\n" + text)
         if args.json is not None:
             args.json.write_text(
                 json.dumps({"rounds": [asdict(r) for r in rounds], "summary": text}, indent=1),
                 encoding="utf-8",
             )
-        ok = not final and ledger_closed and not any(r.problems for r in rounds)
+        ok = not final and ledger_closed and confirmed_ok and not any(r.problems for r in rounds)
         return 0 if ok else 1
     finally:
         if bench is not None:

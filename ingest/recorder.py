@@ -115,6 +115,10 @@ class _LedgerDue:
 RESUME_MARGIN_BYTES = 4 * 1024 * 1024
 """After the disk filled, recording resumes once this much more than the reserve is free."""
 
+STORAGE_RETRY_SECONDS = 1.0
+"""While recording is paused for storage (a full disk, an index that cannot be written),
+room is checked this often: recording resumes within this long of room returning."""
+
 TICK_SECONDS = 0.5
 """How often the recording loop looks at what need not be checked per packet: stop, a step
 of the wall clock (a step > 1 s is what matters), free space, a settled start."""
@@ -522,7 +526,7 @@ class CameraRecorder:
                 return True
             except IndexWriteError as err:
                 self._index_trouble(err)
-            self._clock.wait(self._stop, 1.0)
+            self._clock.wait(self._stop, STORAGE_RETRY_SECONDS)
         return False
 
     def _index_trouble(self, err: IndexWriteError) -> None:
@@ -680,13 +684,30 @@ class CameraRecorder:
             if self._clock.wait(self._stop, max(0.0, pause)):
                 return
 
+    def _storage_short(self) -> str | None:
+        """Why there is no room to record (None if there is): free space on the recordings'
+        filesystem below the reserve, or the index's reserve used up (its filesystem full,
+        perhaps a filesystem of its own that the recordings' free space says nothing about).
+        Every recorder pauses then, not only the one whose index write failed: the reserve is
+        the room the outage ledger and the held segments need, not room to record into.
+        Checked once a second while recording."""
+        if self._reserve and self._store.free_bytes() < self._reserve:
+            return f"free space below the reserve of {self._reserve} bytes"
+        if not self._store.index_has_room():
+            return "the index's filesystem is full (its reserve is in use)"
+        return None
+
     def _pause_for_storage(self) -> None:
         """Wait until there is room again (the reserve plus a margin) and the index has
         taken what waited for it (held segments, the ledger), trying each second. Nothing
         is deleted to make room: that is retention's job, outside the window only."""
         needed = self._reserve + RESUME_MARGIN_BYTES
+        began = self._clock.monotonic()
+        checks = 0
         while not self._stop.is_set():
             self._progress(in_backoff=True)
+            checks += 1
+            self._set(room_checks=self._status.room_checks + 1)
             try:
                 # The index's reserve too: on a filesystem of its own the recordings' free
                 # space says nothing about it, and the next ledger entry needs it.
@@ -694,17 +715,24 @@ class CameraRecorder:
             except OSError:
                 room = False  # filesystem still failing: keep waiting
             if room and self._catch_up():
+                self.log.info(
+                    "camera %s: room again, resuming (paused %.1f s, %d checks)",
+                    self.camera,
+                    self._clock.monotonic() - began,
+                    checks,
+                )
                 return
             if self._index_error is not None:
                 self._index_trouble(self._index_error)
-            self._clock.wait(self._stop, 1.0)
+            self._clock.wait(self._stop, STORAGE_RETRY_SECONDS)
 
     # --- one connection -----------------------------------------------------------------------
 
     def _session(self, first_connect: bool) -> None:
         """Connect and record until the stream fails (raises) or `stop()` (returns)."""
-        if self._reserve and self._store.free_bytes() < self._reserve:
-            raise StorageFullError(f"free space below the reserve of {self._reserve} bytes")
+        short = self._storage_short()
+        if short is not None:
+            raise StorageFullError(short)
         self._progress()  # a connection attempt begins: not in back-off any more
         source = self._opener.open()
         try:
@@ -773,12 +801,11 @@ class CameraRecorder:
                         self._settle(seg)
                     if seg is not None and now - last_space_check >= 1.0:
                         last_space_check = now
-                        if self._reserve and self._store.free_bytes() < self._reserve:
+                        short = self._storage_short()
+                        if short is not None:
                             self._finish(seg, None, vtb, source)
                             seg = None
-                            raise StorageFullError(
-                                f"free space below the reserve of {self._reserve} bytes"
-                            )
+                            raise StorageFullError(short)
                 if packet.stream_index == video_index:
                     dts = packet.dts
                     if seg is not None and dts is not None and not packet.is_keyframe:
@@ -895,12 +922,11 @@ class CameraRecorder:
                         self._settle(seg)
                     if seg is not None and now - last_space_check >= 1.0:
                         last_space_check = now
-                        if self._reserve and self._store.free_bytes() < self._reserve:
+                        short = self._storage_short()
+                        if short is not None:
                             self._finish(seg, None, atb, source)
                             seg = None
-                            raise StorageFullError(
-                                f"free space below the reserve of {self._reserve} bytes"
-                            )
+                            raise StorageFullError(short)
                 for item, st in aclock.push(packet, packet.pts, packet.dts, packet.duration or 0):
                     pkt = item if isinstance(item, av.Packet) else packet
                     if st.jump_ticks:

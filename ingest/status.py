@@ -26,3 +26,7 @@ class RecorderStatus:
     last_progress: float
     """Monotonic time of the last packet or deliberate wait (for the watchdog)."""
     in_backoff: bool
+    room_checks: int = 0
+    """Checks for room made while paused for storage (one each `STORAGE_RETRY_SECONDS`):
+    recording resumes at the first check that finds room, so a count that grew by at most
+    one after room returned shows the resume came within one retry interval."""
