@@ -228,8 +228,12 @@ class StallWatchdog:
             self._watched.discard(entry)
 
     def _run(self) -> None:
+        # An Event's wait, not time.sleep: under libfaketime (the clock-step tests and
+        # `bench.crash --scenario clock-step`) time.sleep fails with EINVAL, which ended this
+        # thread and with it stall detection for every camera read by FFmpeg's demuxer.
+        tick = threading.Event()
         while True:
-            time.sleep(self._interval)
+            tick.wait(self._interval)
             now = time.monotonic()
             with self._guard:
                 entries = list(self._watched)

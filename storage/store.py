@@ -1205,7 +1205,8 @@ class SegmentStore:
                 # Another process (the CLI beside the daemon) appended the same id first.
                 if attempt == 4:
                     raise
-                time.sleep(0.05 * (attempt + 1))
+                # An Event's wait, not time.sleep, which fails under libfaketime (EINVAL).
+                threading.Event().wait(0.05 * (attempt + 1))
         self._write_audit_head(entry)
         return entry
 
