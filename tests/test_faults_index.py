@@ -246,6 +246,37 @@ def test_file_being_committed_is_not_adopted(tmp_path: Path) -> None:
         store.close()
 
 
+def test_verify_beside_a_recorder_gives_a_file_being_committed_time_for_its_row(
+    tmp_path: Path,
+) -> None:
+    """`nvr verify` runs beside the daemon: a file a recorder renamed after verify read the
+    rows (or is between rename and row) is not reported, once its row comes within the
+    grace; a stranded file (no row ever) still is."""
+    from sqlalchemy.orm import Session
+
+    from storage.verify import COMMIT_GRACE_SECONDS, verify_store
+
+    store = SegmentStore(tmp_path, f"sqlite:///{tmp_path / 'index.db'}")
+    try:
+        committing, _ = _write_file(store, T0, 20)
+        stranded, _ = _write_file(store, T0 + 60_000, 20)
+        waits: list[float] = []
+
+        def recorder_commits_meanwhile(seconds: float) -> None:
+            waits.append(seconds)
+            assert store.index_unindexed(committing) is not None  # the row arrives
+
+        with Session(store._engine) as s:
+            report = verify_store(s, tmp_path, grace_wait=recorder_commits_meanwhile)
+        assert waits == [COMMIT_GRACE_SECONDS]
+        assert report.problems == [f"cam: unindexed file {stranded.relative_to(tmp_path)}"]
+        with Session(store._engine) as s:
+            report = verify_store(s, tmp_path, grace_wait=waits.append)
+        assert report.problems == [f"cam: unindexed file {stranded.relative_to(tmp_path)}"]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     "content",
     [
