@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from config import CameraConfig, NvrConfig, StorageConfig
-from ingest.recorder import CameraRecorder
+from ingest.recorder import STORAGE_RETRY_SECONDS, CameraRecorder
 from ingest.sources import RtspOpener
 from ingest.supervisor import Supervisor
 from nvr.daemon import STATUS_FILE, write_status
@@ -95,6 +95,17 @@ def assert_all_indexed(store: SegmentStore) -> None:
     assert verified.ok, verified.problems
 
 
+def assert_resumed_at_the_first_check(checks_after_room: int) -> None:
+    """Issue 11, item 6's "resume within 1 s of space returning", as its mechanism (no timed
+    assertion): a paused recorder checks for room each `STORAGE_RETRY_SECONDS` (1 s) and
+    resumed at the first check that began after the room returned. The count read just
+    before the filler went includes a check that may have been under way then (it saw the
+    room, 0 more, or not, 1 more); a second check would mean a retry interval was lost. The
+    delay measured: `bench.crash --scenario full-index`, docs/reliability.md."""
+    assert STORAGE_RETRY_SECONDS == 1.0
+    assert 0 <= checks_after_room <= 1, checks_after_room
+
+
 def test_full_index_pauses_holds_the_segment_and_resumes(
     camsim: CameraSim, shared_fs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -138,17 +149,18 @@ def test_full_index_pauses_holds_the_segment_and_resumes(
         assert held, "the segment in flight was neither indexed nor held"
         held_paths = {store.segment_path("cam", h.start_ms).name for h in held}
         assert {p.name for p in root.rglob("*.mp4")} >= held_paths
+        checks = rec.status().room_checks
+        assert checks >= 6  # a check each second while paused
         filler.unlink()
-        freed = time.monotonic()
         wait_for(lambda: not store.held("cam"), 10, "the held segment to be indexed")
-        caught_up = time.monotonic() - freed
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
+        resumed_after = rec.status().room_checks - checks
         wait_for(lambda: len(store.segments("cam")) > before_free + 1, 30, "new segments")
     finally:
         late = asyncio.run(supervisor.stop())
     assert not late and not rec.thread.is_alive()
     assert supervisor.recorders["cam"] is rec and supervisor.replacements == 0
-    assert caught_up < 5, caught_up  # retried each second (margin for a loaded machine)
+    assert_resumed_at_the_first_check(resumed_after)
     segments = store.segments("cam")
     for start in {h.start_ms for h in held}:
         (seg,) = [s for s in segments if s.start_ms == start]
@@ -257,17 +269,18 @@ def test_full_index_filesystem_of_its_own_keeps_recording_paused_until_room(
         assert (
             outage.cause == "storage-full" and outage.start_ms == store.segments("cam")[-1].end_ms
         )
+        checks = rec.status().room_checks
+        assert checks >= 5  # a check each second while paused
         filler.unlink()
-        freed = time.monotonic()
         wait_for(lambda: rec.status().state != "storage-full", 10, "the pause to end")
-        paused_after_room = time.monotonic() - freed
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
+        resumed_after = rec.status().room_checks - checks
         assert reserve.stat().st_size == INDEX_RESERVE_BYTES  # made again before resuming
         wait_for(lambda: not store.open_outages("cam"), 20, "the outage to close")
     finally:
         rec.stop()
         rec.thread.join(15)
-    assert paused_after_room < 2.5, paused_after_room  # retried each second (loaded-CI margin)
+    assert_resumed_at_the_first_check(resumed_after)
     gaps = [o for o in store.outages("cam") if o.cause != "daemon-stopped"]
     assert [o.cause for o in gaps] == ["storage-full"], gaps  # one gap, one row
     assert_all_indexed(store)
