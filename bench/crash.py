@@ -36,8 +36,8 @@ Scenarios (`--scenario`):
   removed and the daemon restarted. Checked besides: the held segment files (on disk, no row
   at the kill) are indexed as `recovered` at the restart; the outage from the last footage
   may be the `storage-full` one the reserve let the daemon write. Recording was paused at
-  the kill, so the video lost *by the kill* is 0 for a camera whose `storage-full` outage
-  began at its last footage; the pause itself (ledgered) is reported apart. After the kills,
+  the kill, so the video lost *by the kill* is 0 for a camera with no `.part` file in
+  flight; the pause itself (ledgered) is reported apart. After the kills,
   `--resumes N` (default 5) fill-and-free cycles without a kill measure how soon recording
   resumes once the index has room again (issue 11, item 6: "within 1 s"): from the filler's
   removal to each recorder's `room again, resuming` log line (the check that found room;
@@ -152,8 +152,8 @@ class Round:
     stranded_indexed: int = 0
     """Of those, indexed as `recovered` by the restart."""
     paused_ms: dict[str, int] = field(default_factory=dict)
-    """full-index: kill time minus the end of the footage, for cameras paused (a
-    `storage-full` outage from their last footage) when killed; nothing was in flight."""
+    """full-index: kill time minus the end of the footage, for cameras paused (storage-full,
+    no `.part` file in flight) when killed: the pause, not a loss of the kill."""
     reserve_filled: bool = False
     """full-index: the room of the index's released reserve was filled too."""
     steps_s: list[int] = field(default_factory=list)
@@ -455,8 +455,13 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
             ]
             if not gaps:
                 problems.append(f"{cam}: no not-running outage from the last footage")
-            if gaps and gaps[0].cause == "storage-full":
-                paused[cam] = killed_ms - last_end  # paused before the kill: none in flight
+            if bench.scenario == "full-index" and not any(
+                p.is_relative_to(bench.root / cam) for p in parts
+            ):
+                # Paused (every camera showed storage-full) with no segment in flight: the
+                # kill lost nothing; the pause is ledgered (storage-full, or not-running when
+                # even the reserve's room was filled) and reported apart.
+                paused[cam] = killed_ms - last_end
                 lost_video[cam] = 0
             elif bench.scenario == "clock-step" and not -1000 <= killed_ms - last_end < 60_000:
                 unmeasured.append(cam)  # stamped on an earlier clock (after a step back)
@@ -656,7 +661,7 @@ def summarise(
         lines += [
             f"rounds with the released reserve's room filled too: "
             f"{sum(r.reserve_filled for r in rounds)}",
-            f"cameras paused (storage-full from their last footage) at the kill: {len(paused)} "
+            f"cameras paused (nothing in flight) at the kill: {len(paused)} "
             f"of {4 * len(rounds)}; kill - last footage for them, ms: {_stats(paused)}",
         ]
     if scenario == "clock-step":
