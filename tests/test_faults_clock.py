@@ -240,7 +240,7 @@ def test_daemon_clock_stepping_31_days_forward_purges_nothing_recorded_before(
     fake.write_text("+0\n")
     proc = start_daemon(config, daemon_log, fake_file=fake)
     try:
-        wait_for(lambda: recording(root), 20, "the daemon to record")
+        wait_for(lambda: recording(root), 120, "the daemon to record")
         stepped_ms = now_ms() + 31 * DAY_MS
         fake.write_text("+31d\n")
         store = read_store(root)
@@ -285,8 +285,8 @@ def test_footage_recorded_40_days_slow_is_not_purged_when_the_true_clock_returns
     config = config_file(tmp_path, root, camsim.url("h264"), interval_seconds=1)
     proc = start_daemon(config, daemon_log, fake="-40d")
     try:
-        wait_for(lambda: recording(root), 20, "the daemon to record, 40 days slow")
-        time.sleep(3)
+        wait_for(lambda: recording(root), 120, "the daemon to record, 40 days slow")
+        wait_for(lambda: any(root.rglob("*.mp4")), 120, "a segment recorded 40 days slow")
     finally:
         stop(proc)  # the segment in flight is finished and indexed
     store = read_store(root)
@@ -298,7 +298,7 @@ def test_footage_recorded_40_days_slow_is_not_purged_when_the_true_clock_returns
 
     proc = start_daemon(config, daemon_log)
     try:
-        wait_for(lambda: recording(root), 20, "the daemon to record on the true clock")
+        wait_for(lambda: recording(root), 120, "the daemon to record on the true clock")
         time.sleep(3)  # passes every second
     finally:
         stop(proc)
