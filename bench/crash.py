@@ -147,6 +147,9 @@ class Round:
     first_segment: list[str]
     """Cameras whose segment in flight was the first of their connection."""
     verify_ok: bool
+    empty_removed: int = 0
+    """`.part` files in flight holding the MP4 header only (killed at a cut, before the first
+    sample), removed at the restart and audited as `remove-empty-part` (issue 11, item 7)."""
     stranded: int = 0
     """Complete `.mp4` files without an index row at the kill (renamed, or held)."""
     stranded_indexed: int = 0
@@ -342,6 +345,15 @@ class Bench:
         )
         return done.returncode == 0, " | ".join((done.stdout + done.stderr).strip().splitlines())
 
+    def removed_empty_parts(self) -> set[str]:
+        """Paths (relative to the root) of header-only `.part` files removed, as audited."""
+        store = self.reader()
+        try:
+            entries = store.audit_entries(action="remove-empty-part", limit=100_000)
+            return {str(e.detail.get("path")) for e in entries}
+        finally:
+            store.close()
+
     def purges(self) -> int:
         """Segments deleted by purges audited as ok (all footage here is inside its window)."""
         store = self.reader()
@@ -429,8 +441,11 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
     still_parts = [p for p in parts if p.exists()]
     bench.kept_parts.update(still_parts)
     salvaged_names = {s.path.name + ".part" for s in salvaged}
+    empty = bench.removed_empty_parts()
     for part in parts:
-        if not part.exists() and part.name not in salvaged_names:
+        if part.exists() or part.name in salvaged_names:
+            continue
+        if str(part.relative_to(bench.root)) not in empty:
             problems.append(f"{part.name} vanished without becoming a recovered segment")
     lost_video: dict[str, int] = {}
     paused: dict[str, int] = {}
@@ -488,6 +503,9 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
         parts_in_flight=len(parts),
         salvaged=len(salvaged),
         unsalvageable=len(still_parts),
+        empty_removed=sum(
+            1 for p in parts if not p.exists() and str(p.relative_to(bench.root)) in empty
+        ),
         lost_video_ms=lost_video,
         first_segment=sorted(first),
         verify_ok=verify_ok,
@@ -648,7 +666,8 @@ def summarise(
         f"ledger closed for every camera at the end: {ledger_closed}",
         f".part files in flight at the kills: {sum(r.parts_in_flight for r in rounds)}; "
         f"salvaged into recovered segments: {sum(r.salvaged for r in rounds)}; "
-        f"kept (no complete fragment yet): {sum(r.unsalvageable for r in rounds)}",
+        f"kept (no complete fragment yet): {sum(r.unsalvageable for r in rounds)}; removed "
+        f"as header only (audited): {sum(r.empty_removed for r in rounds)}",
         "video lost per camera per crash (kill time - end of surviving footage), ms:",
         f"  kill in a later segment ({len(steady)}): {_stats(steady)}",
         f"  kill in the first segment of a connection ({len(early)}): {_stats(early)}",
