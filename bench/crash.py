@@ -9,8 +9,8 @@ every second). The daemon is `python -m nvr.cli run -c FILE` in a child process 
 its READY=1 (index open, interrupted segments salvaged, recorders started).
 
 Each round: start the daemon, wait for READY=1 and for every camera to be recording, wait a
-random 0.5-12 s (seeded: `--seed`), take a snapshot of the index (rows and `.part` files),
-SIGKILL, restart, and once READY=1 arrives check through `storage.SegmentStore` (read-only):
+random 0.5-12 s (seeded: `--seed`), SIGKILL, take a snapshot of the index (rows and `.part`
+files), restart, and once READY=1 arrives check through `storage.SegmentStore` (read-only):
 
 - **no indexed segment lost**: every (camera, start, sha256) of the snapshot is still indexed;
 - **integrity**: every row's file exists and re-hashes to its sha256 (new rows each round,
@@ -400,10 +400,12 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
         if bench.scenario == "clock-step":
             steps.append(step_clock(bench, rng))
             time.sleep(rng.uniform(0.5, 8.0))  # retention passes every second meanwhile
-        before = bench.rows()
         killed_ms = now_ms() + bench.offset_s * 1000  # on the daemon's clock
         offset_at_kill = bench.offset_s
         bench.kill()
+        # Read once the daemon is dead: a snapshot taken before the kill misses rows
+        # committed in between (a clock step cuts every camera's segment at once).
+        before = bench.rows()
         if bench.scenario == "clock-step" and rng.random() < 0.5:
             steps.append(step_clock(bench, rng))  # the restart finds another clock
     parts = sorted(p for p in bench.root.rglob("*.mp4.part") if p not in bench.kept_parts)
