@@ -26,6 +26,14 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def wait_progress(rec: CameraRecorder, seconds: float, what: str) -> None:
+    """Wait until the recorder's thread has shown progress `seconds` after its last (its
+    pause and back-off loops do so every second): time that passed as the recorder saw it,
+    so a hung thread fails this instead of a blind sleep hiding it."""
+    since = rec.status().last_progress
+    wait_for(lambda: rec.status().last_progress >= since + seconds, seconds + 30, what)
+
+
 class Rig:
     """A store and recorders for a test, stopped and closed at the end."""
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ingest.sources import RtspOpener
 from storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
-from tests.recording_rig import wait_for
+from tests.recording_rig import wait_for, wait_progress
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +81,7 @@ def test_reserve_pauses_cleanly_and_resumes(
         before = hashes(store)
         assert before, "the segment in flight is finished cleanly before pausing"
         assert not list(small_fs.rglob("*.part"))
-        time.sleep(3)
+        wait_progress(rec, 3.0, "three rounds of the pause")
         assert rec.status().state == "storage-full"  # stays paused, writes nothing more
         assert hashes(store) == before
         filler.unlink()

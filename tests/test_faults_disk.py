@@ -38,7 +38,7 @@ from storage import SegmentStore
 from storage.store import INDEX_RESERVE_BYTES
 from tests.camsim import CameraSim
 from tests.media import check_file
-from tests.recording_rig import wait_for
+from tests.recording_rig import wait_for, wait_progress
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ def test_full_index_pauses_holds_the_segment_and_resumes(
         # Paused, not dead: the thread stays and keeps showing progress (so the supervisor
         # does not replace it), through more than three of the old replacement rounds.
         for _ in range(6):
-            time.sleep(1)
+            wait_progress(rec, 1.0, "a round of the pause")
             st = rec.status()
             assert rec.thread.is_alive(), "the recorder thread died on an index write failure"
             assert st.state == "storage-full", st
@@ -204,7 +204,7 @@ def test_index_reserve_keeps_the_ledger_on_a_full_disk(camsim: CameraSim, shared
         assert not store.held("cam")
         assert outage.start_ms == store.segments("cam")[-1].end_ms
         assert_all_indexed(store)
-        time.sleep(3)
+        wait_progress(rec, 3.0, "three rounds of the pause")
         assert rec.thread.is_alive() and rec.status().state == "storage-full"
         filler.unlink()
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
@@ -269,7 +269,7 @@ def test_full_index_filesystem_of_its_own_keeps_recording_paused_until_room(
         wait_for(lambda: not store.held("cam"), 10, "the held segment to be indexed")
         indexed = len(store.segments("cam"))
         for _ in range(5):  # still full: paused, saying so, adding nothing to the index
-            time.sleep(1)
+            wait_progress(rec, 1.0, "a round of the pause")
             st = rec.status()
             assert rec.thread.is_alive() and st.state == "storage-full", st
             assert len(store.segments("cam")) == indexed
