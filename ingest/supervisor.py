@@ -411,6 +411,8 @@ class Supervisor:
                 self.clocks.forget(name)
                 self._replaced.pop(name, None)
                 self._refused.discard(name)
+                if self._emit is not None:  # alerts: Home Assistant forgets the camera
+                    self._emit("camera-removed", name, {"reason": "removed from the config"})
             self._config = config
             self._cameras = new
             for name in changed + added:

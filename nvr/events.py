@@ -34,6 +34,8 @@ CAMERA_STATE = "camera-state"
 """data: state, previous, detail, since (a recorder's state changed)."""
 CAMERA_OUTAGE = "camera-outage"
 """data: phase (`began` | `ended`), cause, detail, start, end (the outage ledger)."""
+CAMERA_REMOVED = "camera-removed"
+"""data: reason (a reload took the camera out of the config: no more retained topics)."""
 STORAGE = "storage-forecast"
 """data: state (ok | warning | critical | unknown), forecast_days, window_days, detail."""
 CLOCK = "clock"
@@ -161,6 +163,8 @@ class EventBus:
         with self._lock:
             if kind == CAMERA_STATE and camera is not None:
                 self._states[camera] = event
+            elif kind == CAMERA_REMOVED and camera is not None:
+                self._states.pop(camera, None)
             elif kind == STORAGE:
                 self._storage = event
             boxes = list(self._outboxes)

@@ -14,7 +14,8 @@ without saying goodbye; a clean stop publishes `offline` itself. Topics:
 - `nvr/<site>/export`                an export request waits for approval, or was decided
 - `<prefix>/binary_sensor/nvr_<site>/<name>/config` retained Home Assistant discovery: each
   camera a `connectivity` binary sensor (on while recording), and the storage forecast a
-  `problem` sensor, all using the availability topic.
+  `problem` sensor, all using the availability topic. A camera a reload removes has its
+  retained topics emptied, so Home Assistant forgets it.
 
 Every event is published with QoS 1 and taken from the outbox once the broker acknowledged
 it; while the broker is unreachable the events wait in the bounded outbox, the publisher
@@ -34,7 +35,16 @@ import aiomqtt
 
 from config.errors import ConfigError
 from config.models import EventsConfig
-from nvr.events import CAMERA_OUTAGE, CAMERA_STATE, CLOCK, EXPORT, STORAGE, Event, EventBus
+from nvr.events import (
+    CAMERA_OUTAGE,
+    CAMERA_REMOVED,
+    CAMERA_STATE,
+    CLOCK,
+    EXPORT,
+    STORAGE,
+    Event,
+    EventBus,
+)
 
 log = logging.getLogger("nvr.events.mqtt")
 
@@ -191,6 +201,17 @@ class MqttPublisher:
             )
         self._announced.add(camera)
 
+    async def _forget(self, client: aiomqtt.Client, camera: str) -> None:
+        """A camera taken out of the config: its retained topics are emptied (which removes
+        it from Home Assistant)."""
+        for topic in (
+            self.discovery_topic(camera),
+            self.camera_topic(camera, "state"),
+            self.camera_topic(camera, "clock"),
+        ):
+            await client.publish(topic, b"", qos=1, retain=True)
+        self._announced.discard(camera)
+
     async def _connected(self, client: aiomqtt.Client) -> None:
         """Discovery, the retained states as they are now, then `online`."""
         self._announced.clear()
@@ -233,6 +254,11 @@ class MqttPublisher:
                             task.cancel()
                     if watch.done():
                         watch.result()  # raises the MqttError of the disconnection
+                    continue
+                if event.kind == CAMERA_REMOVED and event.camera is not None:
+                    await self._forget(client, event.camera)
+                    self._bus.delivered(self.name)
+                    self._outbox.pop(event)
                     continue
                 route = self.route(event)
                 if route is not None:

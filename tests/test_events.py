@@ -5,6 +5,7 @@ frame, and is a health reason until it is back."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -15,7 +16,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -29,9 +30,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 from api.services import ApiContext
 from config import ConfigError, NvrConfig, load_config
 from config.checks import events_problems
-from config.models import WebhookConfig
+from config.models import EventsConfig, WebhookConfig
 from ingest.timecheck.notes import CameraClockReading, ClockNotes
-from nvr.events import CAMERA_STATE, Event, EventBus, Outbox
+from nvr.events import (
+    CAMERA_REMOVED,
+    CAMERA_STATE,
+    CLOCK,
+    EXPORT,
+    STORAGE,
+    Event,
+    EventBus,
+    Outbox,
+)
+from nvr.mqtt import MqttPublisher
 from nvr.webhooks import WebhookSender
 from retention import RetentionService
 from storage import SegmentStore
@@ -369,6 +380,54 @@ def drain(box: Outbox) -> list[Event]:
         out.append(event)
         box.pop(event)
     return out
+
+
+async def until(cond: Callable[[], bool], seconds: float, what: str) -> None:
+    """`wait_for` on the event loop (the publisher under test runs on it)."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@needs_broker
+async def test_mqtt_topics_a_removed_camera_forgotten_and_offline_at_a_clean_stop() -> None:
+    site = site_name()
+    bus = EventBus(site)
+    publisher = MqttPublisher(EventsConfig(mqtt="mqtt://127.0.0.1:1883", site=site), bus)
+    stop = asyncio.Event()
+    base = f"nvr/{site}"
+    discovery = f"homeassistant/binary_sensor/nvr_{site}/gate/config"
+    try:
+        with listening(f"{base}/#", f"homeassistant/binary_sensor/nvr_{site}/#") as seen:
+            task = asyncio.create_task(publisher.run(stop))
+            bus.emit(CAMERA_STATE, "gate", {"state": "recording"})
+            bus.emit(STORAGE, None, {"state": "critical", "detail": "12 days; window 30"})
+            bus.emit(CLOCK, "gate", {"state": "warning", "offset_seconds": 5.0})
+            bus.emit(EXPORT, "gate", {"id": 7, "state": "pending"})
+            await until(lambda: bool(seen.on(f"{base}/export")), 15, "every topic published")
+            assert seen.docs(f"{base}/camera/gate/state")[-1]["state"] == "recording"
+            assert seen.docs(f"{base}/storage")[-1]["state"] == "critical"
+            assert seen.docs(f"{base}/camera/gate/clock")[-1]["offset_seconds"] == 5.0
+            assert seen.docs(f"{base}/export")[-1]["id"] == 7
+            assert json.loads(seen.on(discovery)[-1])["device_class"] == "connectivity"
+            sensor = f"homeassistant/binary_sensor/nvr_{site}/storage/config"
+            storage = json.loads(seen.on(sensor)[-1])
+            assert storage["device_class"] == "problem"
+            # A reload took the camera away: Home Assistant is told to forget it.
+            bus.emit(CAMERA_REMOVED, "gate", {"reason": "removed from the config"})
+            await until(lambda: seen.on(discovery)[-1] == b"", 15, "the discovery emptied")
+            assert seen.on(f"{base}/camera/gate/state")[-1] == b""
+            assert "gate" not in bus.camera_states()
+            # A clean stop says goodbye itself.
+            stop.set()
+            await asyncio.wait_for(task, 15)
+            await until(
+                lambda: seen.on(f"{base}/availability")[-1:] == [b"offline"], 15, "'offline'"
+            )
+    finally:
+        clear_retained(site)
 
 
 # --- a real daemon ----------------------------------------------------------------------------
