@@ -38,6 +38,7 @@ from storage.rebuild import rebuild_index
 from storage.store import GENESIS_CHAIN, chain_value, segment_name
 from tests.camsim import CameraSim
 from tests.media import check_file, fast_pattern, pattern_packets
+from tests.recording_rig import wait_for, wait_progress
 
 T0 = 1_795_000_000_000
 
@@ -353,7 +354,7 @@ def recorded(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
     rec = _recorder(store, sim.url("h264aac"))
     try:
-        _wait(lambda: len(store.segments("cam")) >= 5, 60, "five segments")
+        wait_for(lambda: len(store.segments("cam")) >= 5, 60, "five segments")
     finally:
         rec.stop()
         rec.thread.join(15)
@@ -370,14 +371,6 @@ def _recorder(store: SegmentStore, url: str) -> CameraRecorder:
     rec = CameraRecorder("cam", opener, store, segment_seconds=2, reserve_bytes=0, stall_seconds=3)
     rec.start()
     return rec
-
-
-def _wait(cond: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def copy_store(recorded: Path, tmp_path: Path) -> Path:
@@ -592,7 +585,7 @@ def test_corruption_at_run_time_pauses_with_a_reason_then_rebuild_keeps_everythi
     supervisor.start()
     rec = supervisor.recorders["cam"]
     try:
-        _wait(lambda: len(store.segments("cam")) >= 1, 60, "a first segment")
+        wait_for(lambda: len(store.segments("cam")) >= 1, 60, "a first segment")
         conn = sqlite3.connect(db)
         try:  # everything into the main file, which is then damaged past its first page
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -602,7 +595,7 @@ def test_corruption_at_run_time_pauses_with_a_reason_then_rebuild_keeps_everythi
         with db.open("r+b") as f:
             f.seek(PAGE)
             f.write(b"\xa5" * PAGE * (pages - 1))
-        _wait(lambda: rec.status().state == "index-damaged", 30, "the index-damaged state")
+        wait_for(lambda: rec.status().state == "index-damaged", 30, "the index-damaged state")
         for _ in range(3):  # paused and saying why: never a dead thread, never "starting"
             st = rec.status()
             assert rec.thread.is_alive()
@@ -610,7 +603,7 @@ def test_corruption_at_run_time_pauses_with_a_reason_then_rebuild_keeps_everythi
             assert f"the index {db} is damaged" in st.detail and REBUILD_HINT in st.detail
             (health,) = supervisor.health()
             assert not health.stuck, health  # nothing for self-repair to replace
-            time.sleep(1)
+            wait_progress(rec, 1.0, "a round of the pause")
         write_status(root, supervisor, True)
         shown = run_cli("status", "-c", str(cfg))
         out = shown.stdout + shown.stderr
