@@ -135,9 +135,16 @@ class WebhookSender:
                 self._outbox.pop(event)
                 continue
             except (OSError, ValueError, ConfigError) as err:  # URLError, 5xx, timeouts
-                self._bus.failed(self.name, _reason(err))
+                self._bus.failed(self.name, self._reason(err))
                 if self._stop.is_set() or self._stop.wait(delay):
                     return  # stopping: no more retries
+                delay = min(BACKOFF_CAP, delay * 2)
+                continue
+            except Exception as err:  # a bug: logged, and this webhook keeps its thread
+                log.exception("%s: delivery of event %d failed", self.name, event.id)
+                self._bus.failed(self.name, f"{type(err).__name__}: {err}")
+                if self._stop.wait(delay):
+                    return
                 delay = min(BACKOFF_CAP, delay * 2)
                 continue
             if dropped:
@@ -147,12 +154,15 @@ class WebhookSender:
             self._bus.delivered(self.name)
             delay = BACKOFF_INITIAL
 
+    def _reason(self, err: BaseException) -> str:
+        if isinstance(err, ConfigError):  # its secret cannot be read (yet)
+            return "; ".join(f"events.webhooks[{self._index}].{p}" for p in err.problems)
+        return _reason(err)
+
 
 def _reason(err: BaseException) -> str:
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
-    if isinstance(err, ConfigError):
-        return "; ".join(err.problems)
     if isinstance(err, urllib.error.URLError):
         reason = err.reason
         return str(getattr(reason, "strerror", None) or reason)

@@ -432,6 +432,30 @@ async def test_mqtt_topics_a_removed_camera_forgotten_and_offline_at_a_clean_sto
         clear_retained(site)
 
 
+def test_a_webhook_whose_secret_is_missing_is_a_reason_until_it_is_there(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    receiver = Receiver(port)
+    secret = tmp_path / "late.secret"
+    bus = EventBus("depot")
+    hook = WebhookConfig(url=f"http://127.0.0.1:{port}/x", secret_file=secret)
+    sender = WebhookSender(0, hook, bus)
+    sender.start()
+    try:
+        bus.emit(CAMERA_STATE, "gate", {"state": "recording"})
+        wait_for(lambda: bool(bus.problems()), 10, "the missing secret as a reason")
+        assert f"events.webhooks[0].secret_file: cannot read {secret}" in bus.problems()[0]
+        assert receiver.posts == []  # never sent unsigned
+        secret.write_text("late\n")
+        wait_for(lambda: bus.destinations()[0].delivered == 1, 30, "the event delivered")
+        verified(*receiver.posts[0], b"late")
+        assert bus.problems() == []
+    finally:
+        sender.stop()
+        receiver.close()
+
+
 # --- a real daemon ----------------------------------------------------------------------------
 
 
