@@ -349,7 +349,7 @@ class Bench:
         """Paths (relative to the root) of header-only `.part` files removed, as audited."""
         store = self.reader()
         try:
-            entries = store.audit_entries(action="remove-empty-part", limit=100_000)
+            entries = store.audit.entries(action="remove-empty-part", limit=100_000)
             return {str(e.detail.get("path")) for e in entries}
         finally:
             store.close()
@@ -358,7 +358,7 @@ class Bench:
         """Segments deleted by purges audited as ok (all footage here is inside its window)."""
         store = self.reader()
         try:
-            entries = store.audit_entries(action="purge", outcome="ok", limit=100_000)
+            entries = store.audit.entries(action="purge", outcome="ok", limit=100_000)
             return sum(int(e.detail.get("segments", 0)) for e in entries)
         finally:
             store.close()
@@ -367,7 +367,7 @@ class Bench:
         """clock-step: steps audited (`clock-step`), and whether a hold is in force."""
         store = self.reader()
         try:
-            steps = len(store.audit_entries(action="clock-step", limit=100_000))
+            steps = len(store.audit.entries(action="clock-step", limit=100_000))
             return steps, store.clock_verdict().hold is not None
         finally:
             store.close()

@@ -169,7 +169,7 @@ def cmd_metrics_token(args: argparse.Namespace) -> int:
         return 1
     store = open_store(config)
     try:
-        store.audit(actor(), "metrics-token", "metrics", "ok", {"hash_file": str(target)})
+        store.audit.append(actor(), "metrics-token", "metrics", "ok", {"hash_file": str(target)})
     finally:
         store.close()
     if args.token_file is not None:
@@ -195,7 +195,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     key = _read_key(args.key)
     store = open_store(configpath.load(args.config))
     try:
-        report = store.audit_report(key)
+        report = store.audit.report(key)
     finally:
         store.close()
     last = report.last_good

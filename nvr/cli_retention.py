@@ -194,7 +194,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         finally:
             if progress is not None:
                 progress.finish()
-        audit = store.verify_audit()
+        audit = store.audit.verify()
     elapsed = time.monotonic() - started
     for line in report.problems + audit:
         print(line)
@@ -227,7 +227,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
             )
         verdict = store.clock_verdict()
         if verdict.held and confirmed is None:
-            store.audit(who, "purge", "", "refused", {"why": f"clock: {verdict.reason}"})
+            store.audit.append(who, "purge", "", "refused", {"why": f"clock: {verdict.reason}"})
             print(
                 "nvr purge: refused, nothing deleted: the server clock is suspicious: "
                 f"{verdict.reason}.\n{verdict.advice}",

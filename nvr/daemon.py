@@ -433,7 +433,7 @@ async def _checkpoint(store: SegmentStore) -> None:
     """Sign an audit checkpoint when `[evidence] checkpoint_minutes` have passed since the
     last one and entries came after it (issue 14, item 3: every N entries and every hour)."""
     try:
-        await asyncio.to_thread(store.checkpoint_audit)
+        await asyncio.to_thread(store.audit.checkpoint)
     except StorageError as err:
         log.error("cannot write an audit checkpoint: %s", err)
 

@@ -144,7 +144,7 @@ class Reloader:
     async def _audit(self, actor: str, outcome: str, detail: dict[str, object]) -> None:
         try:
             await asyncio.to_thread(
-                self._store.audit, actor, "config-reload", "config", outcome, detail
+                self._store.audit.append, actor, "config-reload", "config", outcome, detail
             )
         except StorageError as err:
             log.error("cannot audit the configuration reload by %s: %s", actor, err)

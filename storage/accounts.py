@@ -18,20 +18,19 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from config.models import CAMERA_NAME, CAMERA_NAME_RULE
-from storage.audit import AuditEntry
 from storage.errors import StorageError
+from storage.repository import Index, Repository
 from storage.schema import TokenRow, UserCameraRow, UserRow
 from storage.timestamps import DAY_MS
 
@@ -41,9 +40,6 @@ ALL_CAMERAS = "*"
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
-
-Writing = Callable[[], AbstractContextManager[Session]]
-Auditor = Callable[..., AuditEntry]
 
 
 class AccountError(StorageError):
@@ -142,16 +138,11 @@ def check_cameras(cameras: Iterable[str]) -> frozenset[str]:
     return out
 
 
-class AccountStore:
+class AccountStore(Repository):
     """Users, per-camera permissions and bearer tokens in the index."""
 
-    def __init__(
-        self, engine: Engine, writing: Writing, audit: Auditor, clock: Callable[[], int]
-    ) -> None:
-        self._engine = engine
-        self._writing = writing
-        self._audit = audit
-        self._clock = clock
+    def __init__(self, index: Index) -> None:
+        super().__init__(index)
         self._hasher = PasswordHasher()
         self._dummy_hash: str | None = None
 
@@ -238,7 +229,7 @@ class AccountStore:
                     s.add(UserCameraRow(user_id=row.id, camera=cam))
         except IntegrityError as err:
             raise AccountError(f"a user called {name!r} already exists") from err
-        self._audit(
+        self._audit.append(
             actor,
             "user-add",
             f"user:{name}",
@@ -265,7 +256,7 @@ class AccountStore:
             )
 
     def _refused(self, err: AccountError, actor: str, action: str, name: str) -> None:
-        self._audit(actor, action, f"user:{name}", "refused", {"reason": str(err)})
+        self._audit.append(actor, action, f"user:{name}", "refused", {"reason": str(err)})
 
     def set_role(self, name: str, role: str, *, actor: str) -> User:
         """Change a user's role; refused (LastAdminError) for the last enabled admin."""
@@ -283,7 +274,9 @@ class AccountStore:
         except LastAdminError as err:
             self._refused(err, actor, "user-role", name)
             raise
-        self._audit(actor, "user-role", f"user:{name}", "ok", {"from": before.role, "to": checked})
+        self._audit.append(
+            actor, "user-role", f"user:{name}", "ok", {"from": before.role, "to": checked}
+        )
         return self._require(name)
 
     def set_cameras(self, name: str, cameras: Iterable[str], *, actor: str) -> User:
@@ -296,7 +289,7 @@ class AccountStore:
             s.execute(
                 update(UserRow).where(UserRow.id == before.id).values(updated_ms=self._clock())
             )
-        self._audit(
+        self._audit.append(
             actor,
             "user-cameras",
             f"user:{name}",
@@ -323,7 +316,9 @@ class AccountStore:
             raise
         if disabled:
             self._revoke_all(user.id)
-        self._audit(actor, "user-disable" if disabled else "user-enable", f"user:{name}", "ok")
+        self._audit.append(
+            actor, "user-disable" if disabled else "user-enable", f"user:{name}", "ok"
+        )
         return self._require(name)
 
     def set_password(self, name: str, password: str, *, actor: str) -> User:
@@ -332,7 +327,7 @@ class AccountStore:
         user = self._require(name)
         self._update(name, password_hash=self._hasher.hash(password))
         self._revoke_all(user.id)
-        self._audit(actor, "user-password", f"user:{name}", "ok")
+        self._audit.append(actor, "user-password", f"user:{name}", "ok")
         return self._require(name)
 
     def _update(self, name: str, **values: Any) -> None:

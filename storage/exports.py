@@ -19,19 +19,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.audit import AuditEntry
 from storage.errors import StorageError
+from storage.repository import Index, Repository
 from storage.schema import ExportRow
-
-Writing = Callable[[], AbstractContextManager[Session]]
-Auditor = Callable[..., AuditEntry]
 
 PENDING = "pending"
 BUILDING = "building"
@@ -119,16 +115,11 @@ def _export(row: ExportRow) -> Export:
     )
 
 
-class ExportRegister:
+class ExportRegister(Repository):
     """Export requests, approvals and packages, in the index."""
 
-    def __init__(
-        self, engine: Engine, writing: Writing, audit: Auditor, clock: Callable[[], int]
-    ) -> None:
-        self._engine = engine
-        self._writing = writing
-        self._audit = audit
-        self._clock = clock
+    def __init__(self, index: Index) -> None:
+        super().__init__(index)
         self.on_approved: Callable[[Export], object] | None = None
         """Called after an approval (the store locks the exported range, R3)."""
 
@@ -174,7 +165,7 @@ class ExportRegister:
         owner = self._work_id_owner(requester_work_id, requester)
         if owner is not None:
             reason = f"work id {requester_work_id!r} belongs to another account ({owner})"
-            self._audit(
+            self._audit.append(
                 requester, "export-request", f"camera:{camera}", "refused", {"reason": reason}
             )
             raise ExportRefused(reason, person=True)
@@ -196,7 +187,7 @@ class ExportRegister:
             s.add(row)
             s.flush()
             export = _export(row)
-        self._audit(
+        self._audit.append(
             requester,
             "export-request",
             f"export:{export.id}",
@@ -216,7 +207,7 @@ class ExportRegister:
     def _refuse(
         self, actor: str, action: str, export_id: int, reason: str, *, person: bool = False
     ) -> ExportRefused:
-        self._audit(actor, action, f"export:{export_id}", "refused", {"reason": reason})
+        self._audit.append(actor, action, f"export:{export_id}", "refused", {"reason": reason})
         return ExportRefused(reason, person=person)
 
     def _work_id_owner(self, work_id: str, account: str) -> str | None:
@@ -294,7 +285,7 @@ class ExportRegister:
             raise self._refuse(
                 approver, "export-approve", export_id, "the request is no longer pending"
             )
-        self._audit(
+        self._audit.append(
             approver,
             "export-approve",
             f"export:{export_id}",
@@ -384,7 +375,7 @@ class ExportRegister:
         detail: dict[str, Any] = {"reason": reason}
         if work_id is not None:
             detail["work_id"] = work_id
-        self._audit(actor, action, f"export:{export_id}", "ok", detail)
+        self._audit.append(actor, action, f"export:{export_id}", "ok", detail)
         return self.get(export_id)
 
     def mark_ready(
@@ -405,7 +396,7 @@ class ExportRegister:
                     files=json.dumps(doc, separators=(",", ":")),
                 )
             )
-        self._audit(
+        self._audit.append(
             "system",
             "export-built",
             f"export:{export_id}",
@@ -421,7 +412,9 @@ class ExportRegister:
                 .where(ExportRow.id == export_id)
                 .values(state=FAILED, built_ms=self._clock(), error=error)
             )
-        self._audit("system", "export-built", f"export:{export_id}", "failed", {"error": error})
+        self._audit.append(
+            "system", "export-built", f"export:{export_id}", "failed", {"error": error}
+        )
         return self.get(export_id)
 
     def interrupted(self) -> list[Export]:

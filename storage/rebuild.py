@@ -37,12 +37,12 @@ from typing import Any
 
 import av
 
+from storage.audit import AUDIT_HEAD_NAME
 from storage.errors import StorageError
 from storage.index import make_engine, upgrade
 from storage.media.fragments import scan_fragments
 from storage.schema import Base
 from storage.store import (
-    AUDIT_HEAD,
     GENESIS_CHAIN,
     MARKER,
     SegmentStore,
@@ -137,7 +137,7 @@ def rebuild_index(root: Path, database_url: str) -> RebuildReport:
         fsync_dir(db.parent)
         store = SegmentStore(root, database_url, exclusive=False)
         try:
-            store.audit(
+            store.audit.append(
                 "nvr",
                 "index-rebuild",
                 str(db),
@@ -345,7 +345,7 @@ def _check_audit_head(root: Path, old: _Old, report: RebuildReport) -> None:
     """The signed audit head outside the index names the newest entry: say if the entries
     up to it were not all read back (the log cannot be made whole from the files)."""
     try:
-        head = int((root / AUDIT_HEAD).read_text(encoding="ascii").split()[0])
+        head = int((root / AUDIT_HEAD_NAME).read_text(encoding="ascii").split()[0])
     except (OSError, ValueError, IndexError):
         return
     ids = {r.get("id") for r in old.tables.get("audit", [])}

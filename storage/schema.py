@@ -148,7 +148,7 @@ class AuditRow(Base):
     """One entry of the append-only, hash-chained audit log (R5).
 
     hash = sha256(prev_hash | id | at_ms | actor | action | target | outcome | detail).
-    SQLite triggers refuse UPDATE and DELETE; `verify_audit` detects edits made around them.
+    SQLite triggers refuse UPDATE and DELETE; `AuditLog.verify` detects edits made around them.
     """
 
     __tablename__ = "audit"

@@ -48,8 +48,6 @@ lock, so a single process is the only writer of its SQLite file.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import dataclasses
 import fcntl
@@ -63,7 +61,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import av
 from sqlalchemy import (
@@ -77,19 +75,16 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage import audit as audit_log
 from storage import clock as evidence
-from storage import signing
 from storage.accounts import AccountStore
 from storage.audit import AuditEntry
 from storage.errors import (
     ClockSuspicious,
     ForeignIndexError,
     IndexCorruptError,
-    IndexFullError,
     IndexWriteError,
     LockError,
     RetentionViolation,
@@ -107,9 +102,8 @@ from storage.guard import (
 )
 from storage.index import check_integrity, make_engine, migrate
 from storage.media.fragments import scan_fragments
+from storage.repository import Index
 from storage.schema import (
-    AuditCheckpointRow,
-    AuditRow,
     CameraWindowRow,
     CapacityRow,
     ChainGapRow,
@@ -126,20 +120,15 @@ from storage.timestamps import DAY_MS, iso, now_ms
 from storage.verify import VerifyReport, verify_store
 from storage.writer import SegmentWriter, WrittenFile, fsync_dir
 
-if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 log = logging.getLogger("nvr.storage")
 
 GENESIS_CHAIN = "0" * 64
 MIN_WINDOW_DAYS = 30
 MARKER = ".nvr-store"
-AUDIT_HEAD = ".audit-head"
 NAME_FORMAT = "%Y%m%dT%H%M%S"
 INDEX_RESERVE_BYTES = 4 * 1024 * 1024
 """Room kept beside a SQLite index for the writes that must still succeed on a full disk
 (outage ledger, held segments): thousands of rows, and a WAL that grows before checkpoints."""
-RESERVE_SUFFIX = ".reserve"
 
 
 def chain_value(prev: str, sha256: str, camera: str, start_ms: int, end_ms: int) -> str:
@@ -359,9 +348,6 @@ class SegmentStore:
         self.root = root.resolve()
         self.max_lock_years = max_lock_years
         self._key_path = signing_key if signing_key is not None else self.root / ".nvr-export-key"
-        self._signer: Ed25519PrivateKey | None = None
-        self._signer_failed = False
-        self._signer_lock = threading.Lock()
         self._checkpoint_entries = checkpoint_entries
         self._checkpoint_ms = checkpoint_ms
         self._window = retention_days or (lambda _camera: MIN_WINDOW_DAYS)
@@ -412,15 +398,20 @@ class SegmentStore:
             # before anything is recovered, deleted or written (IndexCorruptError says how
             # to rebuild it).
             check_integrity(self._engine)
-        db = self._engine.url.database if self._engine.dialect.name == "sqlite" else None
-        self._reserve_file: Path | None = None
-        self._reserve_bytes = 0
-        if exclusive and db and db != ":memory:" and index_reserve_bytes > 0:
-            self._reserve_file = Path(db).resolve().with_name(Path(db).name + RESERVE_SUFFIX)
-            self._reserve_bytes = index_reserve_bytes
+        self.index = Index(
+            self._engine,
+            root=self.root,
+            clock=self._clock,
+            reserve_bytes=index_reserve_bytes if exclusive else 0,
+            signing_key=self._key_path,
+            checkpoint_entries=self._checkpoint_entries,
+            checkpoint_ms=self._checkpoint_ms,
+        )
+        """The index as the repositories share it (write transaction, reserve, audit)."""
+        self.audit = self.index.audit
+        """The audit log (R5)."""
         self._held: dict[str, list[tuple[WrittenFile, SegmentInfo, bool]]] = {}
         self._held_lock = threading.RLock()
-        self._reserve_lock = threading.Lock()
         # Two processes (the daemon and a CLI) may open a new index at once: migrate under an
         # exclusive lock so their schema changes never interleave.
         with _file_lock(self.root / ".nvr-migrate.lock"):
@@ -449,91 +440,12 @@ class SegmentStore:
             # before windows were stored learns them here, at the first start after upgrade).
             for camera in self.cameras():
                 self.promise_window(camera)
-        self._restore_index_reserve()
-        self.accounts = AccountStore(self._engine, self._writing, self.audit, self._clock)
+        self.index.restore_reserve()
+        self.accounts = AccountStore(self.index)
         """Users, roles, camera permissions and bearer tokens of the HTTP API."""
-        self.exports = ExportRegister(self._engine, self._writing, self.audit, self._clock)
+        self.exports = ExportRegister(self.index)
         """The evidence export register (two-person rule)."""
         self.exports.on_approved = self._lock_export
-
-    @contextlib.contextmanager
-    def _writing(self, *, guard: bool = False) -> Iterator[Session]:
-        """One index write transaction, serialised, with database errors made typed.
-
-        `guard` makes it the delete door's transaction: it takes the database's write lock
-        before its first read, so the windows and locks it checks cannot change until it has
-        marked what it deletes. SQLite: BEGIN IMMEDIATE (every other writer, in any process,
-        waits for the commit). PostgreSQL: the `locks` and `camera_windows` tables are locked
-        in SHARE ROW EXCLUSIVE mode, which waits for and blocks every lock, lock change and
-        window change, and every other guarded delete, until the commit."""
-        try:
-            with self._lock, Session(self._engine) as s, s.begin():
-                if guard:
-                    if self._engine.dialect.name == "sqlite":
-                        # pysqlite begins lazily (at the first write); begin now, for writing.
-                        s.connection().exec_driver_sql("BEGIN IMMEDIATE")
-                    else:
-                        s.execute(
-                            text("LOCK TABLE locks, camera_windows IN SHARE ROW EXCLUSIVE MODE")
-                        )
-                yield s
-        except OperationalError as err:
-            msg = str(err.orig) if err.orig is not None else str(err)
-            if "full" in msg or "space" in msg:
-                self._release_index_reserve()
-                raise IndexFullError(f"index write failed: {msg}") from err
-            raise IndexWriteError(f"index write failed: {msg}") from err
-
-    # --- the index's reserve ----------------------------------------------------------------
-
-    def _release_index_reserve(self) -> None:
-        path = self._reserve_file
-        if path is None:
-            return
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            return  # already used
-        except OSError as err:
-            log.error("cannot release the index reserve %s: %s", path, err.strerror)
-            return
-        log.warning(
-            "the index's filesystem is full: released its %d KiB reserve (%s) so the outage "
-            "ledger and held segments can still be written",
-            self._reserve_bytes // 1024,
-            path,
-        )
-
-    def _restore_index_reserve(self) -> bool:
-        """Make the reserve file if it is missing and there is room; True if it exists."""
-        path = self._reserve_file
-        if path is None:
-            return True
-        with self._reserve_lock:
-            return self._make_index_reserve(path)
-
-    def _make_index_reserve(self, path: Path) -> bool:
-        try:
-            if path.stat().st_size >= self._reserve_bytes:
-                return True
-        except FileNotFoundError:
-            pass
-        except OSError:
-            return False
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            if shutil.disk_usage(path.parent).free < 2 * self._reserve_bytes:
-                return False
-            with tmp.open("wb") as f:
-                f.write(bytes(self._reserve_bytes))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            log.warning("cannot make the index reserve %s yet: %s", path, err.strerror)
-            return False
-        return True
 
     # --- identity and locking -------------------------------------------------------------
 
@@ -576,7 +488,7 @@ class SegmentStore:
         store_id = index_id or disk_id or str(uuid.uuid4())
         if create:
             if index_id is None:
-                with self._writing() as s:
+                with self.index.writing() as s:
                     s.add(Meta(key="store_id", value=store_id))
             if disk_id is None:
                 tmp = marker.with_name(MARKER + ".tmp")
@@ -715,7 +627,7 @@ class SegmentStore:
         """Add the row and advance the camera's chain. `only_if_unindexed`: see `_insert`
         (checked under the write lock)."""
         rel = str(written.path.relative_to(self.root))
-        with self._writing() as s:
+        with self.index.writing() as s:
             if only_if_unindexed and (
                 written.path in self._pending
                 or s.scalar(select(SegmentRow.id).where(SegmentRow.path == rel)) is not None
@@ -784,7 +696,7 @@ class SegmentStore:
     def promise_window(self, camera: str) -> int:
         """Store `camera`'s configured window with its footage unless a longer one is stored;
         returns the camera's window in days."""
-        with self._writing() as s:
+        with self.index.writing() as s:
             days = self._promise(s, camera)
         self._promised[camera] = days
         return days
@@ -795,21 +707,21 @@ class SegmentStore:
         as there is room, and counted as taken until then, so recorders resume only after
         the index has its room back."""
         free = shutil.disk_usage(self.root).free
-        path = self._reserve_file
-        if path is not None and not self._restore_index_reserve():
+        path = self.index.reserve_file
+        if path is not None and not self.index.restore_reserve():
             try:
                 same = os.stat(path.parent).st_dev == os.stat(self.root).st_dev
             except OSError:
                 same = True
             if same:
-                free = max(0, free - self._reserve_bytes)
+                free = max(0, free - self.index.reserve_bytes)
         return free
 
     def index_has_room(self) -> bool:
         """Whether the index's reserve is in place (made again here if there is room): on a
         filesystem of the index's own, `free_bytes` of the recordings says nothing about it,
         so recorders also wait for this before they resume. True without a reserve."""
-        return self._restore_index_reserve()
+        return self.index.restore_reserve()
 
     # --- start-up recovery ------------------------------------------------------------------
 
@@ -895,7 +807,7 @@ class SegmentStore:
         except _AlreadyIndexed:
             return None  # `commit` is indexing it, or just did
         self.add_event(camera, now_ms(), "recovered", f"{path.name}: indexed a file without row")
-        self.audit(
+        self.audit.append(
             "nvr",
             "index-recovered",
             camera,
@@ -920,7 +832,7 @@ class SegmentStore:
         finish: list[Segment] = []
         kept: list[tuple[str, int, str, str, str]] = []
         entries: list[AuditEntry] = []
-        with self._writing(guard=True) as s:
+        with self.index.writing(guard=True) as s:
             now = self._clock()
             rows = list(
                 s.scalars(
@@ -952,7 +864,7 @@ class SegmentStore:
                     _undo_gap(s, gap, run)
                 kept.append((run[0].camera, len(run), run[0].path, run[-1].path, why))
                 entries.append(
-                    audit_log.append(
+                    self.audit.append_in(
                         s,
                         now,
                         "nvr",
@@ -969,7 +881,7 @@ class SegmentStore:
                 )
             if finish:
                 entries.append(
-                    audit_log.append(
+                    self.audit.append_in(
                         s,
                         now,
                         "nvr",
@@ -985,7 +897,7 @@ class SegmentStore:
                     )
                 )
         if entries:
-            self._write_audit_head(entries[-1])
+            self.audit.committed(entries[-1])
         for camera, count, first, last, why in kept:
             log.error(
                 "camera %s: %d segments marked for deletion (%s .. %s) were NOT deleted and are "
@@ -1007,7 +919,7 @@ class SegmentStore:
             done.append(seg.id)
             log.info("finished an interrupted delete of %s", seg.path)
         if done:
-            with self._writing() as s:
+            with self.index.writing() as s:
                 s.execute(delete(SegmentRow).where(SegmentRow.id.in_(done)))
 
     def salvage(self, part: Path) -> Segment | None:
@@ -1063,7 +975,7 @@ class SegmentStore:
         except OSError as err:
             log.error("cannot remove header-only %s: %s", part, err.strerror)
             return
-        self.audit(
+        self.audit.append(
             "nvr",
             "remove-empty-part",
             camera,
@@ -1093,7 +1005,7 @@ class SegmentStore:
     # --- outage ledger and events -----------------------------------------------------------
 
     def open_outage(self, camera: str, start_ms: int, cause: str, detail: str = "") -> Outage:
-        with self._writing() as s:
+        with self.index.writing() as s:
             row = OutageRow(
                 camera=camera, start_ms=start_ms, end_ms=None, cause=cause, detail=detail
             )
@@ -1103,7 +1015,7 @@ class SegmentStore:
 
     def update_outage(self, outage_id: int, cause: str, detail: str) -> None:
         """Refine the cause of a still-open outage (e.g. stalled -> connect failed)."""
-        with self._writing() as s:
+        with self.index.writing() as s:
             s.execute(
                 update(OutageRow)
                 .where(OutageRow.id == outage_id, OutageRow.end_ms.is_(None))
@@ -1111,7 +1023,7 @@ class SegmentStore:
             )
 
     def close_outage(self, outage_id: int, end_ms: int) -> None:
-        with self._writing() as s:
+        with self.index.writing() as s:
             s.execute(
                 update(OutageRow)
                 .where(OutageRow.id == outage_id, OutageRow.end_ms.is_(None))
@@ -1121,7 +1033,7 @@ class SegmentStore:
     def reopen_outage(self, outage_id: int, cause: str, detail: str) -> None:
         """An outage was closed for footage that then came to nothing (its segment failed
         before a byte was kept): the gap goes on, under the cause of that failure."""
-        with self._writing() as s:
+        with self.index.writing() as s:
             s.execute(
                 update(OutageRow)
                 .where(OutageRow.id == outage_id)
@@ -1130,7 +1042,7 @@ class SegmentStore:
 
     def set_outage_end(self, outage_id: int, end_ms: int) -> None:
         """Correct the end of a just-closed outage to the start of the footage that ended it."""
-        with self._writing() as s:
+        with self.index.writing() as s:
             s.execute(update(OutageRow).where(OutageRow.id == outage_id).values(end_ms=end_ms))
 
     def open_outages(self, camera: str) -> list[Outage]:
@@ -1155,7 +1067,7 @@ class SegmentStore:
     def add_event(
         self, camera: str, at_ms: int, kind: str, detail: str = "", value: float | None = None
     ) -> None:
-        with self._writing() as s:
+        with self.index.writing() as s:
             s.add(EventRow(camera=camera, at_ms=at_ms, kind=kind, detail=detail, value=value))
 
     def events(self, camera: str | None = None, since_ms: int = 0) -> list[StreamEvent]:
@@ -1181,225 +1093,6 @@ class SegmentStore:
                 StreamEvent(r.id, r.camera, r.at_ms, r.kind, r.detail, r.value)
                 for r in s.scalars(q)
             ]
-
-    # --- audit log ------------------------------------------------------------------------
-
-    def audit(
-        self,
-        actor: str,
-        action: str,
-        target: str = "",
-        outcome: str = "ok",
-        detail: dict[str, Any] | None = None,
-        at_ms: int | None = None,
-    ) -> AuditEntry:
-        """Append to the audit log (R5). Never pass secrets in `detail`."""
-        when = self._clock() if at_ms is None else at_ms
-        for attempt in range(5):
-            try:
-                with self._writing() as s:
-                    entry = audit_log.append(s, when, actor, action, target, outcome, detail or {})
-                break
-            except IntegrityError:
-                # Another process (the CLI beside the daemon) appended the same id first.
-                if attempt == 4:
-                    raise
-                # An Event's wait, not time.sleep, which fails under libfaketime (EINVAL).
-                threading.Event().wait(0.05 * (attempt + 1))
-        self._write_audit_head(entry)
-        return entry
-
-    def _signing_key(self) -> Ed25519PrivateKey | None:
-        """The key signing audit heads and checkpoints (the export key), created if missing
-        (owned like the storage root, so a command run as root never leaves a key the
-        daemon's user cannot read). None when unusable (logged once): entries are still
-        written, and `audit-verify` reports them unsigned."""
-        with self._signer_lock:
-            if self._signer is None and not self._signer_failed:
-                try:
-                    self._signer = signing.load_or_create_key(self._key_path, owner=self.root)
-                except signing.SigningKeyError as err:
-                    self._signer_failed = True
-                    log.error("audit entries are not signed: %s", err)
-            return self._signer
-
-    def _write_audit_head(self, entry: AuditEntry) -> None:
-        """Keep the newest (id, hash) outside the database, signed, so truncation and a
-        rewritten tail are detectable; add a signed checkpoint when one is due."""
-        key = self._signing_key()
-        sig = "-"
-        if key is not None:
-            sig = base64.b64encode(key.sign(audit_log.head_message(entry.id, entry.hash))).decode(
-                "ascii"
-            )
-        path = self.root / AUDIT_HEAD
-        tmp = path.with_name(f"{AUDIT_HEAD}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(f"{entry.id} {entry.hash} {sig}\n", encoding="ascii")
-            os.replace(tmp, path)
-        except OSError as err:
-            log.error("cannot record the audit head in %s: %s", path, err.strerror)
-        if key is not None:
-            self._checkpoint_if_due(key, entry, entry.at_ms)
-
-    def checkpoint_audit(self) -> bool:
-        """Sign a checkpoint over the newest audit entry if the last checkpoint is older than
-        the checkpoint interval and does not cover it yet. The daemon calls this on a timer,
-        so the hourly checkpoint does not wait for the next entry to arrive. Returns whether a
-        checkpoint was written. Runs on the caller's thread (blocking I/O)."""
-        key = self._signing_key()
-        if key is None:
-            return False
-        with Session(self._engine) as s:
-            row = s.scalars(select(AuditRow).order_by(AuditRow.id.desc()).limit(1)).first()
-            newest = None if row is None else audit_log.to_entry(row)
-        if newest is None:
-            return False
-        return self._checkpoint_if_due(key, newest, self._clock())
-
-    def _checkpoint_if_due(self, key: Ed25519PrivateKey, entry: AuditEntry, now_ms: int) -> bool:
-        """Write a checkpoint over `entry` at `now_ms` when `checkpoint_entries` entries or
-        `checkpoint_ms` have passed since the last one (and it does not cover `entry` yet)."""
-        with Session(self._engine) as s:
-            last = s.execute(
-                select(AuditCheckpointRow.audit_id, AuditCheckpointRow.at_ms)
-                .order_by(AuditCheckpointRow.id.desc())
-                .limit(1)
-            ).first()
-        if last is not None and (
-            entry.id - last[0] < self._checkpoint_entries
-            and now_ms - last[1] < self._checkpoint_ms
-        ):
-            return False
-        if last is not None and last[0] >= entry.id:
-            return False
-        at = now_ms
-        sig = key.sign(audit_log.checkpoint_message(entry.id, entry.hash, at))
-        text = base64.b64encode(sig).decode("ascii")
-        fp = signing.fingerprint(key)
-        try:
-            with self._writing() as s:
-                s.add(
-                    AuditCheckpointRow(
-                        audit_id=entry.id,
-                        audit_hash=entry.hash,
-                        at_ms=at,
-                        key_sha256=fp,
-                        signature=text,
-                    )
-                )
-        except StorageError as err:
-            log.error("cannot store an audit checkpoint: %s", err)
-        line = f"{entry.id} {entry.hash} {at} {fp} {text}"
-        # Outside the index too: the journal, and an append-only file beside the footage.
-        log.info("audit checkpoint: %s", line)
-        try:
-            fd = os.open(
-                self.root / audit_log.CHECKPOINTS_NAME,
-                os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
-                0o640,
-            )
-            try:
-                os.write(fd, (line + "\n").encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as err:
-            log.error("cannot append the audit checkpoint to a file: %s", err.strerror)
-        return True
-
-    def audit_entries(
-        self,
-        *,
-        since_ms: int | None = None,
-        until_ms: int | None = None,
-        actor: str | None = None,
-        action: str | None = None,
-        target: str | None = None,
-        outcome: str | None = None,
-        limit: int = 1000,
-        offset: int = 0,
-    ) -> list[AuditEntry]:
-        """Audit entries, oldest first, filtered."""
-        with Session(self._engine) as s:
-            q = select(AuditRow)
-            if since_ms is not None:
-                q = q.where(AuditRow.at_ms >= since_ms)
-            if until_ms is not None:
-                q = q.where(AuditRow.at_ms < until_ms)
-            if actor is not None:
-                q = q.where(AuditRow.actor == actor)
-            if action is not None:
-                q = q.where(AuditRow.action == action)
-            if target is not None:
-                q = q.where(AuditRow.target == target)
-            if outcome is not None:
-                q = q.where(AuditRow.outcome == outcome)
-            rows = s.scalars(q.order_by(AuditRow.id).limit(limit).offset(offset))
-            return [audit_log.to_entry(r) for r in rows]
-
-    def verify_audit(self, public_key_pem: bytes | None = None) -> list[str]:
-        """Problems found in the audit log (empty when intact); see `audit_report`."""
-        return self.audit_report(public_key_pem).problems
-
-    def audit_report(self, public_key_pem: bytes | None = None) -> audit_log.AuditReport:
-        """Walk the audit chain and check the signed head and checkpoints (index and the
-        file outside it) with `public_key_pem`, or else the public half of the signing key."""
-        check = None
-        try:
-            pub = (
-                signing.load_public(public_key_pem, "the given key")
-                if public_key_pem is not None
-                else signing.load_key(self._key_path).public_key()
-            )
-
-            def check(signature: bytes, message: bytes) -> bool:
-                return signing.signature_ok(pub, signature, message)
-
-        except signing.SigningKeyError as err:
-            log.warning("audit signatures cannot be checked: %s", err)
-        head: audit_log.Head | None = None
-        head_missing = False
-        try:
-            fields = (self.root / AUDIT_HEAD).read_text(encoding="ascii").split()
-            sig = base64.b64decode(fields[2]) if len(fields) > 2 and fields[2] != "-" else None
-            head = audit_log.Head(int(fields[0]), fields[1], sig)
-        except FileNotFoundError:
-            head_missing = True
-        except (OSError, ValueError, IndexError, binascii.Error):
-            head = None
-        checkpoints: list[audit_log.Checkpoint] = []
-        with Session(self._engine) as s:
-            for row in s.scalars(select(AuditCheckpointRow).order_by(AuditCheckpointRow.id)):
-                checkpoints.append(
-                    audit_log.Checkpoint(
-                        row.audit_id,
-                        row.audit_hash,
-                        row.at_ms,
-                        _b64(row.signature),
-                        "index",
-                    )
-                )
-            try:
-                lines = (self.root / audit_log.CHECKPOINTS_NAME).read_text("ascii").splitlines()
-            except FileNotFoundError:
-                lines = []
-            for line in lines:
-                parts = line.split()
-                if len(parts) != 5 or not parts[0].isdigit() or not parts[2].isdigit():
-                    continue
-                checkpoints.append(
-                    audit_log.Checkpoint(
-                        int(parts[0]), parts[1], int(parts[2]), _b64(parts[4]), "file"
-                    )
-                )
-            return audit_log.verify_log(
-                s,
-                head=head,
-                head_missing=head_missing,
-                checkpoints=checkpoints,
-                check=check,
-            )
 
     # --- queries ----------------------------------------------------------------------------
 
@@ -1477,7 +1170,7 @@ class SegmentStore:
         """Keep a segment's playback sample index; False if the segment is gone (purged
         meanwhile) or already has one."""
         try:
-            with self._writing() as s:
+            with self.index.writing() as s:
                 if s.get(SegmentSamplesRow, segment.id) is not None:
                     return False
                 s.add(SegmentSamplesRow(segment_id=segment.id, sha256=segment.sha256, data=data))
@@ -1568,7 +1261,7 @@ class SegmentStore:
         the last one; a step of the wall clock since that run's last heartbeat is a hold."""
         now = self._reading()
         entry: AuditEntry | None = None
-        with self._writing() as s:
+        with self.index.writing() as s:
             prev = self._last_run(s)
             row = RunRow(
                 boot_id=now.boot_id,
@@ -1596,7 +1289,7 @@ class SegmentStore:
         self._run_written_uptime = now.uptime_ms
         self._stable_since = now.uptime_ms if now.synchronised and step is None else None
         if entry is not None:
-            self._write_audit_head(entry)
+            self.audit.committed(entry)
 
     def _add_hold(self, s: Session, now: evidence.Reading, step: int, detail: str) -> AuditEntry:
         s.add(
@@ -1609,7 +1302,7 @@ class SegmentStore:
             )
         )
         log.error("%s: purging is held back until the clock is confirmed", detail)
-        return audit_log.append(
+        return self.audit.append_in(
             s,
             now.wall_ms,
             "system",
@@ -1648,7 +1341,7 @@ class SegmentStore:
         )
         entries: list[AuditEntry] = []
         if due:
-            with self._writing() as s:
+            with self.index.writing() as s:
                 s.execute(
                     update(RunRow)
                     .where(RunRow.id == run.id)
@@ -1683,7 +1376,7 @@ class SegmentStore:
             synchronised=now.synchronised,
         )
         if entries:
-            self._write_audit_head(entries[-1])
+            self.audit.committed(entries[-1])
         return self.clock_verdict(now)
 
     def _clear_holds(self, s: Session, at_ms: int, actor: str, reason: str) -> list[AuditEntry]:
@@ -1696,7 +1389,7 @@ class SegmentStore:
             row.cleared_reason = reason
         log.warning("clock holds %s ended by %s: %s", [r.id for r in rows], actor, reason)
         return [
-            audit_log.append(
+            self.audit.append_in(
                 s,
                 at_ms,
                 actor,
@@ -1719,11 +1412,11 @@ class SegmentStore:
             raise ValueError("a reason is required to confirm the clock")
         verdict = self.clock_verdict()
         now = self._clock()
-        with self._writing() as s:
+        with self.index.writing() as s:
             entries = self._clear_holds(s, now, actor, reason)
             if not entries:
                 entries = [
-                    audit_log.append(
+                    self.audit.append_in(
                         s,
                         now,
                         actor,
@@ -1733,7 +1426,7 @@ class SegmentStore:
                         {"holds": [], "reason": reason, "was": verdict.reason or "trusted"},
                     )
                 ]
-        self._write_audit_head(entries[-1])
+        self.audit.committed(entries[-1])
         return verdict
 
     def elapsed_now(self, s: Session | None = None) -> int:
@@ -1865,7 +1558,7 @@ class SegmentStore:
             raise LockError("the lock's expiry must be in the future")
         problem = self._lock_bounds(start_ms, end_ms, expires, now)
         if problem is not None:
-            self.audit(
+            self.audit.append(
                 actor,
                 "lock",
                 camera,
@@ -1873,7 +1566,7 @@ class SegmentStore:
                 {"start_ms": start_ms, "end_ms": end_ms, "expires_ms": expires, "why": problem},
             )
             raise LockError(problem)
-        with self._writing() as s:
+        with self.index.writing() as s:
             row = LockRow(
                 camera=camera,
                 start_ms=start_ms,
@@ -1887,7 +1580,7 @@ class SegmentStore:
             s.add(row)
             s.flush()
             made = _lock(row)
-            entry = audit_log.append(
+            entry = self.audit.append_in(
                 s,
                 now,
                 actor,
@@ -1904,7 +1597,7 @@ class SegmentStore:
                     "hold": hold,
                 },
             )
-        self._write_audit_head(entry)
+        self.audit.committed(entry)
         return made
 
     def max_lock_expiry(self, now_ms: int) -> int:
@@ -1970,7 +1663,7 @@ class SegmentStore:
     def extend_lock(self, lock_id: int, until_ms: int, *, actor: str) -> Lock:
         """Move a lock's expiry later; shortening is refused. Audited either way."""
         now = self._clock()
-        with self._writing() as s:
+        with self.index.writing() as s:
             row = s.get(LockRow, lock_id)
             if row is None:
                 raise LockError(f"no lock {lock_id}")
@@ -1994,7 +1687,7 @@ class SegmentStore:
             if problem is None:
                 row.expires_ms = until_ms
                 s.flush()
-            entry = audit_log.append(
+            entry = self.audit.append_in(
                 s,
                 now,
                 actor,
@@ -2004,7 +1697,7 @@ class SegmentStore:
                 {"lock": lock_id, "from_ms": current.expires_ms, "to_ms": until_ms, "why": problem},
             )
             updated = _lock(row)
-        self._write_audit_head(entry)
+        self.audit.committed(entry)
         if problem is not None:
             raise LockError(problem)
         return updated
@@ -2014,7 +1707,7 @@ class SegmentStore:
         now = self._clock()
         if not reason.strip():
             raise LockError("releasing a legal hold needs a reason")
-        with self._writing() as s:
+        with self.index.writing() as s:
             row = s.get(LockRow, lock_id)
             if row is None:
                 raise LockError(f"no lock {lock_id}")
@@ -2027,7 +1720,7 @@ class SegmentStore:
             row.release_reason = reason
             s.flush()
             released = _lock(row)
-            entry = audit_log.append(
+            entry = self.audit.append_in(
                 s,
                 now,
                 actor,
@@ -2036,7 +1729,7 @@ class SegmentStore:
                 "ok",
                 {"lock": lock_id, "reason": reason},
             )
-        self._write_audit_head(entry)
+        self.audit.committed(entry)
         return released
 
     def request_lock_end(self, lock_id: int, *, actor: str, reason: str) -> Lock:
@@ -2051,7 +1744,7 @@ class SegmentStore:
     def _lock_end(self, lock_id: int, *, actor: str, reason: str, approve: bool) -> Lock:
         now = self._clock()
         action = "lock-end-approve" if approve else "lock-end-request"
-        with self._writing() as s:
+        with self.index.writing() as s:
             row = s.get(LockRow, lock_id)
             if row is None:
                 raise LockError(f"no lock {lock_id}")
@@ -2086,7 +1779,7 @@ class SegmentStore:
                     f"({current.end_request_reason}), approved by {actor} ({reason})"
                 )
             s.flush()
-            entry = audit_log.append(
+            entry = self.audit.append_in(
                 s,
                 now,
                 actor,
@@ -2101,7 +1794,7 @@ class SegmentStore:
                 },
             )
             updated = _lock(row)
-        self._write_audit_head(entry)
+        self.audit.committed(entry)
         if problem is not None:
             raise LockError(problem)
         return updated
@@ -2193,13 +1886,13 @@ class SegmentStore:
         the clock (`clock_confirmed_by`, see `confirm_clock`).
 
         The window and locks are checked and the rows marked as garbage in ONE write
-        transaction (see `_writing(guard=True)`): a lock or a longer window committed by any
+        transaction (see `Index.writing(guard=True)`): a lock or a longer window committed by any
         process before that transaction is seen; one committed after it waits for it."""
         if not ids:
             return []
         self._pause("unguarded")
         refusal: str | None = None
-        with self._writing(guard=True) as s:
+        with self.index.writing(guard=True) as s:
             now = self._clock()
             rows = list(
                 s.scalars(
@@ -2223,7 +1916,7 @@ class SegmentStore:
                 refusal = refusals[0] + (
                     f" (and {len(refusals) - 1} more)" if len(refusals) > 1 else ""
                 )
-                entry = audit_log.append(
+                entry = self.audit.append_in(
                     s,
                     now,
                     actor,
@@ -2242,7 +1935,7 @@ class SegmentStore:
                     clock_confirmed_by=clock_confirmed_by if verdict.held else None,
                 )
             segs = [Segment.from_row(r, self.root) for r in rows]
-        self._write_audit_head(entry)
+        self.audit.committed(entry)
         if suspicious:
             raise ClockSuspicious(
                 f"the server clock is suspicious: {verdict.reason}", verdict.advice
@@ -2260,7 +1953,7 @@ class SegmentStore:
         for d in dirs:
             fsync_dir(d)
             _remove_empty_dirs(d, self.root)
-        with self._writing() as s:
+        with self.index.writing() as s:
             s.execute(delete(SegmentRow).where(SegmentRow.id.in_([seg.id for seg in segs])))
         return segs
 
@@ -2356,7 +2049,7 @@ class SegmentStore:
             by_last[(camera, prior.last_chain)] = prior
             recorded.append([camera, prior.after_chain, prior.last_chain])
         s.flush()
-        return audit_log.append(
+        return self.audit.append_in(
             s,
             now,
             actor,
@@ -2398,7 +2091,7 @@ class SegmentStore:
         last = self.capacity_history(limit=1)
         if last and last[-1].state == state:
             return False
-        with self._writing() as s:
+        with self.index.writing() as s:
             s.add(
                 CapacityRow(
                     at_ms=self._clock(),
@@ -2486,12 +2179,6 @@ def _file_sha256(path: Path) -> str:
             digest.update(chunk)
     return digest.hexdigest()
 
-
-def _b64(text: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error):
-        return b""
 
 
 def probe_segment(path: Path, camera: str, start_ms: int) -> SegmentInfo:

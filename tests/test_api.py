@@ -79,14 +79,14 @@ def test_login_token_logout_and_audit(api: Api) -> None:
         assert r.status_code == 401
         r = c.post("/api/login", json={"username": "nobody", "password": "wrong password!"})
         assert r.status_code == 401
-    entries = api.store.audit_entries(action="login")
+    entries = api.store.audit.entries(action="login")
     outcomes = [(e.actor, e.outcome) for e in entries]
     assert ("vera", "ok") in outcomes and ("vera", "failed") in outcomes
     assert ("nobody", "failed") in outcomes
-    assert any(e.action == "logout" for e in api.store.audit_entries(actor="vera"))
-    dump = " ".join(str(e) for e in api.store.audit_entries())
+    assert any(e.action == "logout" for e in api.store.audit.entries(actor="vera"))
+    dump = " ".join(str(e) for e in api.store.audit.entries())
     assert PASSWORD not in dump and token not in dump and "wrong password" not in dump
-    assert api.store.verify_audit() == []
+    assert api.store.audit.verify() == []
 
 
 def test_repeated_failures_are_slowed_down(api: Api) -> None:
@@ -104,7 +104,7 @@ def test_repeated_failures_are_slowed_down(api: Api) -> None:
         assert (
             c.post("/api/login", json={"username": "olga", "password": PASSWORD}).status_code == 200
         )
-    refused = [e for e in api.store.audit_entries(action="login") if e.outcome == "refused"]
+    refused = [e for e in api.store.audit.entries(action="login") if e.outcome == "refused"]
     assert 1 <= len(refused) <= 2, "throttled attempts are audited once per delay, not flooded"
 
 
@@ -148,7 +148,7 @@ def test_roles_and_camera_permissions(api: Api) -> None:
     with api.client() as c:
         r = c.post("/api/login", json={"username": "vic", "password": PASSWORD})
         assert r.status_code == 401
-    actions = {e.action for e in api.store.audit_entries(target="user:vic")}
+    actions = {e.action for e in api.store.audit.entries(target="user:vic")}
     assert {"user-add", "user-cameras", "user-disable"} <= actions
 
 
@@ -187,8 +187,8 @@ def test_user_cli_and_audit_verify(tmp_path: Path) -> None:
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stdout + ok.stderr
     store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
     try:
-        assert {e.action for e in store.audit_entries()} >= {"user-add", "user-disable"}
-        assert all(e.actor.startswith("cli:") for e in store.audit_entries())
+        assert {e.action for e in store.audit.entries()} >= {"user-add", "user-disable"}
+        assert all(e.actor.startswith("cli:") for e in store.audit.entries())
     finally:
         store.close()
     # Edit an audit row behind the store's back (the triggers must be dropped to do it).
@@ -252,7 +252,7 @@ def test_recording_spanning_three_segments_is_one_standard_mp4(
     offset = next(i for i in range(len(original)) if original[i : i + 5] == ours[:5])
     assert original[offset : offset + len(ours)] == ours
     assert original[offset][1], "starts on a keyframe"
-    entries = footage_api.store.audit_entries(action="playback", actor="olga")
+    entries = footage_api.store.audit.entries(action="playback", actor="olga")
     assert entries[-1].target == camera
     assert entries[-1].detail["bytes"] == len(r.content)
     assert entries[-1].detail["start_ms"] == start and entries[-1].detail["end_ms"] == end
@@ -297,7 +297,7 @@ def test_range_requests_give_the_exact_bytes(footage_api: Api) -> None:
         assert not r.content
         again = c.get(url, params=params)
         assert again.headers["etag"] == etag and again.content == body
-    played = footage_api.store.audit_entries(action="playback", actor="vera")
+    played = footage_api.store.audit.entries(action="playback", actor="vera")
     assert len(played) == 13  # every response with footage, the 304 and the HEAD are audited
 
 

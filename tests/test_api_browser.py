@@ -144,6 +144,6 @@ def test_recording_plays_and_seeks_in_a_browser_video_element(
     assert 1.0 <= played <= WAIT_S, lines  # it played on from the seek, in real time
     assert int(next(x for x in lines if x.startswith("frames")).split()[1]) >= 10
     ranged = [
-        e for e in footage_api.store.audit_entries(action="playback") if e.detail.get("range")
+        e for e in footage_api.store.audit.entries(action="playback") if e.detail.get("range")
     ]
     assert ranged, "the browser fetched parts of the file with Range requests"

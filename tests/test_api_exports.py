@@ -133,14 +133,14 @@ def test_export_needs_a_second_person_and_verifies_offline(
         assert r.status_code == 200 and r.json()["state"] == "cancelled"
         r = oscar.post(f"/api/exports/{second}/approve", json={"approver_work_id": "OP-2002"})
         assert r.status_code == 409
-    actions = [(e.actor, e.action, e.outcome) for e in footage_api.store.audit_entries()]
+    actions = [(e.actor, e.action, e.outcome) for e in footage_api.store.audit.entries()]
     assert ("olga", "export-cancel", "ok") in actions
     assert ("olga", "export-reject", "refused") in actions
     assert ("olga", "export-request", "ok") in actions
     assert ("olga", "export-approve", "refused") in actions
     assert ("oscar", "export-approve", "ok") in actions
     assert ("olga", "export-download", "ok") in actions
-    assert footage_api.store.verify_audit() == []
+    assert footage_api.store.audit.verify() == []
 
 
 def test_locks_and_refused_deletions(footage_api: Api) -> None:
@@ -181,9 +181,9 @@ def test_locks_and_refused_deletions(footage_api: Api) -> None:
         assert r.status_code == 201 and r.json()["hold"] is True
         r = c.post(f"/api/locks/{r.json()['id']}/release", json={"reason": "case closed"})
         assert r.status_code == 200 and r.json()["active"] is False
-    refused = footage_api.store.audit_entries(action="delete")
+    refused = footage_api.store.audit.entries(action="delete")
     assert refused and refused[0].outcome == "refused" and refused[0].actor == "olga"
-    assert {e.action for e in footage_api.store.audit_entries(actor="olga")} >= {
+    assert {e.action for e in footage_api.store.audit.entries(actor="olga")} >= {
         "lock",
         "lock-extend",
     }
@@ -205,7 +205,7 @@ def test_playback_links_for_video_elements(footage_api: Api) -> None:
         assert anon.get(other).status_code == 403  # the grant is for one range only
         assert anon.get(url.replace("access=", "access=x")).status_code == 401
         assert anon.get(url.replace("h264aac", "bframes")).status_code == 403
-    played = footage_api.store.audit_entries(action="playback")
+    played = footage_api.store.audit.entries(action="playback")
     (entry,) = [e for e in played if e.outcome == "ok"]
     assert entry.actor == "vera" and entry.detail["via"] == "link"
     refused = [e for e in played if e.outcome == "refused"]

@@ -259,7 +259,7 @@ def test_forwarded_headers_are_believed_only_from_trusted_proxies(
                 "/api/login", json={"username": "vera", "password": "wrong!"}, headers=forged
             )
             assert r.status_code == 401
-        clients = [e.detail.get("client") for e in a.store.audit_entries(action="login")]
+        clients = [e.detail.get("client") for e in a.store.audit.entries(action="login")]
         assert clients == ["127.0.0.1"], clients
     root2 = tmp_path / "store2"
     shutil.copytree(users_template, root2)
@@ -269,7 +269,7 @@ def test_forwarded_headers_are_believed_only_from_trusted_proxies(
                 "/api/login", json={"username": "vera", "password": "wrong!"}, headers=forged
             )
             assert r.status_code == 401
-        clients = [e.detail.get("client") for e in a.store.audit_entries(action="login")]
+        clients = [e.detail.get("client") for e in a.store.audit.entries(action="login")]
         assert clients == ["203.0.113.9"], clients
 
 
@@ -367,7 +367,7 @@ def test_head_never_builds_a_plan_and_is_audited(footage_api: Api) -> None:
         assert int(r.headers["content-length"]) == len(got.content), "cached: length known"
     heads = [
         e
-        for e in footage_api.store.audit_entries(action="playback", actor="vera")
+        for e in footage_api.store.audit.entries(action="playback", actor="vera")
         if e.detail.get("method") == "HEAD"
     ]
     assert len(heads) == 2
@@ -387,11 +387,11 @@ def test_refused_footage_requests_are_audited(footage_api: Api) -> None:
         assert r.status_code == 403
     refused = [
         (e.actor, e.target, e.detail.get("status"))
-        for e in footage_api.store.audit_entries(action="playback")
+        for e in footage_api.store.audit.entries(action="playback")
         if e.outcome == "refused"
     ]
     assert ("vera", "bframes", 403) in refused and ("audrey", "h264aac", 403) in refused
-    assert footage_api.store.verify_audit() == []
+    assert footage_api.store.audit.verify() == []
 
 
 # --- 9. accounts -------------------------------------------------------------------------------
@@ -435,7 +435,7 @@ def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(api: Api, tmp_path
     for args in (["user", "disable", "root"], ["user", "set", "root", "--role", "viewer"]):
         done = nvr([*args[:2], "-c", str(cfg), *args[2:]], tmp_path)
         assert done.returncode != 0 and "last enabled admin" in done.stderr, done.stderr
-    refused = api.store.audit_entries(target="user:root", outcome="refused")
+    refused = api.store.audit.entries(target="user:root", outcome="refused")
     assert len(refused) == 4
     assert nvr(["user", "enable", "-c", str(cfg), "olga"], tmp_path).returncode == 0
     assert nvr(["user", "disable", "-c", str(cfg), "root"], tmp_path).returncode == 0
@@ -541,7 +541,7 @@ def test_a_static_scrape_token_reads_metrics_and_nothing_else(
             assert c.get("/metrics").status_code == 401
         with scraped.client(new.read_text().strip()) as c:
             assert c.get("/metrics").status_code == 200
-        made = scraped.store.audit_entries(action="metrics-token")
+        made = scraped.store.audit.entries(action="metrics-token")
         assert len(made) == 2 and all(e.actor.startswith("cli:") for e in made)
 
 

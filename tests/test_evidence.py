@@ -119,7 +119,7 @@ def test_two_person_rule_needs_different_accounts_and_work_ids(tmp_path: Path) -
     with pytest.raises(ExportRefused, match="is rejected"):
         store.exports.approve(third, approver="olga", approver_work_id="OP-1001")
     # Every state change and every refusal is in the audit log.
-    log = [(e.actor, e.action, e.outcome) for e in store.audit_entries() if "export" in e.action]
+    log = [(e.actor, e.action, e.outcome) for e in store.audit.entries() if "export" in e.action]
     assert ("olga", "export-cancel", "ok") in log
     assert ("otto", "export-cancel", "refused") in log
     assert ("olga", "export-reject", "refused") in log
@@ -160,7 +160,7 @@ def test_locks_are_bounded_and_end_early_only_with_two_admins(tmp_path: Path) ->
     ended = store.approve_lock_end(lock.id, actor="ada", reason="confirmed with the operator")
     assert not ended.active(clock.now) and ended.released_by == "ada"
     assert ended.release_reason is not None and "wrong camera" in ended.release_reason
-    log = [(e.actor, e.action, e.outcome) for e in store.audit_entries()]
+    log = [(e.actor, e.action, e.outcome) for e in store.audit.entries()]
     assert log[:2] == [("olga", "lock", "refused"), ("olga", "lock", "refused")]
     assert ("root", "lock-end-request", "ok") in log
     assert ("ROOT", "lock-end-approve", "refused") in log
@@ -207,7 +207,7 @@ def busy_store(root: Path) -> SegmentStore:
         root, f"sqlite:///{root / 'index.db'}", clock=FakeClock(T0), checkpoint_entries=5
     )
     for n in range(23):
-        store.audit("olga", "playback", "cam", "ok", {"n": n})
+        store.audit.append("olga", "playback", "cam", "ok", {"n": n})
     return store
 
 
@@ -242,7 +242,7 @@ def test_audit_verify_detects_truncation_and_rewritten_history(
     with caplog.at_level(logging.INFO, logger="nvr.storage"):
         store = busy_store(root)
     # Checkpoints at entries 1, 6, 11, 16, 21: in the index, in a file and in the journal.
-    report = store.audit_report()
+    report = store.audit.report()
     assert report.problems == [] and report.entries == 23 and report.checkpoints == 5
     assert report.last_good is not None and report.last_good.audit_id == 21
     assert len((root / ".audit-checkpoints").read_text().splitlines()) == 5
@@ -289,27 +289,27 @@ def test_audit_verify_detects_truncation_and_rewritten_history(
 
 def test_hourly_checkpoint_does_not_wait_for_the_next_entry(tmp_path: Path) -> None:
     """Entries after the last checkpoint are covered by one within the checkpoint interval
-    even when no further entry arrives (the daemon asks `checkpoint_audit` on a timer)."""
+    even when no further entry arrives (the daemon asks `AuditLog.checkpoint` on a timer)."""
     root = tmp_path / "store"
     clock = FakeClock(T0)
     store = SegmentStore(
         root, f"sqlite:///{root / 'index.db'}", clock=clock, checkpoint_ms=3_600_000
     )
     for n in range(3):
-        store.audit("olga", "playback", "cam", "ok", {"n": n})
-    assert store.audit_report().checkpoints == 1  # the first entry starts the chain
+        store.audit.append("olga", "playback", "cam", "ok", {"n": n})
+    assert store.audit.report().checkpoints == 1  # the first entry starts the chain
     clock.now += 3_599_000
-    assert store.checkpoint_audit() is False  # not an hour yet
+    assert store.audit.checkpoint() is False  # not an hour yet
     clock.now += 1_000
-    assert store.checkpoint_audit() is True
-    assert store.checkpoint_audit() is False  # the newest entry is covered already
-    report = store.audit_report()
+    assert store.audit.checkpoint() is True
+    assert store.audit.checkpoint() is False  # the newest entry is covered already
+    report = store.audit.report()
     assert report.problems == [] and report.checkpoints == 2
     assert report.last_good is not None and report.last_good.audit_id == 3
     lines = (root / ".audit-checkpoints").read_text().splitlines()
-    assert lines[-1].split()[:3] == ["3", store.audit_entries()[-1].hash, str(clock.now)]
+    assert lines[-1].split()[:3] == ["3", store.audit.entries()[-1].hash, str(clock.now)]
     clock.now += 7_200_000
-    assert store.checkpoint_audit() is False  # nothing new to sign
+    assert store.audit.checkpoint() is False  # nothing new to sign
     store.close()
 
 

@@ -107,7 +107,7 @@ def test_purge_31_days_ahead_refuses_and_says_why_then_a_confirmed_one_keeps_fre
     try:
         assert [s.id for s in store.segments("cam")] == ids
         assert all(s.path.exists() for s in store.segments("cam"))
-        (refused,) = store.audit_entries(action="purge", outcome="refused")
+        (refused,) = store.audit.entries(action="purge", outcome="refused")
         assert "clock" in refused.detail["why"]
     finally:
         store.close()
@@ -144,7 +144,7 @@ def test_purge_31_days_ahead_refuses_and_says_why_then_a_confirmed_one_keeps_fre
     store = read_store(root)
     try:
         assert [s.id for s in store.segments("cam")] == ids
-        (confirm,) = store.audit_entries(action="clock-confirm")
+        (confirm,) = store.audit.entries(action="clock-confirm")
         assert confirm.actor.startswith("cli:")
         assert confirm.detail["reason"] == "checked the wall clock"
         assert store.verify().ok
@@ -185,7 +185,7 @@ def test_a_confirmed_purge_under_a_stepped_clock_deletes_only_what_evidence_prov
     try:
         kept = [s.id for s in store.segments("cam")]
         assert kept == fresh[-1:]  # today's footage stays
-        (purge,) = store.audit_entries(action="purge", outcome="ok")
+        (purge,) = store.audit.entries(action="purge", outcome="ok")
         assert purge.detail["segments"] == 3
         assert store.verify().ok
     finally:
@@ -261,8 +261,8 @@ def test_daemon_clock_stepping_31_days_forward_purges_nothing_recorded_before(
             ids = [s.id for s in store.segments("cam")]
             assert ids[: len(before)] == before, daemon_log.read_text()
             assert all(s.path.exists() for s in store.segments("cam"))
-            assert store.audit_entries(action="purge", outcome="ok") == []
-            (step,) = store.audit_entries(action="clock-step")
+            assert store.audit.entries(action="purge", outcome="ok") == []
+            (step,) = store.audit.entries(action="clock-step")
             assert step.detail["step_ms"] > 30 * DAY_MS
         finally:
             store.close()
@@ -437,7 +437,7 @@ def test_a_step_on_a_box_without_time_source_holds_until_an_operator_confirms(
     # Purged by evidence only: 32 days of uptime, not the 63 days the wall clock claims.
     assert service(root, store).purge_once() == 9  # the first 2 days and a minute
     assert store.segments("cam")[0].end_ms > FUTURE + 2 * DAY_MS
-    (confirm,) = store.audit_entries(action="clock-confirm")
+    (confirm,) = store.audit.entries(action="clock-confirm")
     assert confirm.actor == "cli:alice" and "radio clock" in confirm.detail["reason"]
     store.close()
 
@@ -462,7 +462,7 @@ def test_a_hold_ends_once_the_clock_is_synchronised_and_stable(tmp_path: Path) -
     assert store.clock_heartbeat().held
     box.run(301_000)
     assert not store.clock_heartbeat().held
-    (cleared,) = store.audit_entries(action="clock-confirm")
+    (cleared,) = store.audit.entries(action="clock-confirm")
     assert cleared.actor == "system" and "stable" in cleared.detail["reason"]
     assert service(root, store).purge_once() > 0
     store.close()

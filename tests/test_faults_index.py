@@ -156,7 +156,7 @@ async def test_crash_between_rename_and_insert_is_recovered_at_start(tmp_path: P
         crash = [o for o in store.outages("cam") if o.cause == "not-running"]
         assert len(crash) == 1 and crash[0].start_ms == recovered_end
         assert crash[0].end_ms is not None and crash[0].end_ms >= recovered_end
-        audit = store.audit_entries(action="index-recovered")
+        audit = store.audit.entries(action="index-recovered")
         assert [e.target for e in audit] == ["cam"]
         assert any(e.kind == "recovered" for e in store.events("cam"))
         assert store.consistency().files_without_rows == []
@@ -299,11 +299,11 @@ def test_header_only_part_is_removed_and_audited(tmp_path: Path, content: bytes)
         part.write_bytes(content)
         assert store.recover() == []
         assert not part.exists()
-        entries = store.audit_entries(action="remove-empty-part")
+        entries = store.audit.entries(action="remove-empty-part")
         assert len(entries) == 1 and entries[0].target == "cam"
         assert entries[0].detail["bytes"] == len(content)
         assert store.consistency().unsalvageable_parts == []
-        assert store.verify_audit() == []
+        assert store.audit.verify() == []
     finally:
         store.close()
 
@@ -322,7 +322,7 @@ def test_part_with_samples_but_no_complete_fragment_is_kept(tmp_path: Path) -> N
         part.write_bytes(header + b"\x00\x00\x10\x00moof" + b"\x01" * 200)  # torn 1st fragment
         assert store.recover() == []
         assert part.exists()
-        assert store.audit_entries(action="remove-empty-part") == []
+        assert store.audit.entries(action="remove-empty-part") == []
         assert store.consistency().unsalvageable_parts == [part]
     finally:
         store.close()
@@ -451,7 +451,7 @@ def rebuilt_and_checked(
     try:
         segs = store.segments("cam")
         assert sorted(str(s.path.relative_to(root)) for s in segs) == sorted(files)
-        assert [e.action for e in store.audit_entries(action="index-rebuild")] == ["index-rebuild"]
+        assert [e.action for e in store.audit.entries(action="index-rebuild")] == ["index-rebuild"]
     finally:
         store.close()
     for seg in segs:

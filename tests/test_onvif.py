@@ -202,7 +202,7 @@ def test_onvif_camera_is_resolved_and_recorded_end_to_end(
     sources = {e.detail.split(":")[0] for e in offsets}
     assert sources == {"onvif", "rtcp"}, offsets  # GetSystemDateAndTime and RTCP reports
     assert all(e.value is not None and abs(e.value) < 1.0 for e in offsets), offsets
-    assert store.audit_entries(action="clock-warning") == []
+    assert store.audit.entries(action="clock-warning") == []
     assert PASSWORD not in caplog.text
 
 
@@ -351,18 +351,18 @@ def test_camera_clock_30s_off_is_flagged_in_status_and_audit(
     readings = [e for e in store.events("lobby") if e.kind == "clock-offset"]
     (onvif,) = [e for e in readings if e.detail.startswith("onvif")]
     assert onvif.value is not None and 29.0 <= onvif.value <= 31.0, onvif
-    (warning,) = store.audit_entries(action="clock-warning")
+    (warning,) = store.audit.entries(action="clock-warning")
     assert (warning.actor, warning.target, warning.outcome) == ("system", "lobby", "warning")
     assert 29.0 <= warning.detail["offset_s"] <= 31.0 and warning.detail["limit_s"] == 2.0
     # The hourly check finds it again: still one audit row (the warning has not cleared).
     op.check_clock()
-    assert len(store.audit_entries(action="clock-warning")) == 1
+    assert len(store.audit.entries(action="clock-warning")) == 1
     device.set("skew_s", 0)
     op.check_clock()
-    assert [e.target for e in store.audit_entries(action="clock-recovered")] == ["lobby"]
+    assert [e.target for e in store.audit.entries(action="clock-recovered")] == ["lobby"]
     device.set("skew_s", 30)
     op.check_clock()
-    assert len(store.audit_entries(action="clock-warning")) == 2
+    assert len(store.audit.entries(action="clock-warning")) == 2
     config = tmp_path / "nvr.toml"
     config.write_text(
         f'[storage]\nroot = "{store.root}"\n[[cameras]]\nname = "lobby"\n'
@@ -504,7 +504,7 @@ async def test_daemon_records_an_onvif_camera_and_status_shows_device_and_clocks
     assert ("WARNING server clock: NOT" in out) == (not server.synchronised), out
     reader = SegmentStore(root, config.storage.index_url(), exclusive=False)
     try:
-        warnings = [e.target for e in reader.audit_entries(action="clock-warning")]
+        warnings = [e.target for e in reader.audit.entries(action="clock-warning")]
     finally:
         reader.close()
     assert warnings == ([] if server.synchronised else ["server"])

@@ -129,7 +129,7 @@ def test_purge_removes_exactly_expired_unlocked_and_respects_lock_expiry(
     # Each purge extended the gap it adjoined: one gap per camera, however many passes.
     assert db.execute("SELECT count(*), sum(removed) FROM chain_gaps").fetchone() == (1, 16)
     db.close()
-    purges = store.audit_entries(action="purge")
+    purges = store.audit.entries(action="purge")
     assert sum(e.detail["segments"] for e in purges) == 16
     store.close()
 
@@ -151,7 +151,7 @@ def test_locks_default_two_years_extend_only_and_holds(tmp_path: Path) -> None:
         store.release_hold(lock.id, actor="admin", reason="done")
     released = store.release_hold(hold.id, actor="admin", reason="case closed")
     assert not released.active(T0)
-    actions = [(e.action, e.outcome) for e in store.audit_entries()]
+    actions = [(e.action, e.outcome) for e in store.audit.entries()]
     assert actions == [
         ("lock", "ok"),
         ("lock-extend", "refused"),
@@ -179,7 +179,7 @@ def test_library_delete_inside_window_or_locked_is_refused_and_audited(
     with pytest.raises(RetentionViolation):
         store.delete_segments(ids, actor="retention")
     assert starts(store) == before  # all or nothing: nothing was deleted
-    refused = store.audit_entries(outcome="refused")
+    refused = store.audit.entries(outcome="refused")
     assert [e.actor for e in refused] == ["mallory", "mallory", "retention"]
     assert "retention window" in refused[0].detail["why"]
     gone = store.delete_range("cam", T0 + DAY_MS, T0 + 3 * DAY_MS, actor="admin")
@@ -276,7 +276,7 @@ def test_cli_lock_delete_verify(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout
 
     reader = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
-    refused = [e for e in reader.audit_entries() if e.outcome == "refused"]
+    refused = [e for e in reader.audit.entries() if e.outcome == "refused"]
     assert len(refused) == 2 and all(e.actor.startswith("cli:") for e in refused)
     reader.close()
 

@@ -133,9 +133,9 @@ def test_lock_committed_after_the_plan_is_seen_by_the_door_and_nothing_is_delete
     assert service.purge_once() == 0
     assert day_starts(store) == list(range(8))
     assert all(s.path.exists() for s in store.segments("cam"))
-    refused = store.audit_entries(outcome="refused")
+    refused = store.audit.entries(outcome="refused")
     assert len(refused) == 1 and "locked as evidence" in refused[0].detail["why"]
-    assert [(e.actor, e.action) for e in store.audit_entries(outcome="ok")] == [
+    assert [(e.actor, e.action) for e in store.audit.entries(outcome="ok")] == [
         ("second-process", "lock")
     ]
     assert store.verify().ok
@@ -170,7 +170,7 @@ def test_a_lock_waits_for_the_delete_that_checked_before_it(tmp_path: Path, inde
     assert isinstance(proc, subprocess.Popen)
     finish(proc)
     assert seen["committed during the check"] is False
-    entries = [(e.actor, e.action, e.outcome) for e in store.audit_entries()]
+    entries = [(e.actor, e.action, e.outcome) for e in store.audit.entries()]
     assert entries == [("retention", "purge", "ok"), ("second-process", "lock", "ok")]
     assert store.verify().ok
     store.close()
@@ -357,14 +357,14 @@ def test_fresh_footage_marked_as_garbage_is_reported_kept_and_unmarked(
     store.recover()
     assert all(s.path.exists() for s in fresh)
     assert day_starts(store) == list(range(40))  # un-marked: playable again, nothing lost
-    refused = store.audit_entries(action="delete-resume", outcome="refused")
+    refused = store.audit.entries(action="delete-resume", outcome="refused")
     assert len(refused) == 2
     whys = sorted(e.detail["why"] for e in refused)
     assert "inside the 30-day retention window" in whys[0]
     assert "no chain gap recorded" in whys[1]
-    assert store.audit_entries(action="delete-resume", outcome="ok") == []
+    assert store.audit.entries(action="delete-resume", outcome="ok") == []
     assert store.verify().ok, store.verify().problems
-    assert store.verify_audit() == []
+    assert store.audit.verify() == []
     store.close()
 
 
@@ -402,7 +402,7 @@ def test_an_interrupted_purge_is_finished_after_the_recheck_and_audited(
     store.recover()
     assert not any(s.path.exists() for s in victims)
     assert day_starts(store) == list(range(5, 12))
-    done = store.audit_entries(action="delete-resume")
+    done = store.audit.entries(action="delete-resume")
     assert [(e.outcome, e.detail["segments"]) for e in done] == [("ok", 3)]
     assert store.verify().ok, store.verify().problems
     store.close()
@@ -430,7 +430,7 @@ def test_an_interrupted_purge_of_footage_locked_since_is_undone(
     store.recover()
     assert all(s.path.exists() for s in victims)
     assert day_starts(store) == list(range(2, 12))
-    refused = store.audit_entries(action="delete-resume", outcome="refused")
+    refused = store.audit.entries(action="delete-resume", outcome="refused")
     assert len(refused) == 1 and "locked as evidence" in refused[0].detail["why"]
     assert store.verify().ok, store.verify().problems
     # The next purge deletes what the lock does not cover, with a gap verify accepts.

@@ -159,10 +159,10 @@ def test_outage_ledger(tmp_path: Path) -> None:
 def test_audit_log_is_append_only_and_verifiable(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     for i in range(5):
-        store.audit("alice", "playback", f"cam{i}", detail={"bytes": i})
-    store.audit("bob", "delete", "cam0", outcome="refused", detail={"why": "inside window"})
-    assert store.verify_audit() == []
-    entries = store.audit_entries(actor="bob")
+        store.audit.append("alice", "playback", f"cam{i}", detail={"bytes": i})
+    store.audit.append("bob", "delete", "cam0", outcome="refused", detail={"why": "inside window"})
+    assert store.audit.verify() == []
+    entries = store.audit.entries(actor="bob")
     assert [(e.action, e.outcome, e.detail) for e in entries] == [
         ("delete", "refused", {"why": "inside window"})
     ]
@@ -176,14 +176,14 @@ def test_audit_log_is_append_only_and_verifiable(tmp_path: Path) -> None:
     db.execute("DROP TRIGGER audit_no_delete")
     db.execute("UPDATE audit SET detail = '{\"bytes\":99}' WHERE id = 2")
     db.commit()
-    assert any("entry 2" in p and "edited" in p for p in store.verify_audit())
+    assert any("entry 2" in p and "edited" in p for p in store.audit.verify())
     db.execute("UPDATE audit SET detail = '{\"bytes\":1}' WHERE id = 2")
     db.execute("DELETE FROM audit WHERE id = 3")
     db.commit()
-    assert any("missing" in p for p in store.verify_audit())
+    assert any("missing" in p for p in store.audit.verify())
     db.execute("DELETE FROM audit WHERE id >= 3")  # truncate the tail
     db.commit()
-    assert any("were recorded but are gone" in p for p in store.verify_audit())
+    assert any("were recorded but are gone" in p for p in store.audit.verify())
     db.close()
     store.close()
 

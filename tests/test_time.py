@@ -85,12 +85,12 @@ def test_unsynchronised_server_is_audited_once_and_its_recovery_too(store: Segme
     monitor = ClockMonitor(store, read_server=lambda: states.pop(0))
     for _ in range(4):
         monitor.check_server()
-    entries = [(e.action, e.target, e.outcome) for e in store.audit_entries(actor="system")]
+    entries = [(e.action, e.target, e.outcome) for e in store.audit.entries(actor="system")]
     assert entries == [
         ("clock-warning", "server", "warning"),
         ("clock-recovered", "server", "ok"),
     ]
-    assert store.verify_audit() == []
+    assert store.audit.verify() == []
     assert server_status_line(lambda: unsynced).startswith("WARNING server clock: NOT synch")
     assert server_status_line(lambda: synced).startswith("server clock: synchronised")
 
@@ -190,7 +190,7 @@ def test_rtcp_sender_reports_of_a_real_rtsp_server_give_the_camera_clock(
     assert event.kind == "clock-offset" and event.detail.startswith("rtcp:")
     # GStreamer stamps its sender reports from this machine's clock: no offset to speak of.
     assert event.value is not None and abs(event.value) < 1.0, event
-    assert store.audit_entries(action="clock-warning") == []
+    assert store.audit.entries(action="clock-warning") == []
 
 
 # --- server clock steps ------------------------------------------------------------------------

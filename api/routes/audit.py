@@ -37,7 +37,7 @@ async def audit(
     since_ms = parse_time(since, "since") if since is not None else None
     until_ms = parse_time(until, "until") if until is not None else None
     entries = await asyncio.to_thread(
-        services.store.audit_entries,
+        services.store.audit.entries,
         since_ms=since_ms,
         until_ms=until_ms,
         actor=actor,

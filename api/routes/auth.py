@@ -57,7 +57,7 @@ async def attempt_login(
                 admission.wait,
             )
             await asyncio.to_thread(
-                store.audit,
+                store.audit.append,
                 name,
                 "login",
                 f"user:{name}",
@@ -85,7 +85,7 @@ async def attempt_login(
             client,
             f" via {via}" if via else "",
         )
-        await asyncio.to_thread(store.audit, name, "login", f"user:{name}", "failed", extra)
+        await asyncio.to_thread(store.audit.append, name, "login", f"user:{name}", "failed", extra)
     return user
 
 
@@ -106,7 +106,7 @@ async def login(body: LoginIn, request: Request, services: ServicesDep) -> Login
         store.accounts.issue_token, user, services.token_ttl_ms
     )
     await asyncio.to_thread(
-        store.audit, user.name, "login", f"user:{name}", "ok", {"client": client}
+        store.audit.append, user.name, "login", f"user:{name}", "ok", {"client": client}
     )
     return LoginOut(token=token, expires_ms=expires, user=user_out(user))
 
@@ -115,7 +115,7 @@ async def login(body: LoginIn, request: Request, services: ServicesDep) -> Login
 async def logout(session: SessionDep, services: ServicesDep) -> Response:
     await asyncio.to_thread(services.store.accounts.revoke, session.token_id)
     await asyncio.to_thread(
-        services.store.audit, session.user.name, "logout", f"user:{session.user.name}"
+        services.store.audit.append, session.user.name, "logout", f"user:{session.user.name}"
     )
     return Response(status_code=204)
 

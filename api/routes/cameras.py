@@ -237,7 +237,7 @@ async def recording(
     except Forbidden as err:
         # who tried to look matters as much as who looked (R5)
         await asyncio.to_thread(
-            services.store.audit,
+            services.store.audit.append,
             user.name,
             action,
             name if CAMERA_NAME.match(name) else "?",
@@ -270,7 +270,7 @@ async def recording(
     }
     if _etag_matches(request.headers.get("if-none-match"), rec.etag):
         await asyncio.to_thread(
-            services.store.audit,
+            services.store.audit.append,
             user.name,
             action,
             name,
@@ -315,7 +315,7 @@ async def recording(
     length = last - first + 1
     headers["Content-Length"] = str(length)
     await asyncio.to_thread(
-        services.store.audit,
+        services.store.audit.append,
         user.name,
         action,
         name,
@@ -353,7 +353,7 @@ async def _head(
         headers["X-Recording-Start"] = iso(vf.start_ms)
         headers["X-Recording-End"] = iso(vf.end_ms)
     await asyncio.to_thread(
-        services.store.audit,
+        services.store.audit.append,
         user,
         action,
         name,
@@ -392,7 +392,7 @@ async def delete_recordings(
         raise Unavailable(str(err)) from err
     if not deleted:
         await asyncio.to_thread(
-            services.store.audit,
+            services.store.audit.append,
             user.name,
             "delete",
             name,

@@ -242,7 +242,7 @@ async def download_export(
         raise Unavailable(f"the package file is missing: {err.strerror}") from err
     try:
         await asyncio.to_thread(
-            services.store.audit,
+            services.store.audit.append,
             user.name,
             "export-download",
             f"export:{export_id}",

@@ -96,7 +96,7 @@ class ClockNotes:
                         "detail": detail,
                     },
                 )
-                self._store.audit(
+                self._store.audit.append(
                     "system",
                     "clock-warning" if change else "clock-recovered",
                     camera,
@@ -158,7 +158,7 @@ class ClockNotes:
             },
         )
         try:
-            self._store.audit(
+            self._store.audit.append(
                 "system",
                 "clock-warning" if change else "clock-recovered",
                 "server",
