@@ -203,7 +203,7 @@ class CameraDirectory:
             cursor = max(cursor, span.end_ms)
         if horizon - cursor > SPAN_TOLERANCE_MS:
             holes.append((cursor, horizon))
-        outages = self._store.outages(camera, start_ms) if holes else []
+        outages = self._store.ledger.outages(camera, start_ms) if holes else []
         status = self.live().get(camera)
         gaps: list[Gap] = []
         for lo, hi in holes:

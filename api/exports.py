@@ -167,7 +167,7 @@ class ExportService:
                 "cause": o.cause,
                 "detail": o.detail,
             }
-            for o in self._store.outages(export.camera, export.start_ms)
+            for o in self._store.ledger.outages(export.camera, export.start_ms)
             if o.start_ms < export.end_ms
         ]
         gaps = [

@@ -203,7 +203,7 @@ class HealthService:
         down_for: float | None = None
         if status is not None and status.state != "recording":
             down_for = max(0.0, (now - status.since_ms) / 1000)
-        outages = tuple(self._store.outages(name, now - DAY_MS))
+        outages = tuple(self._store.ledger.outages(name, now - DAY_MS))
         gap_ms = 0
         for o in outages:
             lo = max(o.start_ms, now - DAY_MS)

@@ -201,7 +201,7 @@ class _Collector(Collector):
             reconnects.add_metric([name], st.reconnects if st else 0)
             total = 0
             recent = 0
-            for o in self._store.outages(name, 0):
+            for o in self._store.ledger.outages(name, 0):
                 end = o.end_ms if o.end_ms is not None else now
                 total += max(0, end - o.start_ms)
                 recent += max(0, end - max(o.start_ms, now - DAY_MS)) if end > now - DAY_MS else 0

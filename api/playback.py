@@ -463,7 +463,7 @@ def gap_causes(store: SegmentStore, camera: str, gaps: Sequence[tuple[int, int]]
     """The gaps of a virtual file with their causes from the outage ledger. Blocking."""
     if not gaps:
         return []
-    outages = store.outages(camera, gaps[0][0])
+    outages = store.ledger.outages(camera, gaps[0][0])
     out = []
     for lo, hi in gaps:
         causes = tuple(

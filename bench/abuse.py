@@ -442,7 +442,7 @@ def run(args: argparse.Namespace) -> str:
                 outages = [
                     (n, o)
                     for n in names
-                    for o in store.outages(n, run_start_ms)
+                    for o in store.ledger.outages(n, run_start_ms)
                     if o.cause not in ("daemon-stopped", "not-running")
                     and o.start_ms < run_end_ms - 5_000
                     and o.start_ms > run_start_ms + 5_000

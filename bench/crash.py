@@ -467,7 +467,7 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
                 causes.add("storage-full")  # written from the index's reserve before the kill
             gaps = [
                 o
-                for o in store.outages(cam, last_end)
+                for o in store.ledger.outages(cam, last_end)
                 if o.cause in causes and o.start_ms == last_end
             ]
             if not gaps:
@@ -582,7 +582,7 @@ def measure_resumes(bench: Bench, cycles: int, rng: random.Random) -> tuple[list
                 to_check.append(resumed[cam] - freed_ms)
                 ends = [
                     o.end_ms
-                    for o in store.outages(cam, freed_ms - 600_000)
+                    for o in store.ledger.outages(cam, freed_ms - 600_000)
                     if o.cause == "storage-full"
                     and o.start_ms < freed_ms
                     and o.end_ms is not None
@@ -787,7 +787,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # After SIGTERM only `daemon-stopped` entries may be open.
             ledger_closed = all(
-                o.cause == "daemon-stopped" for c in bench.cameras for o in store.open_outages(c)
+                o.cause == "daemon-stopped"
+                for c in bench.cameras
+                for o in store.ledger.open_outages(c)
             )
         finally:
             store.close()

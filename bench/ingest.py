@@ -532,7 +532,7 @@ def check_ours(
             ]
             outages = [
                 f"{o.cause} ({(o.duration_ms or 0) / 1000:.1f} s): {o.detail}"
-                for o in store.outages(cam, 0)
+                for o in store.ledger.outages(cam, 0)
                 if o.cause != "daemon-stopped"
             ]
             checks.append(

@@ -190,7 +190,7 @@ def run_ours(
             holes = sum(1 for a, b in itertools.pairwise(segs) if b.start_ms - a.end_ms > 100)
             outages = [
                 f"{o.cause}: {o.detail}"
-                for o in store.outages(name, 0)
+                for o in store.ledger.outages(name, 0)
                 if o.cause != "daemon-stopped"
             ]
             notes = [line for line in text.splitlines() if f"camera {name}:" in line]

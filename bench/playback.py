@@ -721,7 +721,7 @@ def _outages(root: Path, names: list[str]) -> int:
         return sum(
             1
             for n in names
-            for o in store.outages(n)
+            for o in store.ledger.outages(n)
             if o.cause not in ("daemon-stopped", "not-running")
         )
     finally:

@@ -211,7 +211,7 @@ def main() -> None:
         assert isinstance(segs, list)
         count = len(segs)
         samples.append(t)
-        t2, _ = timed(lambda cam=cam, s=start: store.outages(cam, s))
+        t2, _ = timed(lambda cam=cam, s=start: store.ledger.outages(cam, s))
         outage_samples.append(t2)
     print(
         f"one-day timeline ({count} segments): median {statistics.median(samples) * 1000:.1f}"

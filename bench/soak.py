@@ -350,11 +350,11 @@ class Soak:
         report = Report(self.args.minutes, len(self.cameras), warmup)
         store = SegmentStore(self.root, f"sqlite:///{self.index}", exclusive=False)
         try:
-            outages = {c: store.outages(c, 0) for c in self.cameras}
+            outages = {c: store.ledger.outages(c, 0) for c in self.cameras}
             segments = {
                 c: sorted(store.segments(c), key=lambda s: s.start_ms) for c in self.cameras
             }
-            events = store.events(None, 0)
+            events = store.events.since(None, 0)
         finally:
             store.close()
         report.replacements = sum(1 for e in events if e.kind == "recorder-replaced")

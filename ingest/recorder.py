@@ -548,7 +548,7 @@ class CameraRecorder:
     def _adopt_ledger(self) -> None:
         """Continue the ledger across restarts: an open outage stays open until we record;
         a last segment with no open outage means the process died: open one from its end."""
-        open_outages = self._store.open_outages(self.camera)
+        open_outages = self._store.ledger.open_outages(self.camera)
         last = self._store.last_segment(self.camera)
         if last is not None:
             self._last_end_ms = last.end_ms
@@ -572,9 +572,9 @@ class CameraRecorder:
         if not self._catch_up():
             raise self._index_error or IndexWriteError("the index is behind")
         if self._outage_id is not None:
-            self._store.close_outage(self._outage_id, now)
+            self._store.ledger.close(self._outage_id, now)
             start = now
-        self._outage_id = self._store.open_outage(self.camera, start, *self._stop_why).id
+        self._outage_id = self._store.ledger.open(self.camera, start, *self._stop_why).id
 
     @_fenced
     def _note_outage(self, cause: str, detail: str) -> None:
@@ -613,16 +613,16 @@ class CameraRecorder:
                 )
                 self._committed(segment)
             if self._fix_due is not None:
-                self._store.set_outage_end(*self._fix_due)
+                self._store.ledger.set_end(*self._fix_due)
                 self._fix_due = None
             due = self._due
             if due is not None:
                 if due.outage is None:
-                    self._outage_id = self._store.open_outage(
+                    self._outage_id = self._store.ledger.open(
                         self.camera, due.start_ms, due.cause, due.detail
                     ).id
                 else:
-                    self._store.reopen_outage(due.outage, due.cause, due.detail)
+                    self._store.ledger.reopen(due.outage, due.cause, due.detail)
                     self._outage_id = due.outage
                 self._due = None
         except IndexWriteError as err:
@@ -643,8 +643,8 @@ class CameraRecorder:
         the ledger. Segment times stay safe without more: durations come from media
         timestamps, and `_finish` never starts a segment before the previous one ended."""
         start, end = step.span
-        outage = self._store.open_outage(self.camera, start, CLOCK_STEP, step.describe())
-        self._store.close_outage(outage.id, end)
+        outage = self._store.ledger.open(self.camera, start, CLOCK_STEP, step.describe())
+        self._store.ledger.close(outage.id, end)
         self.log.warning(
             "camera %s: server clock stepped %+.3f s", self.camera, step.step_ms / 1000
         )
@@ -652,7 +652,7 @@ class CameraRecorder:
     @_fenced
     def _close_outage(self, end_ms: int) -> None:
         if self._outage_id is not None:
-            self._store.close_outage(self._outage_id, end_ms)
+            self._store.ledger.close(self._outage_id, end_ms)
             self._failures.recovered()
             self._outage_id = None
             self._tell_outage_ended(end_ms)
@@ -821,7 +821,7 @@ class CameraRecorder:
                         if st.jump_ticks:
                             cut_pending = True
                             with self._fence_for(seg):
-                                self._store.add_event(
+                                self._store.events.add(
                                     self.camera,
                                     self._clock.wall_ms(),
                                     "discontinuity",
@@ -932,7 +932,7 @@ class CameraRecorder:
                     if st.jump_ticks:
                         cut_pending = True
                         with self._fence_for(seg):
-                            self._store.add_event(
+                            self._store.events.add(
                                 self.camera,
                                 self._clock.wall_ms(),
                                 "discontinuity",
@@ -1026,7 +1026,7 @@ class CameraRecorder:
                 # The provisional name stays: still a valid file, its start a little late.
                 self.log.warning("camera %s: %s", self.camera, err)
         if self._fix_outage is not None:
-            self._store.set_outage_end(self._fix_outage, start)
+            self._store.ledger.set_end(self._fix_outage, start)
 
     def _audio_for(self, source: Source) -> tuple[AudioStream | None, str]:
         """The source's audio stream if a segment can hold it as it is, and why not if not."""
@@ -1051,7 +1051,7 @@ class CameraRecorder:
         self._audio_note = note
         self.log.warning("camera %s: recording video only: %s", self.camera, note)
         with self._fence_for():
-            self._store.add_event(self.camera, self._clock.wall_ms(), "audio-not-recorded", note)
+            self._store.events.add(self.camera, self._clock.wall_ms(), "audio-not-recorded", note)
 
     def _new_video(self, old: VideoStream, new: VideoStream) -> None:
         """The camera's video parameters changed (a new SPS): recorded as an event."""
@@ -1059,7 +1059,7 @@ class CameraRecorder:
         detail = f"{was.width}x{was.height} -> {now.width}x{now.height}"
         self.log.warning("camera %s: new video parameters (%s)", self.camera, detail)
         with self._fence_for():
-            self._store.add_event(self.camera, self._clock.wall_ms(), "resolution-change", detail)
+            self._store.events.add(self.camera, self._clock.wall_ms(), "resolution-change", detail)
 
     def _write_audio(self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped) -> None:
         if seg.writer.audio is None:
@@ -1104,7 +1104,7 @@ class CameraRecorder:
             start_ms = seg.chained_from
             if drift > REANCHOR_MS:
                 start_ms = seg.wall_est
-                self._store.add_event(
+                self._store.events.add(
                     self.camera,
                     self._clock.wall_ms(),
                     "reanchor",
@@ -1161,7 +1161,7 @@ class CameraRecorder:
         if self._on_segment is not None:
             self._on_segment(segment)
         if self._fix_due is not None:
-            self._store.set_outage_end(*self._fix_due)
+            self._store.ledger.set_end(*self._fix_due)
             self._fix_due = None
 
     @_fenced

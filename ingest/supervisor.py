@@ -332,12 +332,12 @@ class Supervisor:
         """Ledger and event log for a replacement. Blocking: runs on a worker thread, after the
         old recorder is fenced and before its replacement starts (which adopts this entry)."""
         wall = self._clock.wall_ms()
-        open_now = self._store.open_outages(h.camera)
+        open_now = self._store.ledger.open_outages(h.camera)
         if open_now:
             # Already in a gap (e.g. stuck while reconnecting): it continues, now for this cause.
             last = open_now[-1]
             detail = f"{why}; replaced (gap began as {last.cause}: {last.detail})"
-            self._store.update_outage(last.id, REPLACED, detail[:1000])
+            self._store.ledger.update(last.id, REPLACED, detail[:1000])
         else:
             # Footage stopped when the thread stopped making progress (what it wrote until
             # then is in its `.part` file, salvaged once the thread ends or at the next start).
@@ -345,8 +345,8 @@ class Supervisor:
             previous = self._store.last_segment(h.camera)
             if previous is not None:
                 start = max(start, previous.end_ms)
-            self._store.open_outage(h.camera, start, REPLACED, why)
-        self._store.add_event(h.camera, wall, REPLACED, why, h.idle)
+            self._store.ledger.open(h.camera, start, REPLACED, why)
+        self._store.events.add(h.camera, wall, REPLACED, why, h.idle)
 
     async def _collect_abandoned(self) -> None:
         """Forget abandoned threads that ended; salvage the segment each was writing."""

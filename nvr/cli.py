@@ -235,7 +235,7 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
             detail = f" ({live['detail']})" if live and live.get("detail") else ""
             last = store.last_segment(cam.name)
             stats = store.stats(cam.name, hour_ago)
-            outages = store.outages(cam.name, 0)
+            outages = store.ledger.outages(cam.name, 0)
             print(f"{cam.name}: {state}{detail}")
             for line in camera_status_lines(
                 store, cam.name, cam.max_clock_offset_seconds, show.when

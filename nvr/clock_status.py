@@ -31,7 +31,7 @@ def camera_status_lines(
     """The camera's device information (ONVIF) and latest clock reading per method, with a
     `WARNING` where the offset is beyond `limit_s`; `when` formats a time (default UTC)."""
     device: str | None = None
-    kept = store.latest_events(camera, DEVICE_INFO, limit=1)
+    kept = store.events.latest(camera, DEVICE_INFO, limit=1)
     if kept:
         device = kept[0].detail
     lines = []

@@ -18,15 +18,14 @@ from storage.errors import (
     StorageIOError,
 )
 from storage.guard import Lock, protection
+from storage.ledger import Outage, StreamEvent
 from storage.store import (
     CameraStats,
     CameraStorage,
     ConsistencyReport,
-    Outage,
     Segment,
     SegmentInfo,
     SegmentStore,
-    StreamEvent,
     chain_value,
     probe_segment,
 )

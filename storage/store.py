@@ -1,7 +1,8 @@
 """`SegmentStore`: the only door to recorded segment files and their index.
 
-Owns the files under `<root>/<camera>/YYYY/MM/DD/HH/` and the index tables (segments, outage
-ledger, stream events). The invariants span both, so both live here.
+Owns the files under `<root>/<camera>/YYYY/MM/DD/HH/` and the index tables of footage
+(segments, the hash chain, windows, runs and clock holds). The invariants span both, so both
+live here.
 
 Create order (each segment): write `<name>.mp4.part` while hashing -> fsync file -> rename to
 `<name>.mp4` -> fsync directory -> insert the row (with the per-camera hash chain value).
@@ -101,6 +102,7 @@ from storage.guard import (
     protection,
 )
 from storage.index import check_integrity, make_engine, migrate
+from storage.ledger import OutageLedger, StreamEvents
 from storage.media.fragments import scan_fragments
 from storage.repository import Index
 from storage.schema import (
@@ -108,10 +110,8 @@ from storage.schema import (
     CapacityRow,
     ChainGapRow,
     ClockHoldRow,
-    EventRow,
     LockRow,
     Meta,
-    OutageRow,
     RunRow,
     SegmentRow,
     SegmentSamplesRow,
@@ -215,32 +215,6 @@ class Segment:
 
 
 @dataclass(frozen=True)
-class Outage:
-    """One row of the outage ledger."""
-
-    id: int
-    camera: str
-    start_ms: int
-    end_ms: int | None
-    cause: str
-    detail: str
-
-    @property
-    def duration_ms(self) -> int | None:
-        return None if self.end_ms is None else self.end_ms - self.start_ms
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    id: int
-    camera: str
-    at_ms: int
-    kind: str
-    detail: str
-    value: float | None
-
-
-@dataclass(frozen=True)
 class ConsistencyReport:
     """Differences between the files on disk and the index. Reported, never acted on."""
 
@@ -267,10 +241,6 @@ class CameraStorage:
     """Bytes of segments overlapping an active lock (each counted once)."""
     oldest_ms: int | None
     """Start of the oldest footage kept."""
-
-
-def _outage(row: OutageRow) -> Outage:
-    return Outage(row.id, row.camera, row.start_ms, row.end_ms, row.cause, row.detail)
 
 
 def _lock(row: Any) -> Lock:
@@ -410,6 +380,15 @@ class SegmentStore:
         """The index as the repositories share it (write transaction, reserve, audit)."""
         self.audit = self.index.audit
         """The audit log (R5)."""
+        self.accounts = AccountStore(self.index)
+        """Users, roles, camera permissions and bearer tokens of the HTTP API."""
+        self.exports = ExportRegister(self.index)
+        """The evidence export register (two-person rule)."""
+        self.exports.on_approved = self._lock_export
+        self.ledger = OutageLedger(self.index)
+        """The outage ledger (R2): why footage is missing."""
+        self.events = StreamEvents(self.index)
+        """Notes about each camera's stream."""
         self._held: dict[str, list[tuple[WrittenFile, SegmentInfo, bool]]] = {}
         self._held_lock = threading.RLock()
         # Two processes (the daemon and a CLI) may open a new index at once: migrate under an
@@ -441,11 +420,6 @@ class SegmentStore:
             for camera in self.cameras():
                 self.promise_window(camera)
         self.index.restore_reserve()
-        self.accounts = AccountStore(self.index)
-        """Users, roles, camera permissions and bearer tokens of the HTTP API."""
-        self.exports = ExportRegister(self.index)
-        """The evidence export register (two-person rule)."""
-        self.exports.on_approved = self._lock_export
 
     # --- identity and locking -------------------------------------------------------------
 
@@ -806,7 +780,7 @@ class SegmentStore:
             seg = self._insert(written, info, recovered=True, only_if_unindexed=True)
         except _AlreadyIndexed:
             return None  # `commit` is indexing it, or just did
-        self.add_event(camera, now_ms(), "recovered", f"{path.name}: indexed a file without row")
+        self.events.add(camera, now_ms(), "recovered", f"{path.name}: indexed a file without row")
         self.audit.append(
             "nvr",
             "index-recovered",
@@ -956,7 +930,7 @@ class SegmentStore:
         seg = self._insert(
             WrittenFile(final, scan.good_bytes, sha.hexdigest()), info, recovered=True
         )
-        self.add_event(camera, now_ms(), "salvaged", f"{final.name}: {scan.fragments} fragments")
+        self.events.add(camera, now_ms(), "salvaged", f"{final.name}: {scan.fragments} fragments")
         log.warning(
             "camera %s: salvaged %s (%d fragments, %.1f s) after an interrupted write",
             camera,
@@ -1002,98 +976,6 @@ class SegmentStore:
             unsalvageable_parts=parts,
         )
 
-    # --- outage ledger and events -----------------------------------------------------------
-
-    def open_outage(self, camera: str, start_ms: int, cause: str, detail: str = "") -> Outage:
-        with self.index.writing() as s:
-            row = OutageRow(
-                camera=camera, start_ms=start_ms, end_ms=None, cause=cause, detail=detail
-            )
-            s.add(row)
-            s.flush()
-            return _outage(row)
-
-    def update_outage(self, outage_id: int, cause: str, detail: str) -> None:
-        """Refine the cause of a still-open outage (e.g. stalled -> connect failed)."""
-        with self.index.writing() as s:
-            s.execute(
-                update(OutageRow)
-                .where(OutageRow.id == outage_id, OutageRow.end_ms.is_(None))
-                .values(cause=cause, detail=detail)
-            )
-
-    def close_outage(self, outage_id: int, end_ms: int) -> None:
-        with self.index.writing() as s:
-            s.execute(
-                update(OutageRow)
-                .where(OutageRow.id == outage_id, OutageRow.end_ms.is_(None))
-                .values(end_ms=end_ms)
-            )
-
-    def reopen_outage(self, outage_id: int, cause: str, detail: str) -> None:
-        """An outage was closed for footage that then came to nothing (its segment failed
-        before a byte was kept): the gap goes on, under the cause of that failure."""
-        with self.index.writing() as s:
-            s.execute(
-                update(OutageRow)
-                .where(OutageRow.id == outage_id)
-                .values(end_ms=None, cause=cause, detail=detail)
-            )
-
-    def set_outage_end(self, outage_id: int, end_ms: int) -> None:
-        """Correct the end of a just-closed outage to the start of the footage that ended it."""
-        with self.index.writing() as s:
-            s.execute(update(OutageRow).where(OutageRow.id == outage_id).values(end_ms=end_ms))
-
-    def open_outages(self, camera: str) -> list[Outage]:
-        with Session(self._engine) as s:
-            rows = s.scalars(
-                select(OutageRow)
-                .where(OutageRow.camera == camera, OutageRow.end_ms.is_(None))
-                .order_by(OutageRow.start_ms)
-            )
-            return [_outage(r) for r in rows]
-
-    def outages(self, camera: str | None = None, since_ms: int = 0) -> list[Outage]:
-        """Outages that were open at or after `since_ms` (open ones included)."""
-        with Session(self._engine) as s:
-            q = select(OutageRow).where(
-                (OutageRow.end_ms.is_(None)) | (OutageRow.end_ms >= since_ms)
-            )
-            if camera is not None:
-                q = q.where(OutageRow.camera == camera)
-            return [_outage(r) for r in s.scalars(q.order_by(OutageRow.start_ms))]
-
-    def add_event(
-        self, camera: str, at_ms: int, kind: str, detail: str = "", value: float | None = None
-    ) -> None:
-        with self.index.writing() as s:
-            s.add(EventRow(camera=camera, at_ms=at_ms, kind=kind, detail=detail, value=value))
-
-    def events(self, camera: str | None = None, since_ms: int = 0) -> list[StreamEvent]:
-        with Session(self._engine) as s:
-            q = select(EventRow).where(EventRow.at_ms >= since_ms)
-            if camera is not None:
-                q = q.where(EventRow.camera == camera)
-            return [
-                StreamEvent(r.id, r.camera, r.at_ms, r.kind, r.detail, r.value)
-                for r in s.scalars(q.order_by(EventRow.at_ms))
-            ]
-
-    def latest_events(self, camera: str, kind: str, limit: int = 64) -> list[StreamEvent]:
-        """The camera's newest `limit` events of `kind`, newest first."""
-        with Session(self._engine) as s:
-            q = (
-                select(EventRow)
-                .where(EventRow.camera == camera, EventRow.kind == kind)
-                .order_by(EventRow.at_ms.desc(), EventRow.id.desc())
-                .limit(limit)
-            )
-            return [
-                StreamEvent(r.id, r.camera, r.at_ms, r.kind, r.detail, r.value)
-                for r in s.scalars(q)
-            ]
-
     # --- queries ----------------------------------------------------------------------------
 
     def segments(
@@ -1127,8 +1009,7 @@ class SegmentStore:
             # An index skip-scan: one lookup per camera instead of reading every row.
             names = set(conn.execute(text(_DISTINCT_SEGMENT_CAMERAS)).scalars())
             names.discard(None)
-        with Session(self._engine) as s:
-            names |= set(s.scalars(select(OutageRow.camera).distinct()))
+        names |= self.ledger.cameras()
         return sorted(names)
 
     def stats(self, camera: str, since_ms: int) -> CameraStats:

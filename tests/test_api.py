@@ -355,7 +355,9 @@ def test_bad_input_is_4xx_never_500(footage_api: Api) -> None:
 
 def test_timeline_shows_spans_and_gaps_with_causes(footage_api: Api) -> None:
     segs = footage_api.store.segments("h264aac")
-    (restart,) = [o for o in footage_api.store.outages("h264aac") if o.cause != "daemon-stopped"]
+    (restart,) = [
+        o for o in footage_api.store.ledger.outages("h264aac") if o.cause != "daemon-stopped"
+    ]
     with footage_api.as_user("vera") as c:
         r = c.get(
             "/api/cameras/h264aac/timeline",

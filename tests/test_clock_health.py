@@ -131,8 +131,8 @@ def test_status_health_and_metrics_agree_on_clocks(users_template: Path, tmp_pat
         with api.as_user("root") as c:
             health = c.get("/api/health").json()
             metrics = _metrics(c.get("/metrics").text)
-        api.store.add_event("gate", api.store.now() - 60_000, CLOCK_OFFSET, "onvif: x", 0.4)
-        api.store.add_event("gate", api.store.now(), CLOCK_OFFSET, "rtcp: camera clock", 5.25)
+        api.store.events.add("gate", api.store.now() - 60_000, CLOCK_OFFSET, "onvif: x", 0.4)
+        api.store.events.add("gate", api.store.now(), CLOCK_OFFSET, "rtcp: camera clock", 5.25)
         with api.as_user("root") as c:
             later = c.get("/api/health").json()
             later_metrics = _metrics(c.get("/metrics").text)

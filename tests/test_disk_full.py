@@ -76,7 +76,7 @@ def test_reserve_pauses_cleanly_and_resumes(
     rec = record(store, camsim.url("hd4m"), reserve=9 * MIB)
     try:
         wait_for(lambda: rec.status().state == "storage-full", 30, "the storage-full alarm")
-        (outage,) = store.outages("cam")
+        (outage,) = store.ledger.outages("cam")
         assert outage.cause == "storage-full" and outage.end_ms is None
         before = hashes(store)
         assert before, "the segment in flight is finished cleanly before pausing"
@@ -86,7 +86,7 @@ def test_reserve_pauses_cleanly_and_resumes(
         assert hashes(store) == before
         filler.unlink()
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
-        wait_for(lambda: not store.open_outages("cam"), 20, "the outage to close")
+        wait_for(lambda: not store.ledger.open_outages("cam"), 20, "the outage to close")
     finally:
         rec.stop()
         rec.thread.join(15)
@@ -105,14 +105,14 @@ def test_hard_enospc_keeps_footage_and_resumes(
     rec = record(store, camsim.url("hd4m"), reserve=0)
     try:
         wait_for(lambda: rec.status().state == "storage-full", 30, "the storage-full alarm")
-        outage = store.outages("cam")[0]
+        outage = store.ledger.outages("cam")[0]
         assert outage.cause == "storage-full"
         before = hashes(store)
         # The fragments that reached the disk were salvaged and indexed, not thrown away.
         assert before and any(s.recovered for s in store.segments("cam"))
         filler.unlink()
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
-        wait_for(lambda: not store.open_outages("cam"), 20, "the outage to close")
+        wait_for(lambda: not store.ledger.open_outages("cam"), 20, "the outage to close")
     finally:
         rec.stop()
         rec.thread.join(15)

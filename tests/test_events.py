@@ -628,7 +628,7 @@ def test_destinations_down_never_cost_a_frame_and_are_health_reasons(
     assert "s3cret-hmac" not in text and "token=t" not in text
     with closing(open_index(root)) as store:
         segs = store.segments("gate")
-        assert [o.cause for o in store.outages("gate")] == ["daemon-stopped"]
+        assert [o.cause for o in store.ledger.outages("gate")] == ["daemon-stopped"]
     assert len(segs) >= 2
     assert_contiguous(segs)  # PyAV reopens every file: no frame missing inside or between
 

@@ -173,7 +173,7 @@ def test_full_index_pauses_holds_the_segment_and_resumes(
         (seg,) = [s for s in segments if s.start_ms == start]
         assert check_file(seg.path, decode=False).first_is_key
     # One gap, one ledger row: from the end of the held segment to the next footage.
-    gaps = [o for o in store.outages("cam") if o.cause != "daemon-stopped"]
+    gaps = [o for o in store.ledger.outages("cam") if o.cause != "daemon-stopped"]
     assert [o.cause for o in gaps] == ["storage-full"], gaps
     last_held = max(h.end_ms for h in held)
     assert gaps[0].start_ms == last_held
@@ -196,8 +196,8 @@ def test_index_reserve_keeps_the_ledger_on_a_full_disk(camsim: CameraSim, shared
         fill_up(filler)
         wait_for(lambda: rec.status().state == "storage-full", 30, "the storage-full alarm")
         # Still full: the reserve gave the index room for the ledger and the segment.
-        wait_for(lambda: bool(store.open_outages("cam")), 10, "the ledger entry")
-        (outage,) = store.open_outages("cam")
+        wait_for(lambda: bool(store.ledger.open_outages("cam")), 10, "the ledger entry")
+        (outage,) = store.ledger.open_outages("cam")
         assert outage.cause == "storage-full"
         assert not reserve.exists(), "the index never needed its reserve"
         assert not store.held("cam")
@@ -209,7 +209,7 @@ def test_index_reserve_keeps_the_ledger_on_a_full_disk(camsim: CameraSim, shared
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
         # The reserve is made again before recording resumes.
         assert reserve.stat().st_size == INDEX_RESERVE_BYTES
-        wait_for(lambda: not store.open_outages("cam"), 20, "the outage to close")
+        wait_for(lambda: not store.ledger.open_outages("cam"), 20, "the outage to close")
     finally:
         rec.stop()
         rec.thread.join(15)
@@ -263,7 +263,7 @@ def test_full_index_filesystem_of_its_own_keeps_recording_paused_until_room(
         wait_for(lambda: len(store.segments("cam")) >= 2, 30, "two segments")
         fill_up(filler)
         wait_for(lambda: rec.status().state == "storage-full", 30, "the storage-full alarm")
-        wait_for(lambda: bool(store.open_outages("cam")), 10, "the ledger entry")
+        wait_for(lambda: bool(store.ledger.open_outages("cam")), 10, "the ledger entry")
         assert not reserve.exists(), "the index never needed its reserve"
         wait_for(lambda: not store.held("cam"), 10, "the held segment to be indexed")
         indexed = len(store.segments("cam"))
@@ -272,7 +272,7 @@ def test_full_index_filesystem_of_its_own_keeps_recording_paused_until_room(
             st = rec.status()
             assert rec.thread.is_alive() and st.state == "storage-full", st
             assert len(store.segments("cam")) == indexed
-        (outage,) = store.open_outages("cam")
+        (outage,) = store.ledger.open_outages("cam")
         assert (
             outage.cause == "storage-full" and outage.start_ms == store.segments("cam")[-1].end_ms
         )
@@ -283,12 +283,12 @@ def test_full_index_filesystem_of_its_own_keeps_recording_paused_until_room(
         wait_for(lambda: rec.status().state == "recording", 20, "recording to resume")
         resumed_after = rec.status().room_checks - checks
         assert reserve.stat().st_size == INDEX_RESERVE_BYTES  # made again before resuming
-        wait_for(lambda: not store.open_outages("cam"), 20, "the outage to close")
+        wait_for(lambda: not store.ledger.open_outages("cam"), 20, "the outage to close")
     finally:
         rec.stop()
         rec.thread.join(15)
     assert_resumed_at_the_first_check(resumed_after)
-    gaps = [o for o in store.outages("cam") if o.cause != "daemon-stopped"]
+    gaps = [o for o in store.ledger.outages("cam") if o.cause != "daemon-stopped"]
     assert [o.cause for o in gaps] == ["storage-full"], gaps  # one gap, one row
     assert_all_indexed(store)
     store.close()

@@ -131,7 +131,9 @@ async def test_crash_between_rename_and_insert_is_recovered_at_start(tmp_path: P
     def resumed() -> bool:
         s = reader(root)
         try:
-            return any(o.cause == "not-running" and o.end_ms is not None for o in s.outages())
+            return any(
+                o.cause == "not-running" and o.end_ms is not None for o in s.ledger.outages()
+            )
         finally:
             s.close()
 
@@ -153,12 +155,12 @@ async def test_crash_between_rename_and_insert_is_recovered_at_start(tmp_path: P
         assert 1_000 <= first.duration_ms <= 12_000  # the first segment is staggered
         # The outage of the crash runs from the end of the footage recovered at start-up.
         recovered_end = max(s.end_ms for s in segs if s.recovered)
-        crash = [o for o in store.outages("cam") if o.cause == "not-running"]
+        crash = [o for o in store.ledger.outages("cam") if o.cause == "not-running"]
         assert len(crash) == 1 and crash[0].start_ms == recovered_end
         assert crash[0].end_ms is not None and crash[0].end_ms >= recovered_end
         audit = store.audit.entries(action="index-recovered")
         assert [e.target for e in audit] == ["cam"]
-        assert any(e.kind == "recovered" for e in store.events("cam"))
+        assert any(e.kind == "recovered" for e in store.events.since("cam"))
         assert store.consistency().files_without_rows == []
     finally:
         store.close()

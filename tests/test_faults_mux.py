@@ -119,7 +119,7 @@ def test_muxer_refusal_on_reconnect_is_one_stream_gap(
     finally:
         probe.close()
     assert openers[0].opens == 3
-    gaps = [o for o in store.outages("cam") if o.cause != "daemon-stopped"]
+    gaps = [o for o in store.ledger.outages("cam") if o.cause != "daemon-stopped"]
     assert len(gaps) == 1, gaps  # one gap, one row: never two overlapping ones
     (gap,) = gaps
     assert gap.cause == "stream-error", gap

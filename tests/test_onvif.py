@@ -190,7 +190,7 @@ def test_onvif_camera_is_resolved_and_recorded_end_to_end(
     segs = store.segments("lobby")
     assert_contiguous(segs)
     assert {check_file(s.path, decode=False).video_codec for s in segs} == {"h264"}
-    (info,) = [e for e in store.events("lobby") if e.kind == DEVICE_INFO]
+    (info,) = [e for e in store.events.since("lobby") if e.kind == DEVICE_INFO]
     detail = json.loads(info.detail)
     assert (detail["manufacturer"], detail["model"], detail["serial"]) == (
         "PythonCam",
@@ -198,7 +198,7 @@ def test_onvif_camera_is_resolved_and_recorded_end_to_end(
         "PY-000042",
     )
     assert detail["firmware"] and detail["profile"]["token"] == "Profile_Main"
-    offsets = [e for e in store.events("lobby") if e.kind == "clock-offset"]
+    offsets = [e for e in store.events.since("lobby") if e.kind == "clock-offset"]
     sources = {e.detail.split(":")[0] for e in offsets}
     assert sources == {"onvif", "rtcp"}, offsets  # GetSystemDateAndTime and RTCP reports
     assert all(e.value is not None and abs(e.value) < 1.0 for e in offsets), offsets
@@ -253,7 +253,7 @@ def test_wrong_password_is_reported_and_retried_without_disturbing_others(
         status = bad.status()
         assert status.state == "reconnecting" and bad.thread.is_alive()
         assert "ONVIF login rejected" in status.detail and wrong not in status.detail
-        (outage,) = store.open_outages("lobby")
+        (outage,) = store.ledger.open_outages("lobby")
         assert outage.cause == "auth-rejected" and wrong not in outage.detail
         wait_for(lambda: good.status().state == "recording", 20, "the good camera recording")
         # The password is fixed on the camera: recording starts on a later try by itself.
@@ -264,7 +264,7 @@ def test_wrong_password_is_reported_and_retried_without_disturbing_others(
     assert wrong not in caplog.text and PASSWORD not in caplog.text
     assert "auth-rejected" in caplog.text
     assert store.segments("good") and assert_contiguous(store.segments("good")) > 0
-    (first, *_rest) = store.outages("lobby")
+    (first, *_rest) = store.ledger.outages("lobby")
     assert first.cause == "auth-rejected" and first.end_ms is not None
 
 
@@ -336,7 +336,7 @@ def test_stream_uri_is_resolved_again_after_repeated_failures(
                 stop_all(rec)
     finally:
         second.stop()
-    assert store.outages("lobby")[0].cause in ("stream-ended", "unreachable")
+    assert store.ledger.outages("lobby")[0].cause in ("stream-ended", "unreachable")
 
 
 @pytest.mark.slow
@@ -348,7 +348,7 @@ def test_camera_clock_30s_off_is_flagged_in_status_and_audit(
     op = opener(device)
     op.attach(notes)
     op.open().close()
-    readings = [e for e in store.events("lobby") if e.kind == "clock-offset"]
+    readings = [e for e in store.events.since("lobby") if e.kind == "clock-offset"]
     (onvif,) = [e for e in readings if e.detail.startswith("onvif")]
     assert onvif.value is not None and 29.0 <= onvif.value <= 31.0, onvif
     (warning,) = store.audit.entries(action="clock-warning")
@@ -480,7 +480,7 @@ async def test_daemon_records_an_onvif_camera_and_status_shows_device_and_clocks
             return False
         reader = SegmentStore(root, config.storage.index_url(), exclusive=False)
         try:
-            kinds = {e.detail.split(":")[0] for e in reader.events("lobby")}
+            kinds = {e.detail.split(":")[0] for e in reader.events.since("lobby")}
             return bool(reader.segments("lobby")) and {"onvif", "rtcp"} <= kinds
         finally:
             reader.close()

@@ -174,11 +174,11 @@ def test_a_camera_without_its_secret_is_its_own_outage(camsim: CameraSim, tmp_pa
     try:
         assert store.segments("good") and store.segments("late")
         assert not store.segments("envless")
-        (outage, *_) = store.outages("envless")
+        (outage, *_) = store.ledger.outages("envless")
         assert outage.cause == "config" and UNSET in outage.detail
-        late = store.outages("late")
+        late = store.ledger.outages("late")
         assert late[0].cause == "config" and late[0].end_ms is not None
-        assert not [o for o in store.outages("good") if o.cause == "config"]
+        assert not [o for o in store.ledger.outages("good") if o.cause == "config"]
     finally:
         store.close()
     text = (tmp_path / "daemon.log").read_text()
@@ -287,13 +287,13 @@ def test_reload_3_into_4_cameras_keeps_the_unchanged_one_contiguous(
                 assert abs(seg.start_ms - prev_end) <= FRAME_MS, (seg, prev_end)
             prev_end = seg.start_ms + media_ms
         # Only the stop at the end of the test is in the unchanged camera's ledger.
-        assert [o.cause for o in store.outages("keep")] == ["daemon-stopped"]
-        (restarted, stopped) = store.outages("change")
+        assert [o.cause for o in store.ledger.outages("keep")] == ["daemon-stopped"]
+        (restarted, stopped) = store.ledger.outages("change")
         assert stopped.cause == "daemon-stopped"
         assert restarted.cause == "config-reload" and "changed" in restarted.detail
         assert restarted.end_ms is not None and restarted.end_ms - restarted.start_ms < 10_000
         assert any(s.start_ms > reload_ms for s in store.segments("change"))
-        (gone,) = store.outages("gone")
+        (gone,) = store.ledger.outages("gone")
         assert gone.cause == "config-reload" and gone.end_ms is None
         assert "removed" in gone.detail
         assert store.segments("gone")[-1].end_ms <= gone.start_ms + FRAME_MS

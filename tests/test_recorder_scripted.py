@@ -58,7 +58,7 @@ def test_segments_are_cut_at_the_first_keyframe_after_the_target(
         if clip == "h264aac":  # the audio along, as long as the video within a frame
             assert found.audio_codec == "aac" and found.audio_packets > 0
             assert abs(found.audio_packets * 1024 / 16_000 - seg.duration_ms / 1000) <= 0.13
-    (outage,) = store.outages("cam")
+    (outage,) = store.ledger.outages("cam")
     assert outage.cause == "daemon-stopped" and outage.start_ms == segs[-1].end_ms
 
 
@@ -77,7 +77,7 @@ def test_camera_gone_and_back_is_one_outage_from_last_footage_to_first(
     ]
     rec = run_script(store, scripted_clips, clock, script)
     segs = store.segments("cam")
-    outages = store.outages("cam")
+    outages = store.ledger.outages("cam")
     assert [o.cause for o in outages] == ["unreachable", "daemon-stopped"]
     gap = outages[0]
     before = [s for s in segs if s.end_ms <= gap.start_ms]
@@ -104,7 +104,7 @@ def test_a_stall_waits_out_its_back_off_when_the_connection_was_short(
     ]
     run_script(store, scripted_clips, clock, script)
     segs = store.segments("cam")
-    gap, stop = store.outages("cam")
+    gap, stop = store.ledger.outages("cam")
     assert gap.cause == "stalled" and stop.cause == "daemon-stopped"
     assert gap.start_ms == segs[0].end_ms
     assert gap.end_ms == segs[1].start_ms
@@ -121,7 +121,7 @@ def test_a_rejected_login_is_not_probed_and_backs_off_in_full(
     script: list[Step] = [Refused(AuthRejected), Refused(AuthRejected), Connection(seconds=3)]
     run_script(store, scripted_clips, clock, script)
     (seg,) = store.segments("cam")
-    gap, _stop = store.outages("cam")
+    gap, _stop = store.ledger.outages("cam")
     assert gap.cause == "auth-rejected"
     assert gap.start_ms == began
     assert gap.end_ms == seg.start_ms == began + 500 + 1_000
@@ -140,9 +140,9 @@ def test_timestamp_jump_starts_a_new_segment_and_is_recorded(
     assert [s.discontinuity for s in segs] == [False, True]
     assert segs[1].start_ms == segs[0].end_ms
     assert_contiguous(segs)
-    (event,) = [e for e in store.events("cam") if e.kind == "discontinuity"]
+    (event,) = [e for e in store.events.since("cam") if e.kind == "discontinuity"]
     assert event.value is not None and abs(event.value - 3600) <= 0.1  # within a frame
-    assert [o.cause for o in store.outages("cam")] == ["daemon-stopped"]
+    assert [o.cause for o in store.ledger.outages("cam")] == ["daemon-stopped"]
 
 
 def test_a_server_clock_step_is_written_down_and_never_overlaps_footage(
@@ -156,5 +156,5 @@ def test_a_server_clock_step_is_written_down_and_never_overlaps_footage(
     assert len(segs) == 2, segs
     assert segs[1].start_ms >= segs[0].end_ms
     assert sum(s.duration_ms for s in segs) == 20_000
-    steps = [o for o in store.outages("cam") if o.cause == "clock-step"]
+    steps = [o for o in store.ledger.outages("cam") if o.cause == "clock-step"]
     assert len(steps) == 1 and steps[0].end_ms is not None

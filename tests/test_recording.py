@@ -64,20 +64,22 @@ def test_camera_restart_gives_one_ledger_entry_and_recording_resumes(
     camsim.start()
     up_at = time.time_ns() // 1_000_000
     wait_for(
-        lambda: not rig.store.open_outages("cam") and len(rig.store.outages("cam")) == 1,
+        lambda: (
+            not rig.store.ledger.open_outages("cam") and len(rig.store.ledger.outages("cam")) == 1
+        ),
         10,
         "the outage to close",
     )
     resumed = time.time_ns() // 1_000_000
     assert resumed - up_at < 4000, "recording must resume within about 2 s of the camera's return"
-    (outage,) = rig.store.outages("cam")
+    (outage,) = rig.store.ledger.outages("cam")
     assert outage.end_ms is not None
     assert abs(outage.start_ms - down_at) < 1500, (outage, down_at)
     assert 4000 <= outage.end_ms - outage.start_ms <= 8000, outage
     assert outage.cause in ("stream-ended", "unreachable", "stalled")
     time.sleep(2)
     rig.stop()
-    (outage,) = [o for o in rig.store.outages("cam") if o.cause != "daemon-stopped"]
+    (outage,) = [o for o in rig.store.ledger.outages("cam") if o.cause != "daemon-stopped"]
     assert outage.end_ms is not None
     segs = rig.store.segments("cam")
     assert segs[-1].start_ms == outage.end_ms  # the ledger ends where footage resumes
@@ -90,8 +92,10 @@ def test_silent_listener_is_stalled_without_disturbing_others(camsim: CameraSim,
     try:
         rig.add("good", camsim.url("h264"))
         rig.add("hung", f"rtsp://127.0.0.1:{silent.port}/stream", stall=3.0)
-        wait_for(lambda: len(rig.store.outages("hung")) == 1, 10, "hung camera in the ledger")
-        (outage,) = rig.store.outages("hung")
+        wait_for(
+            lambda: len(rig.store.ledger.outages("hung")) == 1, 10, "hung camera in the ledger"
+        )
+        (outage,) = rig.store.ledger.outages("hung")
         assert outage.cause == "connect-timeout" and outage.end_ms is None
         wait_for(lambda: silent.accepted >= 2, 15, "a retry of the hung camera")
         # Retries go on (each a 3 s connect timeout, then the back-off) and the good camera
@@ -102,8 +106,8 @@ def test_silent_listener_is_stalled_without_disturbing_others(camsim: CameraSim,
     finally:
         rig.stop()
         silent.close()
-    assert rig.store.outages("good") == [] or all(
-        o.cause == "daemon-stopped" for o in rig.store.outages("good")
+    assert rig.store.ledger.outages("good") == [] or all(
+        o.cause == "daemon-stopped" for o in rig.store.ledger.outages("good")
     )
     assert_contiguous(rig.store.segments("good"))
 
@@ -148,7 +152,7 @@ def test_recording_resumes_promptly_once_a_hung_camera_answers(
             wait_for(lambda: rig.state("cam") == "recording", 15, "recording")
             time.sleep(2)
             sim.sigstop()
-        wait_for(lambda: len(rig.store.outages("cam")) == 1, 10, "the outage in the ledger")
+        wait_for(lambda: len(rig.store.ledger.outages("cam")) == 1, 10, "the outage in the ledger")
         # Long enough for the back-off to grow past a few seconds (0.5, 1, 2, then 4 s).
         wait_for(lambda: rig.recorders["cam"].status().reconnects >= 3, 40, "three failures")
         if silent is not None:
@@ -157,11 +161,11 @@ def test_recording_resumes_promptly_once_a_hung_camera_answers(
         else:
             sim.sigcont()
         back_ms = time.time_ns() // 1_000_000
-        wait_for(lambda: not rig.store.open_outages("cam"), 15, "the outage to close")
+        wait_for(lambda: not rig.store.ledger.open_outages("cam"), 15, "the outage to close")
         # Closed at the first keyframe FFmpeg hands over, after its ~2 s stream probe; the
         # end moves to the footage's real start once that has settled.
         time.sleep(SETTLE_SECONDS + 1)
-        (outage,) = rig.store.outages("cam")
+        (outage,) = rig.store.ledger.outages("cam")
         # The last failure names the outage: the hang, or the attempt the fault's end broke.
         assert outage.cause in ("connect-timeout", "stalled", "stream-ended", "unreachable")
         assert outage.end_ms is not None
@@ -201,14 +205,14 @@ def test_frozen_stream_is_detected_within_5s(camsim: CameraSim, rig: Rig) -> Non
     wait_for(lambda: rig.state("cam") == "recording", 15, "recording")
     time.sleep(2)
     camsim.freeze("h264")
-    wait_for(lambda: len(rig.store.outages("cam")) == 1, 10, "the stall in the ledger")
+    wait_for(lambda: len(rig.store.ledger.outages("cam")) == 1, 10, "the stall in the ledger")
     noticed_ms = time.time_ns() // 1_000_000
-    (outage,) = rig.store.outages("cam")
+    (outage,) = rig.store.ledger.outages("cam")
     assert outage.cause == "stalled"
     # The outage starts where the last media ends; it must be noticed within 5 s of that.
     assert noticed_ms - outage.start_ms <= 5000, (noticed_ms, outage)
     camsim.thaw("h264")
-    wait_for(lambda: not rig.store.open_outages("cam"), 15, "recording to resume")
+    wait_for(lambda: not rig.store.ledger.open_outages("cam"), 15, "recording to resume")
     rig.stop()
     assert_contiguous(rig.store.segments("cam")[:1])
 
@@ -288,7 +292,7 @@ def test_sigterm_finishes_in_flight_segment(camsim: CameraSim, tmp_path: Path) -
         (seg,) = store.segments("cam")
         assert seg.duration_ms >= 2500 and not seg.recovered
         assert check_file(seg.path).frames == seg.frames
-        (outage,) = store.outages("cam")
+        (outage,) = store.ledger.outages("cam")
         assert outage.cause == "daemon-stopped" and outage.end_ms is None
     finally:
         store.close()

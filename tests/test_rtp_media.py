@@ -301,7 +301,7 @@ async def test_a_20_s_gop_camera_is_waited_for_and_never_replaced(tmp_path: Path
             await supervisor.stop()
         try:
             assert supervisor.replacements == 0
-            assert [o.cause for o in store.outages("cam")] in ([], ["daemon-stopped"])
+            assert [o.cause for o in store.ledger.outages("cam")] in ([], ["daemon-stopped"])
             segments = store.segments("cam")
             assert segments and segments[0].duration_ms >= 19_000, segments
             check_segments(segments)

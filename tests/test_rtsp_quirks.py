@@ -139,8 +139,8 @@ def record(
                 began_ms,
                 stopped_ms,
                 store.segments(name),
-                [o for o in store.outages(name) if o.cause != "daemon-stopped"],
-                store.events(name),
+                [o for o in store.ledger.outages(name) if o.cause != "daemon-stopped"],
+                store.events.since(name),
                 openers[name],
                 details[name],
             )

@@ -297,7 +297,7 @@ class Daemon:
     def outages(self) -> list[Any]:
         store = self.reader()
         try:
-            return store.outages("cam")
+            return store.ledger.outages("cam")
         finally:
             store.close()
 
@@ -409,7 +409,7 @@ async def test_stuck_recorder_is_replaced_and_recording_continues(
         def resumed() -> bool:
             store = daemon.reader()
             try:
-                (gap,) = [o for o in store.outages("cam") if o.cause == REPLACED]
+                (gap,) = [o for o in store.ledger.outages("cam") if o.cause == REPLACED]
                 return gap.end_ms is not None and any(
                     s.start_ms >= gap.end_ms for s in store.segments("cam")
                 )
@@ -443,11 +443,11 @@ async def test_stuck_recorder_is_replaced_and_recording_continues(
 
     store = SegmentStore(tmp_path / "store", f"sqlite:///{tmp_path / 'store' / 'index.db'}")
     try:
-        outages = store.outages("cam")
+        outages = store.ledger.outages("cam")
         (gap,) = [o for o in outages if o.cause == REPLACED]
         assert [o.cause for o in outages] == [REPLACED, "daemon-stopped"], outages
         assert gap.end_ms is not None and gap.end_ms > gap.start_ms
-        assert any(e.kind == REPLACED for e in store.events("cam"))
+        assert any(e.kind == REPLACED for e in store.events.since("cam"))
         segments = sorted(store.segments("cam"), key=lambda s: s.start_ms)
         recovered = [s for s in segments if s.recovered]
         assert len(recovered) == (1 if where == "packets" else 0)

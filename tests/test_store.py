@@ -88,7 +88,7 @@ def test_interrupted_write_is_salvaged_to_last_complete_fragment(tmp_path: Path)
     assert found.first_is_key and found.dts_monotonic
     assert 20 <= found.frames <= 35 and found.decoded == found.frames
     assert hashlib.sha256(seg.path.read_bytes()).hexdigest() == seg.sha256
-    assert any(e.kind == "salvaged" for e in store.events("cam"))
+    assert any(e.kind == "salvaged" for e in store.events.since("cam"))
     store.close()
 
 
@@ -146,13 +146,13 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
 
 def test_outage_ledger(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    o = store.open_outage("cam", T0, "stalled", "no data")
-    assert [x.id for x in store.open_outages("cam")] == [o.id]
-    store.update_outage(o.id, "unreachable", "refused")
-    store.close_outage(o.id, T0 + 5000)
-    (done,) = store.outages("cam")
+    o = store.ledger.open("cam", T0, "stalled", "no data")
+    assert [x.id for x in store.ledger.open_outages("cam")] == [o.id]
+    store.ledger.update(o.id, "unreachable", "refused")
+    store.ledger.close(o.id, T0 + 5000)
+    (done,) = store.ledger.outages("cam")
     assert (done.cause, done.duration_ms) == ("unreachable", 5000)
-    assert store.open_outages("cam") == []
+    assert store.ledger.open_outages("cam") == []
     store.close()
 
 

@@ -182,11 +182,11 @@ def test_rtcp_sender_reports_of_a_real_rtsp_server_give_the_camera_clock(
     source = opener.open()
     try:
         for n, _packet in enumerate(source.packets()):
-            if store.events("cam") or n > 300:
+            if store.events.since("cam") or n > 300:
                 break
     finally:
         source.close()
-    (event,) = store.events("cam")
+    (event,) = store.events.since("cam")
     assert event.kind == "clock-offset" and event.detail.startswith("rtcp:")
     # GStreamer stamps its sender reports from this machine's clock: no offset to speak of.
     assert event.value is not None and abs(event.value) < 1.0, event
@@ -253,7 +253,7 @@ def test_server_clock_step_makes_no_overlap_and_one_clock_event(
         found = check_file(seg.path)
         assert found.first_is_key and found.dts_monotonic
         assert abs(found.duration_s * 1000 - seg.duration_ms) <= 100
-    (event,) = [o for o in store.outages("cam") if o.cause == CLOCK_STEP]
+    (event,) = [o for o in store.ledger.outages("cam") if o.cause == CLOCK_STEP]
     assert event.end_ms is not None and abs(event.end_ms - event.start_ms - 30_000) <= 50
     assert ("forward" if step_ms > 0 else "back") in event.detail
     # The segment in flight at the step ends at the next keyframe; the next one starts on the

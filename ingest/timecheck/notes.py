@@ -83,7 +83,7 @@ class ClockNotes:
         warn = abs(reading.offset_s) > limit_s
         detail = reading.describe()
         try:
-            self._store.add_event(camera, reading.at_ms, CLOCK_OFFSET, detail, reading.offset_s)
+            self._store.events.add(camera, reading.at_ms, CLOCK_OFFSET, detail, reading.offset_s)
             change = self._transition((camera, reading.source), warn)
             if change is not None:
                 self._tell(
@@ -127,11 +127,11 @@ class ClockNotes:
             known = self._device.get(camera)
         try:
             if known is None:
-                kept = [e for e in self._store.events(camera) if e.kind == DEVICE_INFO]
+                kept = [e for e in self._store.events.since(camera) if e.kind == DEVICE_INFO]
                 known = kept[-1].detail if kept else ""
             if detail != known:
                 when = now_ms() if at_ms is None else at_ms
-                self._store.add_event(camera, when, DEVICE_INFO, detail)
+                self._store.events.add(camera, when, DEVICE_INFO, detail)
                 if known:
                     log.warning("camera %s: device information changed: %s", camera, detail)
         except StorageError as err:
@@ -197,7 +197,7 @@ def camera_clocks(store: SegmentStore, camera: str, limit_s: float) -> list[Came
     """The newest clock reading of each method (`clock-offset` events), by method name: what
     `nvr status`, `/api/health` and `/metrics` all judge a camera's clock by."""
     newest: dict[str, CameraClock] = {}
-    for event in store.latest_events(camera, CLOCK_OFFSET):
+    for event in store.events.latest(camera, CLOCK_OFFSET):
         source = event.detail.split(":", 1)[0]
         if event.value is not None and source not in newest:
             newest[source] = CameraClock(source, event.at_ms, event.value, limit_s)
