@@ -46,7 +46,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     with opened(args) as (config, store):
         cam = _camera(config, store, args.camera)
         try:
-            lock = store.lock(
+            lock = store.locks.add(
                 cam,
                 args.start,
                 args.end,
@@ -65,7 +65,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def cmd_locks(args: argparse.Namespace) -> int:
     with opened(args) as (_, store):
-        locks = store.locks(include_inactive=args.all)
+        locks = store.locks.find(include_inactive=args.all)
         now = store.now()
     if not locks:
         print("no locks")
@@ -87,7 +87,7 @@ def cmd_locks(args: argparse.Namespace) -> int:
 def cmd_lock_extend(args: argparse.Namespace) -> int:
     with opened(args) as (_, store):
         try:
-            lock = store.extend_lock(args.id, args.until, actor=actor())
+            lock = store.locks.extend(args.id, args.until, actor=actor())
         except LockError as err:
             print(f"nvr lock-extend: refused: {err}", file=sys.stderr)
             return 1
@@ -98,7 +98,7 @@ def cmd_lock_extend(args: argparse.Namespace) -> int:
 def cmd_lock_release(args: argparse.Namespace) -> int:
     with opened(args) as (_, store):
         try:
-            lock = store.release_hold(args.id, actor=actor(), reason=args.reason)
+            lock = store.locks.release_hold(args.id, actor=actor(), reason=args.reason)
         except LockError as err:
             print(f"nvr lock-release: refused: {err}", file=sys.stderr)
             return 1
@@ -111,9 +111,9 @@ def cmd_lock_end(args: argparse.Namespace) -> int:
     with opened(args) as (_, store):
         try:
             if args.approve:
-                lock = store.approve_lock_end(args.id, actor=actor(), reason=args.reason)
+                lock = store.locks.approve_end(args.id, actor=actor(), reason=args.reason)
             else:
-                lock = store.request_lock_end(args.id, actor=actor(), reason=args.reason)
+                lock = store.locks.request_end(args.id, actor=actor(), reason=args.reason)
         except LockError as err:
             print(f"nvr lock-end: refused: {err}", file=sys.stderr)
             return 1

@@ -74,7 +74,7 @@ class RetentionService:
                 break
             full = len(candidates) == BATCH
             spans = [SegmentSpan(s.id, s.camera, s.start_ms, s.end_ms) for s in candidates]
-            locks = self._store.locks(
+            locks = self._store.locks.find(
                 start_ms=min(s.start_ms for s in spans), end_ms=max(s.end_ms for s in spans)
             )
             ids = plan_purge(spans, locks, now_ms=now, window_days=self._store.window_days)

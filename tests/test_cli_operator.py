@@ -148,8 +148,10 @@ def test_storage_per_camera_agrees_everywhere(footage_template: Path, tmp_path: 
     try:
         segs = store.segments("h264aac")
         # Lock the second and third segments, twice over (overlapping locks count once).
-        store.lock("h264aac", segs[1].start_ms, segs[2].end_ms, actor="test", reason="a")
-        store.lock("h264aac", segs[1].start_ms + 1, segs[1].end_ms - 1, actor="test", reason="b")
+        store.locks.add("h264aac", segs[1].start_ms, segs[2].end_ms, actor="test", reason="a")
+        store.locks.add(
+            "h264aac", segs[1].start_ms + 1, segs[1].end_ms - 1, actor="test", reason="b"
+        )
     finally:
         store.close()
     expected = {

@@ -138,26 +138,30 @@ def test_locks_are_bounded_and_end_early_only_with_two_admins(tmp_path: Path) ->
     year_2100 = 4_102_444_800_000
     # The review's lock nobody could undo: footage of the future, kept to 2100.
     with pytest.raises(LockError, match="footage that exists"):
-        store.lock("cam", 946_684_800_000, year_2100, actor="olga", reason="x", until_ms=year_2100)
+        store.locks.add(
+            "cam", 946_684_800_000, year_2100, actor="olga", reason="x", until_ms=year_2100
+        )
     with pytest.raises(LockError, match="at most 10 years"):
-        store.lock("cam", T0 - DAY_MS, T0, actor="olga", reason="x", until_ms=year_2100)
-    lock = store.lock("cam", T0 - DAY_MS, T0, actor="olga", reason="x", until_ms=add_years(T0, 10))
+        store.locks.add("cam", T0 - DAY_MS, T0, actor="olga", reason="x", until_ms=year_2100)
+    lock = store.locks.add(
+        "cam", T0 - DAY_MS, T0, actor="olga", reason="x", until_ms=add_years(T0, 10)
+    )
     with pytest.raises(LockError, match="at most 10 years"):
-        store.extend_lock(lock.id, add_years(T0, 10) + DAY_MS, actor="olga")
+        store.locks.extend(lock.id, add_years(T0, 10) + DAY_MS, actor="olga")
     clock.now += 2 * DAY_MS  # later on, it may be extended again, up to ten years from then
-    assert store.extend_lock(lock.id, add_years(T0, 10) + DAY_MS, actor="olga").active(T0)
+    assert store.locks.extend(lock.id, add_years(T0, 10) + DAY_MS, actor="olga").active(T0)
     # Ended early: one admin asks with a reason, a second admin approves.
     with pytest.raises(LockError, match="nobody asked"):
-        store.approve_lock_end(lock.id, actor="ada", reason="typo")
+        store.locks.approve_end(lock.id, actor="ada", reason="typo")
     with pytest.raises(LockError, match="needs a reason"):
-        store.request_lock_end(lock.id, actor="root", reason=" ")
-    asked = store.request_lock_end(lock.id, actor="root", reason="wrong camera")
+        store.locks.request_end(lock.id, actor="root", reason=" ")
+    asked = store.locks.request_end(lock.id, actor="root", reason="wrong camera")
     assert asked.end_requested_by == "root" and asked.active(clock.now)
     with pytest.raises(LockError, match="already asked"):
-        store.request_lock_end(lock.id, actor="ada", reason="again")
+        store.locks.request_end(lock.id, actor="ada", reason="again")
     with pytest.raises(LockError, match="second admin"):
-        store.approve_lock_end(lock.id, actor="ROOT", reason="me again")
-    ended = store.approve_lock_end(lock.id, actor="ada", reason="confirmed with the operator")
+        store.locks.approve_end(lock.id, actor="ROOT", reason="me again")
+    ended = store.locks.approve_end(lock.id, actor="ada", reason="confirmed with the operator")
     assert not ended.active(clock.now) and ended.released_by == "ada"
     assert ended.release_reason is not None and "wrong camera" in ended.release_reason
     log = [(e.actor, e.action, e.outcome) for e in store.audit.entries()]
@@ -173,15 +177,15 @@ def test_approving_an_export_locks_its_range_for_two_years(tmp_path: Path) -> No
     clock = FakeClock(T0)
     store = open_store(tmp_path, clock)
     eid = request(store, "olga", "OP-1")
-    assert store.locks() == []
+    assert store.locks.find() == []
     store.exports.approve(eid, approver="oscar", approver_work_id="OP-2")
-    (lock,) = store.locks()
+    (lock,) = store.locks.find()
     assert (lock.camera, lock.start_ms, lock.end_ms) == ("cam", T0 - 60_000, T0)
     assert lock.case_id == f"export-{eid}" and f"export {eid}" in lock.reason
     assert lock.expires_ms == add_years(T0, 2) and lock.created_by == "oscar"
     # A year on, past any window, the exported footage is still protected by the lock.
     later = add_years(T0, 1)
-    why = protection("cam", T0 - 30_000, T0, now_ms=later, window_days=30, locks=store.locks())
+    why = protection("cam", T0 - 30_000, T0, now_ms=later, window_days=30, locks=store.locks.find())
     assert why is not None and f"export-{eid}" in why
     store.close()
 
@@ -716,7 +720,7 @@ def test_lock_ends_early_over_http_and_cli_only_with_two_people(site: Site, tmp_
         r = ada.post(f"/api/locks/{made['id']}/end-approve", json={"reason": "checked"})
         assert r.status_code == 200 and r.json()["active"] is False
     # At the command line the same two steps, and one person cannot take both.
-    cli_lock = site.api.store.lock("gate", t0, t0 + 2000, actor="olga", reason="x")
+    cli_lock = site.api.store.locks.add("gate", t0, t0 + 2000, actor="olga", reason="x")
     asked = run(
         [*NVR, "lock-end", "-c", str(config), str(cli_lock.id), "--reason", "wrong"], tmp_path
     )
@@ -726,4 +730,4 @@ def test_lock_ends_early_over_http_and_cli_only_with_two_people(site: Site, tmp_
         tmp_path,
     )
     assert again.returncode == 1 and "second admin" in again.stderr, again
-    assert any(lk.id == cli_lock.id for lk in site.api.store.locks())
+    assert any(lk.id == cli_lock.id for lk in site.api.store.locks.find())

@@ -103,7 +103,7 @@ def test_purge_removes_exactly_expired_unlocked_and_respects_lock_expiry(
     day_store: tuple[SegmentStore, FakeClock],
 ) -> None:
     store, clock = day_store
-    lock = store.lock(
+    lock = store.locks.add(
         "cam",
         T0 + 2 * DAY_MS,
         T0 + 3 * DAY_MS,
@@ -137,19 +137,19 @@ def test_purge_removes_exactly_expired_unlocked_and_respects_lock_expiry(
 def test_locks_default_two_years_extend_only_and_holds(tmp_path: Path) -> None:
     clock = FakeClock(T0)
     store = open_store(tmp_path, clock)
-    lock = store.lock("cam", T0 - DAY_MS, T0, actor="op", reason="theft")
+    lock = store.locks.add("cam", T0 - DAY_MS, T0, actor="op", reason="theft")
     assert lock.expires_ms == add_years(T0, 2)
     with pytest.raises(LockError, match="never shortened"):
-        store.extend_lock(lock.id, add_years(T0, 1), actor="op")
-    later = store.extend_lock(lock.id, add_years(T0, 3), actor="op")
+        store.locks.extend(lock.id, add_years(T0, 1), actor="op")
+    later = store.locks.extend(lock.id, add_years(T0, 3), actor="op")
     assert later.expires_ms == add_years(T0, 3)
-    hold = store.lock("cam", T0 - DAY_MS, T0, actor="op", reason="court", hold=True)
+    hold = store.locks.add("cam", T0 - DAY_MS, T0, actor="op", reason="court", hold=True)
     assert hold.hold and hold.active(add_years(T0, 50))
     with pytest.raises(LockError, match="needs a reason"):
-        store.release_hold(hold.id, actor="admin", reason=" ")
+        store.locks.release_hold(hold.id, actor="admin", reason=" ")
     with pytest.raises(LockError, match="not a legal hold"):
-        store.release_hold(lock.id, actor="admin", reason="done")
-    released = store.release_hold(hold.id, actor="admin", reason="case closed")
+        store.locks.release_hold(lock.id, actor="admin", reason="done")
+    released = store.locks.release_hold(hold.id, actor="admin", reason="case closed")
     assert not released.active(T0)
     actions = [(e.action, e.outcome) for e in store.audit.entries()]
     assert actions == [
@@ -160,7 +160,7 @@ def test_locks_default_two_years_extend_only_and_holds(tmp_path: Path) -> None:
         ("lock-release", "ok"),
     ]
     with pytest.raises(LockError):
-        store.lock("cam", T0, T0 - 1, actor="op", reason="x")
+        store.locks.add("cam", T0, T0 - 1, actor="op", reason="x")
     store.close()
 
 
@@ -171,7 +171,7 @@ def test_library_delete_inside_window_or_locked_is_refused_and_audited(
     before = starts(store)
     with pytest.raises(RetentionViolation, match="inside the 30-day retention window"):
         store.delete_range("cam", T0 + 35 * DAY_MS, T0 + 37 * DAY_MS, actor="mallory")
-    store.lock("cam", T0, T0 + DAY_MS, actor="op", reason="evidence")
+    store.locks.add("cam", T0, T0 + DAY_MS, actor="op", reason="evidence")
     with pytest.raises(RetentionViolation, match="locked as evidence"):
         store.delete_range("cam", T0, T0 + 2 * DAY_MS, actor="mallory")
     # Purge candidates include the locked one; the door refuses a batch that contains it.

@@ -85,7 +85,7 @@ LOCKER = textwrap.dedent(
     root, url, start, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store = SegmentStore(Path(root), url, exclusive=False)
     print("locking", flush=True)
-    lock = store.lock("cam", start, end, actor="second-process", reason="race")
+    lock = store.locks.add("cam", start, end, actor="second-process", reason="race")
     print("locked", lock.id, flush=True)
     store.close()
     """
@@ -93,7 +93,7 @@ LOCKER = textwrap.dedent(
 
 
 def start_locker(root: Path, url: str, start_ms: int, end_ms: int) -> subprocess.Popen[str]:
-    """`SegmentStore.lock` in a second process; returns once it is about to write the lock."""
+    """`LockRegister.add` in a second process; returns once it is about to write the lock."""
     proc = subprocess.Popen(
         [sys.executable, "-c", LOCKER, str(root), url, str(start_ms), str(end_ms)],
         stdout=subprocess.PIPE,
@@ -190,7 +190,7 @@ def test_purge_pages_past_locked_footage(
     for day in range(10):
         add_segment(store, "cam", T0 + day * DAY_MS)
     clock.now = T0 + 38 * DAY_MS  # days 0..7 have expired
-    store.lock("cam", T0, T0 + 3 * DAY_MS - 1, actor="op", reason="evidence")
+    store.locks.add("cam", T0, T0 + 3 * DAY_MS - 1, actor="op", reason="evidence")
     service = RetentionService(NvrConfig(storage=StorageConfig(root=root)), store)
     assert service.purge_once() == 5
     assert day_starts(store) == [0, 1, 2, 8, 9]
@@ -207,15 +207,15 @@ def test_purge_candidates_skip_every_locked_span_and_see_locks_end(tmp_path: Pat
         add_segment(store, "cam", T0 + day * DAY_MS)
         add_segment(store, "other", T0 + day * DAY_MS)
     clock.now = T0 + 40 * DAY_MS  # days 0..9 have expired
-    store.lock("cam", T0 + DAY_MS, T0 + DAY_MS + 1, actor="op", reason="a")
-    store.lock("cam", T0 + 3 * DAY_MS, T0 + 5 * DAY_MS - 1, actor="op", reason="b")
-    hold = store.lock(
+    store.locks.add("cam", T0 + DAY_MS, T0 + DAY_MS + 1, actor="op", reason="a")
+    store.locks.add("cam", T0 + 3 * DAY_MS, T0 + 5 * DAY_MS - 1, actor="op", reason="b")
+    hold = store.locks.add(
         "cam", T0 + 6 * DAY_MS, T0 + 6 * DAY_MS + 5, actor="op", reason="c", hold=True
     )
-    store.lock(
+    store.locks.add(
         "cam", T0 + 7 * DAY_MS, T0 + 8 * DAY_MS, actor="op", reason="d", until_ms=T0 + 41 * DAY_MS
     )
-    store.lock("other", T0, T0 + 9 * DAY_MS, actor="op", reason="e")
+    store.locks.add("other", T0, T0 + 9 * DAY_MS, actor="op", reason="e")
     found = [((s.start_ms - T0) // DAY_MS, s.camera) for s in store.purge_candidates(limit=100)]
     assert sorted(found) == [
         (0, "cam"),
@@ -230,7 +230,7 @@ def test_purge_candidates_skip_every_locked_span_and_see_locks_end(tmp_path: Pat
     assert service.purge_once() == 6
     assert store.purge_candidates() == []
     # A lock that ends frees footage below spans already searched: it is found.
-    store.release_hold(hold.id, actor="admin", reason="case closed")
+    store.locks.release_hold(hold.id, actor="admin", reason="case closed")
     clock.now = T0 + 41 * DAY_MS + 1  # lock d expired; day 10 expired too
     found = [((s.start_ms - T0) // DAY_MS, s.camera) for s in store.purge_candidates()]
     assert sorted(found) == [(6, "cam"), (7, "cam"), (10, "cam"), (10, "other")]
@@ -423,7 +423,7 @@ def test_an_interrupted_purge_of_footage_locked_since_is_undone(
     assert len(store.delete_segments([s.id for s in store.segments("cam")[:2]], actor="r")) == 2
     victims = store.segments("cam")[:3]  # days 2..4
     interrupted_delete(store, [s.id for s in victims], monkeypatch)
-    store.lock("cam", T0 + 3 * DAY_MS, T0 + 3 * DAY_MS + 1, actor="op", reason="late")
+    store.locks.add("cam", T0 + 3 * DAY_MS, T0 + 3 * DAY_MS + 1, actor="op", reason="late")
     store.close()
 
     store = open_store(root, url, clock)
@@ -531,7 +531,7 @@ def test_purge_candidates_are_exactly_the_expired_unlocked_segments(
         # "created" at 0: the newest time is the latest end).
         newest = max((r[3] for r in rows), default=clock.now)
         now = min(clock.now, newest)
-        return set(plan_purge(spans, store.locks(), now_ms=now, window_days=lambda _c: 30))
+        return set(plan_purge(spans, store.locks.find(), now_ms=now, window_days=lambda _c: 30))
 
     try:
         assert {s.id for s in store.purge_candidates()} == expected()

@@ -93,7 +93,7 @@ async def timeline(
     await check_camera(services, user, name)
     rng = parse_range(start, end, max(TIMELINE_MAX_HOURS, services.settings.max_range_hours))
     tl = await asyncio.to_thread(services.cameras.timeline, name, rng.start_ms, rng.end_ms)
-    locks = await asyncio.to_thread(services.store.locks, name, False)
+    locks = await asyncio.to_thread(services.store.locks.find, name, False)
     now = services.store.now()
     return TimelineOut(
         locks=[

@@ -52,7 +52,7 @@ async def locks(
     include_inactive: bool = False,
 ) -> list[LockOut]:
     """Locks of the cameras you may see (auditors and admins: all)."""
-    found = await asyncio.to_thread(services.store.locks, camera, include_inactive)
+    found = await asyncio.to_thread(services.store.locks.find, camera, include_inactive)
     now = services.store.now()
     return [lock_out(lk, now) for lk in found if sees_metadata(user, lk.camera)]
 
@@ -67,7 +67,7 @@ async def create_lock(body: LockIn, user: OperatorDep, services: ServicesDep) ->
     until = parse_time(body.until, "until") if body.until is not None else None
     try:
         made = await asyncio.to_thread(
-            lambda: services.store.lock(
+            lambda: services.store.locks.add(
                 body.camera,
                 start,
                 end,
@@ -84,7 +84,7 @@ async def create_lock(body: LockIn, user: OperatorDep, services: ServicesDep) ->
 
 
 async def _lock_for(services: ServicesDep, user: UserDep, lock_id: int) -> Lock:
-    found = await asyncio.to_thread(services.store.locks, None, True)
+    found = await asyncio.to_thread(services.store.locks.find, None, True)
     lk = next((x for x in found if x.id == lock_id), None)
     if lk is None:
         raise NotFound(f"no lock {lock_id}")
@@ -102,7 +102,7 @@ async def extend_lock(
     until = parse_time(body.until, "until")
     try:
         lk = await asyncio.to_thread(
-            lambda: services.store.extend_lock(lock_id, until, actor=user.name)
+            lambda: services.store.locks.extend(lock_id, until, actor=user.name)
         )
     except LockError as err:
         raise Conflict(str(err)) from err
@@ -117,7 +117,7 @@ async def release_hold(
     await _lock_for(services, user, lock_id)
     try:
         lk = await asyncio.to_thread(
-            lambda: services.store.release_hold(lock_id, actor=user.name, reason=body.reason)
+            lambda: services.store.locks.release_hold(lock_id, actor=user.name, reason=body.reason)
         )
     except LockError as err:
         raise Conflict(str(err)) from err
@@ -133,7 +133,7 @@ async def request_lock_end(
     await _lock_for(services, user, lock_id)
     try:
         lk = await asyncio.to_thread(
-            lambda: services.store.request_lock_end(lock_id, actor=user.name, reason=body.reason)
+            lambda: services.store.locks.request_end(lock_id, actor=user.name, reason=body.reason)
         )
     except LockError as err:
         raise Conflict(str(err)) from err
@@ -148,7 +148,7 @@ async def approve_lock_end(
     await _lock_for(services, user, lock_id)
     try:
         lk = await asyncio.to_thread(
-            lambda: services.store.approve_lock_end(lock_id, actor=user.name, reason=body.reason)
+            lambda: services.store.locks.approve_end(lock_id, actor=user.name, reason=body.reason)
         )
     except LockError as err:
         raise Conflict(str(err)) from err
