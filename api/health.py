@@ -172,7 +172,7 @@ class HealthService:
         if fc is not None:
             days = fc.forecast_days if math.isfinite(fc.forecast_days) else None
             return Capacity(fc.state, days, free, fc.detail, "retention")
-        history = self._store.capacity_history(limit=1)
+        history = self._store.capacity.history(limit=1)
         if history:
             last = history[-1]
             days = last.forecast_days if last.forecast_days >= 0 else None

@@ -3,7 +3,7 @@ caches.
 
 Owns the sample indexes of segments at three levels: in memory (segments never change once
 indexed, so an entry keyed by segment id and sha256 stays valid; bounded by bytes, least
-recently used out), in the index database (`SegmentStore.sample_indexes`, a few kB per
+recently used out), in the index database (`storage.samples.SampleCache`, a few kB per
 segment, deleted with it), else parsed from the file's `moof` boxes. Also the few most recent
 virtual files (keyed by their ETag, so the requests a browser makes while seeking reuse one
 plan); concurrent requests for the same file share one build.
@@ -86,7 +86,7 @@ class SegmentIndexCache:
             index = parse_segment(seg.path)
         except OSError as err:
             raise StorageIOError(f"cannot read segment {seg.path.name}: {err.strerror}") from err
-        self._store.save_sample_index(seg, encode_index(index))
+        self._store.samples.save(seg, encode_index(index))
         return index
 
     def get_many(self, segments: Sequence[Segment]) -> list[SegmentIndex]:
@@ -99,7 +99,7 @@ class SegmentIndexCache:
                 missing.append(seg)
             else:
                 found[seg.id] = hit
-        stored = self._store.sample_indexes(missing) if missing else {}
+        stored = self._store.samples.get(missing) if missing else {}
         for seg in missing:
             index: SegmentIndex | None = None
             data = stored.get(seg.id)

@@ -309,7 +309,7 @@ def synthesize_with_audio(
                     height=v.codec_context.height,
                 ),
             )
-            store.save_sample_index(seg, encode_index(parse_segment(seg.path)))
+            store.samples.save(seg, encode_index(parse_segment(seg.path)))
     return start_ms
 
 

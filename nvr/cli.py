@@ -207,7 +207,7 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
     )
     fresh = doc is not None
     try:
-        capacity = store.capacity_history(limit=1)
+        capacity = store.capacity.history(limit=1)
         free_gb = store.free_bytes() / 1e9
         if capacity:
             print(

@@ -129,7 +129,7 @@ class RetentionService:
             window_days=window,
         )
         days = fc.forecast_days if math.isfinite(fc.forecast_days) else -1.0
-        changed = self._store.record_capacity(fc.state, days, fc.free_bytes, fc.detail)
+        changed = self._store.capacity.record(fc.state, days, fc.free_bytes, fc.detail)
         if changed:
             level = logging.WARNING if fc.state in ("warning", "critical") else logging.INFO
             log.log(level, "storage capacity %s: %s", fc.state, fc.detail)

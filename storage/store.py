@@ -75,12 +75,12 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage import clock as evidence
 from storage.accounts import AccountStore
 from storage.audit import AuditEntry
+from storage.capacity import CapacityHistory
 from storage.errors import (
     ClockSuspicious,
     ForeignIndexError,
@@ -101,9 +101,9 @@ from storage.ledger import OutageLedger, StreamEvents
 from storage.locks import LockRegister, active_lock, lock_of
 from storage.media.fragments import scan_fragments
 from storage.repository import Index
+from storage.samples import SampleCache
 from storage.schema import (
     CameraWindowRow,
-    CapacityRow,
     ChainGapRow,
     ClockHoldRow,
     LockRow,
@@ -239,15 +239,6 @@ class CameraStorage:
     """Start of the oldest footage kept."""
 
 
-@dataclass(frozen=True)
-class CapacityState:
-    at_ms: int
-    state: str
-    forecast_days: float
-    free_bytes: int
-    detail: str
-
-
 class SegmentStore:
     """The only door to recordings and their index. See the module docstring for the orders."""
 
@@ -362,6 +353,10 @@ class SegmentStore:
         self.locks = LockRegister(self.index, max_years=self._max_lock_years)
         """Evidence locks and legal holds (R3); the delete door honours them."""
         self.exports.on_approved = self.locks.lock_export
+        self.capacity = CapacityHistory(self.index)
+        """The capacity state over time (R4)."""
+        self.samples = SampleCache(self.index)
+        """Playback sample indexes of segments (a cache)."""
         self.ledger = OutageLedger(self.index)
         """The outage ledger (R2): why footage is missing."""
         self.events = StreamEvents(self.index)
@@ -1003,39 +998,6 @@ class SegmentStore:
             ).one()
         return CameraStats(int(count), int(size), int(media))
 
-    def sample_indexes(self, segments: Sequence[Segment]) -> dict[int, bytes]:
-        """Stored playback sample indexes of `segments` (made for the same file hash)."""
-        if not segments:
-            return {}
-        want = {seg.id: seg.sha256 for seg in segments}
-        found: dict[int, bytes] = {}
-        with self._engine.connect() as conn:
-            ids = list(want)
-            for i in range(0, len(ids), 500):
-                rows = conn.execute(
-                    select(
-                        SegmentSamplesRow.segment_id,
-                        SegmentSamplesRow.sha256,
-                        SegmentSamplesRow.data,
-                    ).where(SegmentSamplesRow.segment_id.in_(ids[i : i + 500]))
-                )
-                for seg_id, sha, data in rows:
-                    if want.get(seg_id) == sha:
-                        found[seg_id] = bytes(data)
-        return found
-
-    def save_sample_index(self, segment: Segment, data: bytes) -> bool:
-        """Keep a segment's playback sample index; False if the segment is gone (purged
-        meanwhile) or already has one."""
-        try:
-            with self.index.writing() as s:
-                if s.get(SegmentSamplesRow, segment.id) is not None:
-                    return False
-                s.add(SegmentSamplesRow(segment_id=segment.id, sha256=segment.sha256, data=data))
-        except IntegrityError:
-            return False
-        return True
-
     def segments_without_sample_index(self, limit: int = 100) -> list[Segment]:
         """The newest indexed segments that have no playback sample index yet (audio-only
         segments never get one: playback serves video)."""
@@ -1672,33 +1634,6 @@ class SegmentStore:
         if not ids:
             return []
         return self.delete_segments(ids, actor=actor, action="delete")
-
-    def record_capacity(
-        self, state: str, forecast_days: float, free_bytes: int, detail: str
-    ) -> bool:
-        """Record the capacity state if it changed; True when it did."""
-        last = self.capacity_history(limit=1)
-        if last and last[-1].state == state:
-            return False
-        with self.index.writing() as s:
-            s.add(
-                CapacityRow(
-                    at_ms=self._clock(),
-                    state=state,
-                    forecast_days=forecast_days,
-                    free_bytes=free_bytes,
-                    detail=detail,
-                )
-            )
-        return True
-
-    def capacity_history(self, limit: int = 100) -> list[CapacityState]:
-        with Session(self._engine) as s:
-            rows = list(s.scalars(select(CapacityRow).order_by(CapacityRow.id.desc()).limit(limit)))
-        return [
-            CapacityState(r.at_ms, r.state, r.forecast_days, r.free_bytes, r.detail)
-            for r in reversed(rows)
-        ]
 
     def locked_bytes(self) -> int:
         """Bytes of segments overlapping an active lock (they cannot be recycled)."""

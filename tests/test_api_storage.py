@@ -43,10 +43,10 @@ def test_stored_index_round_trips_exactly(footage_template: Path, tmp_path: Path
                     for f in FIELDS:
                         assert np.array_equal(getattr(a, f), getattr(b, f)), (camera, f)
         segs = store.segments("h264aac")
-        assert store.sample_indexes(segs) == {}
+        assert store.samples.get(segs) == {}
         service = PlaybackService(store)
         service.indexes.get_many(segs)  # parses and stores
-        stored = store.sample_indexes(segs)
+        stored = store.samples.get(segs)
         assert set(stored) == {s.id for s in segs}
         assert {s.id for s in store.segments_without_sample_index(1000)}.isdisjoint(stored)
         fresh = PlaybackService(store)  # nothing in memory: read back from the database
@@ -64,7 +64,7 @@ def test_stored_index_goes_with_its_segment(footage_template: Path, tmp_path: Pa
     try:
         segs = store.segments("bframes")
         PlaybackService(store).indexes.get_many(segs)
-        assert len(store.sample_indexes(segs)) == len(segs)
+        assert len(store.samples.get(segs)) == len(segs)
     finally:
         store.close()
     # Forty days later (of this boot's uptime too, see storage/clock.py), with the recorder
@@ -75,6 +75,6 @@ def test_stored_index_goes_with_its_segment(footage_template: Path, tmp_path: Pa
         add_segment(store, "live", later - 2000)
         gone = store.delete_range("bframes", segs[0].start_ms, segs[-1].end_ms, actor="test")
         assert {s.id for s in gone} == {s.id for s in segs}
-        assert store.sample_indexes(segs) == {}
+        assert store.samples.get(segs) == {}
     finally:
         store.close()

@@ -348,7 +348,7 @@ def test_capacity_state_changes_are_recorded(day_store: tuple[SegmentStore, Fake
     service = RetentionService(config, store)
     first = service.capacity_once()
     service.capacity_once()
-    history = store.capacity_history()
+    history = store.capacity.history()
     assert [h.state for h in history] == [first.state]  # recorded once, on change only
     store.close()
 
