@@ -1,15 +1,26 @@
 """Request and response bodies of the API (pydantic v2), i.e. the OpenAPI schema at `/docs`.
 Times are UTC milliseconds since 1970 (`*_ms`); request times also accept RFC 3339.
-Pure data; no I/O."""
+
+A response that shows a stored record (an export, a lock, an audit entry) is made from the
+record's frozen dataclass by `record_model`, not by repeating its fields: a field added to
+the record appears in the API, and one left out says so here (`exclude`). Build one with
+`Model.model_validate(record)`. Pure data; no I/O; imported by the event loop's routes.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import dataclasses
+import types
+import typing
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from config.models import CAMERA_NAME, CAMERA_NAME_RULE
 from storage.accounts import Role
+from storage.audit import AuditEntry
+from storage.exports import Export
+from storage.guard import Lock
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 WorkId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -24,6 +35,61 @@ TimeIn = Annotated[
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def record_model(
+    name: str,
+    record: type[Any],
+    *,
+    exclude: frozenset[str] = frozenset(),
+    extra: dict[str, Any] | None = None,
+) -> type[BaseModel]:
+    """A response model named `name` with the fields of the dataclass `record` (types and
+    defaults as declared there), less `exclude`, plus `extra` (name: (type, default)), read
+    from a record by `model_validate(record)` (`from_attributes`)."""
+    hints = typing.get_type_hints(record)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        if f.name in exclude:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else ...
+        fields[f.name] = (hints[f.name], default)
+    unknown = exclude - set(fields) - {f.name for f in dataclasses.fields(record)}
+    if unknown:
+        raise TypeError(f"{record.__name__} has no field {sorted(unknown)}")
+    return create_model(
+        name,
+        __config__=ConfigDict(from_attributes=True),
+        **fields,
+        **(extra or {}),
+    )
+
+
+def list_of(model: type[BaseModel]) -> Any:
+    """`list[model]` for a `response_model=` of a model made by `record_model`."""
+    return types.GenericAlias(list, (model,))
+
+
+if TYPE_CHECKING:
+    # To the type checker these are plain models; at run time they carry the records' fields.
+    AuditOut: TypeAlias = BaseModel
+    LockOut: TypeAlias = BaseModel
+    ExportOut: TypeAlias = BaseModel
+else:
+    AuditOut = record_model("AuditOut", AuditEntry)
+    LockOut = record_model(
+        "LockOut",
+        Lock,
+        extra={
+            "hold": (bool, ...),
+            "active": (bool, Field(description="Not released and not expired (now).")),
+        },
+    )
+    ExportOut = record_model(
+        "ExportOut",
+        Export,
+        exclude=frozenset({"package"}),  # the package's path on the server is not the client's
+    )
 
 
 class LoginIn(_In):
@@ -193,17 +259,6 @@ class LivenessOut(BaseModel):
     status: Literal["ok"] = "ok"
 
 
-class AuditOut(BaseModel):
-    id: int
-    at_ms: int
-    actor: str
-    action: str
-    target: str
-    outcome: str
-    detail: dict[str, Any]
-    hash: str
-
-
 class LockIn(_In):
     camera: CameraName
     start: TimeIn
@@ -222,27 +277,6 @@ class LockExtendIn(_In):
 
 class LockReleaseIn(_In):
     reason: Text
-
-
-class LockOut(BaseModel):
-    id: int
-    camera: str
-    start_ms: int
-    end_ms: int
-    created_ms: int
-    created_by: str
-    reason: str
-    case_id: str | None
-    expires_ms: int | None
-    hold: bool
-    active: bool
-    released_ms: int | None
-    released_by: str | None
-    release_reason: str | None
-    end_requested_by: str | None = None
-    """An admin asked to end this lock early; a second admin must approve."""
-    end_requested_ms: int | None = None
-    end_request_reason: str | None = None
 
 
 class DeletedOut(BaseModel):
@@ -276,33 +310,6 @@ class RejectIn(_In):
 
 class CancelIn(_In):
     reason: Text
-
-
-class ExportFileOut(BaseModel):
-    name: str
-    bytes: int
-    sha256: str
-
-
-class ExportOut(BaseModel):
-    id: int
-    camera: str
-    start_ms: int
-    end_ms: int
-    purpose: str
-    recipient: str
-    approval_document: str
-    requester: str
-    requester_work_id: str
-    requested_ms: int
-    state: str
-    approver: str | None
-    approver_work_id: str | None
-    approved_ms: int | None
-    built_ms: int | None
-    manifest_sha256: str | None
-    files: list[ExportFileOut]
-    error: str
 
 
 class ProblemField(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from api.deps import AuditorDep, ServicesDep
-from api.models import AuditOut, Problem
+from api.models import AuditOut, Problem, list_of
 from api.params import parse_time
 
 router = APIRouter(tags=["audit"])
@@ -19,7 +19,7 @@ TimeFilter = Annotated[str | None, Query(min_length=1, max_length=64)]
 
 @router.get(
     "/api/audit",
-    response_model=list[AuditOut],
+    response_model=list_of(AuditOut),
     responses={400: {"model": Problem}, 401: {"model": Problem}, 403: {"model": Problem}},
 )
 async def audit(
@@ -46,4 +46,4 @@ async def audit(
         limit=limit,
         offset=offset,
     )
-    return [AuditOut(**vars(e)) for e in entries]
+    return [AuditOut.model_validate(e) for e in entries]

@@ -17,11 +17,11 @@ from api.middleware import printable
 from api.models import (
     ApproveIn,
     CancelIn,
-    ExportFileOut,
     ExportIn,
     ExportOut,
     Problem,
     RejectIn,
+    list_of,
 )
 from api.params import parse_range
 from api.routes import ERRORS
@@ -36,26 +36,7 @@ ExportId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 def export_out(e: Export) -> ExportOut:
-    return ExportOut(
-        id=e.id,
-        camera=e.camera,
-        start_ms=e.start_ms,
-        end_ms=e.end_ms,
-        purpose=e.purpose,
-        recipient=e.recipient,
-        approval_document=e.approval_document,
-        requester=e.requester,
-        requester_work_id=e.requester_work_id,
-        requested_ms=e.requested_ms,
-        state=e.state,
-        approver=e.approver,
-        approver_work_id=e.approver_work_id,
-        approved_ms=e.approved_ms,
-        built_ms=e.built_ms,
-        manifest_sha256=e.manifest_sha256,
-        files=[ExportFileOut(name=f.name, bytes=f.bytes, sha256=f.sha256) for f in e.files],
-        error=e.error,
-    )
+    return ExportOut.model_validate(e)
 
 
 log = logging.getLogger("nvr.api.exports")
@@ -191,7 +172,7 @@ async def cancel_export(
     return export_out(cancelled)
 
 
-@router.get("/api/exports", response_model=list[ExportOut], responses=ERRORS)
+@router.get("/api/exports", response_model=list_of(ExportOut), responses=ERRORS)
 async def export_register(
     user: UserDep,
     services: ServicesDep,

@@ -5,13 +5,14 @@ live in the storage door; refusals come back as 409 with the reason."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
 from api.deps import AdminDep, OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
 from api.errors import Conflict, Forbidden, NotFound
-from api.models import LockExtendIn, LockIn, LockOut, LockReleaseIn
+from api.models import LockExtendIn, LockIn, LockOut, LockReleaseIn, list_of
 from api.params import parse_time
 from api.routes import ERRORS
 from storage import LockError
@@ -23,28 +24,12 @@ LockId = Annotated[int, Path(ge=1, le=2**62)]
 
 
 def lock_out(lk: Lock, now: int) -> LockOut:
-    return LockOut(
-        id=lk.id,
-        camera=lk.camera,
-        start_ms=lk.start_ms,
-        end_ms=lk.end_ms,
-        created_ms=lk.created_ms,
-        created_by=lk.created_by,
-        reason=lk.reason,
-        case_id=lk.case_id,
-        expires_ms=lk.expires_ms,
-        hold=lk.hold,
-        active=lk.active(now),
-        released_ms=lk.released_ms,
-        released_by=lk.released_by,
-        release_reason=lk.release_reason,
-        end_requested_by=lk.end_requested_by,
-        end_requested_ms=lk.end_requested_ms,
-        end_request_reason=lk.end_request_reason,
+    return LockOut.model_validate(
+        dataclasses.asdict(lk) | {"hold": lk.hold, "active": lk.active(now)}
     )
 
 
-@router.get("/api/locks", response_model=list[LockOut], responses=ERRORS)
+@router.get("/api/locks", response_model=list_of(LockOut), responses=ERRORS)
 async def locks(
     user: UserDep,
     services: ServicesDep,
