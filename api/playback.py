@@ -9,11 +9,14 @@ virtual files (keyed by their ETag, so the requests a browser makes while seekin
 plan); concurrent requests for the same file share one build.
 
 `keep_warm` (a task of the API's lifespan) indexes the last 1.5 hours of every camera and then
-each new segment as soon as it is indexed (its file still in the page cache), storing each
-index in the database, and backfills older segments that have none: a one-hour range of any
-age is laid out from the database, never from thousands of reads of `moof` boxes on disk.
+each new segment as soon as a recorder closes it (the daemon wires each recorder's
+`on_segment` to `segment_closed`, so the file is still in the page cache), storing each
+index in the database, and every `WARM_INTERVAL` backfills older segments that have none: a one-hour
+range of any age is laid out from the database, never from thousands of reads of `moof`
+boxes on disk.
 
-Runs on the event loop; parsing, planning and file reads go to worker threads. A
+Runs on the event loop (`segment_closed` is called from recorder threads and only wakes the
+loop); parsing, planning and file reads go to worker threads. A
 `RangeReader` is read from worker threads one call at a time and may be closed from the loop
 at any moment (client gone): closing never blocks on disk.
 """
@@ -21,10 +24,12 @@ at any moment (client gone): closing never blocks on disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import threading
+from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -39,7 +44,9 @@ from storage.timestamps import iso
 log = logging.getLogger("nvr.api.playback")
 
 BACKFILL = 30
-"""Older segments without a stored index get one at this many per round (10 s)."""
+"""Older segments without a stored index get one at this many per round."""
+WARM_INTERVAL = 10.0
+"""Seconds between `keep_warm`'s rounds when no recorder closed a segment (backfill)."""
 WARM_HOURS = 1.5
 """Recent footage kept parsed: a request for the last hour never waits for parsing."""
 FORMAT_VERSION = "nvr-mp4-2"
@@ -177,6 +184,9 @@ class PlaybackService:
         self._waiting = 0
         self._freed: asyncio.Event | None = None
         """Set (and replaced) whenever a build ends: wakes the requests waiting for a slot."""
+        self._closed_segments: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """`keep_warm`'s wake-up and its loop, once it runs."""
 
     async def resolve(self, camera: str, start_ms: int, end_ms: int) -> Recording | None:
         """The segments overlapping [start, end) and the ETag of their MP4; None if none.
@@ -324,20 +334,42 @@ class PlaybackService:
         stop: asyncio.Event,
         *,
         hours: float = WARM_HOURS,
-        interval: float = 10.0,
+        interval: float | None = None,
     ) -> None:
-        """Keep the last `hours` of every camera parsed, and each new segment as it is
-        indexed, so that playback of recent footage never waits for parsing."""
+        """Keep the last `hours` of every camera parsed, and each new segment as soon as it
+        is closed (`segment_closed`), so that playback of recent footage never waits for
+        parsing; every `interval` seconds (default `WARM_INTERVAL`) otherwise (backfill, a
+        store without recorders)."""
+        wait = WARM_INTERVAL if interval is None else interval
         since: dict[str, int] = {}
-        while not stop.is_set():
-            try:
-                await asyncio.to_thread(lambda: self.warm_once(cameras(), since, hours))
-            except StorageError as err:
-                log.warning("playback cache: %s (will retry)", err)
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
+        woken = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._closed_segments = woken
+        try:
+            while not stop.is_set():
+                woken.clear()
+                try:
+                    await asyncio.to_thread(lambda: self.warm_once(cameras(), since, hours))
+                except StorageError as err:
+                    log.warning("playback cache: %s (will retry)", err)
+                waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(woken.wait())]
+                try:
+                    await asyncio.wait(waits, timeout=wait, return_when=FIRST_COMPLETED)
+                finally:
+                    for w in waits:
+                        w.cancel()
+        finally:
+            self._closed_segments = None
+            self._loop = None
+
+    def segment_closed(self, segment: Segment) -> None:
+        """A recorder closed and indexed `segment`: index it for playback now. Called on the
+        recorder's thread; only wakes `keep_warm` (never blocks, never raises)."""
+        loop, woken = self._loop, self._closed_segments
+        if loop is None or woken is None or segment.video_codec is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(woken.set)
 
     def file_sync(self, rec: Recording) -> VirtualFile:
         """`file` for worker threads (exports): builds without touching the caches' futures."""

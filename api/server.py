@@ -24,7 +24,7 @@ from api.cameras import LiveStatus
 from api.health import CapacityProvider
 from api.services import ApiContext, ConfigReloader, EventEmit
 from config import NvrConfig
-from storage import SegmentStore
+from storage import Segment, SegmentStore
 
 log = logging.getLogger("nvr.api")
 
@@ -105,66 +105,50 @@ class ApiServer:
         self._config = config
         self._host, self._port = host, port
         self._server = _EmbeddedServer(config)
-        self._done = asyncio.Event()
         self._stopping = asyncio.Event()
-
-    @property
-    def started(self) -> bool:
-        return self._server.started
 
     async def serve(self) -> None:
         """Serve until `stop()`. While the address cannot be bound, say why and try again
         (recording goes on); any other failure to start is logged and ends the API."""
         attempt = 0
-        try:
-            while not self._stopping.is_set():
-                problem = await asyncio.to_thread(bind_problem, self._host, self._port)
-                if problem is None:
-                    try:
-                        await self._server.serve()
+        while not self._stopping.is_set():
+            problem = await asyncio.to_thread(bind_problem, self._host, self._port)
+            if problem is None:
+                try:
+                    await self._server.serve()
+                    return
+                except SystemExit:
+                    # uvicorn exits the process on a start-up failure; here that must
+                    # not end recording.
+                    if self._server.started:
                         return
-                    except SystemExit:
-                        # uvicorn exits the process on a start-up failure; here that must
-                        # not end recording.
-                        if self._server.started:
-                            return
-                        log.error("the HTTP API could not start on %s (see above)", self.url)
+                    log.error("the HTTP API could not start on %s (see above)", self.url)
+                    return
+                except OSError as err:
+                    if err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                        log.error(
+                            "the HTTP API could not start on %s: %s",
+                            self.url,
+                            err.strerror or err,
+                        )
                         return
-                    except OSError as err:
-                        if err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
-                            log.error(
-                                "the HTTP API could not start on %s: %s",
-                                self.url,
-                                err.strerror or err,
-                            )
-                            return
-                        problem = err.strerror or str(err)
-                    self._server = _EmbeddedServer(self._config)
-                delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
-                attempt += 1
-                log.error(
-                    "the HTTP API cannot listen on %s: %s; trying again in %.0f s "
-                    "(recording goes on)",
-                    self.url,
-                    problem,
-                    delay,
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-        finally:
-            self._done.set()
+                    problem = err.strerror or str(err)
+                self._server = _EmbeddedServer(self._config)
+            delay = RETRY_S[min(attempt, len(RETRY_S) - 1)]
+            attempt += 1
+            log.error(
+                "the HTTP API cannot listen on %s: %s; trying again in %.0f s "
+                "(recording goes on)",
+                self.url,
+                problem,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
 
     def stop(self) -> None:
         self._stopping.set()
         self._server.should_exit = True
-
-    async def wait_started(self) -> bool:
-        """True once the server listens; False if it ended without starting."""
-        while not self._server.started:
-            if self._done.is_set():
-                return False
-            await asyncio.sleep(0.05)
-        return True
 
 
 class RunningApi:
@@ -188,8 +172,10 @@ def serve_api(
     reloader: ConfigReloader | None = None,
     emit: EventEmit | None = None,
     event_problems: Callable[[], list[str]] | None = None,
+    segment_listeners: list[Callable[[Segment], None]] | None = None,
 ) -> RunningApi | None:
-    """Start serving `[api]` on the running loop (None when the config has no `[api]`)."""
+    """Start serving `[api]` on the running loop (None when the config has no `[api]`).
+    `segment_listeners`: see `ApiContext`."""
     if config.api is None:
         return None
     server = ApiServer(
@@ -201,6 +187,7 @@ def serve_api(
             reloader=reloader,
             emit=emit,
             event_problems=event_problems,
+            segment_listeners=segment_listeners,
         )
     )
     log.info("HTTP API on %s", server.url)

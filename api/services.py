@@ -21,7 +21,7 @@ from config import NvrConfig
 from config.diff import ReloadOutcome
 from config.models import ApiConfig
 from ingest.timecheck.server import ServerClockState, read_server_clock
-from storage import SegmentStore
+from storage import Segment, SegmentStore
 from storage.exports import Export
 from storage.timestamps import iso
 
@@ -58,6 +58,9 @@ class ApiContext:
     """Alerts out (`nvr.events.EventBus.emit`): export requests and decisions."""
     event_problems: Callable[[], list[str]] | None = None
     """Event destinations that are down (`nvr.events.EventBus.problems`), for health."""
+    segment_listeners: list[Callable[[Segment], None]] | None = None
+    """The recorders' listeners for closed segments (`Supervisor.segment_listeners`): the
+    playback service joins them while the API runs."""
 
     @property
     def settings(self) -> ApiConfig:
@@ -109,6 +112,8 @@ class ApiServices:
                 "end": iso(export.end_ms),
             },
         )
+    segment_listeners: list[Callable[[Segment], None]] | None = None
+    """Where `playback.segment_closed` listens for closed segments (see `ApiContext`)."""
 
     def reconfigure(self, config: NvrConfig) -> None:
         """A reloaded config: cameras, sites and windows as the daemon now has them."""
@@ -171,12 +176,17 @@ async def open_services(ctx: ApiContext) -> ApiServices:
     services.tasks.append(
         asyncio.create_task(playback.keep_warm(cameras.known, services.stop), name="playback-warm")
     )
+    if ctx.segment_listeners is not None:
+        ctx.segment_listeners.append(playback.segment_closed)
+        services.segment_listeners = ctx.segment_listeners
     return services
 
 
 async def close_services(services: ApiServices) -> None:
     if services.reloader is not None:
         services.reloader.unsubscribe(services.reconfigure)
+    if services.segment_listeners is not None:
+        services.segment_listeners.remove(services.playback.segment_closed)
     services.stop.set()
     for task in services.tasks:
         await task

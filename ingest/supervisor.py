@@ -14,6 +14,10 @@ camera over. When an abandoned thread finally ends, the `.part` file it was writ
 salvaged. Replacements per camera are rate-limited (`RepairPolicy`); past the limit the
 recorder is left as it is, and the daemon stops vouching for the process to systemd's watchdog
 (see `nvr.daemon`), so a fault that replacing threads does not cure ends in a process restart.
+
+Segments: each recorder's `on_segment` calls the functions in `segment_listeners` (on the
+recorder's thread) when it has closed and indexed a segment; the daemon adds the API's
+playback service there. A listener that raises is logged and never stops recording.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from ingest.status import RecorderStatus
 from ingest.testpattern import TestPatternOpener
 from ingest.timecheck.monitor import ClockMonitor
 from ingest.timecheck.rtcp import ClockedOpener
-from storage import SegmentStore, StorageError
+from storage import Segment, SegmentStore, StorageError
 
 log = logging.getLogger("nvr.ingest")
 
@@ -198,6 +202,16 @@ class Supervisor:
         self.clocks.notes.listener = emit
         self._changing = asyncio.Lock()
         """Held by a repair and by a reconfiguration, so they never act on one camera at once."""
+        self.segment_listeners: list[Callable[[Segment], None]] = []
+        """Called with every segment a recorder closed, on the recorder's thread: quick,
+        non-blocking callables (see the module docstring)."""
+
+    def _segment_closed(self, segment: Segment) -> None:
+        for listener in list(self.segment_listeners):
+            try:
+                listener(segment)
+            except Exception:
+                log.exception("camera %s: a segment listener failed", segment.camera)
 
     def _build(self, camera: CameraConfig) -> CameraRecorder:
         opener: StreamOpener
@@ -226,6 +240,7 @@ class Supervisor:
             on_event=(
                 None if self._emit is None else partial(_camera_event, self._emit, camera.name)
             ),
+            on_segment=self._segment_closed,
         )
 
     def start(self) -> None:

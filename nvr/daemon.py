@@ -52,8 +52,9 @@ log = logging.getLogger("nvr.daemon")
 
 STATUS_FILE = "status.json"
 STATUS_INTERVAL = 2.0
-CHECKPOINT_INTERVAL = 60.0
-"""How often the status loop asks the store whether an audit checkpoint is due by time."""
+HOUSEKEEPING_INTERVAL = 60.0
+"""How often the status loop does its housekeeping (`_housekeeping`): an audit checkpoint
+due by time, expired API tokens. The first round runs at start."""
 REPAIR_INTERVAL = 1.0
 """Seconds between self-repair checks (and watchdog pings, when systemd asks for them)."""
 REPAIR_SLACK = 10.0
@@ -310,6 +311,7 @@ async def run_daemon(
             reloader=reloader,
             emit=alerts.emit,
             event_problems=alerts.problems,
+            segment_listeners=supervisor.segment_listeners,
         )
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
         notifier.ready(line)
@@ -317,12 +319,12 @@ async def run_daemon(
             log.info("systemd watchdog: %.0f s", notifier.watchdog)
         beat = asyncio.create_task(heartbeat(supervisor, notifier, stop), name="sd-watchdog")
         beat.add_done_callback(_report_crash)
-        next_checkpoint = time.monotonic()
+        next_housekeeping = time.monotonic()
         while not stop.is_set():
             await publisher.publish(True)
-            if time.monotonic() >= next_checkpoint:
-                next_checkpoint = time.monotonic() + CHECKPOINT_INTERVAL
-                await _checkpoint(store)
+            if time.monotonic() >= next_housekeeping:
+                next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+                await _housekeeping(store)
             new_line = status_line(
                 supervisor.snapshot(),
                 supervisor.health(),
@@ -429,13 +431,22 @@ def _report_crash(task: asyncio.Task[None]) -> None:
         )
 
 
-async def _checkpoint(store: SegmentStore) -> None:
-    """Sign an audit checkpoint when `[evidence] checkpoint_minutes` have passed since the
-    last one and entries came after it (issue 14, item 3: every N entries and every hour)."""
+async def _housekeeping(store: SegmentStore) -> None:
+    """Every `HOUSEKEEPING_INTERVAL`: sign an audit checkpoint when `[evidence]
+    checkpoint_minutes` have passed since the last one and entries came after it (issue 14,
+    item 3: every N entries and every hour), and forget bearer tokens that expired or were
+    revoked more than a day ago (else the token table grows with every login)."""
     try:
         await asyncio.to_thread(store.audit.checkpoint)
     except StorageError as err:
         log.error("cannot write an audit checkpoint: %s", err)
+    try:
+        dropped = await asyncio.to_thread(store.accounts.drop_expired_tokens)
+    except StorageError as err:
+        log.error("cannot drop expired API tokens: %s", err)
+    else:
+        if dropped:
+            log.info("dropped %d expired API tokens", dropped)
 
 
 async def _consistency(store: SegmentStore) -> None:
