@@ -1,6 +1,25 @@
-"""Storage: segment files and their index, behind one door (`SegmentStore`).
+"""Storage: the recorded footage and the index database beside it.
 
-See `storage.store` for the create and delete orders and the threads that call in.
+Owns the segment files under the storage root and every table of the index. Footage has one
+door, `SegmentStore` (`storage.store`): the invariants that span files and index (create
+order, delete order, hash chain, retention windows, lock and clock checks) live there and
+only there. The rest of the index is kept by repositories over one shared `Index`
+(`storage.repository`: engine, serialised write transaction, clock, audit hook), each owning
+its own tables, reached as attributes of the store: `accounts` (`storage.accounts`),
+`exports` (`storage.exports`), `locks` (`storage.locks`), `audit` (`storage.audit`),
+`ledger` and `events` (`storage.ledger`), `capacity` (`storage.capacity`), `samples`
+(`storage.samples`). Each record is one frozen dataclass, defined beside its repository
+(`Lock` beside the delete rule, in `storage.guard`); `api.models` builds responses from them.
+What the bytes of a file mean (MP4 boxes, sample indexes, virtual files, the export package)
+is `storage.media`'s, which knows nothing of the index.
+
+Imports go one way: `api`, `nvr`, `ingest`, `retention`, `bench` and `tests` import
+`storage`; `storage` imports none of them, nor `config` (its settings come in as arguments).
+Inside, `store` imports the repositories; repositories import
+`repository`, `schema`, `errors` and `guard`, never `store`.
+
+Threads: blocking, thread-safe calls; recorder threads write segments and the ledger, the
+event loop calls through `asyncio.to_thread` (see each module).
 """
 
 from storage.audit import AuditEntry

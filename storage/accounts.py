@@ -1,14 +1,15 @@
 """`AccountStore`: users of the HTTP API, their roles and cameras, and their bearer tokens (R7).
 
-Reached as `SegmentStore.accounts`, so the index keeps one door. Passwords are stored only as
-argon2id hashes; tokens only as the sha256 of the token (they are 256-bit random, so a fast
-hash is enough and lets a request be authenticated by one indexed lookup). Neither a password
-nor a token ever reaches a log line, an exception message or the audit log.
+A repository over the shared index (`storage.repository`), reached as `SegmentStore.accounts`.
+Passwords are stored only as argon2id hashes; tokens only as the sha256 of the token (they are
+256-bit random, so a fast hash is enough and lets a request be authenticated by one indexed
+lookup). Neither a password nor a token ever reaches a log line, an exception message or the
+audit log.
 
 Every change of a user (added, role, cameras, password, disabled) is written to the audit log
 by the method that makes it, with the acting user or `cli:<os user>` as actor.
 
-Threads: methods are blocking and thread-safe (writes go through the store's serialised write
+Threads: methods are blocking and thread-safe (writes go through the index's serialised write
 transaction). Hashing a password takes tens of milliseconds of CPU: call `check_password`,
 `add_user` and `set_password` through `asyncio.to_thread` from the event loop.
 """

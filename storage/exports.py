@@ -1,10 +1,11 @@
 """`ExportRegister`: the evidence export register (R5) and its two-person rule (R6).
 
-Reached as `SegmentStore.exports`. A request is registered as `pending`; only a second,
-different user may approve it (`approve` refuses the requester, and the refusal is audited);
-the package is then built outside the index (see `api.exports`) and recorded here as `ready`
-with the files handed over and their hashes, or as `failed`. Rows are never deleted: the
-register is the record of who took which footage where, for what, on whose authority.
+A repository over the shared index (`storage.repository`), reached as `SegmentStore.exports`. A
+request is registered as `pending`; only a second, different user may approve it (`approve`
+refuses the requester, and the refusal is audited); the package is then built outside the index
+(see `api.exports`) and recorded here as `ready` with the files handed over and their hashes,
+or as `failed`. Rows are never deleted: the register is the record of who took which footage
+where, for what, on whose authority.
 
 The two persons must be different people: different accounts (names compared without regard
 to case), and different work ids (likewise); a work id, once used in the register by one

@@ -42,9 +42,13 @@ Identity: `<root>/.nvr-store` holds the store id, and so does the index's `meta`
 that is empty or belongs to another store, beside existing recordings, is refused at open
 (`ForeignIndexError`): a wrong or lost index must never lead to deleting footage.
 
+Everything else in the index (accounts, exports, locks, audit log, outage ledger, stream
+events, capacity history, the playback sample cache) is kept by repositories over the shared
+`Index` (`storage.repository`), opened here and reached as this store's attributes.
+
 Threads: methods are blocking and thread-safe. Recorder threads call `new_writer`/`commit`;
 the event loop calls queries through `asyncio.to_thread`. Index writes are serialised by one
-lock, so a single process is the only writer of its SQLite file.
+lock (`Index.writing`), so a single process is the only writer of its SQLite file.
 """
 
 from __future__ import annotations
