@@ -150,9 +150,6 @@ class Index:
             return False
         return True
 
-    def dispose(self) -> None:
-        self.engine.dispose()
-
 
 class Repository:
     """Base of the index's repositories: the shared engine, write transaction, clock and

@@ -5,12 +5,14 @@
   a day ago, are kept (housekeeping runs at start, then every minute);
 - a segment a recorder closes reaches the API's playback service at once (the recorder's
   `on_segment`), not at its next round: with the rounds made an hour apart, the new segment's
-  playback index is still made and stored within seconds."""
+  playback index is still made and stored within seconds (and, without a daemon, a
+  `segment_closed` wakes `keep_warm` between two rounds an hour apart)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -18,12 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api import playback
+from api.playback import PlaybackService
 from config import load_config
 from nvr.daemon import run_daemon
 from storage import SegmentStore
 from storage.accounts import token_digest
 from storage.schema import TokenRow
 from tests.api_rig import free_port
+from tests.store_clock import add_segment
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -95,6 +99,45 @@ async def test_daemon_housekeeping_forgets_expired_tokens(tmp_path: Path) -> Non
         reader.close()
         stop.set()
         await daemon
+
+
+async def test_segment_closed_wakes_playback_between_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "rec"
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    service = PlaybackService(store)
+    rounds: list[int] = []
+    real = service.warm_once
+
+    def counted(cameras: Iterable[str], since: dict[str, int], hours: float) -> int:
+        parsed = real(cameras, since, hours)
+        rounds.append(parsed)
+        return parsed
+
+    monkeypatch.setattr(service, "warm_once", counted)
+    stop = asyncio.Event()
+    warm = asyncio.create_task(service.keep_warm(lambda: ["cam"], stop, interval=3600))
+
+    async def until(cond: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not cond():
+            assert not warm.done(), warm
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.05)
+
+    try:
+        await until(lambda: len(rounds) == 1, "keep_warm's first round")
+        await asyncio.to_thread(add_segment, store, "cam", store.now() - 5_000)
+        (segment,) = store.segments("cam")
+        service.segment_closed(segment)
+        await until(lambda: len(rounds) == 2, "a round woken by segment_closed")
+        assert rounds == [0, 1]
+        assert service.indexes.has(segment) and store.samples.get([segment])
+    finally:
+        stop.set()
+        await warm
+        store.close()
 
 
 @pytest.mark.slow
