@@ -14,9 +14,10 @@ What the bytes of a file mean (MP4 boxes, sample indexes, virtual files, the exp
 is `storage.media`'s, which knows nothing of the index.
 
 Imports go one way: `api`, `nvr`, `ingest`, `retention`, `bench` and `tests` import
-`storage`; `storage` imports none of them, nor `config` (its settings come in as arguments).
-Inside, `store` imports the repositories; repositories import
-`repository`, `schema`, `errors` and `guard`, never `store`.
+`storage`; `storage` imports none of them, and of `config` only the camera-name rule
+(`config.models`); its settings come in as arguments. Inside, `store` imports the
+repositories; repositories import `repository`, `schema`, `errors`, `guard` and
+`timestamps`, never `store`.
 
 Threads: blocking, thread-safe calls; recorder threads write segments and the ledger, the
 event loop calls through `asyncio.to_thread` (see each module).
