@@ -269,7 +269,7 @@ def test_cli_lock_delete_verify(tmp_path: Path) -> None:
         ],
         tmp_path,
     )
-    assert done.returncode == 0 and "deleted 1 segments" in done.stdout, done.stderr
+    assert done.returncode == 0 and "deleted 1 segment (" in done.stdout, done.stderr
     done = cli(["delete", "-c", str(config), "cam", "--from", "yesterday", "--to", iso0], tmp_path)
     assert done.returncode == 2 and "ISO 8601" in done.stderr
     done = cli(["verify", "-c", str(config)], tmp_path)
