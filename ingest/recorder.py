@@ -772,7 +772,8 @@ class CameraRecorder:
         if first_connect:
             target = max(1.0, target - stagger_phase(self.camera, target))
         seg: _Segmenting | None = None
-        cut_pending = False
+        cut_pending = False  # cut at the next keyframe
+        unchain = False  # ... and start the next segment on the server clock, not chained
         mono = self._clock.monotonic
         connected_at = mono()
         last_space_check = last_tick = connected_at
@@ -790,7 +791,7 @@ class CameraRecorder:
                     step = self._steps.sample(self._clock.wall_ms(), now)
                     if step is not None:
                         self._clock_stepped(seg, step)
-                        cut_pending = True  # the next segment starts on the stepped clock
+                        cut_pending = unchain = True  # the next segment starts on the stepped clock
                     if seg is None and now - connected_at > self._keyframe_wait:
                         raise UnsupportedStream(
                             "no keyframe within %.0f s of connecting although media kept "
@@ -819,7 +820,7 @@ class CameraRecorder:
                     for item, st in vclock.push(packet, packet.pts, dts, packet.duration or 0):
                         pkt = item if isinstance(item, av.Packet) else packet
                         if st.jump_ticks:
-                            cut_pending = True
+                            cut_pending = unchain = True
                             with self._fence_for(seg):
                                 self._store.events.add(
                                     self.camera,
@@ -839,17 +840,17 @@ class CameraRecorder:
                                 # A new SPS (resolution): a new file with the new sample entry.
                                 self._new_video(video, new)
                                 video = new
-                                cut_pending = True
+                                cut_pending = True  # media time runs on: chained, no discontinuity
                             long_enough = (
                                 seg is not None and (st.dts - seg.first_dts) * vtb >= target
                             )
                             if seg is None or long_enough or cut_pending:
-                                chained = seg is not None and not cut_pending
+                                chained = seg is not None and not unchain
                                 if seg is not None:
                                     self._finish(seg, st.dts, vtb, source)
                                     target = self._segment_seconds
-                                seg = self._begin(st.dts, video, audio, chained, cut_pending, now)
-                                cut_pending = False
+                                seg = self._begin(st.dts, video, audio, chained, unchain, now)
+                                cut_pending = unchain = False
                                 self._set(state="recording", detail=description)
                         if seg is None:
                             continue  # before the first keyframe: nothing can decode it yet
