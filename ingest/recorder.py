@@ -1114,6 +1114,15 @@ class CameraRecorder:
                 )
         if self._last_end_ms is not None and start_ms < self._last_end_ms:
             start_ms = self._last_end_ms  # never overlap the previous segment
+        elif (
+            seg.discontinuity
+            and self._last_end_ms is not None
+            and start_ms - self._last_end_ms <= REANCHOR_MS
+        ):
+            # A cut inside a connection (timestamps jumped) while the packets kept arriving:
+            # a start within REANCHOR_MS after the previous end is arrival jitter, not a hole,
+            # as for a chained segment. A server clock step (>= 1 s) starts on the new clock.
+            start_ms = self._last_end_ms
         ctx = seg.template.codec_context if seg.template is not None else None
         info = SegmentInfo(
             camera=self.camera,
