@@ -11,8 +11,8 @@ serve (MP4, the export package) are `storage.media`'s. Imports go down: `storage
 `ingest` (`status` and `timecheck`'s clock findings only); nothing imports `api` but `nvr`.
 """
 
-from api.app import create_app
-from api.server import ApiServer
-from api.services import ApiContext
+from nvr.api.app import create_app
+from nvr.api.server import ApiServer
+from nvr.api.services import ApiContext
 
 __all__ = ["ApiContext", "ApiServer", "create_app"]

@@ -17,11 +17,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.metrics import HttpMetrics
-from api.middleware import AccessLog, BodyLimit, SecurityHeaders, printable
-from api.routes import audit, auth, cameras, config, docs, exports, health, locks, users
-from api.services import ApiContext, close_services, open_services
-from storage import StorageError
+from nvr.api.metrics import HttpMetrics
+from nvr.api.middleware import AccessLog, BodyLimit, SecurityHeaders, printable
+from nvr.api.routes import audit, auth, cameras, config, docs, exports, health, locks, users
+from nvr.api.services import ApiContext, close_services, open_services
+from nvr.storage import StorageError
 
 log = logging.getLogger("nvr.api")
 

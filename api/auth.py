@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.accounts import Role, User
+from nvr.storage.accounts import Role, User
 
 PLAYBACK: tuple[Role, ...] = ("viewer", "operator", "admin")
 OPERATE: tuple[Role, ...] = ("operator", "admin")

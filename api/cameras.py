@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from config import NvrConfig
-from ingest.status import RecorderStatus
-from storage import SegmentStore
-from storage.timestamps import DAY_MS, now_ms
+from nvr.config import NvrConfig
+from nvr.ingest.status import RecorderStatus
+from nvr.storage import SegmentStore
+from nvr.storage.timestamps import DAY_MS, now_ms
 
 SPAN_TOLERANCE_MS = 500
 """Segments closer than this are one recorded span (a re-anchored clock, not an outage)."""

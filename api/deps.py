@@ -10,14 +10,14 @@ from typing import Annotated, cast
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.auth import ADMIN, AUDIT, OPERATE, PLAYBACK, Link, has_role
-from api.errors import Forbidden, NotFound, Unauthorized
-from api.middleware import ACCESS_USER
-from api.services import ApiServices
-from config.models import CAMERA_NAME
-from storage import SegmentStore
-from storage.accounts import Role, TokenSession, User
-from storage.timestamps import iso
+from nvr.api.auth import ADMIN, AUDIT, OPERATE, PLAYBACK, Link, has_role
+from nvr.api.errors import Forbidden, NotFound, Unauthorized
+from nvr.api.middleware import ACCESS_USER
+from nvr.api.services import ApiServices
+from nvr.config.models import CAMERA_NAME
+from nvr.storage import SegmentStore
+from nvr.storage.accounts import Role, TokenSession, User
+from nvr.storage.timestamps import iso
 
 bearer = HTTPBearer(
     auto_error=False,

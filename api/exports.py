@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from api.playback import PlaybackService, Recording, etag, gap_causes
-from config import CameraConfig, NvrConfig
-from config.models import SiteConfig
-from storage import SegmentStore, StorageError
-from storage.exports import Export, ExportFile
-from storage.media.boxes import Mp4Error
-from storage.media.cover import local_time, zone, zone_label
-from storage.media.package import (
+from nvr.api.playback import PlaybackService, Recording, etag, gap_causes
+from nvr.config import CameraConfig, NvrConfig
+from nvr.config.models import SiteConfig
+from nvr.storage import SegmentStore, StorageError
+from nvr.storage.exports import Export, ExportFile
+from nvr.storage.media.boxes import Mp4Error
+from nvr.storage.media.cover import local_time, zone, zone_label
+from nvr.storage.media.package import (
     Cancelled,
     PackageError,
     file_chunks,
@@ -32,7 +32,7 @@ from storage.media.package import (
     public_pem,
     write_package,
 )
-from storage.timestamps import iso
+from nvr.storage.timestamps import iso
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

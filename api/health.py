@@ -28,13 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from api.cameras import CameraDirectory
-from config import NvrConfig
-from config.models import ApiConfig, CameraConfig
-from ingest.timecheck.notes import CameraClock, camera_clocks
-from ingest.timecheck.server import ServerClockState, read_server_clock
-from storage import IndexCorruptError, Outage, SegmentStore
-from storage.timestamps import DAY_MS
+from nvr.api.cameras import CameraDirectory
+from nvr.config import NvrConfig
+from nvr.config.models import ApiConfig, CameraConfig
+from nvr.ingest.timecheck.notes import CameraClock, camera_clocks
+from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
+from nvr.storage import IndexCorruptError, Outage, SegmentStore
+from nvr.storage.timestamps import DAY_MS
 
 CONFIG_ERROR = "config-error"
 """Recorder state of a camera that cannot start as configured (e.g. its secret is missing)."""

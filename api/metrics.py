@@ -35,12 +35,12 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from api.cameras import CameraDirectory
-from api.health import HealthService
-from api.playback import PlaybackService
-from ingest.timecheck.notes import camera_clocks
-from storage import SegmentStore
-from storage.timestamps import DAY_MS
+from nvr.api.cameras import CameraDirectory
+from nvr.api.health import HealthService
+from nvr.api.playback import PlaybackService
+from nvr.ingest.timecheck.notes import camera_clocks
+from nvr.storage import SegmentStore
+from nvr.storage.timestamps import DAY_MS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = (

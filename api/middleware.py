@@ -19,7 +19,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.metrics import HttpMetrics
+from nvr.api.metrics import HttpMetrics
 
 ACCESS_USER = "nvr_user"
 """Where the routes' auth dependencies name the user (`api.deps.note_user`)."""

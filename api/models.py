@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from config.models import CAMERA_NAME, CAMERA_NAME_RULE
-from storage.accounts import Role
-from storage.audit import AuditEntry
-from storage.exports import Export
-from storage.guard import Lock
+from nvr.config.models import CAMERA_NAME, CAMERA_NAME_RULE
+from nvr.storage.accounts import Role
+from nvr.storage.audit import AuditEntry
+from nvr.storage.exports import Export
+from nvr.storage.guard import Lock
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 WorkId = Annotated[str, Field(min_length=1, max_length=64)]

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from api.errors import BadRequest
+from nvr.api.errors import BadRequest
 
 MIN_MS = 946_684_800_000
 """2000-01-01T00:00:00Z: no footage is older."""

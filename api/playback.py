@@ -34,12 +34,12 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from storage import Segment, SegmentStore, StorageError, StorageIOError
-from storage.media.boxes import Mp4Error
-from storage.media.sampleindex import decode_index, encode_index
-from storage.media.segment import SegmentIndex, parse_segment
-from storage.media.virtual import SourceSegment, VirtualFile, gap_cue, plan, plan_key
-from storage.timestamps import iso
+from nvr.storage import Segment, SegmentStore, StorageError, StorageIOError
+from nvr.storage.media.boxes import Mp4Error
+from nvr.storage.media.sampleindex import decode_index, encode_index
+from nvr.storage.media.segment import SegmentIndex, parse_segment
+from nvr.storage.media.virtual import SourceSegment, VirtualFile, gap_cue, plan, plan_key
+from nvr.storage.timestamps import iso
 
 log = logging.getLogger("nvr.api.playback")
 

@@ -19,12 +19,12 @@ from collections.abc import Callable, Generator
 
 import uvicorn
 
-from api.app import create_app
-from api.cameras import LiveStatus
-from api.health import CapacityProvider
-from api.services import ApiContext, ConfigReloader, EventEmit
-from config import NvrConfig
-from storage import Segment, SegmentStore
+from nvr.api.app import create_app
+from nvr.api.cameras import LiveStatus
+from nvr.api.health import CapacityProvider
+from nvr.api.services import ApiContext, ConfigReloader, EventEmit
+from nvr.config import NvrConfig
+from nvr.storage import Segment, SegmentStore
 
 log = logging.getLogger("nvr.api")
 

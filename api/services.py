@@ -11,19 +11,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from api.auth import LinkSigner, LoginThrottle, ScrapeToken
-from api.cameras import CameraDirectory, LiveStatus, NoRecorders
-from api.exports import ExportService
-from api.health import CapacityProvider, HealthService, RecentErrors
-from api.metrics import HttpMetrics
-from api.playback import PlaybackService
-from config import NvrConfig
-from config.diff import ReloadOutcome
-from config.models import ApiConfig
-from ingest.timecheck.server import ServerClockState, read_server_clock
-from storage import Segment, SegmentStore
-from storage.exports import Export
-from storage.timestamps import iso
+from nvr.api.auth import LinkSigner, LoginThrottle, ScrapeToken
+from nvr.api.cameras import CameraDirectory, LiveStatus, NoRecorders
+from nvr.api.exports import ExportService
+from nvr.api.health import CapacityProvider, HealthService, RecentErrors
+from nvr.api.metrics import HttpMetrics
+from nvr.api.playback import PlaybackService
+from nvr.config import NvrConfig
+from nvr.config.diff import ReloadOutcome
+from nvr.config.models import ApiConfig
+from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
+from nvr.storage import Segment, SegmentStore
+from nvr.storage.exports import Export
+from nvr.storage.timestamps import iso
 
 EventEmit = Callable[[str, str | None, dict[str, Any]], None]
 """(kind, camera, data) -> None: `nvr.events.EventBus.emit`."""

@@ -71,8 +71,8 @@ from bench.playback import (
     wait_until,
     write_config,
 )
-from storage import SegmentStore
-from storage.timestamps import now_ms
+from nvr.storage import SegmentStore
+from nvr.storage.timestamps import now_ms
 from tests.camsim import CameraSim, free_port, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.notify import NotifyListener

@@ -82,8 +82,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from storage import SegmentStore
-from storage.timestamps import now_ms
+from nvr.storage import SegmentStore
+from nvr.storage.timestamps import now_ms
 from tests.camsim import CameraSim, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir

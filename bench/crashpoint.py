@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from config import load_config
 from nvr.cli import setup_logging
+from nvr.config import load_config
 from nvr.daemon import run_daemon
-from storage.store import SegmentStore
+from nvr.storage.store import SegmentStore
 
 
 def main() -> None:

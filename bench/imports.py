@@ -30,11 +30,11 @@ STEPS: list[tuple[str, list[str]]] = [
     ("FastAPI, Starlette", ["fastapi"]),
     ("uvicorn", ["uvicorn"]),
     ("numpy (playback's sample tables)", ["numpy"]),
-    ("our config/", ["config"]),
-    ("our storage/", ["storage"]),
-    ("our ingest/", ["ingest"]),
-    ("our retention/", ["retention"]),
-    ("our api/ (routes, models, playback, exports)", ["api.server"]),
+    ("our config/", ["nvr.config"]),
+    ("our storage/", ["nvr.storage"]),
+    ("our ingest/", ["nvr.ingest"]),
+    ("our retention/", ["nvr.retention"]),
+    ("our api/ (routes, models, playback, exports)", ["nvr.api.server"]),
     ("our nvr/ (the daemon)", ["nvr.daemon"]),
 ]
 

@@ -62,7 +62,7 @@ from pathlib import Path
 import av
 
 from bench.docs import update_doc
-from storage import SegmentStore
+from nvr.storage import SegmentStore
 from tests.camsim import CameraSim, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 

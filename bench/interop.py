@@ -47,7 +47,7 @@ import av
 import av.logging
 
 from bench.docs import update_doc
-from storage import SegmentStore
+from nvr.storage import SegmentStore
 from tests.camsim.clips import make_quirk_clips
 from tests.camsim.fixtures import clips_cache_dir
 from tests.camsim.quirks import CATALOGUE, QuirkServer, clip_names

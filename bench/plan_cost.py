@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.docs import update_doc
-from storage.media.segment import SegmentIndex, TrackIndex
-from storage.media.virtual import SourceSegment, plan
+from nvr.storage.media.segment import SegmentIndex, TrackIndex
+from nvr.storage.media.virtual import SourceSegment, plan
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"

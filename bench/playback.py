@@ -68,10 +68,10 @@ from typing import Any
 import av
 
 from bench.docs import update_doc
-from storage import SegmentInfo, SegmentStore
-from storage.media.sampleindex import encode_index
-from storage.media.segment import parse_segment
-from storage.timestamps import DAY_MS, now_ms
+from nvr.storage import SegmentInfo, SegmentStore
+from nvr.storage.media.sampleindex import encode_index
+from nvr.storage.media.segment import parse_segment
+from nvr.storage.timestamps import DAY_MS, now_ms
 from tests.camsim import CameraSim, free_port, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 

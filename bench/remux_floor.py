@@ -24,7 +24,7 @@ from types import FrameType
 
 import av
 
-from storage.writer import MUX_OPTIONS
+from nvr.storage.writer import MUX_OPTIONS
 
 OPEN_OPTIONS = {
     "rtsp_transport": "tcp",

@@ -32,10 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from config import NvrConfig, StorageConfig
-from retention import RetentionService
-from storage import SegmentStore
-from storage.timestamps import DAY_MS
+from nvr.config import NvrConfig, StorageConfig
+from nvr.retention import RetentionService
+from nvr.storage import SegmentStore
+from nvr.storage.timestamps import DAY_MS
 
 SEG_MS = 60_000
 T0 = 1_790_000_000_000 - (1_790_000_000_000 % DAY_MS)

@@ -60,8 +60,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from storage import Outage, Segment, SegmentStore
-from storage.timestamps import now_ms
+from nvr.storage import Outage, Segment, SegmentStore
+from nvr.storage.timestamps import now_ms
 from tests.camsim import CameraSim, SilentListener, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir

@@ -15,8 +15,8 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from config.errors import ConfigError
-from config.models import NvrConfig
+from nvr.config.errors import ConfigError
+from nvr.config.models import NvrConfig
 
 
 def camera_key(config: NvrConfig, name: str) -> str:

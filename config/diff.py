@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from config.models import CameraConfig, NvrConfig
+from nvr.config.models import CameraConfig, NvrConfig
 
 LIVE_KEYS = ("log_level", "site")
 """Top-level settings a reload applies to the running daemon."""

@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from config.errors import ConfigError
-from config.models import BUILTIN_TEST_PATTERN, CameraConfig, NvrConfig, StorageConfig
+from nvr.config.errors import ConfigError
+from nvr.config.models import BUILTIN_TEST_PATTERN, CameraConfig, NvrConfig, StorageConfig
 
 _SECRET_KEYS = frozenset(
     {

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from config.errors import ConfigError
+from nvr.config.errors import ConfigError
 
 MIN_RETENTION_DAYS = 30
 """The regulation's floor (Chongqing measures, 2009 art. 19(8)): never store less."""

@@ -48,13 +48,13 @@ from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from ingest.errors import AuthRejected, CameraUnreachable, ConnectTimeout, StreamError
-from ingest.redact import redact_text
-from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
-from ingest.sources import RtspOpener, Source
-from ingest.timecheck.monitor import CAMERA_CHECK_INTERVAL_S
-from ingest.timecheck.notes import CameraClockReading, ClockNotes
-from ingest.timecheck.rtcp import ClockedSource
+from nvr.ingest.errors import AuthRejected, CameraUnreachable, ConnectTimeout, StreamError
+from nvr.ingest.redact import redact_text
+from nvr.ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
+from nvr.ingest.sources import RtspOpener, Source
+from nvr.ingest.timecheck.monitor import CAMERA_CHECK_INTERVAL_S
+from nvr.ingest.timecheck.notes import CameraClockReading, ClockNotes
+from nvr.ingest.timecheck.rtcp import ClockedSource
 
 log = logging.getLogger("nvr.onvif")
 

@@ -35,15 +35,15 @@ import av
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from ingest import progress
-from ingest.errors import StreamError, StreamStalled, UnsupportedStream
-from ingest.failures import FailureLog
-from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
-from ingest.sources import Source, StreamOpener
-from ingest.status import RecorderStatus
-from ingest.timecheck.steps import CLOCK_STEP, ClockStep, ClockStepDetector
-from ingest.timeline import Stamped, StreamTimeline
-from storage import (
+from nvr.ingest import progress
+from nvr.ingest.errors import StreamError, StreamStalled, UnsupportedStream
+from nvr.ingest.failures import FailureLog
+from nvr.ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
+from nvr.ingest.sources import Source, StreamOpener
+from nvr.ingest.status import RecorderStatus
+from nvr.ingest.timecheck.steps import CLOCK_STEP, ClockStep, ClockStepDetector
+from nvr.ingest.timeline import Stamped, StreamTimeline
+from nvr.storage import (
     IndexCorruptError,
     IndexFullError,
     IndexWriteError,
@@ -57,7 +57,7 @@ from storage import (
     StorageIOError,
     container_format,
 )
-from storage.timestamps import now_ms
+from nvr.storage.timestamps import now_ms
 
 
 class Clock(Protocol):

@@ -13,7 +13,7 @@ import hashlib
 import os
 import re
 
-from ingest.errors import AuthRejected
+from nvr.ingest.errors import AuthRejected
 
 
 class DigestAuth:

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
-from ingest.errors import (
+from nvr.ingest.errors import (
     AuthRejected,
     CameraUnreachable,
     ConnectTimeout,
@@ -44,8 +44,8 @@ from ingest.errors import (
     StreamStalled,
     UnsupportedStream,
 )
-from ingest.redact import redact_text
-from ingest.rtp import (
+from nvr.ingest.redact import redact_text
+from nvr.ingest.rtp import (
     AudioFrames,
     PayloadError,
     SdpMedia,
@@ -54,7 +54,7 @@ from ingest.rtp import (
     parse_sdp,
     video_frames_for,
 )
-from ingest.rtsp_auth import DigestAuth
+from nvr.ingest.rtsp_auth import DigestAuth
 
 log = logging.getLogger("nvr.ingest")
 

@@ -24,10 +24,10 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer, OutputContainer
 from av.video.stream import VideoStream
 
-from ingest import progress
-from ingest.errors import StreamError, UnsupportedStream
-from ingest.rtp import AacFrames, AudioFrames, Frame, G711Frames, VideoFrames
-from ingest.rtsp_session import NotForUs, RtspSession
+from nvr.ingest import progress
+from nvr.ingest.errors import StreamError, UnsupportedStream
+from nvr.ingest.rtp import AacFrames, AudioFrames, Frame, G711Frames, VideoFrames
+from nvr.ingest.rtsp_session import NotForUs, RtspSession
 
 log = logging.getLogger("nvr.ingest")
 

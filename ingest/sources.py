@@ -29,7 +29,7 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
-from ingest.errors import (
+from nvr.ingest.errors import (
     AuthRejected,
     CameraUnreachable,
     ConnectTimeout,
@@ -38,10 +38,10 @@ from ingest.errors import (
     StreamStalled,
     UnsupportedStream,
 )
-from ingest.redact import redact_text
-from ingest.rtsp_session import NotForUs, RtspSession, TcpRefused
-from ingest.rtsp_source import KEYFRAME_WAIT_SECONDS, NativeRtspSource
-from ingest.watchdog import WATCHDOG, SocketCapture, Watched
+from nvr.ingest.redact import redact_text
+from nvr.ingest.rtsp_session import NotForUs, RtspSession, TcpRefused
+from nvr.ingest.rtsp_source import KEYFRAME_WAIT_SECONDS, NativeRtspSource
+from nvr.ingest.watchdog import WATCHDOG, SocketCapture, Watched
 
 log = logging.getLogger("nvr.ingest")
 

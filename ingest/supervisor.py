@@ -32,16 +32,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from config import BUILTIN_TEST_PATTERN, CameraConfig, ConfigError, NvrConfig
-from ingest.errors import CameraConfigFault
-from ingest.onvif import OnvifOpener
-from ingest.recorder import CameraRecorder, Clock, SystemClock
-from ingest.sources import RtspOpener, Source, StreamOpener
-from ingest.status import RecorderStatus
-from ingest.testpattern import TestPatternOpener
-from ingest.timecheck.monitor import ClockMonitor
-from ingest.timecheck.rtcp import ClockedOpener
-from storage import Segment, SegmentStore, StorageError
+from nvr.config import BUILTIN_TEST_PATTERN, CameraConfig, ConfigError, NvrConfig
+from nvr.ingest.errors import CameraConfigFault
+from nvr.ingest.onvif import OnvifOpener
+from nvr.ingest.recorder import CameraRecorder, Clock, SystemClock
+from nvr.ingest.sources import RtspOpener, Source, StreamOpener
+from nvr.ingest.status import RecorderStatus
+from nvr.ingest.testpattern import TestPatternOpener
+from nvr.ingest.timecheck.monitor import ClockMonitor
+from nvr.ingest.timecheck.rtcp import ClockedOpener
+from nvr.storage import Segment, SegmentStore, StorageError
 
 log = logging.getLogger("nvr.ingest")
 

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from config import ConfigError, NvrConfig, load_config
-from config.checks import machine_problems
 from nvr import cli_api, cli_index, cli_retention, configpath, discover, show
 from nvr.cli_context import config_command
 from nvr.clock_status import camera_status_lines, server_status_line
-from storage import CameraStorage, IndexCorruptError, SegmentStore, StorageError
-from storage.timestamps import DAY_MS, now_ms
+from nvr.config import ConfigError, NvrConfig, load_config
+from nvr.config.checks import machine_problems
+from nvr.storage import CameraStorage, IndexCorruptError, SegmentStore, StorageError
+from nvr.storage.timestamps import DAY_MS, now_ms
 
 log = logging.getLogger("nvr")
 

@@ -13,12 +13,12 @@ import os
 import sys
 from pathlib import Path
 
-from config import NvrConfig
 from nvr import configpath
 from nvr.cli_context import actor, config_command, open_store
+from nvr.config import NvrConfig
 from nvr.show import when as iso
-from storage import SegmentStore
-from storage.accounts import ROLES, AccountError
+from nvr.storage import SegmentStore
+from nvr.storage.accounts import ROLES, AccountError
 
 
 def _cameras(text: str | None) -> list[str] | None:
@@ -146,7 +146,7 @@ def cmd_metrics_token(args: argparse.Namespace) -> int:
     """A new static scrape token for `/metrics`: its sha256 goes to `[api]
     metrics_token_file` (replacing the old token), the token itself to `--token-file` or
     stdout, once. The running daemon picks the new hash up at the next scrape."""
-    from api.auth import new_scrape_token
+    from nvr.api.auth import new_scrape_token
 
     config = configpath.load(args.config)
     target: Path | None = args.hash_file or (
@@ -220,7 +220,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_export(args: argparse.Namespace) -> int:
-    from storage.media.package import verify_package
+    from nvr.storage.media.package import verify_package
 
     key = _read_key(args.key)
     result = verify_package(args.package, key)

@@ -12,9 +12,9 @@ import getpass
 from collections.abc import Iterator
 from pathlib import Path
 
-from config import NvrConfig
 from nvr import configpath
-from storage import SegmentStore
+from nvr.config import NvrConfig
+from nvr.storage import SegmentStore
 
 
 def config_command(

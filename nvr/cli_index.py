@@ -8,7 +8,7 @@ import argparse
 
 from nvr import configpath
 from nvr.cli_context import config_command
-from storage.rebuild import rebuild_index
+from nvr.storage.rebuild import rebuild_index
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:

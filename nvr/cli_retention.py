@@ -11,13 +11,13 @@ import time
 from datetime import datetime
 from typing import TextIO
 
-from config import NvrConfig
 from nvr import show
 from nvr.cli_context import actor, config_command, opened
+from nvr.config import NvrConfig
+from nvr.retention import RetentionService
 from nvr.show import when as iso
-from retention import RetentionService
-from storage import ClockSuspicious, LockError, RetentionViolation, SegmentStore
-from storage.verify import VerifyReport
+from nvr.storage import ClockSuspicious, LockError, RetentionViolation, SegmentStore
+from nvr.storage.verify import VerifyReport
 
 
 def parse_time(text: str) -> int:

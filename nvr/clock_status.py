@@ -10,9 +10,9 @@ import json
 import time
 from collections.abc import Callable
 
-from ingest.timecheck.notes import DEVICE_INFO, camera_clocks
-from ingest.timecheck.server import ServerClockState, read_server_clock
-from storage import SegmentStore
+from nvr.ingest.timecheck.notes import DEVICE_INFO, camera_clocks
+from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
+from nvr.storage import SegmentStore
 
 
 def server_status_line(read: Callable[[], ServerClockState] = read_server_clock) -> str:

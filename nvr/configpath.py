@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from config import NvrConfig, default_config, load_config
+from nvr.config import NvrConfig, default_config, load_config
 
 ENV = "NVR_CONFIG"
 DEFAULT_PATH = Path("/etc/nvr/nvr.toml")

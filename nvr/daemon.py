@@ -26,10 +26,12 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
-from api.server import serve_api
-from config import NvrConfig
-from ingest.status import RecorderStatus
-from ingest.supervisor import (
+from nvr import memory
+from nvr.api.server import serve_api
+from nvr.config import NvrConfig
+from nvr.events import EventBus
+from nvr.ingest.status import RecorderStatus
+from nvr.ingest.supervisor import (
     EventEmit,
     OpenerFactory,
     RecorderHealth,
@@ -37,16 +39,14 @@ from ingest.supervisor import (
     Supervisor,
     default_opener,
 )
-from nvr import memory
-from nvr.events import EventBus
 from nvr.mqtt import MqttPublisher
 from nvr.reload import LiveConfig, Reloader
+from nvr.retention import Forecast, RetentionService
 from nvr.sdnotify import Notifier
+from nvr.storage import SegmentStore, StorageError
+from nvr.storage.clock import ClockVerdict
+from nvr.storage.timestamps import now_ms
 from nvr.webhooks import WebhookSender, start_webhooks
-from retention import Forecast, RetentionService
-from storage import SegmentStore, StorageError
-from storage.clock import ClockVerdict
-from storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.daemon")
 

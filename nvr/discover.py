@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import unquote, urlsplit
 
-from ingest.errors import StreamError
-from ingest.onvif import DeviceInfo, MediaProfile, choose_profile, describe_device, run_bounded
+from nvr.ingest.errors import StreamError
+from nvr.ingest.onvif import DeviceInfo, MediaProfile, choose_profile, describe_device, run_bounded
 
 WSD_GROUP = "239.255.255.250"
 WSD_PORT = 3702

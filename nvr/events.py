@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.timestamps import iso, now_ms
+from nvr.storage.timestamps import iso, now_ms
 
 log = logging.getLogger("nvr.events")
 

@@ -33,8 +33,8 @@ from typing import Any
 
 import aiomqtt
 
-from config.errors import ConfigError
-from config.models import EventsConfig
+from nvr.config.errors import ConfigError
+from nvr.config.models import EventsConfig
 from nvr.events import (
     CAMERA_OUTAGE,
     CAMERA_REMOVED,

@@ -16,11 +16,11 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from config import ConfigError, NvrConfig, load_config
-from config.diff import ConfigDiff, ReloadOutcome, diff_configs
-from ingest.supervisor import Supervisor
+from nvr.config import ConfigError, NvrConfig, load_config
+from nvr.config.diff import ConfigDiff, ReloadOutcome, diff_configs
+from nvr.ingest.supervisor import Supervisor
 from nvr.sdnotify import Notifier
-from storage import SegmentStore, StorageError
+from nvr.storage import SegmentStore, StorageError
 
 log = logging.getLogger("nvr.reload")
 

@@ -27,8 +27,8 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from config.errors import ConfigError
-from config.models import WebhookConfig
+from nvr.config.errors import ConfigError
+from nvr.config.models import WebhookConfig
 from nvr.events import Event, EventBus, Outbox
 
 log = logging.getLogger("nvr.events.webhook")

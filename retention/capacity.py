@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage.timestamps import DAY_MS
+from nvr.storage.timestamps import DAY_MS
 
 WARNING_MARGIN_DAYS = 7
 MIN_SAMPLE_MS = 10 * 60 * 1000

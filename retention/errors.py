@@ -1,5 +1,5 @@
 """Retention's typed errors. The refusal itself is raised by the storage door."""
 
-from storage.errors import LockError, RetentionViolation
+from nvr.storage.errors import LockError, RetentionViolation
 
 __all__ = ["LockError", "RetentionViolation"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from storage.guard import Lock, protection
+from nvr.storage.guard import Lock, protection
 
 
 @dataclass(frozen=True)

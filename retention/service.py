@@ -17,12 +17,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from config import NvrConfig
-from retention.capacity import Forecast, forecast
-from retention.policy import SegmentSpan, plan_purge
-from storage import ClockSuspicious, RetentionViolation, SegmentStore, StorageError
-from storage.clock import ClockVerdict
-from storage.timestamps import DAY_MS
+from nvr.config import NvrConfig
+from nvr.retention.capacity import Forecast, forecast
+from nvr.retention.policy import SegmentSpan, plan_purge
+from nvr.storage import ClockSuspicious, RetentionViolation, SegmentStore, StorageError
+from nvr.storage.clock import ClockVerdict
+from nvr.storage.timestamps import DAY_MS
 
 log = logging.getLogger("nvr.retention")
 

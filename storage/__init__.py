@@ -23,8 +23,8 @@ Threads: blocking, thread-safe calls; recorder threads write segments and the le
 event loop calls through `asyncio.to_thread` (see each module).
 """
 
-from storage.audit import AuditEntry
-from storage.errors import (
+from nvr.storage.audit import AuditEntry
+from nvr.storage.errors import (
     ClockSuspicious,
     ForeignIndexError,
     IndexCorruptError,
@@ -37,9 +37,9 @@ from storage.errors import (
     StorageFullError,
     StorageIOError,
 )
-from storage.guard import Lock, protection
-from storage.ledger import Outage, StreamEvent
-from storage.store import (
+from nvr.storage.guard import Lock, protection
+from nvr.storage.ledger import Outage, StreamEvent
+from nvr.storage.store import (
     CameraStats,
     CameraStorage,
     ConsistencyReport,
@@ -49,9 +49,9 @@ from storage.store import (
     chain_value,
     probe_segment,
 )
-from storage.timestamps import now_ms
-from storage.verify import VerifyReport
-from storage.writer import SegmentWriter, container_format
+from nvr.storage.timestamps import now_ms
+from nvr.storage.verify import VerifyReport
+from nvr.storage.writer import SegmentWriter, container_format
 
 __all__ = [
     "AuditEntry",

@@ -29,11 +29,11 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from config.models import CAMERA_NAME, CAMERA_NAME_RULE
-from storage.errors import StorageError
-from storage.repository import Index, Repository
-from storage.schema import TokenRow, UserCameraRow, UserRow
-from storage.timestamps import DAY_MS
+from nvr.config.models import CAMERA_NAME, CAMERA_NAME_RULE
+from nvr.storage.errors import StorageError
+from nvr.storage.repository import Index, Repository
+from nvr.storage.schema import TokenRow, UserCameraRow, UserRow
+from nvr.storage.timestamps import DAY_MS
 
 Role = Literal["viewer", "operator", "auditor", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)

@@ -35,9 +35,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage import signing
-from storage.errors import StorageError
-from storage.schema import AuditCheckpointRow, AuditRow
+from nvr.storage import signing
+from nvr.storage.errors import StorageError
+from nvr.storage.schema import AuditCheckpointRow, AuditRow
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.repository import Repository
-from storage.schema import CapacityRow
+from nvr.storage.repository import Repository
+from nvr.storage.schema import CapacityRow
 
 
 @dataclass(frozen=True)

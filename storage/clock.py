@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from storage.timestamps import DAY_MS
+from nvr.storage.timestamps import DAY_MS
 
 TOLERANCE_MS = 60_000
 """Disagreement between the wall clock and uptime taken as a step (plus `SLEW_PPM`)."""
@@ -60,7 +60,7 @@ def read_uptime_ms() -> int:
 
 def read_synchronised() -> bool:
     """Whether the kernel says the clock is synchronised (adjtimex); False if unreadable."""
-    from ingest.timecheck.server import read_server_clock  # ingest imports storage: import late
+    from nvr.ingest.timecheck.server import read_server_clock  # ingest imports storage: import late
 
     try:
         return read_server_clock().synchronised

@@ -26,9 +26,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.errors import StorageError
-from storage.repository import Index, Repository
-from storage.schema import ExportRow
+from nvr.storage.errors import StorageError
+from nvr.storage.repository import Index, Repository
+from nvr.storage.schema import ExportRow
 
 PENDING = "pending"
 BUILDING = "building"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from storage.timestamps import DAY_MS, iso
+from nvr.storage.timestamps import DAY_MS, iso
 
 LOCK_YEARS = 2
 """Default lock duration (R3: important footage is kept at least two years)."""

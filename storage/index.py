@@ -6,7 +6,7 @@ A damaged SQLite file (`database disk image is malformed`, `file is not a databa
 statement finds it, so no caller sees a raw driver error; `check_integrity` looks for damage
 before the daemon trusts the file.
 
-`migrate(..., in_child=True)` runs `python -m storage.migrate` for the upgrade itself."""
+`migrate(..., in_child=True)` runs `python -m nvr.storage.migrate` for the upgrade itself."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import ExceptionContext
 
-from storage.errors import IndexCorruptError, StorageError
+from nvr.storage.errors import IndexCorruptError, StorageError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 HEAD_REVISION = "0009"
@@ -113,7 +113,7 @@ def migrate(engine: Engine, *, in_child: bool = False) -> None:
 
 def _upgrade_in_child(url: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "storage.migrate"],
+        [sys.executable, "-m", "nvr.storage.migrate"],
         input=url,
         capture_output=True,
         text=True,

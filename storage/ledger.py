@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.repository import Repository
-from storage.schema import EventRow, OutageRow
+from nvr.storage.repository import Repository
+from nvr.storage.schema import EventRow, OutageRow
 
 
 @dataclass(frozen=True)

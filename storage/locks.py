@@ -20,20 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, select
 
-from storage.errors import LockError, StorageError
-from storage.guard import (
+from nvr.storage.errors import LockError, StorageError
+from nvr.storage.guard import (
     LOCK_FUTURE_MARGIN_MS,
     LOCK_YEARS,
     MAX_LOCK_YEARS,
     Lock,
     add_years,
 )
-from storage.repository import Index, Repository
-from storage.schema import LockRow
-from storage.timestamps import iso
+from nvr.storage.repository import Index, Repository
+from nvr.storage.schema import LockRow
+from nvr.storage.timestamps import iso
 
 if TYPE_CHECKING:
-    from storage.exports import Export
+    from nvr.storage.exports import Export
 
 log = logging.getLogger("nvr.storage")
 

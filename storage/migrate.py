@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from storage.index import make_engine, upgrade
+from nvr.storage.index import make_engine, upgrade
 
 
 def main() -> int:

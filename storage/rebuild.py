@@ -37,12 +37,12 @@ from typing import Any
 
 import av
 
-from storage.audit import AUDIT_HEAD_NAME
-from storage.errors import StorageError
-from storage.index import make_engine, upgrade
-from storage.media.fragments import scan_fragments
-from storage.schema import Base
-from storage.store import (
+from nvr.storage.audit import AUDIT_HEAD_NAME
+from nvr.storage.errors import StorageError
+from nvr.storage.index import make_engine, upgrade
+from nvr.storage.media.fragments import scan_fragments
+from nvr.storage.schema import Base
+from nvr.storage.store import (
     GENESIS_CHAIN,
     MARKER,
     SegmentStore,
@@ -51,8 +51,8 @@ from storage.store import (
     probe_segment,
     segment_name,
 )
-from storage.timestamps import now_ms
-from storage.writer import fsync_dir
+from nvr.storage.timestamps import now_ms
+from nvr.storage.writer import fsync_dir
 
 NOT_COPIED = {"alembic_version", "segments", "segment_samples"}
 """Tables the rebuild makes itself (segments) or that are remade when needed (the playback

@@ -26,8 +26,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from storage.audit import AuditLog
-from storage.errors import IndexFullError, IndexWriteError
+from nvr.storage.audit import AuditLog
+from nvr.storage.errors import IndexFullError, IndexWriteError
 
 log = logging.getLogger("nvr.storage")
 

@@ -18,8 +18,8 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from storage.repository import Repository
-from storage.schema import SegmentSamplesRow
+from nvr.storage.repository import Repository
+from nvr.storage.schema import SegmentSamplesRow
 
 
 class Indexed(Protocol):

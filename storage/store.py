@@ -81,11 +81,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from storage import clock as evidence
-from storage.accounts import AccountStore
-from storage.audit import AuditEntry
-from storage.capacity import CapacityHistory
-from storage.errors import (
+from nvr.storage import clock as evidence
+from nvr.storage.accounts import AccountStore
+from nvr.storage.audit import AuditEntry
+from nvr.storage.capacity import CapacityHistory
+from nvr.storage.errors import (
     ClockSuspicious,
     ForeignIndexError,
     IndexCorruptError,
@@ -94,19 +94,19 @@ from storage.errors import (
     StorageError,
     StorageIOError,
 )
-from storage.exports import ExportRegister
-from storage.guard import (
+from nvr.storage.exports import ExportRegister
+from nvr.storage.guard import (
     MAX_LOCK_YEARS,
     Lock,
     protection,
 )
-from storage.index import check_integrity, make_engine, migrate
-from storage.ledger import OutageLedger, StreamEvents
-from storage.locks import LockRegister, active_lock, lock_of
-from storage.media.fragments import scan_fragments
-from storage.repository import Index
-from storage.samples import SampleCache
-from storage.schema import (
+from nvr.storage.index import check_integrity, make_engine, migrate
+from nvr.storage.ledger import OutageLedger, StreamEvents
+from nvr.storage.locks import LockRegister, active_lock, lock_of
+from nvr.storage.media.fragments import scan_fragments
+from nvr.storage.repository import Index
+from nvr.storage.samples import SampleCache
+from nvr.storage.schema import (
     CameraWindowRow,
     ChainGapRow,
     ClockHoldRow,
@@ -116,9 +116,9 @@ from storage.schema import (
     SegmentRow,
     SegmentSamplesRow,
 )
-from storage.timestamps import DAY_MS, iso, now_ms
-from storage.verify import VerifyReport, verify_store
-from storage.writer import SegmentWriter, WrittenFile, fsync_dir
+from nvr.storage.timestamps import DAY_MS, iso, now_ms
+from nvr.storage.verify import VerifyReport, verify_store
+from nvr.storage.writer import SegmentWriter, WrittenFile, fsync_dir
 
 log = logging.getLogger("nvr.storage")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage.schema import AuditRow, ChainGapRow, SegmentRow
+from nvr.storage.schema import AuditRow, ChainGapRow, SegmentRow
 
 GENESIS = "0" * 64
 

@@ -19,7 +19,7 @@ from typing import Any
 import av
 from av.container import OutputContainer
 
-from storage.errors import PacketRejected, StorageError, StorageFullError, StorageIOError
+from nvr.storage.errors import PacketRejected, StorageError, StorageFullError, StorageIOError
 
 FRAGMENT_MICROSECONDS = 1_000_000
 WRITE_BUFFER_BYTES = 512 * 1024

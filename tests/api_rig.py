@@ -19,14 +19,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api import ApiContext, ApiServer
-from api.cameras import LiveStatus
-from api.health import CapacityProvider
-from config import CameraConfig, NvrConfig, StorageConfig
-from config.models import ApiConfig
-from ingest.errors import CameraUnreachable, StreamEnded
-from ingest.timecheck.server import ServerClockState
-from storage import Segment, SegmentStore, now_ms
+from nvr.api import ApiContext, ApiServer
+from nvr.api.cameras import LiveStatus
+from nvr.api.health import CapacityProvider
+from nvr.config import CameraConfig, NvrConfig, StorageConfig
+from nvr.config.models import ApiConfig
+from nvr.ingest.errors import CameraUnreachable, StreamEnded
+from nvr.ingest.timecheck.server import ServerClockState
+from nvr.storage import Segment, SegmentStore, now_ms
 from tests.recording_rig import wait_for
 from tests.scripted import (
     BOOT_OFFSET,

@@ -10,7 +10,7 @@ from typing import Any
 
 import av
 
-from ingest.testpattern import TestPatternSource
+from nvr.ingest.testpattern import TestPatternSource
 
 
 def fast_pattern() -> TestPatternSource:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.recorder import CameraRecorder
-from ingest.sources import RtspOpener
-from storage import Segment, SegmentStore
+from nvr.ingest.recorder import CameraRecorder
+from nvr.ingest.sources import RtspOpener
+from nvr.storage import Segment, SegmentStore
 from tests.media import check_file
 
 FRAME_MS = 100  # the simulator's 10 fps clips

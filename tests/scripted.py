@@ -31,12 +31,12 @@ import pytest
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from ingest.errors import CameraUnreachable, StreamEnded, StreamError
-from ingest.recorder import CameraRecorder
-from ingest.rtp import AacConfig
-from ingest.sources import StreamOpener
-from storage import SegmentStore, now_ms
-from storage.clock import read_uptime_ms
+from nvr.ingest.errors import CameraUnreachable, StreamEnded, StreamError
+from nvr.ingest.recorder import CameraRecorder
+from nvr.ingest.rtp import AacConfig
+from nvr.ingest.sources import StreamOpener
+from nvr.storage import SegmentStore, now_ms
+from nvr.storage.clock import read_uptime_ms
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
 

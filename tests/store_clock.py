@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from storage import SegmentInfo, SegmentStore, now_ms
-from storage.clock import read_uptime_ms
+from nvr.storage import SegmentInfo, SegmentStore, now_ms
+from nvr.storage.clock import read_uptime_ms
 from tests.media import fast_pattern, pattern_packets
 
 T0 = 1_790_000_000_000  # 2026-09-21

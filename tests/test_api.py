@@ -20,11 +20,11 @@ import av
 import httpx
 import pytest
 
-from api import ApiContext, ApiServer
-from config.models import ApiConfig
-from ingest.status import RecorderStatus
-from retention import Forecast
-from storage import SegmentStore
+from nvr.api import ApiContext, ApiServer
+from nvr.config.models import ApiConfig
+from nvr.ingest.status import RecorderStatus
+from nvr.retention import Forecast
+from nvr.storage import SegmentStore
 from tests.api_rig import (
     CAMERAS,
     PASSWORD,

@@ -13,7 +13,7 @@ import av
 import httpx
 import pytest
 
-from ingest.timecheck.server import read_server_clock
+from nvr.ingest.timecheck.server import read_server_clock
 from tests.api_rig import NVR, PASSWORD, free_port, nvr
 from tests.recording_rig import wait_for
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api import ApiContext
 from bench import plan_cost
-from config.models import ApiConfig
-from storage.media.virtual import plan
+from nvr.api import ApiContext
+from nvr.config.models import ApiConfig
+from nvr.storage.media.virtual import plan
 from tests.api_rig import (
     PASSWORD,
     Api,
@@ -299,7 +299,7 @@ def test_ranges_cut_at_the_same_frames_share_one_plan(footage_api: Api) -> None:
 
 
 async def test_plan_builds_are_limited_per_user_and_in_total(footage_api: Api) -> None:
-    from api.playback import PlanBusy, PlaybackService
+    from nvr.api.playback import PlanBusy, PlaybackService
 
     start, end = footage_range(footage_api)
     service = PlaybackService(
@@ -331,7 +331,7 @@ async def test_plan_builds_beyond_the_limit_wait_briefly_for_a_slot(footage_api:
     """Most plans take milliseconds: a request finding every build slot busy waits for one
     (up to `queue_wait`), so 20 viewers arriving together are all served; only requests
     beyond `max_waiting` are refused at once."""
-    from api.playback import PlanBusy, PlaybackService
+    from nvr.api.playback import PlanBusy, PlaybackService
 
     start, end = footage_range(footage_api)
     service = PlaybackService(

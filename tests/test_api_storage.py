@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.playback import PlaybackService
-from storage import SegmentStore
-from storage.media.sampleindex import decode_index, encode_index
-from storage.media.segment import parse_segment
+from nvr.api.playback import PlaybackService
+from nvr.storage import SegmentStore
+from nvr.storage.media.sampleindex import decode_index, encode_index
+from nvr.storage.media.segment import parse_segment
 from tests.api_rig import CAMERAS
 from tests.store_clock import add_segment
 

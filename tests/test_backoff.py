@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ingest.recorder import Backoff, stagger_phase
+from nvr.ingest.recorder import Backoff, stagger_phase
 
 
 def test_backoff_doubles_to_cap_and_never_gives_up() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import SegmentStore
+from nvr.storage import SegmentStore
 from tests.media import check_file
 from tests.recording_rig import wait_for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from nvr import show
-from storage import SegmentStore
+from nvr.storage import SegmentStore
 from tests.api_rig import CAMERAS, NVR, PASSWORD, footage_end, nvr, run_api
 
 LOCAL_TZ = "Asia/Kolkata"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from config import ConfigError, default_config, load_config
+from nvr.config import ConfigError, default_config, load_config
 
 GOOD = """
 [storage]

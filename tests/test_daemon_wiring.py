@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api import playback
-from api.playback import PlaybackService
-from config import load_config
+from nvr.api import playback
+from nvr.api.playback import PlaybackService
+from nvr.config import load_config
 from nvr.daemon import run_daemon
-from storage import SegmentStore
-from storage.accounts import token_digest
-from storage.schema import TokenRow
+from nvr.storage import SegmentStore
+from nvr.storage.accounts import token_digest
+from nvr.storage.schema import TokenRow
 from tests.api_rig import free_port
 from tests.store_clock import add_segment
 

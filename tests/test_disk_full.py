@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.recorder import CameraRecorder
-from ingest.sources import RtspOpener
-from storage import SegmentStore
+from nvr.ingest.recorder import CameraRecorder
+from nvr.ingest.sources import RtspOpener
+from nvr.storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.recording_rig import wait_for, wait_progress

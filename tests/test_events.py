@@ -27,11 +27,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from api.services import ApiContext
-from config import ConfigError, NvrConfig, load_config
-from config.checks import events_problems
-from config.models import EventsConfig, WebhookConfig
-from ingest.timecheck.notes import CameraClockReading, ClockNotes
+from nvr.api.services import ApiContext
+from nvr.config import ConfigError, NvrConfig, load_config
+from nvr.config.checks import events_problems
+from nvr.config.models import EventsConfig, WebhookConfig
 from nvr.events import (
     CAMERA_REMOVED,
     CAMERA_STATE,
@@ -42,10 +41,11 @@ from nvr.events import (
     EventBus,
     Outbox,
 )
+from nvr.ingest.timecheck.notes import CameraClockReading, ClockNotes
 from nvr.mqtt import MqttPublisher
+from nvr.retention import RetentionService
+from nvr.storage import SegmentStore
 from nvr.webhooks import WebhookSender
-from retention import RetentionService
-from storage import SegmentStore
 from tests.api_rig import (
     NVR,
     PASSWORD,

@@ -26,17 +26,17 @@ from zoneinfo import ZoneInfo
 import av
 import pytest
 
-from api import ApiContext
-from config import CameraConfig, NvrConfig, StorageConfig
-from config.models import ApiConfig, SiteConfig
-from storage import LockError, SegmentInfo, SegmentStore
-from storage.accounts import AccountError
-from storage.audit import entry_hash
-from storage.exports import ExportRefused
-from storage.guard import add_years, protection
-from storage.media.hevc import hvc1_entry
-from storage.media.segment import parse_segment
-from storage.timestamps import DAY_MS, iso
+from nvr.api import ApiContext
+from nvr.config import CameraConfig, NvrConfig, StorageConfig
+from nvr.config.models import ApiConfig, SiteConfig
+from nvr.storage import LockError, SegmentInfo, SegmentStore
+from nvr.storage.accounts import AccountError
+from nvr.storage.audit import entry_hash
+from nvr.storage.exports import ExportRefused
+from nvr.storage.guard import add_years, protection
+from nvr.storage.media.hevc import hvc1_entry
+from nvr.storage.media.segment import parse_segment
+from nvr.storage.timestamps import DAY_MS, iso
 from tests.api_rig import Api, ServerThread, free_port, ready
 from tests.media import fast_pattern, pattern_packets
 

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import pytest
 
-from config import NvrConfig, RetentionConfig, StorageConfig
-from retention import RetentionService
-from storage import ClockSuspicious, SegmentStore, now_ms
-from storage.clock import read_uptime_ms
-from storage.timestamps import DAY_MS
+from nvr.config import NvrConfig, RetentionConfig, StorageConfig
+from nvr.retention import RetentionService
+from nvr.storage import ClockSuspicious, SegmentStore, now_ms
+from nvr.storage.clock import read_uptime_ms
+from nvr.storage.timestamps import DAY_MS
 from tests.api_rig import run_api
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for

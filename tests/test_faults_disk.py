@@ -28,13 +28,13 @@ from pathlib import Path
 
 import pytest
 
-from config import CameraConfig, NvrConfig, StorageConfig
-from ingest.recorder import STORAGE_RETRY_SECONDS, CameraRecorder
-from ingest.sources import RtspOpener
-from ingest.supervisor import Supervisor
+from nvr.config import CameraConfig, NvrConfig, StorageConfig
 from nvr.daemon import STATUS_FILE, write_status
-from storage import SegmentStore
-from storage.store import INDEX_RESERVE_BYTES
+from nvr.ingest.recorder import STORAGE_RETRY_SECONDS, CameraRecorder
+from nvr.ingest.sources import RtspOpener
+from nvr.ingest.supervisor import Supervisor
+from nvr.storage import SegmentStore
+from nvr.storage.store import INDEX_RESERVE_BYTES
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.recording_rig import wait_for, wait_progress

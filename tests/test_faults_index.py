@@ -27,15 +27,15 @@ from pathlib import Path
 
 import pytest
 
-from config import CameraConfig, NvrConfig, StorageConfig, load_config
-from ingest.recorder import CameraRecorder
-from ingest.sources import RtspOpener
-from ingest.supervisor import Supervisor
 from nvr.cli import main
+from nvr.config import CameraConfig, NvrConfig, StorageConfig, load_config
 from nvr.daemon import run_daemon, write_status
-from storage import IndexCorruptError, Segment, SegmentStore
-from storage.rebuild import rebuild_index
-from storage.store import GENESIS_CHAIN, chain_value, segment_name
+from nvr.ingest.recorder import CameraRecorder
+from nvr.ingest.sources import RtspOpener
+from nvr.ingest.supervisor import Supervisor
+from nvr.storage import IndexCorruptError, Segment, SegmentStore
+from nvr.storage.rebuild import rebuild_index
+from nvr.storage.store import GENESIS_CHAIN, chain_value, segment_name
 from tests.camsim import CameraSim
 from tests.media import check_file, fast_pattern, pattern_packets
 from tests.recording_rig import wait_for, wait_progress
@@ -58,9 +58,9 @@ CRASH_AT_INSERT = textwrap.dedent(
     """
     import asyncio, os, signal, sys
     from pathlib import Path
-    from config import load_config
+    from nvr.config import load_config
     from nvr.daemon import run_daemon
-    from storage.store import SegmentStore
+    from nvr.storage.store import SegmentStore
 
     real_insert = SegmentStore._insert
 
@@ -191,7 +191,7 @@ def test_stranded_files_are_indexed_in_time_order_with_parts(tmp_path: Path) -> 
     for pkt in pattern_packets(src, 20):
         pkt.stream = writer.video
         writer.mux(pkt)
-    from storage import SegmentInfo
+    from nvr.storage import SegmentInfo
 
     store.commit(writer, SegmentInfo("cam", T0, T0 + 2000, 2000, 20, "h264", None, 640, 360))
     src.close()
@@ -261,7 +261,7 @@ def test_verify_beside_a_recorder_gives_a_file_being_committed_time_for_its_row(
     grace; a stranded file (no row ever) still is."""
     from sqlalchemy.orm import Session
 
-    from storage.verify import COMMIT_GRACE_SECONDS, verify_store
+    from nvr.storage.verify import COMMIT_GRACE_SECONDS, verify_store
 
     store = SegmentStore(tmp_path, f"sqlite:///{tmp_path / 'index.db'}")
     try:
@@ -526,7 +526,7 @@ def test_rebuild_proves_what_the_damaged_file_still_holds(tmp_path: Path) -> Non
     are indexed as `recovered` at their place in the chain; the rows read back keep their
     recorded times; `verify` is clean."""
     store = SegmentStore(tmp_path, f"sqlite:///{tmp_path / 'index.db'}")
-    from storage import SegmentInfo
+    from nvr.storage import SegmentInfo
 
     try:
         for i in range(30):

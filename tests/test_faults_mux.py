@@ -30,9 +30,9 @@ from av.audio.stream import AudioStream
 from av.container import InputContainer
 from av.video.stream import VideoStream
 
-from ingest.errors import StreamStalled
-from ingest.sources import Source, StreamOpener
-from storage import now_ms
+from nvr.ingest.errors import StreamStalled
+from nvr.ingest.sources import Source, StreamOpener
+from nvr.storage import now_ms
 from tests.media import check_file
 from tests.scripted import (
     Connection,

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ingest.failures import FailureLog
+from nvr.ingest.failures import FailureLog
 from tests.api_rig import NVR, Api, contiguous_trio, free_port
 from tests.recording_rig import Rig, wait_for
 

@@ -23,9 +23,12 @@ from typing import Any
 
 import pytest
 
-from config import CameraConfig, ConfigError, load_config, parse_config
-from ingest.errors import CameraUnreachable, StreamError
-from ingest.onvif import (
+from nvr.cli import NOT_RUNNING
+from nvr.cli import main as nvr_main
+from nvr.config import CameraConfig, ConfigError, load_config, parse_config
+from nvr.daemon import run_daemon
+from nvr.ingest.errors import CameraUnreachable, StreamError
+from nvr.ingest.onvif import (
     MediaProfile,
     NoRtspProfile,
     NotOnvif,
@@ -35,16 +38,13 @@ from ingest.onvif import (
     choose_profile,
     split_stream_uri,
 )
-from ingest.recorder import CameraRecorder
-from ingest.sources import RtspOpener
-from ingest.supervisor import default_opener
-from ingest.timecheck.monitor import ClockMonitor
-from ingest.timecheck.notes import DEVICE_INFO, ClockNotes
-from ingest.timecheck.server import read_server_clock
-from nvr.cli import NOT_RUNNING
-from nvr.cli import main as nvr_main
-from nvr.daemon import run_daemon
-from storage import SegmentStore
+from nvr.ingest.recorder import CameraRecorder
+from nvr.ingest.sources import RtspOpener
+from nvr.ingest.supervisor import default_opener
+from nvr.ingest.timecheck.monitor import ClockMonitor
+from nvr.ingest.timecheck.notes import DEVICE_INFO, ClockNotes
+from nvr.ingest.timecheck.server import read_server_clock
+from nvr.storage import SegmentStore
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.onvifsim import OnvifSim

@@ -19,7 +19,7 @@ import av
 import httpx
 import pytest
 
-from storage import SegmentStore
+from nvr.storage import SegmentStore
 from tests.api_rig import NVR, PASSWORD, free_port, nvr
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for
@@ -311,8 +311,8 @@ def test_reload_3_into_4_cameras_keeps_the_unchanged_one_contiguous(
 
 
 def test_reload_diff_names_what_needs_a_restart() -> None:
-    from config import parse_config
-    from config.diff import diff_configs
+    from nvr.config import parse_config
+    from nvr.config.diff import diff_configs
 
     base = {
         "storage": {"root": "/srv/a"},
@@ -391,7 +391,7 @@ def test_status_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
 
 
 def test_unknown_keys_get_a_did_you_mean(tmp_path: Path) -> None:
-    from config import ConfigError, load_config
+    from nvr.config import ConfigError, load_config
 
     cfg = tmp_path / "nvr.toml"
     cfg.write_text(

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest.errors import AuthRejected, CameraUnreachable, StreamEnded, StreamStalled
-from ingest.recorder import stagger_phase
-from storage import SegmentStore, now_ms
+from nvr.ingest.errors import AuthRejected, CameraUnreachable, StreamEnded, StreamStalled
+from nvr.ingest.recorder import stagger_phase
+from nvr.storage import SegmentStore, now_ms
 from tests.media import check_file
 from tests.recording_rig import assert_contiguous
 from tests.scripted import Connection, Refused, SimulatedClock, Step, open_store, run_script

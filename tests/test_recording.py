@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from ingest.recorder import SETTLE_SECONDS
-from ingest.sources import RtspOpener
-from storage import SegmentStore
-from storage.store import parse_segment_name
+from nvr.ingest.recorder import SETTLE_SECONDS
+from nvr.ingest.sources import RtspOpener
+from nvr.storage import SegmentStore
+from nvr.storage.store import parse_segment_name
 from tests.camsim import CameraSim, SilentListener
 from tests.media import check_file
 from tests.recording_rig import Rig, assert_contiguous, wait_for

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config import CameraConfig, NvrConfig, RetentionConfig, StorageConfig
-from retention import Forecast, RetentionService, SegmentSpan, forecast, plan_purge
-from storage import (
+from nvr.config import CameraConfig, NvrConfig, RetentionConfig, StorageConfig
+from nvr.retention import Forecast, RetentionService, SegmentSpan, forecast, plan_purge
+from nvr.storage import (
     Lock,
     LockError,
     RetentionViolation,
@@ -20,8 +20,8 @@ from storage import (
     StorageError,
     now_ms,
 )
-from storage.guard import add_years
-from storage.timestamps import DAY_MS
+from nvr.storage.guard import add_years
+from nvr.storage.timestamps import DAY_MS
 from tests.store_clock import NVR, T0, FakeClock, add_segment, open_store
 
 # --- the decision, for all inputs ---------------------------------------------------------

@@ -20,11 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
-from config import NvrConfig, StorageConfig
-from retention import RetentionService, RetentionViolation, SegmentSpan, plan_purge
-from retention import service as retention_service
-from storage import SegmentStore, StorageIOError
-from storage.timestamps import DAY_MS
+from nvr.config import NvrConfig, StorageConfig
+from nvr.retention import RetentionService, RetentionViolation, SegmentSpan, plan_purge
+from nvr.retention import service as retention_service
+from nvr.storage import SegmentStore, StorageIOError
+from nvr.storage.timestamps import DAY_MS
 from tests.store_clock import BOOT_OFFSET, T0, FakeClock, add_segment
 
 PG_USER = os.environ.get("NVR_TEST_PG_USER", "postgres")
@@ -81,7 +81,7 @@ LOCKER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from storage import SegmentStore, StorageIOError
+    from nvr.storage import SegmentStore, StorageIOError
     root, url, start, end = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store = SegmentStore(Path(root), url, exclusive=False)
     print("locking", flush=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 import av
 import pytest
 
-import ingest.rtsp_session as rtsp
-from config import CameraConfig, NvrConfig, StorageConfig
-from ingest.rtp import (
+import nvr.ingest.rtsp_session as rtsp
+from nvr.config import CameraConfig, NvrConfig, StorageConfig
+from nvr.ingest.rtp import (
     AacFrames,
     G711Frames,
     H264Frames,
@@ -26,10 +26,10 @@ from ingest.rtp import (
     audio_frames_for,
     parse_sdp,
 )
-from ingest.sources import RtspOpener
-from ingest.supervisor import RepairPolicy, Supervisor
-from ingest.timeline import StreamTimeline
-from storage import Segment, SegmentStore
+from nvr.ingest.sources import RtspOpener
+from nvr.ingest.supervisor import RepairPolicy, Supervisor
+from nvr.ingest.timeline import StreamTimeline
+from nvr.storage import Segment, SegmentStore
 from tests.camsim.mediacam import MediaCamera, Quirks
 
 SC = b"\x00\x00\x00\x01"

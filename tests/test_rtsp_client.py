@@ -20,10 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ingest.rtsp_session as rtsp
-import ingest.rtsp_source as rtsp_source
-from ingest.errors import AuthRejected, ConnectTimeout, StreamError, UnsupportedStream
-from ingest.rtp import (
+import nvr.ingest.rtsp_session as rtsp
+import nvr.ingest.rtsp_source as rtsp_source
+from nvr.ingest.errors import AuthRejected, ConnectTimeout, StreamError, UnsupportedStream
+from nvr.ingest.rtp import (
     AacFrames,
     H264Frames,
     H265Frames,
@@ -31,10 +31,10 @@ from ingest.rtp import (
     SdpMedia,
     parse_sdp,
 )
-from ingest.rtsp_auth import DigestAuth
-from ingest.rtsp_session import NotForUs, RtspSession
-from ingest.rtsp_source import NativeRtspSource
-from ingest.sources import RtspOpener, RtspSource, Source
+from nvr.ingest.rtsp_auth import DigestAuth
+from nvr.ingest.rtsp_session import NotForUs, RtspSession
+from nvr.ingest.rtsp_source import NativeRtspSource
+from nvr.ingest.sources import RtspOpener, RtspSource, Source
 from tests.camsim import CameraSim
 
 SC = b"\x00\x00\x00\x01"

@@ -17,9 +17,9 @@ import av
 import av.logging
 import pytest
 
-from ingest.recorder import CameraRecorder
-from ingest.sources import RtspOpener
-from storage import Outage, Segment, SegmentStore, StreamEvent, probe_segment
+from nvr.ingest.recorder import CameraRecorder
+from nvr.ingest.sources import RtspOpener
+from nvr.storage import Outage, Segment, SegmentStore, StreamEvent, probe_segment
 from tests.camsim.clips import make_quirk_clips
 from tests.camsim.fixtures import clips_cache_dir
 from tests.camsim.quirks import CATALOGUE, QuirkServer, clip_names

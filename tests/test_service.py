@@ -26,13 +26,13 @@ import pytest
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from config import CameraConfig, NvrConfig, StorageConfig
-from ingest.sources import Source
-from ingest.supervisor import REPLACED, RecorderHealth, RepairPolicy
-from ingest.testpattern import TestPatternSource
+from nvr.config import CameraConfig, NvrConfig, StorageConfig
 from nvr.daemon import REPAIR_INTERVAL, run_daemon, status_line, unhealthy
+from nvr.ingest.sources import Source
+from nvr.ingest.supervisor import REPLACED, RecorderHealth, RepairPolicy
+from nvr.ingest.testpattern import TestPatternSource
 from nvr.sdnotify import Notifier, socket_address, watchdog_seconds
-from storage import SegmentStore
+from nvr.storage import SegmentStore
 from tests.notify import NotifyListener
 from tests.systemd_unit import UNIT, unit_settings
 
@@ -121,7 +121,7 @@ def test_watchdog_is_withheld_only_when_self_repair_cannot_help() -> None:
 
 
 def test_status_line_summarises_cameras_and_storage() -> None:
-    from ingest.status import RecorderStatus
+    from nvr.ingest.status import RecorderStatus
 
     def status(name: str, state: str) -> RecorderStatus:
         return RecorderStatus(name, state, 0, "", None, 0, 0, 0, 0.0, False)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import ForeignIndexError, SegmentInfo, SegmentStore, StorageError, chain_value
-from storage.store import GENESIS_CHAIN, parse_segment_name, segment_name
+from nvr.storage import ForeignIndexError, SegmentInfo, SegmentStore, StorageError, chain_value
+from nvr.storage.store import GENESIS_CHAIN, parse_segment_name, segment_name
 from tests.media import check_file, fast_pattern, pattern_packets
 
 T0 = 1_795_000_000_000
@@ -209,7 +209,7 @@ def test_daemon_store_migrates_in_a_child_and_never_imports_alembic(tmp_path: Pa
         check=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
-    from storage.index import HEAD_REVISION
+    from nvr.storage.index import HEAD_REVISION
 
     assert out.stdout.split() == [HEAD_REVISION, "False"], out.stderr
 
@@ -229,7 +229,7 @@ def test_head_revision_constant_matches_the_migrations(tmp_path: Path) -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from storage.index import HEAD_REVISION, MIGRATIONS, current_revision, make_engine
+    from nvr.storage.index import HEAD_REVISION, MIGRATIONS, current_revision, make_engine
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

@@ -7,7 +7,7 @@ import itertools
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ingest.timeline import MAX_HELD, StreamTimeline
+from nvr.ingest.timeline import MAX_HELD, StreamTimeline
 
 FRAME = 9000  # 10 fps at 90 kHz
 JUMP = 2 * 90000

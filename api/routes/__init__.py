@@ -4,7 +4,7 @@ daemon's event loop. Imports go down: `api.deps`, `api.models`, `api.services`, 
 only `api.app` imports the route modules.
 """
 
-from api.models import Problem
+from nvr.api.models import Problem
 
 
 def problems(*codes: int) -> dict[int | str, dict[str, object]]:

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from api.deps import AuditorDep, ServicesDep
-from api.models import AuditOut, Problem, list_of
-from api.params import parse_time
+from nvr.api.deps import AuditorDep, ServicesDep
+from nvr.api.models import AuditOut, Problem, list_of
+from nvr.api.params import parse_time
 
 router = APIRouter(tags=["audit"])
 

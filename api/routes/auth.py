@@ -7,12 +7,12 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import ServicesDep, SessionDep, UserDep
-from api.errors import TooManyAttempts, Unauthorized
-from api.middleware import printable
-from api.models import LoginIn, LoginOut, Problem, UserOut
-from api.services import ApiServices
-from storage.accounts import User
+from nvr.api.deps import ServicesDep, SessionDep, UserDep
+from nvr.api.errors import TooManyAttempts, Unauthorized
+from nvr.api.middleware import printable
+from nvr.api.models import LoginIn, LoginOut, Problem, UserOut
+from nvr.api.services import ApiServices
+from nvr.storage.accounts import User
 
 log = logging.getLogger("nvr.api.auth")
 

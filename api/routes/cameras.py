@@ -12,8 +12,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
-from api.auth import LINK_TTL_MS, PLAYBACK, Link, has_role
-from api.deps import (
+from nvr.api.auth import LINK_TTL_MS, PLAYBACK, Link, has_role
+from nvr.api.deps import (
     CameraPath,
     OperatorDep,
     PlaybackUserDep,
@@ -24,7 +24,7 @@ from api.deps import (
     check_camera,
     link_user,
 )
-from api.errors import (
+from nvr.api.errors import (
     BadRequest,
     Conflict,
     Forbidden,
@@ -34,7 +34,7 @@ from api.errors import (
     Unavailable,
     Unprocessable,
 )
-from api.models import (
+from nvr.api.models import (
     CameraOut,
     DeletedOut,
     GapCauseOut,
@@ -46,15 +46,15 @@ from api.models import (
     SpanOut,
     TimelineOut,
 )
-from api.params import parse_range
-from api.playback import PlanBusy, RangeReader, Recording, gap_causes, gaps_header, stream
-from api.routes import problems
-from api.routes.locks import lock_out
-from api.services import ApiServices
-from config.models import CAMERA_NAME
-from storage import RetentionViolation, StorageError
-from storage.media.boxes import Mp4Error
-from storage.timestamps import iso
+from nvr.api.params import parse_range
+from nvr.api.playback import PlanBusy, RangeReader, Recording, gap_causes, gaps_header, stream
+from nvr.api.routes import problems
+from nvr.api.routes.locks import lock_out
+from nvr.api.services import ApiServices
+from nvr.config.models import CAMERA_NAME
+from nvr.storage import RetentionViolation, StorageError
+from nvr.storage.media.boxes import Mp4Error
+from nvr.storage.timestamps import iso
 
 router = APIRouter(tags=["cameras"])
 

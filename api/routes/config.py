@@ -7,9 +7,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from api.deps import AdminDep, ServicesDep
-from api.errors import Conflict
-from api.models import Problem
+from nvr.api.deps import AdminDep, ServicesDep
+from nvr.api.errors import Conflict
+from nvr.api.models import Problem
 
 router = APIRouter(tags=["config"])
 

@@ -22,10 +22,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
-from api.deps import ServicesDep, get_session
-from api.errors import ApiError, NotFound
-from api.routes.auth import attempt_login, client_of
-from storage.accounts import User
+from nvr.api.deps import ServicesDep, get_session
+from nvr.api.errors import ApiError, NotFound
+from nvr.api.routes.auth import attempt_login, client_of
+from nvr.storage.accounts import User
 
 router = APIRouter(include_in_schema=False)
 

@@ -11,10 +11,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from api.deps import OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
-from api.errors import Conflict, Forbidden, NotFound, Unavailable
-from api.middleware import printable
-from api.models import (
+from nvr.api.deps import OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
+from nvr.api.errors import Conflict, Forbidden, NotFound, Unavailable
+from nvr.api.middleware import printable
+from nvr.api.models import (
     ApproveIn,
     CancelIn,
     ExportIn,
@@ -23,12 +23,12 @@ from api.models import (
     RejectIn,
     list_of,
 )
-from api.params import parse_range
-from api.routes import ERRORS
-from storage import StorageError
-from storage.accounts import User
-from storage.exports import READY, Export, ExportError, ExportRefused
-from storage.media.package import PackageError
+from nvr.api.params import parse_range
+from nvr.api.routes import ERRORS
+from nvr.storage import StorageError
+from nvr.storage.accounts import User
+from nvr.storage.exports import READY, Export, ExportError, ExportRefused
+from nvr.storage.media.package import PackageError
 
 router = APIRouter(tags=["exports"])
 

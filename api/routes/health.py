@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 
-from api.deps import Credentials, ServicesDep, UserDep, get_session, note_user
-from api.metrics import CONTENT_TYPE, render
-from api.models import (
+from nvr.api.deps import Credentials, ServicesDep, UserDep, get_session, note_user
+from nvr.api.metrics import CONTENT_TYPE, render
+from nvr.api.models import (
     CameraClockOut,
     CameraHealthOut,
     CapacityOut,

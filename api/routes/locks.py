@@ -10,13 +10,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from api.deps import AdminDep, OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
-from api.errors import Conflict, Forbidden, NotFound
-from api.models import LockExtendIn, LockIn, LockOut, LockReleaseIn, list_of
-from api.params import parse_time
-from api.routes import ERRORS
-from storage import LockError
-from storage.guard import Lock
+from nvr.api.deps import AdminDep, OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
+from nvr.api.errors import Conflict, Forbidden, NotFound
+from nvr.api.models import LockExtendIn, LockIn, LockOut, LockReleaseIn, list_of
+from nvr.api.params import parse_time
+from nvr.api.routes import ERRORS
+from nvr.storage import LockError
+from nvr.storage.guard import Lock
 
 router = APIRouter(tags=["locks"])
 

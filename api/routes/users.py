@@ -9,12 +9,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from api.deps import AdminDep, ServicesDep
-from api.errors import BadRequest, Conflict, NotFound
-from api.models import UserIn, UserOut, UserPatch
-from api.routes import ERRORS
-from api.routes.auth import user_out
-from storage.accounts import AccountError, LastAdminError, User
+from nvr.api.deps import AdminDep, ServicesDep
+from nvr.api.errors import BadRequest, Conflict, NotFound
+from nvr.api.models import UserIn, UserOut, UserPatch
+from nvr.api.routes import ERRORS
+from nvr.api.routes.auth import user_out
+from nvr.storage.accounts import AccountError, LastAdminError, User
 
 router = APIRouter(tags=["accounts"])
 

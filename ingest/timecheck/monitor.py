@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from ingest.timecheck.notes import ClockNotes
-from ingest.timecheck.server import ServerClockState, read_server_clock
-from storage import SegmentStore
-from storage.timestamps import now_ms
+from nvr.ingest.timecheck.notes import ClockNotes
+from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
+from nvr.storage import SegmentStore
+from nvr.storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.time")
 

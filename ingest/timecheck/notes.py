@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.timecheck.server import ServerClockState
-from storage import SegmentStore, StorageError
-from storage.timestamps import now_ms
+from nvr.ingest.timecheck.server import ServerClockState
+from nvr.storage import SegmentStore, StorageError
+from nvr.storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.time")
 

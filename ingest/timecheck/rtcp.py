@@ -17,8 +17,8 @@ import av
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
-from ingest.sources import Source, StreamOpener
-from ingest.timecheck.notes import CameraClockReading, ClockNotes
+from nvr.ingest.sources import Source, StreamOpener
+from nvr.ingest.timecheck.notes import CameraClockReading, ClockNotes
 
 
 class RtcpClockProbe:

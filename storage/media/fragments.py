@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.media.boxes import file_boxes
+from nvr.storage.media.boxes import file_boxes
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from storage.media.boxes import Mp4Error, box, boxes
+from nvr.storage.media.boxes import Mp4Error, box, boxes
 
 _VISUAL_ENTRY_HEADER = 86
 """Bytes of a visual sample entry before its child boxes (box header included)."""

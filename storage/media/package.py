@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from storage import signing
-from storage.media.cover import COVER, README, SUMS, cover_html, readme
+from nvr.storage import signing
+from nvr.storage.media.cover import COVER, README, SUMS, cover_html, readme
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (

@@ -12,8 +12,8 @@ import zlib
 import numpy as np
 import numpy.typing as npt
 
-from storage.media.boxes import Mp4Error
-from storage.media.segment import I64, SegmentIndex, TrackIndex
+from nvr.storage.media.boxes import Mp4Error
+from nvr.storage.media.segment import I64, SegmentIndex, TrackIndex
 
 _INDEX_MAGIC = b"NVRI"
 _INDEX_VERSION = 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from storage.media.boxes import FileBox, Mp4Error, boxes, child, file_boxes
+from nvr.storage.media.boxes import FileBox, Mp4Error, boxes, child, file_boxes
 
 U32 = npt.NDArray[np.uint32]
 I64 = npt.NDArray[np.int64]

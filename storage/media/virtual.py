@@ -46,9 +46,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from storage.media.boxes import Mp4Error, Node, box, full_box, full_node, node
-from storage.media.hevc import hvc1_entry
-from storage.media.segment import I64, U32, SegmentIndex, TrackIndex
+from nvr.storage.media.boxes import Mp4Error, Node, box, full_box, full_node, node
+from nvr.storage.media.hevc import hvc1_entry
+from nvr.storage.media.segment import I64, U32, SegmentIndex, TrackIndex
 
 MP4_EPOCH_OFFSET = 2_082_844_800
 """Seconds from 1904-01-01 (MP4 times) to 1970-01-01."""
