@@ -254,3 +254,48 @@ def ready(c: httpx.Client, export_id: int) -> dict[str, object]:
     wait_for(done, 60, "the package to be built")
     doc: dict[str, object] = c.get(f"/api/exports/{export_id}").json()
     return doc
+
+
+def export_body(start: int, end: int, camera: str = "h264aac") -> dict[str, object]:
+    """An export request's body for [start, end) of `camera`, every required field set."""
+    return {
+        "camera": camera,
+        "start": start,
+        "end": end,
+        "purpose": "traffic accident 2026-11-22, Jiefangbei",
+        "recipient": "Yuzhong district police, officer Li, by hand",
+        "approval_document": "YZ-2026-1122-07",
+        "requester_work_id": "OP-1001",
+    }
+
+
+def login(base: str) -> httpx.Client:
+    """A running daemon's API at `base`, logged in as `admin` (see `add_admin`)."""
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answers, 30, "the daemon's API")
+    r = httpx.post(f"{base}/api/login", json={"username": "admin", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30
+    )
+
+
+def add_admin(cfg: Path) -> None:
+    """`admin` with `PASSWORD`, added through the CLI to the store of config `cfg`."""
+    made = nvr(
+        ["user", "add", "-c", str(cfg), "admin", "--role", "admin", "--password-stdin"],
+        cfg.parent,
+        stdin=PASSWORD + "\n",
+    )
+    assert made.returncode == 0, made.stderr
+
+
+def open_index(root: Path) -> SegmentStore:
+    """The index under `root`, opened beside the daemon that records into it."""
+    return SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)

@@ -12,21 +12,9 @@ import av
 import httpx
 import pytest
 
-from tests.api_rig import Api, contiguous_trio, nvr, ready
+from tests.api_rig import Api, contiguous_trio, export_body, nvr, ready
 
 pytestmark = pytest.mark.slow
-
-
-def export_body(start: int, end: int, camera: str = "h264aac") -> dict[str, object]:
-    return {
-        "camera": camera,
-        "start": start,
-        "end": end,
-        "purpose": "traffic accident 2026-11-22, Jiefangbei",
-        "recipient": "Yuzhong district police, officer Li, by hand",
-        "approval_document": "YZ-2026-1122-07",
-        "requester_work_id": "OP-1001",
-    }
 
 
 def test_export_needs_a_second_person_and_verifies_offline(

@@ -22,7 +22,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -44,35 +43,24 @@ from nvr.events import (
 from nvr.ingest.timecheck.notes import CameraClockReading, ClockNotes
 from nvr.mqtt import MqttPublisher
 from nvr.retention import RetentionService
-from nvr.storage import SegmentStore
 from nvr.webhooks import WebhookSender
 from tests.api_rig import (
     NVR,
-    PASSWORD,
     Api,
     ServerThread,
+    add_admin,
     contiguous_trio,
+    export_body,
     footage_end,
     free_port,
+    login,
     make_config,
     nvr,
+    open_index,
     open_store,
 )
 from tests.camsim import CameraSim
 from tests.recording_rig import assert_contiguous, wait_for
-
-
-def export_body(start: int, end: int, camera: str = "h264aac") -> dict[str, object]:
-    return {
-        "camera": camera,
-        "start": start,
-        "end": end,
-        "purpose": "traffic accident 2026-11-22, Jiefangbei",
-        "recipient": "Yuzhong district police, officer Li, by hand",
-        "approval_document": "YZ-2026-1122-07",
-        "requester_work_id": "OP-1001",
-    }
-
 
 BROKER = ("127.0.0.1", 1883)
 
@@ -93,36 +81,6 @@ needs_broker = pytest.mark.skipif(
 def site_name() -> str:
     """A site of its own per test: parallel runs never see each other's topics."""
     return f"t{uuid.uuid4().hex[:12]}"
-
-
-def login(base: str) -> httpx.Client:
-    """The daemon's API, logged in as `admin` (see `add_admin`)."""
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(answers, 30, "the daemon's API")
-    r = httpx.post(f"{base}/api/login", json={"username": "admin", "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return httpx.Client(
-        base_url=base, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30
-    )
-
-
-def add_admin(cfg: Path) -> None:
-    made = nvr(
-        ["user", "add", "-c", str(cfg), "admin", "--role", "admin", "--password-stdin"],
-        cfg.parent,
-        stdin=PASSWORD + "\n",
-    )
-    assert made.returncode == 0, made.stderr
-
-
-def open_index(root: Path) -> SegmentStore:
-    return SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
 
 
 # --- an MQTT listener and a webhook receiver (the real thing, on loopback) -----------------

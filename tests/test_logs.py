@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from nvr.ingest.failures import FailureLog
-from tests.api_rig import NVR, Api, contiguous_trio, free_port
+from tests.api_rig import NVR, Api, contiguous_trio, export_body, free_port
 from tests.recording_rig import Rig, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,18 +120,6 @@ def test_a_real_dead_camera_warns_once(tmp_path: Path, caplog: pytest.LogCapture
         if r.name == "nvr.camera.dead" and r.levelno >= logging.WARNING
     ]
     assert len(warnings) == 1, warnings
-
-
-def export_body(start: int, end: int) -> dict[str, object]:
-    return {
-        "camera": "h264aac",
-        "start": start,
-        "end": end,
-        "purpose": "assault at the gate",
-        "recipient": "district police",
-        "approval_document": "YZ-1",
-        "requester_work_id": "OP-1",
-    }
 
 
 @pytest.mark.slow

@@ -16,11 +16,9 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 
 import av
-import httpx
 import pytest
 
-from nvr.storage import SegmentStore
-from tests.api_rig import NVR, PASSWORD, free_port, nvr
+from tests.api_rig import NVR, add_admin, free_port, login, nvr, open_index
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for
 
@@ -94,34 +92,6 @@ def daemon(cfg: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.
         code = proc.wait(30)
         log.close()
     assert code == 0, (cfg.parent / "daemon.log").read_text()
-
-
-def login(base: str) -> httpx.Client:
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(answers, 30, "the daemon's API")
-    r = httpx.post(f"{base}/api/login", json={"username": "admin", "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return httpx.Client(
-        base_url=base, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30
-    )
-
-
-def add_admin(cfg: Path) -> None:
-    made = nvr(
-        ["user", "add", "-c", str(cfg), "admin", "--role", "admin", "--password-stdin"],
-        cfg.parent,
-        stdin=PASSWORD + "\n",
-    )
-    assert made.returncode == 0, made.stderr
-
-
-def open_index(root: Path) -> SegmentStore:
-    return SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
 
 
 @pytest.mark.slow
