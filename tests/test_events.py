@@ -116,6 +116,10 @@ class Listener:
         with self._lock:
             return [p for t, p, r in self.messages if t == topic and r]
 
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Publish through the listener's own connection (QoS 1, not retained)."""
+        self._client.publish(topic, payload, qos=1)
+
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
@@ -133,7 +137,11 @@ def listening(*topics: str, port: int = BROKER[1]) -> Iterator[Listener]:
 def clear_retained(site: str) -> None:
     """Leave the broker as it was: every retained topic of the test's site emptied."""
     with listening(f"nvr/{site}/#", f"homeassistant/+/nvr_{site}/#") as seen:
-        time.sleep(0.3)  # retained messages arrive right after the subscription
+        # The broker sends the retained messages on subscribing, before anything published
+        # after: once our own marker comes back, every retained message is in.
+        marker = f"nvr/{site}/test-marker"
+        seen.publish(marker, b"end")
+        wait_for(lambda: bool(seen.on(marker)), 10, "the broker's retained messages")
         topics = {t for t, _, r in seen.messages if r}
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     client.connect(*BROKER)
