@@ -378,13 +378,7 @@ class NativeRtspSource:
                 audio = self.audio
                 atb = audio.time_base if audio is not None else None
                 if audio is not None and atb is not None:
-                    for data, ts, _ in af.out:
-                        packet = Packet(cast(bytes, data))
-                        packet.pts = packet.dts = ts if scale == 1 else int(ts * scale)
-                        packet.duration = int(af.samples(data) * scale)
-                        packet.time_base = atb
-                        packet.stream = audio
-                        yield packet
+                    yield from _audio_out(af, audio, atb, scale)
                 af.out.clear()
             session.read(self._stall)
             if vf.out:
@@ -397,15 +391,8 @@ class NativeRtspSource:
         af, audio, session = self._aframes, self.audio, self._session
         assert af is not None and audio is not None and audio.time_base is not None
         atb, scale = audio.time_base, self._audio_scale
-        Packet = av.Packet
         while True:
-            for data, ts, _ in af.out:
-                packet = Packet(cast(bytes, data))
-                packet.pts = packet.dts = ts if scale == 1 else int(ts * scale)
-                packet.duration = int(af.samples(data) * scale)
-                packet.time_base = atb
-                packet.stream = audio
-                yield packet
+            yield from _audio_out(af, audio, atb, scale)
             af.out.clear()
             session.read(self._stall)
 
@@ -419,3 +406,18 @@ class NativeRtspSource:
             probe.close()
         if self._dummy is not None:
             self._dummy.close()
+
+
+def _audio_out(
+    af: AudioFrames, audio: AudioStream, atb: Fraction, scale: Fraction
+) -> Iterator[av.Packet[Any]]:
+    """The audio frames `af` holds as packets of `audio`, their RTP timestamps scaled by
+    `scale` into its time base `atb`; the caller clears `af.out` after."""
+    Packet = av.Packet
+    for data, ts, _ in af.out:
+        packet = Packet(cast(bytes, data))
+        packet.pts = packet.dts = ts if scale == 1 else int(ts * scale)
+        packet.duration = int(af.samples(data) * scale)
+        packet.time_base = atb
+        packet.stream = audio
+        yield packet
