@@ -41,6 +41,7 @@ from nvr.ingest.failures import FailureLog
 from nvr.ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from nvr.ingest.sources import Source, StreamOpener
 from nvr.ingest.status import RecorderStatus
+from nvr.ingest.tap import PacketTap, TapFrame, TapStream, tap_stream
 from nvr.ingest.timecheck.steps import CLOCK_STEP, ClockStep, ClockStepDetector
 from nvr.ingest.timeline import Stamped, StreamTimeline
 from nvr.storage import (
@@ -237,6 +238,9 @@ class _Segmenting:
         """Committed, held by the store for the index, or abandoned: nothing more to do."""
         self.atb_s = 0.0
         """Seconds per tick of the source's audio time base (0: no audio)."""
+        self.tap: PacketTap | None = None
+        self.tap_stream: TapStream | None = None
+        """Where live consumers get this segment's video packets (`nvr.ingest.tap`)."""
 
     @property
     def wall_est(self) -> int:
@@ -247,6 +251,13 @@ class _Segmenting:
     ) -> None:
         """Mux one video packet stamped on the clean timeline; `now` is its arrival
         (monotonic). Runs for every frame: keep it lean."""
+        tap = self.tap
+        if tap is not None and tap.wanted and self.tap_stream is not None:
+            keyframe = packet.is_keyframe
+            if tap.wants(keyframe):
+                tap.publish(
+                    TapFrame(self.tap_stream, bytes(packet), keyframe, pts, dts, duration, now)
+                )
         rel = dts - self.first_dts
         packet.stream = self.video_out  # sources deliver packets in their stream's time base
         packet.dts = rel
@@ -293,8 +304,11 @@ class CameraRecorder:
         backoff: Backoff | None = None,
         on_segment: Callable[[Segment], None] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        tap: PacketTap | None = None,
     ) -> None:
         self.camera = camera
+        self._tap = tap
+        """Video packets out to live view and picture checks (`nvr.ingest.tap`)."""
         self.log = logging.getLogger(f"nvr.camera.{camera}")
         self._opener = opener
         self._store = store
@@ -996,6 +1010,10 @@ class CameraRecorder:
             writer = self._store.new_writer(self.camera, name_ms, video, audio)
             seg = _Segmenting(writer, first_dts, afirst, arrival, now, vtb, name_ms, video)
             seg.atb_s = float(atb) if atb is not None else 0.0
+            if self._tap is not None and video is not None:
+                cc = video.codec_context
+                seg.tap = self._tap
+                seg.tap_stream = tap_stream(cc.name, cc.width, cc.height, cc.extradata, vtb)
             seg.chained_from = self._last_end_ms if chained else None
             seg.settled = chained
             seg.discontinuity = discontinuity

@@ -38,6 +38,7 @@ from nvr.ingest.onvif import OnvifOpener
 from nvr.ingest.recorder import CameraRecorder, Clock, SystemClock
 from nvr.ingest.sources import RtspOpener, Source, StreamOpener
 from nvr.ingest.status import RecorderStatus
+from nvr.ingest.tap import PacketTap
 from nvr.ingest.testpattern import TestPatternOpener
 from nvr.ingest.timecheck.monitor import ClockMonitor
 from nvr.ingest.timecheck.rtcp import ClockedOpener
@@ -202,6 +203,8 @@ class Supervisor:
         self.clocks.notes.listener = emit
         self._changing = asyncio.Lock()
         """Held by a repair and by a reconfiguration, so they never act on one camera at once."""
+        self.taps: dict[str, PacketTap] = {}
+        """One per camera, kept across recorder replacements and reloads (`tap()`)."""
         self.segment_listeners: list[Callable[[Segment], None]] = []
         """Called with every segment a recorder closed, on the recorder's thread: quick,
         non-blocking callables (see the module docstring)."""
@@ -241,7 +244,16 @@ class Supervisor:
                 None if self._emit is None else partial(_camera_event, self._emit, camera.name)
             ),
             on_segment=self._segment_closed,
+            tap=self.tap(camera.name),
         )
+
+    def tap(self, camera: str) -> PacketTap:
+        """The camera's video packets as recorded (`nvr.ingest.tap`); for a camera that is
+        not recording (yet) the tap simply stays silent."""
+        tap = self.taps.get(camera)
+        if tap is None:
+            tap = self.taps[camera] = PacketTap(camera)
+        return tap
 
     def start(self) -> None:
         for camera in self._cameras.values():

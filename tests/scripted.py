@@ -35,6 +35,7 @@ from nvr.ingest.errors import CameraUnreachable, StreamEnded, StreamError
 from nvr.ingest.recorder import CameraRecorder
 from nvr.ingest.rtp import AacConfig
 from nvr.ingest.sources import StreamOpener
+from nvr.ingest.tap import PacketTap
 from nvr.storage import SegmentStore, now_ms
 from nvr.storage.clock import read_uptime_ms
 from tests.camsim.clips import make_clips
@@ -324,13 +325,16 @@ def run_script(
     camera: str = "cam",
     segment_seconds: int = 10,
     wrap: Callable[[ScriptedOpener], StreamOpener] | None = None,
+    tap: PacketTap | None = None,
 ) -> CameraRecorder:
     """Record `script` with a real `CameraRecorder` thread on the simulated clock, until the
     script has run out and the recorder has stopped. `wrap` puts a decorator (a fault) around
     the scripted opener."""
     opener = ScriptedOpener(clips, clock, list(script))
     outer: StreamOpener = opener if wrap is None else wrap(opener)
-    rec = CameraRecorder(camera, outer, store, segment_seconds=segment_seconds, clock=clock)
+    rec = CameraRecorder(
+        camera, outer, store, segment_seconds=segment_seconds, clock=clock, tap=tap
+    )
     opener.on_end = rec.stop
     rec.start()
     rec.thread.join(60)  # a bound for a hang, not a timing: a script takes milliseconds
