@@ -147,6 +147,17 @@ def events_problems(config: NvrConfig) -> list[str]:
     return out
 
 
+def gb28181_problems(config: NvrConfig) -> list[str]:
+    """The GB/T 28181 registration password readable now."""
+    if config.gb28181 is None:
+        return []
+    try:
+        config.gb28181.password()
+    except ConfigError as err:
+        return [f"gb28181.{p}" for p in err.problems]
+    return []
+
+
 def machine_problems(config: NvrConfig, port_in_use_ok: bool = False) -> list[str]:
     """Every problem of `config` on this machine, each line naming its key."""
     return (
@@ -154,4 +165,5 @@ def machine_problems(config: NvrConfig, port_in_use_ok: bool = False) -> list[st
         + storage_problems(config)
         + api_problems(config, port_in_use_ok)
         + events_problems(config)
+        + gb28181_problems(config)
     )

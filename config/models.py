@@ -201,6 +201,16 @@ class CameraConfig(_Frozen):
     retention_days: Days | None = None
     """Per-camera window; may only be longer than `[retention] days`."""
     enabled: StrictBool = True
+    gb_channel_id: str | None = None
+    """The camera's channel id on a GB/T 28181 platform (`[gb28181]`), 20 digits; default:
+    derived from the device id and the camera's place in the file (`gb_channel_ids`)."""
+
+    @field_validator("gb_channel_id")
+    @classmethod
+    def _gb_channel(cls, value: str | None) -> str | None:
+        if value is not None and not GB_ID.match(value):
+            raise ValueError(f"expected 20 digits (a GB/T 28181 code), found {value!r}")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -319,6 +329,82 @@ def _secret(where: str, env: str | None, file: Path | None, what: str) -> str | 
                 where, [f"{what}_file: cannot read {file}: {err.strerror}"]
             ) from err
     return None
+
+
+GB_ID = re.compile(r"^[0-9]{20}$")
+"""A GB/T 28181 code (device, channel, platform): 20 decimal digits."""
+GB_DOMAIN = re.compile(r"^[0-9]{10}$")
+"""A GB/T 28181 SIP domain: the first 10 digits of a code (centre and industry)."""
+GB_CHANNEL_TYPE = "131"
+"""Type code of a derived channel id: 131, a camera (GB/T 28181-2016 appendix D)."""
+
+
+class Gb28181Config(_Frozen):
+    """The recorder as a device on a GB/T 28181 platform (`[gb28181]`; docs/gb28181.md).
+    The key names are a public interface: platforms' manuals and WVP use them."""
+
+    device_id: str
+    """This recorder's 20-digit device code (type 111 or 118: DVR/NVR)."""
+    domain: str
+    """The platform's SIP domain (realm), 10 digits."""
+    server_id: str
+    """The platform's 20-digit SIP id."""
+    server_host: str
+    """The platform's address (IP or host name)."""
+    server_port: Annotated[int, Field(strict=True, ge=1, le=65535)] = 5060
+    password_env: str | None = None
+    """Environment variable holding the registration password."""
+    password_file: Path | None = None
+    """... or a file holding it."""
+    transport: Literal["udp", "tcp"] = "udp"
+    local_port: Annotated[int, Field(strict=True, ge=0, le=65535)] = 5060
+    """Local SIP port (0: any free port)."""
+    register_expires: Annotated[int, Field(strict=True, ge=60, le=86_400)] = 3600
+    """Seconds a registration lasts; it is renewed before it runs out."""
+    keepalive_seconds: Annotated[int, Field(strict=True, ge=1, le=3600)] = 60
+    """Seconds between keepalive MESSAGEs; three unanswered ones mean the platform is gone."""
+
+    @field_validator("device_id", "server_id")
+    @classmethod
+    def _code(cls, value: str) -> str:
+        if not GB_ID.match(value):
+            raise ValueError(f"expected 20 digits (a GB/T 28181 code), found {value!r}")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if not GB_DOMAIN.match(value):
+            raise ValueError(f"expected 10 digits (a GB/T 28181 SIP domain), found {value!r}")
+        return value
+
+    @field_validator("server_host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value or (any(c in value for c in " /@:") and not _is_ipv6(value)):
+            raise ValueError(f"expected an IP address or host name, found {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _secret(self) -> Gb28181Config:
+        if (self.password_env is None) == (self.password_file is None):
+            raise ValueError("give password_env or password_file (one of them)")
+        if self.device_id == self.server_id:
+            raise ValueError("device_id and server_id must differ")
+        return self
+
+    def password(self) -> str:
+        """The registration password, read now from its variable or file (never kept)."""
+        value = _secret("gb28181", self.password_env, self.password_file, "password")
+        assert value is not None  # one of the two is set (checked above)
+        return value
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == 6
+    except ValueError:
+        return False
 
 
 class WebhookConfig(_Frozen):
@@ -530,6 +616,8 @@ class NvrConfig(_Frozen):
     evidence: EvidenceConfig = EvidenceConfig()
     events: EventsConfig | None = None
     """Alerts out to MQTT and webhooks; none when absent."""
+    gb28181: Gb28181Config | None = None
+    """The GB/T 28181 device interface to a police platform; none when absent."""
 
     def signing_key_path(self) -> Path:
         """The Ed25519 key signing export manifests and audit checkpoints."""
@@ -544,12 +632,42 @@ class NvrConfig(_Frozen):
             if cam.name in seen:
                 raise ValueError(f"camera name {cam.name!r} is used twice; names must be unique")
             seen.add(cam.name)
+            if cam.gb_channel_id is not None and self.gb28181 is None:
+                raise ValueError(
+                    f"camera {cam.name!r}: gb_channel_id needs a [gb28181] table, found none"
+                )
             if cam.retention_days is not None and cam.retention_days < self.retention.days:
                 raise ValueError(
                     f"camera {cam.name!r}: retention_days may only lengthen the window "
                     f"({self.retention.days}), found {cam.retention_days}"
                 )
+        if self.gb28181 is not None:
+            ids = self.gb_channel_ids()
+            owners: dict[str, str] = {}
+            for name, code in ids.items():
+                if code in owners:
+                    raise ValueError(
+                        f"camera {name!r}: gb_channel_id {code} is also camera "
+                        f"{owners[code]!r}'s; channel ids must be unique"
+                    )
+                if code in (self.gb28181.device_id, self.gb28181.server_id):
+                    raise ValueError(
+                        f"camera {name!r}: gb_channel_id {code} is the device_id or server_id"
+                    )
+                owners[code] = name
         return self
+
+    def gb_channel_ids(self) -> dict[str, str]:
+        """Camera name -> GB/T 28181 channel id, in file order: `gb_channel_id`, or the
+        device id's first 10 digits, type 131 (camera) and the camera's 1-based place in
+        the file as 7 digits (`50010000001310000003` for the third camera)."""
+        if self.gb28181 is None:
+            return {}
+        prefix = self.gb28181.device_id[:10] + GB_CHANNEL_TYPE
+        return {
+            cam.name: cam.gb_channel_id or f"{prefix}{i + 1:07d}"
+            for i, cam in enumerate(self.cameras)
+        }
 
     def camera(self, name: str) -> CameraConfig:
         """The camera called `name`; KeyError if there is none."""
