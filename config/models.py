@@ -172,6 +172,45 @@ class EvidenceConfig(_Frozen):
     """... and at the first entry after this long without one."""
 
 
+class PictureConfig(_Frozen):
+    """Picture checks of one camera (`[cameras.picture]`, issue 18, R8): one keyframe every
+    `check_seconds` is decoded small and grey and compared with the camera's own learned
+    reference. Ratios are of the reference's value; grey levels are 0..255."""
+
+    enabled: StrictBool = True
+    check_seconds: Annotated[float, Field(strict=True, ge=0.5, le=3600)] = 10.0
+    """One keyframe is checked every this many seconds."""
+    persist_seconds: Annotated[float, Field(strict=True, ge=0, le=86_400)] = 30.0
+    """A condition is raised only once it has lasted this long."""
+    clear_seconds: Annotated[float, Field(strict=True, ge=0, le=86_400)] = 20.0
+    """... and cleared once it has been gone this long (with `hysteresis` on its threshold)."""
+    learn_seconds: Annotated[float, Field(strict=True, ge=0, le=86_400)] = 60.0
+    """The reference picture is learned over the first this many seconds (per day/night)."""
+    refresh_hours: Annotated[float, Field(strict=True, gt=0, le=8760)] = 24.0
+    """The reference drifts towards normal pictures with this time constant."""
+    night_brightness: Annotated[float, Field(strict=True, ge=0, le=255)] = 50.0
+    """Pictures darker than this (mean grey) are judged against the night reference."""
+    dark_brightness: Annotated[float, Field(strict=True, ge=0, le=255)] = 40.0
+    """Covered: darker than this with a contrast (grey standard deviation) below
+    `covered_contrast` ..."""
+    covered_contrast: Annotated[float, Field(strict=True, ge=0, le=128)] = 8.0
+    covered_entropy_ratio: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.45
+    """... or histogram entropy below this share of the reference's."""
+    uniform_contrast: Annotated[float, Field(strict=True, ge=0, le=128)] = 3.0
+    """No signal: a uniform picture (contrast below this) that is not dark."""
+    defocus_ratio: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.35
+    """Defocused: sharpness (Laplacian energy over contrast) below this share of the
+    reference's."""
+    match_min: Annotated[float, Field(strict=True, ge=-1, le=1)] = 0.5
+    """Re-pointed: correlation with the reference picture below this ..."""
+    shift_fraction: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.08
+    """... or the scene moved (phase correlation) by more than this share of its width."""
+    frozen_difference: Annotated[float, Field(strict=True, ge=0, le=255)] = 0.1
+    """Frozen: consecutive checked keyframes differ by less than this (mean grey levels)."""
+    hysteresis: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.25
+    """A raised condition's threshold is relaxed by this share until it clears."""
+
+
 class CameraConfig(_Frozen):
     """One camera: where its stream comes from and how it is cut into segments."""
 
@@ -201,6 +240,8 @@ class CameraConfig(_Frozen):
     retention_days: Days | None = None
     """Per-camera window; may only be longer than `[retention] days`."""
     enabled: StrictBool = True
+    picture: PictureConfig = Field(default_factory=PictureConfig)
+    """Picture checks: covered, defocused, re-pointed, frozen, no signal (`[cameras.picture]`)."""
     gb_channel_id: str | None = None
     """The camera's channel id on a GB/T 28181 platform (`[gb28181]`), 20 digits; default:
     derived from the device id and the camera's place in the file (`gb_channel_ids`)."""
