@@ -52,20 +52,56 @@ class SdpMedia:
     control: str = ""
 
 
-def parse_sdp(text: str) -> list[SdpMedia]:
-    """The media sections of `text`, each with its first payload type's rtpmap and fmtp."""
+@dataclass
+class Sdp:
+    """A session description: the media sections understood, and those that were not."""
+
+    medias: list[SdpMedia]
+    skipped: list[tuple[str, str]]
+    """Each media section left out: its `m=` line and why (TP-Link cameras add
+    `m=application/TP-LINK 0 RTP/AVP smart/1/90000`, with a word where the payload type
+    belongs; retina ignores such sections since v0.4.2, FFmpeg skips unknown media types)."""
+
+    def skipped_kinds(self) -> set[str]:
+        """The media kinds (`video`, `audio`, ...) of the skipped sections, as far as their
+        `m=` lines say ("" where not even that)."""
+        return {(m[2:].split() or [""])[0].split("/")[0].lower() for m, _ in self.skipped}
+
+    def skipped_text(self) -> str:
+        """The skipped sections for a log line: `'m=...' (why); ...`."""
+        return "; ".join(f"{m[:80]!r} ({why})" for m, why in self.skipped)
+
+
+def parse_sdp(text: str) -> Sdp:
+    """The media sections of `text`, each with its first payload type's rtpmap and fmtp. A
+    section whose `m=` line or rtpmap cannot be read is skipped whole (listed in `skipped`)
+    rather than failing the others: a camera is recorded with the streams understood."""
     medias: list[SdpMedia] = []
+    skipped: list[tuple[str, str]] = []
     current: SdpMedia | None = None
+    m_line = ""
+
+    def skip(why: str) -> None:
+        nonlocal current
+        if current is not None:
+            medias.pop()  # `current` is always the last section appended
+        skipped.append((m_line, why))
+        current = None
+
     for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("m="):
+            m_line = line
+            current = None
             parts = line[2:].split()
             if len(parts) < 4:
-                raise PayloadError(f"SDP media line has too few fields: {line!r}")
+                skip("too few fields")
+                continue
             try:
                 pt = int(parts[3])
             except ValueError:
-                raise PayloadError(f"SDP media line has no RTP payload type: {line!r}") from None
+                skip("no RTP payload type")
+                continue
             current = SdpMedia(kind=parts[0].lower(), protocol=parts[2], payload_type=pt)
             medias.append(current)
         elif current is None or not line.startswith("a="):
@@ -75,12 +111,13 @@ def parse_sdp(text: str) -> list[SdpMedia]:
             if pt_text.strip() != str(current.payload_type):
                 continue
             fields = spec.strip().split("/")
-            current.encoding = fields[0].upper()
             try:
                 current.clock_rate = int(fields[1]) if len(fields) > 1 else 0
                 current.channels = int(fields[2]) if len(fields) > 2 else 1
             except ValueError:
-                raise PayloadError(f"SDP rtpmap is malformed: {line!r}") from None
+                skip(f"malformed rtpmap {line[:60]!r}")
+                continue
+            current.encoding = fields[0].upper()
         elif line.startswith("a=fmtp:"):
             pt_text, _, params = line[7:].partition(" ")
             if pt_text.strip() != str(current.payload_type):
@@ -95,7 +132,7 @@ def parse_sdp(text: str) -> list[SdpMedia]:
         if not m.encoding and m.payload_type in STATIC_PAYLOAD_TYPES:
             # RFC 3551 static types need no rtpmap (many cameras send PCMU/PCMA bare).
             m.encoding, m.clock_rate, m.channels = STATIC_PAYLOAD_TYPES[m.payload_type]
-    return medias
+    return Sdp(medias, skipped)
 
 
 STATIC_PAYLOAD_TYPES = {0: ("PCMU", 8000, 1), 8: ("PCMA", 8000, 1), 2: ("G726-32", 8000, 1)}
@@ -148,6 +185,8 @@ class _AccessUnits:
         self._ts = -1
         self._key = False
         self._in_fu = False
+        self._fu_held: tuple[int, bytes] | None = None
+        """An empty FU start's NAL type and header, waiting for the unit's first byte."""
         self._vcl = False
 
     def parameter_sets(self) -> bytes:
@@ -195,19 +234,39 @@ class _AccessUnits:
 
     def _fragment(self, p: memoryview, fu: int, nal_type: int, header: bytes, body: int) -> None:
         """One piece of a fragmented NAL unit (FU-A, H.265 FU): `fu` is its FU header,
-        `header` the unit's own NAL header, `p[body:]` the piece."""
+        `header` the unit's own NAL header, `p[body:]` the piece (may be empty: some cameras
+        send empty fragments, even an empty start, as retina's issue 115 reports)."""
         if fu & 0x80:
-            if self._vcl and len(p) > body and self._begins_unit(nal_type, p[body]):
-                self.finish()
-            self._frame += START_CODE
-            self._frame += header
-            self._in_fu = True
-            self._picture(nal_type)
+            self._in_fu = False
+            if len(p) <= body:
+                # An empty start: whether the unit begins a new picture shows only in its
+                # first byte, so it is opened when a piece with bytes comes.
+                self._fu_held = None if fu & 0x40 else (nal_type, header)
+                return
+            self._fu_held = None
+            self._open_fu(nal_type, header, p[body])
         elif not self._in_fu:
-            return  # its start was lost: nothing to attach this piece to
+            held = self._fu_held
+            if held is None:
+                return  # its start was lost: nothing to attach this piece to
+            if len(p) <= body:
+                if fu & 0x40:
+                    self._fu_held = None  # a unit of no bytes at all: nothing to keep
+                return
+            self._fu_held = None
+            self._open_fu(held[0], held[1], p[body])
         self._frame += p[body:]
         if fu & 0x40:
             self._in_fu = False
+
+    def _open_fu(self, nal_type: int, header: bytes, first: int) -> None:
+        """A fragmented NAL unit whose first byte after its header is `first` begins."""
+        if self._vcl and self._begins_unit(nal_type, first):
+            self.finish()
+        self._frame += START_CODE
+        self._frame += header
+        self._in_fu = True
+        self._picture(nal_type)
 
     def finish(self) -> None:
         if self._vcl:
@@ -219,6 +278,7 @@ class _AccessUnits:
             self._key = False
         self._vcl = False
         self._in_fu = False
+        self._fu_held = None
 
     def nal_of(self, frame: bytes | bytearray, nal_type: int) -> bytes | None:
         """The first NAL unit of type `nal_type` in the Annex B `frame` (e.g. its SPS)."""
@@ -315,8 +375,8 @@ class H264Frames(_AccessUnits):
         if not p:
             return
         t = p[0] & 0x1F
-        if t == 28:  # FU-A: indicator, FU header, piece
-            if len(p) >= 3:
+        if t == 28:  # FU-A: indicator, FU header, piece (may be empty)
+            if len(p) >= 2:
                 nal_type = p[1] & 0x1F
                 self._fragment(p, p[1], nal_type, bytes(((p[0] & 0xE0) | nal_type,)), 2)
         elif 1 <= t <= 23:
@@ -373,8 +433,8 @@ class H265Frames(_AccessUnits):
         if len(p) < 2:
             return
         t = (p[0] >> 1) & 0x3F
-        if t == 49:  # FU: payload header (2), FU header, piece
-            if len(p) >= 4:
+        if t == 49:  # FU: payload header (2), FU header, piece (may be empty)
+            if len(p) >= 3:
                 nal_type = p[2] & 0x3F
                 header = bytes(((p[0] & 0x81) | (nal_type << 1), p[1]))
                 self._fragment(p, p[2], nal_type, header, 3)

@@ -48,6 +48,7 @@ from nvr.ingest.redact import redact_text
 from nvr.ingest.rtp import (
     AudioFrames,
     PayloadError,
+    Sdp,
     SdpMedia,
     VideoFrames,
     audio_frames_for,
@@ -244,6 +245,8 @@ class RtspSession:
         self.audio: _Track | None = None
         self.audio_note = ""
         """Why the camera's audio is not recorded (empty if it is, or there is none)."""
+        self.skipped_media = ""
+        """The SDP's media sections that could not be parsed and were left out, and why."""
         self.anchor_note = ""
         """Set once when the audio's RTP-Info did not match its packets (re-anchored)."""
         self._poller = select.poll()
@@ -328,11 +331,9 @@ class RtspSession:
             or self.url,
             self.url,
         )
-        try:
-            medias = parse_sdp(describe.body.decode("utf-8", "replace"))
-        except PayloadError as err:
-            raise NotForUs(str(err)) from None
-        self._choose(medias, base)
+        sdp = parse_sdp(describe.body.decode("utf-8", "replace"))
+        self.skipped_media = sdp.skipped_text()
+        self._choose(sdp, base)
         channel = 0
         for track in (self.video, self.audio):
             if track is None:
@@ -397,9 +398,16 @@ class RtspSession:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
 
-    def _choose(self, medias: list[SdpMedia], base: str) -> None:
+    def _choose(self, sdp: Sdp, base: str) -> None:
+        """The video (and audio) track to record. Sections of the SDP that could not be
+        parsed are left out (the caller logs them); only when the video may be among them
+        does the camera go to FFmpeg's demuxer, which may read what we could not."""
+        medias = sdp.medias
         video = [m for m in medias if m.kind == "video"]
         last = "no video over RTP/AVP"
+        skipped = sdp.skipped_kinds()
+        if not video and skipped - {"audio", "application", "text", "message"}:
+            raise NotForUs(f"no video section of the SDP could be parsed: {sdp.skipped_text()}")
         if not video:
             self._choose_audio_only(medias, base)
             return
@@ -414,6 +422,8 @@ class RtspSession:
         if self.video is None:
             raise NotForUs(last)
         audio = [m for m in medias if m.kind == "audio"]
+        if not audio and "audio" in skipped:
+            self.audio_note = f"the SDP's audio section could not be parsed: {sdp.skipped_text()}"
         if audio:
             try:
                 self.audio = _Track(

@@ -204,6 +204,8 @@ class RtspOpener:
         """Why this camera needs FFmpeg's demuxer, once our client found out."""
         self._ffmpeg_transport = transport
         """FFmpeg's `rtsp_transport`: the configured one, or udp once TCP was refused."""
+        self._skipped_media = ""
+        """The SDP sections last logged as left out (logged again only when they change)."""
 
     def _full_url(self) -> str:
         if self._username is None:
@@ -248,6 +250,14 @@ class RtspOpener:
         source: NativeRtspSource | None = None
         try:
             session.connect()
+            if session.skipped_media and session.skipped_media != self._skipped_media:
+                self._skipped_media = session.skipped_media
+                log.warning(
+                    "camera %s: ignoring SDP media sections that cannot be parsed, recording "
+                    "the others: %s",
+                    self._camera,
+                    session.skipped_media,
+                )
             source = NativeRtspSource(
                 session,
                 self._timeout_s,

@@ -107,6 +107,40 @@ def test_parameter_sets_stamped_with_the_previous_picture_open_the_next() -> Non
     ]
 
 
+def test_an_empty_fu_start_fragment_keeps_its_unit() -> None:
+    """retina's issue 115: a camera sends the start of a fragmented NAL unit with no bytes
+    after the FU header (and empty middle pieces). The unit is kept whole, and whether it
+    begins a new picture at the same timestamp is decided by its first byte, which comes
+    in the next piece."""
+    f = h264()
+    f.payload(memoryview(b"\x67\x64"), 500, False)
+    f.payload(memoryview(b"\x7c\x85"), 500, False)  # IDR, empty start
+    f.payload(memoryview(b"\x7c\x05"), 500, False)  # empty middle
+    f.payload(memoryview(b"\x7c\x05\x88I"), 500, False)
+    f.payload(memoryview(b"\x7c\x45-end"), 500, True)
+    # The next picture at the same timestamp, its first_mb_in_slice 0 in the second piece.
+    f.payload(memoryview(b"\x3c\x81"), 500, False)
+    f.payload(memoryview(b"\x3c\x01\x9aP"), 500, False)
+    f.payload(memoryview(b"\x3c\x41!"), 500, True)
+    # A slice of that picture (first_mb_in_slice 30): continues it, not a new sample.
+    f.payload(memoryview(b"\x3c\x81"), 500, False)
+    f.payload(memoryview(b"\x3c\x41\x00\x7c"), 500, True)
+    f.payload(memoryview(b"\x5c\xc5"), 900, True)  # a unit of no bytes at all: nothing
+    f.payload(memoryview(b"\x41\x9a"), 900, True)
+    f.payload(memoryview(b"\x41\x9a"), 1300, True)
+    assert [(bytes(d), ts, key) for d, ts, key in f.out] == [
+        (SC + b"\x67\x64" + SC + b"\x65\x88I-end", 500, True),
+        (SC + b"\x21\x9aP!" + SC + b"\x21\x00\x7c", 500, False),
+        (SC + b"\x41\x9a", 900, False),
+    ]
+    g = h265()
+    g.payload(memoryview(b"\x62\x01\x93"), 7, False)  # FU of IDR_W_RADL (19), empty start
+    g.payload(memoryview(b"\x62\x01\x13\x80a"), 7, False)
+    g.payload(memoryview(b"\x62\x01\x53b"), 7, True)
+    g.payload(memoryview(b"\x02\x01\x80c"), 8, True)
+    assert [(bytes(d), key) for d, _, key in g.out] == [(SC + b"\x26\x01\x80ab", True)]
+
+
 def test_b_pictures_are_found_from_the_slice_header() -> None:
     f = h264()
     # first_mb 0 ('1'), slice_type ue: P=0 ('1'), B=1 ('010'), I=7 ('0001000'), B=6 ('00111').
@@ -143,7 +177,7 @@ def test_g711_static_payload_types_and_frames() -> None:
         "m=audio 0 RTP/AVP 0\r\n"
         "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 G726-32/8000\r\n"
     )
-    _, pcma, pcmu, g726 = parse_sdp(sdp)
+    _, pcma, pcmu, g726 = parse_sdp(sdp).medias
     a = audio_frames_for(pcma)
     assert isinstance(a, G711Frames) and (a.codec, a.sample_rate) == ("pcm_alaw", 8000)
     assert audio_frames_for(pcmu).codec == "pcm_mulaw"

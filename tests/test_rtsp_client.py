@@ -190,7 +190,7 @@ def test_sdp_media_sections() -> None:
         "a=fmtp:97 streamtype=5;mode=AAC-hbr;config=1408;SizeLength=13;IndexLength=3\r\n"
         "a=control:stream=1\r\n"
     )
-    video, audio = parse_sdp(sdp)
+    video, audio = parse_sdp(sdp).medias
     assert (video.kind, video.encoding, video.clock_rate, video.control) == (
         "video",
         "H264",
@@ -200,8 +200,24 @@ def test_sdp_media_sections() -> None:
     assert video.fmtp["packetization-mode"] == "1"
     assert (audio.encoding, audio.clock_rate, audio.channels) == ("MPEG4-GENERIC", 16000, 1)
     assert audio.fmtp["sizelength"] == "13" and audio.control == "stream=1"
-    with pytest.raises(PayloadError, match="payload type"):
-        parse_sdp("m=video 0 RTP/AVP x\r\n")
+    # A section that cannot be read is left out, the others kept (TP-Link's extra section).
+    parsed = parse_sdp(
+        "m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+        "m=application/TP-LINK 0 RTP/AVP smart/1/90000\r\na=rtpmap:95 TP-LINK/90000\r\n"
+        "m=audio 0 RTP/AVP 97\r\na=rtpmap:97 PCMA/8000/x\r\na=control:a\r\n"
+        "m=audio 0\r\n"
+        "m=audio 0 RTP/AVP 8\r\na=control:b\r\n"
+    )
+    assert [(m.kind, m.encoding, m.control) for m in parsed.medias] == [
+        ("video", "H264", ""),
+        ("audio", "PCMA", "b"),
+    ]
+    assert [why for _, why in parsed.skipped] == [
+        "no RTP payload type",
+        "malformed rtpmap 'a=rtpmap:97 PCMA/8000/x'",
+        "too few fields",
+    ]
+    assert parsed.skipped_kinds() == {"application", "audio"}
 
 
 def test_digest_answer_follows_rfc_2617() -> None:
@@ -798,3 +814,22 @@ def test_packets_of_another_payload_type_are_dropped_unless_they_are_all_there_i
 def test_a_content_base_without_scheme_is_made_absolute(base: str, absolute: str) -> None:
     """Anjvision cameras send `Content-Base: 192.168.1.10:554/stream0/`."""
     assert rtsp._absolute(base, "rtsp://10.0.0.2:8554/x") == absolute
+
+
+def test_an_sdp_whose_video_section_cannot_be_parsed_goes_to_ffmpeg() -> None:
+    """Left-out sections cost nothing while the video is understood; when the video may be
+    among them, FFmpeg's demuxer gets the camera (it may read what we could not), rather
+    than recording its audio alone."""
+    session = RtspSession("rtsp://127.0.0.1:1/x", username=None, password=None, timeout_s=1)
+    audio = "m=audio 0 RTP/AVP 8\r\n"
+    with pytest.raises(NotForUs, match="no video section of the SDP could be parsed"):
+        session._choose(parse_sdp("m=video 0 RTP/AVP H264\r\n" + audio), "rtsp://127.0.0.1:1/x")
+    session._choose(parse_sdp("m=application/TP-LINK 0 RTP/AVP smart\r\n" + audio), "rtsp://h/")
+    assert session.video is None and session.audio is not None  # an audio-only camera
+    session.audio = None
+    session._choose(
+        parse_sdp("m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\nm=audio 0 RTP/AVP\r\n"),
+        "rtsp://h/",
+    )
+    assert session.video is not None and session.audio is None
+    assert "audio section could not be parsed" in session.audio_note

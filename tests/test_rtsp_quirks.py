@@ -359,6 +359,26 @@ def test_annex_b_in_single_nal_unit_packets_is_split(recorded: dict[str, Recorde
     assert rec.opener._ffmpeg_reason is None
 
 
+def test_an_empty_fu_a_start_fragment_loses_no_picture(recorded: dict[str, Recorded]) -> None:
+    """retina's issue 115: every fragmented NAL unit opens with a start fragment of no bytes.
+    Every picture is still recorded whole (frames against duration, every one decoded)."""
+    rec = recorded["empty-fu-start"]
+    assert_clean(rec, "aac", frame_slack=1.0)
+    assert rec.opener._ffmpeg_reason is None
+
+
+def test_sdp_sections_that_cannot_be_parsed_are_left_out(recorded: dict[str, Recorded]) -> None:
+    """retina's TP-Link quirk (moonfire-nvr issue 238) and a garbled rtpmap: the sections
+    are left out with a log line naming them, the video and audio recorded by our client
+    (not FFmpeg's demuxer)."""
+    rec = recorded["sdp-unparseable"]
+    assert_clean(rec, "aac")
+    assert rec.opener._ffmpeg_reason is None
+    logged = rec.opener._skipped_media
+    assert "m=application/TP-LINK 0 RTP/AVP smart/1/90000" in logged, logged
+    assert "a=rtpmap:98 H264/ninety-thousand" in logged, logged
+
+
 def test_an_audio_only_camera_is_recorded(recorded: dict[str, Recorded]) -> None:
     """No video in the SDP: the audio alone, in files PyAV reads back without errors, every
     packet decoded, as long as the time recorded, without a gap; the index (and a salvage's

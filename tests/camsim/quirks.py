@@ -90,7 +90,23 @@ class Quirk:
     small units (parameter sets, SEI) packed together with start codes (V380 cameras)."""
     sdp_parameter_sets: bool = True
     """False: no `sprop-parameter-sets` in the SDP; they come in-band only."""
+    empty_fu_start: bool = False
+    """Every fragmented NAL unit opens with an FU-A start fragment that carries no bytes, the
+    unit's bytes following in the next fragments (retina's issue 115)."""
+    sdp_extra: tuple[str, ...] = ()
+    """SDP lines put after the video's section: media sections no parser understands."""
 
+
+TPLINK_SDP = (
+    "m=application/TP-LINK 0 RTP/AVP smart/1/90000",
+    "a=rtpmap:95 TP-LINK/90000",
+    "a=control:trackID=90",
+    "m=video 0 RTP/AVP 98",
+    "a=rtpmap:98 H264/ninety-thousand",
+    "a=control:trackID=91",
+)
+"""What a TP-Link TL-IPC44AW announces besides its streams (retina's testdata, moonfire-nvr
+issue 238), and a video section whose rtpmap has no clock rate."""
 
 CATALOGUE: dict[str, Quirk] = {
     q.name: q
@@ -132,6 +148,11 @@ CATALOGUE: dict[str, Quirk] = {
               "retina", other_payload_type=50),
     Quirk("annex-b-payloads", "start codes in single NAL unit packets, parameter sets "
               "in-band only (V380)", "retina", annex_b_payloads=True, sdp_parameter_sets=False),
+    Quirk("empty-fu-start", "every FU-A opens with an empty start fragment", "retina",
+              clip="h264aac", empty_fu_start=True),
+    Quirk("sdp-unparseable", "SDP sections we cannot parse between video and audio "
+              "(TP-Link's `m=application/TP-LINK ... smart/1/90000`, a garbled rtpmap)",
+              "retina", clip="h264aac", sdp_extra=TPLINK_SDP),
     )
 }  # fmt: skip
 
@@ -267,6 +288,19 @@ def _annex_b(payloads: list[bytes]) -> list[bytes]:
     return out
 
 
+def _empty_fu_starts(payloads: list[bytes]) -> list[bytes]:
+    """Each FU-A start fragment split in two: a start with no bytes, then the bytes in a
+    fragment without the start bit."""
+    out: list[bytes] = []
+    for payload in payloads:
+        if payload[0] & 0x1F == 28 and payload[1] & 0x80:
+            out.append(payload[:1] + bytes((payload[1] & 0xBF,)))
+            out.append(payload[:1] + bytes((payload[1] & 0x7F,)) + payload[2:])
+        else:
+            out.append(payload)
+    return out
+
+
 G7XX_SDP = {
     "pcma": (8, ["m=audio 0 RTP/AVP 8", "a=rtpmap:8 PCMA/8000"]),
     "pcmu": (0, ["m=audio 0 RTP/AVP 0"]),  # a static payload type needs no rtpmap
@@ -382,6 +416,8 @@ class _Session:
                 if not quirk.sdp_parameter_sets:
                     lines = [re.sub(r";sprop-parameter-sets=[^;]*", "", x) for x in lines]
                 sdp += [*lines, f"a=control:trackID={i}"]
+                if track.kind == "video":
+                    sdp += quirk.sdp_extra
             content_base = base + "/"
             if quirk.base_without_scheme:
                 content_base = content_base.removeprefix("rtsp://")
@@ -513,6 +549,8 @@ class _Session:
         assert quirk is not None
         if quirk.annex_b_payloads and stream.track.kind == "video":
             payloads = _annex_b(payloads)
+        if quirk.empty_fu_start and stream.track.kind == "video":
+            payloads = _empty_fu_starts(payloads)
         last = len(payloads) - 1
         every_slice = quirk.marker_every_slice
         for i, payload in enumerate(payloads):
