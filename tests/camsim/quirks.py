@@ -445,8 +445,12 @@ class _Session:
             self.reply("455 Method Not Valid in This State", cseq, {})
             return
         index = int(found.group(1))
-        track = self.clip.tracks[index]
         transport = headers.get("transport", "")
+        if index >= len(self.clip.tracks):
+            # A section of `sdp_extra`: set up as the camera would, but nothing is sent on it.
+            self.reply("200 OK", cseq, {"Transport": transport, "Session": f"{self.id};timeout=60"})
+            return
+        track = self.clip.tracks[index]
         stream = _Stream(
             track, self.rng.getrandbits(32), self.rng.getrandbits(16), self.rng.getrandbits(32)
         )
