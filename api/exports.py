@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from nvr.api.playback import PlaybackService, Recording, etag, gap_causes
 from nvr.config import CameraConfig, NvrConfig
 from nvr.config.models import SiteConfig
-from nvr.storage import SegmentStore, StorageError
+from nvr.storage import SegmentRefs, SegmentStore, StorageError
 from nvr.storage.exports import Export, ExportFile
 from nvr.storage.media.boxes import Mp4Error
 from nvr.storage.media.cover import local_time, zone, zone_label
@@ -147,7 +147,7 @@ class ExportService:
             export.camera,
             export.start_ms,
             export.end_ms,
-            tuple(segments),
+            SegmentRefs.of(segments),
             etag(export.camera, export.start_ms, export.end_ms, segments),
         )
         vf = self._playback.file_sync(rec)

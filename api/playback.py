@@ -33,12 +33,15 @@ from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
-from nvr.storage import Segment, SegmentStore, StorageError, StorageIOError
+from nvr.storage import Segment, SegmentRefs, SegmentStore, StorageError, StorageIOError
 from nvr.storage.media.boxes import Mp4Error
 from nvr.storage.media.sampleindex import decode_index, encode_index
 from nvr.storage.media.segment import SegmentIndex, parse_segment
 from nvr.storage.media.virtual import SourceSegment, VirtualFile, gap_cue, plan, plan_key
+from nvr.storage.samples import Indexed
 from nvr.storage.timestamps import iso
 
 log = logging.getLogger("nvr.api.playback")
@@ -53,6 +56,14 @@ FORMAT_VERSION = "nvr-mp4-2"
 """Part of every ETag: bump when the layout of the virtual files changes."""
 
 
+class SegmentFile(Indexed, Protocol):
+    """A segment as the index cache needs it: its row id, its file's hash and its file
+    (a `Segment`, or the lighter `SegmentRef` that playback requests carry)."""
+
+    @property
+    def path(self) -> str | os.PathLike[str]: ...
+
+
 class SegmentIndexCache:
     """Sample indexes of segments: in memory (LRU bounded by bytes), else stored in the index
     database, else parsed from the file (and then stored). Thread-safe; blocking."""
@@ -64,11 +75,11 @@ class SegmentIndexCache:
         self._entries: OrderedDict[tuple[int, str], SegmentIndex] = OrderedDict()
         self._lock = threading.Lock()
 
-    def has(self, seg: Segment) -> bool:
+    def has(self, seg: SegmentFile) -> bool:
         with self._lock:
             return (seg.id, seg.sha256) in self._entries
 
-    def _cached(self, seg: Segment) -> SegmentIndex | None:
+    def _cached(self, seg: SegmentFile) -> SegmentIndex | None:
         key = (seg.id, seg.sha256)
         with self._lock:
             found = self._entries.get(key)
@@ -76,7 +87,7 @@ class SegmentIndexCache:
                 self._entries.move_to_end(key)
             return found
 
-    def _keep(self, seg: Segment, index: SegmentIndex) -> None:
+    def _keep(self, seg: SegmentFile, index: SegmentIndex) -> None:
         key = (seg.id, seg.sha256)
         with self._lock:
             if key in self._entries:
@@ -87,19 +98,20 @@ class SegmentIndexCache:
                 _k, old = self._entries.popitem(last=False)
                 self._used -= old.nbytes
 
-    def parse_and_store(self, seg: Segment) -> SegmentIndex:
+    def parse_and_store(self, seg: SegmentFile) -> SegmentIndex:
         """Parse the segment file and keep its index in the database."""
+        path = Path(seg.path)
         try:
-            index = parse_segment(seg.path)
+            index = parse_segment(path)
         except OSError as err:
-            raise StorageIOError(f"cannot read segment {seg.path.name}: {err.strerror}") from err
+            raise StorageIOError(f"cannot read segment {path.name}: {err.strerror}") from err
         self._store.samples.save(seg, encode_index(index))
         return index
 
-    def get_many(self, segments: Sequence[Segment]) -> list[SegmentIndex]:
+    def get_many(self, segments: Sequence[SegmentFile]) -> list[SegmentIndex]:
         """The indexes of `segments`, in order."""
         found: dict[int, SegmentIndex] = {}
-        missing: list[Segment] = []
+        missing: list[SegmentFile] = []
         for seg in segments:
             hit = self._cached(seg)
             if hit is None:
@@ -115,7 +127,9 @@ class SegmentIndexCache:
                     index = decode_index(data)
                 except Mp4Error as err:
                     log.warning(
-                        "stored sample index of %s unusable (%s); parsing", seg.path.name, err
+                        "stored sample index of %s unusable (%s); parsing",
+                        os.path.basename(seg.path),
+                        err,
                     )
             if index is None:
                 index = self.parse_and_store(seg)
@@ -123,7 +137,7 @@ class SegmentIndexCache:
             found[seg.id] = index
         return [found[seg.id] for seg in segments]
 
-    def get(self, seg: Segment) -> SegmentIndex:
+    def get(self, seg: SegmentFile) -> SegmentIndex:
         return self.get_many([seg])[0]
 
     @property
@@ -133,12 +147,15 @@ class SegmentIndexCache:
 
 @dataclass(frozen=True)
 class Recording:
-    """A range resolved against the index: its segments and the ETag of its MP4."""
+    """A range resolved against the index: its segments and the ETag of its MP4. A request
+    holds it while it waits for its plan; its segments are columns (`SegmentRefs`), so twenty
+    requests for 24 h ranges add almost nothing to what a full garbage collection walks with
+    the GIL held (issue 13)."""
 
     camera: str
     start_ms: int
     end_ms: int
-    segments: tuple[Segment, ...]
+    segments: SegmentRefs
     etag: str
 
 
@@ -194,7 +211,7 @@ class PlaybackService:
         it starts at, the frame it ends after), not on the exact milliseconds."""
 
         def find() -> Recording | None:
-            segments = self._store.segments(camera, start_ms, end_ms)
+            segments = self._store.segment_refs(camera, start_ms, end_ms)
             if not segments:
                 return None
             first, last = self.indexes.get_many([segments[0], segments[-1]])
@@ -206,7 +223,7 @@ class PlaybackService:
             )
             key = plan_key(src_first, src_last, start_ms, end_ms)
             tag = etag(camera, start_ms, end_ms, segments, key)
-            return Recording(camera, start_ms, end_ms, tuple(segments), tag)
+            return Recording(camera, start_ms, end_ms, segments, tag)
 
         return await asyncio.to_thread(find)
 
@@ -380,7 +397,7 @@ def etag(
     camera: str,
     start_ms: int,
     end_ms: int,
-    segments: Sequence[Segment],
+    segments: Sequence[Indexed],
     key: tuple[int, int, int] | None = None,
 ) -> str:
     """A strong ETag: the same request over the same segments is the same file. With the

@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, overload
 
 import av
 from sqlalchemy import (
@@ -151,6 +151,64 @@ def parse_segment_name(name: str) -> int:
     whole, millis = stem[:-1].rsplit(".", 1)
     dt = datetime.strptime(whole, NAME_FORMAT).replace(tzinfo=UTC)
     return int(dt.timestamp()) * 1000 + int(millis)
+
+
+class SegmentRef(NamedTuple):
+    """A segment as playback and exports name it: its row, its time, its file and the file's
+    hash. Made on demand from a `SegmentRefs`, which is what is kept."""
+
+    id: int
+    start_ms: int
+    end_ms: int
+    path: str
+    """The file's absolute path."""
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRefs(Sequence[SegmentRef]):
+    """Segments of one camera, oldest first, as columns: a sequence of `SegmentRef`.
+
+    Why columns: a 24 h range names ~1,440 segments, and a playback request holds them while
+    it waits for its plan. As `Segment`s (each with a `Path`) twenty such requests made every
+    full garbage collection walk ~100,000 objects with the GIL held, which stopped the event
+    loop for 100-300 ms (issue 13). Plain tuples of ints and strings are untracked by the
+    collector the first time it sees them (named tuples are not), so this is one object to
+    walk however long the range."""
+
+    ids: tuple[int, ...]
+    start_ms: tuple[int, ...]
+    end_ms: tuple[int, ...]
+    paths: tuple[str, ...]
+    sha256: tuple[str, ...]
+
+    @staticmethod
+    def of(segments: Sequence[Segment]) -> SegmentRefs:
+        return SegmentRefs(
+            tuple(s.id for s in segments),
+            tuple(s.start_ms for s in segments),
+            tuple(s.end_ms for s in segments),
+            tuple(str(s.path) for s in segments),
+            tuple(s.sha256 for s in segments),
+        )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @overload
+    def __getitem__(self, i: int) -> SegmentRef: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> SegmentRefs: ...
+
+    def __getitem__(self, i: int | slice) -> SegmentRef | SegmentRefs:
+        if isinstance(i, slice):
+            return SegmentRefs(
+                self.ids[i], self.start_ms[i], self.end_ms[i], self.paths[i], self.sha256[i]
+            )
+        return SegmentRef(
+            self.ids[i], self.start_ms[i], self.end_ms[i], self.paths[i], self.sha256[i]
+        )
 
 
 @dataclass(frozen=True)
@@ -968,6 +1026,21 @@ class SegmentStore:
             rows = conn.execute(q.order_by(t.id)).all()
         root = self.root
         return [_segment(r, root) for r in rows]
+
+    def segment_refs(self, camera: str, start_ms: int, end_ms: int) -> SegmentRefs:
+        """`segments` for playback: the same segments, as columns (one object for the
+        garbage collector to walk, however long the range)."""
+        t = SegmentRow.__table__.c
+        q = select(t.id, t.start_ms, t.end_ms, t.path, t.sha256).where(
+            t.camera == camera, ~t.garbage, t.end_ms > start_ms, t.start_ms < end_ms
+        )
+        with self._engine.connect() as conn:
+            rows = conn.execute(q.order_by(t.id)).all()
+        if not rows:
+            return SegmentRefs((), (), (), (), ())
+        ids, starts, ends, paths, hashes = zip(*rows, strict=True)
+        root = str(self.root)
+        return SegmentRefs(ids, starts, ends, tuple([os.path.join(root, p) for p in paths]), hashes)
 
     def last_segment(self, camera: str) -> Segment | None:
         with Session(self._engine) as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import sqlite3
 import subprocess
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from nvr.storage import ForeignIndexError, SegmentInfo, SegmentStore, StorageError, chain_value
+from nvr.storage import (
+    ForeignIndexError,
+    SegmentInfo,
+    SegmentRefs,
+    SegmentStore,
+    StorageError,
+    chain_value,
+)
 from nvr.storage.store import GENESIS_CHAIN, parse_segment_name, segment_name
 from tests.media import check_file, fast_pattern, pattern_packets
 
@@ -241,3 +249,32 @@ def test_head_revision_constant_matches_the_migrations(tmp_path: Path) -> None:
         assert current_revision(engine) == HEAD_REVISION
     finally:
         engine.dispose()
+
+
+def test_segment_refs_are_the_segments_as_untracked_columns(tmp_path: Path) -> None:
+    """Playback holds a range's segments as `SegmentRefs` (issue 13): the same segments as
+    `segments` gives, and columns the garbage collector stops walking, however many."""
+    store = open_store(tmp_path)
+    try:
+        for k in range(4):
+            write_segment(store, T0 + k * 10_000, frames=10)
+        everything = store.segments("cam")
+        for lo, hi in ((T0, T0 + 40_000), (T0 + 500, T0 + 20_500), (T0 + 999, T0 + 10_001)):
+            want = store.segments("cam", lo, hi)
+            refs = store.segment_refs("cam", lo, hi)
+            assert len(refs) == len(want) > 0
+            assert [tuple(r) for r in refs] == [
+                (s.id, s.start_ms, s.end_ms, str(s.path), s.sha256) for s in want
+            ]
+            assert refs == SegmentRefs.of(want)
+            assert refs[1:] == SegmentRefs.of(want[1:])
+        assert len(store.segment_refs("cam", T0 + 40_000, T0 + 50_000)) == 0
+        assert len(store.segment_refs("other", T0, T0 + 40_000)) == 0
+        refs = store.segment_refs("cam", T0, T0 + 40_000)
+        gc.collect()
+        columns = (refs.ids, refs.start_ms, refs.end_ms, refs.paths, refs.sha256)
+        assert not any(gc.is_tracked(c) for c in columns)
+        # `Segment`s (objects with a `Path`) stay tracked, each of them: why columns.
+        assert all(gc.is_tracked(s) for s in everything)
+    finally:
+        store.close()

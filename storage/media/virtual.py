@@ -40,7 +40,6 @@ import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,7 +66,7 @@ MAX_SAMPLE_DURATION = 2**31 - 1
 class SourceSegment:
     """One indexed segment as input to a plan: where it is and when it starts (UTC ms)."""
 
-    path: Path
+    path: str | os.PathLike[str]
     start_ms: int
     index: SegmentIndex
 
@@ -259,7 +258,9 @@ class VirtualFile:
     """An MP4 file that exists as a header plus byte ranges of segment files."""
 
     header: Header
-    paths: tuple[Path, ...]
+    paths: tuple[str, ...]
+    """The segment files, as strings: a cached plan of 24 h names ~1,440 of them, and a
+    `Path` each would be ~2,900 objects for every full garbage collection to walk."""
     piece_starts: I64
     """Virtual offset of each piece (after the header), ascending."""
     piece_files: I64
@@ -323,7 +324,7 @@ class VirtualFile:
                 os.close(fd)
 
 
-def _read(path: Path, track: TrackIndex, i: int) -> bytes:
+def _read(path: str | os.PathLike[str], track: TrackIndex, i: int) -> bytes:
     """Sample `i` of `track` from its segment file (blocking)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -400,7 +401,7 @@ def plan(
     video = _TrackOut(timescale=vts, handler="vide")
     ats = next((s.index.audio.timescale for s in sources if s.index.audio is not None), 0)
     audio = _TrackOut(timescale=ats, handler="soun") if ats else None
-    paths: list[Path] = []
+    paths: list[str] = []
     out_wall0: int | None = None
     last_wall_end = 0
     gaps: list[tuple[int, int]] = []
@@ -416,7 +417,7 @@ def plan(
         elif first_wall - last_wall_end > GAP_TOLERANCE_MS:
             gaps.append((last_wall_end, first_wall))
         file_no = len(paths)
-        paths.append(src.path)
+        paths.append(os.fspath(src.path))
         target = (first_wall - out_wall0) * vts // 1000
         # Sample `lo` is a keyframe (the first segment starts at one; every segment does).
         entry = hvc1_entry(v.sample_entry, functools.partial(_read, src.path, v, lo))
@@ -771,7 +772,7 @@ def _text_track(
 
 def _build(
     tracks: list[_TrackOut],
-    paths: list[Path],
+    paths: list[str],
     wall0: int,
     wall_end: int,
     cues: Sequence[tuple[int, int, str]] = (),
