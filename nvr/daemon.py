@@ -152,18 +152,23 @@ its text, so that on a full disk it can be rewritten in place in the blocks it a
 
 
 def write_status(
-    root: Path, supervisor: Supervisor, running: bool, bus: EventBus | None = None
+    root: Path,
+    supervisor: Supervisor,
+    running: bool,
+    bus: EventBus | None = None,
+    retention: RetentionService | None = None,
 ) -> None:
-    """Atomically publish the recorders' live state (and the alert destinations') for
-    `nvr status` (another process). On a full disk (no room for the new file) the old one is
-    overwritten in place instead, so the alarm still shows. Blocking: runs on a worker
-    thread."""
+    """Atomically publish the recorders' live state (and the alert destinations', and
+    retention's passes) for `nvr status` (another process). On a full disk (no room for the
+    new file) the old one is overwritten in place instead, so the alarm still shows.
+    Blocking: runs on a worker thread."""
     doc = {
         "pid": os.getpid(),
         "running": running,
         "written_ms": now_ms(),
         "cameras": {s.camera: asdict(s) for s in supervisor.snapshot()},
         "events": [asdict(d) for d in bus.destinations()] if bus is not None else [],
+        "retention": retention.progress() if retention is not None else None,
     }
     text = json.dumps(doc, indent=1).encode("utf-8")
     size = -(-2 * len(text) // STATUS_ROOM) * STATUS_ROOM
@@ -198,9 +203,15 @@ class _Publisher:
     never stops the daemon (the recorders handle it: pause, ledger, resume)."""
 
     def __init__(
-        self, root: Path, supervisor: Supervisor, store: SegmentStore, bus: EventBus | None
+        self,
+        root: Path,
+        supervisor: Supervisor,
+        store: SegmentStore,
+        bus: EventBus | None,
+        retention: RetentionService | None = None,
     ) -> None:
         self._root = root
+        self._retention = retention
         self._bus = bus
         self._supervisor = supervisor
         self._store = store
@@ -222,7 +233,7 @@ class _Publisher:
             log.error("cannot record the recorder's heartbeat: %s", err)
         try:
             self.free_bytes = self._store.free_bytes()
-            write_status(self._root, self._supervisor, running, self._bus)
+            write_status(self._root, self._supervisor, running, self._bus, self._retention)
         except OSError as err:
             if self._failing is None:
                 log.warning("cannot publish %s: %s", STATUS_FILE, err)
@@ -285,7 +296,7 @@ async def run_daemon(
         retention.listener = alerts.emit
         retention_task = asyncio.create_task(retention.run(stop), name="retention")
         log.info("recording %d cameras into %s", len(supervisor.recorders), root)
-        publisher = _Publisher(root, supervisor, store, alerts.bus)
+        publisher = _Publisher(root, supervisor, store, alerts.bus, retention)
         await publisher.publish(True)
         reloader = Reloader(live, config_path, supervisor, store, notifier)
         reloader.subscribe(retention.reconfigure)

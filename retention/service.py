@@ -40,6 +40,12 @@ class RetentionService:
         self.last_forecast: Forecast | None = None
         self.last_verdict: ClockVerdict | None = None
         """The clock verdict of the last pass (health and status show a hold)."""
+        self.passes = 0
+        """Passes `run` has finished in this process (held ones and failed ones too): the
+        daemon publishes it in status.json, so a test or an operator waits for the next
+        pass instead of guessing how long one takes."""
+        self.last_pass_ms: int | None = None
+        """The store's clock when the last pass finished."""
         self.listener: Callable[[str, str | None, dict[str, Any]], None] | None = None
         """Alerts out (`nvr.events.EventBus.emit`): told the first forecast of the run and
         every change of its state; never blocks."""
@@ -148,7 +154,18 @@ class RetentionService:
             )
         return fc
 
+    def progress(self) -> dict[str, Any]:
+        """What status.json says of retention: passes finished, when the last one finished,
+        and whether it was held back by the clock."""
+        verdict = self.last_verdict
+        return {
+            "passes": self.passes,
+            "last_pass_ms": self.last_pass_ms,
+            "held": verdict.held if verdict is not None else None,
+        }
+
     async def run(self, stop: asyncio.Event, interval: float | None = None) -> None:
+        """A pass every `interval` seconds (the config's) until `stop`; `passes` counts them."""
         if interval is None:
             interval = float(self._config.retention.interval_seconds)
         while not stop.is_set():
@@ -157,6 +174,8 @@ class RetentionService:
                 await asyncio.to_thread(self.capacity_once)
             except StorageError as err:
                 log.error("retention pass failed (will retry): %s", err)
+            self.passes += 1
+            self.last_pass_ms = self._clock()
             try:
                 await asyncio.wait_for(stop.wait(), interval)
             except TimeoutError:

@@ -16,6 +16,7 @@ there, split by item so pytest-xdist can spread them; all listed in docs/reliabi
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -224,6 +225,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     assert proc.wait(30) == 0
 
 
+def retention_passes(root: Path) -> int:
+    """Retention passes the running daemon has finished (its status.json; -1 unreadable)."""
+    try:
+        doc = json.loads((root / "status.json").read_text())
+    except (OSError, ValueError):
+        return -1  # not written yet, or caught mid-rewrite
+    progress = doc.get("retention") or {}
+    return int(progress.get("passes", -1))
+
+
+def wait_passes(root: Path, count: int, why: str) -> None:
+    """Wait until the daemon has finished `count` more retention passes than now."""
+    wait_for(lambda: retention_passes(root) >= 0, 30, "status.json with retention passes")
+    target = retention_passes(root) + count
+    wait_for(lambda: retention_passes(root) >= target, 60, f"{count} retention passes {why}")
+
+
 def recording(root: Path) -> bool:
     try:
         return '"state": "recording"' in (root / "status.json").read_text()
@@ -257,7 +275,7 @@ def test_daemon_clock_stepping_31_days_forward_purges_nothing_recorded_before(
                 "a segment recorded on the stepped clock",
             )
             wait_for(lambda: b"purging held back" in daemon_log.read_bytes(), 10, "a held pass")
-            time.sleep(3)
+            wait_passes(root, 3, "after the first held one")
             ids = [s.id for s in store.segments("cam")]
             assert ids[: len(before)] == before, daemon_log.read_text()
             assert all(s.path.exists() for s in store.segments("cam"))
@@ -302,7 +320,7 @@ def test_footage_recorded_40_days_slow_is_not_purged_when_the_true_clock_returns
     proc = start_daemon(config, daemon_log)
     try:
         wait_for(lambda: recording(root), 120, "the daemon to record on the true clock")
-        time.sleep(3)  # passes every second
+        wait_passes(root, 3, "on the true clock")
     finally:
         stop(proc)
     store = read_store(root)
