@@ -354,6 +354,10 @@ class CameraRecorder:
         self._last_progress = self._clock.monotonic()
         self._in_backoff = False
         self._last_end_ms: int | None = None
+        self._last_end_mono: float | None = None
+        """When the last footage ended on this recorder's monotonic clock (taken over from
+        the store's evidence time at start): how much real time a gap after it lasted, when
+        the wall clock cannot say (see `_placed`)."""
         self._steps = ClockStepDetector()  # server clock steps, checked at every packet
         self._fence = threading.RLock()
         self._abandoned = False
@@ -567,6 +571,9 @@ class CameraRecorder:
         if last is not None:
             self._last_end_ms = last.end_ms
             self._set(last_segment_end_ms=last.end_ms)
+            since = self._store.time_since_footage(self.camera)
+            if since is not None:
+                self._last_end_mono = self._clock.monotonic() - since / 1000
         if open_outages:
             self._outage_id = open_outages[-1].id
             self._outage_told = (open_outages[-1].start_ms, open_outages[-1].cause)
@@ -1005,7 +1012,10 @@ class CameraRecorder:
             raise UnsupportedStream("video stream has no time base")
         afirst = int(first_dts * vtb / atb) if atb is not None else 0
         arrival = self._clock.wall_ms()
-        name_ms = self._last_end_ms if chained and self._last_end_ms is not None else arrival
+        if chained and self._last_end_ms is not None:
+            name_ms = self._last_end_ms
+        else:
+            name_ms = self._placed(arrival, now)
         with self._fence_for():  # new file and ledger: one step
             writer = self._store.new_writer(self.camera, name_ms, video, audio)
             seg = _Segmenting(writer, first_dts, afirst, arrival, now, vtb, name_ms, video)
@@ -1020,7 +1030,7 @@ class CameraRecorder:
             if self._outage_id is not None:
                 self._fix_outage = self._outage_id
                 try:
-                    self._close_outage(max(arrival, self._last_end_ms or 0))
+                    self._close_outage(name_ms)
                 except IndexWriteError:
                     self._fix_outage = None
                     seg.closed = True
@@ -1030,13 +1040,31 @@ class CameraRecorder:
                     raise
         return seg
 
+    def _placed(self, start_ms: int, began: float) -> int:
+        """The start of a segment not chained to the previous one, from its wall-clock
+        estimate `start_ms` and its start `began` on the monotonic clock. Never before the
+        previous footage's end: after a step of the server clock back, footage is stamped
+        on from that end (the timeline runs ahead of the wall clock until a gap absorbs
+        it). A gap there keeps the length the monotonic clock measured (the store's
+        evidence time across a restart of this boot), so an outage (a kill: `not-running`)
+        spans the real time nothing was recorded instead of nothing; up to `REANCHOR_MS`
+        is arrival jitter, not a gap."""
+        last = self._last_end_ms
+        if last is None or start_ms >= last:
+            return start_ms
+        if self._last_end_mono is not None:
+            gap = round((began - self._last_end_mono) * 1000)
+            if gap > REANCHOR_MS:
+                return last + gap
+        return last
+
     @_fenced
     def _settle(self, seg: _Segmenting) -> None:
         """The start estimate of a segment named after its first arrival has settled: give
         the `.part` file that start (so a salvage after a crash or a full disk indexes the
         right time) and correct the end of the outage before it."""
         seg.settled = True
-        start = max(seg.wall_est, self._last_end_ms or 0)
+        start = self._placed(seg.wall_est, seg.mono_est)
         if abs(start - seg.name_ms) >= SETTLE_MIN_MS:
             try:
                 self._store.rename_part(seg.writer, self.camera, start)
@@ -1131,7 +1159,7 @@ class CameraRecorder:
                     drift / 1000,
                 )
         if self._last_end_ms is not None and start_ms < self._last_end_ms:
-            start_ms = self._last_end_ms  # never overlap the previous segment
+            start_ms = self._placed(start_ms, seg.mono_est)  # never overlap the previous one
         elif (
             seg.discontinuity
             and self._last_end_ms is not None
@@ -1163,12 +1191,14 @@ class CameraRecorder:
             # before anything newer of this camera (`_catch_up`).
             seg.closed = True
             self._last_end_ms = info.end_ms
+            self._last_end_mono = seg.mono_est + duration_ms / 1000
             self._set(last_segment_end_ms=info.end_ms)
             raise
         except StorageError:
             self._abandon(seg)
             raise
         seg.closed = True
+        self._last_end_mono = seg.mono_est + duration_ms / 1000
         self._committed(segment)
 
     def _committed(self, segment: Segment) -> None:
@@ -1215,6 +1245,7 @@ class CameraRecorder:
             self.log.error("camera %s: salvage of %s failed: %s", self.camera, part.name, err)
             return
         if salvaged is not None:
+            self._last_end_mono = seg.mono_est + salvaged.duration_ms / 1000
             self._committed(salvaged)
             return
         # Nothing indexed: an empty file is gone (salvage removes it), a partial one kept.

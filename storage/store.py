@@ -1345,6 +1345,35 @@ class SegmentStore:
             return mark.elapsed_last_ms + (uptime - mark.last_uptime_ms)
         return mark.elapsed_last_ms
 
+    def time_since_footage(self, camera: str) -> int | None:
+        """Real time (ms, by the evidence time) since `camera`'s last footage ended, or None
+        when the evidence cannot tell (no segment stamped with it). The wall clock cannot
+        say after it stepped back: the footage's times then run ahead of it. The newest
+        segment the recorder indexed itself was stamped when it ended; footage after it
+        (salvaged at a restart, stamped then) follows on from that end. Across a reboot the
+        evidence proves only what a synchronised clock does, so this errs short."""
+        with Session(self._engine) as s:
+            last_end = s.scalar(
+                select(func.max(SegmentRow.end_ms)).where(
+                    SegmentRow.camera == camera, ~SegmentRow.garbage
+                )
+            )
+            ref = s.execute(
+                select(SegmentRow.end_ms, SegmentRow.elapsed_ms)
+                .where(
+                    SegmentRow.camera == camera,
+                    ~SegmentRow.garbage,
+                    ~SegmentRow.recovered,
+                    SegmentRow.elapsed_ms.is_not(None),
+                )
+                .order_by(SegmentRow.id.desc())
+                .limit(1)
+            ).first()
+            if last_end is None or ref is None:
+                return None
+            ended = int(ref.elapsed_ms) + max(0, int(last_end) - int(ref.end_ms))
+            return max(0, self.elapsed_now(s) - ended)
+
     def clock_verdict(
         self, now: evidence.Reading | None = None, s: Session | None = None
     ) -> evidence.ClockVerdict:

@@ -345,6 +345,51 @@ def run_script(
     return rec
 
 
+def open_store_on_uptime(root: Path, clock: SimulatedClock, uptime_base_ms: int) -> SegmentStore:
+    """A store whose clock is the simulated one and whose uptime (the evidence of time)
+    follows the simulated *monotonic* clock, `uptime_base_ms` on from it (keep it across
+    reopens: one boot), so a step of the wall clock is a step against uptime, as on a real
+    box."""
+    return SegmentStore(
+        root,
+        f"sqlite:///{root / 'index.db'}",
+        clock=clock.wall_ms,
+        uptime=lambda: round(clock.monotonic() * 1000) + uptime_base_ms,
+    )
+
+
+def record_then_kill(
+    store: SegmentStore,
+    clips: Path,
+    clock: SimulatedClock,
+    script: Sequence[Step],
+    *,
+    camera: str = "cam",
+    segment_seconds: int = 10,
+) -> Path | None:
+    """Record `script`, then end the recorder as a SIGKILL would when its last connection
+    ends: fenced off (`CameraRecorder.abandon`), so it writes nothing more to the store (no
+    ledger entry at stop, no row for the segment in flight). Returns the segment in flight,
+    left as a `.part` file for the next start's salvage (None if none was). Close the store
+    to end the "process"."""
+    opener = ScriptedOpener(clips, clock, list(script))
+    rec = CameraRecorder(camera, opener, store, segment_seconds=segment_seconds, clock=clock)
+    opener.on_end = lambda: _kill(rec)
+    rec.start()
+    rec.thread.join(60)  # a bound for a hang, not a timing
+    if rec.thread.is_alive():
+        rec.stop()
+        rec.thread.join(10)
+        raise AssertionError(f"the recorder did not finish the script: {rec.status()}")
+    assert rec.status().state == "abandoned", rec.status()
+    return rec.leftover_part
+
+
+def _kill(rec: CameraRecorder) -> None:
+    if not rec.abandon(5.0):
+        raise AssertionError("the recorder could not be fenced off")
+
+
 @pytest.fixture(scope="session")
 def scripted_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The camera simulator's clips the scripted camera plays (encoded once, cached as

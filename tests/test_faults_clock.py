@@ -16,6 +16,7 @@ there, split by item so pytest-xdist can spread them; all listed in docs/reliabi
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -32,9 +33,11 @@ from nvr.config import NvrConfig, RetentionConfig, StorageConfig
 from nvr.retention import RetentionService
 from nvr.storage import ClockSuspicious, SegmentStore, now_ms
 from nvr.storage.clock import read_uptime_ms
+from nvr.storage.media.fragments import scan_fragments
 from nvr.storage.timestamps import DAY_MS
 from tests.api_rig import run_api
 from tests.camsim import CameraSim
+from tests.media import check_file
 from tests.recording_rig import wait_for
 from tests.store_clock import BOOT_OFFSET, FakeClock, add_segment
 
@@ -242,6 +245,18 @@ def wait_passes(root: Path, count: int, why: str) -> None:
     wait_for(lambda: retention_passes(root) >= target, 60, f"{count} retention passes {why}")
 
 
+def salvageable_part(root: Path) -> bool:
+    """Whether a `.part` file under `root` holds a complete fragment."""
+    for part in root.rglob("*.mp4.part"):
+        try:
+            scan = scan_fragments(part)
+        except (OSError, ValueError):
+            continue
+        if scan.has_moov and scan.fragments > 0:
+            return True
+    return False
+
+
 def recording(root: Path) -> bool:
     try:
         return '"state": "recording"' in (root / "status.json").read_text()
@@ -343,6 +358,83 @@ def test_footage_recorded_40_days_slow_is_not_purged_when_the_true_clock_returns
         assert [s.id for s in store.segments("cam")[: len(slow)]] == [s.id for s in slow]
         assert not store.clock_verdict().held
     finally:
+        store.close()
+
+
+# --- a kill right after a step back: timeline order, and the outage's real length ----------
+
+
+@pytest.mark.slow
+@needs_faketime
+def test_a_kill_after_a_step_back_keeps_footage_in_order_and_the_outage_as_long_as_it_was(
+    tmp_path: Path, camsim: CameraSim, daemon_log: Path
+) -> None:
+    """The clock steps back 5 days under a recording daemon, which cuts a segment; the
+    daemon is SIGKILLed right after that cut (the new segment in flight, its `.part` file
+    not yet 2 s old) and restarted under the same clock. Before: the salvaged segment was
+    indexed at its wall-clock name, 5 days before the footage it follows, and the kill's
+    `not-running` outage was zero long. Now: the index is in recording order, nothing
+    overlaps, every file plays, and the outage lasts at least from the kill to the
+    restart's run (by the kernel's uptime, which no step moves)."""
+    root = tmp_path / "store"
+    config = config_file(tmp_path, root, camsim.url("h264"), interval_seconds=1)
+    fake = tmp_path / "faketime"
+    fake.write_text("+0\n")
+    proc = start_daemon(config, daemon_log, fake_file=fake)
+    store = read_store(root)
+    try:
+        wait_for(lambda: recording(root), 120, "the daemon to record")
+        wait_for(lambda: bool(store.segments("cam")), 60, "a first segment")
+        indexed = len(store.segments("cam"))
+        fake.write_text("-5d\n")
+        wait_for(
+            lambda: any(o.cause == "clock-step" for o in store.ledger.outages("cam")),
+            30,
+            "the recorder to see the step",
+        )
+        wait_for(lambda: len(store.segments("cam")) > indexed, 30, "the step's cut")
+        # Kill once the segment the cut began has a complete fragment (about 1 s: one GOP),
+        # so there is footage to salvage; its `.part` file is then about 1 s old.
+        wait_for(lambda: salvageable_part(root), 30, "a fragment after the cut")
+        proc.kill()
+        killed_up = read_uptime_ms()
+        proc.wait(30)
+        parts = list(root.rglob("*.mp4.part"))
+        proc = start_daemon(config, daemon_log, fake_file=fake)
+        wait_for(lambda: len(store.runs(2)) == 2 and store.runs(1)[0].pid == proc.pid, 120, "run")
+        restarted_up = store.runs(1)[0].started_uptime_ms
+        wait_for(
+            lambda: any(
+                o.cause == "not-running" and o.end_ms is not None
+                for o in store.ledger.outages("cam")
+            ),
+            120,
+            "the restarted daemon to record",
+        )
+        seen_up = read_uptime_ms()
+        stop(proc)
+        segs = store.segments("cam")
+        for prev, seg in itertools.pairwise(segs):
+            assert seg.start_ms >= prev.end_ms, (prev, seg, daemon_log.read_text())
+        for seg in segs:
+            found = check_file(seg.path)
+            assert found.first_is_key and found.dts_monotonic, seg.path
+            assert found.decoded >= found.frames - 2, (seg.path, found)
+        assert parts and not any(p.exists() for p in parts), parts
+        assert [s.path.name for s in segs if s.recovered] == [
+            p.name.removesuffix(".part") for p in parts
+        ]
+        (outage,) = [o for o in store.ledger.outages("cam") if o.cause == "not-running"]
+        assert outage.duration_ms is not None
+        # At least the time the daemon was dead; at most until the test saw it record
+        # again, plus the fragment in flight lost by the kill.
+        assert restarted_up - killed_up <= outage.duration_ms, (outage, restarted_up - killed_up)
+        assert outage.duration_ms <= seen_up - killed_up + 1_500, (outage, seen_up - killed_up)
+        assert store.audit.entries(action="purge", outcome="ok") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
         store.close()
 
 

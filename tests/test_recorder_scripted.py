@@ -6,6 +6,7 @@ The same behaviour against a real RTSP camera is in tests/test_recording.py (mar
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,20 @@ import pytest
 from nvr.ingest.errors import AuthRejected, CameraUnreachable, StreamEnded, StreamStalled
 from nvr.ingest.recorder import stagger_phase
 from nvr.storage import SegmentStore, now_ms
+from nvr.storage.timestamps import DAY_MS
 from tests.media import check_file
 from tests.recording_rig import assert_contiguous
-from tests.scripted import Connection, Refused, SimulatedClock, Step, open_store, run_script
+from tests.scripted import (
+    BOOT_OFFSET,
+    Connection,
+    Refused,
+    SimulatedClock,
+    Step,
+    open_store,
+    open_store_on_uptime,
+    record_then_kill,
+    run_script,
+)
 
 CODECS = {"h264": "h264", "h264aac": "h264", "h265": "hevc", "bframes": "h264"}
 
@@ -158,3 +170,72 @@ def test_a_server_clock_step_is_written_down_and_never_overlaps_footage(
     assert sum(s.duration_ms for s in segs) == 20_000
     steps = [o for o in store.ledger.outages("cam") if o.cause == "clock-step"]
     assert len(steps) == 1 and steps[0].end_ms is not None
+
+
+def test_kills_after_server_clock_steps_back_keep_the_timeline_in_order_and_the_gaps_real(
+    tmp_path: Path, scripted_clips: Path
+) -> None:
+    """Issue 11, item 1's leftovers: the server clock steps back (days) while the recorder
+    runs and while it is down, and the recorder is killed with a segment in flight each
+    time, once less than the 2 s a `.part` file takes to be renamed to its settled start.
+    Every salvaged segment must be indexed after the footage it follows (ids and times in
+    recording order, nothing overlapping), every file must still play, and each kill's
+    `not-running` outage must last the real time nothing was recorded (before: zero long,
+    the footage after the restart stamped on from the previous end)."""
+    clock = SimulatedClock(now_ms())
+    root = tmp_path / "store"
+    base = clock.wall_ms() - BOOT_OFFSET - round(clock.monotonic() * 1000)
+    parts: list[Path | None] = []
+    downs = [30.0, 20.0, 10.0]
+
+    def run(script: list[Step], kill: bool) -> None:
+        store = open_store_on_uptime(root, clock, base)
+        try:
+            store.recover()
+            if kill:
+                parts.append(record_then_kill(store, scripted_clips, clock, script))
+            else:
+                run_script(store, scripted_clips, clock, script)
+        finally:
+            store.close()
+
+    # 1. A kill 8.5 s into the third segment.
+    run([Connection(seconds=25.5)], kill=True)
+    # 2. Down 30 s, during which the clock is set back 5 days; killed 1.5 s after the
+    #    restart's first keyframe (its `.part` not yet renamed to a settled start).
+    clock.advance(downs[0])
+    clock.step_wall(-5 * DAY_MS)
+    run([Connection(seconds=1.5)], kill=True)
+    # 3. Down 20 s; NTP steps the clock back 2 days 12 s into the recording, which cuts a
+    #    segment; killed 2 s later, right after that cut.
+    clock.advance(downs[1])
+    run([Connection(seconds=14.0, step_wall_at_s=12.0, step_wall_ms=-2 * DAY_MS)], kill=True)
+    # 4. Down 10 s, then a clean stop.
+    clock.advance(downs[2])
+    run([Connection(seconds=12.0)], kill=False)
+
+    assert all(p is not None for p in parts), parts  # a segment was in flight each time
+    store = open_store_on_uptime(root, clock, base)
+    try:
+        segs = store.segments("cam")  # in index (id) order
+        assert sum(s.recovered for s in segs) == 3
+        for prev, seg in itertools.pairwise(segs):
+            assert seg.start_ms >= prev.end_ms, (prev, seg)  # recording order, no overlap
+        for seg in segs:
+            found = check_file(seg.path)
+            assert found.first_is_key and found.dts_monotonic, seg.path
+            assert found.decoded >= found.frames - 2, (seg.path, found)
+            assert seg.path == store.segment_path("cam", seg.start_ms)
+        kills = [o for o in store.ledger.outages("cam") if o.cause == "not-running"]
+        assert len(kills) == 3, store.ledger.outages("cam")
+        for outage, down in zip(kills, downs, strict=True):
+            assert outage.duration_ms is not None
+            # The downtime, plus at most the fragment in flight lost by the kill (a frame
+            # of tolerance for the start estimate).
+            assert down * 1000 - 100 <= outage.duration_ms <= down * 1000 + 1_100, outage
+        steps = [o for o in store.ledger.outages("cam") if o.cause == "clock-step"]
+        assert len(steps) == 1  # the one seen while recording
+        assert len(store.audit.entries(action="clock-step")) == 2  # both held
+        assert store.verify().ok
+    finally:
+        store.close()
