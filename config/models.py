@@ -245,6 +245,10 @@ class CameraConfig(_Frozen):
     gb_channel_id: str | None = None
     """The camera's channel id on a GB/T 28181 platform (`[gb28181]`), 20 digits; default:
     derived from the device id and the camera's place in the file (`gb_channel_ids`)."""
+    live_url: str | None = None
+    """The camera's low-resolution substream (rtsp:// or rtsps://, same credentials): pulled
+    through our RTSP client only while someone watches it live (`?stream=sub`, the camera
+    grid), never recorded."""
 
     @field_validator("gb_channel_id")
     @classmethod
@@ -260,7 +264,7 @@ class CameraConfig(_Frozen):
             raise ValueError(f"must match {CAMERA_NAME_RULE}, found {value!r}")
         return value
 
-    @field_validator("url")
+    @field_validator("url", "live_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is None or value == BUILTIN_TEST_PATTERN:
@@ -601,6 +605,26 @@ class ApiConfig(_Frozen):
     a second for one to end (most take milliseconds), then gets 429 with Retry-After."""
     max_plan_builds_per_user: Annotated[int, Field(ge=1, le=64)] = 1
     """Playback plans one user may have building at once; more get 429."""
+    webrtc_addresses: tuple[str, ...] = ()
+    """The addresses offered as ICE host candidates for WebRTC live view (the browser sends
+    media requests to these). Empty: every address of this machine except loopback (aioice's
+    choice); give `["127.0.0.1"]` to keep WebRTC on loopback, or the LAN address viewers
+    reach. No STUN or TURN server is ever contacted."""
+    max_live_viewers: Annotated[int, Field(strict=True, ge=1, le=256)] = 16
+    """Live viewers at once (WebRTC sessions and MSE WebSockets together); past it 503."""
+    max_transcodes: Annotated[int, Field(strict=True, ge=0, le=16)] = 1
+    """H.265 cameras: live H.264 transcodes at once (one per camera and resolution, shared
+    by its viewers); past it viewers get keyframe snapshots."""
+
+    @field_validator("webrtc_addresses")
+    @classmethod
+    def _webrtc_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"expected IP addresses, found {item[:64]!r}") from None
+        return value
 
     @field_validator("listen")
     @classmethod
