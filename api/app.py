@@ -19,7 +19,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nvr.api.metrics import HttpMetrics
 from nvr.api.middleware import AccessLog, BodyLimit, SecurityHeaders, printable
-from nvr.api.routes import audit, auth, cameras, config, docs, exports, health, locks, users
+from nvr.api.routes import (
+    audit,
+    auth,
+    cameras,
+    config,
+    docs,
+    exports,
+    health,
+    live,
+    locks,
+    users,
+)
 from nvr.api.services import ApiContext, close_services, open_services
 from nvr.storage import StorageError
 
@@ -88,7 +99,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    for module in (health, auth, users, cameras, locks, exports, audit, config, docs):
+    for module in (health, auth, users, cameras, live, locks, exports, audit, config, docs):
         app.include_router(module.router)
 
     @app.exception_handler(StorageError)

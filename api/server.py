@@ -22,6 +22,7 @@ import uvicorn
 from nvr.api.app import create_app
 from nvr.api.cameras import LiveStatus
 from nvr.api.health import CapacityProvider
+from nvr.api.live.service import SubstreamProvider, TapProvider
 from nvr.api.services import ApiContext, ConfigReloader, EventEmit
 from nvr.config import NvrConfig
 from nvr.storage import Segment, SegmentStore
@@ -173,9 +174,11 @@ def serve_api(
     emit: EventEmit | None = None,
     event_problems: Callable[[], list[str]] | None = None,
     segment_listeners: list[Callable[[Segment], None]] | None = None,
+    taps: TapProvider | None = None,
+    substreams: SubstreamProvider | None = None,
 ) -> RunningApi | None:
     """Start serving `[api]` on the running loop (None when the config has no `[api]`).
-    `segment_listeners`: see `ApiContext`."""
+    `segment_listeners`, `taps`, `substreams`: see `ApiContext`."""
     if config.api is None:
         return None
     server = ApiServer(
@@ -188,6 +191,8 @@ def serve_api(
             emit=emit,
             event_problems=event_problems,
             segment_listeners=segment_listeners,
+            taps=taps,
+            substreams=substreams,
         )
     )
     log.info("HTTP API on %s", server.url)

@@ -15,6 +15,7 @@ from nvr.api.auth import LinkSigner, LoginThrottle, ScrapeToken
 from nvr.api.cameras import CameraDirectory, LiveStatus, NoRecorders
 from nvr.api.exports import ExportService
 from nvr.api.health import CapacityProvider, HealthService, RecentErrors
+from nvr.api.live.service import LiveService, SubstreamProvider, TapProvider
 from nvr.api.metrics import HttpMetrics
 from nvr.api.playback import PlaybackService
 from nvr.config import NvrConfig
@@ -61,6 +62,10 @@ class ApiContext:
     segment_listeners: list[Callable[[Segment], None]] | None = None
     """The recorders' listeners for closed segments (`Supervisor.segment_listeners`): the
     playback service joins them while the API runs."""
+    taps: TapProvider | None = None
+    """A camera's packet tap (`Supervisor.tap`) for live view; None: no live view."""
+    substreams: SubstreamProvider | None = None
+    """A camera's `live_url` substream as a packet source (None: the main stream)."""
 
     @property
     def settings(self) -> ApiConfig:
@@ -94,6 +99,8 @@ class ApiServices:
     """Requests by route and status (counted by the access log, shown by `/metrics`)."""
     emit: EventEmit | None = None
     """Alerts out; None without `[events]`."""
+    live: LiveService | None = None
+    """Live view (WHEP, MSE WebSocket): hubs on the recorders' packet taps."""
 
     def tell_export(self, export: Export, actor: str, state: str | None = None) -> None:
         """An export request was made or decided: an `export` event (never blocks). The
@@ -167,6 +174,7 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         scrape=ScrapeToken(settings.metrics_token_file),
         reloader=ctx.reloader,
         emit=ctx.emit,
+        live=LiveService(ctx.config, settings, ctx.store, ctx.taps, ctx.substreams),
     )
     if ctx.reloader is not None:
         ctx.reloader.subscribe(services.reconfigure)
@@ -188,6 +196,8 @@ async def close_services(services: ApiServices) -> None:
     if services.segment_listeners is not None:
         services.segment_listeners.remove(services.playback.segment_closed)
     services.stop.set()
+    if services.live is not None:
+        await services.live.close()
     for task in services.tasks:
         await task
     await services.exports.close()

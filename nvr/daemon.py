@@ -323,6 +323,7 @@ async def run_daemon(
             emit=alerts.emit,
             event_problems=alerts.problems,
             segment_listeners=supervisor.segment_listeners,
+            taps=supervisor.tap,
         )
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
         notifier.ready(line)

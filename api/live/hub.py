@@ -1,0 +1,200 @@
+"""`LiveHub`: one camera's live packets fanned out to its live viewers (WebRTC sessions,
+MSE WebSockets, a transcoder). It subscribes to the camera's packet tap (`nvr.ingest.tap`)
+only while someone watches, and keeps the current GOP (from the latest keyframe) so that a new
+viewer starts at once, at the latest keyframe, instead of waiting for the next one.
+
+Threads: the tap calls `_from_recorder` on the recorder's thread (`rec-<camera>`), which only
+hands the frame to the event loop (`loop.call_soon_threadsafe`). Everything else, the GOP and
+the viewers' queues, lives on the daemon's event loop. A viewer's queue is bounded: a viewer
+that falls behind loses frames up to the next keyframe (never the recorder's time, never the
+other viewers')."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from nvr.ingest.tap import TapFrame
+
+log = logging.getLogger("nvr.api.live")
+
+GOP_MAX_FRAMES = 600
+"""A longer GOP is not kept (a new viewer then waits for the next keyframe)."""
+GOP_MAX_BYTES = 32 << 20
+VIEWER_QUEUE = 300
+"""Frames a viewer may be behind (10 s at 30 fps) before it skips to the next keyframe."""
+
+
+class PacketSource(Protocol):
+    """What a hub subscribes to: a `PacketTap` (the recorder's, or a substream puller's)."""
+
+    def subscribe(
+        self, fn: Callable[[TapFrame], None], *, keyframes_only: bool = False
+    ) -> Callable[[], None]: ...
+
+
+class Viewer:
+    """One consumer of a hub, on the event loop: `get()` the next frame (None: the hub
+    stopped). Starts at a keyframe; after an overflow it resumes at the next keyframe."""
+
+    def __init__(self, hub: LiveHub, keyframes_only: bool, limit: int = VIEWER_QUEUE) -> None:
+        self.hub = hub
+        self.keyframes_only = keyframes_only
+        self._queue: asyncio.Queue[TapFrame | None] = asyncio.Queue(limit)
+        self._want_key = True
+        self._head: TapFrame | None = None
+        self.dropped = 0
+        self.closed = False
+        self.backlog = 0
+        """Frames of the current GOP handed over at joining (older than live)."""
+        self.backlog_last_pts = 0
+
+    def put(self, frame: TapFrame) -> None:
+        if self.closed:
+            return
+        if self.keyframes_only and not frame.keyframe:
+            return
+        if self._want_key and not frame.keyframe:
+            self.dropped += 1
+            return
+        if self._queue.full():
+            # Behind by a whole queue: skip to the next keyframe (a clean restart of the
+            # picture) instead of stalling the hub or growing without bound.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+                self.dropped += 1
+            self._want_key = True
+            if not frame.keyframe:
+                return
+        self._want_key = False
+        self._queue.put_nowait(frame)
+
+    def end(self) -> None:
+        """The source is gone: `get()` returns None once the queued frames are taken."""
+        if not self.closed:
+            self.closed = True
+            if self._queue.full():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+
+    async def get(self) -> TapFrame | None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            return head
+        return await self._queue.get()
+
+    async def first(self, wait_s: float) -> TapFrame | None:
+        """The first frame (left in place for `get`), None if none came within `wait_s`
+        seconds or the hub stopped."""
+        if self._head is None:
+            try:
+                self._head = await asyncio.wait_for(self._queue.get(), wait_s)
+            except TimeoutError:
+                return None
+        return self._head
+
+    def close(self) -> None:
+        """Leave the hub (idempotent)."""
+        self.hub.leave(self)
+        self.closed = True
+
+
+@dataclass
+class _Gop:
+    frames: list[TapFrame]
+    size: int
+    complete: bool
+    """False when the GOP outgrew the bounds: then no new viewer starts from it."""
+
+
+class LiveHub:
+    """One camera's (or one substream's) live fan-out, on the event loop."""
+
+    def __init__(self, name: str, source: PacketSource, loop: asyncio.AbstractEventLoop) -> None:
+        self.name = name
+        self._source = source
+        self._loop = loop
+        self._viewers: list[Viewer] = []
+        self._unsubscribe: Callable[[], None] | None = None
+        self._gop = _Gop([], 0, False)
+        self.last_arrival = 0.0
+        self.frames = 0
+
+    @property
+    def viewers(self) -> int:
+        return len(self._viewers)
+
+    def join(self, *, keyframes_only: bool = False, limit: int = VIEWER_QUEUE) -> Viewer:
+        """A new viewer, fed from the latest keyframe on; subscribes to the tap when it is
+        the first one."""
+        viewer = Viewer(self, keyframes_only, limit)
+        gop = self._gop
+        if gop.complete:
+            backlog = gop.frames[:1] if keyframes_only else gop.frames
+            for frame in backlog:
+                viewer.put(frame)
+            viewer.backlog = len(backlog)
+            viewer.backlog_last_pts = backlog[-1].pts if backlog else 0
+        self._viewers.append(viewer)
+        if self._unsubscribe is None:
+            self._unsubscribe = self._source.subscribe(self._from_recorder)
+            log.info("live %s: watching (tap subscribed)", self.name)
+        return viewer
+
+    def leave(self, viewer: Viewer) -> None:
+        if viewer in self._viewers:
+            self._viewers.remove(viewer)
+        if not self._viewers and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+            self._gop = _Gop([], 0, False)
+            log.info("live %s: nobody watching (tap released)", self.name)
+
+    def close(self) -> None:
+        """End every viewer and release the tap (the API is stopping)."""
+        for viewer in list(self._viewers):
+            viewer.end()
+            self.leave(viewer)
+
+    def _from_recorder(self, frame: TapFrame) -> None:
+        """On the recorder's thread: hand over only."""
+        try:
+            self._loop.call_soon_threadsafe(self._on_frame, frame)
+        except RuntimeError:  # the loop is closed: the API has stopped
+            pass
+
+    def _on_frame(self, frame: TapFrame) -> None:
+        self.frames += 1
+        self.last_arrival = frame.arrival
+        gop = self._gop
+        if frame.keyframe:
+            self._gop = gop = _Gop([frame], len(frame.data), True)
+        elif gop.complete:
+            gop.size += len(frame.data)
+            gop.frames.append(frame)
+            if len(gop.frames) > GOP_MAX_FRAMES or gop.size > GOP_MAX_BYTES:
+                self._gop = _Gop([], 0, False)
+        for viewer in self._viewers:
+            viewer.put(frame)
+
+
+class LiveHubs:
+    """The hubs by name (a camera, or `<camera>~sub` for its substream), made on first use;
+    on the event loop."""
+
+    def __init__(self) -> None:
+        self._hubs: dict[str, LiveHub] = {}
+
+    def hub(self, name: str, source: Callable[[], PacketSource]) -> LiveHub:
+        found = self._hubs.get(name)
+        if found is None:
+            found = self._hubs[name] = LiveHub(name, source(), asyncio.get_running_loop())
+        return found
+
+    def close(self) -> None:
+        for hub in self._hubs.values():
+            hub.close()
+        self._hubs.clear()

@@ -1,0 +1,322 @@
+"""`LiveService`: live view for the API. It admits viewers (at most `[api] max_live_viewers`
+at once), picks how a camera is shown (H.264 passed through; an H.265 camera through an
+on-demand H.264 transcode within `[api] max_transcodes`, else keyframe snapshots), keeps the
+WHEP sessions (`POST /api/cameras/{name}/whep`), ends them when the peer connection fails or
+closes, and audits every live viewing (who, camera, start, end). Runs on the daemon's event
+loop; the audit log is written through `asyncio.to_thread`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiortc import RTCPeerConnection
+
+from nvr.api.live.hub import LiveHub, LiveHubs, PacketSource, Viewer
+from nvr.api.live.transcode import SnapshotSource, TranscodeSource
+from nvr.api.live.webrtc import PassthroughTrack, answer
+from nvr.config import NvrConfig
+from nvr.config.models import ApiConfig
+from nvr.ingest.tap import TapFrame
+from nvr.storage import SegmentStore
+
+log = logging.getLogger("nvr.api.live")
+
+Mode = Literal["passthrough", "transcode", "snapshot"]
+StreamName = Literal["main", "sub"]
+TapProvider = Callable[[str], PacketSource]
+"""A camera's packet tap (`Supervisor.tap`)."""
+SubstreamProvider = Callable[[str], PacketSource | None]
+"""A camera's substream (`live_url`) as a packet source, None when it has none."""
+
+FIRST_FRAME_SECONDS = 5.0
+"""How long a new viewer waits for the camera's first keyframe before 503."""
+CONNECT_SECONDS = 30.0
+"""A WHEP session whose peer never connects is ended after this."""
+
+
+class LiveBusy(Exception):
+    """Past `[api] max_live_viewers`."""
+
+
+class NoVideo(Exception):
+    """The camera sends no video now (not recording, or no live source)."""
+
+
+@dataclass
+class Watch:
+    """One live viewing, for the audit log and the viewer cap."""
+
+    id: str
+    camera: str
+    user: str
+    via: Literal["webrtc", "mse"]
+    stream: StreamName
+    started_ms: int
+    started: float
+    mode: Mode = "passthrough"
+    first_frame: float | None = None
+    """Monotonic time the first frame went out (time-to-first-frame)."""
+
+
+@dataclass
+class WhepSession:
+    watch: Watch
+    pc: RTCPeerConnection
+    track: PassthroughTrack
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class LiveService:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        config: NvrConfig,
+        settings: ApiConfig,
+        store: SegmentStore,
+        taps: TapProvider | None,
+        substreams: SubstreamProvider | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self._store = store
+        self._taps = taps
+        self._substreams = substreams
+        self.hubs = LiveHubs()
+        self.watches: dict[str, Watch] = {}
+        self.sessions: dict[str, WhepSession] = {}
+        self._transcodes: dict[str, TranscodeSource] = {}
+
+    # -- sources --------------------------------------------------------------------------
+
+    def _hub(self, camera: str, stream: StreamName) -> LiveHub:
+        taps = self._taps
+        if taps is None:
+            raise NoVideo("live view needs the recording daemon (this API runs without it)")
+        if stream == "sub":
+            subs = self._substreams
+            source = subs(camera) if subs is not None else None
+            if source is not None:
+                return self.hubs.hub(f"{camera}~sub", lambda: source)
+        return self.hubs.hub(camera, lambda: taps(camera))
+
+    def _transcode_hub(self, camera: str, stream: StreamName, main: LiveHub) -> LiveHub | None:
+        """The camera's H.264 transcode hub: shared by its viewers; a new one only within
+        the budget (None past it)."""
+        name = f"{camera}~{stream}~h264"
+        running = self._transcodes.get(name)
+        if running is None or not running.active:
+            busy = sum(1 for t in self._transcodes.values() if t.active)
+            if busy >= self.settings.max_transcodes:
+                return None
+            running = self._transcodes[name] = TranscodeSource(name, main)
+        source = running
+        return self.hubs.hub(name, lambda: source)
+
+    async def open_viewer(
+        self, camera: str, stream: StreamName, *, allow_snapshot: bool
+    ) -> tuple[Viewer, Mode, TapFrame]:
+        """A viewer of `camera` starting at a keyframe, the mode it shows, and that first
+        frame. Raises NoVideo when nothing comes within `FIRST_FRAME_SECONDS`, LiveBusy past
+        the transcode budget when snapshots are not allowed."""
+        hub = self._hub(camera, stream)
+        viewer = hub.join()
+        first = await viewer.first(FIRST_FRAME_SECONDS)
+        if first is None:
+            viewer.close()
+            raise NoVideo(f"camera {camera} sends no video now")
+        if first.stream.codec == "h264":
+            return viewer, "passthrough", first
+        probe = viewer  # left only after the next viewer joined: the hub keeps its GOP
+        try:
+            return await self._not_h264(camera, stream, hub, allow_snapshot)
+        finally:
+            probe.close()
+
+    async def _not_h264(
+        self, camera: str, stream: StreamName, hub: LiveHub, allow_snapshot: bool
+    ) -> tuple[Viewer, Mode, TapFrame]:
+        transcoded = self._transcode_hub(camera, stream, hub)
+        if transcoded is not None:
+            viewer = transcoded.join()
+            first = await viewer.first(FIRST_FRAME_SECONDS * 2)
+            if first is not None:
+                return viewer, "transcode", first
+            viewer.close()
+            raise NoVideo(f"camera {camera}: the H.264 transcode produced no picture")
+        if not allow_snapshot:
+            raise LiveBusy(
+                f"camera {camera} is H.265, which browsers cannot decode, and all "
+                f"{self.settings.max_transcodes} live transcodes are in use: use the MSE "
+                "live view (keyframe snapshots) or try again later"
+            )
+        snap = self.hubs.hub(f"{camera}~{stream}~jpeg", lambda: SnapshotSource(hub))
+        viewer = snap.join()
+        first = await viewer.first(FIRST_FRAME_SECONDS * 2)
+        if first is None:
+            viewer.close()
+            raise NoVideo(f"camera {camera} sends no keyframe now")
+        return viewer, "snapshot", first
+
+    # -- admission and audit --------------------------------------------------------------
+
+    def admit(self) -> None:
+        if len(self.watches) >= self.settings.max_live_viewers:
+            raise LiveBusy(
+                f"{self.settings.max_live_viewers} live viewers already watching (the limit "
+                "[api] max_live_viewers); close a live view or try again later"
+            )
+
+    async def begin(
+        self, camera: str, user: str, via: Literal["webrtc", "mse"], stream: StreamName
+    ) -> Watch:
+        """Register (and count) a live viewing; audited when it starts showing (`started`)."""
+        self.admit()
+        watch = Watch(
+            secrets.token_urlsafe(16),
+            camera,
+            user,
+            via,
+            stream,
+            self._store.now(),
+            time.monotonic(),
+        )
+        self.watches[watch.id] = watch
+        return watch
+
+    async def started(self, watch: Watch) -> None:
+        await asyncio.to_thread(
+            self._store.audit.append,
+            watch.user,
+            "live",
+            watch.camera,
+            "ok",
+            {
+                "session": watch.id,
+                "via": watch.via,
+                "mode": watch.mode,
+                "stream": watch.stream,
+                "start_ms": watch.started_ms,
+            },
+        )
+
+    async def finish(self, watch: Watch, reason: str, audited: bool = True) -> None:
+        """The viewing ended: uncounted, and audited with its start and end."""
+        if self.watches.pop(watch.id, None) is None:
+            return
+        if not audited:
+            return
+        end = self._store.now()
+        await asyncio.to_thread(
+            self._store.audit.append,
+            watch.user,
+            "live-end",
+            watch.camera,
+            "ok",
+            {
+                "session": watch.id,
+                "via": watch.via,
+                "mode": watch.mode,
+                "stream": watch.stream,
+                "start_ms": watch.started_ms,
+                "end_ms": end,
+                "reason": reason,
+            },
+        )
+        log.info(
+            "live %s: %s by %s ended after %.0f s (%s)",
+            watch.camera,
+            watch.via,
+            watch.user,
+            (end - watch.started_ms) / 1000,
+            reason,
+        )
+
+    # -- WHEP -----------------------------------------------------------------------------
+
+    async def whep(
+        self, camera: str, stream: StreamName, offer_sdp: str, user: str
+    ) -> tuple[WhepSession, str]:
+        """A WHEP session of `camera` for `user` and its SDP answer. Raises LiveBusy,
+        NoVideo, or ValueError for an offer that cannot be answered."""
+        watch = await self.begin(camera, user, "webrtc", stream)
+        try:
+            viewer, mode, _first = await self.open_viewer(camera, stream, allow_snapshot=False)
+        except BaseException:
+            await self.finish(watch, "refused", audited=False)
+            raise
+        watch.mode = mode
+
+        def sent(frame: TapFrame) -> None:
+            if watch.first_frame is None:
+                watch.first_frame = time.monotonic()
+
+        track = PassthroughTrack(viewer, sent)
+        try:
+            pc, sdp = await answer(offer_sdp, track, self.settings.webrtc_addresses)
+        except BaseException:
+            viewer.close()
+            await self.finish(watch, "refused", audited=False)
+            raise
+        session = WhepSession(watch, pc, track)
+        self.sessions[watch.id] = session
+        await self.started(watch)
+
+        @pc.on("connectionstatechange")
+        async def changed() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.end_whep(session, f"peer connection {pc.connectionState}")
+
+        @track.on("ended")
+        def track_ended() -> None:
+            if not session.ended.is_set():
+                self._spawn(session, self.end_whep(session, "the camera's stream ended"))
+
+        self._spawn(session, self._connect_guard(session))
+        return session, sdp
+
+    def _spawn(self, session: WhepSession, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(
+            coro,  # type: ignore[arg-type]
+            name=f"whep-{session.watch.camera}",
+        )
+        session.tasks.append(task)
+
+    async def _connect_guard(self, session: WhepSession) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(session.ended.wait(), CONNECT_SECONDS)
+            return
+        if session.pc.connectionState != "connected":
+            await self.end_whep(session, f"no connection within {CONNECT_SECONDS:.0f} s")
+
+    async def end_whep(self, session: WhepSession, reason: str) -> None:
+        """End a WHEP session (idempotent): close the peer connection, leave the hub."""
+        if session.ended.is_set():
+            return
+        session.ended.set()
+        self.sessions.pop(session.watch.id, None)
+        session.track.stop()
+        await session.pc.close()
+        await self.finish(session.watch, reason)
+
+    async def close(self) -> None:
+        """The API is stopping: end every session and release the taps."""
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            await self.end_whep(session, "server stopping")
+        current = asyncio.current_task()
+        for session in sessions:
+            for task in session.tasks:
+                if task is not current:
+                    task.cancel()
+        self.hubs.close()
+        for source in self._transcodes.values():
+            source.stop()

@@ -1,0 +1,148 @@
+"""WebRTC with aiortc, H.264 passed through: `PassthroughTrack` hands the camera's own access
+units (as `av.Packet`) to aiortc's H.264 packetiser (`H264Encoder.pack`, which splits Annex B
+into RTP payloads and never encodes), and `answer` makes the peer connection of one WHEP
+offer with an H.264-only transceiver created before the offer is applied (else aiortc answers
+VP8). ICE host candidates come from `[api] webrtc_addresses` (see `host_addresses`); no STUN
+or TURN server is ever asked. Runs on the daemon's event loop (aiortc is asyncio)."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import ipaddress
+from collections.abc import Callable, Iterator
+from fractions import Fraction
+from typing import Any
+
+import aioice.ice
+import av
+from aiortc import (
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from nvr.api.live.annexb import with_parameter_sets
+from nvr.api.live.hub import Viewer
+from nvr.ingest.tap import TapFrame
+
+_ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
+    "nvr_webrtc_addresses", default=None
+)
+_aioice_host_addresses = aioice.ice.get_host_addresses
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """aioice's host-address discovery, unless the calling context chose the addresses."""
+    chosen = _ADDRESSES.get()
+    if chosen is None:
+        return _aioice_host_addresses(use_ipv4, use_ipv6)
+    out = []
+    for text in chosen:
+        v6 = ipaddress.ip_address(text).version == 6
+        if use_ipv6 if v6 else use_ipv4:
+            out.append(text)
+    return out
+
+
+# aioice has no option for the candidate addresses and never offers 127.0.0.1: its module
+# function is wrapped once, and only a context that set `_ADDRESSES` (through
+# `host_addresses`) gets other addresses than aioice would pick. Gathering runs in tasks
+# started inside that context, which inherit it.
+aioice.ice.get_host_addresses = _host_addresses
+
+
+@contextlib.contextmanager
+def host_addresses(addresses: tuple[str, ...] | list[str]) -> Iterator[None]:
+    """Gather ICE host candidates on exactly `addresses` inside this block (empty: aioice's
+    own choice)."""
+    token = _ADDRESSES.set(tuple(addresses) or None)
+    try:
+        yield
+    finally:
+        _ADDRESSES.reset(token)
+
+
+def rtc_configuration() -> RTCConfiguration:
+    """No ICE servers: aiortc's default would ask Google's STUN server."""
+    return RTCConfiguration(iceServers=[])
+
+
+def h264_only(kind: str = "video") -> list[object]:
+    """aiortc's H.264 codecs (and their retransmission), for `setCodecPreferences`."""
+    codecs = RTCRtpSender.getCapabilities(kind).codecs
+    return [c for c in codecs if c.mimeType in ("video/H264", "video/rtx")]
+
+
+class PassthroughTrack(MediaStreamTrack):
+    """A video track whose `recv` returns the camera's access units as `av.Packet`s (aiortc
+    then packetises them as they are). The GOP handed over at joining is sent with its
+    timestamps pressed together just before the latest one, so the receiver decodes it at
+    once and shows the latest picture instead of replaying the past second."""
+
+    kind = "video"
+
+    def __init__(self, viewer: Viewer, on_frame: Callable[[TapFrame], None] | None = None) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._backlog = viewer.backlog
+        self._on_frame = on_frame
+        self._backlog_end: int | None = None
+        self._last = -1
+        self.sent = 0
+
+    async def recv(self) -> av.Packet[Any]:
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._viewer.get()
+        if frame is None or frame.stream.codec != "h264":
+            self.stop()
+            raise MediaStreamError
+        stream = frame.stream
+        data = frame.data
+        if frame.keyframe:
+            data = with_parameter_sets("h264", data, stream.extradata)
+        pts = frame.pts
+        if self._backlog > 0:
+            # Within the first GOP: count back from its last frame, one tick apart.
+            if self._backlog_end is None:
+                self._backlog_end = self._viewer.backlog_last_pts
+            pts = self._backlog_end - (self._backlog - 1)
+            self._backlog -= 1
+        pts = max(pts, self._last + 1)
+        self._last = pts
+        packet = av.Packet(data)
+        packet.pts = pts
+        packet.dts = pts
+        packet.time_base = stream.time_base if stream.time_base else Fraction(1, 90_000)
+        self.sent += 1
+        if self._on_frame is not None:
+            self._on_frame(frame)
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._viewer.close()
+
+
+async def answer(
+    offer_sdp: str, track: PassthroughTrack, addresses: tuple[str, ...]
+) -> tuple[RTCPeerConnection, str]:
+    """The peer connection for one WHEP offer and its SDP answer (candidates included: WHEP
+    answers are complete, no trickle). Raises ValueError for an offer we cannot answer."""
+    pc = RTCPeerConnection(rtc_configuration())
+    try:
+        transceiver = pc.addTransceiver(track, direction="sendonly")
+        transceiver.setCodecPreferences(h264_only())  # type: ignore[arg-type]
+        with host_addresses(addresses):
+            await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            local = await pc.createAnswer()
+            assert local is not None
+            await pc.setLocalDescription(local)
+    except Exception as err:
+        await pc.close()
+        raise ValueError(f"cannot answer this offer: {err}") from err
+    desc = pc.localDescription
+    return pc, desc.sdp
