@@ -1,0 +1,163 @@
+"""A recording daemon for the live-view tests and bench/live.py: `nvr run` (a process of its
+own) recording loopback GStreamer cameras (tests/camsim) with `[api] webrtc_addresses =
+["127.0.0.1"]`, its users made with the CLI; and an aiortc WHEP client (no browser) whose
+ICE stays on loopback. Runs on the caller's thread; the WHEP client on its asyncio loop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import av
+import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from nvr.api.live.webrtc import host_addresses, rtc_configuration
+from tests.api_rig import NVR, PASSWORD, add_admin, free_port, nvr
+from tests.camsim import CameraSim
+from tests.recording_rig import wait_for
+
+
+@dataclass
+class LiveDaemon:
+    base: str
+    root: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def token(self, user: str = "admin") -> str:
+        r = httpx.post(f"{self.base}/api/login", json={"username": user, "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        token: str = r.json()["token"]
+        return token
+
+    def client(self, user: str = "admin") -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {self.token(user)}"}, timeout=30
+        )
+
+
+@contextmanager
+def live_daemon(
+    tmp: Path, sim: CameraSim, cameras: dict[str, str], api_extra: str = ""
+) -> Iterator[LiveDaemon]:
+    """`cameras`: name -> camsim mount. Users: `admin`, and `vic` (viewer of the first
+    camera only)."""
+    port = free_port()
+    cfg = tmp / "nvr.toml"
+    cams = "".join(
+        f'[[cameras]]\nname = "{n}"\nurl = "{sim.url(m)}"\nsegment_seconds = 10\n'
+        for n, m in cameras.items()
+    )
+    cfg.write_text(
+        f'[storage]\nroot = "{tmp / "data"}"\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\nwebrtc_addresses = ["127.0.0.1"]\n{api_extra}\n'
+        + cams
+    )
+    add_admin(cfg)
+    first = next(iter(cameras))
+    made = nvr(
+        [
+            "user",
+            "add",
+            "-c",
+            str(cfg),
+            "vic",
+            "--role",
+            "viewer",
+            "--cameras",
+            first,
+            "--password-stdin",
+        ],
+        tmp,
+        stdin=PASSWORD + "\n",
+    )
+    assert made.returncode == 0, made.stderr
+    log = tmp / "daemon.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*NVR, "run", "-c", str(cfg)], cwd=tmp, stdout=out, stderr=out)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    daemon = LiveDaemon(base, tmp / "data", proc, log)
+    try:
+        wait_for(answers, 30, "the daemon's API")
+        with daemon.client() as c:
+
+            def recording() -> bool:
+                states = {cam["name"]: cam["state"] for cam in c.get("/api/cameras").json()}
+                return all(states.get(n) == "recording" for n in cameras)
+
+            wait_for(recording, 40, "the cameras to record")
+        yield daemon
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class WhepViewer:
+    """An aiortc WHEP client: receive-only video, decoded frames collected."""
+
+    pc: RTCPeerConnection
+    location: str
+    mode: str
+    answer: str
+    frames: list[av.VideoFrame] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+async def whep_connect(
+    client: httpx.AsyncClient, camera: str, stream: str = "main"
+) -> WhepViewer | httpx.Response:
+    """Offer, POST, answer; the viewer collects decoded frames (or the refusal)."""
+    pc = RTCPeerConnection(rtc_configuration())
+    pc.addTransceiver("video", direction="recvonly")
+    with host_addresses(["127.0.0.1"]):
+        offer = await pc.createOffer()
+        await pc.setLocalDescription(offer)
+    r = await client.post(
+        f"/api/cameras/{camera}/whep",
+        params={"stream": stream},
+        content=pc.localDescription.sdp,
+        headers={"Content-Type": "application/sdp"},
+    )
+    if r.status_code != 201:
+        await pc.close()
+        return r
+    viewer = WhepViewer(pc, r.headers["location"], r.headers["x-live-mode"], r.text)
+    got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    pc.on("track", got.put_nowait)
+    await pc.setRemoteDescription(RTCSessionDescription(r.text, "answer"))
+    track = await asyncio.wait_for(got.get(), 10)
+
+    async def collect() -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                assert isinstance(frame, av.VideoFrame)
+                viewer.frames.append(frame)
+                viewer.arrivals.append(time.monotonic())
+        except MediaStreamError:  # the sender went away
+            viewer.ended.set()
+
+    viewer.task = asyncio.create_task(collect(), name="whep-viewer")
+    return viewer
