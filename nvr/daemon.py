@@ -30,6 +30,7 @@ from nvr import memory
 from nvr.api.server import serve_api
 from nvr.config import NvrConfig
 from nvr.events import EventBus
+from nvr.gb28181.device import GbDevice, device_for
 from nvr.ingest.status import RecorderStatus
 from nvr.ingest.supervisor import (
     EventEmit,
@@ -325,6 +326,7 @@ async def run_daemon(
             segment_listeners=supervisor.segment_listeners,
             taps=supervisor.tap,
         )
+        gb = await _start_gb28181(config, store, supervisor)
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
         notifier.ready(line)
         if notifier.watchdog is not None:
@@ -355,6 +357,8 @@ async def run_daemon(
         notifier.stopping("stopping: finishing in-flight segments")
         if api is not None:
             await api.close()
+        if gb is not None:
+            await gb.stop()  # BYE to its streams, then unregister
         await reloader.close()  # a reload in progress finishes before the recorders stop
         await asyncio.wait([beat])  # ends at `stop`; a failure was logged when it happened
         check.cancel()
@@ -430,6 +434,22 @@ class Alerts:
                 self._mqtt.cancel()
         for sender in self._senders:
             await asyncio.to_thread(sender.stop, self.CLOSE_TIMEOUT)
+
+
+async def _start_gb28181(
+    config: NvrConfig, store: SegmentStore, supervisor: Supervisor
+) -> GbDevice | None:
+    """The GB/T 28181 device (`[gb28181]`), or None. A device that cannot open its SIP port
+    is logged and left out: recording never depends on the platform."""
+    if config.gb28181 is None:
+        return None
+    device = device_for(config, store, supervisor)
+    try:
+        await device.start()
+    except OSError as err:
+        log.error("GB/T 28181: cannot open SIP port %d: %s", config.gb28181.local_port, err)
+        return None
+    return device
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:

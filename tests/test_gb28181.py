@@ -1,0 +1,299 @@
+"""The GB/T 28181 device (nvr.gb28181) against the in-repo platform (tests/gbsim.py) on
+127.0.0.1, over UDP and TCP: Digest registration (a wrong password refused), keepalives,
+a platform that goes away and comes back (the device registers again), unregistering on
+stop, the Catalog/DeviceInfo/DeviceStatus/RecordInfo answers checked field by field
+against the recorded footage, Chinese names through GB 18030, and the platform's clock
+offset reported from its Date header."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from nvr.config.models import Gb28181Config
+from nvr.gb28181.device import ChannelConfig, GbDevice
+from nvr.storage import SegmentStore
+from tests.gbsim import Platform
+
+DEVICE = "50010000001110000001"
+SERVER = "50010000002000000001"
+DOMAIN = "5001000000"
+PASSWORD = "gb-s3cret"
+CH1 = "50010000001310000001"
+CH2 = "50010000001310000002"
+
+
+async def wait_for(cond: Callable[[], bool], what: str, within: float = 20.0) -> None:
+    """Wait for a condition the device reaches by itself (no guessed sleeps)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def store(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    s = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def gb_config(platform: Platform, env: str, **over: object) -> Gb28181Config:
+    values: dict[str, object] = {
+        "device_id": DEVICE,
+        "domain": DOMAIN,
+        "server_id": SERVER,
+        "server_host": "127.0.0.1",
+        "server_port": platform.port,
+        "password_env": env,
+        "transport": platform.transport,
+        "local_port": 0,
+        "register_expires": 3600,
+        "keepalive_seconds": 1,
+    }
+    values.update(over)
+    return Gb28181Config.model_validate(values)
+
+
+CHANNELS = [
+    ChannelConfig("h264aac", CH1, "解放碑步行街 东门", "解放碑"),
+    ChannelConfig("bframes", CH2, "bframes", ""),
+]
+
+
+@asynccontextmanager
+async def running(
+    platform: Platform,
+    store: SegmentStore,
+    monkeypatch: pytest.MonkeyPatch,
+    password: str = PASSWORD,
+    online: Callable[[str], bool] = lambda cam: cam == "h264aac",
+    **over: object,
+) -> AsyncIterator[GbDevice]:
+    monkeypatch.setenv("GB_TEST_PASSWORD", password)
+    device = GbDevice(
+        gb_config(platform, "GB_TEST_PASSWORD", **over),
+        CHANNELS,
+        store,
+        online,
+        bind_host="127.0.0.1",
+        device_name="测试录像机",
+    )
+    await device.start()
+    try:
+        yield device
+    finally:
+        await device.stop()
+
+
+@pytest.fixture(params=["udp", "tcp"])
+async def platform(request: pytest.FixtureRequest) -> AsyncIterator[Platform]:
+    p = Platform(SERVER, DOMAIN, PASSWORD, transport=request.param)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def test_registers_with_digest_keeps_alive_and_unregisters(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(platform, store, monkeypatch) as device:
+        await asyncio.wait_for(platform.registered.wait(), 20)
+        assert platform.refused == 0
+        await wait_for(lambda: platform.keepalives >= 3, "three keepalives")
+        assert device.status.registered
+        assert device.status.keepalives_answered >= 3
+        assert device.status.clock_offset_s is not None
+        assert abs(device.status.clock_offset_s) < 2.0
+        assert device.status.clock_finding == ""
+    assert platform.unregistrations == 1
+    assert not platform.registered.is_set()
+
+
+async def test_wrong_password_is_refused_and_never_registers(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(platform, store, monkeypatch, password="wrong") as device:
+        await wait_for(lambda: platform.refused >= 1, "a refused registration")
+        assert platform.registrations == 0
+        assert not device.status.registered
+        assert "403" in device.status.last_error
+    assert platform.unregistrations == 0
+
+
+async def test_without_qop_and_clock_offset_is_a_finding(
+    store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform = Platform(SERVER, DOMAIN, PASSWORD, qop=False, date_offset_s=-90)
+    await platform.start()
+    try:
+        async with running(platform, store, monkeypatch) as device:
+            await wait_for(lambda: device.status.registered, "registered")
+            assert device.status.clock_offset_s is not None
+            assert -92 < device.status.clock_offset_s < -88
+            assert "-90" in device.status.clock_finding or "-89" in device.status.clock_finding
+    finally:
+        await platform.close()
+
+
+async def test_platform_restart_and_silence_lead_to_a_new_registration(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(platform, store, monkeypatch) as device:
+        await wait_for(lambda: device.status.registered, "registered")
+        # The platform stops answering keepalives (a network loss): 3 misses, re-register.
+        platform.answer_keepalives = False
+        await wait_for(lambda: not device.status.registered, "offline after 3 misses", 40)
+        assert device.status.keepalive_misses >= 3
+        platform.answer_keepalives = True
+        await wait_for(lambda: device.status.registered, "registered again", 40)
+        assert platform.registrations >= 2
+        # The platform restarts (forgets the device; TCP connections drop).
+        before = platform.registrations
+        await platform.stop()
+        await wait_for(lambda: not device.status.registered, "offline while it is down", 40)
+        await platform.start()
+        await asyncio.wait_for(platform.registered.wait(), 80)
+        assert platform.registrations > before
+        await wait_for(lambda: device.status.registered, "registered after the restart")
+
+
+async def test_catalog_device_info_and_status(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(platform, store, monkeypatch):
+        await asyncio.wait_for(platform.registered.wait(), 20)
+        answers = await platform.query("Catalog", DEVICE, 11)
+        items = [item for a in answers for item in a.findall("DeviceList/Item")]
+        assert {a.findtext("SumNum") for a in answers} == {"2"}
+        lists = [a.find("DeviceList") for a in answers]
+        assert sum(int(d.get("Num", "-1")) for d in lists if d is not None) == 2
+        by_id = {i.findtext("DeviceID"): i for i in items}
+        assert set(by_id) == {CH1, CH2}
+        first = by_id[CH1]
+        assert first.findtext("Name") == "解放碑步行街 东门"  # survived GB 18030
+        assert first.findtext("Address") == "解放碑"
+        assert first.findtext("ParentID") == DEVICE
+        assert first.findtext("Status") == "ON"
+        assert by_id[CH2].findtext("Status") == "OFF"
+        for field in (
+            "Manufacturer",
+            "Model",
+            "Owner",
+            "CivilCode",
+            "Parental",
+            "SafetyWay",
+            "RegisterWay",
+            "Secrecy",
+        ):
+            assert first.findtext(field) is not None, field
+
+        [info] = await platform.query("DeviceInfo", DEVICE, 12)
+        assert info.findtext("DeviceID") == DEVICE
+        assert info.findtext("Result") == "OK"
+        assert info.findtext("DeviceName") == "测试录像机"
+        assert info.findtext("Channel") == "2"
+
+        [status] = await platform.query("DeviceStatus", CH2, 13)
+        assert status.findtext("DeviceID") == CH2
+        assert (status.findtext("Online"), status.findtext("Record")) == ("OFFLINE", "OFF")
+        [status] = await platform.query("DeviceStatus", CH1, 14)
+        assert (status.findtext("Online"), status.findtext("Record")) == ("ONLINE", "ON")
+        datetime.fromisoformat(status.findtext("DeviceTime") or "")
+
+
+async def test_catalog_is_split_when_long(
+    store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    platform = Platform(SERVER, DOMAIN, PASSWORD)
+    await platform.start()
+    many = [ChannelConfig(f"cam{i}", f"5001000000131{i:07d}", f"摄像机{i}") for i in range(1, 11)]
+    monkeypatch.setenv("GB_TEST_PASSWORD", PASSWORD)
+    device = GbDevice(
+        gb_config(platform, "GB_TEST_PASSWORD"), many, store, lambda c: True, bind_host="127.0.0.1"
+    )
+    await device.start()
+    try:
+        await asyncio.wait_for(platform.registered.wait(), 20)
+        answers = await platform.query("Catalog", DEVICE, 21)
+        assert len(answers) == 3  # 4 + 4 + 2
+        assert {a.findtext("SumNum") for a in answers} == {"10"}
+        names = [i.findtext("Name") or "" for a in answers for i in a.findall("DeviceList/Item")]
+        assert sorted(names) == sorted(f"摄像机{i}" for i in range(1, 11))
+    finally:
+        await device.stop()
+        await platform.close()
+
+
+async def test_record_info_lists_recorded_spans_with_the_gap(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    segments = store.segments("h264aac")
+    first, last = segments[0].start_ms, segments[-1].end_ms
+    # the recorded spans from the index, independently: split where segments do not touch
+    expected: list[list[int]] = []
+    for s in segments:
+        if expected and s.start_ms - expected[-1][1] <= 1500:
+            expected[-1][1] = s.end_ms
+        else:
+            expected.append([s.start_ms, s.end_ms])
+    assert len(expected) == 2  # footage_template: 36 s, a 3.5 s outage, 4 s
+
+    def local(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000).strftime("%Y-%m-%dT%H:%M:%S")  # noqa: DTZ006
+
+    async with running(platform, store, monkeypatch):
+        await asyncio.wait_for(platform.registered.wait(), 20)
+        answers = await platform.query(
+            "RecordInfo",
+            CH1,
+            31,
+            {
+                "StartTime": local(first - 60_000),
+                "EndTime": local(last + 60_000),
+                "FilePath": CH1,
+                "Address": "",
+                "Secrecy": "0",
+                "Type": "all",
+            },
+        )
+        items = [i for a in answers for i in a.findall("RecordList/Item")]
+        assert answers[0].findtext("SumNum") == "2"
+        assert [(i.findtext("StartTime"), i.findtext("EndTime")) for i in items] == [
+            (local(a), local(b)) for a, b in expected
+        ]
+        assert all(i.findtext("DeviceID") == CH1 for i in items)
+        # a range inside the first span: one item, clipped to the range
+        answers = await platform.query(
+            "RecordInfo",
+            CH1,
+            32,
+            {"StartTime": local(first + 10_000), "EndTime": local(first + 20_000)},
+        )
+        [item] = [i for a in answers for i in a.findall("RecordList/Item")]
+        assert (item.findtext("StartTime"), item.findtext("EndTime")) == (
+            local(first + 10_000),
+            local(first + 20_000),
+        )
+        # nothing recorded: SumNum 0
+        answers = await platform.query(
+            "RecordInfo",
+            CH1,
+            33,
+            {"StartTime": local(last + 600_000), "EndTime": local(last + 700_000)},
+        )
+        assert answers[0].findtext("SumNum") == "0"
