@@ -1,7 +1,8 @@
 """`LiveHub`: one camera's live packets fanned out to its live viewers (WebRTC sessions,
 MSE WebSockets, a transcoder). It subscribes to the camera's packet tap (`nvr.ingest.tap`)
-only while someone watches, and keeps the current GOP (from the latest keyframe) so that a new
-viewer starts at once, at the latest keyframe, instead of waiting for the next one.
+only while someone watches (and `LINGER_SECONDS` after), and keeps the current GOP (from the
+latest keyframe) so that a new viewer starts at once, at the latest keyframe, instead of
+waiting for the next one.
 
 Threads: the tap calls `_from_recorder` on the recorder's thread (`rec-<camera>`), which only
 hands the frame to the event loop (`loop.call_soon_threadsafe`). Everything else, the GOP and
@@ -24,6 +25,10 @@ log = logging.getLogger("nvr.api.live")
 GOP_MAX_FRAMES = 600
 """A longer GOP is not kept (a new viewer then waits for the next keyframe)."""
 GOP_MAX_BYTES = 32 << 20
+LINGER_SECONDS = 30.0
+"""The tap is kept this long after the last viewer left, with the current GOP: a viewer
+coming back (a grid tile scrolled into view again, a page reload) starts at once instead of
+waiting for the camera's next keyframe. It costs a hand-over per frame meanwhile."""
 VIEWER_QUEUE = 300
 """Frames a viewer may be behind (10 s at 30 fps) before it skips to the next keyframe."""
 
@@ -113,7 +118,13 @@ class _Gop:
 class LiveHub:
     """One camera's (or one substream's) live fan-out, on the event loop."""
 
-    def __init__(self, name: str, source: PacketSource, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        name: str,
+        source: PacketSource,
+        loop: asyncio.AbstractEventLoop,
+        linger_s: float = LINGER_SECONDS,
+    ) -> None:
         self.name = name
         self._source = source
         self._loop = loop
@@ -122,6 +133,8 @@ class LiveHub:
         self._gop = _Gop([], 0, False)
         self.last_arrival = 0.0
         self.frames = 0
+        self.linger_s = linger_s
+        self._linger: asyncio.TimerHandle | None = None
 
     @property
     def viewers(self) -> int:
@@ -139,6 +152,9 @@ class LiveHub:
             viewer.backlog = len(backlog)
             viewer.backlog_last_pts = backlog[-1].pts if backlog else 0
         self._viewers.append(viewer)
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._unsubscribe is None:
             self._unsubscribe = self._source.subscribe(self._from_recorder)
             log.info("live %s: watching (tap subscribed)", self.name)
@@ -147,6 +163,11 @@ class LiveHub:
     def leave(self, viewer: Viewer) -> None:
         if viewer in self._viewers:
             self._viewers.remove(viewer)
+        if not self._viewers and self._unsubscribe is not None and self._linger is None:
+            self._linger = self._loop.call_later(self.linger_s, self._release)
+
+    def _release(self) -> None:
+        self._linger = None
         if not self._viewers and self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -158,6 +179,10 @@ class LiveHub:
         for viewer in list(self._viewers):
             viewer.end()
             self.leave(viewer)
+        self._release()
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
 
     def _from_recorder(self, frame: TapFrame) -> None:
         """On the recorder's thread: hand over only."""
@@ -188,10 +213,13 @@ class LiveHubs:
     def __init__(self) -> None:
         self._hubs: dict[str, LiveHub] = {}
 
-    def hub(self, name: str, source: Callable[[], PacketSource]) -> LiveHub:
+    def hub(
+        self, name: str, source: Callable[[], PacketSource], linger_s: float = LINGER_SECONDS
+    ) -> LiveHub:
         found = self._hubs.get(name)
         if found is None:
-            found = self._hubs[name] = LiveHub(name, source(), asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            found = self._hubs[name] = LiveHub(name, source(), loop, linger_s)
         return found
 
     def close(self) -> None:

@@ -119,7 +119,7 @@ class LiveService:
                 return None
             running = self._transcodes[name] = TranscodeSource(name, main)
         source = running
-        return self.hubs.hub(name, lambda: source)
+        return self.hubs.hub(name, lambda: source, linger_s=0.0)  # frees the budget at once
 
     async def open_viewer(
         self, camera: str, stream: StreamName, *, allow_snapshot: bool
@@ -158,7 +158,7 @@ class LiveService:
                 f"{self.settings.max_transcodes} live transcodes are in use: use the MSE "
                 "live view (keyframe snapshots) or try again later"
             )
-        snap = self.hubs.hub(f"{camera}~{stream}~jpeg", lambda: SnapshotSource(hub))
+        snap = self.hubs.hub(f"{camera}~{stream}~jpeg", lambda: SnapshotSource(hub), 0.0)
         viewer = snap.join()
         first = await viewer.first(FIRST_FRAME_SECONDS * 2)
         if first is None:
