@@ -17,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from tests.camsim import CameraSim
 from tests.camsim.clips import make_clips
@@ -134,15 +135,22 @@ async def _mse(
     fragments: int,
     opened: asyncio.Event | None = None,
     hold: asyncio.Event | None = None,
+    subprotocol: bool = False,
 ) -> tuple[dict[str, object], dict[str, str], list[bytes]]:
     """Watch `camera` over the MSE WebSocket: the head, the handshake's headers, the init
     segment and `fragments` messages. `opened` is set once the head came; the socket stays
     open until `hold` is set."""
     url = daemon.base.replace("http://", "ws://") + f"/api/cameras/{camera}/live"
-    headers = {"Authorization": f"Bearer {daemon.token(user)}"}
-    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+    token = daemon.token(user)
+    # A browser cannot set Authorization on a WebSocket: it offers the token as a subprotocol.
+    headers = {} if subprotocol else {"Authorization": f"Bearer {token}"}
+    offered = [Subprotocol("nvr-live"), Subprotocol(f"bearer.{token}")] if subprotocol else None
+    async with websockets.connect(
+        url, additional_headers=headers, subprotocols=offered, max_size=None
+    ) as ws:
         response = ws.response
         assert response is not None
+        assert ws.subprotocol == ("nvr-live" if subprotocol else None)
         head = json.loads(await asyncio.wait_for(ws.recv(), 20))
         if opened is not None:
             opened.set()
@@ -162,7 +170,7 @@ def _decode(data: bytes) -> list[av.VideoFrame]:
 
 
 def test_mse_websocket_sends_fragmented_mp4(daemon: LiveDaemon) -> None:
-    head, headers, messages = asyncio.run(_mse(daemon, "cam", "vic", 3))
+    head, headers, messages = asyncio.run(_mse(daemon, "cam", "vic", 3, subprotocol=True))
     assert headers["x-live-mode"] == "passthrough"
     assert head["mode"] == "passthrough"
     assert str(head["mime"]).startswith('video/mp4; codecs="avc1.64')

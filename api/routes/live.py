@@ -152,13 +152,29 @@ async def whep_end(
 # -- the MSE WebSocket ---------------------------------------------------------------------
 
 
-async def _ws_user(websocket: WebSocket, services: ApiServices) -> User:
-    """The user of a WebSocket: a bearer token (`Authorization`), as for every request."""
+SUBPROTOCOL = "nvr-live"
+"""The WebSocket subprotocol the server accepts; a browser that holds a bearer token (and
+so cannot send an Authorization header on a WebSocket) offers it beside `bearer.<token>`."""
+
+
+def _offered_token(websocket: WebSocket) -> str | None:
+    """A bearer token from `Authorization`, or from a `bearer.<token>` subprotocol."""
     header = websocket.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token or len(token) > 256:
+    if scheme.lower() == "bearer" and token:
+        return token.strip()
+    for offered in websocket.scope.get("subprotocols", []):
+        if offered.startswith("bearer."):
+            return str(offered.removeprefix("bearer."))
+    return None
+
+
+async def _ws_user(websocket: WebSocket, services: ApiServices) -> User:
+    """The user of a WebSocket: a bearer token, as for every request."""
+    token = _offered_token(websocket)
+    if not token or len(token) > 256:
         raise Unauthorized()
-    session = await asyncio.to_thread(services.store.accounts.session, token.strip())
+    session = await asyncio.to_thread(services.store.accounts.session, token)
     if session is None:
         raise Unauthorized("invalid or expired token")
     return session.user
@@ -227,7 +243,11 @@ async def _stream(
 ) -> None:
     reason = "closed by the viewer"
     mux: Fmp4Muxer | None = None
-    await websocket.accept(headers=[(b"x-live-mode", mode.encode())])
+    offered = websocket.scope.get("subprotocols", [])
+    await websocket.accept(
+        subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
+        headers=[(b"x-live-mode", mode.encode())],
+    )
     await live.started(watch)
     gone = asyncio.create_task(_until_closed(websocket), name=f"live-ws-{watch.camera}")
     try:
