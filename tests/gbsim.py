@@ -78,6 +78,7 @@ class Platform:
     _cseq: int = 0
     _nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _calls: dict[str, MediaCall] = field(default_factory=dict)
 
     # --- transport -----------------------------------------------------------------------
 
@@ -161,6 +162,9 @@ class Platform:
             self.requests.put_nowait(msg)
             if msg.method in ("BYE", "INFO"):
                 self._send(self.answer(msg, 200, "OK"), addr)
+            call = self._calls.get(hdr(msg, "Call-ID"))
+            if msg.method == "BYE" and call is not None:
+                call.bye_received.set()
 
     def answer(self, req: SipRequest, code: int, phrase: str) -> SipResponse:
         res = SipResponse(status_code=code, reason_phrase=phrase)
@@ -279,7 +283,179 @@ class Platform:
             if items >= int(total):
                 return got
 
+    async def invite(
+        self,
+        channel_id: str,
+        kind: str = "Play",
+        *,
+        transport: str = "udp",
+        start_s: int = 0,
+        end_s: int = 0,
+        speed: float | None = None,
+        ssrc: str = "0100000001",
+    ) -> MediaCall:
+        """INVITE a channel and start receiving its RTP (`transport`: udp, or tcp-passive /
+        tcp-active for the platform's own role), then ACK the 200."""
+        call = MediaCall(self, transport)
+        port = await call.listen()
+        proto = "RTP/AVP" if transport == "udp" else "TCP/RTP/AVP"
+        lines = [
+            "v=0",
+            f"o={channel_id} 0 0 IN IP4 127.0.0.1",
+            f"s={kind}",
+            f"u={channel_id}:0" if kind != "Play" else "",
+            "c=IN IP4 127.0.0.1",
+            f"t={start_s} {end_s}",
+            f"m=video {port or 9} {proto} 96 97 98",
+            "a=recvonly",
+            "a=rtpmap:96 PS/90000",
+            "a=rtpmap:98 H264/90000",
+            "a=rtpmap:97 MPEG4/90000",
+        ]
+        if transport != "udp":
+            lines += [f"a=setup:{transport.split('-')[1]}", "a=connection:new"]
+        if speed is not None:
+            lines.append(f"a=downloadspeed:{speed:g}")
+        lines.append(f"y={ssrc}")
+        sdp = "\r\n".join(ln for ln in lines if ln) + "\r\n"
+        req = self.request(
+            "INVITE",
+            channel_id,
+            sdp.encode(),
+            Content_Type="APPLICATION/SDP",
+            Subject=f"{channel_id}:{ssrc},{self.server_id}:0",
+            Contact=f"<sip:{self.server_id}@127.0.0.1:{self.port}>",
+        )
+        call.invite = req
+        res = await self.send(req)
+        call.answer = res
+        if res.status_code != 200:
+            await call.close()
+            return call
+        self.ack(req, res)
+        await call.connect(res.body.decode())
+        self._calls[hdr(req, "Call-ID")] = call
+        return call
+
     async def close(self) -> None:
+        for call in list(self._calls.values()):
+            await call.close()
         await self.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass
+class RtpPacket:
+    seq: int
+    timestamp: int
+    marker: bool
+    ssrc: int
+    payload: bytes
+
+
+def rtp_of(data: bytes) -> RtpPacket:
+    assert data[0] >> 6 == 2, "RTP version 2"
+    cc = data[0] & 0x0F
+    return RtpPacket(
+        int.from_bytes(data[2:4], "big"),
+        int.from_bytes(data[4:8], "big"),
+        bool(data[1] & 0x80),
+        int.from_bytes(data[8:12], "big"),
+        data[12 + 4 * cc :],
+    )
+
+
+@dataclass
+class MediaCall:
+    """One INVITE's media as the platform receives it."""
+
+    platform: Platform
+    transport: str
+    invite: SipRequest | None = None
+    answer: SipResponse | None = None
+    packets: list[RtpPacket] = field(default_factory=list)
+    payload_types: set[int] = field(default_factory=set)
+    bye_received: asyncio.Event = field(default_factory=asyncio.Event)
+    connection_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    _udp: asyncio.DatagramTransport | None = None
+    _server: asyncio.Server | None = None
+    _reader: asyncio.Task[None] | None = None
+    _writer: asyncio.StreamWriter | None = None
+
+    def _take(self, data: bytes) -> None:
+        self.payload_types.add(data[1] & 0x7F)
+        self.packets.append(rtp_of(data))
+
+    async def listen(self) -> int:
+        loop = asyncio.get_running_loop()
+        call = self
+        if self.transport == "udp":
+
+            class Proto(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+                    call._take(data)
+
+            self._udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+            return int(self._udp.get_extra_info("sockname")[1])
+        if self.transport == "tcp-passive":  # we listen, the device connects
+            self._server = await asyncio.start_server(self._read, "127.0.0.1", 0)
+            return int(self._server.sockets[0].getsockname()[1])
+        return 0
+
+    async def connect(self, answer_sdp: str) -> None:
+        if self.transport != "tcp-active":
+            return
+        port = 0
+        for line in answer_sdp.splitlines():
+            if line.startswith("m=video"):
+                port = int(line.split()[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        self._reader = asyncio.create_task(self._read(reader, writer))
+
+    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """RFC 4571: a 2-byte length, then the RTP packet."""
+        self._writer = writer
+        try:
+            while True:
+                size = int.from_bytes(await reader.readexactly(2), "big")
+                self._take(await reader.readexactly(size))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.connection_closed.set()
+            writer.close()
+
+    def ps(self) -> bytes:
+        """The PS stream: RTP payloads in sequence order."""
+        return b"".join(p.payload for p in sorted(self.packets, key=lambda p: p.seq))
+
+    async def bye(self) -> SipResponse:
+        assert self.invite is not None and self.answer is not None
+        req = self.platform.request("BYE", hdr(self.invite, "To").split("@")[0][5:])
+        req.headers.set_single("Call-ID", hdr(self.invite, "Call-ID"))
+        req.headers.set_single("From", hdr(self.invite, "From"))
+        req.headers.set_single("To", hdr(self.answer, "To"))
+        res = await self.platform.send(req)
+        await self.close()
+        return res
+
+    async def info(self, body: str) -> SipResponse:
+        assert self.invite is not None and self.answer is not None
+        req = self.platform.request("INFO", "0", body.encode(), Content_Type="Application/MANSRTSP")
+        req.headers.set_single("Call-ID", hdr(self.invite, "Call-ID"))
+        req.headers.set_single("From", hdr(self.invite, "From"))
+        req.headers.set_single("To", hdr(self.answer, "To"))
+        return await self.platform.send(req)
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._server is not None:
+            self._server.close()
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from aiosipua import SipRequest, SipResponse
@@ -32,8 +32,9 @@ from nvr.config.models import Gb28181Config, NvrConfig
 from nvr.gb28181 import manscdp, sip
 from nvr.gb28181.errors import AuthFailed, GbError, SipRejected, SipTimeout
 from nvr.gb28181.manscdp import Channel, Span
+from nvr.gb28181.session import Sessions
 from nvr.ingest.supervisor import Supervisor
-from nvr.storage import Segment
+from nvr.storage import Segment, SegmentStore
 
 log = logging.getLogger("nvr.gb28181")
 
@@ -62,7 +63,7 @@ class SegmentIndex(Protocol):
 
 class Audit(Protocol):
     def __call__(
-        self, actor: str, action: str, target: str, outcome: str, detail: dict[str, object]
+        self, actor: str, action: str, target: str, outcome: str, detail: dict[str, Any]
     ) -> object: ...
 
 
@@ -299,8 +300,7 @@ class GbDevice:
         return self._endpoint.transport
 
     async def _keepalive(self) -> bool:
-        self._sn += 1
-        body = manscdp.keepalive(self._sn, self.config.device_id)
+        body = manscdp.keepalive(self.next_sn(), self.config.device_id)
         self.status.keepalives_sent += 1
         try:
             res = await self.send_message(body, wait_s=min(sip.TRANSACTION_TIMEOUT, 5.0))
@@ -327,6 +327,7 @@ class GbDevice:
         call_id: str | None = None,
         from_tag: str | None = None,
         to: str | None = None,
+        from_header: str | None = None,
     ) -> SipRequest:
         """A request from the device: Via (our address, rport), From, To, Call-ID, CSeq."""
         self._cseq += 1
@@ -337,13 +338,26 @@ class GbDevice:
             f"SIP/2.0/{self._transport.name} {local_ip}:{local_port};rport;"
             f"branch={sip.new_branch()}",
         )
-        req.headers.set_single("From", f"<{self._device_uri()}>;tag={from_tag or sip.new_tag()}")
+        req.headers.set_single(
+            "From", from_header or f"<{self._device_uri()}>;tag={from_tag or sip.new_tag()}"
+        )
         req.headers.set_single("To", to or f"<{self._server_uri()}>")
         req.headers.set_single("Call-ID", call_id or sip.new_call_id(local_ip))
         req.headers.set_single("CSeq", f"{self._cseq} {method}")
         req.headers.set_single("Max-Forwards", "70")
         req.headers.set_single("User-Agent", sip.USER_AGENT)
         return req
+
+    def next_sn(self) -> int:
+        """The next MANSCDP serial number of a message we start."""
+        self._sn += 1
+        return self._sn
+
+    async def send_request(
+        self, req: SipRequest, wait_s: float = sip.TRANSACTION_TIMEOUT
+    ) -> SipResponse:
+        """Send a request of ours to the platform; its final response."""
+        return await self._send(req, wait_s)
 
     async def _send(self, req: SipRequest, wait_s: float = sip.TRANSACTION_TIMEOUT) -> SipResponse:
         assert self._endpoint is not None
@@ -528,9 +542,10 @@ def channels_of(config: NvrConfig) -> list[ChannelConfig]:
     ]
 
 
-def device_for(config: NvrConfig, store: SegmentIndex, supervisor: Supervisor) -> GbDevice:
+def device_for(config: NvrConfig, store: SegmentStore, supervisor: Supervisor) -> GbDevice:
     """The daemon's device: channels from the config, online = the recorder is recording,
-    GB local times in the site's zone."""
+    GB local times in the site's zone, live from the supervisor's packet taps, every stream
+    in the store's audit log."""
     assert config.gb28181 is not None
 
     def online(camera: str) -> bool:
@@ -541,7 +556,7 @@ def device_for(config: NvrConfig, store: SegmentIndex, supervisor: Supervisor) -
     except importlib.metadata.PackageNotFoundError:
         version = "0"
     tz = ZoneInfo(config.site.timezone) if config.site.timezone else None
-    return GbDevice(
+    device = GbDevice(
         config.gb28181,
         channels_of(config),
         store,
@@ -550,3 +565,5 @@ def device_for(config: NvrConfig, store: SegmentIndex, supervisor: Supervisor) -
         device_name=config.site.name or "nvr",
         version=version,
     )
+    device.media = Sessions(device, store, supervisor.tap, store.audit.append)
+    return device

@@ -1,0 +1,295 @@
+"""Where a GB/T 28181 stream's frames come from: live from a camera's packet tap
+(`nvr.ingest.tap`), starting at a keyframe, or recorded from the segment files of a time
+range (`storage.media.segment` sample index, samples read by offset), paced in real time
+times a scale (Playback 1x, Download at `downloadspeed`). Either way the access units are
+the recorded ones, turned from length-prefixed into Annex B with the parameter sets in front
+of every keyframe (PS carries Annex B). Never re-encoded.
+
+Runs on the event loop: the tap's subscriber (called on the recorder's thread) only hands
+frames over with `loop.call_soon_threadsafe`; segment parsing and sample reads go through
+`asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from nvr.ingest.tap import PacketTap, TapFrame
+from nvr.storage import Segment
+from nvr.storage.media.segment import TrackIndex, parse_segment
+
+log = logging.getLogger("nvr.gb28181.media")
+
+START_CODE = b"\x00\x00\x00\x01"
+LIVE_QUEUE = 120
+"""Frames a live stream may fall behind before it drops to the next keyframe."""
+READ_BATCH = 25
+"""Samples read from a segment file per worker-thread call."""
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFrame:
+    """One video access unit in Annex B, timestamps in 90 kHz."""
+
+    data: bytes
+    pts: int
+    dts: int
+    keyframe: bool
+
+
+def _box_payload(data: bytes, kind: bytes) -> bytes | None:
+    at = data.find(kind)
+    if at < 4:
+        return None
+    size = int.from_bytes(data[at - 4 : at], "big")
+    return data[at + 4 : at - 4 + size]
+
+
+def parameter_sets(codec: str, config: bytes) -> tuple[list[bytes], int]:
+    """(parameter set NAL units, NAL length size) from an avcC or hvcC record; Annex B
+    extradata gives its NAL units and 4."""
+    if not config:
+        return [], 4
+    if config[0] != 1:  # Annex B parameter sets
+        return [n for n in split_annexb(config) if n], 4
+    nals: list[bytes] = []
+    try:
+        if codec == "h264":
+            size = (config[4] & 3) + 1
+            at = 5
+            for count_mask in (0x1F, 0xFF):
+                count = config[at] & count_mask
+                at += 1
+                for _ in range(count):
+                    n = int.from_bytes(config[at : at + 2], "big")
+                    nals.append(config[at + 2 : at + 2 + n])
+                    at += 2 + n
+            return nals, size
+        size = (config[21] & 3) + 1
+        arrays = config[22]
+        at = 23
+        for _ in range(arrays):
+            count = int.from_bytes(config[at + 1 : at + 3], "big")
+            at += 3
+            for _ in range(count):
+                n = int.from_bytes(config[at : at + 2], "big")
+                nals.append(config[at + 2 : at + 2 + n])
+                at += 2 + n
+        return nals, size
+    except IndexError:
+        log.warning("truncated %s decoder configuration", codec)
+        return nals, 4
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    return [n.rstrip(b"\x00") for n in data.split(b"\x00\x00\x01") if n.strip(b"\x00")]
+
+
+def is_annexb(data: bytes) -> bool:
+    return data.startswith(b"\x00\x00\x01") or data.startswith(START_CODE)
+
+
+def to_annexb(data: bytes, length_size: int) -> bytes:
+    """Length-prefixed NAL units to Annex B (start codes)."""
+    out: list[bytes] = []
+    at = 0
+    while at + length_size <= len(data):
+        n = int.from_bytes(data[at : at + length_size], "big")
+        at += length_size
+        out.append(START_CODE)
+        out.append(data[at : at + n])
+        at += n
+    return b"".join(out)
+
+
+def _nal_type(codec: str, nal: bytes) -> int:
+    if not nal:
+        return -1
+    return nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F
+
+
+PARAMETER_TYPES = {"h264": {7, 8}, "hevc": {32, 33, 34}}
+
+
+def with_parameter_sets(codec: str, annexb: bytes, sets: Sequence[bytes]) -> bytes:
+    """A keyframe with the parameter sets in front, unless it carries them already."""
+    have = {_nal_type(codec, n) for n in split_annexb(annexb)}
+    if PARAMETER_TYPES.get(codec, set()) <= have or not sets:
+        return annexb
+    return b"".join(START_CODE + s for s in sets) + annexb
+
+
+def to_90k(ticks: int, time_base: Fraction) -> int:
+    return int(ticks * time_base * 90_000)
+
+
+class LiveSource:
+    """A camera's live frames from its packet tap, from the next keyframe on."""
+
+    def __init__(self, tap: PacketTap) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[TapFrame | None] = asyncio.Queue(LIVE_QUEUE)
+        self._waiting_key = True
+        self._dropped = 0
+        self.codec: str | None = None
+        self._unsubscribe: Callable[[], None] | None = tap.subscribe(self._on_frame)
+        self._camera = tap.camera
+
+    def _on_frame(self, frame: TapFrame) -> None:
+        """On the recorder's thread: hand over, nothing else."""
+        self._loop.call_soon_threadsafe(self._put, frame)
+
+    def _put(self, frame: TapFrame) -> None:
+        if self._waiting_key and not frame.keyframe:
+            return
+        if self._queue.full():
+            self._dropped += 1
+            self._waiting_key = True  # resume at the next keyframe: the decoder needs one
+            return
+        self._waiting_key = False
+        self._queue.put_nowait(frame)
+
+    def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._dropped:
+            log.info("camera %s: live GB stream dropped %d frames", self._camera, self._dropped)
+        if not self._queue.full():
+            self._queue.put_nowait(None)
+
+    async def frames(self) -> AsyncIterator[MediaFrame]:
+        sets: list[bytes] = []
+        stream = None
+        base: int | None = None
+        while True:
+            frame = await self._queue.get()
+            if frame is None:
+                return
+            if frame.stream is not stream:
+                stream = frame.stream
+                self.codec = stream.codec
+                sets, _ = parameter_sets(stream.codec, stream.extradata)
+            data = frame.data if is_annexb(frame.data) else to_annexb(frame.data, 4)
+            if frame.keyframe:
+                data = with_parameter_sets(stream.codec, data, sets)
+            dts = to_90k(frame.dts, stream.time_base)
+            pts = to_90k(frame.pts, stream.time_base)
+            if base is None:
+                base = dts
+            yield MediaFrame(data, pts - base + 9000, dts - base + 9000, frame.keyframe)
+
+
+def _read_samples(path: str, offsets: list[int], sizes: list[int]) -> list[bytes]:
+    """Blocking: runs on a worker thread."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return [os.pread(fd, size, off) for off, size in zip(offsets, sizes, strict=True)]
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class RecordedPlan:
+    """What a playback will send: codec and the first and last instants."""
+
+    codec: str
+    start_ms: int
+    end_ms: int
+
+
+def video_codec_of(track: TrackIndex) -> str:
+    return "hevc" if track.sample_entry[4:8] in (b"hvc1", b"hev1") else "h264"
+
+
+@dataclass
+class Pace:
+    """How fast a recorded stream goes; changed by MANSRTSP (INFO) while it runs."""
+
+    scale: float = 1.0
+    paused: bool = False
+    resumed: asyncio.Event | None = None
+
+    def pause(self) -> None:
+        self.paused = True
+        self.resumed = asyncio.Event()
+
+    def play(self, scale: float | None = None) -> None:
+        if scale is not None:
+            self.scale = scale
+        self.paused = False
+        if self.resumed is not None:
+            self.resumed.set()
+
+
+async def recorded_frames(
+    segments: Sequence[Segment],
+    start_ms: int,
+    end_ms: int,
+    pace: Pace,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[tuple[str, MediaFrame]]:
+    """(codec, frame) of the recorded range, from the keyframe at or before `start_ms`,
+    paced at `pace.scale` times real time (nothing while paused)."""
+    due: float | None = None
+    last_ms = 0.0
+    base: int | None = None
+    for seg in segments:
+        index = await asyncio.to_thread(parse_segment, seg.path)
+        track = index.video
+        if track.count == 0:
+            continue
+        codec = video_codec_of(track)
+        config = _box_payload(track.sample_entry, b"avcC" if codec == "h264" else b"hvcC")
+        sets, length_size = parameter_sets(codec, config or b"")
+        scale_ms = 1000 / track.timescale
+        dts0 = int(track.dts[0])
+        times = [seg.start_ms + (int(d) - dts0) * scale_ms for d in track.dts]
+        first = 0
+        for i, t in enumerate(times):
+            if t > start_ms:
+                break
+            if bool(track.sync[i]):
+                first = i
+        for lo in range(first, track.count, READ_BATCH):
+            hi = min(lo + READ_BATCH, track.count)
+            if times[lo] >= end_ms:
+                return
+            datas = await asyncio.to_thread(
+                _read_samples,
+                str(seg.path),
+                [int(o) for o in track.offset[lo:hi]],
+                [int(s) for s in track.size[lo:hi]],
+            )
+            for i, raw in zip(range(lo, hi), datas, strict=True):
+                if times[i] >= end_ms:
+                    return
+                key = bool(track.sync[i])
+                if base is None and not key:
+                    continue
+                data = to_annexb(raw, length_size)
+                if key:
+                    data = with_parameter_sets(codec, data, sets)
+                dts = int(track.dts[i]) * 90_000 // track.timescale
+                pts = (int(track.dts[i]) + int(track.cto[i])) * 90_000 // track.timescale
+                wall_dts = round(times[i] * 90)
+                if base is None or due is None:
+                    base, due, last_ms = wall_dts, clock(), times[i]
+                out_dts = wall_dts - base + 9000
+                out = MediaFrame(data, out_dts + (pts - dts), out_dts, key)
+                if pace.paused and pace.resumed is not None:
+                    await pace.resumed.wait()
+                    due = max(due, clock())
+                due += max(0.0, times[i] - last_ms) / 1000 / pace.scale
+                last_ms = times[i]
+                wait = due - clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                yield codec, out

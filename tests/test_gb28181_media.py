@@ -1,0 +1,378 @@
+"""GB/T 28181 media (nvr.gb28181.session/ps/rtp/media) to the in-repo platform
+(tests/gbsim.py) on 127.0.0.1: the platform INVITEs recorded footage (Playback, Download at
+a speed) and live video (from a real recorder's packet tap), receives RTP over UDP and TCP
+(both setup roles), reassembles the PS stream and opens it with PyAV's `mpeg` demuxer: it
+decodes, the codec is right, and the access units and their timestamps are exactly the
+recorded ones over the asked range. End of file is MediaStatus 121; BYE works both ways;
+every stream is audited under the platform's own principal; unknown channels and empty
+ranges are refused (and audited)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import av
+import pytest
+
+from nvr.config.models import Gb28181Config
+from nvr.gb28181.device import ChannelConfig, GbDevice
+from nvr.gb28181.session import Sessions
+from nvr.ingest.tap import PacketTap, TapFrame
+from nvr.storage import AuditEntry, SegmentStore, now_ms
+from tests.gbsim import MediaCall, Platform
+from tests.scripted import Connection, SimulatedClock, open_store, run_script
+
+DEVICE = "50010000001110000001"
+SERVER = "50010000002000000001"
+DOMAIN = "5001000000"
+PASSWORD = "gb-s3cret"
+CH_H264 = "50010000001310000001"
+CH_BFRAMES = "50010000001310000002"
+CH_LIVE = "50010000001310000003"
+PARAMETER_NALS = {"h264": {7, 8}, "hevc": {32, 33, 34}}
+
+
+async def wait_for(cond: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def nal_units(data: bytes, codec: str, annexb: bool = True) -> list[bytes]:
+    """NAL units of an access unit, Annex B or (a file's samples) 4-byte length-prefixed,
+    without parameter sets and access unit delimiters (the PS carries them in front of
+    keyframes)."""
+    if annexb:
+        nals = [n.rstrip(b"\x00") for n in data.split(b"\x00\x00\x01") if n.strip(b"\x00")]
+    else:
+        nals, at = [], 0
+        while at < len(data):
+            size = int.from_bytes(data[at : at + 4], "big")
+            nals.append(data[at + 4 : at + 4 + size])
+            at += 4 + size
+    skip = PARAMETER_NALS[codec] | ({9} if codec == "h264" else {35})
+
+    def kind(nal: bytes) -> int:
+        return nal[0] & 0x1F if codec == "h264" else (nal[0] >> 1) & 0x3F
+
+    return [n for n in nals if n and kind(n) not in skip]
+
+
+def received(call: MediaCall, tmp_path: Path) -> tuple[str, list[tuple[list[bytes], int]], int]:
+    """(codec, [(NAL units, pts)], decoded frames) of what the platform got, by PyAV."""
+    path = tmp_path / f"received-{id(call)}.ps"
+    path.write_bytes(call.ps())
+    with av.open(str(path), format="mpeg") as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        packets = [(bytes(p), p.pts) for p in container.demux(stream) if p.size]
+    codec = "hevc" if codec == "hevc" else "h264"
+    with av.open(str(path), format="mpeg") as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    return codec, [(nal_units(d, codec), pts or 0) for d, pts in packets], frames
+
+
+def recorded(store: SegmentStore, camera: str) -> list[tuple[list[bytes], int, bool, float]]:
+    """Every recorded video access unit of `camera`: NAL units, pts - dts in 90 kHz,
+    keyframe, and its wall time (segment start + its decode time into the segment), by
+    PyAV (each segment file has a timeline of its own; the wall time joins them)."""
+    out = []
+    for seg in store.segments(camera):
+        with av.open(str(seg.path)) as container:
+            stream = container.streams.video[0]
+            codec = "hevc" if stream.codec_context.name == "hevc" else "h264"
+            tb = stream.time_base
+            assert tb is not None
+            first_dts = None
+            for p in container.demux(stream):
+                if not p.size or p.dts is None or p.pts is None:
+                    continue
+                first_dts = p.dts if first_dts is None else first_dts
+                wall = seg.start_ms + float((p.dts - first_dts) * tb) * 1000
+                out.append(
+                    (
+                        nal_units(bytes(p), codec, annexb=False),
+                        round((p.pts - p.dts) * tb * 90_000),
+                        p.is_keyframe,
+                        wall,
+                    )
+                )
+    return out
+
+
+def check_range(
+    got: list[tuple[list[bytes], int]],
+    rec: list[tuple[list[bytes], int, bool, float]],
+    start_ms: int,
+    end_ms: int,
+) -> None:
+    """The received AUs are the recorded ones from the keyframe at or before `start_ms` up
+    to `end_ms`, and their PTS steps are the recorded ones (wall time plus each frame's
+    composition offset)."""
+    first = max(i for i, r in enumerate(rec) if r[2] and r[3] <= start_ms)
+    last = max(i for i, r in enumerate(rec) if r[3] < end_ms)
+    want = rec[first : last + 1]
+    assert len(got) == len(want), (len(got), len(want))
+    assert [g[0] for g in got] == [w[0] for w in want]
+    got_steps = [g[1] - got[0][1] for g in got]
+    want_pts = [round(w[3] * 90) + w[1] for w in want]
+    want_steps = [p - want_pts[0] for p in want_pts]
+    steps = zip(got_steps, want_steps, strict=True)
+    bad = [(i, a, b) for i, (a, b) in enumerate(steps) if abs(a - b) > 2]
+    assert not bad, bad[:10]
+
+
+@pytest.fixture
+def store(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    s = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+async def platform() -> AsyncIterator[Platform]:
+    p = Platform(SERVER, DOMAIN, PASSWORD)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+async def start_device(
+    platform: Platform,
+    store: SegmentStore,
+    monkeypatch: pytest.MonkeyPatch,
+    taps: dict[str, PacketTap] | None = None,
+) -> tuple[GbDevice, Sessions]:
+    monkeypatch.setenv("GB_MEDIA_PASSWORD", PASSWORD)
+    config = Gb28181Config(
+        device_id=DEVICE,
+        domain=DOMAIN,
+        server_id=SERVER,
+        server_host="127.0.0.1",
+        server_port=platform.port,
+        password_env="GB_MEDIA_PASSWORD",
+        transport="udp",
+        local_port=0,
+        keepalive_seconds=5,
+    )
+    channels = [
+        ChannelConfig("h264aac", CH_H264, "h264aac"),
+        ChannelConfig("bframes", CH_BFRAMES, "bframes"),
+        ChannelConfig("cam", CH_LIVE, "live"),
+    ]
+    device = GbDevice(config, channels, store, lambda c: True, bind_host="127.0.0.1")
+    taps = taps or {}
+    sessions = Sessions(device, store, lambda cam: taps[cam], store.audit.append)
+    device.media = sessions
+    await device.start()
+    await asyncio.wait_for(platform.registered.wait(), 20)
+    return device, sessions
+
+
+async def media_status(platform: Platform) -> str:
+    root = await asyncio.wait_for(platform.messages.get(), 60)
+    assert root.findtext("CmdType") == "MediaStatus"
+    return root.findtext("NotifyType") or ""
+
+
+@pytest.mark.parametrize(
+    ("camera", "channel", "transport", "kind", "speed"),
+    [
+        ("h264aac", CH_H264, "udp", "Playback", None),
+        ("h264aac", CH_H264, "tcp-passive", "Download", 4.0),
+        ("bframes", CH_BFRAMES, "tcp-active", "Download", 4.0),
+    ],
+)
+async def test_recorded_range_arrives_as_the_recorded_access_units(
+    platform: Platform,
+    store: SegmentStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    camera: str,
+    channel: str,
+    transport: str,
+    kind: str,
+    speed: float | None,
+) -> None:
+    rec = recorded(store, camera)
+    seg0 = store.segments(camera)[0]
+    # a range across the first segment boundary (10 s segments), on whole seconds (t=)
+    start_s = seg0.start_ms // 1000 + 7
+    end_s = start_s + (4 if kind == "Playback" else 8)
+    device, _ = await start_device(platform, store, monkeypatch)
+    try:
+        call = await platform.invite(
+            channel, kind, transport=transport, start_s=start_s, end_s=end_s, speed=speed
+        )
+        assert call.answer is not None and call.answer.status_code == 200
+        answer = call.answer.body.decode()
+        assert "y=0100000001" in answer and "a=sendonly" in answer
+        assert ("TCP/RTP/AVP" in answer) == (transport != "udp")
+        if transport == "tcp-passive":
+            assert "a=setup:active" in answer
+        if transport == "tcp-active":
+            assert "a=setup:passive" in answer
+        assert await media_status(platform) == "121"
+        await call.bye()
+        codec, got, decoded = received(call, tmp_path)
+        assert codec == "h264"
+        assert decoded == len(got)
+        check_range(got, rec, start_s * 1000, end_s * 1000)
+        assert {p.ssrc for p in call.packets} == {100000001}
+        assert call.payload_types == {96}
+        # one timestamp per frame, the marker on its last packet
+        frames = [p for p in sorted(call.packets, key=lambda p: p.seq) if p.marker]
+        assert len(frames) == len(got)
+        assert len({p.timestamp for p in call.packets}) == len(got)
+    finally:
+        await device.stop()
+    action = "playback" if kind == "Playback" else "download"
+    entries = store.audit.entries(actor=f"gb28181:{SERVER}", action=action, target=camera)
+    assert len(entries) == 1
+    assert entries[0].detail["start_ms"] == start_s * 1000
+    # the device's own role: the opposite of the platform's
+    role = {"udp": "udp", "tcp-passive": "tcp-active", "tcp-active": "tcp-passive"}
+    assert entries[0].detail["transport"] == role[transport]
+
+
+async def test_unknown_channel_and_empty_range_are_refused_and_audited(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device, _ = await start_device(platform, store, monkeypatch)
+    try:
+        call = await platform.invite("50010000001319999999", "Play")
+        assert call.answer is not None and call.answer.status_code == 404
+        end = store.segments("h264aac")[-1].end_ms // 1000
+        call = await platform.invite(CH_H264, "Playback", start_s=end + 3600, end_s=end + 3700)
+        assert call.answer is not None and call.answer.status_code == 404
+    finally:
+        await device.stop()
+    refused = store.audit.entries(actor=f"gb28181:{SERVER}", outcome="refused")
+    assert [(e.action, e.target, e.detail["reason"]) for e in refused] == [
+        ("live", "?", "no such channel"),
+        ("playback", "h264aac", "no footage"),
+    ]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp-passive"])
+async def test_live_from_the_recorder_tap(
+    platform: Platform,
+    scripted_clips: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    transport: str,
+) -> None:
+    clock = SimulatedClock(now_ms())
+    live_store = open_store(tmp_path / "live", clock)
+    tap = PacketTap("cam")
+    published: list[TapFrame] = []
+
+    def camera_pace(frame: TapFrame) -> None:
+        # The scripted camera runs as fast as the CPU; this first subscriber holds the
+        # recorder's thread to about the camera's real rate (25 fps) and keeps what it saw.
+        published.append(frame)
+        time.sleep(0.02)
+
+    tap.subscribe(camera_pace)
+    done = threading.Event()
+
+    def record() -> None:
+        try:
+            run_script(live_store, scripted_clips, clock, [Connection("h264", seconds=20)], tap=tap)
+        finally:
+            done.set()
+
+    device, sessions = await start_device(platform, live_store, monkeypatch, {"cam": tap})
+    recorder = threading.Thread(target=record, name="test-recorder")
+    recorder.start()
+    try:
+        call = await platform.invite(CH_LIVE, "Play", transport=transport)
+        assert call.answer is not None and call.answer.status_code == 200
+        await wait_for(lambda: sum(p.marker for p in call.packets) >= 60, "60 live frames")
+        await call.bye()
+        await wait_for(lambda: not sessions.sessions, "the stream ended")
+    finally:
+        await asyncio.to_thread(recorder.join, 60)
+        await device.stop()
+        live_store.close()
+    codec, got, decoded = received(call, tmp_path)
+    assert codec == "h264"
+    assert decoded == len(got) >= 60
+    # a contiguous run of what the recorder published, from a keyframe on
+    pub = [(nal_units(f.data, "h264"), f.keyframe) for f in published]
+    first = next(i for i, p in enumerate(pub) if p[0] == got[0][0])
+    assert pub[first][1], "the live stream starts at a keyframe"
+    assert [g[0] for g in got] == [p[0] for p in pub[first : first + len(got)]]
+    entries = live_store_entries(tmp_path / "live")
+    assert [(e.actor, e.action, e.target) for e in entries] == [
+        (f"gb28181:{SERVER}", "live", "cam")
+    ]
+
+
+def live_store_entries(root: Path) -> list[AuditEntry]:
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        return list(store.audit.entries(actor=f"gb28181:{SERVER}"))
+    finally:
+        store.close()
+
+
+async def test_device_stop_ends_streams_with_bye(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seg0 = store.segments("h264aac")[0]
+    device, _ = await start_device(platform, store, monkeypatch)
+    call = await platform.invite(
+        CH_H264, "Playback", start_s=seg0.start_ms // 1000, end_s=seg0.start_ms // 1000 + 30
+    )
+    assert call.answer is not None and call.answer.status_code == 200
+    await wait_for(lambda: len(call.packets) > 10, "media flowing")
+    await device.stop()
+    await asyncio.wait_for(call.bye_received.wait(), 10)
+
+
+async def test_h265_recording_is_declared_0x24_and_plays(
+    platform: Platform, scripted_clips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = SimulatedClock(now_ms() - 600_000)
+    h265_store = open_store(tmp_path / "h265", clock)
+    try:
+        await asyncio.to_thread(
+            run_script, h265_store, scripted_clips, clock, [Connection("h265", seconds=14)]
+        )
+        rec = recorded(h265_store, "cam")
+        seg0 = h265_store.segments("cam")[0]
+        start_s = seg0.start_ms // 1000 + 3
+        end_s = start_s + 9
+        device, _ = await start_device(platform, h265_store, monkeypatch)
+        try:
+            call = await platform.invite(CH_LIVE, "Download", start_s=start_s, end_s=end_s, speed=4)
+            assert call.answer is not None and call.answer.status_code == 200
+            assert await media_status(platform) == "121"
+            await call.bye()
+        finally:
+            await device.stop()
+        ps = call.ps()
+        # the PSM (00 00 01 BC) declares stream type 0x24 (H.265) for stream 0xE0
+        psm = ps.index(b"\x00\x00\x01\xbc")
+        assert ps[psm + 12 : psm + 14] == b"\x24\xe0"
+        codec, got, decoded = received(call, tmp_path)
+        assert codec == "hevc"
+        assert decoded == len(got)
+        check_range(got, rec, start_s * 1000, end_s * 1000)
+    finally:
+        h265_store.close()
