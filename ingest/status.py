@@ -1,7 +1,8 @@
 """What a recorder reports about itself: `RecorderStatus`, the snapshot the supervisor, the
 daemon's status file, `nvr status` and the API's camera list read. A plain value: made on the
-recorder thread, read on any. Imports nothing (the API takes it from here, never from the
-PyAV-side `ingest.recorder`).
+recorder thread, read on any; and `PictureStatus`, a camera's picture health as the
+`picture-check` thread (`ingest.picture.monitor`) reports it. Imports nothing (the API takes
+them from here, never from the PyAV-side `ingest.recorder` or `ingest.picture`).
 """
 
 from __future__ import annotations
@@ -30,3 +31,23 @@ class RecorderStatus:
     """Checks for room made while paused for storage (one each `STORAGE_RETRY_SECONDS`):
     recording resumes at the first check that finds room, so a count that grew by at most
     one after room returned shows the resume came within one retry interval."""
+
+
+@dataclass(frozen=True)
+class PictureStatus:
+    """A camera's picture health (issue 18): made on the `picture-check` thread, read on any."""
+
+    camera: str
+    state: str
+    """ok | learning | covered | defocused | repointed | frozen | no-signal"""
+    since_ms: int
+    """When the state began (a raised condition: when it was first seen)."""
+    score: float | None
+    """The measure that raised the condition (see `ingest.picture.detector.PictureChange`)."""
+    detail: str
+    checks: int
+    """Keyframes checked since the daemon started."""
+    cpu_seconds: float
+    """CPU time spent decoding and judging them."""
+    snapshot: str | None = None
+    """The raised condition's keyframe JPEG, relative to the storage root."""

@@ -35,9 +35,10 @@ from typing import Any
 from nvr.config import BUILTIN_TEST_PATTERN, CameraConfig, ConfigError, NvrConfig
 from nvr.ingest.errors import CameraConfigFault
 from nvr.ingest.onvif import OnvifOpener
+from nvr.ingest.picture.monitor import PictureMonitor
 from nvr.ingest.recorder import CameraRecorder, Clock, SystemClock
 from nvr.ingest.sources import RtspOpener, Source, StreamOpener
-from nvr.ingest.status import RecorderStatus
+from nvr.ingest.status import PictureStatus, RecorderStatus
 from nvr.ingest.tap import PacketTap
 from nvr.ingest.testpattern import TestPatternOpener
 from nvr.ingest.timecheck.monitor import ClockMonitor
@@ -205,6 +206,8 @@ class Supervisor:
         """Held by a repair and by a reconfiguration, so they never act on one camera at once."""
         self.taps: dict[str, PacketTap] = {}
         """One per camera, kept across recorder replacements and reloads (`tap()`)."""
+        self.pictures = PictureMonitor(store, emit=emit)
+        """Picture health from the taps' keyframes (thread `picture-check`)."""
         self.segment_listeners: list[Callable[[Segment], None]] = []
         """Called with every segment a recorder closed, on the recorder's thread: quick,
         non-blocking callables (see the module docstring)."""
@@ -261,10 +264,17 @@ class Supervisor:
             self.recorders[camera.name] = recorder
             recorder.start()
         self.clocks.start()
+        for camera in self._cameras.values():
+            self.pictures.watch(camera, self.tap(camera.name))
+        self.pictures.start()
         log.info("started %d recorders", len(self.recorders))
 
     def snapshot(self) -> list[RecorderStatus]:
         return [r.status() for r in list(self.recorders.values())]
+
+    def picture_states(self) -> dict[str, PictureStatus]:
+        """Each checked camera's picture health (`ingest.picture.monitor`); any thread."""
+        return self.pictures.states()
 
     # --- health and repair, on the event loop ---------------------------------------------------
 
@@ -436,6 +446,7 @@ class Supervisor:
                     )
             for name in removed:
                 self.clocks.forget(name)
+                self.pictures.forget(name)
                 self._replaced.pop(name, None)
                 self._refused.discard(name)
                 if self._emit is not None:  # alerts: Home Assistant forgets the camera
@@ -443,6 +454,7 @@ class Supervisor:
             self._config = config
             self._cameras = new
             for name in changed + added:
+                self.pictures.watch(new[name], self.tap(name))
                 if name in unfenced:
                     continue
                 self._replaced.setdefault(name, deque())
@@ -465,12 +477,15 @@ class Supervisor:
         for recorder in self.recorders.values():
             recorder.stop()
         self.clocks.stop()
+        self.pictures.stop()
 
         def join_all() -> list[str]:
             deadline = time.monotonic() + grace
             late = []
             if self.clocks.thread.is_alive():
                 self.clocks.thread.join(max(0.0, deadline - time.monotonic()))
+            if self.pictures.thread.is_alive():
+                self.pictures.thread.join(max(0.0, deadline - time.monotonic()))
             for name, recorder in self.recorders.items():
                 recorder.thread.join(max(0.0, deadline - time.monotonic()))
                 if recorder.thread.is_alive():

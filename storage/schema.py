@@ -144,6 +144,26 @@ class EventRow(Base):
     __table_args__ = (Index("ix_events_camera_at", "camera", "at_ms"),)
 
 
+class PictureEventRow(Base):
+    """A picture-health finding of one camera (issue 18, R8): covered, defocused, re-pointed,
+    frozen or no signal, from `start_ms` (first seen) to `end_ms` (None while it lasts)."""
+
+    __tablename__ = "picture_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    raised_ms: Mapped[int] = mapped_column(BigInteger)
+    """When it had persisted long enough to be raised."""
+    end_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    snapshot: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    """The keyframe's JPEG, relative to the storage root, beside the footage of its hour
+    (None once purged with that footage, or if it could not be written)."""
+    __table_args__ = (Index("ix_picture_events_camera_start", "camera", "start_ms"),)
+
+
 class AuditRow(Base):
     """One entry of the append-only, hash-chained audit log (R5).
 

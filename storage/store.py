@@ -59,6 +59,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -104,6 +105,7 @@ from nvr.storage.index import check_integrity, make_engine, migrate
 from nvr.storage.ledger import OutageLedger, StreamEvents
 from nvr.storage.locks import LockRegister, active_lock, lock_of
 from nvr.storage.media.fragments import scan_fragments
+from nvr.storage.pictures import PictureEvents
 from nvr.storage.repository import Index
 from nvr.storage.samples import SampleCache
 from nvr.storage.schema import (
@@ -135,6 +137,10 @@ def chain_value(prev: str, sha256: str, camera: str, start_ms: int, end_ms: int)
     """The per-camera hash chain: sha256(prev || sha256 || camera || start || end)."""
     text = f"{prev}|{sha256}|{camera}|{start_ms}|{end_ms}"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+SNAPSHOT_SUFFIX = ".jpg"
+SNAPSHOT_KIND = re.compile(r"^[a-z-]{1,32}$")
 
 
 def segment_name(start_ms: int) -> str:
@@ -423,6 +429,9 @@ class SegmentStore:
         """The outage ledger (R2): why footage is missing."""
         self.events = StreamEvents(self.index)
         """Notes about each camera's stream."""
+        self.pictures = PictureEvents(self.index)
+        """Picture-health findings (issue 18); their snapshots are files here (see
+        `save_snapshot`)."""
         self._held: dict[str, list[tuple[WrittenFile, SegmentInfo, bool]]] = {}
         self._held_lock = threading.RLock()
         # Two processes (the daemon and a CLI) may open a new index at once: migrate under an
@@ -529,6 +538,66 @@ class SegmentStore:
             / f"{dt:%H}"
             / segment_name(start_ms)
         )
+
+    def save_snapshot(self, camera: str, at_ms: int, kind: str, jpeg: bytes) -> str:
+        """Keep a picture finding's keyframe as `<hour folder>/<time>.<kind>.jpg` beside the
+        footage it shows (written to a temporary name, fsynced, renamed, directory fsynced);
+        it is deleted with that footage (`delete_segments`). Returns its path relative to the
+        root."""
+        if not SNAPSHOT_KIND.match(kind):
+            raise ValueError(f"not a picture finding kind: {kind!r}")
+        seg = self.segment_path(camera, at_ms)
+        path = seg.with_name(seg.name.removesuffix(".mp4") + f".{kind}{SNAPSHOT_SUFFIX}")
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(jpeg)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise StorageIOError(f"cannot write the snapshot {path}: {err.strerror}") from err
+        return str(path.relative_to(self.root))
+
+    def snapshot_file(self, rel: str) -> Path | None:
+        """The snapshot file of a finding (None if it is gone or not a snapshot path)."""
+        path = (self.root / rel).resolve()
+        if not path.name.endswith(SNAPSHOT_SUFFIX) or self.root.resolve() not in path.parents:
+            return None
+        return path if path.is_file() else None
+
+    def _drop_snapshots(self, segs: list[Segment]) -> None:
+        """Delete the snapshots that show deleted footage: those taken within a deleted
+        segment, and any left in an hour folder that no longer holds footage."""
+        gone: list[str] = []
+        dirs: dict[Path, list[tuple[int, int]]] = {}
+        for seg in segs:
+            for d in {seg.path.parent, self.segment_path(seg.camera, seg.end_ms - 1).parent}:
+                dirs.setdefault(d, []).append((seg.start_ms, seg.end_ms))
+        for d, spans in dirs.items():
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                continue
+            empty = not any(n.endswith((".mp4", ".part")) for n in names)
+            for name in names:
+                if not name.endswith(SNAPSHOT_SUFFIX):
+                    continue
+                try:
+                    at = parse_segment_name(name.split("Z.", 1)[0] + "Z.mp4")
+                except ValueError:
+                    continue
+                if empty or any(lo <= at < hi for lo, hi in spans):
+                    try:
+                        (d / name).unlink()
+                    except OSError as err:
+                        log.warning("cannot delete the snapshot %s: %s", d / name, err.strerror)
+                        continue
+                    gone.append(str((d / name).relative_to(self.root)))
+        self.pictures.forget_snapshots(gone)
 
     def new_writer(
         self,
@@ -1607,6 +1676,7 @@ class SegmentStore:
             except OSError as err:
                 raise StorageIOError(f"cannot delete {seg.path}: {err.strerror}") from err
             dirs.add(seg.path.parent)
+        self._drop_snapshots(segs)
         for d in dirs:
             fsync_dir(d)
             _remove_empty_dirs(d, self.root)

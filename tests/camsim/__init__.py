@@ -204,6 +204,11 @@ class CameraSim:
         """Resume `mount`; the gap in media timestamps equals the time spent frozen."""
         self._command(f"thaw {mount}")
 
+    def scene(self, mount: str, k: int) -> None:
+        """Switch a `NAME=CLIP1+CLIP2+...` mount's video to its k-th clip (from 0) at the next
+        keyframe (`clips.scene_mount`)."""
+        self._command(f"scene {mount} {k}")
+
     def jump(self, mount: str, seconds: float) -> None:
         """Add a forward jump of `seconds` to the timestamps of media sent from now on."""
         self._command(f"jump {mount} {seconds!r}")

@@ -263,10 +263,14 @@ def _encoder_options(v: VideoSpec, gop: int = 0, slices: int = 1) -> dict[str, s
 
 
 def _encode_video(
-    v: VideoSpec, seconds: int = LOOP_SECONDS, gop_seconds: int = 1, slices: int = 1
+    v: VideoSpec,
+    seconds: int = LOOP_SECONDS,
+    gop_seconds: int = 1,
+    slices: int = 1,
+    pictures: Iterator[U8] | None = None,
 ) -> tuple[bytes, list[list[int]]]:
-    """Encode one loop of `seconds`; return the elementary stream and its index rows in
-    1/90000 s."""
+    """Encode one loop of `seconds` (of `pictures`, yuv420p, default `_pictures`); return the
+    elementary stream and its index rows in 1/90000 s."""
     frames = seconds * v.fps
     ctx = av.CodecContext.create(v.codec, "w")
     assert isinstance(ctx, av.VideoCodecContext)
@@ -280,7 +284,7 @@ def _encode_video(
     ctx.max_b_frames = v.b_frames
     ctx.options = _encoder_options(v, v.fps * gop_seconds, slices)
     packets: list[av.Packet[Any]] = []
-    for i, picture in enumerate(_pictures(v, frames)):
+    for i, picture in enumerate(pictures or _pictures(v, frames)):
         frame = av.VideoFrame.from_ndarray(picture, format="yuv420p")
         frame.pts = i
         packets.extend(ctx.encode(frame))
@@ -555,3 +559,103 @@ def _g7xx_audio(kind: str) -> dict[str, Any]:
         "loop_duration": samples,
         "packets": rows,
     }
+
+
+# --- scene clips (picture health, issue 18) ------------------------------------------------------
+
+SCENE_CLIPS_DIR = "scenes"
+"""Subdirectory of the clip directory for the scene clips (out of the server's default glob)."""
+SCENES = ("normal", "black", "blur", "shift", "frozen")
+"""A mount `NAME=scenes/scene_normal+scenes/scene_black+...` serves them in this order and
+switches between them with the server's `scene <mount> <k>` command (`CameraSim.scene`)."""
+_SCENE_VIDEO = VideoSpec("libx264", 640, 360, 10, 600_000, 0, 3, "veryfast")
+SCENE_FORMAT = 1
+
+
+def scene_mount(name: str, scenes: tuple[str, ...] = SCENES) -> str:
+    """The `--mounts` entry of a mount serving `scenes` (switch with `CameraSim.scene`)."""
+    return f"{name}=" + "+".join(f"{SCENE_CLIPS_DIR}/scene_{s}" for s in scenes)
+
+
+def _scene_pictures(kind: str) -> Iterator[U8]:
+    """yuv420p pictures of one scene loop: tests.camsim.scenes.Scene, neutral chroma."""
+    from tests.camsim.scenes import Scene  # numpy only; kept out of the server's imports
+
+    v = _SCENE_VIDEO
+    scene = Scene(v.width, v.height)
+    chroma = np.full((v.height // 2, v.width), 128, dtype=np.uint8)
+    for i in range(LOOP_SECONDS * v.fps):
+        t = i / v.fps
+        if kind == "black":
+            luma = scene.picture(t, dark=True)
+        elif kind == "blur":
+            luma = scene.picture(t, blur=5, light_period=LOOP_SECONDS)
+        elif kind == "shift":
+            luma = scene.picture(t, shift=(0.15, 0.0), light_period=LOOP_SECONDS)
+        elif kind == "frozen":
+            luma = scene.picture(0.0, light_period=LOOP_SECONDS)
+        else:
+            luma = scene.picture(t, light_period=LOOP_SECONDS)
+        y = np.clip(luma, 0, 255).astype(np.uint8)
+        yield np.concatenate([y, chroma])
+
+
+def make_scene_clips(directory: Path) -> dict[str, Path]:
+    """Encode the scene clips (`SCENES`) that are missing or stale into
+    `directory/scenes/`; return kind -> index path. Same cache rules as `make_clips`. The
+    frozen clip repeats its first one-second group of pictures, bit for bit, as a camera
+    whose picture froze sends the same picture again."""
+    sub = directory / SCENE_CLIPS_DIR
+    sub.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Path] = {}
+    with open(sub / ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for kind in SCENES:
+                name = f"scene_{kind}"
+                blob = json.dumps(
+                    {
+                        "format": FORMAT_VERSION,
+                        "scene": SCENE_FORMAT,
+                        "kind": kind,
+                        "video": asdict(_SCENE_VIDEO),
+                    },
+                    sort_keys=True,
+                )
+                key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+                index_path = sub / f"{name}.json"
+                if not _is_complete(index_path, key):
+                    data, rows = _encode_video(_SCENE_VIDEO, pictures=_scene_pictures(kind))
+                    if kind == "frozen":
+                        gop = [r for r in rows if r[3] < VIDEO_TIME_BASE]
+                        rows = [
+                            [o, n, pts + k * VIDEO_TIME_BASE, dts + k * VIDEO_TIME_BASE, d, key_]
+                            for k in range(LOOP_SECONDS)
+                            for o, n, pts, dts, d, key_ in gop
+                        ]
+                    v = _SCENE_VIDEO
+                    file = _data_name(name, "video", data)
+                    _atomic_write(sub / file, data)
+                    stream = {
+                        "kind": "video",
+                        "codec": "h264",
+                        "file": file,
+                        "file_size": len(data),
+                        "width": v.width,
+                        "height": v.height,
+                        "fps": v.fps,
+                        "time_base": [1, VIDEO_TIME_BASE],
+                        "loop_duration": LOOP_SECONDS * VIDEO_TIME_BASE,
+                        "packets": rows,
+                    }
+                    index = {
+                        "format": FORMAT_VERSION,
+                        "key": key,
+                        "name": name,
+                        "streams": [stream],
+                    }
+                    _atomic_write(index_path, json.dumps(index).encode())
+                result[kind] = index_path
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return result

@@ -31,6 +31,11 @@ line on stdin:
     freeze <mount>          stop sending media; RTSP sessions and TCP connections stay open
     thaw <mount>            resume; the media gap equals the time spent frozen
     jump <mount> <seconds>  add a forward timestamp discontinuity to subsequent media
+    scene <mount> <k>       switch the video to the mount's k-th clip at its next keyframe
+
+A mount ``NAME=CLIP1+CLIP2+...`` serves CLIP1 and can be switched between its clips (video only,
+encoded alike: the same frame rate, loop and keyframe positions, as `tests.camsim.clips`' scene
+clips are), so a test can turn the picture black, blurred, shifted or frozen at a known time.
     quit                    exit
 
 EOF on stdin, SIGTERM and SIGINT also exit.
@@ -75,6 +80,7 @@ class Packet:
     pts: int
     dts: int
     duration: int
+    key: bool = True
 
 
 @dataclass
@@ -100,7 +106,7 @@ def load_clip(clips_dir, name):
     index = json.loads(index_path.read_text())
     streams = []
     for s in index["streams"]:
-        data = (clips_dir / s["file"]).read_bytes()
+        data = (index_path.parent / s["file"]).read_bytes()
         if len(data) != s["file_size"]:
             raise ValueError(f"{s['file']}: {len(data)} bytes, index says {s['file_size']}")
         tb = s["time_base"]
@@ -110,7 +116,9 @@ def load_clip(clips_dir, name):
             if not key:
                 buf.set_flags(Gst.BufferFlags.DELTA_UNIT)
             packets.append(
-                Packet(buf, size, _to_ns(pts, tb), _to_ns(dts, tb), _to_ns(duration, tb))
+                Packet(
+                    buf, size, _to_ns(pts, tb), _to_ns(dts, tb), _to_ns(duration, tb), bool(key)
+                )
             )
         codec = s["codec"]
         if codec in ("h264", "h265"):
@@ -154,6 +162,7 @@ class StreamFeed:
     index: int = 0
     loop: int = 0
     starving: bool = False  # need-data arrived while frozen; thaw must push
+    scene: int = 0  # which of the mount's clips this feed is serving
 
     def on_need_data(self, _appsrc, _length):
         mount = self.media.mount
@@ -170,6 +179,12 @@ class StreamFeed:
             clock = self.appsrc.get_clock()
             now = clock.get_time() - self.appsrc.get_base_time() if clock else 0
             media.origin = now + START_LEAD + max(0, -media.min_dts)
+        mount = media.mount
+        if self.scene != mount.scene and self.stream.kind == "video":
+            other = mount.clips[mount.scene][0]
+            if self.index < len(other.packets) and other.packets[self.index].key:
+                self.stream = other  # switch at a keyframe: the picture changes cleanly
+                self.scene = mount.scene
         packet = self.stream.packets[self.index]
         base = media.origin + media.frozen_total + self.loop * self.stream.loop_ns
         buf = packet.buffer.copy_region(COPY_FLAGS, 0, packet.size)
@@ -200,6 +215,8 @@ class Mount:
 
     name: str
     clip: list
+    clips: list = field(default_factory=list)  # switchable clips (`scene`); clip is the first
+    scene: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     frozen: bool = False
     frozen_since: int = 0  # system clock time of the freeze
@@ -235,6 +252,10 @@ class Mount:
                     if feed.starving:
                         feed.starving = False
                         feed.push_next_locked()
+
+    def switch(self, k):
+        with self.lock:
+            self.scene = k
 
     def jump(self, seconds):
         with self.lock:
@@ -319,8 +340,8 @@ class Control:
         if cmd == "quit" and not args:
             self.loop.quit()
             return "ok"
-        if cmd in ("freeze", "thaw", "jump"):
-            want = 2 if cmd == "jump" else 1
+        if cmd in ("freeze", "thaw", "jump", "scene"):
+            want = 2 if cmd in ("jump", "scene") else 1
             if len(args) != want:
                 return f"error {cmd} takes {want} argument(s)"
             mount = self.mounts.get(args[0])
@@ -330,6 +351,10 @@ class Control:
                 mount.freeze()
             elif cmd == "thaw":
                 mount.thaw()
+            elif cmd == "scene":
+                if not args[1].isdigit() or int(args[1]) >= len(mount.clips):
+                    return f"error {args[0]} has {len(mount.clips)} scene(s), not {args[1]!r}"
+                mount.switch(int(args[1]))
             else:
                 try:
                     seconds = float(args[1])
@@ -339,7 +364,7 @@ class Control:
                     return "error jump needs 0 < seconds <= 86400"
                 mount.jump(seconds)
             return "ok"
-        return f"error unknown command {cmd!r}; commands: freeze thaw jump quit"
+        return f"error unknown command {cmd!r}; commands: freeze thaw jump scene quit"
 
     def on_signal(self):
         self.loop.quit()
@@ -392,14 +417,16 @@ def main():
     Gst.init(None)
     clip_cache = {}
     mounts = {}
-    for name, clip_name in parse_mounts(args.mounts, args.clips):
-        if clip_name not in clip_cache:
-            try:
-                clip_cache[clip_name] = load_clip(args.clips, clip_name)
-            except (OSError, ValueError, KeyError) as err:
-                log(f"cannot load clip {clip_name!r} from {args.clips}: {err}")
-                return 2
-        mounts[name] = Mount(name=name, clip=clip_cache[clip_name])
+    for name, clip_names in parse_mounts(args.mounts, args.clips):
+        for clip_name in clip_names.split("+"):
+            if clip_name not in clip_cache:
+                try:
+                    clip_cache[clip_name] = load_clip(args.clips, clip_name)
+                except (OSError, ValueError, KeyError) as err:
+                    log(f"cannot load clip {clip_name!r} from {args.clips}: {err}")
+                    return 2
+        clips = [clip_cache[c] for c in clip_names.split("+")]
+        mounts[name] = Mount(name=name, clip=clips[0], clips=clips)
     if not mounts:
         log(f"no clips in {args.clips}")
         return 2

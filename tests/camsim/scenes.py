@@ -81,6 +81,7 @@ class Scene:
         shift: tuple[float, float] = (0.0, 0.0),
         rotate: float = 0.0,
         uniform: float | None = None,
+        light_period: float = 37.0,
     ) -> F32:
         """The luma plane (float32 0..255) at `t` seconds. `shift` is in shares of the
         width and height (at most `MARGIN`), `rotate` in degrees, `uniform` a grey level."""
@@ -110,7 +111,7 @@ class Scene:
                 img[by : by + size, bx : bx + size // (2 - k)] = 200.0 - 150.0 * k
         if blur:
             img = box_blur(img, blur)
-        gain = 1.0 + lighting * math.sin(2 * math.pi * t / 37.0)
+        gain = 1.0 + lighting * math.sin(2 * math.pi * t / light_period)
         img = img * np.float32(gain)
         if noise:
             img = img + self.noise_rng.normal(0, noise, (h, w)).astype(np.float32)

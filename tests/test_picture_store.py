@@ -1,0 +1,55 @@
+"""Picture findings in the store (issue 18): rows in `picture_events`, snapshot JPEGs beside
+the footage of their hour, deleted by the purge that deletes that footage (and never before:
+the delete door's window applies to the footage), the finding rows kept without them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nvr.config import NvrConfig
+from nvr.config.models import StorageConfig
+from nvr.retention import RetentionService
+from nvr.storage.timestamps import DAY_MS
+from tests.store_clock import T0, FakeClock, add_segment, open_store
+
+
+def test_snapshots_are_purged_with_their_footage(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    store = open_store(tmp_path / "store", clock)
+    try:
+        for day in range(40):
+            add_segment(store, "cam", T0 + day * DAY_MS)  # 1 s of footage a day
+        inside = store.save_snapshot("cam", T0 + 500, "covered", b"\xff\xd8jpeg-1")
+        after = store.save_snapshot("cam", T0 + 5_000, "frozen", b"\xff\xd8jpeg-2")
+        young = store.save_snapshot("cam", T0 + 35 * DAY_MS + 500, "repointed", b"\xff\xd8j3")
+        assert Path(inside).parent == Path(after).parent  # the hour folder of day 0
+        assert inside.endswith(".covered.jpg") and inside.startswith("cam/")
+        rows = [
+            store.pictures.open("cam", kind, at, at + 30_000, 0.1, "test", snap)
+            for kind, at, snap in (
+                ("covered", T0 + 500, inside),
+                ("frozen", T0 + 5_000, after),
+                ("repointed", T0 + 35 * DAY_MS + 500, young),
+            )
+        ]
+        store.pictures.close(rows[0].id, T0 + 60_000)
+        clock.now = T0 + 40 * DAY_MS
+        service = RetentionService(NvrConfig(storage=StorageConfig(root=store.root)), store)
+        assert service.purge_once() == 10  # days 0..9
+        assert store.snapshot_file(inside) is None
+        assert store.snapshot_file(after) is None  # no footage left in its hour
+        assert not (store.root / inside).parent.exists()  # the emptied folders went too
+        kept = store.snapshot_file(young)
+        assert kept is not None and kept.read_bytes() == b"\xff\xd8j3"
+        found = store.pictures.find("cam")
+        assert [(e.kind, e.snapshot) for e in found] == [
+            ("covered", None),
+            ("frozen", None),
+            ("repointed", young),
+        ]
+        assert found[0].end_ms == T0 + 60_000 and found[1].end_ms is None
+        assert store.pictures.close_open("cam", clock.now, "ended: test") == 2
+        assert all(e.end_ms is not None for e in store.pictures.find("cam"))
+        assert store.snapshot_file("../../etc/passwd") is None
+    finally:
+        store.close()
