@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from nvr.config import NvrConfig
-from nvr.ingest.status import RecorderStatus
+from nvr.ingest.status import PictureStatus, RecorderStatus
 from nvr.storage import SegmentStore
 from nvr.storage.timestamps import DAY_MS, now_ms
 
@@ -32,6 +32,13 @@ class LiveStatus(Protocol):
     """The recorders' live state (the ingest `Supervisor`)."""
 
     def snapshot(self) -> list[RecorderStatus]: ...
+
+
+@runtime_checkable
+class PictureSource(Protocol):
+    """Each camera's picture health (the ingest `Supervisor`'s picture monitor)."""
+
+    def picture_states(self) -> dict[str, PictureStatus]: ...
 
 
 class NoRecorders:
@@ -61,6 +68,9 @@ class CameraSummary:
     oldest_footage_ms: int | None = None
     held_days: float | None = None
     """Days from the oldest footage kept to now."""
+    picture: PictureStatus | None = None
+    """Picture health (issue 18); None when the camera's pictures are not checked (checks
+    disabled, the camera not running, or the API running without recorders)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,12 @@ class CameraDirectory:
     def live(self) -> dict[str, RecorderStatus]:
         return {s.camera: s for s in self._live.snapshot()}
 
+    def pictures(self) -> dict[str, PictureStatus]:
+        """Each checked camera's picture health (empty without recorders)."""
+        if isinstance(self._live, PictureSource):
+            return self._live.picture_states()
+        return {}
+
     def summary(self, name: str, live: dict[str, RecorderStatus], now: int) -> CameraSummary:
         configured = {c.name: c for c in self._config.cameras}
         status = live.get(name)
@@ -173,6 +189,7 @@ class CameraDirectory:
             bitrate_bps=bitrate,
             recorded_share_24h=min(1.0, share),
             reconnects=reconnects,
+            picture=self.pictures().get(name),
         )
 
     def summaries(self, names: list[str]) -> list[CameraSummary]:

@@ -3,10 +3,12 @@
 Overall status: `critical` when a camera has been down longer than
 `[api] critical_after_seconds`, a camera cannot start as configured (`config-error`, at once),
 or the storage forecast is critical; `degraded` when a camera has been down longer than
-`degraded_after_seconds`, the forecast is a warning, purging is held back because the server
-clock stepped (`storage.clock`), the server clock is not synchronised (or its state cannot be
-read), a camera's newest clock reading is beyond its `max_clock_offset_seconds`, or an alert
-destination (`[events]`: the MQTT broker, a webhook) is unreachable; else `ok`.
+`degraded_after_seconds`, a camera's picture is not clear (covered, defocused, re-pointed,
+frozen or no signal: `ingest.picture`), the forecast is a warning, purging is held back
+because the server clock stepped (`storage.clock`), the server clock is not synchronised (or
+its state cannot be read), a camera's newest clock reading is beyond its
+`max_clock_offset_seconds`, or an alert destination (`[events]`: the MQTT broker, a webhook)
+is unreachable; else `ok`.
 The clock verdicts are those of `nvr status` and of the `nvr_clock_synchronized` and
 `nvr_camera_clock_offset_seconds` metrics (`ingest.timecheck.notes.camera_clocks`).
 "Down" means an enabled camera whose recorder is not recording.
@@ -31,11 +33,14 @@ from typing import Protocol
 from nvr.api.cameras import CameraDirectory
 from nvr.config import NvrConfig
 from nvr.config.models import ApiConfig, CameraConfig
+from nvr.ingest.status import PictureStatus
 from nvr.ingest.timecheck.notes import CameraClock, camera_clocks
 from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
 from nvr.storage import IndexCorruptError, Outage, SegmentStore
-from nvr.storage.timestamps import DAY_MS
+from nvr.storage.timestamps import DAY_MS, iso
 
+PICTURE_PROBLEMS = ("covered", "defocused", "repointed", "frozen", "no-signal")
+"""Picture states that make health `degraded` (issue 18)."""
 CONFIG_ERROR = "config-error"
 """Recorder state of a camera that cannot start as configured (e.g. its secret is missing)."""
 
@@ -83,6 +88,8 @@ class CameraHealth:
     oldest_segment_ms: int | None
     clocks: tuple[CameraClock, ...] = ()
     """The newest clock reading of each method (ONVIF, RTCP) and its limit."""
+    picture: PictureStatus | None = None
+    """Picture health (issue 18); None when not checked."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +231,7 @@ class HealthService:
             gap_seconds_24h=gap_ms / 1000,
             window_days=self._store.window_days(name),
             oldest_segment_ms=oldest.start_ms if oldest else None,
+            picture=summary.picture,
         )
 
     def report(self, visible: Callable[[str], bool], everything: bool = False) -> Health:
@@ -285,6 +293,20 @@ class HealthService:
                         reasons.append(f"camera {name} clock ({clock.source}): {clock.describe()}")
                     else:
                         hidden_clock += 1
+        hidden_picture = 0
+        for name, picture in sorted(self._cameras.pictures().items()):
+            if picture.state in PICTURE_PROBLEMS and name in enabled:
+                worse("degraded")  # recording goes on, but what it records is useless
+                if visible(name):
+                    reasons.append(
+                        f"camera {name} picture {picture.state} since {iso(picture.since_ms)}: "
+                        f"{picture.detail}"
+                    )
+                else:
+                    hidden_picture += 1
+        if hidden_picture:
+            plural = "s" if hidden_picture > 1 else ""
+            reasons.append(f"{hidden_picture} other camera picture{plural} not clear")
         if hidden_clock:
             plural = "s" if hidden_clock > 1 else ""
             reasons.append(f"{hidden_clock} other camera clock reading{plural} beyond the limit")

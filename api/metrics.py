@@ -59,6 +59,9 @@ STATES = (
 )
 
 
+PICTURE_STATES = ("ok", "learning", "covered", "defocused", "repointed", "frozen", "no-signal")
+
+
 UNMATCHED = "unmatched"
 """The route label of a request no route matched (a 404 or a scan): never the raw path, which
 would make a series per URL anyone sends."""
@@ -191,7 +194,35 @@ class _Collector(Collector):
             "Time from the camera's oldest footage kept to now",
             labels=["camera"],
         )
+        picture = GaugeMetricFamily(
+            "nvr_camera_picture_state",
+            "The camera's picture health (1 for the current one; issue 18)",
+            labels=["camera", "state"],
+        )
+        picture_since = GaugeMetricFamily(
+            "nvr_camera_picture_state_since_timestamp_seconds",
+            "When the camera's picture state began (Unix time)",
+            labels=["camera"],
+        )
+        picture_checks = CounterMetricFamily(
+            "nvr_camera_picture_checks",
+            "Keyframes checked for picture health since the daemon started",
+            labels=["camera"],
+        )
+        picture_cpu = CounterMetricFamily(
+            "nvr_camera_picture_cpu_seconds",
+            "CPU time spent decoding and judging keyframes for picture health",
+            labels=["camera"],
+        )
+        pictures = self._cameras.pictures()
         for name in names:
+            pic = pictures.get(name)
+            if pic is not None:
+                for s in PICTURE_STATES:
+                    picture.add_metric([name, s], 1.0 if pic.state == s else 0.0)
+                picture_since.add_metric([name], pic.since_ms / 1000)
+                picture_checks.add_metric([name], pic.checks)
+                picture_cpu.add_metric([name], pic.cpu_seconds)
             for clock in camera_clocks(self._store, name, self._health.clock_limit(name)):
                 offset.add_metric([name, clock.source], clock.offset_s)
             st = live.get(name)
@@ -223,6 +254,7 @@ class _Collector(Collector):
                 bitrate.add_metric([name], summary.bitrate_bps)
         yield from (recorded_bytes, segments, reconnects, gap_total, gap_24h, stalled, up, state)
         yield from (age, share, bitrate, offset, stored, locked, oldest, held)
+        yield from (picture, picture_since, picture_checks, picture_cpu)
         synchronised, _detail = self._health.server_clock()
         yield GaugeMetricFamily(
             "nvr_clock_synchronized",

@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from nvr.config.models import CAMERA_NAME, CAMERA_NAME_RULE
+from nvr.ingest.status import PictureStatus
 from nvr.storage.accounts import Role
 from nvr.storage.audit import AuditEntry
 from nvr.storage.exports import Export
 from nvr.storage.guard import Lock
+from nvr.storage.timestamps import iso
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
 WorkId = Annotated[str, Field(min_length=1, max_length=64)]
@@ -126,6 +128,37 @@ class UserPatch(_In):
     password: Annotated[str, Field(min_length=10, max_length=1024)] | None = None
 
 
+class PictureOut(BaseModel):
+    """A camera's picture health (issue 18): is the picture clear and where it should be?"""
+
+    state: str
+    """ok | learning (the reference picture is being learned) | covered | defocused |
+    repointed | frozen | no-signal"""
+    since: str
+    """When the state began, RFC 3339 UTC (a condition: when it was first seen)."""
+    since_ms: int
+    score: float | None
+    """The measure that raised the condition (covered: entropy share of the reference's, or
+    grey level when dark; defocused: sharpness share; repointed: correlation with the
+    reference; frozen: mean difference; no-signal: contrast)."""
+    detail: str
+    checks: int
+    """Keyframes checked since the daemon started."""
+
+    @classmethod
+    def of(cls, status: PictureStatus | None) -> PictureOut | None:
+        if status is None:
+            return None
+        return cls(
+            state=status.state,
+            since=iso(status.since_ms),
+            since_ms=status.since_ms,
+            score=None if status.score is None else round(status.score, 4),
+            detail=status.detail,
+            checks=status.checks,
+        )
+
+
 class CameraOut(BaseModel):
     name: str
     state: str
@@ -143,6 +176,9 @@ class CameraOut(BaseModel):
     held_days: float | None
     """Days from the oldest footage kept to now (the window it is kept for: `window_days` in
     `/api/health`; how long the disk holds at the current rate: its `storage.forecast_days`)."""
+    picture: PictureOut | None = None
+    """Picture health; null when the camera's pictures are not checked (`[cameras.picture]
+    enabled = false`, or the camera is not running)."""
 
 
 class SpanOut(BaseModel):
@@ -220,6 +256,8 @@ class CameraHealthOut(BaseModel):
     oldest_segment_ms: int | None
     clocks: list[CameraClockOut]
     """The newest clock reading of each method (onvif, rtcp)."""
+    picture: PictureOut | None = None
+    """Picture health, as in `/api/cameras` (a raised condition makes the status degraded)."""
 
 
 class CapacityOut(BaseModel):

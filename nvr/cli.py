@@ -1,6 +1,6 @@
 """The `nvr` command line: `run`, `check-config`, `status`, `discover` (`nvr.discover`), and the
-commands of `nvr.cli_retention`, `nvr.cli_api` and `nvr.cli_index`. Runs on
-the main thread; `run` hands over to the asyncio loop (`nvr.daemon`)."""
+commands of `nvr.cli_retention`, `nvr.cli_api`, `nvr.cli_index` and `nvr.cli_picture`. Runs
+on the main thread; `run` hands over to the asyncio loop (`nvr.daemon`)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nvr import cli_api, cli_index, cli_retention, configpath, discover, show
+from nvr import cli_api, cli_index, cli_picture, cli_retention, configpath, discover, show
 from nvr.cli_context import config_command
 from nvr.clock_status import camera_status_lines, server_status_line
 from nvr.config import ConfigError, NvrConfig, load_config
@@ -249,6 +249,9 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
             stats = store.stats(cam.name, hour_ago)
             outages = store.ledger.outages(cam.name, 0)
             print(f"{cam.name}: {state}{detail}")
+            picture = picture_line((doc or {}).get("pictures", {}).get(cam.name), store, cam.name)
+            if picture:
+                print(f"  {picture}")
             for line in camera_status_lines(
                 store, cam.name, cam.max_clock_offset_seconds, show.when
             ):
@@ -274,6 +277,26 @@ def _status_from_index(config: NvrConfig, doc: dict[str, Any] | None, now: int) 
     finally:
         store.close()
     return 0
+
+
+def picture_line(live: dict[str, Any] | None, store: SegmentStore, camera: str) -> str:
+    """`picture: ...` of one camera (issue 18): the daemon's live verdict, else the last
+    finding in the index; a raised condition is a WARNING."""
+    if live is not None:
+        state = str(live["state"])
+        bad = state not in ("ok", "learning")
+        text = f"picture: {state} since {fmt_ms(int(live['since_ms']))}"
+        if bad and live.get("detail"):
+            text += f": {live['detail']}"
+        text += f" ({show.count(int(live.get('checks', 0)), 'check')})"
+        return ("WARNING " if bad else "") + text
+    found = store.pictures.find(camera)
+    if not found:
+        return ""
+    last = found[-1]
+    if last.end_ms is None:
+        return f"WARNING picture: {last.kind} since {fmt_ms(last.start_ms)}: {last.detail}"
+    return f"picture: last finding {last.kind} {fmt_ms(last.start_ms)} .. {fmt_ms(last.end_ms)}"
 
 
 def storage_line(kept: CameraStorage, store: SegmentStore, now: int) -> str:
@@ -325,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_retention.register(sub)
     cli_api.register(sub)
     cli_index.register(sub)
+    cli_picture.register(sub)
     discover.add_parser(sub)
     return parser
 

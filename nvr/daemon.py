@@ -168,6 +168,7 @@ def write_status(
         "running": running,
         "written_ms": now_ms(),
         "cameras": {s.camera: asdict(s) for s in supervisor.snapshot()},
+        "pictures": {name: asdict(p) for name, p in supervisor.picture_states().items()},
         "events": [asdict(d) for d in bus.destinations()] if bus is not None else [],
         "retention": retention.progress() if retention is not None else None,
     }

@@ -1,11 +1,11 @@
 """The event bus: alerts out (issue 16, item 3).
 
-Owns `Event` (what happened: a camera's state or outage, the storage forecast, a clock
-warning, an export request's decision), `Outbox` (one destination's bounded queue: when it is
-full the oldest event is dropped and counted, so a destination that stays down never costs
-more than `queue_size` events of memory) and `EventBus` (fans each event out to every
-destination's outbox, keeps the latest state of each camera and of the storage forecast for
-retained MQTT topics, and collects each destination's trouble for `/api/health` and
+Owns `Event` (what happened: a camera's state or outage, the storage forecast, a clock warning,
+an export request's decision, a camera's picture raised or cleared), `Outbox` (one destination's
+bounded queue: when it is full the oldest event is dropped and counted, so a destination that
+stays down never costs more than `queue_size` events of memory) and `EventBus` (fans each event
+out to every destination's outbox, keeps the latest state of each camera and of the storage
+forecast for retained MQTT topics, and collects each destination's trouble for `/api/health` and
 `nvr status`).
 
 Thread model: `EventBus.emit` is called from recorder threads (`rec-<camera>`), the clock
@@ -42,6 +42,10 @@ CLOCK = "clock"
 """data: state (warning | ok), source, offset_seconds, limit_seconds (camera None: server)."""
 EXPORT = "export"
 """data: id, state (pending | approved | rejected | cancelled), actor, start, end."""
+PICTURE = "picture"
+"""data: state (covered | defocused | repointed | frozen | no-signal when raised; ok or
+learning when cleared), previous, since, score, detail, snapshot (issue 18,
+`ingest.picture.monitor`)."""
 
 _ids = itertools.count(1)
 

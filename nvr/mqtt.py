@@ -9,6 +9,8 @@ without saying goodbye; a clean stop publishes `offline` itself. Topics:
 - `nvr/<site>/camera/<name>/state`   retained: the recorder's state (JSON)
 - `nvr/<site>/camera/<name>/outage`  an outage began or ended (the ledger)
 - `nvr/<site>/camera/<name>/clock`   retained: the camera's clock warning, or ok
+- `nvr/<site>/camera/<name>/picture` retained: the picture raised (covered, defocused,
+  repointed, frozen, no-signal) or cleared (issue 18)
 - `nvr/<site>/clock`                 retained: the server clock's synchronisation warning
 - `nvr/<site>/storage`               retained: the storage forecast (ok/warning/critical)
 - `nvr/<site>/export`                an export request waits for approval, or was decided
@@ -41,6 +43,7 @@ from nvr.events import (
     CAMERA_STATE,
     CLOCK,
     EXPORT,
+    PICTURE,
     STORAGE,
     Event,
     EventBus,
@@ -97,6 +100,8 @@ class MqttPublisher:
             return f"{self._base}/storage", True
         if event.kind == EXPORT:
             return f"{self._base}/export", False
+        if event.kind == PICTURE and event.camera is not None:
+            return self.camera_topic(event.camera, "picture"), True
         return None
 
     def _device(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ def test_daemon_serves_the_api(tmp_path: Path) -> None:
         f'[storage]\nroot = "{tmp_path / "data"}"\n'
         f'[api]\nlisten = "127.0.0.1:{port}"\n'
         '[[cameras]]\nname = "demo"\nurl = "builtin:testpattern"\nsegment_seconds = 10\n'
+        "[cameras.picture]\ncheck_seconds = 1.0\nlearn_seconds = 2.0\n"
     )
     made = nvr(
         ["user", "add", "-c", str(cfg), "admin", "--role", "admin", "--password-stdin"],
@@ -75,6 +76,13 @@ def test_daemon_serves_the_api(tmp_path: Path) -> None:
                 return cam["state"] == "recording" and cam["last_segment_end_ms"] is not None
 
             wait_for(recorded, 40, "a recorded segment")
+
+            def picture_learned() -> bool:
+                (cam,) = c.get("/api/cameras").json()
+                return cam["picture"] is not None and cam["picture"]["state"] == "ok"
+
+            # Picture health (issue 18): the moving test picture is learned and judged clear.
+            wait_for(picture_learned, 40, "the picture reference learned")
             health = c.get("/api/health").json()
             # A real daemon reads this machine's clock: unsynchronised is its only reason.
             synced = read_server_clock().synchronised
@@ -82,7 +90,14 @@ def test_daemon_serves_the_api(tmp_path: Path) -> None:
             assert [r for r in health["reasons"] if not r.startswith("server clock")] == []
             assert health["clock_synchronised"] is synced
             assert health["cameras"][0]["state"] == "recording"
-            assert 'nvr_camera_recording{camera="demo"} 1.0' in c.get("/metrics").text
+            assert health["cameras"][0]["picture"]["state"] == "ok"
+            assert health["cameras"][0]["picture"]["checks"] >= 2
+            metrics = c.get("/metrics").text
+            assert 'nvr_camera_recording{camera="demo"} 1.0' in metrics
+            assert 'nvr_camera_picture_state{camera="demo",state="ok"} 1.0' in metrics
+            assert 'nvr_camera_picture_state{camera="demo",state="covered"} 0.0' in metrics
+            status = nvr(["status", "-c", str(cfg)], tmp_path)
+            assert "  picture: ok since " in status.stdout, status.stdout
             now = int(time.time() * 1000)
             r = c.get("/api/cameras/demo/recording.mp4", params={"start": now - 60_000, "end": now})
             assert r.status_code == 200, r.text

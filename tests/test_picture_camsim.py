@@ -9,6 +9,7 @@ second camera on the normal scene raises nothing over the whole test."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from nvr.ingest.recorder import CameraRecorder
 from nvr.ingest.sources import RtspOpener
 from nvr.ingest.tap import PacketTap
 from nvr.storage import SegmentStore
-from nvr.storage.timestamps import now_ms
+from nvr.storage.timestamps import iso, now_ms
 from tests.camsim import CameraSim
 from tests.camsim.clips import SCENES, make_scene_clips, scene_mount
 from tests.recording_rig import wait_for
+from tests.store_clock import NVR
 
 pytestmark = pytest.mark.slow
 
@@ -64,11 +66,14 @@ class Cameras:
     def state(self, name: str) -> str:
         return self.monitor.states()[name].state
 
-    def close(self) -> None:
+    def stop_recording(self) -> None:
         for rec in self.recorders:
             rec.stop()
         for rec in self.recorders:
             rec.thread.join(15)
+
+    def close(self) -> None:
+        self.stop_recording()
         self.monitor.stop()
         self.monitor.thread.join(15)
         self.store.close()
@@ -92,6 +97,7 @@ def test_tampering_is_raised_and_cleared_and_a_normal_scene_is_not(
     cameras: tuple[CameraSim, Cameras],
 ) -> None:
     sim, cams = cameras
+    started = now_ms()
     wait_for(lambda: cams.state("tamper") == OK, 60, "the reference picture learned")
     wait_for(lambda: cams.state("calm") == OK, 30, "the calm camera's reference learned")
     expected = {"black": COVERED, "blur": DEFOCUSED, "shift": REPOINTED, "frozen": FROZEN}
@@ -99,6 +105,7 @@ def test_tampering_is_raised_and_cleared_and_a_normal_scene_is_not(
     for scene, kind in expected.items():
         switched = now_ms()
         sim.scene("tamper", SCENES.index(scene))
+
         def raised(k: str = kind) -> bool:
             return cams.state("tamper") == k
 
@@ -124,3 +131,38 @@ def test_tampering_is_raised_and_cleared_and_a_normal_scene_is_not(
     assert cams.store.pictures.find("calm") == []
     assert cams.monitor.states()["calm"].checks >= 20
     assert cams.monitor.dropped == 0
+
+    # `nvr tamper-check` replays the detector over what was recorded and finds the same.
+    cams.stop_recording()
+    root = cams.store.root
+    config = root.parent / "nvr.toml"
+    picture = "\n".join(
+        f"{k} = {float(getattr(SETTINGS, k))!r}"
+        for k in ("check_seconds", "persist_seconds", "clear_seconds", "learn_seconds")
+    )
+    cams_toml = "".join(
+        f'[[cameras]]\nname = "{n}"\nurl = "rtsp://127.0.0.1:9/{n}"\n[cameras.picture]\n{picture}\n'
+        for n in ("tamper", "calm")
+    )
+    config.write_text(f'[storage]\nroot = "{root}"\n[retention]\ndays = 30\n{cams_toml}')
+    span = ["--from", iso(started - 60_000), "--to", iso(now_ms() + 60_000)]
+    out = subprocess.run(
+        [*NVR, "tamper-check", "-c", str(config), "tamper", *span],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    for kind in expected.values():
+        assert f"  {kind} raised" in out.stdout, out.stdout
+        assert f"  {kind} cleared" in out.stdout, out.stdout
+    calm = subprocess.run(
+        [*NVR, "tamper-check", "-c", str(config), "calm", *span],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert calm.returncode == 0, calm.stdout + calm.stderr
+    assert "0 findings" in calm.stdout and "state at the end: ok" in calm.stdout, calm.stdout

@@ -42,6 +42,7 @@ from nvr.api.models import (
     LinkIn,
     LinkOut,
     LinkRenewIn,
+    PictureOut,
     Problem,
     SpanOut,
     TimelineOut,
@@ -77,7 +78,7 @@ async def cameras(user: UserDep, services: ServicesDep) -> list[CameraOut]:
     known = await asyncio.to_thread(services.cameras.known)
     names = [n for n in known if user.may_view(n)]
     found = await asyncio.to_thread(services.cameras.summaries, names)
-    return [CameraOut(**vars(s)) for s in found]
+    return [CameraOut(**{**vars(s), "picture": PictureOut.of(s.picture)}) for s in found]
 
 
 @router.get("/api/cameras/{name}/timeline", response_model=TimelineOut, responses=ERRORS)

@@ -18,6 +18,7 @@ from nvr.api.models import (
     HealthOut,
     LivenessOut,
     OutageOut,
+    PictureOut,
     Problem,
 )
 
@@ -69,6 +70,7 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
                     )
                     for k in c.clocks
                 ],
+                picture=PictureOut.of(c.picture),
             )
             for c in h.cameras
         ],

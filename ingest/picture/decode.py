@@ -28,10 +28,15 @@ class PictureDecodeError(Exception):
     retry_can_help = True
 
 
+DECODERS = {"libx264": "h264", "libx265": "hevc", "h265": "hevc"}
+"""Encoder names a source may report (the built-in test camera encodes in process) to the
+decoder of their format."""
+
+
 def decode_keyframe(codec: str, extradata: bytes, data: bytes) -> av.VideoFrame:
     """Decode one keyframe access unit (Annex B or length-prefixed, as the extradata says)."""
     try:
-        ctx = av.CodecContext.create(codec, "r")
+        ctx = av.CodecContext.create(DECODERS.get(codec, codec), "r")
         assert isinstance(ctx, av.VideoCodecContext)
         ctx.thread_count = 1
         if extradata:

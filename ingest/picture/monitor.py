@@ -41,7 +41,8 @@ from nvr.storage.timestamps import iso, now_ms
 log = logging.getLogger("nvr.picture")
 
 PICTURE = "picture"
-"""Event kind (alerts out): data state, previous, since, score, detail, snapshot."""
+"""Event kind (alerts out, `nvr.events.PICTURE`): data state, previous, since, score, detail,
+snapshot."""
 QUEUE_SIZE = 16
 NICE = 10
 
