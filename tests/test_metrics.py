@@ -23,6 +23,8 @@ UNITLESS = {
     "nvr_camera_stalled",
     "nvr_camera_recording",
     "nvr_camera_state",
+    "nvr_camera_picture_state",
+    "nvr_camera_picture_checks",
     "nvr_storage_capacity_state",
     "nvr_clock_synchronized",
     "nvr_http_requests",
