@@ -61,6 +61,11 @@ RELOAD = "config-reload"
 """Outage-ledger cause of a recorder stopped by a reload (camera removed or changed)."""
 
 
+def _recorder_differs(old: CameraConfig, new: CameraConfig) -> bool:
+    """Whether the recorder must restart: anything but `picture` changed."""
+    return old.model_copy(update={"picture": new.picture}) != new
+
+
 def _join(recorders: list[CameraRecorder], grace: float) -> list[CameraRecorder]:
     """Wait up to `grace` seconds in all for the recorders' threads; those still running.
     Blocking: runs on a worker thread."""
@@ -417,7 +422,11 @@ class Supervisor:
             new = {c.name: c for c in config.cameras if c.enabled}
             old = self._cameras
             removed = [n for n in old if n not in new]
-            changed = [n for n in new if n in old and old[n] != new[n]]
+            # A change of picture-check settings alone retunes the checks: no recorder restart.
+            changed = [n for n in new if n in old and _recorder_differs(old[n], new[n])]
+            retuned = [n for n in new if n in old and n not in changed and old[n] != new[n]]
+            for name in retuned:
+                self.pictures.watch(new[name], self.tap(name))
             added = [n for n in new if n not in old]
             stopping = {n: self.recorders.pop(n) for n in removed}
             for name in removed:

@@ -1,14 +1,17 @@
 """Picture findings in the store (issue 18): rows in `picture_events`, snapshot JPEGs beside
 the footage of their hour, deleted by the purge that deletes that footage (and never before:
-the delete door's window applies to the footage), the finding rows kept without them."""
+the delete door's window applies to the footage), the finding rows kept without them. And the
+supervisor's picture monitor across reloads."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from nvr.config import NvrConfig
-from nvr.config.models import StorageConfig
+from nvr.config.models import CameraConfig, PictureConfig, StorageConfig
+from nvr.ingest.supervisor import Supervisor
 from nvr.retention import RetentionService
+from nvr.storage import SegmentStore
 from nvr.storage.timestamps import DAY_MS
 from tests.store_clock import T0, FakeClock, add_segment, open_store
 
@@ -52,4 +55,34 @@ def test_snapshots_are_purged_with_their_footage(tmp_path: Path) -> None:
         assert all(e.end_ms is not None for e in store.pictures.find("cam"))
         assert store.snapshot_file("../../etc/passwd") is None
     finally:
+        store.close()
+
+
+async def test_a_reload_of_picture_settings_alone_restarts_no_recorder(tmp_path: Path) -> None:
+    """Tuning `[cameras.picture]` retunes the checks at once (no gap in the footage); any other
+    change of the camera restarts its recorder as before; a camera removed is forgotten."""
+    root = tmp_path / "store"
+    cam = CameraConfig(name="demo", url="builtin:testpattern", segment_seconds=10)
+    config = NvrConfig(storage=StorageConfig(root=root, reserve_bytes=0), cameras=[cam])
+    store = SegmentStore(root, config.storage.index_url())
+    supervisor = Supervisor(config, store)
+    supervisor.start()
+    try:
+        first = supervisor.recorders["demo"]
+        assert supervisor.picture_states()["demo"].state == "learning"
+        tuned = cam.model_copy(update={"picture": PictureConfig(persist_seconds=5.0)})
+        await supervisor.reconfigure(config.model_copy(update={"cameras": [tuned]}))
+        assert supervisor.recorders["demo"] is first
+        watched = supervisor.pictures._cameras["demo"]
+        assert watched.settings.persist_seconds == 5.0
+        assert watched.detector.settings.persist_seconds == 5.0
+        moved = tuned.model_copy(update={"segment_seconds": 20})
+        await supervisor.reconfigure(config.model_copy(update={"cameras": [moved]}))
+        assert supervisor.recorders["demo"] is not first
+        off = moved.model_copy(update={"picture": PictureConfig(enabled=False)})
+        await supervisor.reconfigure(config.model_copy(update={"cameras": [off]}))
+        assert "demo" not in supervisor.picture_states()
+        assert supervisor.tap("demo").subscribers == 0
+    finally:
+        await supervisor.stop()
         store.close()
