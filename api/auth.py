@@ -31,6 +31,29 @@ log = logging.getLogger("nvr.api")
 LINK_TTL_MS = 10 * 60_000
 """A playback link's life without renewal."""
 
+SESSION_COOKIE = "nvr_session"
+"""The web pages' login session: an ordinary bearer token (`AccountStore.issue_token`, so
+logout, password changes, disabled accounts and expiry end it exactly as they end a token)
+carried in an HttpOnly, SameSite=Strict cookie that page scripts cannot read."""
+CSRF_HEADER = "X-CSRF-Token"
+"""A request authenticated by the session cookie with an unsafe method must carry this
+header, equal to `csrf_token(session)`, which the pages put in `<meta name="csrf-token">`."""
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def csrf_token(session_token: str) -> str:
+    """The CSRF token of a page session: an HMAC keyed by the session's own secret token,
+    so it needs no storage, survives a restart with the session and dies with it; knowing
+    it (it is in the page) reveals nothing about the cookie."""
+    mac = hmac.new(session_token.encode("utf-8"), b"nvr page csrf v1", hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+
+def csrf_matches(session_token: str, sent: str | None) -> bool:
+    if not sent or len(sent) > 128:
+        return False
+    return hmac.compare_digest(sent.encode("utf-8"), csrf_token(session_token).encode("ascii"))
+
 
 @dataclass
 class _Failures:

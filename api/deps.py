@@ -1,6 +1,7 @@
 """FastAPI dependencies as typed aliases (`StoreDep`, `UserDep`, `OperatorDep`, ...): the
-services from the lifespan, the logged-in user from a bearer token, role checks and camera
-permission checks. Runs on the event loop; index lookups go through `asyncio.to_thread`."""
+services from the lifespan, the logged-in user from a bearer token or the web pages' session
+cookie (with its CSRF check), role checks and camera permission checks. Runs on the event
+loop; index lookups go through `asyncio.to_thread`."""
 
 from __future__ import annotations
 
@@ -9,8 +10,20 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import HTTPConnection
 
-from nvr.api.auth import ADMIN, AUDIT, OPERATE, PLAYBACK, Link, has_role
+from nvr.api.auth import (
+    ADMIN,
+    AUDIT,
+    CSRF_HEADER,
+    OPERATE,
+    PLAYBACK,
+    SESSION_COOKIE,
+    UNSAFE_METHODS,
+    Link,
+    csrf_matches,
+    has_role,
+)
 from nvr.api.errors import Forbidden, NotFound, Unauthorized
 from nvr.api.middleware import ACCESS_USER
 from nvr.api.services import ApiServices
@@ -55,7 +68,38 @@ async def get_session(services: ServicesDep, creds: Credentials) -> TokenSession
     return session
 
 
-SessionDep = Annotated[TokenSession, Depends(get_session)]
+async def cookie_session(services: ApiServices, conn: HTTPConnection) -> TokenSession | None:
+    """The page session named by the session cookie of `conn`, if valid; no CSRF check (a
+    WebSocket handshake cannot send the header: check its `Origin` instead)."""
+    token = conn.cookies.get(SESSION_COOKIE)
+    if not token or len(token) > 256:
+        return None
+    return await asyncio.to_thread(services.store.accounts.session, token)
+
+
+async def authenticate(
+    conn: HTTPConnection, services: ServicesDep, creds: Credentials
+) -> TokenSession:
+    """The session of a request: its bearer token if it sends one, else the page session
+    cookie. A cookie-authenticated POST, PUT, PATCH or DELETE must carry `X-CSRF-Token`
+    equal to the session's CSRF token (403 otherwise); 401 without a valid login."""
+    if creds is not None or SESSION_COOKIE not in conn.cookies:
+        return await get_session(services, creds)
+    session = await cookie_session(services, conn)
+    if session is None:
+        raise Unauthorized("invalid or expired session: log in again")
+    method = conn.scope.get("method", "GET")
+    if method in UNSAFE_METHODS and not csrf_matches(
+        conn.cookies[SESSION_COOKIE], conn.headers.get(CSRF_HEADER)
+    ):
+        raise Forbidden(
+            f"a request made with the session cookie must send the header {CSRF_HEADER} "
+            "(the page's <meta name=\"csrf-token\">)"
+        )
+    return session
+
+
+SessionDep = Annotated[TokenSession, Depends(authenticate)]
 
 
 def note_user(request: Request, name: str) -> None:
@@ -142,13 +186,14 @@ async def link_user(services: ApiServices, access: str) -> tuple[User, Link]:
 async def playback_user(
     request: Request, services: ServicesDep, creds: Credentials, access: AccessQuery = None
 ) -> tuple[User, Link | None]:
-    """The user of a playback request: a bearer token, or a signed link's grant, which holds
-    only while the session that asked for it lives (logout, a password change or a disabled
-    account end it) and until it expires (the page renews it while playing)."""
+    """The user of a playback request: a bearer token, the page session cookie, or a signed
+    link's grant, which holds only while the session that asked for it lives (logout, a
+    password change or a disabled account end it) and until it expires (the page renews it
+    while playing)."""
     if access is not None:
         user, link = await link_user(services, access)
     else:
-        user, link = (await get_session(services, creds)).user, None
+        user, link = (await authenticate(request, services, creds)).user, None
     note_user(request, user.name)
     return user, link
 

@@ -96,12 +96,25 @@ CSP = (
     "connect-src 'self'; media-src 'self'; font-src 'self'; frame-ancestors 'none'; "
     "base-uri 'none'; form-action 'self'"
 )
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; media-src 'self' blob:; font-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'self'"
+)
+"""The web pages' policy (`api.web`): our own script and style files only, never inline
+ones; `blob:` media for live video through Media Source Extensions. WebRTC media is not
+fetched, so it needs no source here; the live WebSocket is same-origin (`'self'`)."""
+
+
+def _is_page(path: str) -> bool:
+    return not (path.startswith("/api/") or path in ("/metrics", "/healthz", "/openapi.json"))
 
 
 class SecurityHeaders:
     """Adds `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`,
     `X-Frame-Options: DENY`, a Content-Security-Policy that allows only our own scripts and
-    styles, and HSTS when the API speaks TLS. A header the route set itself is kept."""
+    styles (`PAGE_CSP` for the web pages, `CSP` for the API), and HSTS when the API speaks
+    TLS. A header the route set itself is kept."""
 
     def __init__(self, app: ASGIApp, *, tls: bool = False) -> None:
         self.app = app
@@ -109,22 +122,28 @@ class SecurityHeaders:
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),
             (b"x-frame-options", b"DENY"),
-            (b"content-security-policy", CSP.encode("ascii")),
             (b"cross-origin-opener-policy", b"same-origin"),
         ]
         if tls:
             self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+        self.api_headers = [*self.headers, (b"content-security-policy", CSP.encode("ascii"))]
+        self.page_headers = [
+            *self.headers,
+            (b"content-security-policy", PAGE_CSP.encode("ascii")),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
+        ours = self.page_headers if _is_page(str(scope.get("path", ""))) else self.api_headers
+
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {k.lower() for k, _v in headers}
-                headers.extend((k, v) for k, v in self.headers if k not in present)
+                headers.extend((k, v) for k, v in ours if k not in present)
                 message = {**message, "headers": headers}
             await send(message)
 

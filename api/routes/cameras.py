@@ -159,6 +159,13 @@ async def renew_link(body: LinkRenewIn, session: SessionDep, services: ServicesD
     return LinkOut(url=_link_url(renewed, access), expires_ms=renewed.expires_ms)
 
 
+def _via(request: Request, link: Link | None) -> str:
+    """How a playback request was authenticated, for its audit entry."""
+    if link is not None:
+        return "link"
+    return "token" if "authorization" in request.headers else "session"
+
+
 _RANGE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")
 """18 digits: larger offsets than any file; longer numbers are a malformed header."""
 
@@ -247,7 +254,7 @@ async def recording(
                 "reason": str(err.detail),
                 "status": 403,
                 "method": request.method,
-                "via": "link" if link is not None else "token",
+                "via": _via(request, link),
             },
         )
         raise
@@ -267,7 +274,7 @@ async def recording(
     detail: dict[str, object] = {
         "start_ms": rng.start_ms,
         "end_ms": rng.end_ms,
-        "via": "link" if link is not None else "token",
+        "via": _via(request, link),
     }
     if _etag_matches(request.headers.get("if-none-match"), rec.etag):
         await asyncio.to_thread(
