@@ -6,9 +6,11 @@ Layout: `app` (application, lifespan, access log), `services` (what routes call)
 (typed dependencies: services, the logged-in user, roles, camera permissions), `routes/*`,
 `models` (request/response schemas), `playback` (virtual MP4 files of any range, with
 caches), `cameras`, `health`, `metrics`, `exports` (building signed evidence packages),
-`auth` (login throttle, signed playback links), `params`, `errors`. The file formats they
-serve (MP4, the export package) are `storage.media`'s. Imports go down: `storage`, `config`,
-`ingest` (`status` and `timecheck`'s clock findings only); nothing imports `api` but `nvr`.
+`auth` (login throttle, signed playback links, the page session's CSRF token), `params`,
+`errors`; `web` (the operator pages at `/`, their scripts and message catalogues). The
+file formats they serve (MP4, the export package) are `storage.media`'s. Imports go down:
+`storage`, `config`, `ingest` (`status` and `timecheck`'s clock findings only); nothing
+imports `api` but `nvr`.
 """
 
 from nvr.api.app import create_app

@@ -32,6 +32,7 @@ from nvr.api.routes import (
     users,
 )
 from nvr.api.services import ApiContext, close_services, open_services
+from nvr.api.web import mount as mount_pages
 from nvr.storage import StorageError
 
 log = logging.getLogger("nvr.api")
@@ -101,6 +102,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     )
     for module in (health, auth, users, cameras, live, locks, exports, audit, config, docs):
         app.include_router(module.router)
+    mount_pages(app)
 
     @app.exception_handler(StorageError)
     async def storage_error(_request: Request, err: StorageError) -> JSONResponse:

@@ -1,0 +1,27 @@
+"""The operator web UI served by the daemon at `/` (issue 17): server-rendered pages (Jinja2
+templates in `templates/`), our own small scripts and one style sheet in `static/` (served at
+`/static/`, no build step, no CDN, nothing inline, so they run under `PAGE_CSP`), and the
+message catalogues in `i18n/` (zh-CN, the default, and English). Pages log in with a session
+cookie (`api.auth.SESSION_COOKIE`); everything they show comes from the same services the API
+routes use, and everything they change goes through the API with the session's CSRF token.
+Runs on the daemon's event loop; blocking service calls go through `asyncio.to_thread`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.staticfiles import StaticFiles
+
+from nvr.api.web.pages import router
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+__all__ = ["mount", "router"]
+
+
+def mount(app: FastAPI) -> None:
+    """Add the pages and `/static/` to `app`."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

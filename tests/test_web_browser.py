@@ -1,0 +1,493 @@
+"""The operator web UI in a real browser (issue 17): headless Debian Chromium driven by
+Playwright against `nvr run` recording two GStreamer test cameras (tests/camsim), one of which
+is stopped for a few seconds to leave a gap. Login through the form, the grid with a tile per
+permitted camera, the camera page's timeline (the gap with its cause, click to play, zoom),
+a lock and an export from a selection (approved by a second person in another browser
+context, downloaded and verified offline), a viewer who never sees another camera, and the
+language switch. Live video is checked once `api/web/static/live.js` exists (the live-view
+half of issue 17). Skips when Chromium or GStreamer's RTSP server is missing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+
+from nvr.api.web.i18n import CATALOGUES
+from tests.api_rig import NVR, PASSWORD, free_port, nvr
+from tests.camsim import CameraSim
+from tests.recording_rig import wait_for
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+LIVE_JS = Path(__file__).resolve().parent.parent / "api" / "web" / "static" / "live.js"
+USERS = {
+    "olga": ("operator", "*"),
+    "oscar": ("operator", "*"),
+    "vera": ("viewer", "front"),
+    "audrey": ("auditor", ""),
+    "root": ("admin", "*"),
+}
+ZH = CATALOGUES["zh-CN"]
+EN = CATALOGUES["en"]
+
+
+@dataclass
+class Daemon:
+    base: str
+    cfg: Path
+    root: Path
+    token: str
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.base, headers={"Authorization": f"Bearer {self.token}"}, timeout=30
+        )
+
+
+def _timeline(c: httpx.Client, camera: str) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    r = c.get(f"/api/cameras/{camera}/timeline", params={"start": now - 3_600_000, "end": now})
+    assert r.status_code == 200, r.text
+    found: dict[str, Any] = r.json()
+    return found
+
+
+def _outages(timeline: dict[str, Any]) -> list[dict[str, Any]]:
+    """The gaps the outage ledger explains (not the time before recording began, nor the
+    segment still being written)."""
+    gaps: list[dict[str, Any]] = timeline["gaps"]
+    return [
+        g for g in gaps if any(c["cause"] not in ("unknown", "in-progress") for c in g["causes"])
+    ]
+
+
+@pytest.fixture(scope="module")
+def daemon(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """`nvr run` recording `front` (h264aac) and `back` (h264), each from its own camera
+    simulator; `back`'s camera is stopped for 6 s once both record, then both record on
+    until the segment after the gap is closed."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip("Debian's chromium is not installed")
+    tmp = tmp_path_factory.mktemp("web")
+    front = CameraSim(camsim_clips, mounts=["h264aac"])
+    back = CameraSim(camsim_clips, mounts=["h264"])
+    front.start()
+    back.start()
+    port = free_port()
+    cfg = tmp / "nvr.toml"
+    cfg.write_text(
+        f'[storage]\nroot = "{tmp / "data"}"\n'
+        '[site]\nname = "web test"\ntimezone = "Asia/Shanghai"\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\n'
+        f'[[cameras]]\nname = "front"\nurl = "{front.url("h264aac")}"\nsegment_seconds = 10\n'
+        f'[[cameras]]\nname = "back"\nurl = "{back.url("h264")}"\nsegment_seconds = 10\n'
+    )
+    for name, (role, cams) in USERS.items():
+        args = ["user", "add", "-c", str(cfg), name, "--role", role, "--password-stdin"]
+        if cams:
+            args += ["--cameras", cams]
+        made = nvr(args, tmp, stdin=PASSWORD + "\n")
+        assert made.returncode == 0, made.stderr
+    log = (tmp / "daemon.log").open("wb")
+    proc = subprocess.Popen([*NVR, "run", "-c", str(cfg)], cwd=tmp, stdout=log, stderr=log)
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(answers, 30, "the daemon's API")
+        r = httpx.post(f"{base}/api/login", json={"username": "root", "password": PASSWORD})
+        assert r.status_code == 200, r.text
+        d = Daemon(base, cfg, tmp / "data", r.json()["token"])
+        with d.api() as c:
+
+            def recorded(n: int) -> bool:
+                cams = {x["name"]: x for x in c.get("/api/cameras").json()}
+                return (
+                    all(
+                        len(_timeline(c, name)["spans"]) >= 1 and cams[name]["state"] == "recording"
+                        for name in ("front", "back")
+                    )
+                    and n >= 0
+                )
+
+            wait_for(lambda: recorded(0), 60, "both cameras to record a segment")
+            back.stop()
+            time.sleep(6)  # the camera is off for a while: the gap the timeline must show
+            back.start()
+
+            def gap_closed() -> bool:
+                tl = _timeline(c, "back")
+                return bool(_outages(tl)) and len(tl["spans"]) >= 2
+
+            wait_for(gap_closed, 60, "the gap in back's timeline, and footage after it")
+        yield d
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        finally:
+            log.close()
+            front.stop()
+            back.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--allow-loopback-in-peer-connection",
+                "--autoplay-policy=no-user-gesture-required",
+            ],
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@dataclass
+class Session:
+    context: BrowserContext
+    page: Page
+    problems: list[str]
+
+
+def log_in(browser: Browser, daemon: Daemon, name: str, init_script: str = "") -> Session:
+    """A fresh browser context logged in as `name` through the login form."""
+    context = browser.new_context(base_url=daemon.base, accept_downloads=True)
+    if init_script:
+        context.add_init_script(init_script)
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda err: problems.append(f"pageerror {err}"))
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.text}") if m.type == "error" else None,
+    )
+    page.goto("/login")
+    page.fill('input[name="username"]', name)
+    page.fill('input[name="password"]', PASSWORD)
+    page.click("form.login button[type=submit]")
+    page.wait_for_url(f"{daemon.base}/")
+    return Session(context, page, problems)
+
+
+def csp_violations(s: Session) -> list[str]:
+    return [p for p in s.problems if "Content Security Policy" in p or "Refused to" in p]
+
+
+def test_login_and_the_grid_shows_a_tile_per_camera(browser: Browser, daemon: Daemon) -> None:
+    s = log_in(browser, daemon, "olga")
+    try:
+        page = s.page
+        tiles = page.locator(".tile[data-camera]")
+        assert sorted(tiles.evaluate_all("ts => ts.map(t => t.dataset.camera)")) == [
+            "back",
+            "front",
+        ]
+        for name in ("front", "back"):
+            tile = page.locator(f'[data-camera="{name}"]')
+            assert tile.locator("video").count() == 1
+            assert tile.locator("[data-badge]").get_attribute("data-badge") == "recording"
+            assert tile.locator(".state").inner_text() == ZH["state.recording"]
+        # back was stopped: its last gap is on its tile, with the cause's name
+        last_gap = page.locator('[data-camera="back"] .last-gap').inner_text()
+        assert "+08:00" in last_gap
+        assert any(ZH[k] in last_gap for k in ZH if k.startswith("cause.")), last_gap
+        assert page.locator('meta[name="csrf-token"]').get_attribute("content")
+        assert "+08:00" in page.locator("footer").inner_text()
+        assert csp_violations(s) == []
+    finally:
+        s.context.close()
+
+
+def _zoom_to(page: Page, selector: str, steps: int = 24) -> None:
+    """Wheel-zoom the timeline around the middle of the element `selector`."""
+    box = page.locator(selector).first.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(steps):
+        page.mouse.wheel(0, -100)
+    page.wait_for_timeout(200)
+
+
+def test_the_timeline_shows_the_gap_with_its_cause_and_a_click_plays(
+    browser: Browser, daemon: Daemon
+) -> None:
+    with daemon.api() as c:
+        tl = _timeline(c, "back")
+    gaps = _outages(tl)
+    assert gaps
+    s = log_in(browser, daemon, "olga")
+    try:
+        page = s.page
+        page.goto("/cameras/back")
+        page.wait_for_selector("#gaps li.gap-item")
+        items = page.locator("#gaps li.gap-item")
+        shown = items.evaluate_all(
+            "xs => xs.map(x => [Number(x.dataset.start), x.dataset.causes, x.textContent])"
+        )
+        for g in gaps:
+            match = [x for x in shown if x[0] == g["start_ms"]]
+            assert match, (g, shown)
+            causes = [cause["cause"] for cause in g["causes"]]
+            assert match[0][1] == ",".join(causes)
+            for cause in causes:
+                assert ZH.get(f"cause.{cause}", cause) in match[0][2]
+        assert page.locator("#track .gap").count() >= 1
+        assert page.locator("#track .span").count() >= 2
+        # zoom in around the gap, then click the footage after it
+        _zoom_to(page, f'#track .gap[data-start="{gaps[-1]["start_ms"]}"]')
+        span = page.locator("#track .span").last
+        box = span.bounding_box()
+        assert box is not None and box["width"] > 20, box
+        page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
+        page.wait_for_function(
+            "() => { const v = document.getElementById('playback');"
+            " return v.dataset.fileStart && v.currentTime > 1.5 }",
+            timeout=30_000,
+        )
+        video = page.locator("#playback")
+        start = int(video.get_attribute("data-start") or 0)
+        last = tl["spans"][-1]
+        after_gap = [sp for sp in tl["spans"] if sp["start_ms"] >= gaps[-1]["end_ms"]]
+        assert after_gap and after_gap[0]["start_ms"] <= start <= max(last["end_ms"], start)
+        first = page.evaluate("Number(document.getElementById('playback').dataset.wallclock)")
+        page.wait_for_timeout(1500)
+        later = page.evaluate("Number(document.getElementById('playback').dataset.wallclock)")
+        assert later > first >= start - 1100  # from the keyframe at or before the click
+        assert page.locator("#wallclock").inner_text().endswith("+08:00")
+        assert csp_violations(s) == []
+    finally:
+        s.context.close()
+
+
+def _select(page: Page, a: float, b: float) -> tuple[int, int]:
+    """Drag across the last span from fraction `a` to `b` of its width: the in/out points."""
+    span = page.locator("#track .span").last
+    box = span.bounding_box()
+    assert box is not None and box["width"] > 20, box
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * a, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * b, y, steps=8)
+    page.mouse.up()
+    start = int(page.locator("#in-text").get_attribute("data-ms") or 0)
+    end = int(page.locator("#out-text").get_attribute("data-ms") or 0)
+    assert 0 < start < end
+    return start, end
+
+
+def test_a_lock_from_a_selection_appears_in_nvr_locks(browser: Browser, daemon: Daemon) -> None:
+    s = log_in(browser, daemon, "olga")
+    try:
+        page = s.page
+        page.goto("/cameras/front")
+        page.wait_for_selector("#track .span")
+        _zoom_to(page, "#track .span >> nth=-1")
+        start, end = _select(page, 0.2, 0.7)
+        page.fill('#lock-form input[name="reason"]', "fight at the gate, browser test")
+        page.fill('#lock-form input[name="case_id"]', "C-2026-17")
+        page.click("#lock-form button[type=submit]")
+        page.wait_for_selector("#message.ok")
+        with daemon.api() as c:
+            locks = [lk for lk in c.get("/api/locks").json() if lk["case_id"] == "C-2026-17"]
+        assert len(locks) == 1
+        assert (locks[0]["camera"], locks[0]["start_ms"], locks[0]["end_ms"]) == (
+            "front",
+            start,
+            end,
+        )
+        assert locks[0]["created_by"] == "olga"
+        listed = nvr(["locks", "-c", str(daemon.cfg)], daemon.cfg.parent)
+        assert listed.returncode == 0, listed.stderr
+        assert "fight at the gate, browser test" in listed.stdout
+        assert "case C-2026-17" in listed.stdout
+        page.wait_for_selector("#marks .lock")  # the timeline shows it after the lock
+        assert csp_violations(s) == []
+    finally:
+        s.context.close()
+
+
+def test_an_export_requested_by_one_is_approved_by_another_and_verifies(
+    browser: Browser, daemon: Daemon, tmp_path: Path
+) -> None:
+    olga = log_in(browser, daemon, "olga")
+    oscar = log_in(browser, daemon, "oscar")
+    try:
+        page = olga.page
+        page.goto("/cameras/front")
+        page.wait_for_selector("#track .span")
+        _zoom_to(page, "#track .span >> nth=-1")
+        start, end = _select(page, 0.1, 0.6)
+        form = "#export-form"
+        page.fill(f'{form} input[name="purpose"]', "traffic accident, browser test")
+        page.fill(f'{form} input[name="recipient"]', "Yuzhong police, officer Li")
+        page.fill(f'{form} input[name="approval_document"]', "YZ-2026-1202-17")
+        page.fill(f'{form} input[name="requester_work_id"]', "OP-1001")
+        page.click(f"{form} button[type=submit]")
+        page.wait_for_selector("#message.ok")
+        with daemon.api() as c:
+            mine = [e for e in c.get("/api/exports").json() if e["requester"] == "olga"]
+        assert mine and (mine[0]["start_ms"], mine[0]["end_ms"]) == (start, end)
+        export_id = mine[0]["id"]
+        # olga cannot approve her own request: it is not in her inbox
+        page.goto("/exports")
+        assert page.locator(f'.pending[data-export="{export_id}"]').count() == 0
+        # oscar, in his own browser context, approves it
+        other = oscar.page
+        other.goto("/exports")
+        item = other.locator(f'.pending[data-export="{export_id}"]')
+        item.locator('input[name="approver_work_id"]').first.fill("OP-2002")
+        item.locator("button[name=approve]").click()
+        row = other.locator(f'tr[data-export="{export_id}"]')
+
+        def ready() -> bool:
+            other.reload()
+            return row.get_attribute("data-state") == "ready"
+
+        wait_for(ready, 60, "the package to be built")
+        with other.expect_download() as got:
+            row.locator("a.download").click()
+        package = tmp_path / "package.zip"
+        got.value.save_as(package)
+        with daemon.api() as c:
+            key = c.get("/api/signing-key")
+            assert key.status_code == 200
+        key_file = tmp_path / "key.pem"
+        key_file.write_bytes(key.content)
+        ok = nvr(["verify-export", str(package), "--key", str(key_file)], tmp_path)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        with daemon.api() as c:
+            done = c.get(f"/api/exports/{export_id}").json()
+            audit = c.get("/api/audit", params={"action": "export-download"}).json()
+        assert (done["requester"], done["approver"]) == ("olga", "oscar")
+        assert [e["actor"] for e in audit if e["target"] == f"export:{export_id}"] == ["oscar"]
+        assert csp_violations(olga) == [] and csp_violations(oscar) == []
+    finally:
+        olga.context.close()
+        oscar.context.close()
+
+
+def test_a_viewer_never_sees_a_camera_it_may_not(browser: Browser, daemon: Daemon) -> None:
+    s = log_in(browser, daemon, "vera")
+    try:
+        page = s.page
+        tiles = page.locator(".tile[data-camera]")
+        assert tiles.evaluate_all("ts => ts.map(t => t.dataset.camera)") == ["front"]
+        assert "back" not in page.content()
+        r = page.goto("/cameras/back")
+        assert r is not None and r.status == 403
+        status = page.evaluate(
+            "async () => (await fetch('/api/cameras/back/timeline?start=0&end=1000')).status"
+        )
+        assert status == 403
+        if LIVE_JS.exists():
+            whep = page.evaluate(
+                "async () => (await fetch('/api/cameras/back/whep', {method: 'POST',"
+                " headers: {'Content-Type': 'application/sdp', 'X-CSRF-Token':"
+                " document.querySelector('meta[name=csrf-token]').content},"
+                " body: 'v=0\\r\\n'})).status"
+            )
+            assert whep == 403
+        page.goto("/health")
+        assert page.locator('[data-camera-health="back"]').count() == 0
+        assert page.locator('[data-camera-health="front"]').count() == 1
+    finally:
+        s.context.close()
+
+
+def test_chinese_and_english_switch(browser: Browser, daemon: Daemon) -> None:
+    s = log_in(browser, daemon, "audrey")
+    try:
+        page = s.page
+        assert page.locator("html").get_attribute("lang") == "zh-CN"
+        assert page.locator("h1").inner_text() == ZH["grid.title"]
+        page.click('[data-lang-switch="en"]')
+        page.wait_for_selector('html[lang="en"]')
+        assert page.locator("h1").inner_text() == EN["grid.title"]
+        page.goto("/audit")  # the choice is kept (cookie)
+        assert page.locator("h1").inner_text() == EN["audit.title"]
+        assert page.locator("tr[data-action=login]").count() >= 1
+        page.click('[data-lang-switch="zh-CN"]')
+        assert page.locator("h1").inner_text() == ZH["audit.title"]
+    finally:
+        s.context.close()
+
+
+LIVE_NEEDED = pytest.mark.skipif(
+    not LIVE_JS.exists(), reason="live view (api/web/static/live.js) has not landed yet"
+)
+
+FRAME_STATS = """v => {
+  const c = document.createElement('canvas'); c.width = 64; c.height = 36;
+  const g = c.getContext('2d'); g.drawImage(v, 0, 0, 64, 36);
+  const d = g.getImageData(0, 0, 64, 36).data; let sum = 0, max = 0;
+  for (let i = 0; i < d.length; i += 4) { const y = (d[i] + d[i+1] + d[i+2]) / 3;
+    sum += y; if (y > max) max = y; }
+  return {mean: sum / (d.length / 4), max, t: v.currentTime, mode: v.dataset.liveMode};
+}"""
+
+
+def _tiles_play_live(s: Session) -> dict[str, str]:
+    modes = {}
+    for name in ("front", "back"):
+        video = s.page.locator(f'[data-camera="{name}"] video')
+        s.page.wait_for_function(
+            "v => v.dataset.liveMode && v.currentTime > 0.5 && v.videoWidth > 0",
+            arg=video.element_handle(),
+            timeout=30_000,
+        )
+        first = video.evaluate(FRAME_STATS)
+        s.page.wait_for_timeout(1500)
+        later = video.evaluate(FRAME_STATS)
+        assert later["t"] > first["t"], (name, first, later)  # it advances
+        assert later["max"] > 40 and later["mean"] > 10, (name, later)  # not black
+        modes[name] = str(later["mode"])
+    return modes
+
+
+@LIVE_NEEDED
+def test_grid_tiles_play_live_over_webrtc(browser: Browser, daemon: Daemon) -> None:
+    s = log_in(browser, daemon, "olga")
+    try:
+        assert _tiles_play_live(s) == {"front": "webrtc", "back": "webrtc"}
+        assert csp_violations(s) == []
+    finally:
+        s.context.close()
+
+
+@LIVE_NEEDED
+def test_grid_tiles_fall_back_to_mse_without_webrtc(browser: Browser, daemon: Daemon) -> None:
+    no_webrtc = "delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;"
+    s = log_in(browser, daemon, "olga", init_script=no_webrtc)
+    try:
+        assert _tiles_play_live(s) == {"front": "mse", "back": "mse"}
+        assert csp_violations(s) == []
+    finally:
+        s.context.close()
+
+
+def test_audit_records_the_pages_logins(daemon: Daemon) -> None:
+    with daemon.api() as c:
+        entries = c.get("/api/audit", params={"action": "login"}).json()
+    assert any(e["detail"].get("via") == "page" for e in entries), json.dumps(entries)[:500]
