@@ -75,13 +75,13 @@ def _outages(timeline: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def daemon(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """`nvr run` recording `front` (h264aac) and `back` (h264), each from its own camera
-    simulator; `back`'s camera is stopped for 6 s once both record, then both record on
-    until the segment after the gap is closed."""
+    """`nvr run` recording `front` (h264aac, with the substream h264 for the grid) and
+    `back` (h264), each from its own camera simulator; `back`'s camera is stopped for 6 s
+    once both record, then both record on until the segment after the gap is closed."""
     if shutil.which(CHROMIUM) is None:
         pytest.skip("Debian's chromium is not installed")
     tmp = tmp_path_factory.mktemp("web")
-    front = CameraSim(camsim_clips, mounts=["h264aac"])
+    front = CameraSim(camsim_clips, mounts=["h264aac", "h264"])  # h264: its substream
     back = CameraSim(camsim_clips, mounts=["h264"])
     front.start()
     back.start()
@@ -90,8 +90,9 @@ def daemon(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     cfg.write_text(
         f'[storage]\nroot = "{tmp / "data"}"\n'
         '[site]\nname = "web test"\ntimezone = "Asia/Shanghai"\n'
-        f'[api]\nlisten = "127.0.0.1:{port}"\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\nwebrtc_addresses = ["127.0.0.1"]\n'
         f'[[cameras]]\nname = "front"\nurl = "{front.url("h264aac")}"\nsegment_seconds = 10\n'
+        f'live_url = "{front.url("h264")}"\n'
         f'[[cameras]]\nname = "back"\nurl = "{back.url("h264")}"\nsegment_seconds = 10\n'
     )
     for name, (role, cams) in USERS.items():

@@ -20,8 +20,15 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Path, Query, Request, Response, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
-from nvr.api.auth import PLAYBACK, has_role
-from nvr.api.deps import CameraPath, ServicesDep, UserDep, check_camera, note_user
+from nvr.api.auth import PLAYBACK, SESSION_COOKIE, has_role
+from nvr.api.deps import (
+    CameraPath,
+    ServicesDep,
+    UserDep,
+    check_camera,
+    cookie_session,
+    note_user,
+)
 from nvr.api.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from nvr.api.live.fmp4 import Fmp4Muxer, LiveMuxError
 from nvr.api.live.hub import Viewer
@@ -170,8 +177,14 @@ def _offered_token(websocket: WebSocket) -> str | None:
 
 
 async def _ws_user(websocket: WebSocket, services: ApiServices) -> User:
-    """The user of a WebSocket: a bearer token, as for every request."""
+    """The user of a WebSocket: a bearer token, else the web pages' session cookie (its
+    handshake cannot carry the CSRF header: `_same_origin` refuses other sites instead)."""
     token = _offered_token(websocket)
+    if token is None and SESSION_COOKIE in websocket.cookies:
+        by_cookie = await cookie_session(services, websocket)
+        if by_cookie is None:
+            raise Unauthorized("invalid or expired session: log in again")
+        return by_cookie.user
     if not token or len(token) > 256:
         raise Unauthorized()
     session = await asyncio.to_thread(services.store.accounts.session, token)
