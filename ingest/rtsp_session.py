@@ -64,8 +64,12 @@ RCVLOWAT = 32 * 1024
 camera. A slower camera is read when `POLL_SECONDS` have passed (what a crash can lose on
 top of the fragment in flight)."""
 POLL_SECONDS = 0.1
-BUFFER_BYTES = 256 * 1024
-"""Read buffer per camera: room for four of the largest interleaved packets (64 KiB)."""
+BUFFER_BYTES = 128 * 1024
+"""Read buffer per camera (all of it resident: a bytearray is zeroed when made). The unread
+rest of a read (a packet cut by it, rarely more than one) moves to the front after every
+parse, so there is always room for the largest interleaved packet (64 KiB) and a read of as
+much again; a slower read only means another `recv_into`. Was 256 KiB: 1 MiB more at 8
+cameras for nothing."""
 NTP_UNIX_OFFSET = 2_208_988_800
 """Seconds from 1900-01-01 (NTP) to 1970-01-01."""
 ANCHOR_TOLERANCE_S = 1.0
@@ -572,8 +576,10 @@ class RtspSession:
         while self._end - self._start >= 4 and buf[self._start] == 0x24:
             size = 4 + ((buf[self._start + 2] << 8) | buf[self._start + 3])
             if self._end - self._start < size:
+                self._compact()
                 return None
             self._start += size
+        self._compact()
         found = _HEAD_END.search(buf, self._start, self._end)  # lines may end in LF alone
         if found is None:
             if self._end - self._start > MAX_MESSAGE_BYTES or self._end == len(buf):
@@ -613,10 +619,11 @@ class RtspSession:
         )
 
     def _compact(self) -> None:
-        """Keep room for a full read: move the unread bytes to the front when needed."""
+        """Move the unread bytes to the front (usually part of one packet: a copy of a few
+        hundred bytes), so that the next read has the rest of the buffer."""
         if self._start == self._end:
             self._start = self._end = 0
-        elif self._start and len(self._buf) - self._end < 2 * MAX_MESSAGE_BYTES:
+        elif self._start:
             n = self._end - self._start
             self._buf[:n] = self._buf[self._start : self._end]
             self._start, self._end = 0, n
@@ -716,11 +723,12 @@ class RtspSession:
             if vgot and video is not None:
                 video.last_raw, video.ext, video.own_at = vlast, vext, self._now
                 media, vgot = True, False
+            self._start = pos
             taken = self._packet(pos, end)
+            pos, end = self._start, self._end  # an RTSP message taken may move the bytes
             if taken < 0:
                 break  # more bytes must arrive
             media = media or taken == 2
-            pos, end = self._start, self._end  # an RTSP message taken may move the bytes
             if video is not None and video.started:
                 vch, vssrc, vpt = video.channel, video.ssrc, video.payload_type
                 vlast, vext = video.last_raw, video.ext
@@ -735,9 +743,10 @@ class RtspSession:
     def _packet(self, pos: int, end: int) -> int:
         """The message at `pos`, in full: an interleaved packet (RTP of a track, an RTCP
         sender report, a packet of a channel not set up), an RTSP message inline with the
-        media, or stray bytes. Sets `_start` past what was taken (an RTSP message taken may
-        move the unread bytes: `_start` and `_end` change). Returns -1 if more bytes must
-        arrive first, 2 if RTP went to a track, else 1."""
+        media, or stray bytes; `pos` is `_start`. Sets `_start` past what was taken (an
+        RTSP message may move the unread bytes: `_start` and `_end` change, also when it is
+        not all here yet). Returns -1 if more bytes must arrive first, 2 if RTP went to a
+        track, else 1."""
         buf = self._buf
         video, audio = self.video, self.audio
         avail = end - pos
@@ -772,7 +781,6 @@ class RtspSession:
                     self.foreign_packets += 1
                     self._start = nxt
                     return 1
-        self._start = pos
         return 1 if self._inline_message(pos, end, self._channels()) else -1
 
     def _channels(self) -> set[int]:
