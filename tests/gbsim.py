@@ -62,6 +62,10 @@ class Platform:
     date_offset_s: float = 0.0
     """Added to the Date header of REGISTER answers (a platform clock that is off)."""
     answer_keepalives: bool = True
+    silent: bool = False
+    """A network loss: everything is received (and its method noted in `ignored`), nothing
+    answered."""
+    ignored: list[str] = field(default_factory=list)
     registrations: int = 0
     unregistrations: int = 0
     refused: int = 0
@@ -106,6 +110,10 @@ class Platform:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+            # the socket is closed at the loop's next turn (connection_lost): let it, so a
+            # restart can bind the same port
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -142,6 +150,9 @@ class Platform:
 
     def _received(self, data: bytes, addr: Addr) -> None:
         msg = SipMessage.parse(data)
+        if self.silent:
+            self.ignored.append(msg.method if isinstance(msg, SipRequest) else "response")
+            return
         if isinstance(msg, SipResponse):
             fut = self._pending.get(msg.headers.get_first("Call-ID") or "")
             if fut is not None and not fut.done() and msg.status_code >= 200:

@@ -91,10 +91,6 @@ def split_annexb(data: bytes) -> list[bytes]:
     return [n.rstrip(b"\x00") for n in data.split(b"\x00\x00\x01") if n.strip(b"\x00")]
 
 
-def is_annexb(data: bytes) -> bool:
-    return data.startswith(b"\x00\x00\x01") or data.startswith(START_CODE)
-
-
 def to_annexb(data: bytes, length_size: int) -> bytes:
     """Length-prefixed NAL units to Annex B (start codes)."""
     out: list[bytes] = []
@@ -123,6 +119,11 @@ def with_parameter_sets(codec: str, annexb: bytes, sets: Sequence[bytes]) -> byt
     if PARAMETER_TYPES.get(codec, set()) <= have or not sets:
         return annexb
     return b"".join(START_CODE + s for s in sets) + annexb
+
+
+def codec_family(name: str) -> str:
+    """"h264" or "hevc" from a codec's name (the built-in camera's encoder says "libx264")."""
+    return "hevc" if "265" in name or "hevc" in name else "h264"
 
 
 def to_90k(ticks: int, time_base: Fraction) -> int:
@@ -168,17 +169,22 @@ class LiveSource:
         sets: list[bytes] = []
         stream = None
         base: int | None = None
+        length_size, prefixed = 4, False
+        codec = "h264"
         while True:
             frame = await self._queue.get()
             if frame is None:
                 return
             if frame.stream is not stream:
                 stream = frame.stream
-                self.codec = stream.codec
-                sets, _ = parameter_sets(stream.codec, stream.extradata)
-            data = frame.data if is_annexb(frame.data) else to_annexb(frame.data, 4)
+                codec = self.codec = codec_family(stream.codec)
+                sets, length_size = parameter_sets(codec, stream.extradata)
+                # avcC/hvcC extradata: the packets are length-prefixed (FFmpeg's demuxer);
+                # Annex B or none: they carry start codes (our RTSP client)
+                prefixed = stream.extradata[:1] == b"\x01"
+            data = to_annexb(frame.data, length_size) if prefixed else frame.data
             if frame.keyframe:
-                data = with_parameter_sets(stream.codec, data, sets)
+                data = with_parameter_sets(codec, data, sets)
             dts = to_90k(frame.dts, stream.time_base)
             pts = to_90k(frame.pts, stream.time_base)
             if base is None:

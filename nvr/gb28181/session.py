@@ -238,6 +238,7 @@ class Sessions:
         session.task = asyncio.create_task(
             self._stream(session), name=f"gb28181-{action}-{channel.camera}"
         )
+        session.task.add_done_callback(_report_crash)
         res = sip.response_to(req, 200, "OK", to_tag=tag)
         local_ip, local_port = self.device.local
         res.headers.set_single("Contact", f"<sip:{channel.channel_id}@{local_ip}:{local_port}>")
@@ -361,3 +362,9 @@ class Sessions:
                 session.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await session.task
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A bug in a stream ends that stream only; it must not pass silently."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("GB/T 28181: %s failed", task.get_name(), exc_info=task.exception())
