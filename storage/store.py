@@ -808,17 +808,18 @@ class SegmentStore:
         without a row; returns the segments indexed.
 
         Runs once at daemon start-up, before recorders start (so the recorders' ledger
-        continues from the recovered footage). Only each camera's hour folders from its
-        newest indexed segment on are searched for files without rows, where a crash leaves
-        them; the background consistency check (`consistency`, `index_unindexed`) finds any
-        older ones."""
+        continues from the recovered footage). A `.part` file is the segment that was in
+        flight, so it follows its camera's indexed footage (see `salvage`'s `place`). Only
+        each camera's hour folders from its newest indexed segment on are searched for
+        files without rows, where a crash leaves them; the background consistency check
+        (`consistency`, `index_unindexed`) finds any older ones."""
         self._finish_deletes()
         work = [(p, False) for p in self._walk(".part")]
         work += [(p, True) for p in self._recent_unindexed()]
         work.sort(key=lambda item: (*self._order(item[0]), item[0].name))
         indexed: list[Segment] = []
         for path, complete in work:
-            seg = self.index_unindexed(path) if complete else self.salvage(path)
+            seg = self.index_unindexed(path) if complete else self.salvage(path, place=True)
             if seg is not None:
                 indexed.append(seg)
         return indexed
@@ -999,12 +1000,23 @@ class SegmentStore:
             with self.index.writing() as s:
                 s.execute(delete(SegmentRow).where(SegmentRow.id.in_(done)))
 
-    def salvage(self, part: Path) -> Segment | None:
-        """Keep the complete fragments of an interrupted `.part` file and index them."""
+    def salvage(self, part: Path, *, place: bool = False) -> Segment | None:
+        """Keep the complete fragments of an interrupted `.part` file and index them.
+
+        `place` (start-up recovery): the file was the segment in flight, so it follows its
+        camera's indexed footage. A name before that footage's end is a wall-clock time
+        from before a step back (a recorder names a file after its first keyframe's
+        arrival until its start settles; since the recorder places starts itself, only
+        files of older versions): the segment is placed at that end instead, renamed to
+        it, and the name it had is kept as the evidence (a `reanchor` event and a
+        `salvage-placed` audit entry), so the index stays in recording order and nothing
+        overlaps. Except a file a replaced recorder left (its name inside the camera's
+        `recorder-replaced` outage): it is older than the footage after that outage, and
+        keeps its time."""
         rel = part.relative_to(self.root)
         camera = rel.parts[0]
         try:
-            start_ms = parse_segment_name(part.name)
+            start_ms = named_ms = parse_segment_name(part.name)
             scan = scan_fragments(part)
         except (ValueError, OSError) as err:
             log.error("cannot salvage %s: %s", part, err)
@@ -1015,6 +1027,9 @@ class SegmentStore:
         if not scan.has_moov or scan.fragments == 0:
             log.warning("%s holds no complete fragment; left in place (%d bytes)", part, scan.size)
             return None
+        follows = self._placed_after(camera, start_ms) if place else None
+        if follows is not None:
+            start_ms = follows
         try:
             if scan.good_bytes < scan.size:
                 os.truncate(part, scan.good_bytes)
@@ -1024,16 +1039,29 @@ class SegmentStore:
                 while chunk := f.read(1 << 20):
                     sha.update(chunk)
                 os.fsync(f.fileno())
-            final = part.with_name(part.name.removesuffix(".part"))
+            if follows is None:
+                final = part.with_name(part.name.removesuffix(".part"))
+            else:
+                final = self._free_path(camera, start_ms)
+                final.parent.mkdir(parents=True, exist_ok=True)
             os.rename(part, final)
             fsync_dir(final.parent)
+            if final.parent != part.parent:
+                fsync_dir(part.parent)
         except (OSError, av.FFmpegError) as err:
             log.error("cannot salvage %s: %s", part, err)
             return None
+        if follows is not None:
+            start_ms = parse_segment_name(final.name)  # one name per start: maybe 1 ms on
+            info = dataclasses.replace(
+                info, start_ms=start_ms, end_ms=start_ms + info.duration_ms
+            )
         seg = self._insert(
             WrittenFile(final, scan.good_bytes, sha.hexdigest()), info, recovered=True
         )
         self.events.add(camera, now_ms(), "salvaged", f"{final.name}: {scan.fragments} fragments")
+        if follows is not None:
+            self._note_placed(camera, part, final, named_ms, seg)
         log.warning(
             "camera %s: salvaged %s (%d fragments, %.1f s) after an interrupted write",
             camera,
@@ -1042,6 +1070,47 @@ class SegmentStore:
             info.duration_ms / 1000,
         )
         return seg
+
+    def _placed_after(self, camera: str, named_ms: int) -> int | None:
+        """Where a `.part` file named `named_ms` goes at start-up (see `salvage`'s `place`):
+        the end of `camera`'s indexed footage when the name is before it, else None (its
+        name stands)."""
+        with Session(self._engine) as s:
+            last_end = s.scalar(
+                select(func.max(SegmentRow.end_ms)).where(
+                    SegmentRow.camera == camera, ~SegmentRow.garbage
+                )
+            )
+        if last_end is None or named_ms >= last_end:
+            return None
+        for outage in self.ledger.outages(camera, since_ms=named_ms):
+            if outage.cause == _REPLACED and outage.start_ms <= named_ms:
+                return None  # a replaced recorder's segment: older than what followed
+        return int(last_end)
+
+    def _note_placed(
+        self, camera: str, part: Path, final: Path, named_ms: int, seg: Segment
+    ) -> None:
+        """Keep the evidence of a salvaged segment placed after the footage it follows."""
+        detail = (
+            f"salvaged {part.name} (named by the wall clock at {iso(named_ms)}, before the "
+            f"footage it follows) placed at {iso(seg.start_ms)} as {final.name}"
+        )
+        self.events.add(camera, now_ms(), "reanchor", detail, (seg.start_ms - named_ms) / 1000)
+        self.audit.append(
+            "nvr",
+            "salvage-placed",
+            camera,
+            "ok",
+            {
+                "from": str(part.relative_to(self.root)),
+                "to": str(final.relative_to(self.root)),
+                "named_ms": named_ms,
+                "start_ms": seg.start_ms,
+                "sha256": seg.sha256,
+            },
+        )
+        log.warning("camera %s: %s", camera, detail)
 
     def _remove_empty_part(self, part: Path, camera: str, size: int) -> None:
         """Remove a `.part` file that holds the MP4 header at most (no sample: no footage),
@@ -1417,31 +1486,45 @@ class SegmentStore:
     def time_since_footage(self, camera: str) -> int | None:
         """Real time (ms, by the evidence time) since `camera`'s last footage ended, or None
         when the evidence cannot tell (no segment stamped with it). The wall clock cannot
-        say after it stepped back: the footage's times then run ahead of it. The newest
-        segment the recorder indexed itself was stamped when it ended; footage after it
-        (salvaged at a restart, stamped then) follows on from that end. Across a reboot the
-        evidence proves only what a synchronised clock does, so this errs short."""
+        say after it stepped back: the footage's times then run ahead of it.
+
+        The newest segment the recorder indexed itself was stamped when it ended. What was
+        indexed after it at a restart (salvaged, stamped then) followed on from it in real
+        time: its media durations, plus the outages the ledger has between them (not a
+        forward `clock-step`, which jumps the times over no real time). Across a reboot
+        the evidence proves only what a synchronised clock does, so this errs short."""
         with Session(self._engine) as s:
-            last_end = s.scalar(
-                select(func.max(SegmentRow.end_ms)).where(
-                    SegmentRow.camera == camera, ~SegmentRow.garbage
-                )
-            )
+            live = (SegmentRow.camera == camera, ~SegmentRow.garbage)
             ref = s.execute(
-                select(SegmentRow.end_ms, SegmentRow.elapsed_ms)
-                .where(
-                    SegmentRow.camera == camera,
-                    ~SegmentRow.garbage,
-                    ~SegmentRow.recovered,
-                    SegmentRow.elapsed_ms.is_not(None),
-                )
+                select(SegmentRow.id, SegmentRow.end_ms, SegmentRow.elapsed_ms)
+                .where(*live, ~SegmentRow.recovered, SegmentRow.elapsed_ms.is_not(None))
                 .order_by(SegmentRow.id.desc())
                 .limit(1)
             ).first()
-            if last_end is None or ref is None:
+            if ref is None:
                 return None
-            ended = int(ref.elapsed_ms) + max(0, int(last_end) - int(ref.end_ms))
-            return max(0, self.elapsed_now(s) - ended)
+            later = s.execute(
+                select(SegmentRow.start_ms, SegmentRow.end_ms, SegmentRow.duration_ms)
+                .where(*live, SegmentRow.id > ref.id)
+                .order_by(SegmentRow.id)
+            ).all()
+            now = self.elapsed_now(s)
+        ended = int(ref.elapsed_ms)
+        prev_end = int(ref.end_ms)
+        outages = [
+            o
+            for o in (self.ledger.outages(camera, since_ms=prev_end) if later else [])
+            if o.cause != "clock-step" and o.end_ms is not None
+        ]
+        for start, end, duration in later:
+            ended += sum(
+                o.end_ms - o.start_ms
+                for o in outages
+                if o.end_ms is not None and prev_end <= o.start_ms < start
+            )
+            ended += int(duration)
+            prev_end = max(prev_end, int(end))
+        return max(0, now - ended)
 
     def clock_verdict(
         self, now: evidence.Reading | None = None, s: Session | None = None
@@ -1866,6 +1949,10 @@ class SegmentStore:
                 )
                 or 0
             )
+
+
+_REPLACED = "recorder-replaced"
+"""The ledger cause of a replaced recorder thread (`ingest.supervisor.REPLACED`)."""
 
 
 class _AlreadyIndexed(Exception):

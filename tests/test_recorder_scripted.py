@@ -239,3 +239,45 @@ def test_kills_after_server_clock_steps_back_keep_the_timeline_in_order_and_the_
         assert store.verify().ok
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "before_kill",
+    [
+        # The kill lands in the first segment after a forward step (its times jumped ahead
+        # with the clock, over no real time) ...
+        [Connection(seconds=14.0, step_wall_at_s=12.0, step_wall_ms=3 * DAY_MS)],
+        # ... or in the first segment after the camera was gone for 5 s (a real gap).
+        [Connection(seconds=12.0), Refused(seconds=5.0), Connection(seconds=3.0)],
+    ],
+    ids=["after-a-forward-step", "after-a-camera-outage"],
+)
+def test_a_kill_then_a_step_back_while_down_gives_the_outage_its_real_length(
+    tmp_path: Path, scripted_clips: Path, before_kill: list[Step]
+) -> None:
+    """The segment in flight at the kill is salvaged at the restart (stamped then); the
+    real time since the footage ended is measured from the segment before it plus what
+    followed in real time, so neither a forward step's jump nor an earlier outage is
+    counted as downtime, and the clock set back while the daemon was down cannot shorten
+    the outage to nothing."""
+    clock = SimulatedClock(now_ms())
+    root = tmp_path / "store"
+    base = clock.wall_ms() - BOOT_OFFSET - round(clock.monotonic() * 1000)
+    store = open_store_on_uptime(root, clock, base)
+    assert record_then_kill(store, scripted_clips, clock, before_kill) is not None
+    store.close()
+    clock.advance(20.0)
+    clock.step_wall(-5 * DAY_MS)
+    store = open_store_on_uptime(root, clock, base)
+    try:
+        (salvaged,) = store.recover()
+        run_script(store, scripted_clips, clock, [Connection(seconds=12.0)])
+        segs = store.segments("cam")
+        assert salvaged in segs and salvaged.recovered
+        for prev, seg in itertools.pairwise(segs):
+            assert seg.start_ms >= prev.end_ms, (prev, seg)
+        (outage,) = [o for o in store.ledger.outages("cam") if o.cause == "not-running"]
+        assert outage.duration_ms is not None
+        assert 20_000 - 100 <= outage.duration_ms <= 21_100, outage
+    finally:
+        store.close()

@@ -100,6 +100,69 @@ def test_interrupted_write_is_salvaged_to_last_complete_fragment(tmp_path: Path)
     store.close()
 
 
+def interrupted_part(store: SegmentStore, start_ms: int, frames: int = 35) -> Path:
+    """A `.part` file named `start_ms` with `frames` frames (~1 s fragments), never finished:
+    what a killed recorder leaves."""
+    src = fast_pattern()
+    writer = store.new_writer("cam", start_ms, src.video, None)
+    for pkt in pattern_packets(src, frames):
+        pkt.stream = writer.video
+        writer.mux(pkt)
+    part = writer.temp_path
+    src.close()
+    return part
+
+
+def test_a_part_named_before_the_footage_it_follows_is_placed_after_it(tmp_path: Path) -> None:
+    """A `.part` file named by a wall clock that had stepped back (5 days) behind footage
+    already indexed: the start-up salvage indexes it at the end of that footage, under the
+    name of that start, keeps the name it had as evidence, and the index stays in
+    recording order (issue 11, item 1)."""
+    store = open_store(tmp_path)
+    write_segment(store, T0)
+    write_segment(store, T0 + 2000)
+    named = T0 - 5 * 86_400_000
+    part = interrupted_part(store, named)
+    store.close()  # the kill
+
+    store = open_store(tmp_path)
+    (seg,) = store.recover()
+    _, b, c = store.segments("cam")
+    assert c == seg and seg.recovered
+    assert seg.start_ms == b.end_ms == T0 + 4000 and seg.end_ms == seg.start_ms + seg.duration_ms
+    assert seg.path == store.segment_path("cam", seg.start_ms) and seg.path.exists()
+    assert not part.exists() and not part.with_name(part.name.removesuffix(".part")).exists()
+    found = check_file(seg.path)
+    assert found.first_is_key and found.dts_monotonic and found.decoded == found.frames
+    assert hashlib.sha256(seg.path.read_bytes()).hexdigest() == seg.sha256
+    (placed,) = store.audit.entries(action="salvage-placed")
+    assert placed.detail["named_ms"] == named and placed.detail["start_ms"] == seg.start_ms
+    assert placed.detail["from"].endswith(part.name)
+    (event,) = [e for e in store.events.since("cam") if e.kind == "reanchor"]
+    assert segment_name(named) + ".part" in event.detail
+    assert store.verify().ok
+    store.close()
+
+
+def test_a_replaced_recorders_part_keeps_its_time(tmp_path: Path) -> None:
+    """A `.part` file a replaced (hung) recorder left, never salvaged before the kill: it
+    was recorded before the replacement's footage, inside the `recorder-replaced` outage,
+    and keeps that time."""
+    store = open_store(tmp_path)
+    write_segment(store, T0)
+    outage = store.ledger.open("cam", T0 + 2000, "recorder-replaced", "no progress for 30 s")
+    part = interrupted_part(store, T0 + 2000)
+    store.ledger.close(outage.id, T0 + 40_000)
+    write_segment(store, T0 + 40_000)  # the replacement records
+    store.close()
+
+    store = open_store(tmp_path)
+    (seg,) = store.recover()
+    assert seg.start_ms == T0 + 2000 and seg.path == part.with_name(segment_name(T0 + 2000))
+    assert store.audit.entries(action="salvage-placed") == []
+    store.close()
+
+
 def test_files_and_rows_mismatch_is_reported_never_acted_on(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     write_segment(store, T0)
