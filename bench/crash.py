@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import errno
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -83,6 +84,7 @@ from pathlib import Path
 from typing import Any
 
 from nvr.storage import SegmentStore
+from nvr.storage.clock import read_uptime_ms
 from nvr.storage.timestamps import now_ms
 from tests.camsim import CameraSim, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
@@ -165,6 +167,14 @@ class Round:
     """clock-step: the daemon's clock offset at the kill, seconds."""
     unmeasured: list[str] = field(default_factory=list)
     """clock-step: cameras whose surviving footage is stamped on an earlier clock."""
+    out_of_order: int = 0
+    """Consecutive rows of a camera (index order) where the later starts before the
+    earlier ends: footage indexed out of recording order, or overlapping."""
+    down_ms: int = 0
+    """Real time from the kill to the restarted daemon's run (kernel uptime): the least
+    the kill's outage must last."""
+    outage_ms: dict[str, int] = field(default_factory=dict)
+    """Per camera, the length of the kill's outage in the ledger (from its last footage)."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -262,6 +272,28 @@ class Bench:
                 pass
             time.sleep(0.2)
         raise RuntimeError("cameras did not all start recording")
+
+    def passes(self) -> int:
+        """Retention passes the running daemon has finished (status.json; -1 unknown)."""
+        try:
+            doc = json.loads((self.root / "status.json").read_text(encoding="utf-8"))
+            if doc["pid"] != self.pid():
+                return -1
+            return int(doc["retention"]["passes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
+    def wait_passes(self, count: int, timeout: float = 120) -> None:
+        """Until the daemon has finished `count` more retention passes than now."""
+        deadline = time.monotonic() + timeout
+        while (start := self.passes()) < 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("no retention passes in status.json")
+            time.sleep(0.2)
+        while self.passes() < start + count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the daemon did not finish {count} retention passes")
+            time.sleep(0.2)
 
     def wait_state(self, state: str, timeout: float = 60) -> None:
         """Until status.json shows every camera in `state`."""
@@ -386,6 +418,7 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
         bench.trigger.touch()  # the next commit renames its file, then the daemon dies
         code = bench.wait_dead(60)
         killed_ms = now_ms()
+        killed_up = read_uptime_ms()
         if code != -signal.SIGKILL:
             raise RuntimeError(f"the daemon ended with {code}, not at the injected fault")
         before = bench.rows()
@@ -402,6 +435,7 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
             time.sleep(rng.uniform(0.5, 8.0))  # retention passes every second meanwhile
         killed_ms = now_ms() + bench.offset_s * 1000  # on the daemon's clock
         offset_at_kill = bench.offset_s
+        killed_up = read_uptime_ms()
         bench.kill()
         # Read once the daemon is dead: a snapshot taken before the kill misses rows
         # committed in between (a clock step cuts every camera's segment at once).
@@ -452,8 +486,20 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
     lost_video: dict[str, int] = {}
     paused: dict[str, int] = {}
     unmeasured: list[str] = []
+    outage_ms: dict[str, int] = {}
+    out_of_order = 0
     store = bench.reader()
     try:
+        down_ms = store.runs(1)[0].started_uptime_ms - killed_up
+        for cam in bench.cameras:
+            rows = sorted((sid, s) for sid, s in after.items() if s.camera == cam)
+            for (_, prev), (_, seg) in itertools.pairwise(rows):
+                if seg.start_ms < prev.end_ms:
+                    out_of_order += 1
+                    problems.append(
+                        f"{cam}: {seg.path.name} indexed after {prev.path.name} but starts "
+                        f"{prev.end_ms - seg.start_ms} ms before it ends"
+                    )
         for cam in bench.cameras:
             surviving = [
                 s for sid, s in after.items() if s.camera == cam and (sid in before or s.recovered)
@@ -472,6 +518,13 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
             ]
             if not gaps:
                 problems.append(f"{cam}: no not-running outage from the last footage")
+            elif gaps[0].end_ms is not None:
+                outage_ms[cam] = gaps[0].end_ms - gaps[0].start_ms
+                if bench.scenario != "full-index" and outage_ms[cam] < down_ms - 100:
+                    problems.append(
+                        f"{cam}: its outage lasts {outage_ms[cam]} ms, the daemon was down "
+                        f"{down_ms} ms"
+                    )
             if bench.scenario == "full-index" and not any(
                 p.is_relative_to(bench.root / cam) for p in parts
             ):
@@ -518,6 +571,9 @@ def run_round(bench: Bench, index: int, rng: random.Random) -> Round:
         steps_s=steps,
         offset_s=offset_at_kill if bench.scenario == "clock-step" else 0,
         unmeasured=unmeasured,
+        out_of_order=out_of_order,
+        down_ms=down_ms,
+        outage_ms=outage_ms,
         problems=problems,
     )
 
@@ -616,7 +672,7 @@ def confirm_at_end(bench: Bench) -> tuple[list[str], bool]:
     steps, held = bench.holds()
     ids = set(bench.rows())
     ok_, out = bench.cli("purge", "--i-confirm-clock", "--reason", "bench: clock checked")
-    time.sleep(3)  # three of the daemon's passes under the confirmed clock
+    bench.wait_passes(3)  # three of the daemon's passes under the confirmed clock
     _, held_after = bench.holds()
     gone = len(ids - set(bench.rows()))
     purged = bench.purges()
@@ -698,6 +754,15 @@ def summarise(
             f"cameras whose surviving footage is stamped on an earlier clock (loss not "
             f"measured): {sum(len(r.unmeasured) for r in rounds)}",
         ]
+    excess = [ms - r.down_ms for r in rounds for ms in r.outage_ms.values()]
+    short = [e for e in excess if e < -100]
+    lines += [
+        f"rows indexed out of recording order or overlapping: "
+        f"{sum(r.out_of_order for r in rounds)}",
+        f"kill outages (ledger) minus the real downtime (kill to the restart's run, by "
+        f"uptime), ms, {len(excess)} camera-kills: {_stats(excess)}; shorter than the "
+        f"downtime: {len(short)}",
+    ]
     return "\n".join(lines + (extra or []))
 
 
