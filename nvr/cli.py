@@ -187,6 +187,27 @@ def events_lines(doc: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def gb28181_lines(doc: dict[str, Any] | None) -> list[str]:
+    """The GB/T 28181 registration (`[gb28181]`) from the daemon's status.json."""
+    gb = (doc or {}).get("gb28181")
+    if not gb:
+        return []
+    if gb.get("registered"):
+        line = (
+            f"gb28181: registered with {gb['server_id']} at {gb['server']} since "
+            f"{fmt_ms(int(gb['registered_since'] * 1000))}, {gb.get('streams', 0)} streams"
+        )
+    else:
+        line = (
+            f"WARNING gb28181: not registered with {gb['server_id']} at {gb['server']}: "
+            f"{gb.get('last_error') or 'trying'}"
+        )
+    out = [line]
+    if gb.get("clock_finding"):
+        out.append(f"WARNING gb28181: {gb['clock_finding']}")
+    return out
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = configpath.load(args.config)
     doc = _status_doc(config.storage.root)
@@ -195,7 +216,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc is not None and doc.get("running") and now - int(doc["written_ms"]) < STATUS_FRESH_MS
     )
     print("daemon: " + (f"running (pid {doc['pid']})" if fresh and doc else "not running"))
-    for line in events_lines(doc if fresh else None):
+    for line in events_lines(doc if fresh else None) + gb28181_lines(doc if fresh else None):
         print(line)
     try:
         code = _status_from_index(config, doc if fresh else None, now)

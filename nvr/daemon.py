@@ -158,10 +158,12 @@ def write_status(
     running: bool,
     bus: EventBus | None = None,
     retention: RetentionService | None = None,
+    gb28181: dict[str, object] | None = None,
 ) -> None:
-    """Atomically publish the recorders' live state (and the alert destinations', and
-    retention's passes) for `nvr status` (another process). On a full disk (no room for the
-    new file) the old one is overwritten in place instead, so the alarm still shows.
+    """Atomically publish the recorders' live state (and the alert destinations',
+    retention's passes and the GB/T 28181 registration) for `nvr status` (another
+    process). On a full disk (no room for the new file) the old one is overwritten in place
+    instead, so the alarm still shows.
     Blocking: runs on a worker thread."""
     doc = {
         "pid": os.getpid(),
@@ -171,6 +173,7 @@ def write_status(
         "pictures": {name: asdict(p) for name, p in supervisor.picture_states().items()},
         "events": [asdict(d) for d in bus.destinations()] if bus is not None else [],
         "retention": retention.progress() if retention is not None else None,
+        "gb28181": gb28181,
     }
     text = json.dumps(doc, indent=1).encode("utf-8")
     size = -(-2 * len(text) // STATUS_ROOM) * STATUS_ROOM
@@ -221,6 +224,8 @@ class _Publisher:
         self._trimmed = time.monotonic()
         self.free_bytes = 0
         self.clock: ClockVerdict | None = None
+        self.gb: GbDevice | None = None
+        self._gb_doc: dict[str, object] | None = None
 
     def _round(self, running: bool) -> None:
         """Blocking: runs on a worker thread."""
@@ -235,7 +240,9 @@ class _Publisher:
             log.error("cannot record the recorder's heartbeat: %s", err)
         try:
             self.free_bytes = self._store.free_bytes()
-            write_status(self._root, self._supervisor, running, self._bus, self._retention)
+            write_status(
+                self._root, self._supervisor, running, self._bus, self._retention, self._gb_doc
+            )
         except OSError as err:
             if self._failing is None:
                 log.warning("cannot publish %s: %s", STATUS_FILE, err)
@@ -246,6 +253,7 @@ class _Publisher:
             self._failing = None
 
     async def publish(self, running: bool) -> None:
+        self._gb_doc = self.gb.status_doc() if self.gb is not None else None  # on the loop
         await asyncio.to_thread(self._round, running)
 
 
@@ -327,7 +335,7 @@ async def run_daemon(
             segment_listeners=supervisor.segment_listeners,
             taps=supervisor.tap,
         )
-        gb = await _start_gb28181(config, store, supervisor)
+        gb = publisher.gb = await _start_gb28181(config, store, supervisor)
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
         notifier.ready(line)
         if notifier.watchdog is not None:

@@ -8,6 +8,7 @@ unregisters. A daemon whose platform never answers records just the same."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import av
 import pytest
 
+from nvr.cli import gb28181_lines
 from nvr.config import load_config
 from nvr.daemon import run_daemon
 from nvr.storage import SegmentStore
@@ -56,6 +58,14 @@ def write_config(tmp_path: Path, port: int) -> Path:
     return cfg
 
 
+def gb_lines(root: Path) -> list[str]:
+    try:
+        doc = json.loads((root / "status.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return gb28181_lines(doc)
+
+
 def outages_and_segments(root: Path) -> tuple[int, int]:
     store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
     try:
@@ -83,6 +93,13 @@ async def test_daemon_registers_streams_live_and_survives_a_platform_restart(
     daemon = asyncio.create_task(run_daemon(load_config(cfg), stop=stop), name="daemon")
     try:
         await wait_for(platform.registered.is_set, "registration", daemon)
+        # status.json (and so `nvr status`) shows the registration
+        await wait_for(lambda: gb_lines(root)[:1] != [], "status.json's gb28181", daemon)
+        await wait_for(
+            lambda: gb_lines(root)[0].startswith(f"gb28181: registered with {SERVER}"),
+            "the registration in nvr status",
+            daemon,
+        )
 
         # the camera is ON once its recorder records
         async def catalog_status() -> str:

@@ -376,3 +376,35 @@ async def test_h265_recording_is_declared_0x24_and_plays(
         check_range(got, rec, start_s * 1000, end_s * 1000)
     finally:
         h265_store.close()
+
+
+async def test_mansrtsp_pause_play_and_scale(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    rec = recorded(store, "h264aac")
+    seg0 = store.segments("h264aac")[0]
+    start_s = seg0.start_ms // 1000 + 2
+    end_s = start_s + 6
+    device, sessions = await start_device(platform, store, monkeypatch)
+    try:
+        call = await platform.invite(CH_H264, "Playback", start_s=start_s, end_s=end_s)
+        assert call.answer is not None and call.answer.status_code == 200
+        await wait_for(lambda: len(call.packets) > 5, "media flowing")
+        [session] = sessions.sessions.values()
+        res = await call.info("PAUSE RTSP/1.0\r\nCSeq: 1\r\nPauseTime: now\r\n")
+        assert res.status_code == 200 and session.pace.paused
+        res = await call.info("PLAY RTSP/1.0\r\nCSeq: 2\r\nScale: 4.0\r\nRange: npt=now-\r\n")
+        assert res.status_code == 200
+        assert not session.pace.paused and session.pace.scale == 4.0
+        res = await call.info("PLAY RTSP/1.0\r\nCSeq: 3\r\nScale: 16\r\n")
+        assert res.status_code == 200 and session.pace.scale == 4.0  # clamped to 0.25-4
+        res = await call.info("TEARDOWN RTSP/1.0\r\nCSeq: 4\r\n")
+        assert res.status_code == 400
+        assert await media_status(platform) == "121"
+        await call.bye()
+    finally:
+        await device.stop()
+    # paused and resumed, nothing lost or repeated
+    _, got, decoded = received(call, tmp_path)
+    assert decoded == len(got)
+    check_range(got, rec, start_s * 1000, end_s * 1000)

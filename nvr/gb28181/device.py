@@ -20,7 +20,7 @@ import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -172,6 +172,17 @@ class GbDevice:
     def local(self) -> sip.Addr:
         assert self._endpoint is not None
         return (self._local_ip, self._endpoint.transport.local[1])
+
+    def status_doc(self) -> dict[str, object]:
+        """The registration's state for status.json and `nvr status` (on the loop)."""
+        doc: dict[str, object] = {
+            "server_id": self.config.server_id,
+            "server": f"{self.config.server_host}:{self.config.server_port}",
+            **asdict(self.status),
+        }
+        sessions = getattr(self.media, "sessions", None)
+        doc["streams"] = len(sessions) if isinstance(sessions, dict) else 0
+        return doc
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         for ch in self.channels:
