@@ -16,6 +16,7 @@ from nvr.api.cameras import CameraDirectory, LiveStatus, NoRecorders
 from nvr.api.exports import ExportService
 from nvr.api.health import CapacityProvider, HealthService, RecentErrors
 from nvr.api.live.service import LiveService, SubstreamProvider, TapProvider
+from nvr.api.masking import MaskService
 from nvr.api.metrics import HttpMetrics
 from nvr.api.playback import PlaybackService
 from nvr.config import NvrConfig
@@ -84,6 +85,8 @@ class ApiServices:
     throttle: LoginThrottle
     links: LinkSigner
     errors: RecentErrors
+    masks: MaskService | None = None
+    """Privacy-masked copies of recordings (R10), one at a time."""
     scrape: ScrapeToken = field(default_factory=lambda: ScrapeToken(None))
     """The static `/metrics` token (`[api] metrics_token_file`), if configured."""
     hashing: ThreadPoolExecutor = field(
@@ -172,6 +175,7 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         links=LinkSigner(),
         errors=errors,
         scrape=ScrapeToken(settings.metrics_token_file),
+        masks=MaskService(root / ".masked"),
         reloader=ctx.reloader,
         emit=ctx.emit,
         live=LiveService(ctx.config, settings, ctx.store, ctx.taps, ctx.substreams),

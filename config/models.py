@@ -211,6 +211,22 @@ class PictureConfig(_Frozen):
     """A raised condition's threshold is relaxed by this share until it clears."""
 
 
+class PrivacyMask(_Frozen):
+    """A privacy area of one camera (`[[cameras.privacy_masks]]`, R10): a polygon in
+    normalised picture coordinates (0,0 top left, 1,1 bottom right), filled black in every
+    copy shown to a user not allowed to see behind masks. Originals are never altered."""
+
+    points: Annotated[list[tuple[float, float]], Field(min_length=3, max_length=64)]
+
+    @field_validator("points")
+    @classmethod
+    def _inside(cls, value: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        for x, y in value:
+            if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+                raise ValueError(f"points must lie within 0..1, found [{x}, {y}]")
+        return value
+
+
 class CameraConfig(_Frozen):
     """One camera: where its stream comes from and how it is cut into segments."""
 
@@ -241,6 +257,8 @@ class CameraConfig(_Frozen):
     """Per-camera window; may only be longer than `[retention] days`."""
     enabled: StrictBool = True
     picture: PictureConfig = Field(default_factory=PictureConfig)
+    privacy_masks: list[PrivacyMask] = Field(default_factory=list, max_length=32)
+    """Areas filled black for users without the `unmasked` permission (playback)."""
     """Picture checks: covered, defocused, re-pointed, frozen, no signal (`[cameras.picture]`)."""
     gb_channel_id: str | None = None
     """The camera's channel id on a GB/T 28181 platform (`[gb28181]`), 20 digits; default:

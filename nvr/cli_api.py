@@ -82,7 +82,8 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     for u in users:
         cams = ",".join(sorted(u.cameras)) or "(none)"
         state = "disabled" if u.disabled else "enabled"
-        print(f"{u.name}\t{u.role}\t{state}\tcameras {cams}")
+        masks = "\tunmasked" if u.unmasked else ""
+        print(f"{u.name}\t{u.role}\t{state}\tcameras {cams}{masks}")
     if not users:
         print("no users")
     return 0
@@ -102,12 +103,15 @@ def cmd_user_set(args: argparse.Namespace) -> int:
             store.accounts.set_cameras(args.name, cameras, actor=actor())
         if password is not None:
             store.accounts.set_password(args.name, password, actor=actor())
+        if args.unmasked is not None:
+            store.accounts.set_unmasked(args.name, args.unmasked == "yes", actor=actor())
         user = store.accounts.user(args.name)
     finally:
         store.close()
     if user is not None:
         cams = ",".join(sorted(user.cameras)) or "(none)"
-        print(f"{user.name}: {user.role}, cameras {cams}")
+        masks = "sees behind privacy masks" if user.unmasked else "privacy masks applied"
+        print(f"{user.name}: {user.role}, cameras {cams}, {masks}")
     return 0
 
 
@@ -263,6 +267,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--role", choices=ROLES)
     p.add_argument("--cameras", help="comma-separated camera names, or * for all")
     p.add_argument("--password-stdin", action="store_true", help="new password from stdin")
+    p.add_argument(
+        "--unmasked",
+        choices=("yes", "no"),
+        help="whether the user may see behind cameras' privacy masks (default for new users: no)",
+    )
     p.set_defaults(func=cmd_user_set)
 
     p = with_config("disable", "disable a user (revokes their tokens)")

@@ -62,6 +62,8 @@ class User:
     """Camera names this user may see; `*` means all. Admins see every camera anyway."""
     disabled: bool
     created_ms: int
+    unmasked: bool = False
+    """May see behind privacy masks (R10); default masked."""
 
     def may_view(self, camera: str) -> bool:
         return self.role == "admin" or ALL_CAMERAS in self.cameras or camera in self.cameras
@@ -164,6 +166,7 @@ class AccountStore(Repository):
             cameras=frozenset(cams),
             disabled=row.disabled,
             created_ms=row.created_ms,
+            unmasked=bool(row.unmasked),
         )
 
     def users(self) -> list[User]:
@@ -319,6 +322,20 @@ class AccountStore(Repository):
             self._revoke_all(user.id)
         self._audit.append(
             actor, "user-disable" if disabled else "user-enable", f"user:{name}", "ok"
+        )
+        return self._require(name)
+
+    def set_unmasked(self, name: str, unmasked: bool, *, actor: str) -> User:
+        """Allow (or no longer allow) a user to see behind privacy masks (audited)."""
+        user = self._require(name)
+        with self._writing() as s:
+            s.execute(
+                update(UserRow)
+                .where(UserRow.id == user.id)
+                .values(unmasked=unmasked, updated_ms=self._clock())
+            )
+        self._audit.append(
+            actor, "user-unmasked", f"user:{name}", "ok", {"from": user.unmasked, "to": unmasked}
         )
         return self._require(name)
 

@@ -22,7 +22,7 @@ from sqlalchemy.engine import ExceptionContext
 from nvr.storage.errors import IndexCorruptError, StorageError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 """The newest migration's revision (tests/test_store.py checks it against Alembic's own
 view). A database already there is opened without running Alembic at all (see
 `migrate` for what importing it costs)."""

@@ -278,6 +278,8 @@ class UserRow(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     created_ms: Mapped[int] = mapped_column(BigInteger)
     updated_ms: Mapped[int] = mapped_column(BigInteger)
+    unmasked: Mapped[bool] = mapped_column(Boolean, default=False)
+    """May see behind cameras' privacy masks (R10); default: masked."""
 
 
 class UserCameraRow(Base):

@@ -5,10 +5,14 @@ Every playback and download is audited before the first byte is sent."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import parse_qs, quote, urlsplit
 
+import av
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
@@ -34,6 +38,7 @@ from nvr.api.errors import (
     Unavailable,
     Unprocessable,
 )
+from nvr.api.masking import MaskedCopy
 from nvr.api.models import (
     CameraOut,
     DeletedOut,
@@ -52,7 +57,7 @@ from nvr.api.playback import PlanBusy, RangeReader, Recording, gap_causes, gaps_
 from nvr.api.routes import problems
 from nvr.api.routes.locks import lock_out
 from nvr.api.services import ApiServices
-from nvr.config.models import CAMERA_NAME
+from nvr.config.models import CAMERA_NAME, PrivacyMask
 from nvr.storage import RetentionViolation, StorageError
 from nvr.storage.media.boxes import Mp4Error
 from nvr.storage.timestamps import iso
@@ -266,6 +271,8 @@ async def recording(
         raise Unavailable(str(err)) from err
     if rec is None:
         raise NotFound("no footage in this range")
+    masks = privacy_masks(services, name)
+    masked = bool(masks) and not user.unmasked and services.masks is not None
     headers = {
         "ETag": rec.etag,
         "Accept-Ranges": "bytes",
@@ -276,7 +283,9 @@ async def recording(
         "end_ms": rng.end_ms,
         "via": _via(request, link),
     }
-    if _etag_matches(request.headers.get("if-none-match"), rec.etag):
+    if masked:
+        detail["masked"] = True
+    if not masked and _etag_matches(request.headers.get("if-none-match"), rec.etag):
         await asyncio.to_thread(
             services.store.audit.append,
             user.name,
@@ -287,7 +296,12 @@ async def recording(
         )
         return Response(status_code=304, headers=headers)
     if request.method == "HEAD":
-        return await _head(services, user.name, action, name, rec, headers, detail)
+        if masked:
+            del headers["ETag"]  # the masked copy's tag is known once it is made
+            rec_for_head = None
+        else:
+            rec_for_head = rec
+        return await _head(services, user.name, action, name, rec_for_head, headers, detail)
     try:
         vf = await services.playback.file(rec, user.id)
     except PlanBusy as err:
@@ -304,22 +318,43 @@ async def recording(
     if download:
         filename = f"{name}_{iso(vf.start_ms)}_{iso(vf.end_ms)}.mp4".replace(":", "")
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    copy: MaskedCopy | None = None
+    if masked and services.masks is not None:
+        # Privacy masks (R10): this user sees a re-encoded copy with the areas filled.
+        try:
+            copy = await services.masks.copy(vf, rec.etag, masks)
+        except (av.FFmpegError, OSError) as err:
+            raise Unavailable(f"cannot make the privacy-masked copy: {err}") from err
+        headers["ETag"] = copy.etag
+        headers["X-Privacy-Masks"] = str(len(masks))
+        if _etag_matches(request.headers.get("if-none-match"), copy.etag):
+            await asyncio.to_thread(
+                services.store.audit.append,
+                user.name,
+                action,
+                name,
+                "ok",
+                {**detail, "bytes": 0, "status": 304, "method": request.method},
+            )
+            return Response(status_code=304, headers=headers)
+    size = copy.size if copy is not None else vf.size
+    etag = headers["ETag"]
     asked = request.headers.get("range")
     if_range = request.headers.get("if-range")
-    if if_range is not None and if_range.strip() != rec.etag:
+    if if_range is not None and if_range.strip() != etag:
         asked = None  # the client's copy is another file: send all of this one
-    chosen = byte_range(asked, vf.size)
+    chosen = byte_range(asked, size)
     if chosen == "unsatisfiable":
         return Response(
             status_code=416,
-            headers={**headers, "Content-Range": f"bytes */{vf.size}"},
+            headers={**headers, "Content-Range": f"bytes */{size}"},
         )
     if chosen is None or isinstance(chosen, str):
-        first, last, status = 0, vf.size - 1, 200
+        first, last, status = 0, size - 1, 200
     else:
         first, last = chosen
         status = 206
-        headers["Content-Range"] = f"bytes {first}-{last}/{vf.size}"
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     length = last - first + 1
     headers["Content-Length"] = str(length)
     await asyncio.to_thread(
@@ -333,15 +368,36 @@ async def recording(
             "footage_start_ms": vf.start_ms,
             "footage_end_ms": vf.end_ms,
             "bytes": length,
-            "range": f"{first}-{last}/{vf.size}" if status == 206 else None,
+            "range": f"{first}-{last}/{size}" if status == 206 else None,
         },
     )
-    return StreamingResponse(
-        stream(RangeReader(vf, first, last)),
-        status_code=status,
-        headers=headers,
-        media_type="video/mp4",
+    body = (
+        _file_chunks(copy.path, first, last)
+        if copy is not None
+        else stream(RangeReader(vf, first, last))
     )
+    return StreamingResponse(body, status_code=status, headers=headers, media_type="video/mp4")
+
+
+def privacy_masks(services: ApiServices, camera: str) -> list[PrivacyMask]:
+    """The camera's privacy masks in the running config (none for a removed camera)."""
+    cam = next((c for c in services.config.cameras if c.name == camera), None)
+    return list(cam.privacy_masks) if cam is not None else []
+
+
+async def _file_chunks(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
+    """Bytes [first, last] of a masked copy (opened once: a trimmed cache keeps it alive)."""
+    f = await asyncio.to_thread(open, path, "rb")
+    try:
+        pos = first
+        while pos <= last:
+            chunk = await asyncio.to_thread(os.pread, f.fileno(), min(1 << 20, last + 1 - pos), pos)
+            if not chunk:
+                return
+            pos += len(chunk)
+            yield chunk
+    finally:
+        f.close()
 
 
 async def _head(
@@ -349,13 +405,13 @@ async def _head(
     user: str,
     action: str,
     name: str,
-    rec: Recording,
+    rec: Recording | None,
     headers: dict[str, str],
     detail: dict[str, object],
 ) -> Response:
     """HEAD never builds a plan: the length is given only when the plan is cached already
     (a HEAD is a cheap probe, not a way to make the recorder do a GET's work). Audited."""
-    vf = services.playback.cached(rec)
+    vf = services.playback.cached(rec) if rec is not None else None
     if vf is not None:
         headers["Content-Length"] = str(vf.size)
         headers["X-Recording-Start"] = iso(vf.start_ms)

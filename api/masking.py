@@ -1,0 +1,216 @@
+"""`MaskService`: privacy-masked copies of recordings (R10) for users who may not see behind a
+camera's privacy masks (`[[cameras.privacy_masks]]`; `User.unmasked` is the permission).
+
+Originals are never altered (R4): a masked copy is made from the playback plan's virtual MP4
+(`api.playback.VirtualFile`, read through `VirtualFileIO`), decoded with PyAV, the polygons
+filled black in every picture, re-encoded with libx264 and written to a cache file under
+`<root>/.masked/` (named by the plan's ETag and the masks, so a player's Range requests reuse
+it; the oldest copies beyond `keep` are removed; they are named `<key>.masked`). Audio is
+copied as it is. At most `max_jobs` copies are made at once (`asyncio.Semaphore` on the loop;
+the work itself runs on worker threads via `asyncio.to_thread`), so masking never starves
+recording of CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import numpy.typing as npt
+
+from nvr.api.playback import RangeReader
+from nvr.config.models import PrivacyMask
+from nvr.storage.media.virtual import VirtualFile
+
+log = logging.getLogger("nvr.api.masking")
+
+BOOL = npt.NDArray[np.bool_]
+BLACK_Y, NEUTRAL_UV = 16, 128
+CACHE_SUFFIX = ".masked"
+"""MP4 files, but not named `.mp4`: the store's consistency walk takes every `.mp4` under
+its root for a segment."""
+
+
+class VirtualFileIO(io.RawIOBase):
+    """A seekable, readable file over a virtual MP4 (for PyAV), reading its pieces on demand."""
+
+    def __init__(self, vf: VirtualFile) -> None:
+        self._vf = vf
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._vf.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._pos >= self._vf.size or not len(view):
+            return 0
+        reader = RangeReader(self._vf, self._pos, self._vf.size - 1, chunk=len(view))
+        try:
+            data = reader.read()
+        finally:
+            reader.close()
+        view[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def polygon_mask(masks: Sequence[PrivacyMask], width: int, height: int) -> BOOL:
+    """Pixels (by their centres) inside any of the polygons (even-odd rule per polygon)."""
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    px, py = (xs + 0.5) / width, (ys + 0.5) / height
+    out = np.zeros((height, width), dtype=bool)
+    for mask in masks:
+        inside = np.zeros((height, width), dtype=bool)
+        pts = mask.points
+        for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1], strict=True):
+            if y1 == y2:
+                continue
+            crosses = (py >= min(y1, y2)) & (py < max(y1, y2))
+            x_at = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
+            inside ^= crosses & (px < x_at)
+        out |= inside
+    return out
+
+
+def apply_mask(frame: av.VideoFrame, luma: BOOL, chroma: BOOL) -> av.VideoFrame:
+    """A copy of `frame` (yuv420p) with the masked pixels black."""
+    pic = frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p")
+    arr = pic.to_ndarray()
+    h, w = luma.shape
+    y = arr[:h]
+    y[luma] = BLACK_Y
+    u = arr[h : h + h // 4].reshape(h // 2, w // 2)
+    v = arr[h + h // 4 :].reshape(h // 2, w // 2)
+    u[chroma] = NEUTRAL_UV
+    v[chroma] = NEUTRAL_UV
+    out = av.VideoFrame.from_ndarray(arr, format="yuv420p")
+    out.pts = frame.pts
+    out.time_base = frame.time_base
+    return out
+
+
+def mask_file(source: io.RawIOBase | str, dest: Path, masks: Sequence[PrivacyMask]) -> None:
+    """Decode `source`, fill the masks, encode H.264 (libx264) into `dest`; audio copied.
+    Blocking (a worker thread)."""
+    faststart = {"movflags": "+faststart"}
+    with av.open(source, "r") as src, av.open(str(dest), "w", "mp4", options=faststart) as out:
+        vin = src.streams.video[0]
+        width, height = vin.codec_context.width, vin.codec_context.height
+        vout = out.add_stream("libx264", rate=vin.average_rate or 25)
+        vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
+        vout.time_base = vin.time_base
+        if vin.time_base is not None:
+            vout.codec_context.time_base = vin.time_base
+        vout.options = {"preset": "veryfast", "crf": "20", "threads": "1"}
+        ain = src.streams.audio[0] if src.streams.audio else None
+        aout = out.add_stream_from_template(ain) if ain is not None else None
+        luma = polygon_mask(masks, width, height)
+        chroma = luma[0::2, 0::2] | luma[1::2, 0::2] | luma[0::2, 1::2] | luma[1::2, 1::2]
+        streams = [vin] if ain is None else [vin, ain]
+        for packet in src.demux(streams):
+            if packet.stream is vin:
+                for frame in packet.decode():
+                    assert isinstance(frame, av.VideoFrame)
+                    for p in vout.encode(apply_mask(frame, luma, chroma)):
+                        out.mux(p)
+            elif aout is not None and packet.dts is not None and packet.size:
+                packet.stream = aout
+                out.mux(packet)
+        for p in vout.encode(None):
+            out.mux(p)
+
+
+@dataclass(frozen=True)
+class MaskedCopy:
+    path: Path
+    size: int
+    etag: str
+
+
+def masks_key(masks: Sequence[PrivacyMask]) -> str:
+    text = json.dumps([m.points for m in masks])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class MaskService:
+    """See the module docstring. Built and used on the event loop."""
+
+    def __init__(self, cache_dir: Path, max_jobs: int = 1, keep: int = 16) -> None:
+        self.cache_dir = cache_dir
+        self.keep = keep
+        self._jobs = asyncio.Semaphore(max_jobs)
+        self._making: dict[str, asyncio.Future[MaskedCopy]] = {}
+        self.made = 0
+        """Copies made since the start (each a decode and re-encode)."""
+
+    async def copy(self, vf: VirtualFile, etag: str, masks: Sequence[PrivacyMask]) -> MaskedCopy:
+        """The masked copy of the recording `vf` (made once per ETag and masks)."""
+        key = hashlib.sha256(f"{etag}|{masks_key(masks)}".encode()).hexdigest()[:40]
+        path = self.cache_dir / f"{key}{CACHE_SUFFIX}"
+        tag = f'"m{key}"'
+        size = await asyncio.to_thread(_size, path)
+        if size is not None:
+            return MaskedCopy(path, size, tag)
+        pending = self._making.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[MaskedCopy] = asyncio.get_running_loop().create_future()
+        self._making[key] = future
+        try:
+            async with self._jobs:
+                made = await asyncio.to_thread(self._make, vf, path, masks)
+            copy = MaskedCopy(path, made, tag)
+            future.set_result(copy)
+            self.made += 1
+            return copy
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # retrieved: waiters get it, nobody else must
+            raise
+        finally:
+            del self._making[key]
+
+    def _make(self, vf: VirtualFile, path: Path, masks: Sequence[PrivacyMask]) -> int:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            mask_file(VirtualFileIO(vf), tmp, masks)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._trim()
+        return path.stat().st_size
+
+    def _trim(self) -> None:
+        copies = sorted(self.cache_dir.glob(f"*{CACHE_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        for old in copies[: max(0, len(copies) - self.keep)]:
+            old.unlink(missing_ok=True)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
