@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nvr.api.masking import VirtualFileIO, mask_file
 from nvr.api.playback import PlaybackService, Recording, etag, gap_causes
 from nvr.config import CameraConfig, NvrConfig
 from nvr.config.models import SiteConfig
@@ -244,9 +245,35 @@ class ExportService:
             (f"segments/{seg.path.name}", file_chunks(seg.path), seg.sha256) for seg in segments
         ]
         files.append(("recording.mp4", lambda: vf.chunks(0, vf.size - 1), None))
-        manifest_sha, packed = write_package(
-            path, self.key(), manifest, files, should_stop=self._stop.is_set
-        )
+        requester = self._store.accounts.user(export.requester)
+        masks = list(cam.privacy_masks) if cam is not None else []
+        masked = bool(masks) and not (requester is not None and requester.unmasked)
+        copy = self.directory / f"export-{export.id:06d}.masked.tmp"
+        if masked:
+            # Privacy masks (R10): the requester may not see behind them, so the package holds
+            # only a masked re-encoded recording; the originals stay on the recorder, named
+            # by their hashes (which still prove what the copy was made from).
+            mask_file(VirtualFileIO(vf), copy, masks)
+            manifest["privacy_masks"] = {
+                "applied": True,
+                "polygons": [m.points for m in masks],
+                "note": "recording.mp4 was decoded and re-encoded (H.264) with these areas "
+                "(normalised coordinates) filled black; the original segments are not in the "
+                "package; their hashes below identify them on the recorder",
+                "originals": manifest.pop("segments"),
+            }
+            manifest["segments"] = []
+            manifest["recording"]["note"] = (
+                "one MP4 of the range with the privacy masks filled, re-encoded from the "
+                "original segments listed under privacy_masks.originals"
+            )
+            files = [("recording.mp4", file_chunks(copy), None)]
+        try:
+            manifest_sha, packed = write_package(
+                path, self.key(), manifest, files, should_stop=self._stop.is_set
+            )
+        finally:
+            copy.unlink(missing_ok=True)
         rel = (
             str(path.relative_to(self._store.root))
             if path.is_relative_to(self._store.root)

@@ -1,13 +1,17 @@
 """Privacy masks (issue 18, R10): a user without the `unmasked` permission plays a camera's
 footage as a re-encoded copy with the polygons filled black (decoded: the masked area black,
 the rest the same picture); a user with it gets exactly the bytes of today's playback; the
-originals are untouched; masked playback is audited as such."""
+originals are untouched; masked playback is audited as such; an export a masked user asked
+for holds only the masked recording and names the originals by their hashes."""
 
 from __future__ import annotations
 
+import io
+import json
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,14 +23,17 @@ from pydantic import ValidationError
 from nvr.api.services import ApiContext
 from nvr.config.models import CameraConfig, PrivacyMask
 from nvr.storage import SegmentStore
+from nvr.storage.media.package import verify_package
 from tests.api_rig import (
     SYNCHRONISED,
     Api,
     ServerThread,
+    export_body,
     footage_end,
     free_port,
     make_config,
     open_store,
+    ready,
 )
 
 MASK = [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.0, 0.5)]  # the top left quarter
@@ -50,6 +57,11 @@ def serve(root: Path, masks: list[PrivacyMask]) -> Iterator[Api]:
         store.close()
 
 
+def write_tmp(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def pictures(data: bytes) -> list[np.ndarray]:
     with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
         f.write(data)
@@ -65,7 +77,9 @@ def test_mask_points_are_checked() -> None:
         PrivacyMask(points=[(0.0, 0.0), (1.5, 0.0), (0.5, 0.5)])
     with pytest.raises(ValidationError):
         PrivacyMask(points=[(0.0, 0.0), (1.0, 0.0)])
-    cam = CameraConfig(name="c", url="rtsp://127.0.0.1/x", privacy_masks=[{"points": MASK}])
+    cam = CameraConfig.model_validate(
+        {"name": "c", "url": "rtsp://127.0.0.1/x", "privacy_masks": [{"points": MASK}]}
+    )
     assert cam.privacy_masks[0].points[1] == (0.5, 0.0)
 
 
@@ -115,8 +129,35 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
             e for e in api.store.audit.entries() if e.actor == "vera" and e.action == "playback"
         ]
         assert entries and all(e.detail.get("masked") is True for e in entries)
+        # An export requested by a masked user: only the masked recording, the originals'
+        # hashes in the manifest, and it says so.
+        with api.as_user("olga") as olga, api.as_user("oscar") as oscar:
+            r = olga.post("/api/exports", json=export_body(span["start"], span["end"]))
+            assert r.status_code == 201, r.text
+            eid = r.json()["id"]
+            r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-2002"})
+            assert r.status_code == 200, r.text
+            assert ready(olga, eid)["state"] == "ready"
+            pkg = olga.get(f"/api/exports/{eid}/download")
+            assert pkg.status_code == 200
+        with zipfile.ZipFile(io.BytesIO(pkg.content)) as zf:
+            names = zf.namelist()
+            manifest = json.loads(zf.read("manifest.json"))
+            exported = zf.read("recording.mp4")
+        assert not [n for n in names if n.startswith("segments/")], names
+        masks = manifest["privacy_masks"]
+        assert masks["applied"] is True and masks["polygons"] == [[list(p) for p in MASK]]
+        assert [o["sha256"] for o in masks["originals"]] == [
+            s.sha256 for s in api.store.segments("h264aac", span["start"], span["end"])
+        ]
+        assert manifest["segments"] == []
+        assert verify_package(write_tmp(tmp_path / "pkg.zip", pkg.content)).problems == []
     plain, hidden = pictures(today), pictures(masked)
     assert len(hidden) == len(plain) >= 50
+    exported_pictures = pictures(exported)
+    assert len(exported_pictures) >= 50
+    for b in exported_pictures:
+        assert b[2 : b.shape[0] // 2 - 2, 2 : b.shape[1] // 2 - 2].max() <= 3
     h, w = plain[0].shape
     for a, b in zip(plain, hidden, strict=True):
         inner = b[2 : h // 2 - 2, 2 : w // 2 - 2]
