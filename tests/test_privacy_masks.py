@@ -119,6 +119,9 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
                 headers={"Range": "bytes=100-1099", "If-Range": r.headers["etag"]},
             )
             assert part.status_code == 206 and part.content == masked[100:1100]
+            hour = {"start": first.start_ms, "end": first.start_ms + 3_600_000}
+            too_long = c.get("/api/cameras/h264aac/recording.mp4", params=hour)
+            assert too_long.status_code == 422 and "15 minutes" in too_long.text
             again = c.get(
                 "/api/cameras/h264aac/recording.mp4",
                 params=span,

@@ -73,6 +73,8 @@ TimeQuery = Annotated[
     ),
 ]
 TIMELINE_MAX_HOURS = 168
+MASKED_MAX_MS = 15 * 60_000
+"""Longest range a masked user's playback may ask for (docs/benchmarks.md: bench/masks.py)."""
 DELETE_MAX_HOURS = 24 * 366 * 10
 ERRORS = problems(400, 401, 403, 404)
 
@@ -273,6 +275,12 @@ async def recording(
         raise NotFound("no footage in this range")
     masks = privacy_masks(services, name)
     masked = bool(masks) and not user.unmasked and services.masks is not None
+    if masked and rng.end_ms - rng.start_ms > MASKED_MAX_MS:
+        # the whole copy is re-encoded before its first byte (about real time at 1080p)
+        raise Unprocessable(
+            f"this camera has privacy masks: ask for at most {MASKED_MAX_MS // 60_000} minutes "
+            "at a time"
+        )
     headers = {
         "ETag": rec.etag,
         "Accept-Ranges": "bytes",
