@@ -32,6 +32,7 @@ from nvr.api.routes import (
     users,
 )
 from nvr.api.services import ApiContext, close_services, open_services
+from nvr.api.web import UPLOADS
 from nvr.api.web import mount as mount_pages
 from nvr.storage import StorageError
 
@@ -135,7 +136,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     settings = ctx.settings
     # added last = outermost: the log sees every answer, the limit runs before any route
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, streamed=UPLOADS)
     app.add_middleware(SecurityHeaders, tls=settings.tls_certificate is not None)
     app.add_middleware(AccessLog, http=http)
     return app

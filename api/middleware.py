@@ -175,17 +175,25 @@ async def send_problem(send: Send, status: int, title: str, detail: str) -> None
 
 class BodyLimit:
     """Refuses request bodies over `max_bytes` with 413 (before reading them when the length
-    is declared) and hands the application the accepted body in one message."""
+    is declared) and hands the application the accepted body in one message. A path in
+    `streamed` (an upload) has its own, larger limit checked here against the declared
+    length only: its body is not buffered but passed on as it arrives, and the route, which
+    authenticates before it reads a byte, enforces that limit while it streams."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, streamed: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.streamed = dict(streamed or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = f"the request body may be at most {self.max_bytes} bytes"
+        limit = self.streamed.get(str(scope.get("path", "")))
+        max_bytes = self.max_bytes if limit is None else limit
+        too_large = f"the request body may be at most {max_bytes} bytes"
         for key, value in scope.get("headers", []):
             if key == b"content-length":
                 try:
@@ -193,9 +201,12 @@ class BodyLimit:
                 except ValueError:
                     await send_problem(send, 400, "Bad Request", "invalid Content-Length")
                     return
-                if declared > self.max_bytes:
+                if declared > max_bytes:
                     await send_problem(send, 413, "Content Too Large", too_large)
                     return
+        if limit is not None:
+            await self.app(scope, receive, send)
+            return
         parts: list[bytes] = []
         size = 0
         more = True

@@ -9,11 +9,13 @@ half of issue 17). Skips when Chromium or GStreamer's RTSP server is missing."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +23,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    FilePayload,
+    Page,
+    ViewportSize,
+    sync_playwright,
+)
 
 from nvr.api.web.i18n import CATALOGUES
 from tests.api_rig import NVR, PASSWORD, free_port, nvr
@@ -172,9 +181,19 @@ class Session:
     problems: list[str]
 
 
-def log_in(browser: Browser, daemon: Daemon, name: str, init_script: str = "") -> Session:
+def log_in(
+    browser: Browser,
+    daemon: Daemon,
+    name: str,
+    init_script: str = "",
+    viewport: ViewportSize | None = None,
+) -> Session:
     """A fresh browser context logged in as `name` through the login form."""
-    context = browser.new_context(base_url=daemon.base, accept_downloads=True)
+    context = browser.new_context(
+        base_url=daemon.base,
+        accept_downloads=True,
+        viewport=viewport or {"width": 1280, "height": 720},
+    )
     if init_script:
         context.add_init_script(init_script)
     page = context.new_page()
@@ -277,6 +296,14 @@ def test_the_timeline_shows_the_gap_with_its_cause_and_a_click_plays(
         later = page.evaluate("Number(document.getElementById('playback').dataset.wallclock)")
         assert later > first >= start - 1100  # from the keyframe at or before the click
         assert page.locator("#wallclock").inner_text().endswith("+08:00")
+        # in and out points from the playing video
+        page.click("#mark-in")
+        page.wait_for_timeout(1200)
+        page.click("#mark-out")
+        a = int(page.locator("#in-text").get_attribute("data-ms") or 0)
+        b = int(page.locator("#out-text").get_attribute("data-ms") or 0)
+        assert start - 1100 <= a < b, (a, b)
+        assert page.locator("#in-text").inner_text().endswith("+08:00")
         assert csp_violations(s) == []
     finally:
         s.context.close()
@@ -345,11 +372,18 @@ def test_an_export_requested_by_one_is_approved_by_another_and_verifies(
         page.fill(f'{form} input[name="recipient"]', "Yuzhong police, officer Li")
         page.fill(f'{form} input[name="approval_document"]', "YZ-2026-1202-17")
         page.fill(f'{form} input[name="requester_work_id"]', "OP-1001")
+        letter = b"%PDF-1.4 approval YZ-2026-1202-17 signed by the chief\n" * 100
+        page.set_input_files(
+            f'{form} input[name="document_file"]',
+            files=FilePayload(name="approval.pdf", mimeType="application/pdf", buffer=letter),
+        )
         page.click(f"{form} button[type=submit]")
         page.wait_for_selector("#message.ok")
         with daemon.api() as c:
             mine = [e for e in c.get("/api/exports").json() if e["requester"] == "olga"]
         assert mine and (mine[0]["start_ms"], mine[0]["end_ms"]) == (start, end)
+        sha = hashlib.sha256(letter).hexdigest()
+        assert mine[0]["approval_document"] == (f"YZ-2026-1202-17 [approval.pdf, sha256:{sha}]")
         export_id = mine[0]["id"]
         # olga cannot approve her own request: it is not in her inbox
         page.goto("/exports")
@@ -358,6 +392,9 @@ def test_an_export_requested_by_one_is_approved_by_another_and_verifies(
         other = oscar.page
         other.goto("/exports")
         item = other.locator(f'.pending[data-export="{export_id}"]')
+        with other.expect_download() as shown:  # the approver reads the document first
+            item.locator(f'a.document[data-sha256="{sha}"]').click()
+        assert Path(shown.value.path()).read_bytes() == letter
         item.locator('input[name="approver_work_id"]').first.fill("OP-2002")
         item.locator("button[name=approve]").click()
         row = other.locator(f'tr[data-export="{export_id}"]')
@@ -378,6 +415,9 @@ def test_an_export_requested_by_one_is_approved_by_another_and_verifies(
         key_file.write_bytes(key.content)
         ok = nvr(["verify-export", str(package), "--key", str(key_file)], tmp_path)
         assert ok.returncode == 0, ok.stdout + ok.stderr
+        with zipfile.ZipFile(package) as z:
+            manifest = json.loads(z.read("manifest.json"))
+        assert sha in json.dumps(manifest)  # the signed manifest names the document
         with daemon.api() as c:
             done = c.get(f"/api/exports/{export_id}").json()
             audit = c.get("/api/audit", params={"action": "export-download"}).json()
@@ -410,9 +450,66 @@ def test_a_viewer_never_sees_a_camera_it_may_not(browser: Browser, daemon: Daemo
                 " body: 'v=0\\r\\n'})).status"
             )
             assert whep == 403
+            assert page.evaluate(WS_OPENS, "back") != "open"
+            assert page.evaluate(WS_OPENS, "front") == "open"  # the check can tell
         page.goto("/health")
         assert page.locator('[data-camera-health="back"]').count() == 0
         assert page.locator('[data-camera-health="front"]').count() == 1
+    finally:
+        s.context.close()
+
+
+WS_OPENS = """camera => new Promise(done => {
+  const ws = new WebSocket('ws://' + location.host + '/api/cameras/' + camera + '/live');
+  ws.onopen = () => { done('open'); ws.close(); };
+  ws.onerror = () => done('error');
+  ws.onclose = e => done('closed ' + e.code);
+})"""
+
+
+def test_admin_manages_users_in_the_users_page(browser: Browser, daemon: Daemon) -> None:
+    s = log_in(browser, daemon, "root")
+    try:
+        page = s.page
+        page.goto("/users")
+        add = page.locator("form.panel")
+        add.locator('input[name="name"]').fill("newcomer")
+        add.locator('select[name="role"]').select_option("viewer")
+        add.locator('input[name="cameras"]').fill("front")
+        add.locator('input[name="password"]').fill("a long and fresh passphrase 17")
+        with page.expect_navigation():
+            add.locator("button[type=submit]").click()
+        row = page.locator('tr[data-user="newcomer"]')
+        assert row.count() == 1
+        with daemon.api() as c:
+            made = {u["name"]: u for u in c.get("/api/users").json()}["newcomer"]
+        assert (made["role"], made["cameras"]) == ("viewer", ["front"])
+        row.locator('select[name="role"]').select_option("operator")
+        with page.expect_navigation():
+            row.locator('select[name="role"] ~ button').click()
+        with daemon.api() as c:
+            changed = {u["name"]: u for u in c.get("/api/users").json()}["newcomer"]
+        assert changed["role"] == "operator"
+        assert csp_violations(s) == []
+    finally:
+        s.context.close()
+
+
+def test_health_page_shows_forecast_disk_clock_and_cameras(
+    browser: Browser, daemon: Daemon
+) -> None:
+    s = log_in(browser, daemon, "olga")
+    try:
+        page = s.page
+        page.goto("/health")
+        assert page.locator("[data-status]").get_attribute("data-status") in (
+            "ok",
+            "degraded",
+            "critical",
+        )
+        assert page.locator("[data-forecast]").count() == 1
+        assert "GB" in page.locator("main").inner_text()
+        assert page.locator("[data-camera-health]").count() == 2
     finally:
         s.context.close()
 
@@ -484,6 +581,32 @@ def test_grid_tiles_fall_back_to_mse_without_webrtc(browser: Browser, daemon: Da
     try:
         assert _tiles_play_live(s) == {"front": "mse", "back": "mse"}
         assert csp_violations(s) == []
+    finally:
+        s.context.close()
+
+
+@LIVE_NEEDED
+def test_tiles_start_when_scrolled_into_view_and_stop_when_out(
+    browser: Browser, daemon: Daemon
+) -> None:
+    s = log_in(browser, daemon, "olga", viewport={"width": 600, "height": 420})
+    try:
+        page = s.page
+        first = page.locator(".tile[data-camera]").first
+        last = page.locator(".tile[data-camera]").last
+        page.wait_for_function(
+            "t => ['webrtc', 'mse'].includes(t.dataset.live)", arg=first.element_handle()
+        )
+        assert last.get_attribute("data-live") is None  # below the fold: never started
+        last.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "t => ['webrtc', 'mse'].includes(t.dataset.live)", arg=last.element_handle()
+        )
+        page.wait_for_function("t => t.dataset.live === 'stopped'", arg=first.element_handle())
+        first.scroll_into_view_if_needed()
+        page.wait_for_function(
+            "t => ['webrtc', 'mse'].includes(t.dataset.live)", arg=first.element_handle()
+        )
     finally:
         s.context.close()
 

@@ -8,8 +8,10 @@ Real API server on loopback (tests/api_rig.py), driven with httpx."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
+import socket
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -18,6 +20,7 @@ import httpx
 import pytest
 
 from nvr.api.middleware import PAGE_CSP
+from nvr.api.web.documents import DOCUMENT_MAX_BYTES
 from nvr.api.web.i18n import CATALOGUES, SCRIPT_PREFIXES
 from nvr.api.web.zone import SiteZone
 from nvr.config import load_config
@@ -257,3 +260,59 @@ def test_pages_give_scripts_the_zone_and_the_texts(api: Api) -> None:
         texts = json.loads(found.group(1))
         assert texts["js.done"] == "Done." and texts["cause.stalled"] == "stalled"
         assert "login.password" not in texts  # only what scripts use
+
+
+def test_an_approval_document_is_kept_by_its_sha256_and_handed_back(api: Api) -> None:
+    letter = b"%PDF-1.4 approval letter YZ-2026-1122-07\n" * 2000  # ~80 KiB: over the JSON limit
+    sha = hashlib.sha256(letter).hexdigest()
+    with page_login(api, "olga") as c:
+        token = csrf_of(c)
+        headers = {"X-CSRF-Token": token, "X-Filename": "%E6%89%B9%E6%96%87.pdf"}
+        assert c.post("/exports/documents", content=letter).status_code == 403  # no CSRF
+        r = c.post("/exports/documents", content=letter, headers=headers)
+        assert r.status_code == 201, r.text
+        assert r.json() == {
+            "sha256": sha,
+            "bytes": len(letter),
+            "name": "批文.pdf",
+            "url": f"/exports/documents/{sha}",
+        }
+    kept = api.root / "exports" / "approval-documents" / sha
+    assert kept.read_bytes() == letter
+    assert not [p for p in kept.parent.iterdir() if p.name.startswith(".upload")]
+    (entry,) = api.store.audit.entries(action="approval-document")
+    assert (entry.actor, entry.target, entry.detail["bytes"]) == (
+        "olga",
+        f"document:{sha}",
+        len(letter),
+    )
+    with api.as_user("audrey") as auditor:
+        got = auditor.get(f"/exports/documents/{sha}")
+        assert got.status_code == 200 and got.content == letter
+        assert got.headers["content-type"] == "application/octet-stream"
+        assert got.headers["content-disposition"].startswith("attachment")
+        assert auditor.get(f"/exports/documents/{'0' * 64}").status_code == 404
+    with api.as_user("vera") as viewer:
+        assert viewer.get(f"/exports/documents/{sha}").status_code == 403
+        assert viewer.post("/exports/documents", content=b"x").status_code == 403
+
+
+def test_an_approval_document_over_the_limit_is_refused_while_streaming(api: Api) -> None:
+    def body() -> Iterator[bytes]:
+        for _ in range(17):  # 17 MiB, chunked: no declared length to refuse up front
+            yield b"\0" * (1 << 20)
+
+    with api.as_user("olga") as c:
+        r = c.post("/exports/documents", content=body())
+        assert r.status_code == 413, r.text
+        host, port = api.base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as raw:
+            raw.sendall(
+                f"POST /exports/documents HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Length: {DOCUMENT_MAX_BYTES + 1}\r\n\r\n".encode()
+            )
+            assert raw.recv(64).startswith(b"HTTP/1.1 413")  # before a byte of it was sent
+        # other routes keep the small JSON limit
+        assert c.post("/api/locks", content=b"{" * 70_000).status_code == 413
+    folder = api.root / "exports" / "approval-documents"
+    assert not folder.exists() or not list(folder.iterdir())

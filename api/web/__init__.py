@@ -14,14 +14,21 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
+from nvr.api.web.documents import DOCUMENT_MAX_BYTES, DOCUMENT_PATH
+from nvr.api.web.documents import router as documents
 from nvr.api.web.pages import router
 
 STATIC_DIR = Path(__file__).parent / "static"
 
-__all__ = ["mount", "router"]
+UPLOADS = {DOCUMENT_PATH: DOCUMENT_MAX_BYTES}
+"""Paths whose bodies are streamed to disk by their route, with their size limits
+(`api.middleware.BodyLimit`)."""
+
+__all__ = ["UPLOADS", "mount", "router"]
 
 
 def mount(app: FastAPI) -> None:
     """Add the pages and `/static/` to `app`."""
     app.include_router(router)
+    app.include_router(documents)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -345,10 +346,16 @@ async def exports(request: Request, services: ServicesDep) -> Response:
     return page.render(
         "exports.html",
         "exports.title",
+        documents=_documents,
         pending=pending,
         rows=rows,
         operate=page.may(OPERATE),
     )
+
+
+def _documents(reference: str) -> list[str]:
+    """The uploaded approval documents an export request names (`sha256:<hex>`)."""
+    return re.findall(r"sha256:([0-9a-f]{64})", reference)
 
 
 @router.get("/audit", response_class=HTMLResponse)

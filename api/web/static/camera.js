@@ -301,7 +301,15 @@
     const sel = selection();
     if (!sel) return;
     try {
-      const made = await Nvr.api("POST", "/api/exports", { ...sel, ...Nvr.formValues(exportForm) });
+      const values = Nvr.formValues(exportForm);
+      const file = exportForm.querySelector('input[name="document_file"]').files[0];
+      if (file) {
+        // the document itself is kept; the request names it by its SHA-256, which the
+        // export's signed manifest then carries
+        const doc = await Nvr.upload("/exports/documents", file);
+        values.approval_document += " [" + doc.name + ", sha256:" + doc.sha256 + "]";
+      }
+      const made = await Nvr.api("POST", "/api/exports", { ...sel, ...values });
       say(Nvr.t("js.export_requested", { id: made.id }), true);
       exportForm.reset();
       await load();

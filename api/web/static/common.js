@@ -61,6 +61,18 @@
     return data;
   }
 
+  // a file as the request body (the approval document): its sha256 and size come back
+  async function upload(url, file) {
+    const headers = { "Content-Type": "application/octet-stream",
+      "X-Filename": encodeURIComponent(file.name) };
+    if (csrfMeta) headers["X-CSRF-Token"] = csrfMeta.content;
+    const r = await fetch(url, { method: "POST", headers, body: file, credentials: "same-origin" });
+    const type = r.headers.get("content-type") || "";
+    const data = type.includes("json") ? await r.json() : null;
+    if (!r.ok) throw new ApiError(r.status, (data && data.detail) || r.statusText);
+    return data;
+  }
+
   function formValues(form) {
     const out = {};
     for (const el of form.elements) {
@@ -105,5 +117,5 @@
     }
   });
 
-  window.Nvr = { t, fmt, fields, api, ApiError, formValues, say, zone };
+  window.Nvr = { t, fmt, fields, api, upload, ApiError, formValues, say, zone };
 })();
