@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -387,6 +388,8 @@ class MediaCall:
     answer: SipResponse | None = None
     packets: list[RtpPacket] = field(default_factory=list)
     payload_types: set[int] = field(default_factory=set)
+    first_packet_at: float | None = None
+    """Monotonic time of the first RTP packet."""
     bye_received: asyncio.Event = field(default_factory=asyncio.Event)
     connection_closed: asyncio.Event = field(default_factory=asyncio.Event)
     _udp: asyncio.DatagramTransport | None = None
@@ -395,6 +398,8 @@ class MediaCall:
     _writer: asyncio.StreamWriter | None = None
 
     def _take(self, data: bytes) -> None:
+        if self.first_packet_at is None:
+            self.first_packet_at = time.monotonic()
         self.payload_types.add(data[1] & 0x7F)
         self.packets.append(rtp_of(data))
 
