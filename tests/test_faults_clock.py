@@ -3,9 +3,11 @@
 Real `nvr` processes under Debian's libfaketime (`faketime`) for the three reported cases:
 (a) `nvr purge` run 31 days ahead of a store recorded minutes earlier, (b) a daemon whose
 clock steps 31 days forward while it records, (c) footage recorded under a clock 40 days
-slow, then the daemon restarted with the true clock. Then, on simulated clocks with a real
-store, the box that never had a time source (it must still purge, by uptime evidence) and a
-hold that ends once the clock has been synchronised and stable.
+slow, then the daemon restarted with the true clock; and a daemon SIGKILLed right after a
+step back (its index must stay in recording order, the kill's outage as long as it was).
+Daemon tests wait for retention passes by their count in status.json. Then, on simulated
+clocks with a real store, the box that never had a time source (it must still purge, by
+uptime evidence) and a hold that ends once the clock has been synchronised and stable.
 
 libfaketime fakes CLOCK_MONOTONIC and CLOCK_BOOTTIME too; the evidence of time is read from
 `/proc/uptime`, which it does not touch, as no real clock step does (storage/clock.py).
