@@ -7,10 +7,11 @@ Layout: `app` (application, lifespan, access log), `services` (what routes call)
 `models` (request/response schemas), `playback` (virtual MP4 files of any range, with
 caches), `cameras`, `health`, `metrics`, `exports` (building signed evidence packages),
 `auth` (login throttle, signed playback links, the page session's CSRF token), `params`,
-`errors`; `web` (the operator pages at `/`, their scripts and message catalogues). The
-file formats they serve (MP4, the export package) are `storage.media`'s. Imports go down:
-`storage`, `config`, `ingest` (`status` and `timecheck`'s clock findings only); nothing
-imports `api` but `nvr`.
+`errors`; `web` (the operator pages at `/`, their scripts and message catalogues); `live/`
+(live view: hubs on the recorders' packet taps, WHEP with aiortc, the MSE WebSocket's fMP4,
+H.265 transcodes and snapshots). The file formats they serve (MP4, the export package) are
+`storage.media`'s. Imports go down: `storage`, `config`, `ingest` (`status`, `timecheck`'s
+clock findings and `tap`'s frames only); nothing imports `api` but `nvr`.
 """
 
 from nvr.api.app import create_app
