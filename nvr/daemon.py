@@ -32,6 +32,7 @@ from nvr.config import NvrConfig
 from nvr.events import EventBus
 from nvr.gb28181.device import GbDevice, device_for
 from nvr.ingest.status import RecorderStatus
+from nvr.ingest.substream import Substreams
 from nvr.ingest.supervisor import (
     EventEmit,
     OpenerFactory,
@@ -310,6 +311,8 @@ async def run_daemon(
         await publisher.publish(True)
         reloader = Reloader(live, config_path, supervisor, store, notifier)
         reloader.subscribe(retention.reconfigure)
+        substreams = Substreams(config)  # live_url: pulled only while watched live
+        reloader.subscribe(substreams.reconfigure)
         reloads: set[asyncio.Task[object]] = set()
 
         def reload_on_signal(actor: str) -> None:
@@ -334,6 +337,7 @@ async def run_daemon(
             event_problems=alerts.problems,
             segment_listeners=supervisor.segment_listeners,
             taps=supervisor.tap,
+            substreams=substreams.source,
         )
         gb = publisher.gb = await _start_gb28181(config, store, supervisor)
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)

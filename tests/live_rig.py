@@ -46,14 +46,20 @@ class LiveDaemon:
 
 @contextmanager
 def live_daemon(
-    tmp: Path, sim: CameraSim, cameras: dict[str, str], api_extra: str = ""
+    tmp: Path,
+    sim: CameraSim,
+    cameras: dict[str, str],
+    api_extra: str = "",
+    substreams: dict[str, str] | None = None,
 ) -> Iterator[LiveDaemon]:
-    """`cameras`: name -> camsim mount. Users: `admin`, and `vic` (viewer of the first
-    camera only)."""
+    """`cameras`: name -> camsim mount; `substreams`: name -> the mount of its `live_url`.
+    Users: `admin`, and `vic` (viewer of the first camera only)."""
     port = free_port()
     cfg = tmp / "nvr.toml"
+    subs = substreams or {}
     cams = "".join(
         f'[[cameras]]\nname = "{n}"\nurl = "{sim.url(m)}"\nsegment_seconds = 10\n'
+        + (f'live_url = "{sim.url(subs[n])}"\n' if n in subs else "")
         for n, m in cameras.items()
     )
     cfg.write_text(

@@ -43,6 +43,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
             sim,
             {"cam": "h264", "hevc": "h265", "hevc2": "h265"},
             api_extra="max_transcodes = 1",
+            substreams={"cam": "hd4m"},  # told apart by its size: 1280x720
         ) as d,
     ):
         yield d
@@ -60,10 +61,10 @@ def audit(c: httpx.Client, action: str, camera: str) -> list[dict[str, object]]:
     return rows
 
 
-async def _whep_session(daemon: LiveDaemon) -> WhepViewer:
+async def _whep_session(daemon: LiveDaemon, stream: str = "main") -> WhepViewer:
     headers = {"Authorization": f"Bearer {daemon.token('vic')}"}
     async with httpx.AsyncClient(base_url=daemon.base, headers=headers, timeout=30) as c:
-        viewer = await whep_connect(c, "cam")
+        viewer = await whep_connect(c, "cam", stream)
         assert isinstance(viewer, WhepViewer), viewer.text
         try:
             assert viewer.mode == "passthrough"
@@ -136,11 +137,12 @@ async def _mse(
     opened: asyncio.Event | None = None,
     hold: asyncio.Event | None = None,
     subprotocol: bool = False,
+    stream: str = "main",
 ) -> tuple[dict[str, object], dict[str, str], list[bytes]]:
     """Watch `camera` over the MSE WebSocket: the head, the handshake's headers, the init
     segment and `fragments` messages. `opened` is set once the head came; the socket stays
     open until `hold` is set."""
-    url = daemon.base.replace("http://", "ws://") + f"/api/cameras/{camera}/live"
+    url = daemon.base.replace("http://", "ws://") + f"/api/cameras/{camera}/live?stream={stream}"
     token = daemon.token(user)
     # A browser cannot set Authorization on a WebSocket: it offers the token as a subprotocol.
     headers = {} if subprotocol else {"Authorization": f"Bearer {token}"}
@@ -217,3 +219,23 @@ def test_h265_camera_is_transcoded_then_snapshots_past_the_budget(daemon: LiveDa
             (picture,) = [f for p in container.demux(video=0) for f in p.decode()]
         assert isinstance(picture, av.VideoFrame)
         assert not_black(picture.to_ndarray(format="gray"))
+
+
+def test_substream_is_pulled_for_stream_sub_and_not_recorded(daemon: LiveDaemon) -> None:
+    viewer = asyncio.run(_whep_session(daemon, "sub"))
+    last = viewer.frames[-1]
+    assert (last.width, last.height) == (1280, 720)
+    assert not_black(last.to_ndarray(format="gray"))
+    head, _headers, messages = asyncio.run(_mse(daemon, "cam", "vic", 2, stream="sub"))
+    assert head["stream"] == "sub" and head["mode"] == "passthrough"
+    frames = _decode(b"".join(messages))
+    assert frames and (frames[-1].width, frames[-1].height) == (1280, 720)
+    with daemon.client() as c:
+        assert sorted(cam["name"] for cam in c.get("/api/cameras").json()) == [
+            "cam",
+            "hevc",
+            "hevc2",
+        ]
+    with av.open(str(next((daemon.root / "cam").rglob("*.mp4"))), "r") as recorded:
+        video = recorded.streams.video[0]
+        assert (video.width, video.height) == (640, 360)  # the main stream only
