@@ -664,8 +664,7 @@ class CameraRecorder:
         the ledger. Segment times stay safe without more: durations come from media
         timestamps, and `_finish` never starts a segment before the previous one ended."""
         start, end = step.span
-        outage = self._store.ledger.open(self.camera, start, CLOCK_STEP, step.describe())
-        self._store.ledger.close(outage.id, end)
+        self._store.ledger.add(self.camera, start, end, CLOCK_STEP, step.describe())
         self.log.warning(
             "camera %s: server clock stepped %+.3f s", self.camera, step.step_ms / 1000
         )

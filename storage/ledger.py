@@ -67,6 +67,17 @@ class OutageLedger(Repository):
             s.flush()
             return _outage(row)
 
+    def add(self, camera: str, start_ms: int, end_ms: int, cause: str, detail: str = "") -> Outage:
+        """A gap that is already over (a clock step's span), in one write: a crash can never
+        leave it open, to be taken for the outage of the next start."""
+        with self._writing() as s:
+            row = OutageRow(
+                camera=camera, start_ms=start_ms, end_ms=end_ms, cause=cause, detail=detail
+            )
+            s.add(row)
+            s.flush()
+            return _outage(row)
+
     def update(self, outage_id: int, cause: str, detail: str) -> None:
         """Refine the cause of a still-open outage (e.g. stalled -> connect failed)."""
         with self._writing() as s:
