@@ -201,6 +201,23 @@ class GapOut(BaseModel):
     causes: list[GapCauseOut]
 
 
+class PictureEventOut(BaseModel):
+    """A picture finding (issue 18) overlapping the range."""
+
+    id: int
+    kind: str
+    """covered | defocused | repointed | frozen | no-signal"""
+    start_ms: int
+    """First seen."""
+    raised_ms: int
+    end_ms: int | None
+    """None while it lasts."""
+    score: float | None
+    detail: str
+    snapshot: bool
+    """Whether its keyframe JPEG is still kept (it goes with the footage of its hour)."""
+
+
 class TimelineOut(BaseModel):
     camera: str
     start_ms: int
@@ -210,6 +227,9 @@ class TimelineOut(BaseModel):
     gaps: list[GapOut]
     locks: list[LockOut] = []
     """Active locks overlapping the range (evidence locks, exported footage)."""
+    pictures: list[PictureEventOut] = []
+    """Picture findings (covered, defocused, re-pointed, frozen, no signal) overlapping the
+    range, oldest first."""
 
 
 class LinkIn(_In):

@@ -109,6 +109,11 @@ class PictureEvents(Repository):
             rows = s.scalars(q.order_by(PictureEventRow.start_ms, PictureEventRow.id))
             return [_event(r) for r in rows]
 
+    def get(self, event_id: int) -> PictureEvent | None:
+        with Session(self._engine) as s:
+            row = s.get(PictureEventRow, event_id)
+            return None if row is None else _event(row)
+
     def forget_snapshots(self, paths: list[str]) -> None:
         """Their files were deleted with their footage: the findings stay, without them."""
         if not paths:

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from nvr.api.services import ApiContext
 from nvr.config.models import CameraConfig, PrivacyMask
+from nvr.ingest.picture.decode import jpeg_snapshot
 from nvr.storage import SegmentStore
 from nvr.storage.media.package import verify_package
 from tests.api_rig import (
@@ -60,6 +61,13 @@ def serve(root: Path, masks: list[PrivacyMask]) -> Iterator[Api]:
 def write_tmp(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def pictures_of(jpeg: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(jpeg)) as container:
+        frame = next(container.decode(video=0))
+        out: np.ndarray = frame.to_ndarray(format="gray").astype(np.int16)
+        return out
 
 
 def pictures(data: bytes) -> list[np.ndarray]:
@@ -132,6 +140,32 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
             e for e in api.store.audit.entries() if e.actor == "vera" and e.action == "playback"
         ]
         assert entries and all(e.detail.get("masked") is True for e in entries)
+        # A picture finding's snapshot (issue 18): on the timeline, masked for vera.
+        with av.open(io.BytesIO(today)) as container:
+            frame = next(container.decode(video=0))
+        jpeg = jpeg_snapshot(frame, width=frame.width)
+        at = first.start_ms + 3_000
+        snap = api.store.save_snapshot("h264aac", at, "covered", jpeg)
+        event = api.store.pictures.open("h264aac", "covered", at, at + 30_000, 0.1, "t", snap)
+        with api.as_user("vera") as c:
+            tl = c.get("/api/cameras/h264aac/timeline", params=span).json()
+            assert [(p["id"], p["kind"], p["snapshot"]) for p in tl["pictures"]] == [
+                (event.id, "covered", True)
+            ]
+            url = f"/api/cameras/h264aac/pictures/{event.id}/snapshot.jpg"
+            seen = c.get(url)
+            assert seen.status_code == 200 and seen.headers["content-type"] == "image/jpeg"
+            assert c.get(f"/api/cameras/bframes/pictures/{event.id}/snapshot.jpg").status_code in (
+                403,
+                404,
+            )
+        with api.as_user("root") as c:
+            assert c.get(url).content == jpeg  # unmasked: the stored file itself
+        with av.open(io.BytesIO(seen.content)) as container:
+            shown = next(container.decode(video=0)).to_ndarray(format="gray").astype(np.int16)
+        sh, sw = shown.shape
+        assert shown[2 : sh // 2 - 2, 2 : sw // 2 - 2].max() <= 3
+        assert np.abs(shown[sh // 2 + 2 :] - pictures_of(jpeg)[sh // 2 + 2 :]).mean() < 3
         # An export requested by a masked user: only the masked recording, the originals'
         # hashes in the manifest, and it says so.
         with api.as_user("olga") as olga, api.as_user("oscar") as oscar:

@@ -38,7 +38,7 @@ from nvr.api.errors import (
     Unavailable,
     Unprocessable,
 )
-from nvr.api.masking import MaskedCopy
+from nvr.api.masking import MaskedCopy, mask_jpeg
 from nvr.api.models import (
     CameraOut,
     DeletedOut,
@@ -47,6 +47,7 @@ from nvr.api.models import (
     LinkIn,
     LinkOut,
     LinkRenewIn,
+    PictureEventOut,
     PictureOut,
     Problem,
     SpanOut,
@@ -102,8 +103,24 @@ async def timeline(
     rng = parse_range(start, end, max(TIMELINE_MAX_HOURS, services.settings.max_range_hours))
     tl = await asyncio.to_thread(services.cameras.timeline, name, rng.start_ms, rng.end_ms)
     locks = await asyncio.to_thread(services.store.locks.find, name, False)
+    found = await asyncio.to_thread(
+        services.store.pictures.find, name, rng.start_ms, rng.end_ms
+    )
     now = services.store.now()
     return TimelineOut(
+        pictures=[
+            PictureEventOut(
+                id=p.id,
+                kind=p.kind,
+                start_ms=p.start_ms,
+                raised_ms=p.raised_ms,
+                end_ms=p.end_ms,
+                score=p.score,
+                detail=p.detail,
+                snapshot=p.snapshot is not None,
+            )
+            for p in found
+        ],
         locks=[
             lock_out(lk, now)
             for lk in locks
@@ -385,6 +402,40 @@ async def recording(
         else stream(RangeReader(vf, first, last))
     )
     return StreamingResponse(body, status_code=status, headers=headers, media_type="video/mp4")
+
+
+@router.get(
+    "/api/cameras/{name}/pictures/{event_id}/snapshot.jpg",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, **ERRORS},
+)
+async def picture_snapshot(
+    name: CameraPath, event_id: int, user: ViewerDep, services: ServicesDep
+) -> Response:
+    """The keyframe a picture finding (the timeline's `pictures`) was raised on, as JPEG;
+    with the camera's privacy masks filled for a user who may not see behind them. 404 once
+    it was purged with its footage. Audited (`picture-snapshot`)."""
+    await check_camera(services, user, name)
+    found = await asyncio.to_thread(services.store.pictures.get, event_id)
+    if found is None or found.camera != name or found.snapshot is None:
+        raise NotFound("no snapshot of this finding (purged with its footage, or none)")
+    path = services.store.snapshot_file(found.snapshot)
+    if path is None:
+        raise NotFound("no snapshot of this finding (purged with its footage)")
+    data = await asyncio.to_thread(path.read_bytes)
+    masks = privacy_masks(services, name)
+    masked = bool(masks) and not user.unmasked
+    if masked:
+        data = await asyncio.to_thread(mask_jpeg, data, masks)
+    await asyncio.to_thread(
+        services.store.audit.append,
+        user.name,
+        "picture-snapshot",
+        name,
+        "ok",
+        {"event_id": event_id, "kind": found.kind, "masked": masked, "bytes": len(data)},
+    )
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private"})
 
 
 def privacy_masks(services: ApiServices, camera: str) -> list[PrivacyMask]:
