@@ -64,7 +64,7 @@ def write_tmp(path: Path, data: bytes) -> Path:
 
 
 def pictures_of(jpeg: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(jpeg)) as container:
+    with av.open(io.BytesIO(jpeg), "r") as container:
         frame = next(container.decode(video=0))
         out: np.ndarray = frame.to_ndarray(format="gray").astype(np.int16)
         return out
@@ -141,7 +141,7 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
         ]
         assert entries and all(e.detail.get("masked") is True for e in entries)
         # A picture finding's snapshot (issue 18): on the timeline, masked for vera.
-        with av.open(io.BytesIO(today)) as container:
+        with av.open(io.BytesIO(today), "r") as container:
             frame = next(container.decode(video=0))
         jpeg = jpeg_snapshot(frame, width=frame.width)
         at = first.start_ms + 3_000
@@ -161,7 +161,7 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
             )
         with api.as_user("root") as c:
             assert c.get(url).content == jpeg  # unmasked: the stored file itself
-        with av.open(io.BytesIO(seen.content)) as container:
+        with av.open(io.BytesIO(seen.content), "r") as container:
             shown = next(container.decode(video=0)).to_ndarray(format="gray").astype(np.int16)
         sh, sw = shown.shape
         assert shown[2 : sh // 2 - 2, 2 : sw // 2 - 2].max() <= 3
