@@ -51,15 +51,21 @@ def live_daemon(
     cameras: dict[str, str],
     api_extra: str = "",
     substreams: dict[str, str] | None = None,
+    masked: tuple[str, ...] = (),
 ) -> Iterator[LiveDaemon]:
-    """`cameras`: name -> camsim mount; `substreams`: name -> the mount of its `live_url`.
-    Users: `admin`, and `vic` (viewer of the first camera only)."""
+    """`cameras`: name -> camsim mount; `substreams`: name -> the mount of its `live_url`;
+    `masked`: cameras whose left half is a privacy mask. Users: `admin` (masked, the
+    default), and `vic` (viewer of the first camera only)."""
     port = free_port()
     cfg = tmp / "nvr.toml"
     subs = substreams or {}
+    left_half = (
+        "[[cameras.privacy_masks]]\npoints = [[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [0.0, 1.0]]\n"
+    )
     cams = "".join(
         f'[[cameras]]\nname = "{n}"\nurl = "{sim.url(m)}"\nsegment_seconds = 10\n'
         + (f'live_url = "{sim.url(subs[n])}"\n' if n in subs else "")
+        + (left_half if n in masked else "")
         for n, m in cameras.items()
     )
     cfg.write_text(

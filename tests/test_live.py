@@ -41,9 +41,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
         live_daemon(
             tmp,
             sim,
-            {"cam": "h264", "hevc": "h265", "hevc2": "h265"},
+            {"cam": "h264", "hevc": "h265", "hevc2": "h265", "masked": "h264"},
             api_extra="max_transcodes = 1",
             substreams={"cam": "hd4m"},  # told apart by its size: 1280x720
+            masked=("masked",),
         ) as d,
     ):
         yield d
@@ -235,7 +236,46 @@ def test_substream_is_pulled_for_stream_sub_and_not_recorded(daemon: LiveDaemon)
             "cam",
             "hevc",
             "hevc2",
+            "masked",
         ]
     with av.open(str(next((daemon.root / "cam").rglob("*.mp4"))), "r") as recorded:
         video = recorded.streams.video[0]
         assert (video.width, video.height) == (640, 360)  # the main stream only
+
+
+async def _whep_frames(daemon: LiveDaemon, camera: str, count: int) -> WhepViewer:
+    headers = {"Authorization": f"Bearer {daemon.token()}"}
+    async with httpx.AsyncClient(base_url=daemon.base, headers=headers, timeout=30) as c:
+        viewer = await whep_connect(c, camera)
+        assert isinstance(viewer, WhepViewer), viewer.text
+        try:
+            for _ in range(200):
+                if len(viewer.frames) >= count:
+                    break
+                await asyncio.sleep(0.1)
+            await c.delete(viewer.location)
+        finally:
+            await viewer.pc.close()
+            if viewer.task is not None:
+                viewer.task.cancel()
+    return viewer
+
+
+def test_privacy_masks_are_filled_in_live_view_for_a_masked_user(daemon: LiveDaemon) -> None:
+    """R10: `admin` may not see behind masks (the default): live view is a masked transcode,
+    the left half black, the right half the camera's picture."""
+    viewer = asyncio.run(_whep_frames(daemon, "masked", 20))
+    assert viewer.mode == "transcode"
+    assert len(viewer.frames) >= 20
+    picture = viewer.frames[-1].to_ndarray(format="gray")
+    width = picture.shape[1]
+    assert float(picture[:, : width // 2 - 8].max()) <= 40  # black (with coding noise)
+    assert not_black(picture[:, width // 2 + 8 :])
+    head, headers, messages = asyncio.run(_mse(daemon, "masked", "admin", 2))
+    assert headers["x-privacy-masks"] == "1" and head["mode"] == "transcode"
+    frames = _decode(b"".join(messages))
+    picture = frames[-1].to_ndarray(format="gray")
+    assert float(picture[:, : width // 2 - 8].max()) <= 40
+    with daemon.client() as c:
+        rows = [r for r in audit(c, "live", "masked") if r["outcome"] == "ok"]
+        assert rows and all(r["detail"]["privacy_masks"] == 1 for r in rows)  # type: ignore[index]

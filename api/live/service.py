@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,8 +21,9 @@ from aiortc import RTCPeerConnection
 from nvr.api.live.hub import LiveHub, LiveHubs, PacketSource, Viewer
 from nvr.api.live.transcode import SnapshotSource, TranscodeSource
 from nvr.api.live.webrtc import PassthroughTrack, answer
+from nvr.api.masking import masks_key
 from nvr.config import NvrConfig
-from nvr.config.models import ApiConfig
+from nvr.config.models import ApiConfig, PrivacyMask
 from nvr.ingest.tap import TapFrame
 from nvr.storage import SegmentStore
 
@@ -63,6 +64,8 @@ class Watch:
     mode: Mode = "passthrough"
     first_frame: float | None = None
     """Monotonic time the first frame went out (time-to-first-frame)."""
+    masks: int = 0
+    """Privacy masks filled in what this viewer sees (R10)."""
 
 
 @dataclass
@@ -108,43 +111,57 @@ class LiveService:
                 return self.hubs.hub(f"{camera}~sub", lambda: source)
         return self.hubs.hub(camera, lambda: taps(camera))
 
-    def _transcode_hub(self, camera: str, stream: StreamName, main: LiveHub) -> LiveHub | None:
-        """The camera's H.264 transcode hub: shared by its viewers; a new one only within
-        the budget (None past it)."""
-        name = f"{camera}~{stream}~h264"
+    def _transcode_hub(
+        self, camera: str, stream: StreamName, main: LiveHub, masks: Sequence[PrivacyMask]
+    ) -> LiveHub | None:
+        """The camera's H.264 transcode hub (masked: one per set of masks): shared by its
+        viewers; a new one only within the budget (None past it)."""
+        name = f"{camera}~{stream}~h264" + (f"~masked-{masks_key(masks)}" if masks else "")
         running = self._transcodes.get(name)
         if running is None or not running.active:
             busy = sum(1 for t in self._transcodes.values() if t.active)
             if busy >= self.settings.max_transcodes:
                 return None
-            running = self._transcodes[name] = TranscodeSource(name, main)
+            running = self._transcodes[name] = TranscodeSource(name, main, masks)
         source = running
         return self.hubs.hub(name, lambda: source, linger_s=0.0)  # frees the budget at once
 
     async def open_viewer(
-        self, camera: str, stream: StreamName, *, allow_snapshot: bool
+        self,
+        camera: str,
+        stream: StreamName,
+        *,
+        allow_snapshot: bool,
+        masks: Sequence[PrivacyMask] = (),
     ) -> tuple[Viewer, Mode, TapFrame]:
         """A viewer of `camera` starting at a keyframe, the mode it shows, and that first
-        frame. Raises NoVideo when nothing comes within `FIRST_FRAME_SECONDS`, LiveBusy past
-        the transcode budget when snapshots are not allowed."""
+        frame. With `masks` (a user who may not see behind the camera's privacy masks) the
+        picture is always a masked transcode (or masked snapshots), never the original.
+        Raises NoVideo when nothing comes within `FIRST_FRAME_SECONDS`, LiveBusy past the
+        transcode budget when snapshots are not allowed."""
         hub = self._hub(camera, stream)
         viewer = hub.join()
         first = await viewer.first(FIRST_FRAME_SECONDS)
         if first is None:
             viewer.close()
             raise NoVideo(f"camera {camera} sends no video now")
-        if first.stream.codec == "h264":
+        if first.stream.codec == "h264" and not masks:
             return viewer, "passthrough", first
         probe = viewer  # left only after the next viewer joined: the hub keeps its GOP
         try:
-            return await self._not_h264(camera, stream, hub, allow_snapshot)
+            return await self._transcoded(camera, stream, hub, allow_snapshot, masks)
         finally:
             probe.close()
 
-    async def _not_h264(
-        self, camera: str, stream: StreamName, hub: LiveHub, allow_snapshot: bool
+    async def _transcoded(
+        self,
+        camera: str,
+        stream: StreamName,
+        hub: LiveHub,
+        allow_snapshot: bool,
+        masks: Sequence[PrivacyMask],
     ) -> tuple[Viewer, Mode, TapFrame]:
-        transcoded = self._transcode_hub(camera, stream, hub)
+        transcoded = self._transcode_hub(camera, stream, hub, masks)
         if transcoded is not None:
             viewer = transcoded.join()
             first = await viewer.first(FIRST_FRAME_SECONDS * 2)
@@ -153,12 +170,14 @@ class LiveService:
             viewer.close()
             raise NoVideo(f"camera {camera}: the H.264 transcode produced no picture")
         if not allow_snapshot:
+            why = "has privacy masks" if masks else "is H.265, which browsers cannot decode,"
             raise LiveBusy(
-                f"camera {camera} is H.265, which browsers cannot decode, and all "
-                f"{self.settings.max_transcodes} live transcodes are in use: use the MSE "
-                "live view (keyframe snapshots) or try again later"
+                f"camera {camera} {why} and all {self.settings.max_transcodes} live "
+                "transcodes are in use: use the MSE live view (keyframe snapshots) or try "
+                "again later"
             )
-        snap = self.hubs.hub(f"{camera}~{stream}~jpeg", lambda: SnapshotSource(hub), 0.0)
+        name = f"{camera}~{stream}~jpeg" + (f"~masked-{masks_key(masks)}" if masks else "")
+        snap = self.hubs.hub(name, lambda: SnapshotSource(hub, masks), 0.0)
         viewer = snap.join()
         first = await viewer.first(FIRST_FRAME_SECONDS * 2)
         if first is None:
@@ -205,6 +224,7 @@ class LiveService:
                 "mode": watch.mode,
                 "stream": watch.stream,
                 "start_ms": watch.started_ms,
+                "privacy_masks": watch.masks,
             },
         )
 
@@ -243,13 +263,22 @@ class LiveService:
     # -- WHEP -----------------------------------------------------------------------------
 
     async def whep(
-        self, camera: str, stream: StreamName, offer_sdp: str, user: str
+        self,
+        camera: str,
+        stream: StreamName,
+        offer_sdp: str,
+        user: str,
+        masks: Sequence[PrivacyMask] = (),
     ) -> tuple[WhepSession, str]:
-        """A WHEP session of `camera` for `user` and its SDP answer. Raises LiveBusy,
-        NoVideo, or ValueError for an offer that cannot be answered."""
+        """A WHEP session of `camera` for `user` (who sees `masks` filled) and its SDP
+        answer. Raises LiveBusy, NoVideo, or ValueError for an offer that cannot be
+        answered."""
         watch = await self.begin(camera, user, "webrtc", stream)
+        watch.masks = len(masks)
         try:
-            viewer, mode, _first = await self.open_viewer(camera, stream, allow_snapshot=False)
+            viewer, mode, _first = await self.open_viewer(
+                camera, stream, allow_snapshot=False, masks=masks
+            )
         except BaseException:
             await self.finish(watch, "refused", audited=False)
             raise

@@ -15,13 +15,15 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 
 import av
 
 from nvr.api.live.annexb import with_parameter_sets
 from nvr.api.live.hub import LiveHub, Viewer
+from nvr.api.masking import BOOL, apply_mask, polygon_mask
+from nvr.config.models import PrivacyMask
 from nvr.ingest.tap import TapFrame, TapStream
 
 log = logging.getLogger("nvr.api.live")
@@ -113,19 +115,29 @@ class _WorkerSource:
         raise NotImplementedError
 
 
+def masks_at(masks: Sequence[PrivacyMask], width: int, height: int) -> tuple[BOOL, BOOL]:
+    """The luma and chroma (4:2:0) pixels inside the privacy masks at this size."""
+    luma = polygon_mask(masks, width, height)
+    chroma = luma[0::2, 0::2] | luma[1::2, 0::2] | luma[0::2, 1::2] | luma[1::2, 1::2]
+    return luma, chroma
+
+
 class TranscodeSource(_WorkerSource):
-    """H.265 (or anything PyAV decodes) to H.264 at reduced resolution, for live viewers."""
+    """H.265 (or anything PyAV decodes) to H.264 at reduced resolution, for live viewers; with
+    `masks`, the privacy masks filled black in every picture (R10), whatever the codec."""
 
     kind = "x264"
 
-    def __init__(self, name: str, hub: LiveHub) -> None:
+    def __init__(self, name: str, hub: LiveHub, masks: Sequence[PrivacyMask] = ()) -> None:
         super().__init__(name, hub, keyframes_only=False)
+        self.masks = list(masks)
 
     def _work(self, q: queue.Queue[TapFrame | None], out: Callable[[TapFrame], None]) -> None:
         decoder: av.VideoCodecContext | None = None
         encoder: av.VideoCodecContext | None = None
         source: TapStream | None = None
         stream: TapStream | None = None
+        masked: tuple[BOOL, BOOL] | None = None
         while True:
             frame = q.get()
             if frame is None:
@@ -150,7 +162,10 @@ class TranscodeSource(_WorkerSource):
                         w, h = reduced(picture.width, picture.height)
                         encoder = _encoder(w, h, source.time_base)
                         stream = TapStream("h264", w, h, b"", source.time_base)
+                        masked = masks_at(self.masks, w, h) if self.masks else None
                     scaled = picture.reformat(encoder.width, encoder.height, format="yuv420p")
+                    if masked is not None:
+                        scaled = apply_mask(scaled, *masked)
                     scaled.pts = picture.pts if picture.pts is not None else frame.pts
                     scaled.time_base = source.time_base
                     scaled.pict_type = (
@@ -180,12 +195,14 @@ class TranscodeSource(_WorkerSource):
 
 
 class SnapshotSource(_WorkerSource):
-    """The camera's keyframes as JPEG pictures (`TapStream.codec` "mjpeg") at reduced size."""
+    """The camera's keyframes as JPEG pictures (`TapStream.codec` "mjpeg") at reduced size,
+    privacy masks filled."""
 
     kind = "jpeg"
 
-    def __init__(self, hub: LiveHub) -> None:
+    def __init__(self, hub: LiveHub, masks: Sequence[PrivacyMask] = ()) -> None:
         super().__init__(f"{hub.name}~jpeg", hub, keyframes_only=True)
+        self.masks = list(masks)
 
     def _work(self, q: queue.Queue[TapFrame | None], out: Callable[[TapFrame], None]) -> None:
         while True:
@@ -193,7 +210,7 @@ class SnapshotSource(_WorkerSource):
             if frame is None:
                 return
             try:
-                jpeg, w, h = keyframe_jpeg(frame)
+                jpeg, w, h = keyframe_jpeg(frame, self.masks)
             except (av.FFmpegError, ValueError) as err:
                 log.warning("live %s: no snapshot of a keyframe (%s)", self.name, err)
                 continue
@@ -201,8 +218,11 @@ class SnapshotSource(_WorkerSource):
             out(TapFrame(stream, jpeg, True, frame.pts, frame.dts, 0, frame.arrival))
 
 
-def keyframe_jpeg(frame: TapFrame, max_height: int = MAX_HEIGHT) -> tuple[bytes, int, int]:
-    """One keyframe decoded on its own and encoded as JPEG at reduced size. Blocking."""
+def keyframe_jpeg(
+    frame: TapFrame, masks: Sequence[PrivacyMask] = (), max_height: int = MAX_HEIGHT
+) -> tuple[bytes, int, int]:
+    """One keyframe decoded on its own, masks filled, encoded as JPEG at reduced size.
+    Blocking."""
     source = frame.stream
     decoder = _decoder(source)
     packet = av.Packet(with_parameter_sets(source.codec, frame.data, source.extradata))
@@ -216,7 +236,10 @@ def keyframe_jpeg(frame: TapFrame, max_height: int = MAX_HEIGHT) -> tuple[bytes,
     encoder.width, encoder.height = w, h
     encoder.pix_fmt = "yuvj420p"
     encoder.time_base = Fraction(1, 25)
-    scaled = picture.reformat(w, h, format="yuvj420p")
+    scaled = picture.reformat(w, h, format="yuv420p")
+    if masks:
+        scaled = apply_mask(scaled, *masks_at(masks, w, h))
+    scaled = scaled.reformat(format="yuvj420p")
     scaled.pts = 0
     data = b"".join(bytes(p) for p in [*encoder.encode(scaled), *encoder.encode(None)])
     return data, w, h

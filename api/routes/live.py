@@ -34,6 +34,7 @@ from nvr.api.live.fmp4 import Fmp4Muxer, LiveMuxError
 from nvr.api.live.hub import Viewer
 from nvr.api.live.service import LiveBusy, LiveService, NoVideo, Watch
 from nvr.api.routes import problems
+from nvr.api.routes.cameras import privacy_masks
 from nvr.api.services import ApiServices
 from nvr.config.models import CAMERA_NAME
 from nvr.storage.accounts import User
@@ -118,8 +119,9 @@ async def whep_offer(
         raise BadRequest("the SDP offer is not UTF-8 text") from err
     if not offer.startswith("v=0") or "m=video" not in offer:
         raise BadRequest("not an SDP offer with a video section")
+    masks = [] if user.unmasked else privacy_masks(services, name)
     try:
-        session, sdp = await live.whep(name, stream, offer, user.name)
+        session, sdp = await live.whep(name, stream, offer, user.name, masks)
     except (LiveBusy, NoVideo) as err:
         raise LiveUnavailable(str(err)) from err
     except ValueError as err:
@@ -131,6 +133,7 @@ async def whep_offer(
         headers={
             "Location": f"/api/cameras/{name}/whep/{session.watch.id}",
             "X-Live-Mode": session.watch.mode,
+            "X-Privacy-Masks": str(len(masks)),
             "Cache-Control": "no-store",
         },
     )
@@ -234,11 +237,14 @@ async def live_socket(websocket: WebSocket, name: str, stream: str = "main") -> 
     except LiveBusy as err:
         await _deny(websocket, LiveUnavailable(str(err)))
         return
+    masks = [] if user.unmasked else privacy_masks(services, name)
+    watch.masks = len(masks)
     try:
         viewer, mode, first = await live.open_viewer(
             name,
             stream,  # type: ignore[arg-type]
             allow_snapshot=True,
+            masks=masks,
         )
     except (LiveBusy, NoVideo) as err:
         await live.finish(watch, "refused", audited=False)
@@ -259,12 +265,20 @@ async def _stream(
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(
         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
-        headers=[(b"x-live-mode", mode.encode())],
+        headers=[
+            (b"x-live-mode", mode.encode()),
+            (b"x-privacy-masks", str(watch.masks).encode()),
+        ],
     )
     await live.started(watch)
     gone = asyncio.create_task(_until_closed(websocket), name=f"live-ws-{watch.camera}")
     try:
-        head: dict[str, object] = {"camera": watch.camera, "stream": watch.stream, "mode": mode}
+        head: dict[str, object] = {
+            "camera": watch.camera,
+            "stream": watch.stream,
+            "mode": mode,
+            "privacy_masks": watch.masks,
+        }
         if mode == "snapshot":
             head["mime"] = "image/jpeg"
         else:
