@@ -24,7 +24,7 @@ from nvr.gb28181.device import ChannelConfig, GbDevice
 from nvr.gb28181.session import Sessions
 from nvr.ingest.tap import PacketTap, TapFrame
 from nvr.storage import AuditEntry, SegmentStore, now_ms
-from tests.gbsim import MediaCall, Platform
+from tests.gbsim import MediaCall, Platform, hdr
 from tests.scripted import Connection, SimulatedClock, open_store, run_script
 
 DEVICE = "50010000001110000001"
@@ -156,6 +156,7 @@ async def start_device(
     store: SegmentStore,
     monkeypatch: pytest.MonkeyPatch,
     taps: dict[str, PacketTap] | None = None,
+    keepalive_seconds: int = 5,
 ) -> tuple[GbDevice, Sessions]:
     monkeypatch.setenv("GB_MEDIA_PASSWORD", PASSWORD)
     config = Gb28181Config(
@@ -167,7 +168,7 @@ async def start_device(
         password_env="GB_MEDIA_PASSWORD",
         transport="udp",
         local_port=0,
-        keepalive_seconds=5,
+        keepalive_seconds=keepalive_seconds,
     )
     channels = [
         ChannelConfig("h264aac", CH_H264, "h264aac"),
@@ -408,3 +409,27 @@ async def test_mansrtsp_pause_play_and_scale(
     _, got, decoded = received(call, tmp_path)
     assert decoded == len(got)
     check_range(got, rec, start_s * 1000, end_s * 1000)
+
+
+async def test_a_lost_platform_ends_its_streams(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seg0 = store.segments("h264aac")[0]
+    device, sessions = await start_device(platform, store, monkeypatch, keepalive_seconds=1)
+    try:
+        call = await platform.invite(
+            CH_H264, "Playback", start_s=seg0.start_ms // 1000, end_s=seg0.start_ms // 1000 + 30
+        )
+        assert call.answer is not None and call.answer.status_code == 200
+        await wait_for(lambda: len(call.packets) > 10, "media flowing")
+        platform.silent = True  # the network to the platform is lost
+        await wait_for(lambda: not sessions.sessions, "the stream ended", 60)
+        assert not device.status.registered
+        # the platform is back: the device registers again, the old stream stays ended
+        platform.silent = False
+        await wait_for(lambda: device.status.registered, "registered again", 60)
+        assert not sessions.sessions
+        assert call.invite is not None
+        assert [s.call_id for s in sessions.finished] == [hdr(call.invite, "Call-ID")]
+    finally:
+        await device.stop()

@@ -128,7 +128,7 @@ class MediaHandler(Protocol):
 
     async def handle(self, req: SipRequest, addr: sip.Addr) -> SipResponse | None: ...
 
-    async def close(self) -> None: ...
+    async def close(self, bye: bool = True) -> None: ...
 
 
 @dataclass
@@ -250,15 +250,15 @@ class GbDevice:
                 backoff = BACKOFF_FIRST
                 await self._stay_registered()
             except AuthFailed as err:
-                self._lost(str(err))
+                await self._lost(str(err))
                 log.error("GB/T 28181: %s; check [gb28181] password (retrying)", err)
                 backoff = BACKOFF_MAX
             except ConfigError as err:  # the password cannot be read (now)
-                self._lost(str(err))
+                await self._lost(str(err))
                 log.error("GB/T 28181: %s", err)
                 backoff = BACKOFF_MAX
             except (GbError, OSError) as err:
-                self._lost(str(err))
+                await self._lost(str(err))
                 log.warning(
                     "GB/T 28181: platform %s:%d unavailable (%s); retrying in %.0f s",
                     cfg.server_host,
@@ -270,11 +270,16 @@ class GbDevice:
                 await asyncio.wait_for(self._stop.wait(), backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _lost(self, why: str) -> None:
-        if self.status.registered:
-            log.warning("GB/T 28181: offline from platform %s: %s", self.config.server_id, why)
+    async def _lost(self, why: str) -> None:
+        """Offline: the platform's streams end with it (a restarted platform knows none of
+        them; UDP media would otherwise flow on to nobody)."""
+        was = self.status.registered
         self.status.registered = False
         self.status.last_error = why
+        if was:
+            log.warning("GB/T 28181: offline from platform %s: %s", self.config.server_id, why)
+            if self.media is not None:
+                await self.media.close(bye=False)
 
     async def _stay_registered(self) -> None:
         """Keepalives and renewals until the platform stops answering (GbError)."""

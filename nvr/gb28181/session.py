@@ -355,9 +355,13 @@ class Sessions:
             with contextlib.suppress(asyncio.CancelledError):
                 await session.task
 
-    async def close(self) -> None:
-        """End every stream with a BYE (the daemon is stopping)."""
-        for session in list(self.sessions.values()):
+    async def close(self, bye: bool = True) -> None:
+        """End every stream: with a BYE (the daemon is stopping), or without one (the
+        platform is gone: its streams go nowhere, and a BYE would only wait for it)."""
+        sessions = list(self.sessions.values())
+        if not bye:
+            self.sessions.clear()
+        for session in sessions:
             if session.task is not None:
                 session.task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
