@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -67,6 +68,9 @@ class ApiContext:
     """A camera's packet tap (`Supervisor.tap`) for live view; None: no live view."""
     substreams: SubstreamProvider | None = None
     """A camera's `live_url` substream as a packet source (None: the main stream)."""
+    throttle_clock: Callable[[], float] = time.monotonic
+    """The login throttle's clock, in seconds (a seam: tests move it past a Retry-After
+    instead of sleeping)."""
 
     @property
     def settings(self) -> ApiConfig:
@@ -171,7 +175,7 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         playback=playback,
         health=health,
         exports=exports,
-        throttle=LoginThrottle(),
+        throttle=LoginThrottle(clock=ctx.throttle_clock),
         links=LinkSigner(),
         errors=errors,
         scrape=ScrapeToken(settings.metrics_token_file),

@@ -144,9 +144,13 @@ def check_cameras(cameras: Iterable[str]) -> frozenset[str]:
 class AccountStore(Repository):
     """Users, per-camera permissions and bearer tokens in the index."""
 
-    def __init__(self, index: Index) -> None:
+    def __init__(self, index: Index, hasher: PasswordHasher | None = None) -> None:
+        """`hasher` hashes new passwords; the default is argon2-cffi's (argon2id, RFC 9106's
+        low-memory profile: 64 MiB, 3 passes). Only tests pass another (cheap parameters,
+        `SegmentStore(password_hasher=...)`): a hash carries its parameters, so a store
+        opened later with the default still verifies it, and rehashes it at its next login."""
         super().__init__(index)
-        self._hasher = PasswordHasher()
+        self._hasher = hasher if hasher is not None else PasswordHasher()
         self._dummy_hash: str | None = None
 
     def _dummy(self) -> str:

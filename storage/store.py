@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, overload
 
 import av
+from argon2 import PasswordHasher
 from sqlalchemy import (
     bindparam,
     case,
@@ -329,6 +330,7 @@ class SegmentStore:
         synchronised: Callable[[], bool] = evidence.read_synchronised,
         boot_id: str | None = None,
         clock_stable_s: int = 3600,
+        password_hasher: PasswordHasher | None = None,
     ) -> None:
         """Open (creating if new) the store. `exclusive` takes the writer lock on the root:
         the daemon does; other tools (status, verify, lock) do not. `retention_days` gives
@@ -348,9 +350,11 @@ class SegmentStore:
         the clock evidence (`storage.clock`); an injected `clock` without `uptime` is taken to
         run in this boot, as far from uptime as the real clock was at open. A hold after a
         step ends by itself once the clock has been synchronised and stable for
-        `clock_stable_s`."""
+        `clock_stable_s`. `password_hasher` is a test seam (see `AccountStore`): nothing in
+        the daemon or the CLI passes one."""
         self.root = root.resolve()
         self._max_lock_years = max_lock_years
+        self._password_hasher = password_hasher
         self._key_path = signing_key if signing_key is not None else self.root / ".nvr-export-key"
         self._checkpoint_entries = checkpoint_entries
         self._checkpoint_ms = checkpoint_ms
@@ -414,7 +418,7 @@ class SegmentStore:
         """The index as the repositories share it (write transaction, reserve, audit)."""
         self.audit = self.index.audit
         """The audit log (R5)."""
-        self.accounts = AccountStore(self.index)
+        self.accounts = AccountStore(self.index, self._password_hasher)
         """Users, roles, camera permissions and bearer tokens of the HTTP API."""
         self.exports = ExportRegister(self.index)
         """The evidence export register (two-person rule)."""

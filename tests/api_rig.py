@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from argon2 import PasswordHasher
 
 from nvr.api import ApiContext, ApiServer
 from nvr.api.cameras import LiveStatus
@@ -59,10 +60,19 @@ def free_port() -> int:
         return port
 
 
+TEST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+"""argon2id at its smallest (8 KiB, one pass): the API tests log in hundreds of times, and
+the throttle tests guess passwords from 30 threads, each check ~50 ms of CPU and 64 MiB at
+the production parameters. Passed explicitly to the stores the tests open
+(`SegmentStore(password_hasher=...)`): hashes made with it are cheap to check in any store.
+What the daemon and the CLI use is tested in tests/test_accounts_hashing.py."""
+
+
 def open_store(root: Path, clock: Callable[[], int] | None = None) -> SegmentStore:
+    url = f"sqlite:///{root / 'index.db'}"
     if clock is None:
-        return SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    return SegmentStore(root, f"sqlite:///{root / 'index.db'}", clock=clock)
+        return SegmentStore(root, url, password_hasher=TEST_HASHER)
+    return SegmentStore(root, url, clock=clock, password_hasher=TEST_HASHER)
 
 
 def add_users(store: SegmentStore) -> None:
@@ -83,6 +93,7 @@ class ServerThread:
     """An `ApiServer` on its own event loop in a thread, as the daemon runs it."""
 
     def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
         self.server = ApiServer(ctx)
         self.base = self.server.url
         self._thread = threading.Thread(target=self._run, name="api-test", daemon=True)
@@ -106,6 +117,23 @@ class ServerThread:
         assert not self._thread.is_alive(), "the API server did not stop"
 
 
+class SteppedClock:
+    """`time.monotonic` plus an offset the test moves forward: the login throttle's clock
+    (`ApiContext.throttle_clock`), so a test waits out a Retry-After without sleeping."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return time.monotonic() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._offset += seconds
+
+
 @dataclass
 class Api:
     """A running API over a store, and clients for it."""
@@ -115,6 +143,13 @@ class Api:
     root: Path
     config: NvrConfig
     server: ServerThread
+
+    @property
+    def throttle_clock(self) -> SteppedClock:
+        """The login throttle's clock (`run_api` gives every API a `SteppedClock`)."""
+        clock = self.server.ctx.throttle_clock
+        assert isinstance(clock, SteppedClock), "this API's throttle runs on the real clock"
+        return clock
 
     def client(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -142,7 +177,13 @@ def run_api(
     test says otherwise (this machine's may not be; tests/test_clock_health.py reads it)."""
     store = open_store(root, clock)
     config = make_config(root, free_port())
-    ctx = ApiContext(config=config, store=store, capacity=capacity, server_clock=server_clock)
+    ctx = ApiContext(
+        config=config,
+        store=store,
+        capacity=capacity,
+        server_clock=server_clock,
+        throttle_clock=SteppedClock(),
+    )
     if live is not None:
         ctx.live = live
     server = ServerThread(ctx)
@@ -190,6 +231,7 @@ def footage_template(scripted_clips: Path, tmp_path_factory: pytest.TempPathFact
         f"sqlite:///{root / 'index.db'}",
         clock=lambda: current[0].wall_ms(),
         uptime=lambda: current[0].wall_ms() - BOOT_OFFSET,
+        password_hasher=TEST_HASHER,
     )
     try:
         for cam in CAMERAS:
