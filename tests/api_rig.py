@@ -1,18 +1,21 @@
 """Shared helpers and fixtures for the HTTP API tests: users, an `ApiServer` on a thread
 (`run_api`), the session footage (`footage_template`) and a running API over a copy of it
-(`footage_api`). The fixtures are registered by tests/conftest.py. Runs on pytest's thread
+(`footage_api`), and a real daemon (`demo_config`, `running_daemon`, `login`). The fixtures
+are registered by tests/conftest.py. Runs on pytest's thread
 (the API server on a thread of its own)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,16 +314,52 @@ def export_body(start: int, end: int, camera: str = "h264aac") -> dict[str, obje
     }
 
 
+def demo_config(cfg: Path, port: int, camera_extra: str = "") -> Path:
+    """A config at `cfg` for a daemon with its API on `port` and the built-in test camera
+    `demo` (10 s segments; `camera_extra` is appended to its table), recording under `data`
+    beside it."""
+    cfg.write_text(
+        f'[storage]\nroot = "{cfg.parent / "data"}"\n'
+        f'[api]\nlisten = "127.0.0.1:{port}"\n'
+        '[[cameras]]\nname = "demo"\nurl = "builtin:testpattern"\nsegment_seconds = 10\n'
+        + camera_extra
+    )
+    return cfg
+
+
+@contextmanager
+def running_daemon(
+    cfg: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`nvr run -c cfg`, its output appended to `daemon.log` beside `cfg`; stopped with
+    SIGTERM at the end. It must exit 0 then, or have been killed with SIGKILL (how a test
+    ends it without a goodbye)."""
+    logfile = cfg.parent / "daemon.log"
+    log = logfile.open("ab")
+    proc = subprocess.Popen(
+        [*NVR, "run", "-c", str(cfg)], cwd=cfg.parent, stdout=log, stderr=log, env=env
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        log.close()
+    assert code in (0, -signal.SIGKILL), logfile.read_text()
+
+
+def answers(base: str) -> bool:
+    """Whether the API at `base` answers `/healthz` now."""
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def login(base: str) -> httpx.Client:
     """A running daemon's API at `base`, logged in as `admin` (see `add_admin`)."""
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(answers, 30, "the daemon's API")
+    wait_for(lambda: answers(base), 30, "the daemon's API")
     r = httpx.post(f"{base}/api/login", json={"username": "admin", "password": PASSWORD})
     assert r.status_code == 200, r.text
     return httpx.Client(

@@ -4,8 +4,6 @@ and a clean stop on SIGTERM."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +12,16 @@ import httpx
 import pytest
 
 from nvr.ingest.timecheck.server import read_server_clock
-from tests.api_rig import NVR, PASSWORD, free_port, nvr
+from tests.api_rig import (
+    PASSWORD,
+    add_admin,
+    answers,
+    demo_config,
+    free_port,
+    login,
+    nvr,
+    running_daemon,
+)
 from tests.recording_rig import wait_for
 
 pytestmark = pytest.mark.slow
@@ -22,85 +29,52 @@ pytestmark = pytest.mark.slow
 
 def test_daemon_serves_the_api(tmp_path: Path) -> None:
     port = free_port()
-    cfg = tmp_path / "nvr.toml"
-    cfg.write_text(
-        f'[storage]\nroot = "{tmp_path / "data"}"\n'
-        f'[api]\nlisten = "127.0.0.1:{port}"\n'
-        '[[cameras]]\nname = "demo"\nurl = "builtin:testpattern"\nsegment_seconds = 10\n'
-        "[cameras.picture]\ncheck_seconds = 1.0\nlearn_seconds = 2.0\n"
-    )
-    made = nvr(
-        ["user", "add", "-c", str(cfg), "admin", "--role", "admin", "--password-stdin"],
-        tmp_path,
-        stdin=PASSWORD + "\n",
-    )
-    assert made.returncode == 0, made.stderr
-    log = (tmp_path / "daemon.log").open("wb")
-    proc = subprocess.Popen([*NVR, "run", "-c", str(cfg)], cwd=tmp_path, stdout=log, stderr=log)
+    picture = "[cameras.picture]\ncheck_seconds = 1.0\nlearn_seconds = 2.0\n"
+    cfg = demo_config(tmp_path / "nvr.toml", port, camera_extra=picture)
+    add_admin(cfg)
     base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(answers, 30, "the daemon's API")
-        r = httpx.post(f"{base}/api/login", json={"username": "admin", "password": PASSWORD})
-        assert r.status_code == 200, r.text
+    with running_daemon(cfg), login(base) as c:
         # A second user added while the daemon runs (another process, same index).
         made = nvr(
             [
-                "user",
-                "add",
-                "-c",
-                str(cfg),
-                "vic",
-                "--role",
-                "viewer",
-                "--cameras",
-                "demo",
-                "--password-stdin",
+                *("user", "add", "-c", str(cfg), "vic"),
+                *("--role", "viewer", "--cameras", "demo", "--password-stdin"),
             ],
             tmp_path,
             stdin=PASSWORD + "\n",
         )
         assert made.returncode == 0, made.stderr
-        with httpx.Client(
-            base_url=base, headers={"Authorization": f"Bearer {r.json()['token']}"}, timeout=30
-        ) as c:
 
-            def recorded() -> bool:
-                (cam,) = c.get("/api/cameras").json()
-                return cam["state"] == "recording" and cam["last_segment_end_ms"] is not None
+        def recorded() -> bool:
+            (cam,) = c.get("/api/cameras").json()
+            return cam["state"] == "recording" and cam["last_segment_end_ms"] is not None
 
-            wait_for(recorded, 40, "a recorded segment")
+        wait_for(recorded, 40, "a recorded segment")
 
-            def picture_learned() -> bool:
-                (cam,) = c.get("/api/cameras").json()
-                return cam["picture"] is not None and cam["picture"]["state"] == "ok"
+        def picture_learned() -> bool:
+            (cam,) = c.get("/api/cameras").json()
+            return cam["picture"] is not None and cam["picture"]["state"] == "ok"
 
-            # Picture health (issue 18): the moving test picture is learned and judged clear.
-            wait_for(picture_learned, 40, "the picture reference learned")
-            health = c.get("/api/health").json()
-            # A real daemon reads this machine's clock: unsynchronised is its only reason.
-            synced = read_server_clock().synchronised
-            assert health["status"] == ("ok" if synced else "degraded"), health
-            assert [r for r in health["reasons"] if not r.startswith("server clock")] == []
-            assert health["clock_synchronised"] is synced
-            assert health["cameras"][0]["state"] == "recording"
-            assert health["cameras"][0]["picture"]["state"] == "ok"
-            assert health["cameras"][0]["picture"]["checks"] >= 2
-            metrics = c.get("/metrics").text
-            assert 'nvr_camera_recording{camera="demo"} 1.0' in metrics
-            assert 'nvr_camera_picture_state{camera="demo",state="ok"} 1.0' in metrics
-            assert 'nvr_camera_picture_state{camera="demo",state="covered"} 0.0' in metrics
-            status = nvr(["status", "-c", str(cfg)], tmp_path)
-            assert "  picture: ok since " in status.stdout, status.stdout
-            now = int(time.time() * 1000)
-            r = c.get("/api/cameras/demo/recording.mp4", params={"start": now - 60_000, "end": now})
-            assert r.status_code == 200, r.text
+        # Picture health (issue 18): the moving test picture is learned and judged clear.
+        wait_for(picture_learned, 40, "the picture reference learned")
+        health = c.get("/api/health").json()
+        # A real daemon reads this machine's clock: unsynchronised is its only reason.
+        synced = read_server_clock().synchronised
+        assert health["status"] == ("ok" if synced else "degraded"), health
+        assert [r for r in health["reasons"] if not r.startswith("server clock")] == []
+        assert health["clock_synchronised"] is synced
+        assert health["cameras"][0]["state"] == "recording"
+        assert health["cameras"][0]["picture"]["state"] == "ok"
+        assert health["cameras"][0]["picture"]["checks"] >= 2
+        metrics = c.get("/metrics").text
+        assert 'nvr_camera_recording{camera="demo"} 1.0' in metrics
+        assert 'nvr_camera_picture_state{camera="demo",state="ok"} 1.0' in metrics
+        assert 'nvr_camera_picture_state{camera="demo",state="covered"} 0.0' in metrics
+        status = nvr(["status", "-c", str(cfg)], tmp_path)
+        assert "  picture: ok since " in status.stdout, status.stdout
+        now = int(time.time() * 1000)
+        r = c.get("/api/cameras/demo/recording.mp4", params={"start": now - 60_000, "end": now})
+        assert r.status_code == 200, r.text
         clip = tmp_path / "clip.mp4"
         clip.write_bytes(r.content)
         with av.open(str(clip)) as container:
@@ -108,13 +82,8 @@ def test_daemon_serves_the_api(tmp_path: Path) -> None:
         assert frames >= 20
         r = httpx.post(f"{base}/api/login", json={"username": "vic", "password": PASSWORD})
         assert r.status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(20)
-        log.close()
-    assert code == 0, (tmp_path / "daemon.log").read_text()
     text = (tmp_path / "daemon.log").read_text()
     assert "HTTP API on" in text
     assert PASSWORD not in text
     assert "access=" not in text and "Bearer" not in text
-    assert not answers()
+    assert not answers(base)

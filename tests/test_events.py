@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -58,6 +57,7 @@ from tests.api_rig import (
     nvr,
     open_index,
     open_store,
+    running_daemon,
 )
 from tests.camsim import CameraSim
 from tests.recording_rig import assert_contiguous, wait_for
@@ -425,23 +425,6 @@ def test_a_webhook_whose_secret_is_missing_is_a_reason_until_it_is_there(
 # --- a real daemon ----------------------------------------------------------------------------
 
 
-@contextmanager
-def running(cfg: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """`nvr run -c cfg`; SIGTERM at the end unless the test killed it (then no check)."""
-    log = (cfg.parent / "daemon.log").open("ab")
-    proc = subprocess.Popen(
-        [*NVR, "run", "-c", str(cfg)], cwd=cfg.parent, stdout=log, stderr=log, env=env
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(30)
-            assert code == 0, (cfg.parent / "daemon.log").read_text()
-        log.close()
-
-
 @needs_broker
 @pytest.mark.slow
 def test_mqtt_state_outage_discovery_and_last_will(camsim: CameraSim, tmp_path: Path) -> None:
@@ -459,7 +442,7 @@ def test_mqtt_state_outage_discovery_and_last_will(camsim: CameraSim, tmp_path: 
     try:
         with (
             listening(f"{base}/#", f"homeassistant/binary_sensor/nvr_{site}/#") as seen,
-            running(cfg) as proc,
+            running_daemon(cfg) as proc,
         ):
             wait_for(
                 lambda: any(d["state"] == "recording" for d in seen.docs(state_topic)),
@@ -545,7 +528,7 @@ def test_destinations_down_never_cost_a_frame_and_are_health_reasons(
     )
     add_admin(cfg)
     receiver: Receiver | None = None
-    with running(cfg), login(f"http://127.0.0.1:{api_port}") as api:
+    with running_daemon(cfg), login(f"http://127.0.0.1:{api_port}") as api:
 
         def reasons() -> str:
             return "\n".join(api.get("/api/health").json()["reasons"])
@@ -667,7 +650,7 @@ def test_a_broker_that_comes_back_gets_the_state_and_clears_the_reason(
     def status() -> str:
         return nvr(["status", "-c", str(cfg)], tmp_path).stdout
 
-    with running(cfg):
+    with running_daemon(cfg):
         wait_for(
             lambda: f"WARNING events: mqtt mqtt://127.0.0.1:{port}: unreachable" in status(),
             30,

@@ -13,11 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from nvr.ingest.failures import FailureLog
-from tests.api_rig import NVR, Api, contiguous_trio, export_body, free_port
+from tests.api_rig import (
+    Api,
+    answers,
+    contiguous_trio,
+    demo_config,
+    export_body,
+    free_port,
+    running_daemon,
+)
 from tests.recording_rig import Rig, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,37 +169,21 @@ def test_logins_exports_and_access_lines_are_logged(
 @pytest.mark.slow
 def test_a_taken_api_port_is_said_plainly_and_retried(tmp_path: Path) -> None:
     port = free_port()
-    cfg = tmp_path / "nvr.toml"
-    cfg.write_text(
-        f'[storage]\nroot = "{tmp_path / "data"}"\n'
-        f'[api]\nlisten = "127.0.0.1:{port}"\n'
-        '[[cameras]]\nname = "demo"\nurl = "builtin:testpattern"\nsegment_seconds = 10\n'
-    )
+    cfg = demo_config(tmp_path / "nvr.toml", port)
     squatter = socket.socket()
     squatter.bind(("127.0.0.1", port))
     squatter.listen()
     logfile = tmp_path / "daemon.log"
-    with logfile.open("wb") as out:
-        proc = subprocess.Popen([*NVR, "run", "-c", str(cfg)], cwd=tmp_path, stderr=out)
-    base = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        try:
-            return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
     try:
-        wait_for(lambda: "cannot listen" in logfile.read_text(), 30, "the port complaint")
-        text = logfile.read_text()
-        assert f"port {port} is already in use by another program" in text, text
-        assert "trying again in 2 s (recording goes on)" in text
-        squatter.close()
-        wait_for(answers, 30, "the API once the port is free")
+        with running_daemon(cfg):
+            wait_for(lambda: "cannot listen" in logfile.read_text(), 30, "the port complaint")
+            text = logfile.read_text()
+            assert f"port {port} is already in use by another program" in text, text
+            assert "trying again in 2 s (recording goes on)" in text
+            squatter.close()
+            wait_for(lambda: answers(f"http://127.0.0.1:{port}"), 30, "the API once it is free")
     finally:
         squatter.close()
-        proc.terminate()
-        assert proc.wait(20) == 0
     text = logfile.read_text()
     # uvicorn's own lines come in our format.
     assert re.search(

@@ -11,14 +11,13 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import av
 import pytest
 
-from tests.api_rig import NVR, add_admin, free_port, login, nvr, open_index
+from tests.api_rig import NVR, add_admin, free_port, login, nvr, open_index, running_daemon
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for
 
@@ -78,22 +77,6 @@ def test_check_config_reports_every_machine_problem_at_once(tmp_path: Path) -> N
     assert "s3cret" not in done.stdout + done.stderr
 
 
-@contextmanager
-def daemon(cfg: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """`nvr run -c cfg`, stopped with SIGTERM at the end (which must exit 0)."""
-    log = (cfg.parent / "daemon.log").open("ab")
-    proc = subprocess.Popen(
-        [*NVR, "run", "-c", str(cfg)], cwd=cfg.parent, stdout=log, stderr=log, env=env
-    )
-    try:
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(30)
-        log.close()
-    assert code == 0, (cfg.parent / "daemon.log").read_text()
-
-
 @pytest.mark.slow
 def test_a_camera_without_its_secret_is_its_own_outage(camsim: CameraSim, tmp_path: Path) -> None:
     root = tmp_path / "data"
@@ -111,7 +94,7 @@ def test_a_camera_without_its_secret_is_its_own_outage(camsim: CameraSim, tmp_pa
     )
     add_admin(cfg)
     env = {k: v for k, v in os.environ.items() if k != UNSET}
-    with daemon(cfg, env) as proc, login(f"http://127.0.0.1:{port}") as api:
+    with running_daemon(cfg, env) as proc, login(f"http://127.0.0.1:{port}") as api:
 
         def states() -> dict[str, str]:
             return {c["name"]: c["state"] for c in api.get("/api/cameras").json()}
@@ -190,7 +173,7 @@ def test_reload_3_into_4_cameras_keeps_the_unchanged_one_contiguous(
         + camera_block("gone", camsim.url("bframes"))
     )
     add_admin(cfg)
-    with daemon(cfg) as proc, login(f"http://127.0.0.1:{port}") as api:
+    with running_daemon(cfg) as proc, login(f"http://127.0.0.1:{port}") as api:
 
         def states() -> dict[str, str]:
             return {c["name"]: c["state"] for c in api.get("/api/cameras").json()}
