@@ -35,8 +35,8 @@ from nvr.config import NvrConfig
 from nvr.config.models import ApiConfig, CameraConfig
 from nvr.ingest.status import PictureStatus
 from nvr.ingest.timecheck.notes import CameraClock, camera_clocks
-from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
 from nvr.storage import IndexCorruptError, Outage, SegmentStore
+from nvr.storage.server_clock import ServerClockState, read_server_clock
 from nvr.storage.timestamps import DAY_MS, iso
 
 PICTURE_PROBLEMS = ("covered", "defocused", "repointed", "frozen", "no-signal")

@@ -23,9 +23,9 @@ from nvr.api.playback import PlaybackService
 from nvr.config import NvrConfig
 from nvr.config.diff import ReloadOutcome
 from nvr.config.models import ApiConfig
-from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
 from nvr.storage import Segment, SegmentStore
 from nvr.storage.exports import Export
+from nvr.storage.server_clock import ServerClockState, read_server_clock
 from nvr.storage.timestamps import iso
 
 EventEmit = Callable[[str, str | None, dict[str, Any]], None]

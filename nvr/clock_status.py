@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 
 from nvr.ingest.timecheck.notes import DEVICE_INFO, camera_clocks
-from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
 from nvr.storage import SegmentStore
+from nvr.storage.server_clock import ServerClockState, read_server_clock
 
 
 def server_status_line(read: Callable[[], ServerClockState] = read_server_clock) -> str:

@@ -1,7 +1,7 @@
 """Evidence of time for retention (R2, R4): how much real time has passed, judged from what a
-step of the wall clock cannot fake alone. Pure functions and value types, plus the two kernel
-readings they are fed with (cheap, any thread). The design is written down in
-`docs/retention-clock.md`.
+step of the wall clock cannot fake alone. Pure functions and value types, plus the kernel
+readings they are fed with: uptime, the boot id, and the sync state (`storage.server_clock`);
+cheap, any thread. The design is written down in `docs/retention-clock.md`.
 
 - *Uptime* is the kernel's boot-time clock, read from `/proc/uptime`: it counts from boot and
   nothing but a reboot resets it. Setting the date, an NTP step or libfaketime's fake clocks
@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from nvr.storage.server_clock import read_server_clock
 from nvr.storage.timestamps import DAY_MS
 
 TOLERANCE_MS = 60_000
@@ -60,8 +61,6 @@ def read_uptime_ms() -> int:
 
 def read_synchronised() -> bool:
     """Whether the kernel says the clock is synchronised (adjtimex); False if unreadable."""
-    from nvr.ingest.timecheck.server import read_server_clock  # ingest imports storage: import late
-
     try:
         return read_server_clock().synchronised
     except OSError:

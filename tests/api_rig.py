@@ -29,8 +29,8 @@ from nvr.api.health import CapacityProvider
 from nvr.config import CameraConfig, NvrConfig, StorageConfig
 from nvr.config.models import ApiConfig
 from nvr.ingest.errors import CameraUnreachable, StreamEnded
-from nvr.ingest.timecheck.server import ServerClockState
 from nvr.storage import Segment, SegmentStore, now_ms
+from nvr.storage.server_clock import ServerClockState
 from tests.recording_rig import wait_for
 from tests.scripted import (
     BOOT_OFFSET,

@@ -13,7 +13,7 @@ import ctypes
 import errno
 import sys
 
-from nvr.ingest.timecheck.server import read_server_clock
+from nvr.storage.server_clock import read_server_clock
 
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_ACT_ERRNO = 0x00050000

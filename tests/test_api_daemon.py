@@ -11,7 +11,7 @@ import av
 import httpx
 import pytest
 
-from nvr.ingest.timecheck.server import read_server_clock
+from nvr.storage.server_clock import read_server_clock
 from tests.api_rig import (
     PASSWORD,
     add_admin,

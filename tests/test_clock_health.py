@@ -22,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from nvr.ingest.timecheck.notes import CLOCK_OFFSET
-from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
+from nvr.storage.server_clock import ServerClockState, read_server_clock
 from tests.api_rig import NVR, SYNCHRONISED, run_api
 from tests.systemd_unit import UNIT, unit_settings
 

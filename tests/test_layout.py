@@ -1,5 +1,6 @@
 """The installed layout (issue 15, item 4): one `nvr` namespace, no generic top-level names."""
 
+import ast
 import json
 import subprocess
 import sys
@@ -32,3 +33,47 @@ def test_the_folders_install_under_nvr_and_nothing_generic_is_importable(tmp_pat
     found, bare = json.loads(done.stdout)
     assert found == {n: f"nvr.{n}" for n in PACKAGES}
     assert bare == dict.fromkeys(PACKAGES, "missing")
+
+
+ALLOWED = {
+    "config": {"config"},
+    "storage": {"storage", "config"},
+    "ingest": {"ingest", "storage", "config"},
+    "retention": {"retention", "storage", "config"},
+}
+"""Which of the project's folders each folder may import (itself included): imports go down.
+`api` and `nvr` sit on top and may import any of them."""
+
+
+def _project_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, folder) of every `nvr.<folder>` import in `path`, at any depth (a late import
+    inside a function counts as much as one at the top)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+            if node.module == "nvr":
+                names = [f"nvr.{a.name}" for a in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "nvr" and len(parts) > 1:
+                found.append((node.lineno, parts[1]))
+    return found
+
+
+def test_imports_go_down() -> None:
+    """`config` imports no other folder; `storage` only `config`; `ingest` and `retention`
+    only those two (issue 15: `storage.clock` used to import `ingest.timecheck` late)."""
+    repo = Path(__file__).resolve().parent.parent
+    upward = []
+    for folder, allowed in ALLOWED.items():
+        for path in sorted((repo / folder).rglob("*.py")):
+            for line, target in _project_imports(path):
+                if target not in allowed:  # another folder, or a module of `nvr/` itself
+                    upward.append(f"{path.relative_to(repo)}:{line} imports nvr.{target}")
+    assert upward == []

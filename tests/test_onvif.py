@@ -43,8 +43,8 @@ from nvr.ingest.sources import RtspOpener
 from nvr.ingest.supervisor import default_opener
 from nvr.ingest.timecheck.monitor import ClockMonitor
 from nvr.ingest.timecheck.notes import DEVICE_INFO, ClockNotes
-from nvr.ingest.timecheck.server import read_server_clock
 from nvr.storage import SegmentStore
+from nvr.storage.server_clock import read_server_clock
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.onvifsim import OnvifSim

@@ -20,15 +20,15 @@ from nvr.ingest.sources import RtspOpener
 from nvr.ingest.timecheck.monitor import ClockMonitor
 from nvr.ingest.timecheck.notes import ClockNotes
 from nvr.ingest.timecheck.rtcp import ClockedOpener, RtcpClockProbe
-from nvr.ingest.timecheck.server import (
+from nvr.ingest.timecheck.steps import CLOCK_STEP, ClockStepDetector
+from nvr.storage import SegmentStore, now_ms
+from nvr.storage.server_clock import (
     STA_UNSYNC,
     TIME_ERROR,
     ServerClockState,
     read_server_clock,
     server_clock_state,
 )
-from nvr.ingest.timecheck.steps import CLOCK_STEP, ClockStepDetector
-from nvr.storage import SegmentStore, now_ms
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.recording_rig import wait_for

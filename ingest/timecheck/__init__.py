@@ -1,8 +1,6 @@
 """Time checks (R8, "keep the running time accurate"): the server's own clock, each camera's
 clock, and steps of the server clock under a running recorder. One module per thing:
 
-- `server`: the kernel's synchronisation state through `adjtimex(2)` (read-only). Pure but
-  for the one system call; any thread.
 - `steps`: `ClockStepDetector` notices the server's wall clock jumping by comparing its
   progress with the monotonic clock's. Pure; the recorder feeds it on its thread.
 - `notes`: `CameraClockReading` and `ClockNotes`, where findings go: `events` rows
@@ -17,6 +15,9 @@ The ONVIF clock check lives in `ingest.onvif`; the lines `nvr status` prints fro
 findings in `nvr.clock_status`. Segment times themselves are not decided here: the recorder
 takes wall-clock starts from the server clock and durations from media timestamps, and uses
 `ClockStepDetector` so a step never makes segments overlap or go backwards.
+
+The server clock's sync state itself (`adjtimex(2)`, read-only) is read by
+`storage.server_clock`, below this package: the retention clock evidence needs it too.
 
 Imports go down: `ingest.sources` (the `Source`/`StreamOpener` seam) and `storage` (the index
 the notes go to); `ingest.recorder`, `ingest.onvif` and `ingest.supervisor` import this.

@@ -1,8 +1,8 @@
 """Thread `clock-check`: `ClockMonitor` reads the server clock every minute and runs the camera
 clock checks that are due (`CameraClockCheck`: ONVIF cameras, on each connect and hourly).
 Started and stopped by the `Supervisor`; `adopt()` is how each new opener gets its notes
-(`ClockAware`) and is scheduled. Imports go down: `ingest.timecheck.server`,
-`ingest.timecheck.notes`, `storage`.
+(`ClockAware`) and is scheduled. Imports go down: `ingest.timecheck.notes`,
+`storage` (and its `storage.server_clock`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from nvr.ingest.timecheck.notes import ClockNotes
-from nvr.ingest.timecheck.server import ServerClockState, read_server_clock
 from nvr.storage import SegmentStore
+from nvr.storage.server_clock import ServerClockState, read_server_clock
 from nvr.storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.time")

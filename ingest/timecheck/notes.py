@@ -6,7 +6,7 @@ into or out of a warning; and reading them back: `camera_clocks`, each camera's 
 by each method, which `nvr status`, `/api/health` and `/metrics` judge a camera's clock by.
 Thread-safe: the recorder threads and the `clock-check` thread call it. Warnings beginning and
 clearing are also told to `listener` (alerts out, `nvr.events`). Imports go down to
-`storage` and `ingest.timecheck.server`.
+`storage` (and its `storage.server_clock`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nvr.ingest.timecheck.server import ServerClockState
 from nvr.storage import SegmentStore, StorageError
+from nvr.storage.server_clock import ServerClockState
 from nvr.storage.timestamps import now_ms
 
 log = logging.getLogger("nvr.time")

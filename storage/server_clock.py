@@ -1,6 +1,9 @@
 """The server's clock: the kernel's synchronisation state through `adjtimex(2)` in read-only
-mode (the unsynchronised flag, the estimated and maximum error). Cheap; any thread. Imports
-nothing of the project (`storage.clock` imports it late).
+mode (the unsynchronised flag, the estimated and maximum error). Cheap; any thread.
+
+It lives in `storage` because the clock evidence (`storage.clock`) needs it to judge a gap
+across a reboot; the time checks above (`ingest.timecheck`), health (`api.health`) and
+`nvr status` read it from here. Imports nothing of the project.
 """
 
 from __future__ import annotations
