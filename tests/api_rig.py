@@ -7,6 +7,9 @@ are registered by tests/conftest.py. Runs on pytest's thread
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
 import shutil
 import signal
 import socket
@@ -26,6 +29,7 @@ from argon2 import PasswordHasher
 from nvr.api import ApiContext, ApiServer
 from nvr.api.cameras import LiveStatus
 from nvr.api.health import CapacityProvider
+from nvr.cli import main as cli_main
 from nvr.config import CameraConfig, NvrConfig, StorageConfig
 from nvr.config.models import ApiConfig
 from nvr.ingest.errors import CameraUnreachable, StreamEnded
@@ -274,6 +278,37 @@ def nvr(args: list[str], cwd: Path, stdin: str | None = None) -> subprocess.Comp
     return subprocess.run(
         NVR + args, cwd=cwd, input=stdin, capture_output=True, text=True, timeout=120, check=False
     )
+
+
+def nvr_here(
+    args: list[str], cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`nvr` (above) run in this process, through `nvr.cli.main`: the same command, exit
+    status and output, without starting Python and importing the program again for every
+    command (seconds each on a loaded machine). For tests of what a command does; tests of
+    the process itself (signals, a second process beside the daemon, its log on stderr)
+    use `nvr`. While it runs it owns this process's working directory, `os.environ` (when
+    `env` is given), stdin, stdout and stderr: call it from the test's own thread."""
+    out, err = io.StringIO(), io.StringIO()
+    old_cwd, old_env, old_stdin = os.getcwd(), dict(os.environ), sys.stdin
+    try:
+        os.chdir(cwd)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        sys.stdin = io.StringIO(stdin or "")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli_main(args)
+            except SystemExit as exit_:  # argparse: usage errors (2), --help, --version (0)
+                code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+    finally:
+        sys.stdin = old_stdin
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(old_env)
+        os.chdir(old_cwd)
+    return subprocess.CompletedProcess(["nvr", *args], code, out.getvalue(), err.getvalue())
 
 
 def write_config(root: Path, path: Path) -> Path:

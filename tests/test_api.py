@@ -32,7 +32,7 @@ from tests.api_rig import (
     footage_end,
     free_port,
     make_config,
-    nvr,
+    nvr_here,
     open_store,
     run_api,
     write_config,
@@ -154,7 +154,7 @@ def test_roles_and_camera_permissions(api: Api) -> None:
 def test_user_cli_and_audit_verify(tmp_path: Path) -> None:
     root = tmp_path / "store"
     cfg = write_config(root, tmp_path / "nvr.toml")
-    done = nvr(
+    done = nvr_here(
         [
             "user",
             "add",
@@ -172,17 +172,17 @@ def test_user_cli_and_audit_verify(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert PASSWORD not in done.stdout + done.stderr
-    weak = nvr(
+    weak = nvr_here(
         ["user", "add", "-c", str(cfg), "bob", "--role", "viewer", "--password-stdin"],
         tmp_path,
         stdin="short\n",
     )
     assert weak.returncode != 0 and "at least" in weak.stderr
-    listed = nvr(["user", "list", "-c", str(cfg)], tmp_path)
+    listed = nvr_here(["user", "list", "-c", str(cfg)], tmp_path)
     assert "ada\toperator\tenabled\tcameras h264aac" in listed.stdout
-    assert nvr(["user", "disable", "-c", str(cfg), "ada"], tmp_path).returncode == 0
-    assert "ada\toperator\tdisabled" in nvr(["user", "list", "-c", str(cfg)], tmp_path).stdout
-    ok = nvr(["audit-verify", "-c", str(cfg)], tmp_path)
+    assert nvr_here(["user", "disable", "-c", str(cfg), "ada"], tmp_path).returncode == 0
+    assert "ada\toperator\tdisabled" in nvr_here(["user", "list", "-c", str(cfg)], tmp_path).stdout
+    ok = nvr_here(["audit-verify", "-c", str(cfg)], tmp_path)
     assert ok.returncode == 0 and "intact" in ok.stdout, ok.stdout + ok.stderr
     store = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
     try:
@@ -198,7 +198,7 @@ def test_user_cli_and_audit_verify(tmp_path: Path) -> None:
     db.execute("UPDATE audit SET actor = 'someone-else' WHERE id = 1")
     db.commit()
     db.close()
-    bad = nvr(["audit-verify", "-c", str(cfg)], tmp_path)
+    bad = nvr_here(["audit-verify", "-c", str(cfg)], tmp_path)
     assert bad.returncode == 1
     assert "audit entry 1" in bad.stdout
 

@@ -22,7 +22,8 @@ from nvr.storage import (
 )
 from nvr.storage.guard import add_years
 from nvr.storage.timestamps import DAY_MS
-from tests.store_clock import NVR, T0, FakeClock, add_segment, open_store
+from tests.api_rig import nvr_here
+from tests.store_clock import T0, FakeClock, add_segment, open_store
 
 # --- the decision, for all inputs ---------------------------------------------------------
 
@@ -198,9 +199,7 @@ def write_config(tmp_path: Path, root: Path, days: int = 30) -> Path:
 
 
 def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*NVR, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
+    return nvr_here(args, cwd)
 
 
 def test_cli_lock_delete_verify(tmp_path: Path) -> None:
