@@ -296,6 +296,12 @@ def test_the_timeline_shows_the_gap_with_its_cause_and_a_click_plays(
         later = page.evaluate("Number(document.getElementById('playback').dataset.wallclock)")
         assert later > first >= start - 1100  # from the keyframe at or before the click
         assert page.locator("#wallclock").inner_text().endswith("+08:00")
+        if LIVE_JS.exists():  # the camera page's live view of the main stream
+            page.wait_for_function(
+                "() => { const v = document.getElementById('live');"
+                " return v.dataset.liveMode && v.currentTime > 0.5 }",
+                timeout=30_000,
+            )
         # in and out points from the playing video
         page.click("#mark-in")
         page.wait_for_timeout(1200)
@@ -325,6 +331,11 @@ def _select(page: Page, a: float, b: float) -> tuple[int, int]:
     return start, end
 
 
+def said(page: Page, key: str) -> None:
+    """Wait until the page's message line says `key` (the text before its first value)."""
+    page.wait_for_selector(f'#message.ok:has-text("{ZH[key].split("{")[0]}")')
+
+
 def test_a_lock_from_a_selection_appears_in_nvr_locks(browser: Browser, daemon: Daemon) -> None:
     s = log_in(browser, daemon, "olga")
     try:
@@ -336,7 +347,7 @@ def test_a_lock_from_a_selection_appears_in_nvr_locks(browser: Browser, daemon: 
         page.fill('#lock-form input[name="reason"]', "fight at the gate, browser test")
         page.fill('#lock-form input[name="case_id"]', "C-2026-17")
         page.click("#lock-form button[type=submit]")
-        page.wait_for_selector("#message.ok")
+        said(page, "js.locked")
         with daemon.api() as c:
             locks = [lk for lk in c.get("/api/locks").json() if lk["case_id"] == "C-2026-17"]
         assert len(locks) == 1
@@ -378,7 +389,7 @@ def test_an_export_requested_by_one_is_approved_by_another_and_verifies(
             files=FilePayload(name="approval.pdf", mimeType="application/pdf", buffer=letter),
         )
         page.click(f"{form} button[type=submit]")
-        page.wait_for_selector("#message.ok")
+        said(page, "js.export_requested")
         with daemon.api() as c:
             mine = [e for e in c.get("/api/exports").json() if e["requester"] == "olga"]
         assert mine and (mine[0]["start_ms"], mine[0]["end_ms"]) == (start, end)
@@ -438,6 +449,7 @@ def test_a_viewer_never_sees_a_camera_it_may_not(browser: Browser, daemon: Daemo
         assert "back" not in page.content()
         r = page.goto("/cameras/back")
         assert r is not None and r.status == 403
+        assert ZH["error.camera_forbidden"] in page.locator("main").inner_text()
         status = page.evaluate(
             "async () => (await fetch('/api/cameras/back/timeline?start=0&end=1000')).status"
         )

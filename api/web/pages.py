@@ -302,7 +302,8 @@ async def camera(
     try:
         await check_camera(services, user, name)
     except ApiError as err:
-        return page.error(err.status_code, str(err.detail))
+        key = "error.camera_forbidden" if err.status_code == 403 else "error.no_camera"
+        return page.error(err.status_code, page.text(key))
     now = services.store.now()
     try:
         shown = date.fromisoformat(day) if day else page.zone.today(now)

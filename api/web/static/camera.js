@@ -13,6 +13,9 @@
   const dayEnd = Number(root.dataset.dayEnd);
   const maxRange = Number(root.dataset.maxRange) || 3600000;
   const MIN_VIEW = 60000;
+  // A click plays 10 minutes, then the next 10 follow by themselves: a short file starts
+  // fast, and stays under the 15 minutes a request that a camera with privacy masks allows.
+  const CHUNK_MS = 600000;
   const tl = document.getElementById("timeline");
   const track = document.getElementById("track");
   const marks = document.getElementById("marks");
@@ -220,6 +223,12 @@
     showPlayhead();
   }
   video.addEventListener("timeupdate", tickClock);
+  video.addEventListener("ended", () => {
+    const end = Number(video.dataset.end);
+    if (video.dataset.selection !== "1" && data.spans.some((x) => x.end_ms > end + 500)) {
+      play(end);
+    }
+  });
   video.addEventListener("seeked", tickClock);
 
   async function play(from, until) {
@@ -228,7 +237,7 @@
     if (!s) { say(Nvr.t("js.no_footage"), false); return; }
     const start = Math.max(from, s.start_ms);
     const last = spans[spans.length - 1].end_ms;
-    let end = until === undefined ? start + Math.min(maxRange, 3600000) : until;
+    let end = until === undefined ? start + CHUNK_MS : until;
     end = Math.min(end, last, start + maxRange);
     if (end - start < 500) { say(Nvr.t("js.no_footage"), false); return; }
     const url = "/api/cameras/" + cam + "/recording.mp4?start=" + start + "&end=" + end;
@@ -246,6 +255,7 @@
     }
     fileStart = begins;
     video.dataset.start = String(start);
+    video.dataset.selection = until === undefined ? "0" : "1";
     video.dataset.end = String(end);
     video.dataset.fileStart = String(begins);
     rangeText.textContent = span(start, end);
