@@ -5,14 +5,22 @@ supervisor's picture monitor across reloads."""
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
+
+import av
+import numpy as np
 
 from nvr.config import NvrConfig
 from nvr.config.models import CameraConfig, PictureConfig, StorageConfig
+from nvr.ingest.picture.monitor import PictureMonitor
 from nvr.ingest.supervisor import Supervisor
+from nvr.ingest.tap import PacketTap, TapFrame, TapStream, tap_stream
 from nvr.retention import RetentionService
 from nvr.storage import SegmentStore
 from nvr.storage.timestamps import DAY_MS
+from tests.camsim.scenes import Scene
+from tests.recording_rig import wait_for
 from tests.store_clock import T0, FakeClock, add_segment, open_store
 
 
@@ -85,4 +93,59 @@ async def test_a_reload_of_picture_settings_alone_restarts_no_recorder(tmp_path:
         assert supervisor.tap("demo").subscribers == 0
     finally:
         await supervisor.stop()
+        store.close()
+
+
+def _keyframes(count: int) -> tuple[TapStream, list[bytes]]:
+    """`count` H.264 IDR access units (Annex B, parameter sets in band) of a moving scene."""
+    ctx = av.CodecContext.create("libx264", "w")
+    assert isinstance(ctx, av.VideoCodecContext)
+    ctx.width, ctx.height, ctx.pix_fmt = 320, 180, "yuv420p"
+    ctx.time_base = Fraction(1, 10)
+    ctx.gop_size = 1
+    ctx.options = {"preset": "ultrafast", "x264-params": "keyint=1:repeat-headers=1"}
+    scene = Scene(320, 180)
+    chroma = np.full((90, 320), 128, dtype=np.uint8)
+    units: list[bytes] = []
+    for i in range(count):
+        y = np.clip(scene.picture(float(i)), 0, 255).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(np.concatenate([y, chroma]), format="yuv420p")
+        frame.pts = i
+        units += [bytes(p) for p in ctx.encode(frame)]
+    units += [bytes(p) for p in ctx.encode(None)]
+    return tap_stream("h264", 320, 180, b"", Fraction(1, 90_000)), units
+
+
+def test_the_monitor_drops_the_oldest_when_behind_and_survives_bad_data(tmp_path: Path) -> None:
+    """The recorder's side only queues (bounded, oldest dropped); the worker decodes each
+    keyframe alone; an undecodable one is skipped (logged once), the next is checked."""
+    clock = FakeClock(T0)
+    store = open_store(tmp_path / "store", clock)
+    monitor = PictureMonitor(store, wall_ms=clock, queue_size=4, nice=0)
+    tap = PacketTap("cam")
+    monitor.watch(
+        CameraConfig(
+            name="cam",
+            url="rtsp://127.0.0.1:9/cam",
+            picture=PictureConfig(check_seconds=1.0, learn_seconds=2.0),
+        ),
+        tap,
+    )
+    stream, units = _keyframes(8)
+    try:
+        for i, unit in enumerate(units):  # the worker is not running yet: it is "behind"
+            tap.publish(TapFrame(stream, unit, True, i, i, 9000, float(i)))
+        assert monitor.dropped == 4 and not monitor.idle()
+        monitor.start()
+        wait_for(monitor.idle, 30, "the queued keyframes checked")
+        status = monitor.states()["cam"]
+        assert status.checks == 4 and status.state == "ok" and status.cpu_seconds > 0
+        tap.publish(TapFrame(stream, b"\x00\x00\x01\x65garbage", True, 9, 9, 9000, 9.0))
+        tap.publish(TapFrame(stream, units[0], True, 10, 10, 9000, 10.0))
+        tap.publish(TapFrame(stream, units[1], True, 10, 10, 9000, 10.5))  # too soon: skipped
+        wait_for(monitor.idle, 30, "the bad and the good keyframe handled")
+        assert monitor.states()["cam"].checks == 5
+    finally:
+        monitor.stop()
+        monitor.thread.join(10)
         store.close()
