@@ -42,7 +42,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
             tmp,
             sim,
             {"cam": "h264", "hevc": "h265", "hevc2": "h265", "masked": "h264"},
-            api_extra="max_transcodes = 1",
+            api_extra="max_transcodes = 1\nmax_live_viewers = 2",
             substreams={"cam": "hd4m"},  # told apart by its size: 1280x720
             masked=("masked",),
         ) as d,
@@ -279,3 +279,27 @@ def test_privacy_masks_are_filled_in_live_view_for_a_masked_user(daemon: LiveDae
     with daemon.client() as c:
         rows = [r for r in audit(c, "live", "masked") if r["outcome"] == "ok"]
         assert rows and all(r["detail"]["privacy_masks"] == 1 for r in rows)  # type: ignore[index]
+
+
+def test_past_the_viewer_cap_is_503_with_the_reason(daemon: LiveDaemon) -> None:
+    async def three() -> httpx.Response:
+        opened = [asyncio.Event(), asyncio.Event()]
+        hold = asyncio.Event()
+        held = [
+            asyncio.create_task(_mse(daemon, "cam", "admin", 0, opened[i], hold)) for i in (0, 1)
+        ]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), 30)
+            headers = {"Authorization": f"Bearer {daemon.token()}"}
+            async with httpx.AsyncClient(base_url=daemon.base, headers=headers) as c:
+                refused = await whep_connect(c, "cam")
+        finally:
+            hold.set()
+            await asyncio.gather(*held)
+        assert isinstance(refused, httpx.Response)
+        return refused
+
+    refused = asyncio.run(three())
+    assert refused.status_code == 503
+    assert "max_live_viewers" in refused.json()["detail"]
+    assert refused.headers["retry-after"]
