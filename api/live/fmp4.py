@@ -93,6 +93,13 @@ class Fmp4Muxer:
             raise LiveMuxError(f"the MP4 muxer refused a packet: {err}") from err
         return self._messages()
 
+    def add_many(self, frames: list[TapFrame]) -> list[bytes]:
+        """`add` for each of `frames`; the messages they completed."""
+        out: list[bytes] = []
+        for frame in frames:
+            out += self.add(frame)
+        return out
+
     def _messages(self) -> list[bytes]:
         """Complete top-level boxes since the last call, grouped into messages: the init
         segment (`ftyp`..`moov`), then each fragment (`moof`..`mdat`)."""

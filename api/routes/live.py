@@ -37,6 +37,7 @@ from nvr.api.routes import problems
 from nvr.api.routes.cameras import privacy_masks
 from nvr.api.services import ApiServices
 from nvr.config.models import CAMERA_NAME
+from nvr.ingest.tap import TapFrame
 from nvr.storage.accounts import User
 
 log = logging.getLogger("nvr.api.live")
@@ -162,6 +163,9 @@ async def whep_end(
 # -- the MSE WebSocket ---------------------------------------------------------------------
 
 
+BATCH_SECONDS = 0.5
+"""Frames of a GOP longer than this are muxed (and a 1 s fragment sent) without waiting for
+its end."""
 SUBPROTOCOL = "nvr-live"
 """The WebSocket subprotocol the server accepts; a browser that holds a bearer token (and
 so cannot send an Authorization header on a WebSocket) offers it beside `bearer.<token>`."""
@@ -262,6 +266,7 @@ async def _stream(
 ) -> None:
     reason = "closed by the viewer"
     mux: Fmp4Muxer | None = None
+    pending: list[TapFrame] = []
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(
         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
@@ -299,7 +304,14 @@ async def _stream(
             if mux is None:
                 messages = [frame.data]
             else:
-                messages = await asyncio.to_thread(mux.add, frame)
+                # The muxer puts out a fragment only when the next GOP (or second) begins:
+                # hand it the frames in batches up to there, one worker-thread hop each.
+                pending.append(frame)
+                span = (frame.dts - pending[0].dts) * frame.stream.time_base
+                if not frame.keyframe and span < BATCH_SECONDS:
+                    continue
+                batch, pending = pending, []
+                messages = await asyncio.to_thread(mux.add_many, batch)
             for message in messages:
                 await websocket.send_bytes(message)
             if watch.first_frame is None and messages:
