@@ -108,6 +108,43 @@ def recorded(store: SegmentStore, camera: str) -> list[tuple[list[bytes], int, b
     return out
 
 
+def audio_received(call: MediaCall, tmp_path: Path) -> tuple[str, list[bytes], int]:
+    """(codec, raw AAC frames without their ADTS header, decoded frames) by PyAV."""
+    path = tmp_path / f"received-audio-{id(call)}.ps"
+    path.write_bytes(call.ps())
+    with av.open(str(path), format="mpeg") as container:
+        stream = container.streams.audio[0]
+        codec = stream.codec_context.name
+        raw = []
+        for p in container.demux(stream):
+            data = bytes(p)
+            if not data:
+                continue
+            assert data[0] == 0xFF and data[1] & 0xF0 == 0xF0, "an ADTS frame"
+            raw.append(data[7:])
+    with av.open(str(path), format="mpeg") as container:
+        frames = sum(1 for _ in container.decode(audio=0))
+    return codec, raw, frames
+
+
+def recorded_audio(store: SegmentStore, camera: str) -> list[tuple[bytes, float]]:
+    """Every recorded AAC frame of `camera` and its wall time (on the video's clock)."""
+    out = []
+    for seg in store.segments(camera):
+        with av.open(str(seg.path)) as container:
+            video, audio = container.streams.video[0], container.streams.audio[0]
+            assert video.time_base is not None and audio.time_base is not None
+            v0 = next(p.dts for p in container.demux(video) if p.dts is not None)
+            container.seek(0)
+            for p in container.demux(audio):
+                if p.size and p.dts is not None:
+                    wall = (
+                        seg.start_ms + float(p.dts * audio.time_base - v0 * video.time_base) * 1000
+                    )
+                    out.append((bytes(p), wall))
+    return out
+
+
 def check_range(
     got: list[tuple[list[bytes], int]],
     rec: list[tuple[list[bytes], int, bool, float]],
@@ -233,12 +270,30 @@ async def test_recorded_range_arrives_as_the_recorded_access_units(
         assert codec == "h264"
         assert decoded == len(got)
         check_range(got, rec, start_s * 1000, end_s * 1000)
+        if camera == "h264aac":  # the camera with AAC: its audio in the same PS
+            acodec, araw, adecoded = audio_received(call, tmp_path)
+            assert acodec == "aac"
+            assert adecoded == len(araw) > 0
+            first_key = max(r[3] for r in rec if r[2] and r[3] <= start_s * 1000)
+            want_audio = [
+                d for d, t in recorded_audio(store, camera) if first_key <= t < end_s * 1000
+            ]
+            assert araw == want_audio
         assert {p.ssrc for p in call.packets} == {100000001}
         assert call.payload_types == {96}
-        # one timestamp per frame, the marker on its last packet
+        # one timestamp per frame (video and audio packs), the marker on its last packet
         frames = [p for p in sorted(call.packets, key=lambda p: p.seq) if p.marker]
-        assert len(frames) == len(got)
-        assert len({p.timestamp for p in call.packets}) == len(got)
+        if camera != "h264aac":
+            assert len(frames) == len(got)
+            assert len({p.timestamp for p in call.packets}) == len(got)
+        # every run of packets up to a marker (one frame's pack) shares one timestamp
+        run: list[int] = []
+        for p in sorted(call.packets, key=lambda p: p.seq):
+            run.append(p.timestamp)
+            if p.marker:
+                assert len(set(run)) == 1, run
+                run = []
+        assert run == []
     finally:
         await device.stop()
     action = "playback" if kind == "Playback" else "download"

@@ -3,7 +3,8 @@
 range (`storage.media.segment` sample index, samples read by offset), paced in real time
 times a scale (Playback 1x, Download at `downloadspeed`). Either way the access units are
 the recorded ones, turned from length-prefixed into Annex B with the parameter sets in front
-of every keyframe (PS carries Annex B). Never re-encoded.
+of every keyframe (PS carries Annex B); a recording's AAC audio is interleaved by time, each
+frame given an ADTS header from the track's AudioSpecificConfig. Never re-encoded.
 
 Runs on the event loop: the tap's subscriber (called on the recorder's thread) only hands
 frames over with `loop.call_soon_threadsafe`; segment parsing and sample reads go through
@@ -35,12 +36,77 @@ READ_BATCH = 25
 
 @dataclass(frozen=True, slots=True)
 class MediaFrame:
-    """One video access unit in Annex B, timestamps in 90 kHz."""
+    """One video access unit in Annex B, or (`audio`) one AAC frame with its ADTS header;
+    timestamps in 90 kHz."""
 
     data: bytes
     pts: int
     dts: int
     keyframe: bool
+    audio: bool = False
+    audio_codec: str | None = None
+    """On video frames: the stream's audio codec ("aac"), if it has audio."""
+
+
+def _descriptor(data: bytes, at: int) -> tuple[int, int, int]:
+    """(tag, payload start, payload end) of an MPEG-4 descriptor (ISO/IEC 14496-1 8.3.3)."""
+    tag = data[at]
+    at += 1
+    size = 0
+    for _ in range(4):
+        byte = data[at]
+        at += 1
+        size = (size << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            break
+    return tag, at, at + size
+
+
+def audio_specific_config(sample_entry: bytes) -> bytes | None:
+    """The AudioSpecificConfig of an `mp4a` sample entry (esds: ES_Descriptor >
+    DecoderConfigDescriptor > DecSpecificInfo); None for anything else."""
+    if sample_entry[4:8] != b"mp4a":
+        return None
+    esds = _box_payload(sample_entry, b"esds")
+    if esds is None or len(esds) < 6:
+        return None
+    try:
+        tag, start, end = _descriptor(esds, 4)  # after version and flags
+        if tag != 0x03:
+            return None
+        flags = esds[start + 2]
+        at = start + 3 + (2 if flags & 0x80 else 0)
+        if flags & 0x40:
+            at += 1 + esds[at]
+        if flags & 0x20:
+            at += 2
+        tag, start, end = _descriptor(esds, at)
+        if tag != 0x04:
+            return None
+        tag, start, end = _descriptor(esds, start + 13)
+        return esds[start:end] if tag == 0x05 else None
+    except IndexError:
+        return None
+
+
+def adts_header(asc: bytes, payload_size: int) -> bytes:
+    """The 7-byte ADTS header (ISO/IEC 13818-7, no CRC) of one raw AAC frame."""
+    object_type = asc[0] >> 3
+    freq = ((asc[0] & 0x07) << 1) | (asc[1] >> 7)
+    channels = (asc[1] >> 3) & 0x0F
+    size = payload_size + 7
+    profile = max(object_type - 1, 0) & 0x03
+    return bytes(
+        [
+            0xFF,
+            0xF1,  # MPEG-4, layer 0, no CRC
+            (profile << 6) | (freq << 2) | (channels >> 2),
+            ((channels & 0x03) << 6) | (size >> 11),
+            (size >> 3) & 0xFF,
+            ((size & 0x07) << 5) | 0x1F,
+            0xFC,
+        ]
+    )
 
 
 def _box_payload(data: bytes, kind: bytes) -> bytes | None:
@@ -258,44 +324,68 @@ async def recorded_frames(
         scale_ms = 1000 / track.timescale
         dts0 = int(track.dts[0])
         times = [seg.start_ms + (int(d) - dts0) * scale_ms for d in track.dts]
+        audio = index.audio
+        asc = audio_specific_config(audio.sample_entry) if audio is not None else None
+        # (wall ms, 0 video / 1 audio, sample) in time order: both tracks on the file's
+        # timeline, from the video's first decode time (the segment's start)
+        order = [(t, 0, i) for i, t in enumerate(times)]
+        if audio is not None and asc is not None and audio.count:
+            a_ms = 1000 / audio.timescale
+            order += [
+                (seg.start_ms + int(d) * a_ms - dts0 * scale_ms, 1, i)
+                for i, d in enumerate(audio.dts)
+            ]
+            order.sort()
         first = 0
         for i, t in enumerate(times):
             if t > start_ms:
                 break
             if bool(track.sync[i]):
                 first = i
-        for lo in range(first, track.count, READ_BATCH):
-            hi = min(lo + READ_BATCH, track.count)
-            if times[lo] >= end_ms:
+        first_ms = times[first]
+        for lo in range(0, len(order), READ_BATCH):
+            batch = [o for o in order[lo : lo + READ_BATCH] if o[0] >= first_ms]
+            if not batch:
+                continue
+            if batch[0][0] >= end_ms:
                 return
             datas = await asyncio.to_thread(
                 _read_samples,
                 str(seg.path),
-                [int(o) for o in track.offset[lo:hi]],
-                [int(s) for s in track.size[lo:hi]],
+                [int((audio if k and audio else track).offset[i]) for _, k, i in batch],
+                [int((audio if k and audio else track).size[i]) for _, k, i in batch],
             )
-            for i, raw in zip(range(lo, hi), datas, strict=True):
-                if times[i] >= end_ms:
+            for (t, kind, i), raw in zip(batch, datas, strict=True):
+                if t >= end_ms:
                     return
-                key = bool(track.sync[i])
-                if base is None and not key:
-                    continue
-                data = to_annexb(raw, length_size)
-                if key:
-                    data = with_parameter_sets(codec, data, sets)
-                dts = int(track.dts[i]) * 90_000 // track.timescale
-                pts = (int(track.dts[i]) + int(track.cto[i])) * 90_000 // track.timescale
-                wall_dts = round(times[i] * 90)
-                if base is None or due is None:
-                    base, due, last_ms = wall_dts, clock(), times[i]
-                out_dts = wall_dts - base + 9000
-                out = MediaFrame(data, out_dts + (pts - dts), out_dts, key)
+                if kind == 1:
+                    if base is None or asc is None:
+                        continue  # audio starts with the first video keyframe
+                    pts = round(t * 90) - base + 9000
+                    frame = MediaFrame(adts_header(asc, len(raw)) + raw, pts, pts, True, True)
+                else:
+                    key = bool(track.sync[i])
+                    if base is None and not key:
+                        continue
+                    data = to_annexb(raw, length_size)
+                    if key:
+                        data = with_parameter_sets(codec, data, sets)
+                    cto = int(track.cto[i]) * 90_000 // track.timescale
+                    wall_dts = round(t * 90)
+                    if base is None:
+                        base = wall_dts
+                    out_dts = wall_dts - base + 9000
+                    frame = MediaFrame(
+                        data, out_dts + cto, out_dts, key, audio_codec="aac" if asc else None
+                    )
+                if due is None:
+                    due, last_ms = clock(), t
                 if pace.paused and pace.resumed is not None:
                     await pace.resumed.wait()
                     due = max(due, clock())
-                due += max(0.0, times[i] - last_ms) / 1000 / pace.scale
-                last_ms = times[i]
+                due += max(0.0, t - last_ms) / 1000 / pace.scale
+                last_ms = t
                 wait = due - clock()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                yield codec, out
+                yield codec, frame

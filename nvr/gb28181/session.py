@@ -300,7 +300,7 @@ class Sessions:
                 segments, session.offer.start_ms, session.offer.end_ms, session.pace
             ):
                 if muxer is None:
-                    muxer = PsMuxer(codec)
+                    muxer = PsMuxer(codec, frame.audio_codec)
                 await self._send(session, muxer, frame)
             await self._end_of_file(session)
         except TimeoutError:
@@ -317,6 +317,10 @@ class Sessions:
             self.finished = [*self.finished[-49:], session]
 
     async def _send(self, session: Session, muxer: PsMuxer, frame: MediaFrame) -> None:
+        if frame.audio:
+            if muxer.audio_codec is not None:
+                await session.sender.send(muxer.audio(frame.data, frame.pts), frame.pts)
+            return
         pack = muxer.video(frame.data, frame.pts, frame.dts, frame.keyframe)
         await session.sender.send(pack, frame.dts)
         session.frames += 1
