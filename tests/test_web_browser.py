@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,8 @@ class Daemon:
     cfg: Path
     root: Path
     token: str
+    back: CameraSim
+    """`back`'s camera: a test may stop it (and must start it again)."""
 
     def api(self) -> httpx.Client:
         return httpx.Client(
@@ -124,7 +127,7 @@ def daemon(camsim_clips: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         wait_for(answers, 30, "the daemon's API")
         r = httpx.post(f"{base}/api/login", json={"username": "root", "password": PASSWORD})
         assert r.status_code == 200, r.text
-        d = Daemon(base, cfg, tmp / "data", r.json()["token"])
+        d = Daemon(base, cfg, tmp / "data", r.json()["token"], back)
         with d.api() as c:
 
             def recorded(n: int) -> bool:
@@ -471,6 +474,74 @@ def test_a_viewer_never_sees_a_camera_it_may_not(browser: Browser, daemon: Daemo
         s.context.close()
 
 
+def _request_export(page: Page, camera: str, purpose: str) -> int:
+    """Select part of `camera`'s last span and request its export; the request's id."""
+    page.goto(f"/cameras/{camera}")
+    page.wait_for_selector("#track .span")
+    _zoom_to(page, "#track .span >> nth=-1")
+    _select(page, 0.2, 0.4)
+    form = "#export-form"
+    page.fill(f'{form} input[name="purpose"]', purpose)
+    page.fill(f'{form} input[name="recipient"]', "nobody in particular")
+    page.fill(f'{form} input[name="approval_document"]', "DOC-1")
+    page.fill(f'{form} input[name="requester_work_id"]', "OP-1001")
+    page.click(f"{form} button[type=submit]")
+    said(page, "js.export_requested")
+    text = page.locator("#message").inner_text()
+    found = re.search(r"#(\d+)", text)
+    assert found is not None, text
+    return int(found.group(1))
+
+
+def test_an_export_is_rejected_by_the_second_person_or_withdrawn_by_the_first(
+    browser: Browser, daemon: Daemon
+) -> None:
+    olga = log_in(browser, daemon, "olga")
+    oscar = log_in(browser, daemon, "oscar")
+    audrey = log_in(browser, daemon, "audrey")
+    try:
+        rejected = _request_export(olga.page, "back", "to be rejected")
+        withdrawn = _request_export(olga.page, "back", "to be withdrawn")
+        other = oscar.page
+        other.goto("/exports")
+        item = other.locator(f'.pending[data-export="{rejected}"]')
+        reject = item.locator("form", has=other.locator("button[name=reject]"))
+        reject.locator('input[name="approver_work_id"]').fill("OP-2002")
+        reject.locator('input[name="reason"]').fill("no court order attached")
+        with other.expect_navigation():
+            reject.locator("button[name=reject]").click()
+        row = other.locator(f'tr[data-export="{rejected}"]')
+        assert row.get_attribute("data-state") == "rejected"
+        assert other.locator(f'.pending[data-export="{rejected}"]').count() == 0
+        # only the requester may withdraw: oscar has no button, olga has
+        assert other.locator(f'tr[data-export="{withdrawn}"] form').count() == 0
+        page = olga.page
+        page.goto("/exports")
+        mine = page.locator(f'tr[data-export="{withdrawn}"]')
+        mine.locator('input[name="reason"]').fill("asked for the wrong camera")
+        with page.expect_navigation():
+            mine.locator("button[type=submit]").click()
+        assert page.locator(f'tr[data-export="{withdrawn}"]').get_attribute("data-state") == (
+            "cancelled"
+        )
+        # the auditor reads the whole register, decides nothing, downloads nothing
+        audit = audrey.page
+        audit.goto("/exports")
+        states = audit.locator("tr[data-export]").evaluate_all(
+            "rs => Object.fromEntries(rs.map(r => [r.dataset.export, r.dataset.state]))"
+        )
+        assert states[str(rejected)] == "rejected" and states[str(withdrawn)] == "cancelled"
+        assert audit.locator(".pending").count() == 0 and audit.locator("a.download").count() == 0
+        with daemon.api() as c:
+            done = c.get(f"/api/exports/{rejected}").json()
+        assert (done["state"], done["approver"]) == ("rejected", "oscar")
+        for s in (olga, oscar, audrey):
+            assert csp_violations(s) == []
+    finally:
+        for s in (olga, oscar, audrey):
+            s.context.close()
+
+
 WS_OPENS = """camera => new Promise(done => {
   const ws = new WebSocket('ws://' + location.host + '/api/cameras/' + camera + '/live');
   ws.onopen = () => { done('open'); ws.close(); };
@@ -627,3 +698,30 @@ def test_audit_records_the_pages_logins(daemon: Daemon) -> None:
     with daemon.api() as c:
         entries = c.get("/api/audit", params={"action": "login"}).json()
     assert any(e["detail"].get("via") == "page" for e in entries), json.dumps(entries)[:500]
+
+
+def test_a_tile_turns_to_outage_when_its_camera_stops(browser: Browser, daemon: Daemon) -> None:
+    """Last in the module: it stops `back`'s camera (and starts it again)."""
+    s = log_in(browser, daemon, "olga")
+    try:
+        page = s.page
+        badge = page.locator('[data-camera="back"] [data-badge]')
+        assert badge.get_attribute("data-badge") == "recording"
+        daemon.back.stop()
+        try:
+            page.wait_for_function(
+                "b => b.dataset.badge === 'outage'", arg=badge.element_handle(), timeout=40_000
+            )  # the grid refreshes its states every 10 s, without a reload
+            state = page.locator('[data-camera="back"]').get_attribute("data-state")
+            assert state != "recording"
+            assert (
+                page.locator('[data-camera="front"] [data-badge]').get_attribute("data-badge")
+                == "recording"
+            )
+        finally:
+            daemon.back.start()
+        page.wait_for_function(
+            "b => b.dataset.badge === 'recording'", arg=badge.element_handle(), timeout=60_000
+        )
+    finally:
+        s.context.close()
