@@ -5,6 +5,7 @@ supervisor's picture monitor across reloads."""
 
 from __future__ import annotations
 
+import subprocess
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from nvr.storage import SegmentStore
 from nvr.storage.timestamps import DAY_MS
 from tests.camsim.scenes import Scene
 from tests.recording_rig import wait_for
-from tests.store_clock import T0, FakeClock, add_segment, open_store
+from tests.store_clock import NVR, T0, FakeClock, add_segment, open_store
 
 
 def test_snapshots_are_purged_with_their_footage(tmp_path: Path) -> None:
@@ -149,3 +150,33 @@ def test_the_monitor_drops_the_oldest_when_behind_and_survives_bad_data(tmp_path
         monitor.stop()
         monitor.thread.join(10)
         store.close()
+
+
+def test_status_shows_an_open_finding_from_the_index(tmp_path: Path) -> None:
+    """With the daemon stopped, `nvr status` still shows a camera's last picture finding from
+    the index: an open one as a WARNING line."""
+    root = tmp_path / "store"
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        at = store.now() - 60_000
+        store.pictures.open("gate", "covered", at, at + 30_000, 0.1, "dark and flat", None)
+        old = store.pictures.open("yard", "frozen", at - 90_000, at - 60_000, 0.0, "same", None)
+        store.pictures.close(old.id, at - 30_000)
+    finally:
+        store.close()
+    config = tmp_path / "nvr.toml"
+    config.write_text(
+        f'[storage]\nroot = "{root}"\n'
+        '[[cameras]]\nname = "gate"\nurl = "rtsp://127.0.0.1:9/gate"\n'
+        '[[cameras]]\nname = "yard"\nurl = "rtsp://127.0.0.1:9/yard"\n'
+    )
+    out = subprocess.run(
+        [*NVR, "--utc", "status", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "  WARNING picture: covered since " in out.stdout, out.stdout + out.stderr
+    assert "dark and flat" in out.stdout
+    assert "  picture: last finding frozen " in out.stdout, out.stdout
