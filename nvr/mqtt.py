@@ -16,7 +16,8 @@ without saying goodbye; a clean stop publishes `offline` itself. Topics:
 - `nvr/<site>/export`                an export request waits for approval, or was decided
 - `<prefix>/binary_sensor/nvr_<site>/<name>/config` retained Home Assistant discovery: each
   camera a `connectivity` binary sensor (on while recording), and the storage forecast a
-  `problem` sensor, all using the availability topic. A camera a reload removes has its
+  `problem` sensor, and per camera a picture `problem` sensor (`<name>_picture`), all using
+  the availability topic. A camera a reload removes has its
   retained topics emptied, so Home Assistant forgets it.
 
 Every event is published with QoS 1 and taken from the outbox once the broker acknowledged
@@ -134,6 +135,23 @@ class MqttPublisher:
             },
         }
 
+    def picture_discovery(self, camera: str) -> dict[str, Any]:
+        """A camera's picture health (issue 18) as a problem binary sensor: on while its
+        picture is covered, defocused, re-pointed, frozen or without signal."""
+        topic = self.camera_topic(camera, "picture")
+        return {
+            "name": "Picture",
+            "unique_id": f"nvr_{self._site}_{camera}_picture",
+            "device_class": "problem",
+            "state_topic": topic,
+            "value_template": "{{ 'OFF' if value_json.state in ['ok', 'learning'] else 'ON' }}",
+            "json_attributes_topic": topic,
+            "availability_topic": self.availability,
+            "payload_available": ONLINE,
+            "payload_not_available": OFFLINE,
+            "device": {"identifiers": [f"nvr_{self._site}_{camera}"]},
+        }
+
     def storage_discovery(self) -> dict[str, Any]:
         """The storage forecast as a problem binary sensor (on at warning or critical)."""
         topic = f"{self._base}/storage"
@@ -204,6 +222,12 @@ class MqttPublisher:
             await self._publish(
                 client, self.discovery_topic(camera), self.camera_discovery(camera), True
             )
+            await self._publish(
+                client,
+                self.discovery_topic(f"{camera}_picture"),
+                self.picture_discovery(camera),
+                True,
+            )
         self._announced.add(camera)
 
     async def _forget(self, client: aiomqtt.Client, camera: str) -> None:
@@ -211,8 +235,10 @@ class MqttPublisher:
         it from Home Assistant)."""
         for topic in (
             self.discovery_topic(camera),
+            self.discovery_topic(f"{camera}_picture"),
             self.camera_topic(camera, "state"),
             self.camera_topic(camera, "clock"),
+            self.camera_topic(camera, "picture"),
         ):
             await client.publish(topic, b"", qos=1, retain=True)
         self._announced.discard(camera)

@@ -34,6 +34,7 @@ from nvr.events import (
     CAMERA_STATE,
     CLOCK,
     EXPORT,
+    PICTURE,
     STORAGE,
     Event,
     EventBus,
@@ -373,6 +374,7 @@ async def test_mqtt_topics_a_removed_camera_forgotten_and_offline_at_a_clean_sto
             bus.emit(CAMERA_STATE, "gate", {"state": "recording"})
             bus.emit(STORAGE, None, {"state": "critical", "detail": "12 days; window 30"})
             bus.emit(CLOCK, "gate", {"state": "warning", "offset_seconds": 5.0})
+            bus.emit(PICTURE, "gate", {"state": "covered", "previous": "ok", "score": 0.1})
             bus.emit(EXPORT, "gate", {"id": 7, "state": "pending"})
             await until(lambda: bool(seen.on(f"{base}/export")), 15, "every topic published")
             assert seen.docs(f"{base}/camera/gate/state")[-1]["state"] == "recording"
@@ -383,10 +385,16 @@ async def test_mqtt_topics_a_removed_camera_forgotten_and_offline_at_a_clean_sto
             sensor = f"homeassistant/binary_sensor/nvr_{site}/storage/config"
             storage = json.loads(seen.on(sensor)[-1])
             assert storage["device_class"] == "problem"
+            # Picture health (issue 18): a retained topic and a problem sensor per camera.
+            assert seen.docs(f"{base}/camera/gate/picture")[-1]["state"] == "covered"
+            picture = f"homeassistant/binary_sensor/nvr_{site}/gate_picture/config"
+            assert json.loads(seen.on(picture)[-1])["device_class"] == "problem"
             # A reload took the camera away: Home Assistant is told to forget it.
             bus.emit(CAMERA_REMOVED, "gate", {"reason": "removed from the config"})
             await until(lambda: seen.on(discovery)[-1] == b"", 15, "the discovery emptied")
             assert seen.on(f"{base}/camera/gate/state")[-1] == b""
+            assert seen.on(picture)[-1] == b""
+            assert seen.on(f"{base}/camera/gate/picture")[-1] == b""
             assert "gate" not in bus.camera_states()
             # A clean stop says goodbye itself.
             stop.set()
