@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import logging
 import os
 import shutil
 import signal
@@ -297,11 +298,22 @@ def nvr_here(
             os.environ.clear()
             os.environ.update(env)
         sys.stdin = io.StringIO(stdin or "")
+        # What logging's last resort prints in a process without handlers (the CLI sets none):
+        # warnings and errors, the bare message, on stderr.
+        logged = logging.StreamHandler(err)
+        logged.setLevel(logging.WARNING)
+        logging.getLogger().addHandler(logged)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = cli_main(args)
-            except SystemExit as exit_:  # argparse: usage errors (2), --help, --version (0)
-                code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+            except SystemExit as exit_:  # as the interpreter ends on it
+                if exit_.code is None or isinstance(exit_.code, int):
+                    code = exit_.code or 0
+                else:  # SystemExit("message"): the message on stderr, status 1
+                    print(exit_.code, file=sys.stderr)
+                    code = 1
+            finally:
+                logging.getLogger().removeHandler(logged)
     finally:
         sys.stdin = old_stdin
         if env is not None:

@@ -33,7 +33,7 @@ from tests.api_rig import (
     footage_end,
     free_port,
     make_config,
-    nvr,
+    nvr_here,
     open_store,
     run_api,
     write_config,
@@ -414,7 +414,7 @@ def test_common_and_repetitive_passwords_are_refused_everywhere(api: Api, tmp_pa
         ["user", "add", "-c", str(cfg), "bob", "--role", "viewer", "--password-stdin"],
         ["user", "set", "-c", str(cfg), "vera", "--password-stdin"],
     ):
-        done = nvr(args, tmp_path, stdin="aaaaaaaaaa\n")
+        done = nvr_here(args, tmp_path, stdin="aaaaaaaaaa\n")
         assert done.returncode != 0 and "too easy to guess" in done.stderr, done.stderr
         assert "aaaaaaaaaa" not in done.stdout + done.stderr
 
@@ -433,12 +433,12 @@ def test_the_last_enabled_admin_cannot_be_demoted_or_disabled(api: Api, tmp_path
         assert r.status_code == 200
     cfg = write_config(api.root, tmp_path / "nvr.toml")
     for args in (["user", "disable", "root"], ["user", "set", "root", "--role", "viewer"]):
-        done = nvr([*args[:2], "-c", str(cfg), *args[2:]], tmp_path)
+        done = nvr_here([*args[:2], "-c", str(cfg), *args[2:]], tmp_path)
         assert done.returncode != 0 and "last enabled admin" in done.stderr, done.stderr
     refused = api.store.audit.entries(target="user:root", outcome="refused")
     assert len(refused) == 4
-    assert nvr(["user", "enable", "-c", str(cfg), "olga"], tmp_path).returncode == 0
-    assert nvr(["user", "disable", "-c", str(cfg), "root"], tmp_path).returncode == 0
+    assert nvr_here(["user", "enable", "-c", str(cfg), "olga"], tmp_path).returncode == 0
+    assert nvr_here(["user", "disable", "-c", str(cfg), "root"], tmp_path).returncode == 0
 
 
 # --- 10. the docs page ---------------------------------------------------------------------------
@@ -513,7 +513,7 @@ def test_a_static_scrape_token_reads_metrics_and_nothing_else(
     hash_file = tmp_path / "metrics.sha256"
     cfg = write_config(root, tmp_path / "nvr.toml")
     cfg.write_text(cfg.read_text() + f'[api]\nmetrics_token_file = "{hash_file}"\n')
-    done = nvr(["metrics-token", "-c", str(cfg)], tmp_path)
+    done = nvr_here(["metrics-token", "-c", str(cfg)], tmp_path)
     assert done.returncode == 0, done.stderr
     token = done.stdout.strip()
     stored = hash_file.read_text().strip()
@@ -533,7 +533,7 @@ def test_a_static_scrape_token_reads_metrics_and_nothing_else(
             assert c.get("/metrics").status_code == 401
         # a new token replaces the old one without a restart
         new = tmp_path / "prometheus.token"
-        done = nvr(["metrics-token", "-c", str(cfg), "--token-file", str(new)], tmp_path)
+        done = nvr_here(["metrics-token", "-c", str(cfg), "--token-file", str(new)], tmp_path)
         assert done.returncode == 0, done.stderr
         assert new.stat().st_mode & 0o777 == 0o600
         assert new.read_text().strip() not in done.stdout

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nvr import show
 from nvr.storage import SegmentStore
-from tests.api_rig import CAMERAS, NVR, PASSWORD, footage_end, nvr, run_api
+from tests.api_rig import CAMERAS, NVR, PASSWORD, footage_end, nvr_here, run_api
 
 LOCAL_TZ = "Asia/Kolkata"
 """+05:30: an offset no test machine's UTC clock could print by accident."""
@@ -72,10 +72,10 @@ def test_verify_shows_progress_on_a_terminal_only(footage_template: Path, tmp_pa
     )
     assert summary.endswith("0 recording problems, 0 audit problems"), summary
     # Not a terminal: no progress line (logs and pipes get the summary only).
-    piped = nvr(["verify", "-c", str(cfg)], tmp_path)
+    piped = nvr_here(["verify", "-c", str(cfg)], tmp_path)
     assert piped.returncode == 0 and "verifying:" not in piped.stderr, piped.stderr
     # An unknown camera is an error, not an empty success.
-    unknown = nvr(["verify", "-c", str(cfg), "--camera", "h264acc"], tmp_path)
+    unknown = nvr_here(["verify", "-c", str(cfg), "--camera", "h264acc"], tmp_path)
     assert unknown.returncode != 0
     assert "unknown camera 'h264acc'" in unknown.stderr and "h264aac" in unknown.stderr
     assert "checked" not in unknown.stdout
@@ -117,7 +117,7 @@ def test_counts_have_the_right_plural(tmp_path: Path) -> None:
         f'[storage]\nroot = "{tmp_path / "rec"}"\n[retention]\ndays = 31\n'
         '[[cameras]]\nname = "gate"\nurl = "rtsp://127.0.0.1:9/gate"\n'
     )
-    done = nvr(["check-config", "--schema-only", str(one)], tmp_path)
+    done = nvr_here(["check-config", "--schema-only", str(one)], tmp_path)
     assert done.returncode == 0 and "(1 camera, retention 31 days)" in done.stdout, done.stdout
 
 
@@ -128,16 +128,16 @@ def test_user_cameras_must_exist(tmp_path: Path) -> None:
         f'[storage]\nroot = "{root}"\n[[cameras]]\nname = "gate"\nurl = "rtsp://127.0.0.1:9/g"\n'
     )
     add = ["user", "add", "-c", str(cfg), "li", "--role", "viewer", "--password-stdin"]
-    typo = nvr([*add, "--cameras", "gate,lobyy"], tmp_path, stdin=PASSWORD + "\n")
+    typo = nvr_here([*add, "--cameras", "gate,lobyy"], tmp_path, stdin=PASSWORD + "\n")
     assert typo.returncode != 0 and "unknown camera 'lobyy'" in typo.stderr, typo.stderr
     assert "known: gate" in typo.stderr
-    listed = nvr(["user", "list", "-c", str(cfg)], tmp_path)
+    listed = nvr_here(["user", "list", "-c", str(cfg)], tmp_path)
     assert "li\t" not in listed.stdout, "refused, yet the user was added"
-    ok = nvr([*add, "--cameras", "gate"], tmp_path, stdin=PASSWORD + "\n")
+    ok = nvr_here([*add, "--cameras", "gate"], tmp_path, stdin=PASSWORD + "\n")
     assert ok.returncode == 0, ok.stderr
-    bad_set = nvr(["user", "set", "-c", str(cfg), "li", "--cameras", "*,nope"], tmp_path)
+    bad_set = nvr_here(["user", "set", "-c", str(cfg), "li", "--cameras", "*,nope"], tmp_path)
     assert bad_set.returncode != 0 and "unknown camera 'nope'" in bad_set.stderr
-    star = nvr(["user", "set", "-c", str(cfg), "li", "--cameras", "*"], tmp_path)
+    star = nvr_here(["user", "set", "-c", str(cfg), "li", "--cameras", "*"], tmp_path)
     assert star.returncode == 0 and "cameras *" in star.stdout, star.stderr
 
 
@@ -182,7 +182,7 @@ def test_storage_per_camera_agrees_everywhere(footage_template: Path, tmp_path: 
     )
     assert abs(values[("nvr_camera_held_seconds", "h264aac")] - cam["held_days"] * 86_400) < 1e-3
     cfg = config_for(root, tmp_path / "nvr.toml")
-    status = nvr(["--utc", "status", "-c", str(cfg)], tmp_path).stdout
+    status = nvr_here(["--utc", "status", "-c", str(cfg)], tmp_path).stdout
     block = status.split("h264aac:", 1)[1].split("bframes:", 1)[0]
     line = next(x for x in block.splitlines() if "stored:" in x)
     assert f"in {len(segs)} segments since " in line, line

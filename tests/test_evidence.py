@@ -37,7 +37,7 @@ from nvr.storage.guard import add_years, protection
 from nvr.storage.media.hevc import hvc1_entry
 from nvr.storage.media.segment import parse_segment
 from nvr.storage.timestamps import DAY_MS, iso
-from tests.api_rig import Api, ServerThread, free_port, ready
+from tests.api_rig import Api, ServerThread, free_port, nvr_here, ready
 from tests.media import fast_pattern, pattern_packets
 
 T0 = 1_790_000_000_000  # 2026-09-21
@@ -196,13 +196,7 @@ def test_approving_an_export_locks_its_range_for_two_years(tmp_path: Path) -> No
 def audit_verify(root: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "nvr.toml"
     config.write_text(f'[storage]\nroot = "{root}"\n')
-    return subprocess.run(
-        [*NVR, "audit-verify", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return nvr_here(["audit-verify", "-c", str(config)], tmp_path)
 
 
 def busy_store(root: Path) -> SegmentStore:
@@ -555,7 +549,7 @@ def test_package_is_usable_with_standard_tools_only(site: Site, tmp_path: Path) 
         assert [x["case_id"] for x in tl["locks"]] == [f"export-{eid}"]
     config = tmp_path / "nvr.toml"
     config.write_text(f'[storage]\nroot = "{site.api.root}"\n')
-    listed = run([*NVR, "locks", "-c", str(config)], tmp_path)
+    listed = nvr_here(["locks", "-c", str(config)], tmp_path)
     assert f"export-{eid}" in listed.stdout, listed
 
     # Item 6: zipped again by the recipient's own tools, or left as a folder, it verifies.
@@ -566,19 +560,19 @@ def test_package_is_usable_with_standard_tools_only(site: Site, tmp_path: Path) 
     wrapped = tmp_path / "wrapped.zip"
     assert run(["zip", "-qr", str(wrapped), folder.name], tmp_path).returncode == 0
     for candidate in (package, rezipped, wrapped, folder):
-        done = run([*NVR, "verify-export", str(candidate), "--key", str(key)], tmp_path)
+        done = nvr_here(["verify-export", str(candidate), "--key", str(key)], tmp_path)
         assert done.returncode == 0 and "verified" in done.stdout, (candidate, done)
     # ... and names what is wrong: a missing file, an altered one.
     seg_name = next(f["name"] for f in manifest["files"] if f["name"].startswith("segments/"))
     (folder / "README.txt").unlink()
-    done = run([*NVR, "verify-export", str(folder), "--key", str(key)], tmp_path)
+    done = nvr_here(["verify-export", str(folder), "--key", str(key)], tmp_path)
     assert done.returncode == 1 and "README.txt: missing" in done.stdout, done
     with (folder / seg_name).open("r+b") as f:
         f.seek(3000)
         byte = f.read(1)
         f.seek(3000)
         f.write(bytes([byte[0] ^ 1]))
-    done = run([*NVR, "verify-export", str(folder), "--key", str(key)], tmp_path)
+    done = nvr_here(["verify-export", str(folder), "--key", str(key)], tmp_path)
     assert done.returncode == 1 and f"{seg_name}: altered" in done.stdout, done
 
 
@@ -715,18 +709,18 @@ def test_lock_ends_early_over_http_and_cli_only_with_two_people(site: Site, tmp_
         assert r.status_code == 409 and "second admin" in r.json()["detail"]
         config = tmp_path / "nvr.toml"
         config.write_text(f'[storage]\nroot = "{site.api.root}"\n')
-        listed = run([*NVR, "locks", "-c", str(config)], tmp_path)
+        listed = nvr_here(["locks", "-c", str(config)], tmp_path)
         assert "end asked by root (wrong camera)" in listed.stdout, listed
         r = ada.post(f"/api/locks/{made['id']}/end-approve", json={"reason": "checked"})
         assert r.status_code == 200 and r.json()["active"] is False
     # At the command line the same two steps, and one person cannot take both.
     cli_lock = site.api.store.locks.add("gate", t0, t0 + 2000, actor="olga", reason="x")
-    asked = run(
-        [*NVR, "lock-end", "-c", str(config), str(cli_lock.id), "--reason", "wrong"], tmp_path
+    asked = nvr_here(
+        ["lock-end", "-c", str(config), str(cli_lock.id), "--reason", "wrong"], tmp_path
     )
     assert asked.returncode == 0, asked
-    again = run(
-        [*NVR, "lock-end", "-c", str(config), str(cli_lock.id), "--reason", "ok", "--approve"],
+    again = nvr_here(
+        ["lock-end", "-c", str(config), str(cli_lock.id), "--reason", "ok", "--approve"],
         tmp_path,
     )
     assert again.returncode == 1 and "second admin" in again.stderr, again
