@@ -58,6 +58,7 @@ from nvr.storage import (
     StorageIOError,
     container_format,
 )
+from nvr.storage.clock import TOLERANCE_MS
 from nvr.storage.timestamps import now_ms
 
 
@@ -355,6 +356,13 @@ class CameraRecorder:
         self._in_backoff = False
         self._last_end_ms: int | None = None
         self._last_end_mono: float | None = None
+        self._real_resume_ms: int | None = None
+        """After a start: where the open outage really ended by the monotonic clock (the
+        last footage's end plus the real time since), for the first footage (see
+        `_outage_end`)."""
+        self._restarted = False
+        self._step_due: tuple[int, int] | None = None
+        """(start, end) of a `clock-step` row waiting for the index (see `_outage_end`)."""
         """When the last footage ended on this recorder's monotonic clock (taken over from
         the store's evidence time at start): how much real time a gap after it lasted, when
         the wall clock cannot say (see `_placed`)."""
@@ -574,6 +582,7 @@ class CameraRecorder:
             since = self._store.time_since_footage(self.camera)
             if since is not None:
                 self._last_end_mono = self._clock.monotonic() - since / 1000
+                self._restarted = True
         if open_outages:
             self._outage_id = open_outages[-1].id
             self._outage_told = (open_outages[-1].start_ms, open_outages[-1].cause)
@@ -617,6 +626,7 @@ class CameraRecorder:
         return (
             self._due is not None
             or self._fix_due is not None
+            or self._step_due is not None
             or bool(self._store.held(self.camera))
         )
 
@@ -636,6 +646,7 @@ class CameraRecorder:
             if self._fix_due is not None:
                 self._store.ledger.set_end(*self._fix_due)
                 self._fix_due = None
+            self._write_step_due()
             due = self._due
             if due is not None:
                 if due.outage is None:
@@ -1028,8 +1039,15 @@ class CameraRecorder:
             seg.discontinuity = discontinuity
             if self._outage_id is not None:
                 self._fix_outage = self._outage_id
+                if (
+                    self._restarted
+                    and self._last_end_ms is not None
+                    and self._last_end_mono is not None
+                ):
+                    gap = round((now - self._last_end_mono) * 1000)
+                    self._real_resume_ms = self._last_end_ms + max(0, gap)
                 try:
-                    self._close_outage(name_ms)
+                    self._close_outage(self._outage_end(name_ms))
                 except IndexWriteError:
                     self._fix_outage = None
                     seg.closed = True
@@ -1072,7 +1090,7 @@ class CameraRecorder:
                 # The provisional name stays: still a valid file, its start a little late.
                 self.log.warning("camera %s: %s", self.camera, err)
         if self._fix_outage is not None:
-            self._store.ledger.set_end(self._fix_outage, start)
+            self._store.ledger.set_end(self._fix_outage, self._outage_end(start))
 
     def _audio_for(self, source: Source) -> tuple[AudioStream | None, str]:
         """The source's audio stream if a segment can hold it as it is, and why not if not."""
@@ -1206,8 +1224,13 @@ class CameraRecorder:
         if self._fix_outage is not None:
             # The outage before this segment ended where it starts; the next segment must
             # not move that end again.
-            self._fix_due = (self._fix_outage, segment.start_ms)
+            end = self._outage_end(segment.start_ms)
+            self._fix_due = (self._fix_outage, end)
+            if end < segment.start_ms:
+                self._step_due = (end, segment.start_ms)
             self._fix_outage = None
+            self._real_resume_ms = None
+            self._restarted = False
         with self._lock:
             self._status = replace(
                 self._status,
@@ -1220,6 +1243,40 @@ class CameraRecorder:
         if self._fix_due is not None:
             self._store.ledger.set_end(*self._fix_due)
             self._fix_due = None
+        self._write_step_due()
+
+    def _outage_end(self, start_ms: int) -> int:
+        """Where the outage before footage starting at `start_ms` ended. Its start, except
+        for the first footage after the recorder started when the wall clock stepped
+        forward while it was not running (more than `TOLERANCE_MS` beyond the real time
+        since the last footage, by the store's evidence of uptime): then the outage ends
+        after the real time, and the rest of the gap is that step's (a `clock-step` row,
+        as a running recorder writes for a step), so a `not-running` or `daemon-stopped`
+        outage spans the time nothing recorded, not the step."""
+        real = self._real_resume_ms
+        if real is not None and start_ms - real > TOLERANCE_MS:
+            return real
+        return start_ms
+
+    def _write_step_due(self) -> None:
+        if self._step_due is None:
+            return
+        start, end = self._step_due
+        self._store.ledger.add(
+            self.camera,
+            start,
+            end,
+            CLOCK_STEP,
+            f"server clock stepped forward {(end - start) / 1000:.3f} s while the recorder was "
+            "not running (against the uptime evidence of its restart); no footage is missing "
+            "in this span",
+        )
+        self._step_due = None
+        self.log.warning(
+            "camera %s: server clock stepped forward %.3f s while the recorder was not running",
+            self.camera,
+            (end - start) / 1000,
+        )
 
     @_fenced
     def _abandon(self, seg: _Segmenting) -> None:

@@ -1496,7 +1496,7 @@ class SegmentStore:
         indexed after it at a restart (salvaged, stamped then) followed on from it in real
         time: its media durations, plus the outages the ledger has between them (not a
         forward `clock-step`, which jumps the times over no real time). Across a reboot
-        the evidence proves only what a synchronised clock does, so this errs short."""
+        nothing is known (None): the evidence proves only what a synchronised clock does."""
         with Session(self._engine) as s:
             live = (SegmentRow.camera == camera, ~SegmentRow.garbage)
             ref = s.execute(
@@ -1513,6 +1513,16 @@ class SegmentStore:
                 .order_by(SegmentRow.id)
             ).all()
             now = self.elapsed_now(s)
+            # Since the run that stamped it: one boot, or the evidence proves too little.
+            boots = {self._boot_id}
+            for boot, began in s.execute(
+                select(RunRow.boot_id, RunRow.elapsed_start_ms).order_by(RunRow.id.desc())
+            ):
+                boots.add(boot)
+                if began <= ref.elapsed_ms:
+                    break
+            if len(boots) > 1:
+                return None
         ended = int(ref.elapsed_ms)
         prev_end = int(ref.end_ms)
         outages = [

@@ -241,6 +241,7 @@ def test_kills_after_server_clock_steps_back_keep_the_timeline_in_order_and_the_
         store.close()
 
 
+@pytest.mark.parametrize("step_ms", [-5 * DAY_MS, 0, 3 * DAY_MS], ids=["back", "none", "forward"])
 @pytest.mark.parametrize(
     "before_kill",
     [
@@ -252,22 +253,24 @@ def test_kills_after_server_clock_steps_back_keep_the_timeline_in_order_and_the_
     ],
     ids=["after-a-forward-step", "after-a-camera-outage"],
 )
-def test_a_kill_then_a_step_back_while_down_gives_the_outage_its_real_length(
-    tmp_path: Path, scripted_clips: Path, before_kill: list[Step]
+def test_a_kill_then_a_clock_step_while_down_gives_the_outage_its_real_length(
+    tmp_path: Path, scripted_clips: Path, before_kill: list[Step], step_ms: int
 ) -> None:
     """The segment in flight at the kill is salvaged at the restart (stamped then); the
     real time since the footage ended is measured from the segment before it plus what
     followed in real time, so neither a forward step's jump nor an earlier outage is
-    counted as downtime, and the clock set back while the daemon was down cannot shorten
-    the outage to nothing."""
+    counted as downtime. A clock set back while the daemon was down cannot shorten the
+    kill's outage to nothing, and one set forward does not lengthen it by the step: that
+    span is a `clock-step` row of its own, as a running recorder writes."""
     clock = SimulatedClock(now_ms())
     root = tmp_path / "store"
     base = clock.wall_ms() - BOOT_OFFSET - round(clock.monotonic() * 1000)
     store = open_store_on_uptime(root, clock, base)
     assert record_then_kill(store, scripted_clips, clock, before_kill) is not None
+    steps_before = [o for o in store.ledger.outages("cam") if o.cause == "clock-step"]
     store.close()
     clock.advance(20.0)
-    clock.step_wall(-5 * DAY_MS)
+    clock.step_wall(step_ms)
     store = open_store_on_uptime(root, clock, base)
     try:
         (salvaged,) = store.recover()
@@ -277,7 +280,16 @@ def test_a_kill_then_a_step_back_while_down_gives_the_outage_its_real_length(
         for prev, seg in itertools.pairwise(segs):
             assert seg.start_ms >= prev.end_ms, (prev, seg)
         (outage,) = [o for o in store.ledger.outages("cam") if o.cause == "not-running"]
-        assert outage.duration_ms is not None
+        assert outage.duration_ms is not None and outage.end_ms is not None
         assert 20_000 - 100 <= outage.duration_ms <= 21_100, outage
+        steps = [o for o in store.ledger.outages("cam") if o.cause == "clock-step"]
+        new_steps = steps[len(steps_before) :]
+        resumed = next(s for s in segs if s.start_ms >= outage.end_ms)
+        if step_ms > 0:
+            (step,) = new_steps
+            assert step.start_ms == outage.end_ms and step.end_ms == resumed.start_ms
+            assert step.duration_ms is not None and abs(step.duration_ms - step_ms) <= 1_100
+        else:
+            assert new_steps == [] and resumed.start_ms == outage.end_ms
     finally:
         store.close()
