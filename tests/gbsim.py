@@ -28,6 +28,10 @@ def md5(text: str) -> str:
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
 
 
+def sm3(text: str) -> str:
+    return hashlib.new("sm3", text.encode()).hexdigest()
+
+
 def auth_params(value: str) -> dict[str, str]:
     scheme, _, rest = value.partition(" ")
     assert scheme == "Digest", value
@@ -60,6 +64,8 @@ class Platform:
     transport: str = "udp"
     port: int = 0
     qop: bool = True
+    algorithm: str = "MD5"
+    """The digest's hash: MD5 (GB/T 28181-2016) or SM3 (2022)."""
     date_offset_s: float = 0.0
     """Added to the Date header of REGISTER answers (a platform clock that is off)."""
     answer_keepalives: bool = True
@@ -196,17 +202,19 @@ class Platform:
             qop = ', qop="auth"' if self.qop else ""
             res.headers.set_single(
                 "WWW-Authenticate",
-                f'Digest realm="{self.domain}", nonce="{self._nonce}", algorithm=MD5{qop}',
+                f'Digest realm="{self.domain}", nonce="{self._nonce}", '
+                f"algorithm={self.algorithm}{qop}",
             )
             self._send(res, addr)
             return
         p = auth_params(auth)
-        ha1 = md5(f"{p['username']}:{self.domain}:{self.password}")
-        ha2 = md5(f"REGISTER:{p['uri']}")
+        h = sm3 if self.algorithm == "SM3" else md5
+        ha1 = h(f"{p['username']}:{self.domain}:{self.password}")
+        ha2 = h(f"REGISTER:{p['uri']}")
         if self.qop:
-            want = md5(f"{ha1}:{self._nonce}:{p['nc']}:{p['cnonce']}:{p['qop']}:{ha2}")
+            want = h(f"{ha1}:{self._nonce}:{p['nc']}:{p['cnonce']}:{p['qop']}:{ha2}")
         else:
-            want = md5(f"{ha1}:{self._nonce}:{ha2}")
+            want = h(f"{ha1}:{self._nonce}:{ha2}")
         if p.get("response") != want or p.get("realm") != self.domain:
             self.refused += 1
             self._send(self.answer(req, 403, "Forbidden"), addr)

@@ -150,6 +150,23 @@ async def test_without_qop_and_clock_offset_is_a_finding(
         await platform.close()
 
 
+@pytest.mark.parametrize("qop", [True, False])
+async def test_sm3_digest_when_the_platform_asks_for_it(
+    store: SegmentStore, monkeypatch: pytest.MonkeyPatch, qop: bool
+) -> None:
+    platform = Platform(SERVER, DOMAIN, PASSWORD, algorithm="SM3", qop=qop)
+    await platform.start()
+    try:
+        async with running(platform, store, monkeypatch) as device:
+            await wait_for(lambda: device.status.registered, "registered with SM3")
+            assert platform.refused == 0
+        async with running(platform, store, monkeypatch, password="wrong") as device:
+            await wait_for(lambda: platform.refused >= 1, "a refused SM3 registration")
+            assert not device.status.registered
+    finally:
+        await platform.close()
+
+
 async def test_platform_restart_and_silence_lead_to_a_new_registration(
     platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import socket
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 from aiosipua import SipMessage, SipRequest, SipResponse
 from aiosipua.auth import SipDigestAuth, answer_challenge
+from aiosipua.headers import AuthCredentials, parse_auth, stringify_auth
 
 from nvr.gb28181.errors import SipTimeout
 
@@ -86,9 +88,50 @@ def local_address_towards(host: str, port: int) -> str:
 def authorization(
     res: SipResponse, *, username: str, password: str, method: str, uri: str
 ) -> tuple[str, str] | None:
-    """The (header, value) answering the Digest challenge of a 401/407 `res` (MD5, qop=auth
-    when offered; GB/T 28181-2016 9.1.2), or None when it cannot be answered."""
+    """The (header, value) answering the Digest challenge of a 401/407 `res`: MD5 (GB/T
+    28181-2016 9.1.2; `aiosipua`'s Digest), or SM3 when the platform asks for it (GB/T
+    28181-2022), qop=auth when offered. None when it cannot be answered."""
+    header = "WWW-Authenticate" if res.status_code == 401 else "Proxy-Authenticate"
+    raw = res.headers.get_first(header)
+    if raw is None:
+        return None
+    challenge = parse_auth(raw)
+    if challenge.params.get("algorithm", "MD5").upper() == "SM3":
+        return _sm3_authorization(
+            challenge.params, res.status_code, username, password, method, uri
+        )
     return answer_challenge(SipDigestAuth(username, password), res, res.status_code, method, uri)
+
+
+def _sm3(text: str) -> str:
+    return hashlib.new("sm3", text.encode("utf-8")).hexdigest()
+
+
+def _sm3_authorization(
+    params: dict[str, str], status: int, username: str, password: str, method: str, uri: str
+) -> tuple[str, str] | None:
+    """Digest with SM3 (GM/T 0004) in place of MD5: H(A1), H(A2) and the response alike."""
+    nonce = params.get("nonce", "")
+    if not nonce or "sm3" not in hashlib.algorithms_available:
+        return None
+    realm = params.get("realm", "")
+    ha1 = _sm3(f"{username}:{realm}:{password}")
+    ha2 = _sm3(f"{method}:{uri}")
+    out = {"username": username, "realm": realm, "nonce": nonce, "uri": uri}
+    qops = [q.strip().lower() for q in params.get("qop", "").split(",") if q.strip()]
+    if "auth" in qops:
+        cnonce = secrets.token_hex(8)
+        out["response"] = _sm3(f"{ha1}:{nonce}:00000001:{cnonce}:auth:{ha2}")
+        out |= {"qop": "auth", "nc": "00000001", "cnonce": cnonce}
+    elif qops:
+        return None
+    else:
+        out["response"] = _sm3(f"{ha1}:{nonce}:{ha2}")
+    out["algorithm"] = "SM3"
+    if "opaque" in params:
+        out["opaque"] = params["opaque"]
+    name = "Authorization" if status == 401 else "Proxy-Authorization"
+    return name, stringify_auth(AuthCredentials(scheme="Digest", params=out))
 
 
 # --- transports ------------------------------------------------------------------------------
