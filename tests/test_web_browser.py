@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -34,7 +34,8 @@ from playwright.sync_api import (
 )
 
 from nvr.api.web.i18n import CATALOGUES
-from tests.api_rig import NVR, PASSWORD, free_port, nvr
+from nvr.api.web.zone import SiteZone
+from tests.api_rig import NVR, PASSWORD, Api, free_port, nvr
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for
 
@@ -184,9 +185,13 @@ class Session:
     problems: list[str]
 
 
+class _Served(Protocol):
+    base: str
+
+
 def log_in(
     browser: Browser,
-    daemon: Daemon,
+    daemon: _Served,
     name: str,
     init_script: str = "",
     viewport: ViewportSize | None = None,
@@ -723,5 +728,24 @@ def test_a_tile_turns_to_outage_when_its_camera_stops(browser: Browser, daemon: 
         page.wait_for_function(
             "b => b.dataset.badge === 'recording'", arg=badge.element_handle(), timeout=60_000
         )
+    finally:
+        s.context.close()
+
+
+def test_picture_findings_show_on_the_timeline(browser: Browser, footage_api: Api) -> None:
+    """A picture finding (issue 18) on the recorded footage: a mark on the timeline and a
+    line saying what and when (footage recorded in seconds by tests/scripted.py)."""
+    store = footage_api.store
+    end = max(seg.end_ms for seg in store.segments("h264aac"))
+    store.pictures.open("h264aac", "covered", end - 20_000, end - 19_000, 0.9, "lens covered", None)
+    day = SiteZone.of(footage_api.config.site).today(end)
+    s = log_in(browser, footage_api, "olga")
+    try:
+        page = s.page
+        page.goto(f"/cameras/h264aac?day={day.isoformat()}")
+        page.wait_for_selector("#marks .picture[data-kind=covered]")
+        line = page.locator("#pictures li[data-kind=covered]").inner_text()
+        assert ZH["picture.covered"] in line and "lens covered" in line
+        assert csp_violations(s) == []
     finally:
         s.context.close()

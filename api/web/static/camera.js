@@ -107,6 +107,13 @@
       bar(marks, "lock", lk.start_ms, lk.end_ms,
         Nvr.t("js.lock_title", { id: lk.id, reason: lk.reason || "" }), { lock: lk.id });
     }
+    for (const p of data.pictures || []) {
+      // a picture finding (covered, defocused, re-pointed, frozen, no signal), issue 18
+      const key = "picture." + p.kind;
+      const kind = Nvr.t(key) === key ? p.kind : Nvr.t(key);
+      bar(marks, "picture", p.start_ms, p.end_ms === null ? dayEnd : p.end_ms,
+        kind + (p.detail ? ": " + p.detail : ""), { picture: p.id, kind: p.kind });
+    }
     for (const e of exportsOf) {
       bar(marks, "export", e.start_ms, e.end_ms,
         Nvr.t("js.export_title", { id: e.id, state: e.state }), { export: e.id, state: e.state });
@@ -135,6 +142,30 @@
     }
   }
 
+  function renderPictures() {
+    const list = document.getElementById("pictures");
+    list.replaceChildren();
+    for (const p of data.pictures || []) {
+      const li = document.createElement("li");
+      li.dataset.kind = p.kind;
+      const key = "picture." + p.kind;
+      const kind = Nvr.t(key) === key ? p.kind : Nvr.t(key);
+      const until = p.end_ms === null ? Nvr.t("js.still") : Nvr.fmt(p.end_ms, { date: false });
+      li.textContent = Nvr.fmt(p.start_ms) + " – " + until + ": " + kind +
+        (p.detail ? " (" + p.detail + ")" : "") + " ";
+      if (p.snapshot) {
+        const a = document.createElement("a");
+        a.href = "/api/cameras/" + cam + "/pictures/" + p.id + "/snapshot.jpg";
+        a.textContent = Nvr.t("js.snapshot");
+        a.target = "_blank";
+        a.rel = "noopener";
+        li.appendChild(a);
+      }
+      list.appendChild(li);
+    }
+    list.hidden = !list.children.length;
+  }
+
   async function load() {
     try {
       data = await Nvr.api("GET", "/api/cameras/" + cam + "/timeline?start=" + dayStart +
@@ -152,6 +183,7 @@
     tl.dataset.loaded = String(Date.now());
     render();
     renderGaps();
+    renderPictures();
   }
 
   function zoom(factor, around) {
