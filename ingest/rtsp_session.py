@@ -799,9 +799,7 @@ class RtspSession:
             return False
         buf = self._buf
         b0, b1, seq, raw_ts, ssrc = struct.unpack_from(">BBHII", buf, p)
-        if not (ssrc == track.ssrc or self._other_ssrc(track, ssrc, seq)) or not (
-            (b1 & 0x7F) == track.payload_type or self._other_type(track, b1 & 0x7F)
-        ):
+        if not self._admit(track, ssrc, seq, b1 & 0x7F):
             return False
         track.own_at = self._now
         head = 12 + 4 * (b0 & 0x0F)
@@ -874,9 +872,39 @@ class RtspSession:
                 return q
         return end
 
-    def _other_ssrc(self, track: _Track, ssrc: int, seq: int) -> bool:
+    def _admit(self, track: _Track, ssrc: int, seq: int, payload_type: int) -> bool:
+        """Whether an RTP packet on `track`'s channel is the track's: its SSRC (learnt from
+        the first packets when SETUP named none, replaced when the track's own fell silent,
+        `_takes_ssrc`) and its payload type (adopted when it is all a new track gets,
+        `_takes_type`). Any other packet is dropped and counted; the first of each kind on a
+        connection is logged."""
+        if ssrc != track.ssrc and not self._takes_ssrc(track, ssrc, seq):
+            first = self.foreign_packets == 0
+            self.foreign_packets += 1
+            what, theirs = "SSRC", f"{ssrc:08X}"
+            ours = "not known yet" if track.ssrc is None else f"{track.ssrc:08X}"
+        elif payload_type != track.payload_type and not self._takes_type(track, payload_type):
+            first = self.other_type_packets == 0
+            self.other_type_packets += 1
+            what, theirs, ours = "payload type", str(payload_type), str(track.payload_type)
+        else:
+            return True
+        if first:
+            log.warning(
+                "RTSP %s:%s: dropping %s packets of %s %s (the track's is %s)",
+                self.host,
+                self.port,
+                track.media.kind,
+                what,
+                theirs,
+                ours,
+            )
+        return False
+
+    def _takes_ssrc(self, track: _Track, ssrc: int, seq: int) -> bool:
         """A packet whose SSRC is not the track's: True if it is the session's after all (the
-        first packets teach the SSRC when SETUP did not name it), else dropped and counted."""
+        packet RTP-Info announced; the first packets when SETUP named no SSRC; another SSRC
+        once the track's own has been silent for `SSRC_SWITCH_SECONDS`)."""
         if not track.started and seq == track.info_seq:
             track.ssrc = ssrc  # the packet RTP-Info announced, whatever SETUP said
             return True
@@ -884,7 +912,6 @@ class RtspSession:
             if track.info_seq is not None and seq != track.info_seq:
                 track.waited += 1
                 if track.waited <= SSRC_LEARN_PACKETS:
-                    self.foreign_packets += 1
                     return False  # wait for the packet the PLAY answer announced
             track.ssrc = ssrc
             return True
@@ -900,48 +927,28 @@ class RtspSession:
             )
             track.ssrc = ssrc
             return True
-        if self.foreign_packets == 0:
-            log.warning(
-                "RTSP %s:%s: dropping %s packets of SSRC %08X (the session's is %08X)",
-                self.host,
-                self.port,
-                track.media.kind,
-                ssrc,
-                track.ssrc,
-            )
-        self.foreign_packets += 1
         return False
 
-    def _other_type(self, track: _Track, payload_type: int) -> bool:
-        """A packet of the session's SSRC with another payload type than the SDP gave the
-        track: dropped and counted, unless the track has taken nothing yet and
-        `OTHER_TYPE_ADOPT` packets in a row came with this type (a camera whose SDP names
-        another number than its packets carry): then the track takes that type."""
-        if not track.started:
-            track.other_type_run += 1
-            if track.other_type_run >= OTHER_TYPE_ADOPT:
-                log.warning(
-                    "RTSP %s:%s: %s packets carry payload type %d, the SDP said %d: taking %d",
-                    self.host,
-                    self.port,
-                    track.media.kind,
-                    payload_type,
-                    track.payload_type,
-                    payload_type,
-                )
-                track.payload_type = payload_type
-                return True
-        elif self.other_type_packets == 0:
-            log.warning(
-                "RTSP %s:%s: dropping %s packets of payload type %d (the track's is %d)",
-                self.host,
-                self.port,
-                track.media.kind,
-                payload_type,
-                track.payload_type,
-            )
-        self.other_type_packets += 1
-        return False
+    def _takes_type(self, track: _Track, payload_type: int) -> bool:
+        """A packet of the track's SSRC with another payload type than the SDP gave: True
+        once `OTHER_TYPE_ADOPT` packets in a row of this type came before the track took
+        anything (a camera whose SDP names another number than its packets carry)."""
+        if track.started:
+            return False
+        track.other_type_run += 1
+        if track.other_type_run < OTHER_TYPE_ADOPT:
+            return False
+        log.warning(
+            "RTSP %s:%s: %s packets carry payload type %d, the SDP said %d: taking %d",
+            self.host,
+            self.port,
+            track.media.kind,
+            payload_type,
+            track.payload_type,
+            payload_type,
+        )
+        track.payload_type = payload_type
+        return True
 
     def _sender_report(self, buf: bytearray, pos: int, end: int) -> None:
         """The video's first RTCP sender report: the camera's wall clock at video tick 0,
