@@ -124,8 +124,9 @@ def main() -> None:
         print(lines[-1])
     lines += [
         "",
-        "A masked live stream (not implemented yet) would need the \"x real time\" figure above "
-        "1 per viewer at that resolution (reduced resolution allowed).",
+        "A masked live stream (api/live: a transcode at reduced resolution, at most 360 lines) "
+        "needs the \"x real time\" figure above 1 at its size; these full-size figures bound "
+        "it from above.",
         "",
     ]
     update_doc(DOC, SECTION, BEGIN, END, "\n".join(lines))
