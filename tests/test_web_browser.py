@@ -237,6 +237,10 @@ def test_login_and_the_grid_shows_a_tile_per_camera(browser: Browser, daemon: Da
             assert tile.locator("video").count() == 1
             assert tile.locator("[data-badge]").get_attribute("data-badge") == "recording"
             assert tile.locator(".state").inner_text() == ZH["state.recording"]
+            picture = tile.locator("[data-picture]")  # when the camera's picture is checked
+            if picture.count():
+                state = picture.get_attribute("data-picture") or ""
+                assert picture.inner_text() == ZH.get(f"picture.{state}", state)
         # back was stopped: its last gap is on its tile, with the cause's name
         last_gap = page.locator('[data-camera="back"] .last-gap').inner_text()
         assert "+08:00" in last_gap

@@ -64,6 +64,13 @@
         b.dataset.badge = badge;
         b.className = "badge badge-" + badge;
         b.textContent = Nvr.t("badge." + badge);
+        const pic = tile.querySelector("[data-picture]");
+        if (pic && c.picture) {
+          const pkey = "picture." + c.picture.state;
+          pic.dataset.picture = c.picture.state;
+          pic.textContent = Nvr.t(pkey) === pkey ? c.picture.state : Nvr.t(pkey);
+          pic.classList.toggle("warn", !["ok", "learning"].includes(c.picture.state));
+        }
       }
     } catch (err) { /* the next refresh tries again; the page keeps what it showed */ }
   }
