@@ -303,3 +303,35 @@ def test_past_the_viewer_cap_is_503_with_the_reason(daemon: LiveDaemon) -> None:
     assert refused.status_code == 503
     assert "max_live_viewers" in refused.json()["detail"]
     assert refused.headers["retry-after"]
+
+
+def test_a_session_ends_when_the_peer_goes_away(daemon: LiveDaemon) -> None:
+    """No DELETE: the viewer closes its peer connection; the daemon ends the session."""
+
+    async def leave() -> str:
+        headers = {"Authorization": f"Bearer {daemon.token()}"}
+        async with httpx.AsyncClient(base_url=daemon.base, headers=headers, timeout=30) as c:
+            viewer = await whep_connect(c, "cam")
+            assert isinstance(viewer, WhepViewer), viewer.text
+            for _ in range(200):
+                if viewer.frames:
+                    break
+                await asyncio.sleep(0.1)
+            assert viewer.frames
+            await viewer.pc.close()
+            if viewer.task is not None:
+                viewer.task.cancel()
+            session = viewer.location.rsplit("/", 1)[1]
+            for _ in range(600):  # a DELETE would end it itself: watch the audit log
+                ends = (await c.get("/api/audit", params={"action": "live-end"})).json()
+                if any(r["detail"]["session"] == session for r in ends):
+                    break
+                await asyncio.sleep(0.1)
+            assert (await c.delete(viewer.location)).status_code == 404  # already ended
+            return viewer.location
+
+    location = asyncio.run(leave())
+    with daemon.client() as c:
+        ends = [r for r in audit(c, "live-end", "cam") if r["detail"]["session"] in location]  # type: ignore[index]
+        assert len(ends) == 1
+        assert "peer connection" in str(ends[0]["detail"]["reason"])  # type: ignore[index]

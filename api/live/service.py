@@ -307,7 +307,12 @@ class LiveService:
         @track.on("ended")
         def track_ended() -> None:
             if not session.ended.is_set():
-                self._spawn(session, self.end_whep(session, "the camera's stream ended"))
+                reason = (
+                    "the camera's stream ended"
+                    if track.source_ended
+                    else "peer connection closed (media could not be sent)"
+                )
+                self._spawn(session, self.end_whep(session, reason))
 
         self._spawn(session, self._connect_guard(session))
         return session, sdp

@@ -92,12 +92,15 @@ class PassthroughTrack(MediaStreamTrack):
         self._backlog_end: int | None = None
         self._last = -1
         self.sent = 0
+        self.source_ended = False
+        """The camera's stream ended (else aiortc stopped the track: the peer is gone)."""
 
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         frame = await self._viewer.get()
         if frame is None or frame.stream.codec != "h264":
+            self.source_ended = True
             self.stop()
             raise MediaStreamError
         stream = frame.stream
