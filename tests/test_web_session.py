@@ -316,3 +316,25 @@ def test_an_approval_document_over_the_limit_is_refused_while_streaming(api: Api
         assert c.post("/api/locks", content=b"{" * 70_000).status_code == 413
     folder = api.root / "exports" / "approval-documents"
     assert not folder.exists() or not list(folder.iterdir())
+
+
+def test_camera_page_days_are_local_calendar_days(api: Api) -> None:
+    with page_login(api, "olga") as c:
+        page = c.get("/cameras/h264aac", params={"day": "2026-11-22"})
+        assert page.status_code == 200
+        zone = SiteZone.of(api.config.site)
+        start, end = zone.day_bounds(date(2026, 11, 22))
+        assert f'data-day-start="{start}" data-day-end="{end}"' in page.text
+        assert "?day=2026-11-21" in page.text and "?day=2026-11-23" in page.text
+        assert c.get("/cameras/h264aac", params={"day": "22/11/2026"}).status_code == 400
+
+
+def test_audit_page_filters_exactly(api: Api) -> None:
+    with page_login(api, "olga"):
+        pass  # a page login to find
+    with page_login(api, "audrey") as c:
+        html = c.get("/audit", params={"action": "login", "actor": "olga"}).text
+        rows = re.findall(r'<tr data-action="([^"]+)"><td>\d+</td><td>[^<]+</td><td>([^<]+)<', html)
+        assert rows and all(r == ("login", "olga") for r in rows), rows
+        everything = c.get("/audit").text
+        assert 'data-action="login"' in everything and "audrey" in everything
