@@ -1033,7 +1033,8 @@ class CameraRecorder:
             if self._tap is not None and video is not None:
                 cc = video.codec_context
                 seg.tap = self._tap
-                seg.tap_stream = tap_stream(cc.name, cc.width, cc.height, cc.extradata, vtb)
+                name = cc.codec.canonical_name  # "h264" also from the test camera's libx264
+                seg.tap_stream = tap_stream(name, cc.width, cc.height, cc.extradata, vtb)
             seg.chained_from = self._last_end_ms if chained else None
             seg.settled = chained
             seg.discontinuity = discontinuity

@@ -29,7 +29,7 @@ class TapStream:
     change (a new connection or a new SPS), so consumers can compare by identity."""
 
     codec: str
-    """FFmpeg's codec name: "h264" or "hevc"."""
+    """FFmpeg's canonical codec name, "h264" or "hevc" (never an encoder's, e.g. "libx264")."""
     width: int
     height: int
     extradata: bytes
