@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -196,17 +197,70 @@ def to_90k(ticks: int, time_base: Fraction) -> int:
     return int(ticks * time_base * 90_000)
 
 
-class LiveSource:
-    """A camera's live frames from its packet tap, from the next keyframe on."""
+class GopCache:
+    """A camera's current group of pictures (its last keyframe and the frames since), so a
+    live stream starts at once instead of at the camera's next keyframe. The cache is the
+    tap's subscriber (on the recorder's thread: it keeps references to the frames the tap
+    built, no copies) and hands frames on to the live streams attached to it; attaching
+    takes the backlog and the feed under one lock, so no frame is lost or sent twice.
+    A GOP longer than `limit` frames is not kept (such a stream starts at the next one)."""
 
-    def __init__(self, tap: PacketTap) -> None:
+    def __init__(self, tap: PacketTap, limit: int = LIVE_QUEUE // 2) -> None:
+        self.camera = tap.camera
+        self._lock = threading.Lock()
+        self._gop: list[TapFrame] = []
+        self._limit = limit
+        self._sinks: tuple[Callable[[TapFrame], None], ...] = ()
+        self._unsubscribe = tap.subscribe(self._on_frame)
+
+    def _on_frame(self, frame: TapFrame) -> None:
+        """On the recorder's thread."""
+        with self._lock:
+            if frame.keyframe:
+                self._gop = [frame]
+            elif self._gop and len(self._gop) < self._limit:
+                self._gop.append(frame)
+            else:
+                self._gop = []
+            sinks = self._sinks
+        for sink in sinks:
+            sink(frame)
+
+    def attach(self, sink: Callable[[TapFrame], None]) -> tuple[list[TapFrame], Callable[[], None]]:
+        """The current GOP (from its keyframe; empty if none) and the function that detaches
+        `sink`, which gets every later frame (on the recorder's thread)."""
+        with self._lock:
+            backlog = list(self._gop)
+            self._sinks = (*self._sinks, sink)
+
+        def detach() -> None:
+            with self._lock:
+                self._sinks = tuple(s for s in self._sinks if s is not sink)
+
+        return backlog, detach
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+class LiveSource:
+    """A camera's live frames: the current GOP from a `GopCache` at once, or (a bare tap)
+    from the next keyframe on."""
+
+    def __init__(self, source: PacketTap | GopCache) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[TapFrame | None] = asyncio.Queue(LIVE_QUEUE)
         self._waiting_key = True
         self._dropped = 0
         self.codec: str | None = None
-        self._unsubscribe: Callable[[], None] | None = tap.subscribe(self._on_frame)
-        self._camera = tap.camera
+        self._camera = source.camera
+        self._unsubscribe: Callable[[], None] | None
+        if isinstance(source, GopCache):
+            backlog, self._unsubscribe = source.attach(self._on_frame)
+            for frame in backlog:  # on the loop, before any later frame's hand-over runs
+                self._put(frame)
+        else:
+            self._unsubscribe = source.subscribe(self._on_frame)
 
     def _on_frame(self, frame: TapFrame) -> None:
         """On the recorder's thread: hand over, nothing else."""

@@ -26,7 +26,7 @@ from aiosipua import SipRequest, SipResponse
 
 from nvr.gb28181 import manscdp, sip
 from nvr.gb28181.errors import GbError
-from nvr.gb28181.media import LiveSource, MediaFrame, Pace, recorded_frames
+from nvr.gb28181.media import GopCache, LiveSource, MediaFrame, Pace, recorded_frames
 from nvr.gb28181.ps import PsMuxer
 from nvr.gb28181.rtp import RtpSender
 from nvr.ingest.tap import PacketTap
@@ -156,6 +156,14 @@ class Sessions:
     sessions: dict[str, Session] = field(default_factory=dict)
     finished: list[Session] = field(default_factory=list)
     """Ended sessions, newest last (the last 50; tests and the benchmark read them)."""
+    gop_cache: bool = True
+    """Keep each channel's current GOP so live starts at once (`media.GopCache`)."""
+    _caches: dict[str, GopCache] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.gop_cache and self.taps is not None:
+            for ch in self.device.channels:
+                self._caches[ch.camera] = GopCache(self.taps(ch.camera))
 
     async def _audit(
         self, action: str, camera: str, outcome: str, detail: dict[str, object]
@@ -287,7 +295,7 @@ class Sessions:
             muxer: PsMuxer | None = None
             if session.offer.kind == "Play":
                 assert self.taps is not None
-                live = LiveSource(self.taps(ch.camera))
+                live = LiveSource(self._caches.get(ch.camera) or self.taps(ch.camera))
                 async for frame in live.frames():
                     if muxer is None:
                         muxer = PsMuxer(live.codec or "h264")
