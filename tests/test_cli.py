@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from nvr.storage import SegmentStore
+from tests.api_rig import nvr_here
 from tests.media import check_file
 from tests.recording_rig import wait_for
 
@@ -21,9 +22,7 @@ NVR = [sys.executable, "-m", "nvr.cli"]
 def run(
     args: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        NVR + args, cwd=cwd, capture_output=True, text=True, timeout=60, env=env, check=False
-    )
+    return nvr_here(args, cwd, env=env)
 
 
 def test_check_config_ok_and_errors(tmp_path: Path) -> None:
