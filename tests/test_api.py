@@ -7,12 +7,11 @@ Its fixtures live in tests/api_rig.py (registered by tests/conftest.py)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import shutil
 import ssl
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -35,6 +34,7 @@ from tests.api_rig import (
     nvr_here,
     open_store,
     run_api,
+    self_signed,
     write_config,
 )
 from tests.recording_rig import wait_for
@@ -451,42 +451,6 @@ def test_health_follows_the_storage_forecast(users_template: Path, tmp_path: Pat
             assert health["retention_compliant"] is False
             assert any("storage forecast critical" in r for r in health["reasons"])
             assert "nvr_storage_forecast_seconds 1.0368e+06" in c.get("/metrics").text
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for 127.0.0.1 and its key (PEM files)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.now(tz=UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=1))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 def test_tls_when_a_certificate_is_configured(users_template: Path, tmp_path: Path) -> None:

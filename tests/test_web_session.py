@@ -7,11 +7,15 @@ Real API server on loopback (tests/api_rig.py), driven with httpx."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import re
+import shutil
 import socket
+import ssl
+import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -19,14 +23,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+from nvr.api import ApiContext, ApiServer
 from nvr.api.middleware import PAGE_CSP
 from nvr.api.web.documents import DOCUMENT_MAX_BYTES
 from nvr.api.web.i18n import CATALOGUES, SCRIPT_PREFIXES
 from nvr.api.web.zone import SiteZone
 from nvr.config import load_config
 from nvr.config.errors import ConfigError
-from nvr.config.models import SiteConfig
-from tests.api_rig import PASSWORD, Api
+from nvr.config.models import ApiConfig, SiteConfig
+from tests.api_rig import PASSWORD, Api, free_port, make_config, open_store, self_signed
+from tests.recording_rig import wait_for
 
 WEB = Path(__file__).resolve().parent.parent / "api" / "web"
 
@@ -338,3 +344,37 @@ def test_audit_page_filters_exactly(api: Api) -> None:
         assert rows and all(r == ("login", "olga") for r in rows), rows
         everything = c.get("/audit").text
         assert 'data-action="login"' in everything and "audrey" in everything
+
+
+def test_over_tls_the_session_cookie_is_secure(users_template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    config = make_config(root, port).model_copy(
+        update={"api": ApiConfig(listen=f"127.0.0.1:{port}", tls_certificate=cert, tls_key=key)}
+    )
+    store = open_store(root)
+    server = ApiServer(ApiContext(config=config, store=store))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    trust = ssl.create_default_context(cafile=str(cert))
+    try:
+        with httpx.Client(base_url=server.url, verify=trust, timeout=30) as c:
+
+            def answers() -> bool:
+                try:
+                    return c.get("/healthz").is_success
+                except httpx.TransportError:
+                    return False
+
+            wait_for(answers, 20, "the HTTPS API")
+            r = c.post("/login", data={"username": "olga", "password": PASSWORD})
+            assert r.status_code == 303, r.text
+            raw = r.headers["set-cookie"].lower()
+            assert "secure" in raw and "httponly" in raw and "samesite=strict" in raw
+            assert "strict-transport-security" in c.get("/login").headers
+    finally:
+        server.stop()
+        thread.join(15)
+        store.close()
