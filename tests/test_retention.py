@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -85,15 +86,28 @@ def test_purge_never_selects_young_or_locked_footage_and_selects_all_else(
 # --- a real store under a simulated clock -------------------------------------------------
 
 
-@pytest.fixture
-def day_store(tmp_path: Path) -> tuple[SegmentStore, FakeClock]:
-    """Camera `cam`: one segment per day for 40 days from T0; the clock at T0 + 40 days."""
+@pytest.fixture(scope="module")
+def day_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Camera `cam`: one segment per day for 40 days from T0, written once per module (40
+    real segments, each fsynced, are seconds on a loaded machine)."""
+    root = tmp_path_factory.mktemp("days") / "store"
     clock = FakeClock(T0)
-    store = open_store(tmp_path / "store", clock)
-    for day in range(40):
-        add_segment(store, "cam", T0 + day * DAY_MS)
-    clock.now = T0 + 40 * DAY_MS
-    return store, clock
+    store = open_store(root, clock)
+    try:
+        for day in range(40):
+            add_segment(store, "cam", T0 + day * DAY_MS)
+    finally:
+        store.close()
+    return root
+
+
+@pytest.fixture
+def day_store(day_template: Path, tmp_path: Path) -> tuple[SegmentStore, FakeClock]:
+    """A copy of `day_template` opened with the clock at T0 + 40 days."""
+    root = tmp_path / "store"
+    shutil.copytree(day_template, root)
+    clock = FakeClock(T0 + 40 * DAY_MS)
+    return open_store(root, clock), clock
 
 
 def starts(store: SegmentStore) -> list[int]:
