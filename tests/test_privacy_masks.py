@@ -181,6 +181,8 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
             names = zf.namelist()
             manifest = json.loads(zf.read("manifest.json"))
             exported = zf.read("recording.mp4")
+            readme_text = zf.read("README.txt").decode()
+            cover_text = zf.read("cover.html").decode()
         assert not [n for n in names if n.startswith("segments/")], names
         masks = manifest["privacy_masks"]
         assert masks["applied"] is True and masks["polygons"] == [[list(p) for p in MASK]]
@@ -188,6 +190,15 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
             s.sha256 for s in api.store.segments("h264aac", span["start"], span["end"])
         ]
         assert manifest["segments"] == []
+        # The cover sheet says what this package holds, in both its languages: no segments/,
+        # a masked re-encoded recording, the originals' hashes and the masked areas.
+        for text in (readme_text, cover_text):
+            assert "segments/" not in text
+            assert "privacy masks applied" in text.lower()
+            assert "已加隐私遮挡" in text and "re-encoded" in text and "重新编码" in text
+            assert "(0,0) (0.5,0) (0.5,0.5) (0,0.5)" in text
+            for o in masks["originals"]:
+                assert o["sha256"] in text
         assert verify_package(write_tmp(tmp_path / "pkg.zip", pkg.content)).problems == []
     plain, hidden = pictures(today), pictures(masked)
     assert len(hidden) == len(plain) >= 50

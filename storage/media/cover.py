@@ -63,6 +63,72 @@ def _outage_lines(outages: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _masks(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    masks = manifest.get("privacy_masks")
+    return masks if isinstance(masks, dict) and masks.get("applied") else None
+
+
+def _polygon(points: Sequence[Sequence[float]]) -> str:
+    return " ".join(f"({x:g},{y:g})" for x, y in points)
+
+
+def _footage_lines(manifest: dict[str, Any]) -> list[str]:
+    """Step 4 of the text cover: what the footage files are. A masked export (privacy masks,
+    R10) holds no original segments, so it says what it does hold instead."""
+    masks = _masks(manifest)
+    if masks is None:
+        return [
+            "  4. recording.mp4 is the whole range as one standard MP4 for viewing (VLC,",
+            "     QuickTime, browsers); the files in segments/ are the original recordings,",
+            "     byte for byte, and are the evidence. / recording.mp4 供观看；segments/ 中为",
+            "     原始录像文件（逐字节一致），为证据原件。",
+        ]
+    return [
+        "  4. PRIVACY MASKS APPLIED / 已加隐私遮挡. recording.mp4 is the whole range as one",
+        "     standard MP4, decoded and re-encoded (H.264) with the areas below filled black.",
+        "     This package holds NO original recordings: they stay on the recorder, and the",
+        "     sha256 of each original the copy was made from is kept here (and in",
+        "     manifest.json, privacy_masks.originals) so they can be identified there.",
+        "     recording.mp4 为经解码并重新编码（H.264）的录像，下列区域已涂黑。本包不含原始",
+        "     录像文件：原件保存在录像设备上，下列 SHA-256 值（亦见 manifest.json 中",
+        "     privacy_masks.originals）可用于在设备上识别原件。",
+        "     Masked areas, normalised x,y (0..1) / 遮挡区域（归一化坐标 0..1）:",
+        *[f"       {i}. {_polygon(p)}" for i, p in enumerate(masks.get("polygons", []), 1)],
+        "     Originals, sha256 / 原始录像 SHA-256:",
+        *[
+            f"       {o['sha256']}  {o['file'].rsplit('/', 1)[-1]}  ({o['bytes']} bytes)"
+            for o in masks.get("originals", [])
+        ],
+    ]
+
+
+def _footage_html(manifest: dict[str, Any]) -> str:
+    e = html.escape
+    masks = _masks(manifest)
+    if masks is None:
+        return (
+            "recording.mp4 for viewing; segments/ hold the original recordings (the evidence) /\n"
+            "recording.mp4 供观看；segments/ 为原始录像（证据原件）"
+        )
+    polygons = "".join(
+        f"<li><code>{e(_polygon(p))}</code></li>" for p in masks.get("polygons", [])
+    )
+    originals = "".join(
+        f"<li><code>{e(o['sha256'])}</code> {e(o['file'].rsplit('/', 1)[-1])} "
+        f"({o['bytes']} bytes)</li>"
+        for o in masks.get("originals", [])
+    )
+    return (
+        "<strong>Privacy masks applied / 已加隐私遮挡.</strong> recording.mp4 is decoded and "
+        "re-encoded (H.264) with the areas below filled black; this package holds no original "
+        "recordings: they stay on the recorder, identified by the sha256 values below (also in "
+        "manifest.json, privacy_masks.originals). / recording.mp4 为经解码并重新编码的录像，"
+        "下列区域已涂黑；本包不含原始录像文件，原件保存在录像设备上，可按下列 SHA-256 值识别。"
+        f"<br>Masked areas, normalised x,y / 遮挡区域（归一化坐标）:<ol>{polygons}</ol>"
+        f"Originals, sha256 / 原始录像 SHA-256:<ul>{originals}</ul>"
+    )
+
+
 def readme(manifest: dict[str, Any], files: Sequence[tuple[str, int, str]]) -> str:
     """The plain-text cover sheet. `files`: (name, bytes, sha256) of the footage files."""
     rng = manifest["range"]
@@ -113,10 +179,7 @@ def readme(manifest: dict[str, Any], files: Sequence[tuple[str, int, str]]) -> s
         "     签名公钥的指纹须与录像单位另行提供的指纹一致:",
         "       openssl pkey -pubin -in signing-key.pub -outform DER | tail -c 32 | sha256sum",
         f"     = {manifest['signing_key_sha256']}",
-        "  4. recording.mp4 is the whole range as one standard MP4 for viewing (VLC,",
-        "     QuickTime, browsers); the files in segments/ are the original recordings,",
-        "     byte for byte, and are the evidence. / recording.mp4 供观看；segments/ 中为",
-        "     原始录像文件（逐字节一致），为证据原件。",
+        *_footage_lines(manifest),
         "",
     ]
     return "\n".join(lines)
@@ -201,8 +264,7 @@ code {{ font-size: 7pt; word-break: break-all; }}
 <li>Key fingerprint / 公钥指纹 (<code>openssl pkey -pubin -in signing-key.pub -outform DER
 | tail -c 32 | sha256sum</code>): <code>{e(manifest["signing_key_sha256"])}</code>,
 to be confirmed with the recorder's operator / 须与录像单位核对</li>
-<li>recording.mp4 for viewing; segments/ hold the original recordings (the evidence) /
-recording.mp4 供观看；segments/ 为原始录像（证据原件）</li>
+<li>{_footage_html(manifest)}</li>
 </ol>
 </body>
 </html>

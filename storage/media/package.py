@@ -4,6 +4,8 @@ A package is one ZIP file (stored, not compressed; ZIP64 when large) holding:
 
 - `segments/<name>.mp4`: the original segment files, byte for byte (their sha256 is the one
   indexed when they were recorded, and their chain values link them to the camera's chain);
+  absent from an export with privacy masks (R10), whose manifest names them by their hashes
+  under `privacy_masks.originals` and whose cover sheet says so;
 - `recording.mp4`: the requested range as one standard MP4 (from the keyframe at or before
   the start), for viewing;
 - `README.txt`, `cover.html`: the cover sheet for the recipient, in Chinese and English
