@@ -463,6 +463,7 @@ def rebuilt_and_checked(
     return segs
 
 
+@pytest.mark.slow  # `recorded`: real RTSP from the GStreamer simulator, in real time
 def test_truncated_index_is_refused_with_the_way_out_then_rebuilt(
     recorded: Path, tmp_path: Path
 ) -> None:
@@ -486,6 +487,7 @@ def test_truncated_index_is_refused_with_the_way_out_then_rebuilt(
     assert aside.read_bytes() == truncated  # the damaged index kept as it was
 
 
+@pytest.mark.slow  # `recorded`: real RTSP from the GStreamer simulator, in real time
 def test_corrupt_page_is_refused_at_start_and_rebuilt_as_it_was(
     recorded: Path, tmp_path: Path
 ) -> None:
