@@ -4,7 +4,10 @@ templates in `templates/`), our own small scripts and one style sheet in `static
 message catalogues in `i18n/` (zh-CN, the default, and English). Pages log in with a session
 cookie (`api.auth.SESSION_COOKIE`); everything they show comes from the same services the API
 routes use, and everything they change goes through the API with the session's CSRF token.
-Runs on the daemon's event loop; blocking service calls go through `asyncio.to_thread`.
+Modules: `pages` (the page routes, login and logout), `documents` (approval documents
+uploaded with an export request), `zone` (the site's time zone), `i18n` (catalogues); the
+live video itself is `static/live.js` over `api.live`. Runs on the daemon's event loop;
+blocking service calls go through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
