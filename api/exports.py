@@ -10,8 +10,10 @@ an approved export whose build was interrupted (daemon stopped) is built again a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,15 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger("nvr.api.exports")
+
+
+def package_masked(path: Path) -> bool:
+    """Whether a built package carries privacy masks (its manifest's `privacy_masks.applied`).
+    Blocking (reads the ZIP's manifest); a worker thread."""
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    masks = manifest.get("privacy_masks")
+    return isinstance(masks, dict) and masks.get("applied") is True
 
 
 class ExportService:
@@ -245,12 +256,16 @@ class ExportService:
             (f"segments/{seg.path.name}", file_chunks(seg.path), seg.sha256) for seg in segments
         ]
         files.append(("recording.mp4", lambda: vf.chunks(0, vf.size - 1), None))
-        requester = self._store.accounts.user(export.requester)
         masks = list(cam.privacy_masks) if cam is not None else []
-        masked = bool(masks) and not (requester is not None and requester.unmasked)
+        # Masked unless both people who released it may see behind the masks: the package goes
+        # to the requester and the approver (and a masked one may not download an unmasked
+        # package: `package_masked`, checked on download).
+        people = [export.requester, *([export.approver] if export.approver else [])]
+        users = [self._store.accounts.user(name) for name in people]
+        masked = bool(masks) and not all(u is not None and u.unmasked for u in users)
         copy = self.directory / f"export-{export.id:06d}.masked.tmp"
         if masked:
-            # Privacy masks (R10): the requester may not see behind them, so the package holds
+            # Privacy masks (R10): someone it goes to may not see behind them, so it holds
             # only a masked re-encoded recording; the originals stay on the recorder, named
             # by their hashes (which still prove what the copy was made from).
             mask_file(VirtualFileIO(vf), copy, masks)

@@ -14,6 +14,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -215,3 +216,58 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
         assert np.abs(a[:, w // 2 + 2 :] - b[:, w // 2 + 2 :]).mean() < 2.0
     for path, data in originals.items():
         assert path.read_bytes() == data  # the originals are never altered
+
+
+def test_an_export_is_masked_for_whoever_it_goes_to(
+    footage_template: Path, tmp_path: Path
+) -> None:
+    """The package goes to its requester and its approver: it is masked unless both may see
+    behind the masks, and a masked user (even an admin) never downloads an unmasked one."""
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        store.accounts.set_unmasked("olga", True, actor="test")
+        first = store.segments("h264aac")[0]
+    finally:
+        store.close()
+    span = {"start": first.start_ms + 2_000, "end": first.start_ms + 6_000}
+
+    def build(api: Api) -> tuple[int, dict[str, Any]]:
+        with api.as_user("olga") as olga, api.as_user("oscar") as oscar:
+            r = olga.post("/api/exports", json=export_body(span["start"], span["end"]))
+            assert r.status_code == 201, r.text
+            eid = r.json()["id"]
+            r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-2002"})
+            assert r.status_code == 200, r.text
+            assert ready(olga, eid)["state"] == "ready"
+            pkg = olga.get(f"/api/exports/{eid}/download")
+            assert pkg.status_code == 200, pkg.text
+        with zipfile.ZipFile(io.BytesIO(pkg.content)) as zf:
+            return eid, json.loads(zf.read("manifest.json"))
+
+    for api in serve(root, [PrivacyMask(points=MASK)]):
+        # The requester may see behind the masks, the approver may not: masked.
+        eid, manifest = build(api)
+        assert manifest.get("privacy_masks", {}).get("applied") is True, manifest.keys()
+        assert manifest["segments"] == []
+        with api.as_user("oscar") as oscar:
+            assert oscar.get(f"/api/exports/{eid}/download").status_code == 200
+        # Both may: the originals.
+        api.store.accounts.set_unmasked("oscar", True, actor="test")
+        eid, manifest = build(api)
+        assert "privacy_masks" not in manifest and manifest["segments"]
+        # Once the approver is masked again, and for a masked admin: refused, audited.
+        api.store.accounts.set_unmasked("oscar", False, actor="test")
+        for name in ("oscar", "root"):
+            with api.as_user(name) as c:
+                r = c.get(f"/api/exports/{eid}/download")
+                assert r.status_code == 403 and "privacy-masked" in r.text, r.text
+        refused = [
+            e
+            for e in api.store.audit.entries()
+            if e.action == "export-download" and e.outcome == "refused"
+        ]
+        assert sorted(e.actor for e in refused) == ["oscar", "root"]
+        with api.as_user("olga") as olga:
+            assert olga.get(f"/api/exports/{eid}/download").status_code == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import zipfile
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
@@ -13,6 +14,7 @@ from fastapi.responses import FileResponse
 
 from nvr.api.deps import OperatorDep, ServicesDep, UserDep, check_camera, sees_metadata
 from nvr.api.errors import Conflict, Forbidden, NotFound, Unavailable
+from nvr.api.exports import package_masked
 from nvr.api.middleware import printable
 from nvr.api.models import (
     ApproveIn,
@@ -25,6 +27,7 @@ from nvr.api.models import (
 )
 from nvr.api.params import parse_range
 from nvr.api.routes import ERRORS
+from nvr.api.routes.cameras import privacy_masks
 from nvr.storage import StorageError
 from nvr.storage.accounts import User
 from nvr.storage.exports import READY, Export, ExportError, ExportRefused
@@ -221,6 +224,28 @@ async def download_export(
         size = await asyncio.to_thread(lambda: os.stat(path).st_size)
     except OSError as err:
         raise Unavailable(f"the package file is missing: {err.strerror}") from err
+    if not user.unmasked and privacy_masks(services, export.camera):
+        # Privacy masks (R10): whoever downloads gets no more than they may see.
+        try:
+            masked = await asyncio.to_thread(package_masked, path)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+            raise Unavailable(f"the package cannot be read: {err}") from err
+        if not masked:
+            try:
+                await asyncio.to_thread(
+                    services.store.audit.append,
+                    user.name,
+                    "export-download",
+                    f"export:{export_id}",
+                    "refused",
+                    {"camera": export.camera, "reason": "unmasked package, masked user"},
+                )
+            except StorageError as err:
+                raise Unavailable(str(err)) from err
+            raise Forbidden(
+                "this package is not privacy-masked and you may not see behind the camera's "
+                "privacy masks; ask for an export of your own (it will be masked)"
+            )
     try:
         await asyncio.to_thread(
             services.store.audit.append,
