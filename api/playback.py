@@ -458,7 +458,7 @@ class RangeReader:
         want = min(vf.piece_lengths[i] - within, self._last + 1 - pos, self._chunk)
         data = os.pread(fd, want, vf.piece_offsets[i] + within)
         if len(data) != want:
-            raise OSError(f"{vf.paths[f].name} is shorter than its index says")
+            raise OSError(f"{os.path.basename(vf.paths[f])} is shorter than its index says")
         self._pos += want
         return data
 

@@ -24,6 +24,7 @@ import pytest
 
 from bench import plan_cost
 from nvr.api import ApiContext
+from nvr.api.playback import PlaybackService, RangeReader
 from nvr.config.models import ApiConfig
 from nvr.storage.media.virtual import plan
 from tests.api_rig import (
@@ -632,3 +633,34 @@ def test_a_24_hour_plan_with_audio_costs_memory_in_proportion_to_its_output() ->
     second = whole.find(b"stsz", stsz + 4)
     counted = [int.from_bytes(whole[i + 12 : i + 16], "big") for i in (stsz, second)]
     assert sum(counted) > samples  # the first segment from its keyframe at 30 s, all others
+
+
+def test_a_segment_cut_short_after_planning_is_an_error_naming_its_file(
+    footage_template: Path, tmp_path: Path
+) -> None:
+    """A plan names its files by path; one shorter than its index says when a range is read
+    is an OSError naming the file (the stream ends), never wrong bytes."""
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    store = open_store(root)
+    try:
+        segs = store.segments("h264aac")
+        service = PlaybackService(store)
+        rec = asyncio.run(service.resolve("h264aac", segs[0].start_ms, segs[1].end_ms))
+        assert rec is not None
+        vf = asyncio.run(service.file(rec))
+        whole = b"".join(vf.chunks(len(vf.header), vf.size - 1))
+        victim = Path(vf.paths[-1])
+        with victim.open("r+b") as f:
+            f.truncate(victim.stat().st_size // 2)
+        reader = RangeReader(vf, len(vf.header), vf.size - 1, chunk=1 << 16)
+        read = b""
+        try:
+            with pytest.raises(OSError, match=f"{victim.name} is shorter than its index says"):
+                while chunk := reader.read():
+                    read += chunk
+        finally:
+            reader.close()
+        assert whole.startswith(read)  # what came before the cut was the file's own bytes
+    finally:
+        store.close()
