@@ -197,7 +197,11 @@ class PictureConfig(_Frozen):
     covered_entropy_ratio: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.45
     """... or histogram entropy below this share of the reference's."""
     uniform_contrast: Annotated[float, Field(strict=True, ge=0, le=128)] = 3.0
-    """No signal: a uniform picture (contrast below this) that is not dark."""
+    """No signal: a uniform picture (contrast below this) that is not dark ..."""
+    card_flat_fraction: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.8
+    """... or a test card / "no video" picture: at least this share of it flat (a few flat
+    regions: colour bars, a plain screen with text), nearly all of it in a few grey levels,
+    and unchanged since the previous check."""
     defocus_ratio: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.35
     """Defocused: sharpness (Laplacian energy over contrast) below this share of the
     reference's."""

@@ -166,3 +166,58 @@ def test_a_condition_replaced_by_another_ends_then_starts() -> None:
         (OK, COVERED),
     ]
     assert changes[1].at == changes[2].at
+
+
+def smpte_bars(noise: np.random.Generator) -> np.ndarray:
+    """SMPTE-like colour bars (luma of the 75 % bars, the reverse bars, the PLUGE row) with
+    the half grey level of encoding noise a decoded card has."""
+    img = np.zeros((H, W), dtype=np.float32)
+    top, mid = int(H * 0.67), int(H * 0.75)
+    bars = [180, 162, 131, 112, 84, 65, 35]
+    for i, level in enumerate(bars):
+        x0, x1 = i * W // 7, (i + 1) * W // 7
+        img[:top, x0:x1] = level
+        img[top:mid, x0:x1] = bars[-1 - i] if i % 2 == 0 else 16
+    for i, level in enumerate([29, 235, 44, 16, 16, 7, 16, 25, 16]):
+        img[mid:, i * W // 9 : (i + 1) * W // 9] = level
+    return img + noise.normal(0, 0.5, img.shape).astype(np.float32)
+
+
+def no_video_card(noise: np.random.Generator) -> np.ndarray:
+    """A camera's "NO VIDEO" screen: flat blue (luma 41) with white block letters."""
+    img = np.full((H, W), 41.0, dtype=np.float32)
+    stroke, top, bottom = 4, H // 2 - 12, H // 2 + 12
+    x = W // 2 - 80
+    for letter in "NO VIDEO":
+        if letter != " ":
+            img[top:bottom, x : x + stroke] = 235  # left stem
+            img[top:bottom, x + 12 : x + 12 + stroke] = 235  # right stem
+            img[top : top + stroke, x : x + 16] = 235  # top bar
+            if letter in "DEO":
+                img[bottom - stroke : bottom, x : x + 16] = 235
+        x += 20
+    return img + noise.normal(0, 0.5, img.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("card", [smpte_bars, no_video_card], ids=["bars", "no-video"])
+def test_a_test_card_is_no_signal(card: Callable[[np.random.Generator], np.ndarray]) -> None:
+    """A test card is not a re-pointed camera: it is the camera's own "no signal"."""
+    scene = Scene(W, H)
+    det = learned(scene)
+    rng = np.random.default_rng(7)
+    begin, end = 125.0, 305.0
+
+    def picture(t: float) -> np.ndarray:
+        return card(rng) if begin <= t < end else scene.picture(t)
+
+    changes = run(det, picture, 120, 500)
+    assert [(c.previous, c.state) for c in changes] == [(OK, NO_SIGNAL), (NO_SIGNAL, OK)], changes
+    raised, cleared = changes
+    assert begin < raised.at <= begin + SETTINGS.persist_seconds + 2 * CHECK
+    assert "test card" in raised.detail and raised.score is not None and raised.score > 0.8
+    assert end < cleared.at <= end + SETTINGS.clear_seconds + 2 * CHECK
+    # While learning, too: a camera that starts on its card never learns the card.
+    det = PictureDetector(SETTINGS)
+    changes = run(det, lambda _t: card(rng), 0, 60)
+    assert [(c.previous, c.state) for c in changes] == [(LEARNING, NO_SIGNAL)]
+    assert det.refs == {}

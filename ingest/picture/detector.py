@@ -9,7 +9,9 @@ Each picture is measured (`measure`: brightness, contrast, histogram entropy, sh
 judged, in this order of precedence:
 
 - **no-signal**: a uniform picture (contrast below `uniform_contrast`) that is not dark: a
-  blue or grey "no video" screen;
+  blue or grey "no video" screen; or a test card (colour bars, a flat "NO VIDEO" screen with
+  text): a picture made of a few flat regions (`card`: at least `card_flat_fraction` of it
+  without gradient, nearly all of it in a few grey levels) that stays the same between checks;
 - **covered**: dark and flat (below `dark_brightness` and `covered_contrast`; a uniform dark
   picture too), or its histogram entropy collapsed below `covered_entropy_ratio` of the
   reference's;
@@ -78,6 +80,27 @@ def measure(grey: F32) -> Measures:
     lap = 4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:]
     sharp = float(np.mean(lap * lap)) / (var + 1.0)
     return Measures(mean, var**0.5, entropy, sharp)
+
+
+CARD_FLAT_STEP = 1.5
+"""Grey levels between neighbours that still count as flat (a card's encoding noise)."""
+CARD_LEVELS = 16
+CARD_LEVEL_SHARE = 0.9
+"""A card: its `CARD_LEVELS` fullest of the 64 histogram bins hold this share of it."""
+CARD_STATIC = 2.0
+"""... and it differs from the previous check by less than this (mean grey levels)."""
+
+
+def card(grey: F32) -> tuple[float, float]:
+    """(flat share, share in the fullest few grey levels) of a picture: both near 1 for a
+    test card or a "no video" screen (a few flat regions), far lower for a camera's scene
+    (texture, sensor noise, gradients spread over many levels)."""
+    dx = np.abs(grey[:-1, 1:] - grey[:-1, :-1])
+    dy = np.abs(grey[1:, :-1] - grey[:-1, :-1])
+    flat = float(np.mean((dx < CARD_FLAT_STEP) & (dy < CARD_FLAT_STEP)))
+    hist, _ = np.histogram(grey, bins=HIST_BINS, range=(0.0, 256.0))
+    levels = float(np.sort(hist)[-CARD_LEVELS:].sum()) / grey.size
+    return flat, levels
 
 
 def _small(grey: F32) -> F32:
@@ -173,9 +196,9 @@ class PictureChange:
     """When the new state's run began: the first picture that showed the condition (raised),
     or the first picture without it (cleared)."""
     score: float | None
-    """Of a raised condition: no-signal contrast; covered entropy over the reference's (or
-    brightness when dark and flat); frozen mean difference; defocused sharpness over the
-    reference's; repointed correlation with the reference."""
+    """Of a raised condition: no-signal contrast (a test card: its flat share); covered
+    entropy over the reference's (or brightness when dark and flat); frozen mean difference;
+    defocused sharpness over the reference's; repointed correlation with the reference."""
     detail: str
 
 
@@ -230,6 +253,22 @@ class PictureDetector:
                     f"uniform picture: grey {m.brightness:.0f}, contrast {m.contrast:.1f}",
                 )
             )
+        elif m.brightness >= s.dark_brightness and (
+            self._previous is not None
+            and self._previous.shape == grey.shape
+            and float(np.mean(np.abs(grey - self._previous))) < CARD_STATIC
+        ):
+            flat, levels = card(grey)
+            if flat >= relax(NO_SIGNAL, s.card_flat_fraction, upward=False) and (
+                levels >= CARD_LEVEL_SHARE
+            ):
+                out.append(
+                    Finding(
+                        NO_SIGNAL,
+                        flat,
+                        f"test card: {flat:.0%} flat, {levels:.0%} in {CARD_LEVELS} grey levels",
+                    )
+                )
         dark_flat = m.brightness < relax(COVERED, s.dark_brightness) and m.contrast < relax(
             COVERED, s.covered_contrast
         )
