@@ -356,16 +356,17 @@ class CameraRecorder:
         self._in_backoff = False
         self._last_end_ms: int | None = None
         self._last_end_mono: float | None = None
+        """When the last footage ended on this recorder's monotonic clock (taken over from
+        the store's evidence time at start): how much real time a gap after it lasted, when
+        the wall clock cannot say (see `_placed`)."""
+        self._restarted = False
+        """Footage from before this recorder started, with evidence of when it ended."""
         self._real_resume_ms: int | None = None
         """After a start: where the open outage really ended by the monotonic clock (the
         last footage's end plus the real time since), for the first footage (see
         `_outage_end`)."""
-        self._restarted = False
         self._step_due: tuple[int, int] | None = None
         """(start, end) of a `clock-step` row waiting for the index (see `_outage_end`)."""
-        """When the last footage ended on this recorder's monotonic clock (taken over from
-        the store's evidence time at start): how much real time a gap after it lasted, when
-        the wall clock cannot say (see `_placed`)."""
         self._steps = ClockStepDetector()  # server clock steps, checked at every packet
         self._fence = threading.RLock()
         self._abandoned = False
