@@ -18,7 +18,9 @@ files), restart, and once READY=1 arrives check through `storage.SegmentStore` (
 - **salvage**: every `.part` in flight at the kill is now an indexed `recovered` segment, or
   is kept on disk as holding no complete fragment (reported, never deleted);
 - **ledger**: each camera has an outage covering the kill (`not-running`, from its last
-  footage), closed once recording resumed;
+  footage), closed once recording resumed, and lasting at least the real downtime (from
+  the kill to the restarted daemon's run, by kernel uptime, which no clock step moves);
+- **order**: each camera's rows, in index order, never start before the previous one ends;
 - **video lost per crash** per camera: kill time minus the end of the last footage that
   survived (indexed or salvaged). Target: the fragment in flight, about 1-2 s.
 
