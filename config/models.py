@@ -207,8 +207,11 @@ class PictureConfig(_Frozen):
     reference's."""
     match_min: Annotated[float, Field(strict=True, ge=-1, le=1)] = 0.5
     """Re-pointed: correlation with the reference picture below this ..."""
-    shift_fraction: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.08
-    """... or the scene moved (phase correlation) by more than this share of its width."""
+    shift_fraction: Annotated[float, Field(strict=True, gt=0, le=1)] = 0.03
+    """... or the scene moved (phase correlation) by more than this share of its width or
+    height ..."""
+    rotation_degrees: Annotated[float, Field(strict=True, gt=0, le=20)] = 4.0
+    """... or it matches the reference clearly better turned by this many degrees or more."""
     frozen_difference: Annotated[float, Field(strict=True, ge=0, le=255)] = 0.1
     """Frozen: consecutive checked keyframes differ by less than this (mean grey levels)."""
     hysteresis: Annotated[float, Field(strict=True, ge=0, le=1)] = 0.25

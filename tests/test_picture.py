@@ -221,3 +221,24 @@ def test_a_test_card_is_no_signal(card: Callable[[np.random.Generator], np.ndarr
     changes = run(det, lambda _t: card(rng), 0, 60)
     assert [(c.previous, c.state) for c in changes] == [(LEARNING, NO_SIGNAL)]
     assert det.refs == {}
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        {"shift": (0.05, 0.0)},
+        {"shift": (-0.05, 0.0)},
+        {"shift": (0.0, 0.05)},
+        {"shift": (0.0, -0.05)},
+        {"rotate": 5.0},
+        {"rotate": -5.0},
+    ],
+    ids=["right-5%", "left-5%", "down-5%", "up-5%", "rotate+5", "rotate-5"],
+)
+def test_a_small_repointing_is_raised(moved: dict[str, object]) -> None:
+    """A 5 % shift or a 5 degree turn, either way, at the defaults."""
+    scene = Scene(W, H)
+    det = learned(scene)
+    changes = run(det, lambda t: scene.picture(t, **moved), 125, 300)  # type: ignore[arg-type]
+    assert [(c.previous, c.state) for c in changes] == [(OK, REPOINTED)], changes
+    assert changes[0].at <= 125 + SETTINGS.persist_seconds + 2 * CHECK

@@ -21,7 +21,9 @@ judged, in this order of precedence:
   below `defocus_ratio` of the reference's;
 - **repointed**: the scene no longer lies where the reference has it: zero-shift correlation
   with the reference picture below `match_min` (a turn, a tilt, a rotation, another scene),
-  or phase correlation finds it shifted by more than `shift_fraction` of the width.
+  or phase correlation finds it shifted by more than `shift_fraction` of the width or the
+  height, or it matches the reference turned by `rotation_degrees` or more (about the
+  centre, every 2 degrees up to 20) clearly better than unturned.
 
 References are the camera's own: learned from normal pictures over its first `learn_seconds`
 (kept apart for day and night by brightness, `night_brightness`), then drifting slowly towards
@@ -133,6 +135,54 @@ def phase_shift(a: F32, b: F32) -> tuple[float, float, float]:
     dy = iy - h if iy > h // 2 else iy
     dx = ix - w if ix > w // 2 else ix
     return float(dx), float(dy), float(r[iy, ix])
+
+
+ROTATION_STEP = 2
+ROTATION_MAX = 20
+"""Rotations tried against the reference: every `ROTATION_STEP` degrees up to this."""
+ROTATION_GATE = 0.9
+"""The rotation search runs only when the zero-shift match is below this (a rotated scene
+always lowers it; most healthy pictures do not)."""
+ROTATION_GAIN = 0.1
+"""A rotation is found when matching rotated beats the unrotated match by at least this."""
+
+_rotation_maps: dict[tuple[int, int], list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.bool_]]]]
+_rotation_maps = {}
+
+
+def _rotations(
+    shape: tuple[int, int],
+) -> list[tuple[int, npt.NDArray[np.intp], npt.NDArray[np.bool_]]]:
+    """Per angle (degrees, not 0): flat indices into a picture of `shape` that rotate it
+    about its centre (nearest pixel), and which of its pixels have a source inside it."""
+    maps = _rotation_maps.get(shape)
+    if maps is None:
+        h, w = shape
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+        cx, cy = w / 2, h / 2
+        maps = []
+        for angle in range(-ROTATION_MAX, ROTATION_MAX + 1, ROTATION_STEP):
+            if angle == 0:
+                continue
+            a = np.radians(angle)
+            x = np.round((xs - cx) * np.cos(a) - (ys - cy) * np.sin(a) + cx).astype(np.intp)
+            y = np.round((xs - cx) * np.sin(a) + (ys - cy) * np.cos(a) + cy).astype(np.intp)
+            inside = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            maps.append((angle, (y * w + x)[inside], inside))
+        _rotation_maps[shape] = maps
+    return maps
+
+
+def rotation(a: F32, b: F32) -> tuple[int, float]:
+    """(degrees, match): the rotation of `b` about its centre that best matches `a` and the
+    correlation there, over the overlap (0 and `correlation(a, b)` when none beats it)."""
+    best = (0, correlation(a, b))
+    flat_b = b.reshape(-1)
+    for angle, source, inside in _rotations((a.shape[0], a.shape[1])):
+        c = correlation(a[inside], flat_b[source])
+        if c > best[1]:
+            best = (angle, c)
+    return best
 
 
 @dataclass
@@ -303,16 +353,23 @@ class PictureDetector:
                 out.append(Finding(DEFOCUSED, sharp, f"sharpness {sharp:.0%} of the reference's"))
             match = correlation(small, ref.picture)
             dx, dy, peak = phase_shift(small, ref.picture)
-            moved = (dx * dx + dy * dy) ** 0.5 / small.shape[1]
+            moved = max(abs(dx) / small.shape[1], abs(dy) / small.shape[0])
             shifted = peak > 0.1 and moved > relax(REPOINTED, s.shift_fraction, upward=False)
-            if match < relax(REPOINTED, s.match_min) or shifted:
+            angle, turned_match = 0, match
+            if match < ROTATION_GATE and not shifted:
+                angle, turned_match = rotation(small, ref.picture)
+            turned = (
+                abs(angle) >= relax(REPOINTED, s.rotation_degrees, upward=False)
+                and turned_match - match >= ROTATION_GAIN
+            )
+            if match < relax(REPOINTED, s.match_min) or shifted or turned:
                 out.append(
                     Finding(
                         REPOINTED,
                         match,
                         f"scene match {match:.2f}, shifted {dx:+.0f},"
                         f"{dy:+.0f} px of {small.shape[1]}x{small.shape[0]} "
-                        f"(peak {peak:.2f})",
+                        f"(peak {peak:.2f}), turned {angle:+d} deg (match {turned_match:.2f})",
                     )
                 )
         return out
