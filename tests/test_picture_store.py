@@ -14,6 +14,7 @@ import numpy as np
 
 from nvr.config import NvrConfig
 from nvr.config.models import CameraConfig, PictureConfig, StorageConfig
+from nvr.ingest.picture import references
 from nvr.ingest.picture.monitor import PictureMonitor
 from nvr.ingest.supervisor import Supervisor
 from nvr.ingest.tap import PacketTap, TapFrame, TapStream, tap_stream
@@ -97,8 +98,9 @@ async def test_a_reload_of_picture_settings_alone_restarts_no_recorder(tmp_path:
         store.close()
 
 
-def _keyframes(count: int) -> tuple[TapStream, list[bytes]]:
-    """`count` H.264 IDR access units (Annex B, parameter sets in band) of a moving scene."""
+def _keyframes(count: int, blur: int = 0) -> tuple[TapStream, list[bytes]]:
+    """`count` H.264 IDR access units (Annex B, parameter sets in band) of a moving scene
+    (blurred by `blur`: a defocused camera)."""
     ctx = av.CodecContext.create("libx264", "w")
     assert isinstance(ctx, av.VideoCodecContext)
     ctx.width, ctx.height, ctx.pix_fmt = 320, 180, "yuv420p"
@@ -109,7 +111,7 @@ def _keyframes(count: int) -> tuple[TapStream, list[bytes]]:
     chroma = np.full((90, 320), 128, dtype=np.uint8)
     units: list[bytes] = []
     for i in range(count):
-        y = np.clip(scene.picture(float(i)), 0, 255).astype(np.uint8)
+        y = np.clip(scene.picture(float(i), blur=blur), 0, 255).astype(np.uint8)
         frame = av.VideoFrame.from_ndarray(np.concatenate([y, chroma]), format="yuv420p")
         frame.pts = i
         units += [bytes(p) for p in ctx.encode(frame)]
@@ -180,3 +182,47 @@ def test_status_shows_an_open_finding_from_the_index(tmp_path: Path) -> None:
     assert "  WARNING picture: covered since " in out.stdout, out.stdout + out.stderr
     assert "dark and flat" in out.stdout
     assert "  picture: last finding frozen " in out.stdout, out.stdout
+
+
+def test_references_outlive_a_restart(tmp_path: Path) -> None:
+    """A camera's learned references are kept in the store and reloaded by the next run's
+    monitor: a camera defocused while the daemon was down is raised, not learned as normal."""
+    clock = FakeClock(T0)
+    store = open_store(tmp_path / "store", clock)
+    settings = PictureConfig(
+        check_seconds=1.0, learn_seconds=2.0, persist_seconds=2.0, clear_seconds=2.0
+    )
+    cam = CameraConfig(name="cam", url="rtsp://127.0.0.1:9/cam", picture=settings)
+    stream, units = _keyframes(6)
+    _, blurred = _keyframes(8, blur=3)
+    try:
+        first = PictureMonitor(store, wall_ms=clock, nice=0)
+        tap = PacketTap("cam")
+        first.watch(cam, tap)
+        first.start()
+        for i, unit in enumerate(units):
+            tap.publish(TapFrame(stream, unit, True, i, i, 9000, float(i)))
+            wait_for(first.idle, 30, "the keyframe checked")
+        assert first.states()["cam"].state == "ok"
+        first.stop()
+        first.thread.join(10)
+        saved = references.load(store.root, "cam")
+        assert set(saved) == {"day"} and saved["day"].picture.shape == (72, 128)
+        # The next run: judged against the saved reference at once.
+        second = PictureMonitor(store, wall_ms=clock, nice=0)
+        tap = PacketTap("cam")
+        second.watch(cam, tap)
+        assert second.states()["cam"].state == "ok"
+        second.start()
+        for i, unit in enumerate(blurred):
+            tap.publish(TapFrame(stream, unit, True, i, i, 9000, 100.0 + i))
+            wait_for(second.idle, 30, "the keyframe checked")
+        assert second.states()["cam"].state == "defocused"
+        assert [e.kind for e in store.pictures.find("cam")] == ["defocused"]
+        second.stop()
+        second.thread.join(10)
+        # A damaged file is no reference: the camera learns afresh.
+        references.path_of(store.root, "cam").write_bytes(b"not numpy")
+        assert references.load(store.root, "cam") == {}
+    finally:
+        store.close()

@@ -278,6 +278,13 @@ class PictureDetector:
     def reconfigure(self, settings: PictureConfig) -> None:
         self.settings = settings
 
+    def restore(self, refs: dict[str, Reference]) -> None:
+        """Start from references learned before (a daemon restart): judged against them at
+        once, state `ok` rather than `learning`."""
+        self.refs = dict(refs)
+        if self.refs and self.state == LEARNING:
+            self.state = OK
+
     # --- judging one picture ------------------------------------------------------------------
 
     def _band(self, m: Measures) -> str:

@@ -26,13 +26,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from nvr.config.models import CameraConfig, PictureConfig
+from nvr.ingest.picture import references
 from nvr.ingest.picture.decode import (
     PictureDecodeError,
     decode_keyframe,
     grey_picture,
     jpeg_snapshot,
 )
-from nvr.ingest.picture.detector import CONDITIONS, LEARNING, PictureChange, PictureDetector
+from nvr.ingest.picture.detector import CONDITIONS, LEARNING, OK, PictureChange, PictureDetector
 from nvr.ingest.status import PictureStatus
 from nvr.ingest.tap import PacketTap, TapFrame
 from nvr.storage import SegmentStore, StorageError
@@ -58,6 +59,8 @@ class _Camera:
     """Arrival (monotonic) of the last keyframe taken (recorder's thread only)."""
     open_id: int | None = None
     failed: bool = False
+    saved_at: float | None = None
+    """Picture clock (arrival) of the last save of its references (worker only)."""
 
 
 @dataclass(frozen=True)
@@ -108,11 +111,14 @@ class PictureMonitor:
             known.settings = settings
             known.detector.reconfigure(settings)
             return
+        detector = PictureDetector(settings)
+        # The references learned before a restart (`references`): judged against at once.
+        detector.restore(references.load(self._store.root, camera.name))
         cam = _Camera(
             camera.name,
             settings,
-            PictureDetector(settings),
-            PictureStatus(camera.name, LEARNING, self._wall_ms(), None, "", 0, 0.0),
+            detector,
+            PictureStatus(camera.name, detector.state, self._wall_ms(), None, "", 0, 0.0),
         )
         with self._lock:
             self._cameras[camera.name] = cam
@@ -193,6 +199,7 @@ class PictureMonitor:
             return
         cam.failed = False
         changes = cam.detector.feed(frame.arrival, grey)
+        self._save_references(cam, frame.arrival, changes)
         snapshot: bytes | None = None
         if any(c.state in CONDITIONS for c in changes):
             snapshot = jpeg_snapshot(picture)
@@ -204,6 +211,20 @@ class PictureMonitor:
             cam.status = replace(
                 status, checks=status.checks + 1, cpu_seconds=status.cpu_seconds + spent
             )
+
+    def _save_references(self, cam: _Camera, at: float, changes: list[PictureChange]) -> None:
+        """Keep the references in the store: when one is learned, then every SAVE_SECONDS."""
+        refs = cam.detector.refs
+        if not refs:
+            return
+        learned = any(c.previous == LEARNING and c.state == OK for c in changes)
+        if not learned and cam.saved_at is not None and at - cam.saved_at < references.SAVE_SECONDS:
+            return
+        cam.saved_at = at
+        try:
+            references.save(self._store.root, cam.name, refs)
+        except OSError as err:
+            log.error("camera %s: picture reference not saved: %s", cam.name, err)
 
     def _record(
         self,
