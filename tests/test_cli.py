@@ -6,12 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from nvr.storage import SegmentStore
+from nvr.storage.media.boxes import Mp4Error
+from nvr.storage.media.segment import parse_segment
 from tests.api_rig import nvr_here
 from tests.media import check_file
 from tests.recording_rig import wait_for
@@ -46,6 +47,18 @@ def test_check_config_ok_and_errors(tmp_path: Path) -> None:
     assert missing.returncode != 0 and "cannot read file" in missing.stderr
 
 
+def frames_in_flight(root: Path) -> int:
+    """Video frames in the complete fragments of the segment being written under `root`."""
+    parts = list(root.rglob("*.mp4.part"))
+    if not parts:
+        return 0
+    try:
+        index = parse_segment(parts[0])
+    except (Mp4Error, OSError):  # no complete fragment yet, or renamed meanwhile
+        return 0
+    return index.video.count
+
+
 @pytest.mark.slow
 def test_run_without_config_records_the_demo_camera(tmp_path: Path) -> None:
     """`nvr run` on a fresh machine: ./nvr-data, SQLite, the built-in camera."""
@@ -54,8 +67,9 @@ def test_run_without_config_records_the_demo_camera(tmp_path: Path) -> None:
     root = tmp_path / "nvr-data"
     try:
         wait_for(lambda: (root / "status.json").exists(), 20, "the daemon to start")
-        wait_for(lambda: bool(list(root.rglob("*.mp4.part"))), 20, "a segment in flight")
-        time.sleep(3)
+        wait_for(lambda: frames_in_flight(root) >= 20, 30, "20 frames in the segment in flight")
+        # status.json is rewritten every 2 s: the state may still say connecting.
+        wait_for(lambda: "demo: recording" in run(["status"], tmp_path).stdout, 10, "recording")
         status = run(["status"], tmp_path)
         assert status.returncode == 0, status.stderr
         assert "daemon: running" in status.stdout
