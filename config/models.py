@@ -433,6 +433,10 @@ class Gb28181Config(_Frozen):
     """Seconds a registration lasts; it is renewed before it runs out."""
     keepalive_seconds: Annotated[int, Field(strict=True, ge=1, le=3600)] = 60
     """Seconds between keepalive MESSAGEs; three unanswered ones mean the platform is gone."""
+    unmasked: bool = False
+    """The platform may see behind privacy masks (R10), like a user's `unmasked`. Default:
+    masked, and as its streams are the camera's own bitstream, live and recorded video of a
+    camera with privacy masks is refused to it (403)."""
 
     @field_validator("device_id", "server_id")
     @classmethod

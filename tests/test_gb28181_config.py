@@ -9,6 +9,7 @@ import pytest
 
 from nvr.config import ConfigError, load_config
 from nvr.config.checks import gb28181_problems
+from nvr.gb28181.device import channels_of
 
 GB = """
 [gb28181]
@@ -146,3 +147,18 @@ def test_channel_ids_must_be_20_digits_and_unique(tmp_path: Path) -> None:
 def test_channel_id_without_gb28181_is_refused(tmp_path: Path) -> None:
     found = problems(tmp_path, "", gate='gb_channel_id = "50010000001310000001"')
     assert "needs a [gb28181] table" in found[0], found
+
+
+def test_a_camera_with_privacy_masks_is_a_masked_channel_unless_the_platform_is_unmasked(
+    tmp_path: Path,
+) -> None:
+    mask = "[[cameras.privacy_masks]]\npoints = [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]\n"
+    config = load_config(write(tmp_path, GB, gate=mask))
+    assert config.gb28181 is not None and config.gb28181.unmasked is False
+    assert {c.camera: c.masked for c in channels_of(config)} == {
+        "gate": True,
+        "lobby": False,
+        "yard": False,
+    }
+    config = load_config(write(tmp_path, GB + "unmasked = true\n", gate=mask))
+    assert not any(c.masked for c in channels_of(config))

@@ -196,6 +196,7 @@ async def start_device(
     monkeypatch: pytest.MonkeyPatch,
     taps: dict[str, PacketTap] | None = None,
     keepalive_seconds: int = 5,
+    masked: frozenset[str] = frozenset(),
 ) -> tuple[GbDevice, Sessions]:
     monkeypatch.setenv("GB_MEDIA_PASSWORD", PASSWORD)
     config = Gb28181Config(
@@ -210,9 +211,12 @@ async def start_device(
         keepalive_seconds=keepalive_seconds,
     )
     channels = [
-        ChannelConfig("h264aac", CH_H264, "h264aac"),
-        ChannelConfig("bframes", CH_BFRAMES, "bframes"),
-        ChannelConfig("cam", CH_LIVE, "live"),
+        ChannelConfig(cam, ch, name, masked=cam in masked)
+        for cam, ch, name in (
+            ("h264aac", CH_H264, "h264aac"),
+            ("bframes", CH_BFRAMES, "bframes"),
+            ("cam", CH_LIVE, "live"),
+        )
     ]
     device = GbDevice(config, channels, store, lambda c: True, bind_host="127.0.0.1")
     taps = taps or {}
@@ -326,6 +330,39 @@ async def test_unknown_channel_and_empty_range_are_refused_and_audited(
         ("live", "?", "no such channel"),
         ("playback", "h264aac", "no footage"),
     ]
+
+
+async def test_a_masked_camera_is_refused_to_a_masked_platform(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Privacy masks (R10): the platform may not see behind them, and its streams are the
+    camera's own bitstream, so they are refused (403, the reason in a Warning header and in
+    the audit log); a camera without masks still streams."""
+    seg0 = store.segments("h264aac")[0]
+    start_s = seg0.start_ms // 1000 + 2
+    device, _ = await start_device(platform, store, monkeypatch, masked=frozenset({"h264aac"}))
+    try:
+        for kind in ("Play", "Playback", "Download"):
+            call = await platform.invite(CH_H264, kind, start_s=start_s, end_s=start_s + 4)
+            assert call.answer is not None and call.answer.status_code == 403, kind
+            warning = call.answer.headers.get_first("Warning", "") or ""
+            assert warning.startswith(f"399 {DEVICE} ") and "privacy masks" in warning
+            assert not call.packets
+        seg = store.segments("bframes")[0]
+        call = await platform.invite(
+            CH_BFRAMES, "Playback", start_s=seg.start_ms // 1000 + 2, end_s=seg.start_ms // 1000 + 4
+        )
+        assert call.answer is not None and call.answer.status_code == 200
+        await call.bye()
+    finally:
+        await device.stop()
+    refused = store.audit.entries(actor=f"gb28181:{SERVER}", outcome="refused")
+    assert [(e.action, e.target) for e in refused] == [
+        ("live", "h264aac"),
+        ("playback", "h264aac"),
+        ("download", "h264aac"),
+    ]
+    assert all("privacy masks" in str(e.detail["reason"]) for e in refused)
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp-passive"])

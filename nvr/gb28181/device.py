@@ -75,6 +75,9 @@ class ChannelConfig:
     channel_id: str
     name: str
     address: str = ""
+    masked: bool = False
+    """The camera has privacy masks the platform may not see behind: its streams are refused
+    (they carry the camera's own bitstream, never a masked copy)."""
 
 
 @dataclass
@@ -549,10 +552,18 @@ class GbDevice:
 
 def channels_of(config: NvrConfig) -> list[ChannelConfig]:
     """The enabled cameras as channels: id from `NvrConfig.gb_channel_ids()`, name from the
-    camera's `location` (Chinese names welcome) or else its name, address its location."""
+    camera's `location` (Chinese names welcome) or else its name, address its location;
+    masked when the camera has privacy masks and the platform is not `unmasked`."""
     ids = config.gb_channel_ids()
+    unmasked = config.gb28181 is not None and config.gb28181.unmasked
     return [
-        ChannelConfig(cam.name, ids[cam.name], cam.location or cam.name, cam.location)
+        ChannelConfig(
+            cam.name,
+            ids[cam.name],
+            cam.location or cam.name,
+            cam.location,
+            masked=bool(cam.privacy_masks) and not unmasked,
+        )
         for cam in config.cameras
         if cam.enabled
     ]

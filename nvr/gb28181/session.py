@@ -38,6 +38,8 @@ log = logging.getLogger("nvr.gb28181.session")
 
 ACK_TIMEOUT = 5.0
 BYE_AFTER_END = 5.0
+MASKED = "privacy masks: the platform may not see behind them ([gb28181] unmasked)"
+"""Why a masked camera's stream is refused (SIP Warning text and the audit's reason)."""
 """Seconds after MediaStatus 121 before we send BYE ourselves."""
 MIN_SCALE, MAX_SCALE = 0.25, 4.0
 
@@ -216,6 +218,13 @@ class Sessions:
         if channel is None:
             await self._audit(action, "?", "refused", {**detail, "reason": "no such channel"})
             return sip.response_to(req, 404, "Not Found")
+        if channel.masked:
+            # Privacy masks (R10): the platform is a principal like a user, masked unless
+            # `[gb28181] unmasked`; its streams are the camera's own bitstream, never masked.
+            await self._audit(action, channel.camera, "refused", {**detail, "reason": MASKED})
+            res = sip.response_to(req, 403, "Forbidden")
+            res.headers.set_single("Warning", f'399 {self.device.config.device_id} "{MASKED}"')
+            return res
         if offer.kind == "Play" and self.taps is None:
             await self._audit(action, channel.camera, "refused", {**detail, "reason": "no live"})
             return sip.response_to(req, 488, "Not Acceptable Here")
