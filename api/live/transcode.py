@@ -164,6 +164,7 @@ class TranscodeSource(_WorkerSource):
                         stream = TapStream("h264", w, h, b"", source.time_base)
                         masked = masks_at(self.masks, w, h) if self.masks else None
                     scaled = picture.reformat(encoder.width, encoder.height, format="yuv420p")
+                    scaled.time_base = source.time_base
                     if masked is not None:
                         scaled = apply_mask(scaled, *masked)
                     scaled.pts = picture.pts if picture.pts is not None else frame.pts
@@ -237,6 +238,7 @@ def keyframe_jpeg(
     encoder.pix_fmt = "yuvj420p"
     encoder.time_base = Fraction(1, 25)
     scaled = picture.reformat(w, h, format="yuv420p")
+    scaled.time_base = source.time_base  # a lone packet's picture has none (apply_mask copies it)
     if masks:
         scaled = apply_mask(scaled, *masks_at(masks, w, h))
     scaled = scaled.reformat(format="yuvj420p")
