@@ -9,21 +9,28 @@ it; the oldest copies beyond `keep` are removed; they are named `<key>.masked`).
 copied as it is. At most `max_jobs` copies are made at once (`asyncio.Semaphore` on the loop;
 the work itself runs on worker threads via `asyncio.to_thread`), so masking never starves
 recording of CPU.
+
+A copy is made progressively (`MaskJob`): a fragmented MP4 written front to back to
+`<key>.masked.tmp`, each write readable at once (`MaskJob.more` wakes readers on the loop), so
+playback streams it while it is encoded; renamed to `<key>.masked` when finished. A job runs
+to its end even when its readers leave (the player's next request finds the copy cached).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 import av
 import numpy as np
@@ -112,11 +119,40 @@ def apply_mask(frame: av.VideoFrame, luma: BOOL, chroma: BOOL) -> av.VideoFrame:
     return out
 
 
-def mask_file(source: io.RawIOBase | str, dest: Path, masks: Sequence[PrivacyMask]) -> None:
+FRAGMENTED = {
+    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "frag_duration": "1000000",
+}
+"""Fragmented MP4, about one fragment a second, written front to back (never seeks back):
+each fragment can be sent while the next is encoded."""
+
+
+class Appender(Protocol):
+    """Where a progressive copy's bytes go (no `seek`: the muxer writes front to back)."""
+
+    def write(self, data: bytes) -> int: ...
+
+
+def mask_file(
+    source: io.RawIOBase | str,
+    dest: Path | Appender,
+    masks: Sequence[PrivacyMask],
+    *,
+    progressive: bool = False,
+) -> None:
     """Decode `source`, fill the masks, encode H.264 (libx264) into `dest`; audio copied.
-    Blocking (a worker thread)."""
-    faststart = {"movflags": "+faststart"}
-    with av.open(source, "r") as src, av.open(str(dest), "w", "mp4", options=faststart) as out:
+    `progressive`: fragmented MP4 from a fast, low-latency encoder (ultrafast, zerolatency,
+    a keyframe every second), so the first fragment is out after about a second of footage;
+    else a `faststart` MP4 (exports). Blocking (a worker thread)."""
+    x264: dict[str, str]
+    if progressive:
+        options = FRAGMENTED
+        x264 = {"preset": "ultrafast", "tune": "zerolatency", "crf": "20", "threads": "1"}
+    else:
+        options = {"movflags": "+faststart"}
+        x264 = {"preset": "veryfast", "crf": "20", "threads": "1"}
+    target: Any = str(dest) if isinstance(dest, Path) else dest
+    with av.open(source, "r") as src, av.open(target, "w", "mp4", options=options) as out:
         vin = src.streams.video[0]
         width, height = vin.codec_context.width, vin.codec_context.height
         vout = out.add_stream("libx264", rate=vin.average_rate or 25)
@@ -124,7 +160,9 @@ def mask_file(source: io.RawIOBase | str, dest: Path, masks: Sequence[PrivacyMas
         vout.time_base = vin.time_base
         if vin.time_base is not None:
             vout.codec_context.time_base = vin.time_base
-        vout.options = {"preset": "veryfast", "crf": "20", "threads": "1"}
+        if progressive:
+            x264["g"] = str(round(vin.average_rate or 25))
+        vout.options = dict(x264)
         ain = src.streams.audio[0] if src.streams.audio else None
         aout = out.add_stream_from_template(ain) if ain is not None else None
         luma = polygon_mask(masks, width, height)
@@ -176,6 +214,71 @@ class MaskedCopy:
     etag: str
 
 
+class MaskJob:
+    """A masked copy being made (progressive): its bytes so far are in `tmp`, `written` of
+    them; once `done` (and no `error`) the whole copy is at `path`. Its state is shared
+    between the encoding thread and readers' threads under `cond`."""
+
+    def __init__(self, path: Path, etag: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self.path = path
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.etag = etag
+        self.cond = threading.Condition()
+        self.written = 0
+        self.running = False
+        """True while frames are being encoded (a state flag for tests and metrics)."""
+        self.done = False
+        self.error: BaseException | None = None
+
+    def write(self, data: bytes) -> int:
+        """The muxer's output: appended to `tmp`, then readable. Encoding thread."""
+        assert self._out is not None
+        self._out.write(data)
+        self._out.flush()
+        with self.cond:
+            self.written += len(data)
+            self._wake()
+        return len(data)
+
+    def _wake(self) -> None:
+        """Wakes the readers waiting on the loop (`more`); called holding `cond`."""
+        self.cond.notify_all()
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            self._loop.call_soon_threadsafe(self._changed.set)
+
+    async def more(self, pos: int) -> tuple[int, bool]:
+        """`wait` for the loop: never holds a worker thread while the encoder works."""
+        while True:
+            with self.cond:
+                if self.error is not None:
+                    raise self.error
+                if self.written > pos or self.done:
+                    return self.written, self.done
+                changed = self._changed = asyncio.Event()
+            await changed.wait()
+
+    _out: BinaryIO | None = None
+
+    def wait(self, pos: int) -> tuple[int, bool]:
+        """Blocks until more than `pos` bytes are written or the job ended; (written, done).
+        Raises the job's error. A reader's thread."""
+        with self.cond:
+            while self.written <= pos and not self.done:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            return self.written, self.done
+
+    def open(self) -> BinaryIO:
+        """The copy's bytes for a reader, from the start (the finished file once done)."""
+        with self.cond:
+            if self.error is not None:
+                raise self.error
+            return open(self.path if self.done else self.tmp, "rb")
+
+
 def masks_key(masks: Sequence[PrivacyMask]) -> str:
     text = json.dumps([m.points for m in masks])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -184,56 +287,103 @@ def masks_key(masks: Sequence[PrivacyMask]) -> str:
 class MaskService:
     """See the module docstring. Built and used on the event loop."""
 
-    def __init__(self, cache_dir: Path, max_jobs: int = 1, keep: int = 16) -> None:
+    def __init__(
+        self,
+        cache_dir: Path,
+        max_jobs: int = 1,
+        keep: int = 16,
+        before_finish: threading.Event | None = None,
+    ) -> None:
         self.cache_dir = cache_dir
         self.keep = keep
         self._jobs = asyncio.Semaphore(max_jobs)
-        self._making: dict[str, asyncio.Future[MaskedCopy]] = {}
+        self._making: dict[str, MaskJob] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.made = 0
         """Copies made since the start (each a decode and re-encode)."""
+        self.before_finish = before_finish
+        """If given (tests), a job waits for it before its last frames: an explicit hook to
+        observe a copy that is still being made."""
 
-    async def copy(self, vf: VirtualFile, etag: str, masks: Sequence[PrivacyMask]) -> MaskedCopy:
-        """The masked copy of the recording `vf` (made once per ETag and masks)."""
+    async def copy(
+        self, vf: VirtualFile, etag: str, masks: Sequence[PrivacyMask]
+    ) -> MaskedCopy | MaskJob:
+        """The masked copy of the recording `vf` (made once per ETag and masks): the
+        finished copy if cached, else the job making it (started now, or shared with the
+        requests already reading it). The job runs to the end even when its readers go, so
+        the copy is cached for the player's next requests."""
         key = hashlib.sha256(f"{etag}|{masks_key(masks)}".encode()).hexdigest()[:40]
         path = self.cache_dir / f"{key}{CACHE_SUFFIX}"
         tag = f'"m{key}"'
         size = await asyncio.to_thread(_size, path)
         if size is not None:
             return MaskedCopy(path, size, tag)
-        pending = self._making.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[MaskedCopy] = asyncio.get_running_loop().create_future()
-        self._making[key] = future
+        job = self._making.get(key)
+        if job is None:
+            job = MaskJob(path, tag)
+            self._making[key] = job
+            task = asyncio.create_task(self._run(key, job, vf, masks), name=f"mask-{key[:8]}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return job
+
+    async def _run(
+        self, key: str, job: MaskJob, vf: VirtualFile, masks: Sequence[PrivacyMask]
+    ) -> None:
         try:
             async with self._jobs:
-                made = await asyncio.to_thread(self._make, vf, path, masks)
-            copy = MaskedCopy(path, made, tag)
-            future.set_result(copy)
+                await asyncio.to_thread(self._make, vf, job, masks)
             self.made += 1
-            return copy
-        except BaseException as err:
-            future.set_exception(err)
-            future.exception()  # retrieved: waiters get it, nobody else must
-            raise
+        except (av.FFmpegError, OSError) as err:
+            log.warning("cannot make a privacy-masked copy: %s", err)
         finally:
             del self._making[key]
 
-    def _make(self, vf: VirtualFile, path: Path, masks: Sequence[PrivacyMask]) -> int:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+    def _make(self, vf: VirtualFile, job: MaskJob, masks: Sequence[PrivacyMask]) -> None:
         try:
-            mask_file(VirtualFileIO(vf), tmp, masks)
-            os.replace(tmp, path)
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(job.tmp, "wb") as out:
+                job._out = out
+                with job.cond:
+                    job.running = True
+                mask_file(
+                    VirtualFileIO(vf), _Gated(job, self.before_finish), masks, progressive=True
+                )
+            os.replace(job.tmp, job.path)
+        except BaseException as err:
+            with job.cond:
+                job.error = err
+            raise
         finally:
-            tmp.unlink(missing_ok=True)
+            job.tmp.unlink(missing_ok=True)
+            with job.cond:
+                job.running = False
+                job.done = True
+                job._wake()
         self._trim()
-        return path.stat().st_size
 
     def _trim(self) -> None:
         copies = sorted(self.cache_dir.glob(f"*{CACHE_SUFFIX}"), key=lambda p: p.stat().st_mtime)
         for old in copies[: max(0, len(copies) - self.keep)]:
             old.unlink(missing_ok=True)
+
+
+class _Gated:
+    """The job's output; with a test's `before_finish` hook, the muxer's writes after the
+    first `GATE_AFTER` bytes wait for it (the copy stays in progress meanwhile)."""
+
+    def __init__(self, job: MaskJob, gate: threading.Event | None) -> None:
+        self._job = job
+        self._gate = gate
+
+    def write(self, data: bytes) -> int:
+        if self._gate is not None and self._job.written >= GATE_AFTER:
+            self._gate.wait()
+        return self._job.write(data)
+
+
+GATE_AFTER = 256 << 10
+"""Bytes a job writes before it waits on `MaskService.before_finish` (tests only)."""
 
 
 def _size(path: Path) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,9 @@ class ApiContext:
     substreams: SubstreamProvider | None = None
     """A camera's `live_url` substream as a packet source (None: the main stream)."""
     throttle_clock: Callable[[], float] = time.monotonic
+    mask_hold: threading.Event | None = None
+    """A seam for tests: privacy-masked copies in progress wait for it before their last
+    frames (`MaskService.before_finish`), so a test sees one being made."""
     """The login throttle's clock, in seconds (a seam: tests move it past a Retry-After
     instead of sleeping)."""
 
@@ -179,7 +183,7 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         links=LinkSigner(),
         errors=errors,
         scrape=ScrapeToken(settings.metrics_token_file),
-        masks=MaskService(root / ".masked"),
+        masks=MaskService(root / ".masked", before_finish=ctx.mask_hold),
         reloader=ctx.reloader,
         emit=ctx.emit,
         live=LiveService(ctx.config, settings, ctx.store, ctx.taps, ctx.substreams),

@@ -34,7 +34,7 @@ from nvr.api.cameras import LiveStatus
 from nvr.api.health import CapacityProvider
 from nvr.cli import main as cli_main
 from nvr.config import CameraConfig, NvrConfig, StorageConfig
-from nvr.config.models import ApiConfig
+from nvr.config.models import ApiConfig, PrivacyMask
 from nvr.ingest.errors import CameraUnreachable, StreamEnded
 from nvr.storage import Segment, SegmentStore, now_ms
 from nvr.storage.server_clock import ServerClockState
@@ -182,11 +182,19 @@ def run_api(
     live: LiveStatus | None = None,
     capacity: CapacityProvider | None = None,
     server_clock: Callable[[], ServerClockState] = lambda: SYNCHRONISED,
+    privacy_masks: dict[str, list[PrivacyMask]] | None = None,
 ) -> Iterator[Api]:
     """A running API over the store at `root`. The server clock is synchronised unless the
-    test says otherwise (this machine's may not be; tests/test_clock_health.py reads it)."""
+    test says otherwise (this machine's may not be; tests/test_clock_health.py reads it).
+    `privacy_masks`: cameras' masks (issue 18)."""
     store = open_store(root, clock)
     config = make_config(root, free_port())
+    if privacy_masks:
+        cams = [
+            c.model_copy(update={"privacy_masks": privacy_masks.get(c.name, [])})
+            for c in config.cameras
+        ]
+        config = config.model_copy(update={"cameras": cams})
     ctx = ApiContext(
         config=config,
         store=store,

@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Iterator
@@ -218,9 +219,7 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
         assert path.read_bytes() == data  # the originals are never altered
 
 
-def test_an_export_is_masked_for_whoever_it_goes_to(
-    footage_template: Path, tmp_path: Path
-) -> None:
+def test_an_export_is_masked_for_whoever_it_goes_to(footage_template: Path, tmp_path: Path) -> None:
     """The package goes to its requester and its approver: it is masked unless both may see
     behind the masks, and a masked user (even an admin) never downloads an unmasked one."""
     root = tmp_path / "store"
@@ -271,3 +270,80 @@ def test_an_export_is_masked_for_whoever_it_goes_to(
         assert sorted(e.actor for e in refused) == ["oscar", "root"]
         with api.as_user("olga") as olga:
             assert olga.get(f"/api/exports/{eid}/download").status_code == 200
+
+
+def test_masked_playback_streams_while_the_copy_is_being_made(
+    footage_template: Path, tmp_path: Path
+) -> None:
+    """A masked user's playback begins before the masked copy of the whole range is encoded:
+    the first bytes arrive while the job is held in progress (`ApiContext.mask_hold`, its
+    unfinished file on disk, no finished copy yet); the stream, once let go, is a fragmented
+    MP4 whose pictures are masked and otherwise intact; then the cached copy answers Range."""
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        store.accounts.set_unmasked("root", True, actor="test")
+        first = store.segments("h264aac")[0]
+    finally:
+        store.close()
+    span = {"start": first.start_ms + 2_000, "end": first.start_ms + 12_000}
+    hold = threading.Event()
+    offset = time.time_ns() // 1_000_000 - (footage_end(root) + 60_000)
+    store = open_store(root, clock=lambda: time.time_ns() // 1_000_000 - offset)
+    config = make_config(root, free_port())
+    cams = [
+        c.model_copy(update={"privacy_masks": [PrivacyMask(points=MASK)]})
+        if c.name == "h264aac"
+        else c
+        for c in config.cameras
+    ]
+    config = config.model_copy(update={"cameras": cams})
+    server = ServerThread(
+        ApiContext(config=config, store=store, server_clock=lambda: SYNCHRONISED, mask_hold=hold)
+    )
+    cache = root / ".masked"
+    try:
+        server.start()
+        api = Api(server.base, store, root, config, server)
+        with api.as_user("root") as c:  # unmasked: today's bytes
+            today = c.get("/api/cameras/h264aac/recording.mp4", params=span)
+            assert today.status_code == 200
+        with api.as_user("vera") as c:
+            with c.stream("GET", "/api/cameras/h264aac/recording.mp4", params=span) as r:
+                assert r.status_code == 200, r.read()
+                assert r.headers["x-privacy-masks"] == "1"
+                assert r.headers["accept-ranges"] == "none"
+                chunks = r.iter_bytes()
+                got = bytearray(next(chunks))
+                # the copy is still being made: its unfinished file, no finished one
+                assert list(cache.glob("*.masked.tmp")) and not list(cache.glob("*.masked"))
+                assert b"ftyp" in got[:16]
+                hold.set()
+                for chunk in chunks:
+                    got += chunk
+            masked = bytes(got)
+            finished = list(cache.glob("*.masked"))
+            assert len(finished) == 1 and finished[0].read_bytes() == masked
+            part = c.get(
+                "/api/cameras/h264aac/recording.mp4",
+                params=span,
+                headers={"Range": "bytes=100-1099", "If-Range": r.headers["etag"]},
+            )
+            assert part.status_code == 206 and part.content == masked[100:1100]
+        entries = [e for e in store.audit.entries() if e.actor == "vera" and e.action == "playback"]
+        assert [e.detail.get("progressive") for e in entries] == [True, None]
+        assert all(e.detail.get("masked") is True for e in entries)
+    finally:
+        hold.set()
+        server.stop()
+        store.close()
+    assert b"moof" in masked  # fragmented: each fragment was sent as it was encoded
+    plain, hidden = pictures(today.content), pictures(masked)
+    assert len(hidden) == len(plain) >= 50
+    h, w = plain[0].shape
+    for a, b in zip(plain, hidden, strict=True):
+        assert b[2 : h // 2 - 2, 2 : w // 2 - 2].max() <= 3  # the masked quarter is black
+        assert a[2 : h // 2 - 2, 2 : w // 2 - 2].mean() > 20
+        assert np.abs(a[h // 2 + 2 :, :] - b[h // 2 + 2 :, :]).mean() < 2.0
+        assert np.abs(a[:, w // 2 + 2 :] - b[:, w // 2 + 2 :]).mean() < 2.0

@@ -35,7 +35,8 @@ from playwright.sync_api import (
 
 from nvr.api.web.i18n import CATALOGUES
 from nvr.api.web.zone import SiteZone
-from tests.api_rig import NVR, PASSWORD, Api, free_port, nvr
+from nvr.config.models import PrivacyMask
+from tests.api_rig import NVR, PASSWORD, Api, footage_end, free_port, nvr, run_api
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for
 
@@ -753,3 +754,66 @@ def test_picture_findings_show_on_the_timeline(browser: Browser, footage_api: Ap
         assert csp_violations(s) == []
     finally:
         s.context.close()
+
+
+def test_a_masked_user_plays_footage_while_the_masked_copy_is_made(
+    browser: Browser, footage_template: Path, tmp_path: Path
+) -> None:
+    """A user behind a camera's privacy mask (issue 18) clicks the timeline and the video
+    plays (the masked copy is streamed as it is encoded): the time advances and the drawn
+    picture is black in the masked quarter and not elsewhere."""
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    offset = time.time_ns() // 1_000_000 - (footage_end(root) + 60_000)
+    quarter = PrivacyMask(points=[(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.0, 0.5)])
+    for api in run_api(
+        root,
+        clock=lambda: time.time_ns() // 1_000_000 - offset,
+        privacy_masks={"h264aac": [quarter]},
+    ):
+        day = SiteZone.of(api.config.site).today(footage_end(root))
+        s = log_in(browser, api, "vera")
+        try:
+            page = s.page
+            page.goto(f"/cameras/h264aac?day={day.isoformat()}")
+            _zoom_to(page, "#track .span")
+            span = page.locator("#track .span").first
+            box = span.bounding_box()
+            assert box is not None and box["width"] > 20, box
+            page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
+            page.wait_for_function(
+                "() => { const v = document.getElementById('playback');"
+                " return v.dataset.fileStart && v.currentTime > 1.5 }",
+                timeout=60_000,
+            )
+            first = page.evaluate("document.getElementById('playback').currentTime")
+            page.wait_for_timeout(1000)
+            assert page.evaluate("document.getElementById('playback').currentTime") > first
+            levels = page.evaluate(
+                """() => {
+                  const v = document.getElementById('playback');
+                  const c = document.createElement('canvas');
+                  c.width = v.videoWidth; c.height = v.videoHeight;
+                  const g = c.getContext('2d');
+                  g.drawImage(v, 0, 0);
+                  const mean = (x, y, w, h) => {
+                    const d = g.getImageData(x, y, w, h).data;
+                    let t = 0;
+                    for (let i = 0; i < d.length; i += 4) t += d[i] + d[i + 1] + d[i + 2];
+                    return t / (d.length / 4) / 3;
+                  };
+                  const w = c.width, h = c.height;
+                  return [mean(4, 4, w / 2 - 8, h / 2 - 8),
+                          mean(w / 2 + 4, h / 2 + 4, w / 2 - 8, h / 2 - 8)];
+                }"""
+            )
+            masked, rest = levels
+            assert masked <= 6 and rest > 20, levels
+            assert csp_violations(s) == [], s.problems
+        finally:
+            s.context.close()
+        played = [
+            e for e in api.store.audit.entries() if e.actor == "vera" and e.action == "playback"
+        ]
+        assert played and all(e.detail.get("masked") is True for e in played)
+        assert any(e.detail.get("progressive") is True for e in played)

@@ -38,7 +38,7 @@ from nvr.api.errors import (
     Unavailable,
     Unprocessable,
 )
-from nvr.api.masking import MaskedCopy, mask_jpeg
+from nvr.api.masking import MaskedCopy, MaskJob, mask_jpeg
 from nvr.api.models import (
     CameraOut,
     DeletedOut,
@@ -103,9 +103,7 @@ async def timeline(
     rng = parse_range(start, end, max(TIMELINE_MAX_HOURS, services.settings.max_range_hours))
     tl = await asyncio.to_thread(services.cameras.timeline, name, rng.start_ms, rng.end_ms)
     locks = await asyncio.to_thread(services.store.locks.find, name, False)
-    found = await asyncio.to_thread(
-        services.store.pictures.find, name, rng.start_ms, rng.end_ms
-    )
+    found = await asyncio.to_thread(services.store.pictures.find, name, rng.start_ms, rng.end_ms)
     now = services.store.now()
     return TimelineOut(
         pictures=[
@@ -347,12 +345,15 @@ async def recording(
     if masked and services.masks is not None:
         # Privacy masks (R10): this user sees a re-encoded copy with the areas filled.
         try:
-            copy = await services.masks.copy(vf, rec.etag, masks)
+            made = await services.masks.copy(vf, rec.etag, masks)
+            if isinstance(made, MaskJob):
+                # Being made: wait for its first bytes only (an error before them is a 503).
+                await made.more(0)
         except (av.FFmpegError, OSError) as err:
             raise Unavailable(f"cannot make the privacy-masked copy: {err}") from err
-        headers["ETag"] = copy.etag
+        headers["ETag"] = made.etag
         headers["X-Privacy-Masks"] = str(len(masks))
-        if _etag_matches(request.headers.get("if-none-match"), copy.etag):
+        if _etag_matches(request.headers.get("if-none-match"), made.etag):
             await asyncio.to_thread(
                 services.store.audit.append,
                 user.name,
@@ -362,6 +363,28 @@ async def recording(
                 {**detail, "bytes": 0, "status": 304, "method": request.method},
             )
             return Response(status_code=304, headers=headers)
+        if isinstance(made, MaskJob):
+            # Still being encoded: sent as it grows (fragmented MP4), whole and from its
+            # start (no Range until it is finished and cached; then the next request has it).
+            headers["Accept-Ranges"] = "none"
+            await asyncio.to_thread(
+                services.store.audit.append,
+                user.name,
+                action,
+                name,
+                "ok",
+                {
+                    **detail,
+                    "footage_start_ms": vf.start_ms,
+                    "footage_end_ms": vf.end_ms,
+                    "bytes": None,
+                    "progressive": True,
+                },
+            )
+            return StreamingResponse(
+                _job_chunks(made), status_code=200, headers=headers, media_type="video/mp4"
+            )
+        copy = made
     size = copy.size if copy is not None else vf.size
     etag = headers["ETag"]
     asked = request.headers.get("range")
@@ -442,6 +465,28 @@ def privacy_masks(services: ApiServices, camera: str) -> list[PrivacyMask]:
     """The camera's privacy masks in the running config (none for a removed camera)."""
     cam = next((c for c in services.config.cameras if c.name == camera), None)
     return list(cam.privacy_masks) if cam is not None else []
+
+
+async def _job_chunks(job: MaskJob) -> AsyncIterator[bytes]:
+    """A masked copy's bytes from its start while it is being made: each as soon as the
+    encoder wrote it, to the end of the finished copy."""
+    f = await asyncio.to_thread(job.open)
+    try:
+        pos = 0
+        while True:
+            written, done = await job.more(pos)
+            while pos < written:
+                chunk = await asyncio.to_thread(
+                    os.pread, f.fileno(), min(1 << 20, written - pos), pos
+                )
+                if not chunk:
+                    raise OSError("the masked copy is shorter than written")
+                pos += len(chunk)
+                yield chunk
+            if done:
+                return
+    finally:
+        f.close()
 
 
 async def _file_chunks(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
