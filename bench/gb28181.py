@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -61,7 +62,8 @@ def write_config(path: Path, root: Path, sip_port: int, urls: dict[str, str]) ->
         f'log_level = "warning"\n[storage]\nroot = "{root}"\nreserve_bytes = 0\n',
         f'[gb28181]\ndevice_id = "{DEVICE}"\ndomain = "{DOMAIN}"\nserver_id = "{SERVER}"\n'
         f'server_host = "127.0.0.1"\nserver_port = {sip_port}\n'
-        f'password_file = "{path.parent / "gb.pw"}"\nlocal_port = 0\nkeepalive_seconds = 10\n',
+        f'password_file = "{path.parent / "gb.pw"}"\nlocal_port = 0\nkeepalive_seconds = 10\n'
+        f"cameras = {json.dumps(list(urls))}\n",
     ]
     for name, url in urls.items():
         lines.append(f'[[cameras]]\nname = "{name}"\nurl = "{url}"\nsegment_seconds = 10\n')

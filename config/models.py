@@ -437,6 +437,9 @@ class Gb28181Config(_Frozen):
     """The platform may see behind privacy masks (R10), like a user's `unmasked`. Default:
     masked, and as its streams are the camera's own bitstream, live and recorded video of a
     camera with privacy masks is refused to it (403)."""
+    cameras: tuple[str, ...] = ()
+    """The cameras (by name) the platform may see: its catalog, queries and streams. Opt-in:
+    none by default, so a camera reaches the police platform only when listed here."""
 
     @field_validator("device_id", "server_id")
     @classmethod
@@ -749,6 +752,14 @@ class NvrConfig(_Frozen):
                         f"camera {name!r}: gb_channel_id {code} is the device_id or server_id"
                     )
                 owners[code] = name
+            names = {cam.name for cam in self.cameras}
+            listed: set[str] = set()
+            for name in self.gb28181.cameras:
+                if name not in names:
+                    raise ValueError(f"[gb28181] cameras: no camera is called {name!r}")
+                if name in listed:
+                    raise ValueError(f"[gb28181] cameras: {name!r} is listed twice")
+                listed.add(name)
         return self
 
     def gb_channel_ids(self) -> dict[str, str]:

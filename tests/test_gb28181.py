@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from nvr.config.models import Gb28181Config
-from nvr.gb28181.device import ChannelConfig, GbDevice
+from nvr.config.models import Gb28181Config, NvrConfig
+from nvr.gb28181.device import ChannelConfig, GbDevice, channels_of
+from nvr.gb28181.session import Sessions
 from nvr.storage import SegmentStore
 from tests.gbsim import Platform
 
@@ -314,3 +315,106 @@ async def test_record_info_lists_recorded_spans_with_the_gap(
             {"StartTime": local(last + 600_000), "EndTime": local(last + 700_000)},
         )
         assert answers[0].findtext("SumNum") == "0"
+
+
+def nvr_config(gb_cameras: list[str] | None) -> NvrConfig:
+    gb: dict[str, object] = {
+        "device_id": DEVICE,
+        "domain": DOMAIN,
+        "server_id": SERVER,
+        "server_host": "127.0.0.1",
+        "password_env": "GB_TEST_PASSWORD",
+    }
+    if gb_cameras is not None:
+        gb["cameras"] = gb_cameras
+    return NvrConfig.model_validate(
+        {
+            "storage": {"root": "data"},
+            "cameras": [
+                {"name": "h264aac", "url": "rtsp://127.0.0.1:1/a", "location": "解放碑"},
+                {"name": "bframes", "url": "rtsp://127.0.0.1:1/b"},
+                {"name": "spare", "url": "rtsp://127.0.0.1:1/c", "enabled": False},
+            ],
+            "gb28181": gb,
+        }
+    )
+
+
+def test_channels_are_opt_in() -> None:
+    """Only the cameras `[gb28181] cameras` lists (and enabled) are channels: none by default."""
+    assert channels_of(nvr_config(None)) == []
+    assert [c.camera for c in channels_of(nvr_config(["h264aac"]))] == ["h264aac"]
+    assert [c.camera for c in channels_of(nvr_config(["bframes", "h264aac", "spare"]))] == [
+        "h264aac",
+        "bframes",
+    ]
+
+
+async def refused_query(platform: Platform, cmd: str, channel_id: str, sn: int) -> int:
+    body = (
+        '<?xml version="1.0" encoding="GB2312"?>\r\n'
+        f"<Query><CmdType>{cmd}</CmdType><SN>{sn}</SN><DeviceID>{channel_id}</DeviceID>"
+        "<StartTime>2020-01-01T00:00:00</StartTime><EndTime>2040-01-01T00:00:00</EndTime>"
+        "<Type>all</Type></Query>"
+    ).encode("gb18030")
+    req = platform.request("MESSAGE", channel_id, body, Content_Type="Application/MANSCDP+xml")
+    return (await platform.send(req)).status_code
+
+
+async def test_platform_sees_only_its_channels(
+    store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A camera not in `[gb28181] cameras` (bframes) is in no Catalog, and its RecordInfo,
+    DeviceStatus and INVITEs are refused with 404 and audited as refused; the listed one
+    (h264aac) is answered."""
+    platform = Platform(SERVER, DOMAIN, PASSWORD)
+    await platform.start()
+    monkeypatch.setenv("GB_TEST_PASSWORD", PASSWORD)
+    config = nvr_config(["h264aac"])
+    channels = channels_of(config)
+    ids = config.gb_channel_ids()
+    mine, other = ids["h264aac"], ids["bframes"]
+    assert config.gb28181 is not None
+    device = GbDevice(
+        config.gb28181.model_copy(update={"server_port": platform.port, "local_port": 0}),
+        channels,
+        store,
+        lambda cam: True,
+        bind_host="127.0.0.1",
+        audit=store.audit.append,
+    )
+    device.media = Sessions(device, store, None, store.audit.append)
+    await device.start()
+    try:
+        await asyncio.wait_for(platform.registered.wait(), 20)
+        answers = await platform.query("Catalog", DEVICE, 31)
+        items = [i.findtext("DeviceID") for a in answers for i in a.findall("DeviceList/Item")]
+        assert items == [mine]
+        [info] = await platform.query("DeviceInfo", DEVICE, 32)
+        assert info.findtext("Channel") == "1"
+        [status] = await platform.query("DeviceStatus", mine, 33)
+        assert status.findtext("DeviceID") == mine
+        assert await platform.query(
+            "RecordInfo",
+            mine,
+            34,
+            {"StartTime": "2020-01-01T00:00:00", "EndTime": "2040-01-01T00:00:00"},
+        )
+        assert await refused_query(platform, "RecordInfo", other, 35) == 404
+        assert await refused_query(platform, "DeviceStatus", other, 36) == 404
+        for kind in ("Playback", "Download"):
+            call = await platform.invite(other, kind, start_s=1, end_s=2_000_000_000)
+            assert call.answer is not None
+            assert call.answer.status_code == 404
+        assert platform.messages.empty()  # nothing about bframes was sent
+    finally:
+        await device.stop()
+        await platform.close()
+    refused = store.audit.entries(actor=f"gb28181:{SERVER}", outcome="refused")
+    assert sorted((e.action, e.detail["channel"]) for e in refused) == [
+        ("download", other),
+        ("playback", other),
+        ("query", other),
+        ("query", other),
+    ]
+    assert not [e for e in store.audit.entries(actor=f"gb28181:{SERVER}") if e.target == "bframes"]

@@ -153,12 +153,25 @@ def test_a_camera_with_privacy_masks_is_a_masked_channel_unless_the_platform_is_
     tmp_path: Path,
 ) -> None:
     mask = "[[cameras.privacy_masks]]\npoints = [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]\n"
-    config = load_config(write(tmp_path, GB, gate=mask))
+    offered = 'cameras = ["gate", "lobby", "yard"]\n'
+    config = load_config(write(tmp_path, GB + offered, gate=mask))
     assert config.gb28181 is not None and config.gb28181.unmasked is False
     assert {c.camera: c.masked for c in channels_of(config)} == {
         "gate": True,
         "lobby": False,
         "yard": False,
     }
-    config = load_config(write(tmp_path, GB + "unmasked = true\n", gate=mask))
+    config = load_config(write(tmp_path, GB + offered + "unmasked = true\n", gate=mask))
     assert not any(c.masked for c in channels_of(config))
+
+
+def test_cameras_offered_to_the_platform_are_named(tmp_path: Path) -> None:
+    """`[gb28181] cameras` lists existing cameras once each; absent, it offers none."""
+    config = load_config(write(tmp_path, GB))
+    assert config.gb28181 is not None and config.gb28181.cameras == ()
+    config = load_config(write(tmp_path, GB + 'cameras = ["yard", "gate"]\n'))
+    assert config.gb28181 is not None and config.gb28181.cameras == ("yard", "gate")
+    found = problems(tmp_path, GB + 'cameras = ["gate", "nope"]\n')
+    assert any("no camera is called 'nope'" in p for p in found), found
+    found = problems(tmp_path, GB + 'cameras = ["gate", "gate"]\n')
+    assert any("'gate' is listed twice" in p for p in found), found

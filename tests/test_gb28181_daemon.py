@@ -51,7 +51,7 @@ def write_config(tmp_path: Path, port: int) -> Path:
         f'[gb28181]\ndevice_id = "{DEVICE}"\ndomain = "{DOMAIN}"\n'
         f'server_id = "{SERVER}"\nserver_host = "127.0.0.1"\nserver_port = {port}\n'
         f'password_file = "{tmp_path / "gb.pw"}"\ntransport = "udp"\nlocal_port = 0\n'
-        "keepalive_seconds = 1\n"
+        'keepalive_seconds = 1\ncameras = ["demo"]\n'
         '[[cameras]]\nname = "demo"\nurl = "builtin:testpattern"\nsegment_seconds = 10\n'
         'location = "解放碑 东门"\n'
     )

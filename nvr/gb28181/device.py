@@ -151,6 +151,8 @@ class GbDevice:
     clock: Callable[[], float] = time.time
     status: DeviceStatus = field(default_factory=DeviceStatus)
     media: MediaHandler | None = None
+    audit: Audit | None = None
+    """Where refusals of queries are recorded (streams are audited by `media`)."""
     _endpoint: sip.SipEndpoint | None = None
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
@@ -161,6 +163,7 @@ class GbDevice:
     _challenge: str | None = None
     _local_ip: str = "127.0.0.1"
     _answers: set[asyncio.Task[None]] = field(default_factory=set)
+    _audits: set[asyncio.Task[object]] = field(default_factory=set)
 
     @property
     def principal(self) -> str:
@@ -239,6 +242,8 @@ class GbDevice:
             self.status.registered = False
         for task in list(self._answers):
             task.cancel()
+        if self._audits:  # refusals are recorded before we go
+            await asyncio.gather(*self._audits, return_exceptions=True)
         if self._endpoint is not None:
             await self._endpoint.close()
 
@@ -484,10 +489,39 @@ class GbDevice:
         ):
             log.info("GB/T 28181: %s/%s not supported (answered 200)", query.root, query.cmd)
             return sip.response_to(req, 200, "OK")
+        if (
+            query.cmd in ("DeviceStatus", "RecordInfo")
+            and query.device_id != self.config.device_id
+            and self.channel(query.device_id) is None
+        ):
+            self._refuse_query(query)
+            return sip.response_to(req, 404, "Not Found")
         task = asyncio.create_task(self._answer(query), name=f"gb28181-{query.cmd}")
         self._answers.add(task)
         task.add_done_callback(self._answers.discard)
         return sip.response_to(req, 200, "OK")
+
+    def _refuse_query(self, query: manscdp.Query) -> None:
+        """A query about a channel the platform may not see (not in `[gb28181] cameras`, or
+        no camera at all): refused with 404 and audited as refused (R5, R7)."""
+        log.info(
+            "GB/T 28181: %s for channel %s refused (not offered to the platform)",
+            query.cmd,
+            query.device_id[:20],
+        )
+        if self.audit is None:
+            return
+        detail: dict[str, object] = {
+            "cmd": query.cmd,
+            "channel": query.device_id[:20],
+            "reason": "no such channel",
+        }
+        task = asyncio.create_task(
+            asyncio.to_thread(self.audit, self.principal, "query", "?", "refused", detail),
+            name=f"gb28181-audit-{query.cmd}",
+        )
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
 
     async def _answer(self, query: manscdp.Query) -> None:
         """Send the answer to a query as MESSAGEs of our own (after our 200 to theirs)."""
@@ -551,11 +585,13 @@ class GbDevice:
 
 
 def channels_of(config: NvrConfig) -> list[ChannelConfig]:
-    """The enabled cameras as channels: id from `NvrConfig.gb_channel_ids()`, name from the
-    camera's `location` (Chinese names welcome) or else its name, address its location;
-    masked when the camera has privacy masks and the platform is not `unmasked`."""
+    """The channels the platform may see: the enabled cameras listed in `[gb28181] cameras`
+    (none when it lists none), id from `NvrConfig.gb_channel_ids()`, name from the camera's
+    `location` (Chinese names welcome) or else its name, address its location; masked when
+    the camera has privacy masks and the platform is not `unmasked`."""
     ids = config.gb_channel_ids()
     unmasked = config.gb28181 is not None and config.gb28181.unmasked
+    offered = set(config.gb28181.cameras) if config.gb28181 is not None else set()
     return [
         ChannelConfig(
             cam.name,
@@ -565,7 +601,7 @@ def channels_of(config: NvrConfig) -> list[ChannelConfig]:
             masked=bool(cam.privacy_masks) and not unmasked,
         )
         for cam in config.cameras
-        if cam.enabled
+        if cam.enabled and cam.name in offered
     ]
 
 
@@ -591,6 +627,7 @@ def device_for(config: NvrConfig, store: SegmentStore, supervisor: Supervisor) -
         tz=tz,
         device_name=config.site.name or "nvr",
         version=version,
+        audit=store.audit.append,
     )
     device.media = Sessions(device, store, supervisor.tap, store.audit.append)
     return device
