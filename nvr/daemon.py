@@ -25,12 +25,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nvr import memory
 from nvr.api.server import serve_api
 from nvr.config import NvrConfig
 from nvr.events import EventBus
-from nvr.gb28181.device import GbDevice, device_for
 from nvr.ingest.status import RecorderStatus
 from nvr.ingest.substream import Substreams
 from nvr.ingest.supervisor import (
@@ -49,6 +49,9 @@ from nvr.storage import SegmentStore, StorageError
 from nvr.storage.clock import ClockVerdict
 from nvr.storage.timestamps import now_ms
 from nvr.webhooks import WebhookSender, start_webhooks
+
+if TYPE_CHECKING:
+    from nvr.gb28181.device import GbDevice
 
 log = logging.getLogger("nvr.daemon")
 
@@ -456,6 +459,10 @@ async def _start_gb28181(
     is logged and left out: recording never depends on the platform."""
     if config.gb28181 is None:
         return None
+    # Loaded only where a platform is configured: its SIP library stays out of every other
+    # recorder's memory (issue 12's per-camera budget).
+    from nvr.gb28181.device import device_for
+
     device = device_for(config, store, supervisor)
     try:
         await device.start()
