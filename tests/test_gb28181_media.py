@@ -571,3 +571,55 @@ async def test_live_starts_with_the_current_gop(limit: int, first: int) -> None:
     assert got == list(range(first, 14))
     cache.close()
     assert tap.subscribers == 0
+
+
+async def test_gop_cache_only_while_registered(
+    store: SegmentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GOP cache makes the recorder build a tap frame for every packet, so a channel's
+    tap has a subscriber only while the platform can ask for live: none before the device
+    registers, one while registered, none once the platform stops answering, none after
+    stop; a camera not offered to the platform is never subscribed."""
+    platform = Platform(SERVER, DOMAIN, PASSWORD, silent=True)
+    await platform.start()
+    monkeypatch.setenv("GB_MEDIA_PASSWORD", PASSWORD)
+    config = Gb28181Config(
+        device_id=DEVICE,
+        domain=DOMAIN,
+        server_id=SERVER,
+        server_host="127.0.0.1",
+        server_port=platform.port,
+        password_env="GB_MEDIA_PASSWORD",
+        transport="udp",
+        local_port=0,
+        keepalive_seconds=1,
+    )
+    device = GbDevice(
+        config,
+        [ChannelConfig("cam", CH_LIVE, "live")],
+        store,
+        lambda c: True,
+        bind_host="127.0.0.1",
+    )
+    taps = {"cam": PacketTap("cam"), "other": PacketTap("other")}
+    device.media = Sessions(device, store, taps.__getitem__, store.audit.append)
+    assert not taps["cam"].wanted
+    await device.start()
+    try:
+        await wait_for(lambda: "REGISTER" in platform.ignored, "an unanswered REGISTER")
+        assert not device.status.registered and not taps["cam"].wanted
+        platform.silent = False
+        await asyncio.wait_for(platform.registered.wait(), 30)
+        await wait_for(lambda: device.status.registered, "registered")
+        assert taps["cam"].all_wanted
+        assert not taps["other"].wanted
+        platform.silent = True  # network loss: keepalives go unanswered
+        await wait_for(lambda: not device.status.registered, "offline", within=60)
+        assert not taps["cam"].wanted
+        platform.silent = False
+        await wait_for(lambda: device.status.registered, "registered again", within=60)
+        assert taps["cam"].all_wanted
+    finally:
+        await device.stop()
+        await platform.close()
+    assert not taps["cam"].wanted and not taps["other"].wanted

@@ -133,6 +133,8 @@ class MediaHandler(Protocol):
 
     async def close(self, bye: bool = True) -> None: ...
 
+    def cache_live(self, on: bool) -> None: ...
+
 
 @dataclass
 class GbDevice:
@@ -232,6 +234,7 @@ class GbDevice:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.media is not None:
+            self.media.cache_live(False)
             await self.media.close()
         if self.status.registered:
             try:
@@ -286,7 +289,9 @@ class GbDevice:
         self.status.last_error = why
         if was:
             log.warning("GB/T 28181: offline from platform %s: %s", self.config.server_id, why)
-            if self.media is not None:
+        if self.media is not None:
+            self.media.cache_live(False)
+            if was:
                 await self.media.close(bye=False)
 
     async def _stay_registered(self) -> None:
@@ -428,6 +433,8 @@ class GbDevice:
             self.status.registered_since = self.clock()
             log.info("GB/T 28181: registered with %s (expires %d s)", cfg.server_id, expires)
         self.status.registered = True
+        if self.media is not None:
+            self.media.cache_live(True)
         self.status.registrations += 1
         self.status.last_error = ""
 

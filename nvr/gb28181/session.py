@@ -159,13 +159,23 @@ class Sessions:
     finished: list[Session] = field(default_factory=list)
     """Ended sessions, newest last (the last 50; tests and the benchmark read them)."""
     gop_cache: bool = True
-    """Keep each channel's current GOP so live starts at once (`media.GopCache`)."""
+    """Keep each channel's current GOP so live starts at once (`media.GopCache`), while
+    registered (`cache_live`)."""
     _caches: dict[str, GopCache] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        if self.gop_cache and self.taps is not None:
+    def cache_live(self, on: bool) -> None:
+        """Keep the channels' current GOPs (on: registered, a live INVITE can come) or drop
+        them (off: no platform to ask). A cache makes the recorder build a tap frame for
+        every packet of its camera, so it exists only while it can be used, and only for
+        the channels offered to the platform."""
+        if on and self.gop_cache and self.taps is not None:
             for ch in self.device.channels:
-                self._caches[ch.camera] = GopCache(self.taps(ch.camera))
+                if ch.camera not in self._caches:
+                    self._caches[ch.camera] = GopCache(self.taps(ch.camera))
+        elif not on:
+            caches, self._caches = self._caches, {}
+            for cache in caches.values():
+                cache.close()
 
     async def _audit(
         self, action: str, camera: str, outcome: str, detail: dict[str, object]
