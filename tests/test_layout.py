@@ -77,3 +77,21 @@ def test_imports_go_down() -> None:
                 if target not in allowed:  # another folder, or a module of `nvr/` itself
                     upward.append(f"{path.relative_to(repo)}:{line} imports nvr.{target}")
     assert upward == []
+
+
+def test_optional_stacks_load_on_first_use() -> None:
+    """WebRTC (aiortc with its ICE, DTLS and SCTP stacks) and GB/T 28181's SIP library load on
+    the first WHEP offer or where `[gb28181]` is configured, never in every recorder: each
+    costs megabytes of resident memory per process (issue 12's per-camera budget)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, nvr.daemon, nvr.api.live.service, nvr.api.routes.live\n"
+            "print(' '.join(m for m in ('aiortc', 'aioice', 'aiosipua') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == ""

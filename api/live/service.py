@@ -14,18 +14,20 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
-
-from aiortc import RTCPeerConnection
+from typing import TYPE_CHECKING, Literal
 
 from nvr.api.live.hub import LiveHub, LiveHubs, PacketSource, Viewer
 from nvr.api.live.transcode import SnapshotSource, TranscodeSource
-from nvr.api.live.webrtc import PassthroughTrack, answer
 from nvr.api.masking import masks_key
 from nvr.config import NvrConfig
 from nvr.config.models import ApiConfig, PrivacyMask
 from nvr.ingest.tap import TapFrame
 from nvr.storage import SegmentStore
+
+if TYPE_CHECKING:
+    from aiortc import RTCPeerConnection
+
+    from nvr.api.live.webrtc import PassthroughTrack
 
 log = logging.getLogger("nvr.api.live")
 
@@ -287,6 +289,10 @@ class LiveService:
         def sent(frame: TapFrame) -> None:
             if watch.first_frame is None:
                 watch.first_frame = time.monotonic()
+
+        # aiortc (and its crypto, SCTP and ICE stacks, ~15 MiB) loads on the first WHEP offer,
+        # not in every recorder that never serves one (issue 12's memory budget).
+        from nvr.api.live.webrtc import PassthroughTrack, answer
 
         track = PassthroughTrack(viewer, sent)
         try:
