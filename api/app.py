@@ -17,6 +17,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nvr.api.errors import ApiError
 from nvr.api.metrics import HttpMetrics
 from nvr.api.middleware import AccessLog, BodyLimit, SecurityHeaders, printable
 from nvr.api.routes import (
@@ -39,6 +40,8 @@ from nvr.storage import StorageError
 log = logging.getLogger("nvr.api")
 
 PROBLEM = "application/problem+json"
+HTTP_CODES = {404: "not-found", 405: "method-not-allowed", 401: "login-required"}
+"""`code` of the problems Starlette raises itself (no `ApiError`)."""
 
 
 def problem(
@@ -108,17 +111,18 @@ def create_app(ctx: ApiContext) -> FastAPI:
     @app.exception_handler(StorageError)
     async def storage_error(_request: Request, err: StorageError) -> JSONResponse:
         log.error("storage error while serving a request: %s", printable(str(err)))
-        return problem(503, f"storage: {err}")
+        return problem(503, f"storage: {err}", code="storage")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
-        return problem(err.status_code, str(err.detail), dict(err.headers or {}) or None)
+        code = err.code if isinstance(err, ApiError) else HTTP_CODES.get(err.status_code, "error")
+        return problem(err.status_code, str(err.detail), dict(err.headers or {}) or None, code=code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, err: RequestValidationError) -> JSONResponse:
         errors = _validation_errors(err)
         where = ", ".join(".".join(e["loc"]) for e in errors[:3])  # type: ignore[arg-type]
-        return problem(422, f"invalid request: {where}", errors=errors)
+        return problem(422, f"invalid request: {where}", code="invalid-request", errors=errors)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -94,7 +94,8 @@ async def authenticate(
     ):
         raise Forbidden(
             f"a request made with the session cookie must send the header {CSRF_HEADER} "
-            "(the page's <meta name=\"csrf-token\">)"
+            '(the page\'s <meta name="csrf-token">)',
+            code="csrf-missing",
         )
     return session
 
@@ -118,7 +119,7 @@ UserDep = Annotated[User, Depends(get_user)]
 def _requiring(roles: tuple[Role, ...], what: str) -> object:
     async def check(user: UserDep) -> User:
         if not has_role(user, roles):
-            raise Forbidden(f"{what} needs the role {' or '.join(roles)}")
+            raise Forbidden(f"{what} needs the role {' or '.join(roles)}", code="role-forbidden")
         return user
 
     return Depends(check)
@@ -140,7 +141,7 @@ async def check_camera(services: ApiServices, user: User, name: str) -> str:
     if not CAMERA_NAME.match(name):
         raise NotFound("no such camera")
     if not user.may_view(name):
-        raise Forbidden("you are not permitted to see this camera")
+        raise Forbidden("you are not permitted to see this camera", code="camera-forbidden")
     known = await asyncio.to_thread(services.cameras.known)
     if name not in known:
         raise NotFound("no such camera")

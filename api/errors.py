@@ -1,6 +1,8 @@
-"""Typed HTTP errors of the API. Each carries its status code; the app turns them into RFC
-9457 problems (`application/problem+json`, with `detail`). Messages never contain a
-password, a token or a camera credential."""
+"""Typed HTTP errors of the API. Each carries its status code and a stable `code` (a
+kebab-case word: the web pages show their own catalogue's message for it, `error.<code>`);
+the app turns them into RFC 9457 problems (`application/problem+json`, with `detail` in
+English for API clients and `code`). Messages never contain a password, a token or a camera
+credential."""
 
 from __future__ import annotations
 
@@ -9,52 +11,65 @@ from fastapi import HTTPException
 
 class ApiError(HTTPException):
     status = 500
+    code = "error"
+    """The default `code` of this kind of error; a call site may give a more precise one."""
 
-    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, detail: str, headers: dict[str, str] | None = None, *, code: str | None = None
+    ) -> None:
         super().__init__(status_code=self.status, detail=detail, headers=headers)
+        if code is not None:
+            self.code = code
 
 
 class BadRequest(ApiError):
     """Malformed or out-of-bounds parameters."""
 
     status = 400
+    code = "bad-request"
 
 
 class Unauthorized(ApiError):
     """No valid login."""
 
     status = 401
+    code = "login-required"
 
-    def __init__(self, detail: str = "login required") -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+    def __init__(self, detail: str = "login required", *, code: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, code=code)
 
 
 class Forbidden(ApiError):
     """Logged in, but the role or the camera permissions do not allow it."""
 
     status = 403
+    code = "forbidden"
 
 
 class NotFound(ApiError):
     status = 404
+    code = "not-found"
 
 
 class Conflict(ApiError):
     """Refused by a rule (retention window, lock, two-person rule); `detail` says which."""
 
     status = 409
+    code = "conflict"
 
 
 class Unprocessable(ApiError):
     """Well-formed but impossible (e.g. one MP4 across a codec change)."""
 
     status = 422
+    code = "unprocessable"
 
 
 class TooManyAttempts(ApiError):
     """Login slowed down after repeated failures."""
 
     status = 429
+    code = "too-many-logins"
 
     def __init__(self, retry_after: float) -> None:
         seconds = max(1, int(retry_after + 0.999))
@@ -68,6 +83,7 @@ class TooBusy(ApiError):
     """Over a cost limit (e.g. playback plans being built); retry after `Retry-After`."""
 
     status = 429
+    code = "busy"
 
     def __init__(self, detail: str, retry_after: float) -> None:
         seconds = max(1, int(retry_after + 0.999))
@@ -78,3 +94,4 @@ class Unavailable(ApiError):
     """Storage failing (missing footage file, index error); retrying later may help."""
 
     status = 503
+    code = "unavailable"

@@ -151,8 +151,9 @@ class SecurityHeaders:
 
 
 def problem_body(status: int, title: str, detail: str) -> bytes:
+    code = "too-large" if status == 413 else "bad-request"
     return json.dumps(
-        {"type": "about:blank", "title": title, "status": status, "detail": detail}
+        {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
     ).encode("utf-8")
 
 

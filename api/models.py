@@ -383,4 +383,18 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+    """In English, for API clients."""
+    code: str | None = None
+    """A stable word for what went wrong (`not-found`, `camera-forbidden`, ...): the pages
+    show their own language's message for it."""
     errors: list[ProblemField] | None = None
+
+
+class DocumentOut(BaseModel):
+    """An approval document as stored: the export request's `approval_document` names it by
+    `sha256`; `url` hands it back."""
+
+    sha256: str
+    bytes: int
+    name: str
+    url: str

@@ -50,9 +50,11 @@ class ExportError(StorageError):
 class ExportRefused(ExportError):
     """A transition the rules forbid (self-approval, approving twice, ...). `reason` says why."""
 
-    def __init__(self, reason: str, *, person: bool = False) -> None:
+    def __init__(self, reason: str, *, person: bool = False, code: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code or ("export-refused" if person else "export-not-pending")
+        """A stable word for the refusal (the API's problem `code`)."""
         self.person = person
         """True when refused because of who asked (same person, not theirs to decide)."""
 
@@ -169,7 +171,7 @@ class ExportRegister(Repository):
             self._audit.append(
                 requester, "export-request", f"camera:{camera}", "refused", {"reason": reason}
             )
-            raise ExportRefused(reason, person=True)
+            raise ExportRefused(reason, person=True, code="work-id-taken")
         with self._writing() as s:
             row = ExportRow(
                 camera=camera,
@@ -206,10 +208,17 @@ class ExportRegister(Repository):
         return export
 
     def _refuse(
-        self, actor: str, action: str, export_id: int, reason: str, *, person: bool = False
+        self,
+        actor: str,
+        action: str,
+        export_id: int,
+        reason: str,
+        *,
+        person: bool = False,
+        code: str | None = None,
     ) -> ExportRefused:
         self._audit.append(actor, action, f"export:{export_id}", "refused", {"reason": reason})
-        return ExportRefused(reason, person=person)
+        return ExportRefused(reason, person=person, code=code)
 
     def _work_id_owner(self, work_id: str, account: str) -> str | None:
         """Another account that already used `work_id` in the register, if any."""
@@ -247,6 +256,7 @@ class ExportRegister(Repository):
                 export_id,
                 "the requester cannot approve their own request; a second person must",
                 person=True,
+                code="self-approval",
             )
         if same_person_key(approver_work_id) == same_person_key(current.requester_work_id):
             raise self._refuse(
@@ -256,6 +266,7 @@ class ExportRegister(Repository):
                 f"work id {approver_work_id!r} is the requester's; a second person, with their "
                 "own work id, must approve",
                 person=True,
+                code="self-approval",
             )
         owner = self._work_id_owner(approver_work_id, approver)
         if owner is not None:
@@ -265,6 +276,7 @@ class ExportRegister(Repository):
                 export_id,
                 f"work id {approver_work_id!r} belongs to another account ({owner})",
                 person=True,
+                code="work-id-taken",
             )
         if current.state != PENDING:
             raise self._refuse(

@@ -809,6 +809,32 @@ def test_a_masked_user_plays_footage_while_the_masked_copy_is_made(
             )
             masked, rest = levels
             assert masked <= 6 and rest > 20, levels
+            # The API's common refusals shown in the page's language (zh-CN by default):
+            # mapped from the problem's code, the English detail kept beside it.
+            end = footage_end(root)
+            shown = page.evaluate(
+                """async (end) => {
+                  const tries = {
+                    "camera-forbidden": ["GET", "/api/cameras/bframes/timeline?start=0&end=9"],
+                    "role-forbidden": ["GET", "/api/exports"],
+                    "masked-range-too-long": ["GET", "/api/cameras/h264aac/recording.mp4?start="
+                      + (end - 3600000) + "&end=" + end],
+                    "no-footage": ["GET", "/api/cameras/h264aac/recording.mp4"
+                      + "?start=2001-01-01T00:00:00Z&end=2001-01-01T00:01:00Z"],
+                  };
+                  const out = {};
+                  for (const [k, [m, u]] of Object.entries(tries)) {
+                    try { await Nvr.api(m, u); out[k] = null; }
+                    catch (e) { out[k] = [e.code, e.message, e.detail]; }
+                  }
+                  return out;
+                }""",
+                end,
+            )
+            for code, got in shown.items():
+                assert got is not None, code
+                assert got[0] == code and got[1] == ZH[f"error.{code}"], got
+                assert got[2] and got[2] != got[1]  # the English detail, for API clients
             assert csp_violations(s) == [], s.problems
         finally:
             s.context.close()

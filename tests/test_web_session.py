@@ -233,6 +233,46 @@ def test_catalogues_have_the_same_keys_and_every_key_used() -> None:
             assert key.startswith(SCRIPT_PREFIXES)
 
 
+def test_every_problem_code_has_a_message_in_both_catalogues() -> None:
+    """Every `code` the API gives a problem (issue 17: the pages show refusals in their own
+    language) has an `error.<code>` message in zh-CN and in English, shipped to the scripts."""
+    root = WEB.parent.parent
+    codes = {"error", "storage", "invalid-request", "too-large", "bad-request"}
+    codes |= {"not-found", "method-not-allowed", "login-required"}  # app.HTTP_CODES
+    codes |= {"export-refused", "export-not-pending"}  # storage.exports.ExportRefused
+    for path in [*(root / "api").rglob("*.py"), root / "storage" / "exports.py"]:
+        text = path.read_text()
+        codes |= set(re.findall(r'\bcode(?: =|=)\s*"([a-z-]+)"', text))
+    assert {"camera-forbidden", "role-forbidden", "self-approval", "busy"} <= codes
+    for code in sorted(codes):
+        for lang, cat in CATALOGUES.items():
+            assert f"error.{code}" in cat, (lang, code)
+    assert "error.".startswith(SCRIPT_PREFIXES)
+
+
+def test_problems_carry_a_stable_code_and_the_english_detail(api: Api) -> None:
+    with page_login(api, "vera") as c:
+        r = c.get("/api/cameras/bframes/timeline", params={"start": 0, "end": 60_000})
+        assert r.status_code == 403
+        assert r.json()["code"] == "camera-forbidden"
+        assert r.json()["detail"] == "you are not permitted to see this camera"
+        r = c.get("/api/exports")
+        assert r.status_code == 403 and r.json()["code"] == "role-forbidden"
+        assert "needs the role" in r.json()["detail"]
+        r = c.post("/api/logout")
+        assert r.status_code == 403 and r.json()["code"] == "csrf-missing"
+        r = c.get(
+            "/api/cameras/h264aac/recording.mp4",
+            params={"start": "2001-01-01T00:00:00Z", "end": "2001-01-01T00:01:00Z"},
+        )
+        assert r.status_code == 404 and r.json()["code"] == "no-footage", r.text
+        r = c.get("/api/cameras/h264aac/recording.mp4", params={"start": "x", "end": 2000})
+        assert r.status_code in (400, 422)
+        assert r.json()["code"] in ("bad-request", "invalid-request")
+    r = httpx.get(f"{api.base}/api/cameras")
+    assert r.status_code == 401 and r.json()["code"] == "login-required"
+
+
 def test_a_bad_site_timezone_is_refused_naming_it(tmp_path: Path) -> None:
     cfg = tmp_path / "nvr.toml"
     cfg.write_text(
@@ -301,6 +341,25 @@ def test_an_approval_document_is_kept_by_its_sha256_and_handed_back(api: Api) ->
     with api.as_user("vera") as viewer:
         assert viewer.get(f"/exports/documents/{sha}").status_code == 403
         assert viewer.post("/exports/documents", content=b"x").status_code == 403
+
+
+def test_the_approval_document_upload_is_in_the_openapi_schema(api: Api) -> None:
+    """`POST /exports/documents` is published (issue 17): a binary body, 201 with the
+    stored document, problems for a bad body, no login, no role and too large."""
+    with httpx.Client(base_url=api.base, timeout=30) as c:
+        r = c.get("/openapi.json", headers={"Authorization": f"Bearer {api.login('root')}"})
+    assert r.status_code == 200
+    op = r.json()["paths"]["/exports/documents"]["post"]
+    body = op["requestBody"]
+    assert body["required"] is True
+    assert body["content"] == {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+    }
+    assert [p["name"] for p in op["parameters"]] == ["X-Filename"]
+    ok = op["responses"]["201"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/DocumentOut"}
+    assert {"400", "401", "403", "413"} <= set(op["responses"])
+    assert "/exports/documents/{sha256}" not in r.json()["paths"]
 
 
 def test_an_approval_document_over_the_limit_is_refused_while_streaming(api: Api) -> None:

@@ -101,7 +101,9 @@ async def login(body: LoginIn, request: Request, services: ServicesDep) -> Login
     name = body.username
     user = await attempt_login(services, client, name, body.password)
     if user is None:
-        raise Unauthorized("wrong user name or password, or the user is disabled")
+        raise Unauthorized(
+            "wrong user name or password, or the user is disabled", code="login-failed"
+        )
     token, expires = await asyncio.to_thread(
         store.accounts.issue_token, user, services.token_ttl_ms
     )

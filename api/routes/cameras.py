@@ -255,7 +255,9 @@ async def recording(
     action = "download" if download else "playback"
     try:
         if not has_role(user, PLAYBACK):
-            raise Forbidden("playback needs the role viewer, operator or admin")
+            raise Forbidden(
+                "playback needs the role viewer, operator or admin", code="role-forbidden"
+            )
         await check_camera(services, user, name)
         rng = parse_range(start, end, services.settings.max_range_hours)
         if link is not None and (link.camera, link.start_ms, link.end_ms) != (
@@ -287,14 +289,15 @@ async def recording(
     except StorageError as err:
         raise Unavailable(str(err)) from err
     if rec is None:
-        raise NotFound("no footage in this range")
+        raise NotFound("no footage in this range", code="no-footage")
     masks = privacy_masks(services, name)
     masked = bool(masks) and not user.unmasked and services.masks is not None
     if masked and rng.end_ms - rng.start_ms > MASKED_MAX_MS:
         # the whole copy is re-encoded before its first byte (about real time at 1080p)
         raise Unprocessable(
             f"this camera has privacy masks: ask for at most {MASKED_MAX_MS // 60_000} minutes "
-            "at a time"
+            "at a time",
+            code="masked-range-too-long",
         )
     headers = {
         "ETag": rec.etag,

@@ -49,7 +49,9 @@ def _refusal(err: ExportRefused, what: str, who: str) -> Forbidden | Conflict:
     """403 when refused because of who asked, 409 when because of the request's state; the
     refusal is logged (it is audited by the store)."""
     log.warning("export %s by %s refused: %s", what, printable(who, 64), printable(err.reason))
-    return Forbidden(err.reason) if err.person else Conflict(err.reason)
+    if err.person:
+        return Forbidden(err.reason, code=err.code)
+    return Conflict(err.reason, code=err.code)
 
 
 def _decided(export: Export, verb: str, who: str) -> None:
@@ -116,7 +118,7 @@ async def approve_export(
     longer pending (409). The package is then built in the background."""
     export = await _visible_export(services, user, export_id)
     if not user.may_view(export.camera):
-        raise Forbidden("you are not permitted to see this camera")
+        raise Forbidden("you are not permitted to see this camera", code="camera-forbidden")
     try:
         approved = await asyncio.to_thread(
             lambda: services.store.exports.approve(
@@ -138,7 +140,7 @@ async def reject_export(
     """A second person declines the request."""
     export = await _visible_export(services, user, export_id)
     if not user.may_view(export.camera):
-        raise Forbidden("you are not permitted to see this camera")
+        raise Forbidden("you are not permitted to see this camera", code="camera-forbidden")
     try:
         rejected = await asyncio.to_thread(
             lambda: services.store.exports.reject(
@@ -188,7 +190,9 @@ async def export_register(
     recipient, approval document, files and their hashes. Auditors and admins see all of it;
     operators the exports of their cameras."""
     if user.role not in ("operator", "auditor", "admin"):
-        raise Forbidden("the export register needs the role operator, auditor or admin")
+        raise Forbidden(
+            "the export register needs the role operator, auditor or admin", code="role-forbidden"
+        )
     rows = await asyncio.to_thread(
         lambda: services.store.exports.entries(
             camera=camera, state=state, limit=limit, offset=offset

@@ -73,7 +73,9 @@ async def may_watch(services: ApiServices, user: User, name: str, via: str) -> N
     """403 (audited) unless `user` may play back camera `name`; 404 for an unknown one."""
     try:
         if not has_role(user, PLAYBACK):
-            raise Forbidden("live view needs the role viewer, operator or admin")
+            raise Forbidden(
+                "live view needs the role viewer, operator or admin", code="role-forbidden"
+            )
         await check_camera(services, user, name)
     except Forbidden as err:
         await asyncio.to_thread(

@@ -74,7 +74,7 @@ async def _lock_for(services: ServicesDep, user: UserDep, lock_id: int) -> Lock:
     if lk is None:
         raise NotFound(f"no lock {lock_id}")
     if not user.may_view(lk.camera):
-        raise Forbidden("you are not permitted to see this camera")
+        raise Forbidden("you are not permitted to see this camera", code="camera-forbidden")
     return lk
 
 

@@ -26,9 +26,11 @@ from nvr.api.auth import OPERATE, has_role
 from nvr.api.deps import ServicesDep, SessionDep
 from nvr.api.errors import ApiError, BadRequest, Forbidden, NotFound
 from nvr.api.middleware import printable
+from nvr.api.models import DocumentOut
+from nvr.api.routes import problems
 from nvr.api.services import ApiServices
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["exports"])
 
 DOCUMENT_PATH = "/exports/documents"
 DOCUMENT_MAX_BYTES = 16 << 20
@@ -38,6 +40,7 @@ Sha256Path = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 
 class TooLarge(ApiError):
     status = 413
+    code = "too-large"
 
 
 def _folder(services: ApiServices) -> FilePath:
@@ -66,11 +69,40 @@ def _store(tmp: FilePath, final: FilePath) -> None:
         os.close(fd)
 
 
-@router.post(DOCUMENT_PATH)
+UPLOAD_BODY = {
+    "required": True,
+    "description": "The document's bytes as they are (a scan, a PDF): the body is the file.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+@router.post(
+    DOCUMENT_PATH,
+    status_code=201,
+    response_model=DocumentOut,
+    responses=problems(400, 401, 403, 413),
+    openapi_extra={
+        "requestBody": UPLOAD_BODY,
+        "parameters": [
+            {
+                "name": "X-Filename",
+                "in": "header",
+                "required": False,
+                "description": "The file's own name, percent-encoded (kept for the register)",
+                "schema": {"type": "string", "maxLength": 600},
+            }
+        ],
+    },
+)
 async def upload(request: Request, session: SessionDep, services: ServicesDep) -> JSONResponse:
+    """Upload an approval document for an export request (R6): the body is the file (at most
+    16 MiB, streamed to disk), answered with its sha256 for the request's
+    `approval_document`. Operators and admins; audited (`approval-document`)."""
     user = session.user
     if not has_role(user, OPERATE):
-        raise Forbidden("uploading an approval document needs the role operator or admin")
+        raise Forbidden(
+            "uploading an approval document needs the role operator or admin", code="role-forbidden"
+        )
     name = _file_name(request.headers.get("x-filename"))
     folder = _folder(services)
     await asyncio.to_thread(lambda: folder.mkdir(parents=True, exist_ok=True))
@@ -110,11 +142,13 @@ async def upload(request: Request, session: SessionDep, services: ServicesDep) -
     )
 
 
-@router.get(DOCUMENT_PATH + "/{sha256}")
+@router.get(DOCUMENT_PATH + "/{sha256}", include_in_schema=False)
 async def download(sha256: Sha256Path, session: SessionDep, services: ServicesDep) -> FileResponse:
     user = session.user
     if user.role not in ("operator", "auditor", "admin"):
-        raise Forbidden("approval documents need the role operator, auditor or admin")
+        raise Forbidden(
+            "approval documents need the role operator, auditor or admin", code="role-forbidden"
+        )
     path = _folder(services) / sha256
     if not await asyncio.to_thread(path.is_file):
         raise NotFound("no such approval document")

@@ -279,8 +279,8 @@
       // (a privacy-masked copy still being made comes whole, as it is encoded: only its
       // headers are needed here, and the <video> below reads the same copy as it grows)
       const r = await fetch(url, { headers: { Range: "bytes=0-0" }, credentials: "same-origin" });
+      if (!r.ok) throw await Nvr.problem(r);
       if (r.body) r.body.cancel().catch(() => {}); else await r.arrayBuffer();
-      if (!r.ok) throw new Error(r.status + " " + r.statusText);
       begins = Date.parse(r.headers.get("X-Recording-Start"));
       if (Number.isNaN(begins)) throw new Error("no X-Recording-Start");
     } catch (err) {

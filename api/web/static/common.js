@@ -42,8 +42,24 @@
     return s;
   }
 
+  // An API refusal shown in the page's language: the problem's `code` names a catalogue
+  // message (`error.<code>`); the English `detail` is kept for a code the page does not know.
   class ApiError extends Error {
-    constructor(status, detail) { super(detail); this.status = status; }
+    constructor(status, detail, code) {
+      const key = "error." + code;
+      const known = code && Object.prototype.hasOwnProperty.call(messages, key);
+      super(known ? t(key) : detail);
+      this.status = status;
+      this.code = code || null;
+      this.detail = detail;
+    }
+  }
+
+  async function problem(r) {
+    const type = r.headers.get("content-type") || "";
+    const data = type.includes("json") ? await r.json().catch(() => null) : null;
+    return new ApiError(r.status, (data && data.detail) || (r.status + " " + r.statusText),
+      data && data.code);
   }
 
   async function api(method, url, payload) {
@@ -55,10 +71,9 @@
       init.body = JSON.stringify(payload);
     }
     const r = await fetch(url, init);
+    if (!r.ok) throw await problem(r);
     const type = r.headers.get("content-type") || "";
-    const data = type.includes("json") ? await r.json() : null;
-    if (!r.ok) throw new ApiError(r.status, (data && data.detail) || r.statusText);
-    return data;
+    return type.includes("json") ? await r.json() : null;
   }
 
   // a file as the request body (the approval document): its sha256 and size come back
@@ -67,10 +82,9 @@
       "X-Filename": encodeURIComponent(file.name) };
     if (csrfMeta) headers["X-CSRF-Token"] = csrfMeta.content;
     const r = await fetch(url, { method: "POST", headers, body: file, credentials: "same-origin" });
+    if (!r.ok) throw await problem(r);
     const type = r.headers.get("content-type") || "";
-    const data = type.includes("json") ? await r.json() : null;
-    if (!r.ok) throw new ApiError(r.status, (data && data.detail) || r.statusText);
-    return data;
+    return type.includes("json") ? await r.json() : null;
   }
 
   function formValues(form) {
@@ -117,5 +131,5 @@
     }
   });
 
-  window.Nvr = { t, fmt, fields, api, upload, ApiError, formValues, say, zone };
+  window.Nvr = { t, fmt, fields, api, upload, ApiError, problem, formValues, say, zone };
 })();
