@@ -188,6 +188,8 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         emit=ctx.emit,
         live=LiveService(ctx.config, settings, ctx.store, ctx.taps, ctx.substreams),
     )
+    if services.live is not None:
+        services.live.warm(c.name for c in ctx.config.cameras)
     if ctx.reloader is not None:
         ctx.reloader.subscribe(services.reconfigure)
     if services.scrape.configured:

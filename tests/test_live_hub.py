@@ -134,3 +134,47 @@ def test_an_h265_keyframe_becomes_a_jpeg_with_masks_filled(
     left, right = gray[:, : w // 2 - 8], gray[:, w // 2 + 8 :]
     assert float(np.mean(right)) > 20
     assert (float(left.max()) <= 40) == masked
+
+
+async def test_a_cold_hub_gives_a_new_viewer_the_cached_keyframe_then_the_next_gop(
+    scripted_clips: Path, tmp_path: Path
+) -> None:
+    frames = recorded(scripted_clips, tmp_path, "h264")
+    keys = [i for i, f in enumerate(frames) if f.keyframe]
+    assert len(keys) >= 3
+    tap = PacketTap("cam")
+    hub = LiveHub("cam", tap, asyncio.get_running_loop(), linger_s=0.0, keep_keyframe=True)
+    # Nobody watches: only the keyframes-only subscription, which builds keyframes only.
+    assert tap.subscribers == 1 and not tap.wants(False) and tap.wants(True)
+    mid = keys[1] + 3  # the camera is mid-GOP when the viewer clicks
+    for f in frames[:mid]:
+        if tap.wants(f.keyframe):
+            tap.publish(f)
+    await turn()
+    assert hub.keyframe is frames[keys[1]]  # one keyframe kept, the latest
+    viewer = hub.join()
+    assert tap.subscribers == 2
+    first = await viewer.first(0.0)  # at once, without a new frame from the camera
+    assert first is frames[keys[1]]
+    for f in frames[mid:]:
+        tap.publish(f)
+    await turn()
+    got = [await asyncio.wait_for(viewer.get(), 5) for _ in range(1 + len(frames) - keys[2])]
+    assert got[0] is frames[keys[1]]
+    assert got[1:] == frames[keys[2] :]  # never the P-frames after the cached keyframe
+    assert got[1] is not None and got[1].keyframe
+    # All of it decodes, in this order, without a decoder error.
+    ctx = av.CodecContext.create("h264", "r")
+    pictures = 0
+    for g in got:
+        assert g is not None
+        packet = av.Packet(g.data)
+        packet.pts = g.pts
+        pictures += len(ctx.decode(packet))
+    pictures += len(ctx.decode(None))
+    assert pictures == len(got)
+    viewer.close()
+    await asyncio.sleep(0.01)
+    assert tap.subscribers == 1  # the keyframe subscription stays: the hub stays warm
+    hub.close()
+    assert tap.subscribers == 0 and hub.keyframe is None

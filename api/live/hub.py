@@ -4,6 +4,14 @@ only while someone watches (and `LINGER_SECONDS` after), and keeps the current G
 latest keyframe) so that a new viewer starts at once, at the latest keyframe, instead of
 waiting for the next one.
 
+Cold start: a camera's hub also keeps a keyframes-only subscription for as long as it exists
+(`LiveService.warm` makes one per configured camera at start), holding only the latest
+keyframe. The tap builds a frame only for keyframes then (one copy of one access unit per GOP,
+e.g. ~100-300 KB every 2 s for 1080p at 4 Mbit/s: a memcpy and a loop hand-over, no decode),
+and memory stays at one keyframe per camera. A first viewer of a cold hub gets that keyframe at
+once (a still the decoder can show), then frames from the camera's next keyframe on, never
+P-frames whose references it lacks.
+
 Threads: the tap calls `_from_recorder` on the recorder's thread (`rec-<camera>`), which only
 hands the frame to the event loop (`loop.call_soon_threadsafe`). Everything else, the GOP and
 the viewers' queues, lives on the daemon's event loop. A viewer's queue is bounded: a viewer
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +34,9 @@ log = logging.getLogger("nvr.api.live")
 GOP_MAX_FRAMES = 600
 """A longer GOP is not kept (a new viewer then waits for the next keyframe)."""
 GOP_MAX_BYTES = 32 << 20
+KEYFRAME_MAX_AGE_S = 10.0
+"""The cached keyframe is handed to a new viewer only if it reached the hub this recently (a
+camera that stopped sending gives no stale still)."""
 LINGER_SECONDS = 30.0
 """The tap is kept this long after the last viewer left, with the current GOP: a viewer
 coming back (a grid tile scrolled into view again, a page reload) starts at once instead of
@@ -65,6 +77,12 @@ class Viewer:
         if self._want_key and not frame.keyframe:
             self.dropped += 1
             return
+        if (
+            self._head is not None
+            and frame.pts <= self._head.pts
+            and frame.stream is self._head.stream
+        ):
+            return  # already sent as the still (a hand-over racing the join)
         if self._queue.full():
             # Behind by a whole queue: skip to the next keyframe (a clean restart of the
             # picture) instead of stalling the hub or growing without bound.
@@ -76,6 +94,13 @@ class Viewer:
                 return
         self._want_key = False
         self._queue.put_nowait(frame)
+
+    def put_still(self, frame: TapFrame) -> None:
+        """The cached keyframe, first: still waiting for the next keyframe afterwards (the
+        frames between the two reference pictures this viewer never got)."""
+        self._head = frame
+        self.backlog = 1
+        self.backlog_last_pts = frame.pts
 
     def end(self) -> None:
         """The source is gone: `get()` returns None once the queued frames are taken."""
@@ -124,6 +149,7 @@ class LiveHub:
         source: PacketSource,
         loop: asyncio.AbstractEventLoop,
         linger_s: float = LINGER_SECONDS,
+        keep_keyframe: bool = False,
     ) -> None:
         self.name = name
         self._source = source
@@ -135,6 +161,14 @@ class LiveHub:
         self.frames = 0
         self.linger_s = linger_s
         self._linger: asyncio.TimerHandle | None = None
+        self.keyframe: TapFrame | None = None
+        """The latest keyframe (with `keep_keyframe`), even while nobody watches."""
+        self._keyframe_at = 0.0
+        self._keyframes_off: Callable[[], None] | None = None
+        if keep_keyframe:
+            self._keyframes_off = source.subscribe(
+                self._keyframe_from_recorder, keyframes_only=True
+            )
 
     @property
     def viewers(self) -> int:
@@ -151,6 +185,10 @@ class LiveHub:
                 viewer.put(frame)
             viewer.backlog = len(backlog)
             viewer.backlog_last_pts = backlog[-1].pts if backlog else 0
+        elif (key := self.keyframe) is not None and (
+            time.monotonic() - self._keyframe_at <= KEYFRAME_MAX_AGE_S
+        ):
+            viewer.put_still(key)
         self._viewers.append(viewer)
         if self._linger is not None:
             self._linger.cancel()
@@ -180,6 +218,10 @@ class LiveHub:
             viewer.end()
             self.leave(viewer)
         self._release()
+        if self._keyframes_off is not None:
+            self._keyframes_off()
+            self._keyframes_off = None
+        self.keyframe = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -190,6 +232,17 @@ class LiveHub:
             self._loop.call_soon_threadsafe(self._on_frame, frame)
         except RuntimeError:  # the loop is closed: the API has stopped
             pass
+
+    def _keyframe_from_recorder(self, frame: TapFrame) -> None:
+        """On the recorder's thread: hand over only."""
+        try:
+            self._loop.call_soon_threadsafe(self._on_keyframe, frame)
+        except RuntimeError:
+            pass
+
+    def _on_keyframe(self, frame: TapFrame) -> None:
+        self.keyframe = frame
+        self._keyframe_at = time.monotonic()
 
     def _on_frame(self, frame: TapFrame) -> None:
         self.frames += 1
@@ -214,12 +267,16 @@ class LiveHubs:
         self._hubs: dict[str, LiveHub] = {}
 
     def hub(
-        self, name: str, source: Callable[[], PacketSource], linger_s: float = LINGER_SECONDS
+        self,
+        name: str,
+        source: Callable[[], PacketSource],
+        linger_s: float = LINGER_SECONDS,
+        keep_keyframe: bool = False,
     ) -> LiveHub:
         found = self._hubs.get(name)
         if found is None:
             loop = asyncio.get_running_loop()
-            found = self._hubs[name] = LiveHub(name, source(), loop, linger_s)
+            found = self._hubs[name] = LiveHub(name, source(), loop, linger_s, keep_keyframe)
         return found
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -111,7 +111,15 @@ class LiveService:
             source = subs(camera) if subs is not None else None
             if source is not None:
                 return self.hubs.hub(f"{camera}~sub", lambda: source)
-        return self.hubs.hub(camera, lambda: taps(camera))
+        return self.hubs.hub(camera, lambda: taps(camera), keep_keyframe=True)
+
+    def warm(self, cameras: Iterable[str]) -> None:
+        """On the event loop, at start: each camera's hub keeps its latest keyframe from now
+        on (see `nvr.api.live.hub`), so a first viewer gets a picture at once."""
+        if self._taps is None:
+            return
+        for camera in cameras:
+            self._hub(camera, "main")
 
     def _transcode_hub(
         self, camera: str, stream: StreamName, main: LiveHub, masks: Sequence[PrivacyMask]
