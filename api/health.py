@@ -8,7 +8,8 @@ frozen or no signal: `ingest.picture`), the forecast is a warning, purging is he
 because the server clock stepped (`storage.clock`), the server clock is not synchronised (or
 its state cannot be read), a camera's newest clock reading is beyond its
 `max_clock_offset_seconds`, or an alert destination (`[events]`: the MQTT broker, a webhook)
-is unreachable; else `ok`.
+is unreachable, or the GB/T 28181 platform (`[gb28181]`) is not registered with or its clock
+differs from ours by more than 2 s; else `ok`.
 The clock verdicts are those of `nvr status` and of the `nvr_clock_synchronized` and
 `nvr_camera_clock_offset_seconds` metrics (`ingest.timecheck.notes.camera_clocks`).
 "Down" means an enabled camera whose recorder is not recording.
@@ -65,6 +66,26 @@ CapacityProvider = Callable[[], ForecastLike | None]
 
 
 @dataclass(frozen=True)
+class GbHealth:
+    """The GB/T 28181 registration (`nvr.gb28181.device.GbDevice.status_doc`), for health
+    and `/metrics`; built by the daemon, so the API needs no SIP code."""
+
+    server_id: str
+    server: str
+    registered: bool
+    last_error: str
+    clock_offset_s: float | None
+    """The platform's clock minus ours at the last registration (None: no Date seen)."""
+    clock_finding: str
+    """A warning when the offset is beyond `clock_limit_s`, else empty."""
+    clock_limit_s: float
+    streams: int
+
+
+GbProvider = Callable[[], GbHealth | None]
+
+
+@dataclass(frozen=True)
 class Capacity:
     state: str
     """ok | warning | critical | unknown"""
@@ -117,6 +138,8 @@ class Health:
     clock_synchronised: bool | None = None
     """The kernel's sync state of the server clock (adjtimex); None if it cannot be read."""
     clock_detail: str = ""
+    gb28181: GbHealth | None = None
+    """The GB/T 28181 registration; None without `[gb28181]`."""
 
 
 class RecentErrors(logging.Handler):
@@ -157,8 +180,10 @@ class HealthService:
         errors: RecentErrors,
         server_clock: Callable[[], ServerClockState] = read_server_clock,
         event_problems: Callable[[], list[str]] | None = None,
+        gb28181: GbProvider | None = None,
     ) -> None:
         self._event_problems = event_problems
+        self.gb28181: GbProvider = gb28181 or (lambda: None)
         self._config = config
         self._server_clock = server_clock
         self._api = api
@@ -344,7 +369,16 @@ class HealthService:
             # Nobody hears of the next fault while an alert destination is down.
             worse("degraded")
             reasons.append(problem)
+        gb = self.gb28181()
+        if gb is not None and not gb.registered:
+            worse("degraded")  # the police platform cannot reach this site's video (R9)
+            why = f": {gb.last_error}" if gb.last_error else ""
+            reasons.append(f"gb28181: not registered with {gb.server_id} at {gb.server}{why}")
+        if gb is not None and gb.clock_finding:
+            worse("degraded")  # the same verdict as `nvr status`'s WARNING gb28181 line
+            reasons.append(f"gb28181: {gb.clock_finding}")
         return Health(
+            gb28181=gb,
             clock_synchronised=synchronised,
             clock_detail=clock_detail,
             retention_held=verdict.held,

@@ -261,6 +261,25 @@ class _Collector(Collector):
             "1 while the kernel says the server clock is synchronised (0 also when unreadable)",
             value=1.0 if synchronised else 0.0,
         )
+        gb = self._health.gb28181()
+        if gb is not None:
+            yield GaugeMetricFamily(
+                "nvr_gb28181_registered",
+                "1 while registered with the GB/T 28181 platform",
+                value=1.0 if gb.registered else 0.0,
+            )
+            gb_offset = GaugeMetricFamily(
+                "nvr_gb28181_platform_clock_offset_seconds",
+                "The GB/T 28181 platform's clock minus the server clock, at the last registration",
+            )
+            if gb.clock_offset_s is not None:
+                gb_offset.add_metric([], gb.clock_offset_s)
+            yield gb_offset
+            yield GaugeMetricFamily(
+                "nvr_gb28181_streams",
+                "Live, playback and download streams open to the GB/T 28181 platform",
+                value=gb.streams,
+            )
         cap = self._health.capacity()
         yield GaugeMetricFamily(
             "nvr_storage_free_bytes",

@@ -311,6 +311,24 @@ class HealthOut(BaseModel):
     clock_synchronised: bool | None
     """The kernel says the server clock is synchronised (None: its state cannot be read)."""
     clock_detail: str
+    gb28181: Gb28181Out | None = None
+    """The GB/T 28181 registration; null without `[gb28181]`."""
+
+
+class Gb28181Out(BaseModel):
+    """The recorder's registration with its GB/T 28181 platform (docs/gb28181.md)."""
+
+    server_id: str
+    server: str
+    """host:port of the platform."""
+    registered: bool
+    last_error: str
+    clock_offset_s: float | None
+    """The platform's clock minus ours (from its Date header at the last registration),
+    like a camera's clock offset; our clock is never set from it."""
+    clock_limit_s: float
+    clock_warning: bool
+    streams: int
 
 
 class LivenessOut(BaseModel):

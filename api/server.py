@@ -21,7 +21,7 @@ import uvicorn
 
 from nvr.api.app import create_app
 from nvr.api.cameras import LiveStatus
-from nvr.api.health import CapacityProvider
+from nvr.api.health import CapacityProvider, GbProvider
 from nvr.api.live.service import SubstreamProvider, TapProvider
 from nvr.api.services import ApiContext, ConfigReloader, EventEmit
 from nvr.config import NvrConfig
@@ -176,6 +176,7 @@ def serve_api(
     segment_listeners: list[Callable[[Segment], None]] | None = None,
     taps: TapProvider | None = None,
     substreams: SubstreamProvider | None = None,
+    gb28181: GbProvider | None = None,
 ) -> RunningApi | None:
     """Start serving `[api]` on the running loop (None when the config has no `[api]`).
     `segment_listeners`, `taps`, `substreams`: see `ApiContext`."""
@@ -193,6 +194,7 @@ def serve_api(
             segment_listeners=segment_listeners,
             taps=taps,
             substreams=substreams,
+            gb28181=gb28181,
         )
     )
     log.info("HTTP API on %s", server.url)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from nvr.api.auth import LinkSigner, LoginThrottle, ScrapeToken
 from nvr.api.cameras import CameraDirectory, LiveStatus, NoRecorders
 from nvr.api.exports import ExportService
-from nvr.api.health import CapacityProvider, HealthService, RecentErrors
+from nvr.api.health import CapacityProvider, GbProvider, HealthService, RecentErrors
 from nvr.api.live.service import LiveService, SubstreamProvider, TapProvider
 from nvr.api.masking import MaskService
 from nvr.api.metrics import HttpMetrics
@@ -62,6 +62,8 @@ class ApiContext:
     """Alerts out (`nvr.events.EventBus.emit`): export requests and decisions."""
     event_problems: Callable[[], list[str]] | None = None
     """Event destinations that are down (`nvr.events.EventBus.problems`), for health."""
+    gb28181: GbProvider | None = None
+    """The GB/T 28181 registration (`[gb28181]`), for health and metrics."""
     segment_listeners: list[Callable[[Segment], None]] | None = None
     """The recorders' listeners for closed segments (`Supervisor.segment_listeners`): the
     playback service joins them while the API runs."""
@@ -130,6 +132,7 @@ class ApiServices:
                 "end": iso(export.end_ms),
             },
         )
+
     segment_listeners: list[Callable[[Segment], None]] | None = None
     """Where `playback.segment_closed` listens for closed segments (see `ApiContext`)."""
 
@@ -167,6 +170,7 @@ async def open_services(ctx: ApiContext) -> ApiServices:
         errors,
         ctx.server_clock,
         ctx.event_problems,
+        ctx.gb28181,
     )
     exports = ExportService(
         ctx.store, playback, key_path, settings.exports_dir or root / "exports", ctx.config

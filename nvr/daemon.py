@@ -341,6 +341,7 @@ async def run_daemon(
             segment_listeners=supervisor.segment_listeners,
             taps=supervisor.tap,
             substreams=substreams.source,
+            gb28181=lambda: publisher.gb.health() if publisher.gb is not None else None,
         )
         gb = publisher.gb = await _start_gb28181(config, store, supervisor)
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)

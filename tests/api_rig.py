@@ -31,7 +31,7 @@ from argon2 import PasswordHasher
 
 from nvr.api import ApiContext, ApiServer
 from nvr.api.cameras import LiveStatus
-from nvr.api.health import CapacityProvider
+from nvr.api.health import CapacityProvider, GbProvider
 from nvr.cli import main as cli_main
 from nvr.config import CameraConfig, NvrConfig, StorageConfig
 from nvr.config.models import ApiConfig, PrivacyMask
@@ -183,6 +183,7 @@ def run_api(
     capacity: CapacityProvider | None = None,
     server_clock: Callable[[], ServerClockState] = lambda: SYNCHRONISED,
     privacy_masks: dict[str, list[PrivacyMask]] | None = None,
+    gb28181: GbProvider | None = None,
 ) -> Iterator[Api]:
     """A running API over the store at `root`. The server clock is synchronised unless the
     test says otherwise (this machine's may not be; tests/test_clock_health.py reads it).
@@ -201,6 +202,7 @@ def run_api(
         capacity=capacity,
         server_clock=server_clock,
         throttle_clock=SteppedClock(),
+        gb28181=gb28181,
     )
     if live is not None:
         ctx.live = live

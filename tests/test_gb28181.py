@@ -147,6 +147,10 @@ async def test_without_qop_and_clock_offset_is_a_finding(
             assert device.status.clock_offset_s is not None
             assert -92 < device.status.clock_offset_s < -88
             assert "-90" in device.status.clock_finding or "-89" in device.status.clock_finding
+            health = device.health()  # what /api/health and /metrics show
+            assert health.registered and health.clock_offset_s == device.status.clock_offset_s
+            assert health.clock_finding == device.status.clock_finding
+            assert (health.server_id, health.clock_limit_s) == (SERVER, 2.0)
     finally:
         await platform.close()
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from nvr.api.health import GbHealth
 from tests.api_rig import run_api
 
 UNITS = ("_bytes", "_seconds", "_bits_per_second", "_ratio", "_info")
@@ -27,6 +29,8 @@ UNITLESS = {
     "nvr_camera_picture_checks",
     "nvr_storage_capacity_state",
     "nvr_clock_synchronized",
+    "nvr_gb28181_registered",
+    "nvr_gb28181_streams",
     "nvr_http_requests",
     "process_open_fds",
     "process_max_fds",
@@ -90,7 +94,7 @@ def test_metrics_follow_prometheus_conventions(users_template: Path, tmp_path: P
     assert ("unmatched", "404") in requests, requests
     assert ("/api/login", "200") in requests, requests
     assert not any("gate" in route or "/no/such" in route for route, _ in requests)
-    assert 'nvr_http_request_duration_seconds_bucket{' in text
+    assert "nvr_http_request_duration_seconds_bucket{" in text
     # The checker itself catches what it should (it can fail).
     bad = "# HELP nvr_x_days d\n# TYPE nvr_x_days gauge\nnvr_x_days 1\n"
     bad += "# HELP nvr_y_bytes_24h y\n# TYPE nvr_y_bytes_24h gauge\nnvr_y_bytes_24h 1\n"
@@ -112,3 +116,70 @@ def test_metrics_follow_prometheus_conventions(users_template: Path, tmp_path: P
         check=False,
     )
     assert worse.returncode != 0
+
+
+def test_gb28181_registration_and_platform_clock_in_health_and_metrics(
+    users_template: Path, tmp_path: Path
+) -> None:
+    """`[gb28181]`'s registration and the platform's clock offset are in `/api/health`
+    (degraded, with the reason, like a camera clock beyond its limit) and in `/metrics`
+    (promtool-clean); a registered platform with a good clock leaves health alone."""
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    state = {
+        "gb": GbHealth(
+            server_id="50010000002000000001",
+            server="127.0.0.1:5060",
+            registered=True,
+            last_error="",
+            clock_offset_s=-90.25,
+            clock_finding="platform clock differs from ours by -90.2 s",
+            clock_limit_s=2.0,
+            streams=2,
+        )
+    }
+    for api in run_api(root, gb28181=lambda: state["gb"]):
+        with api.as_user("root") as c:
+            body = c.get("/api/health").json()
+            text = c.get("/metrics").text
+            state["gb"] = replace(state["gb"], clock_offset_s=0.5, clock_finding="")
+            ok = c.get("/api/health").json()
+            state["gb"] = replace(state["gb"], registered=False, last_error="timed out")
+            away = c.get("/api/health").json()
+            away_text = c.get("/metrics").text
+    assert body["gb28181"] == {
+        "server_id": "50010000002000000001",
+        "server": "127.0.0.1:5060",
+        "registered": True,
+        "last_error": "",
+        "clock_offset_s": -90.25,
+        "clock_limit_s": 2.0,
+        "clock_warning": True,
+        "streams": 2,
+    }
+    assert body["status"] == "degraded"
+    assert "gb28181: platform clock differs from ours by -90.2 s" in body["reasons"]
+    assert not any("gb28181" in r for r in ok["reasons"])
+    assert ok["gb28181"]["clock_warning"] is False
+    assert away["status"] == "degraded"
+    assert any("gb28181: not registered" in r and "timed out" in r for r in away["reasons"])
+    assert re.search(r"^nvr_gb28181_registered 1\.0$", text, re.M), text
+    assert re.search(r"^nvr_gb28181_platform_clock_offset_seconds -90\.25$", text, re.M)
+    assert re.search(r"^nvr_gb28181_streams 2\.0$", text, re.M)
+    assert re.search(r"^nvr_gb28181_registered 0\.0$", away_text, re.M)
+    assert convention_problems(text) == []
+    promtool = shutil.which("promtool")
+    if promtool is not None:
+        done = subprocess.run(
+            [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0 and done.stdout + done.stderr == "", done.stdout + done.stderr
+
+
+def test_no_gb28181_metrics_without_it(users_template: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    shutil.copytree(users_template, root)
+    for api in run_api(root):
+        with api.as_user("root") as c:
+            assert c.get("/api/health").json()["gb28181"] is None
+            assert "nvr_gb28181" not in c.get("/metrics").text

@@ -15,6 +15,7 @@ from nvr.api.models import (
     CameraHealthOut,
     CapacityOut,
     ErrorLineOut,
+    Gb28181Out,
     HealthOut,
     LivenessOut,
     OutageOut,
@@ -82,6 +83,18 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
         last_errors=[ErrorLineOut(**vars(e)) for e in h.errors],
         clock_synchronised=h.clock_synchronised,
         clock_detail=h.clock_detail,
+        gb28181=None
+        if h.gb28181 is None
+        else Gb28181Out(
+            server_id=h.gb28181.server_id,
+            server=h.gb28181.server,
+            registered=h.gb28181.registered,
+            last_error=h.gb28181.last_error,
+            clock_offset_s=h.gb28181.clock_offset_s,
+            clock_limit_s=h.gb28181.clock_limit_s,
+            clock_warning=bool(h.gb28181.clock_finding),
+            streams=h.gb28181.streams,
+        ),
     )
 
 

@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 
 from aiosipua import SipRequest, SipResponse
 
+from nvr.api.health import GbHealth
 from nvr.config import ConfigError
 from nvr.config.models import Gb28181Config, NvrConfig
 from nvr.gb28181 import manscdp, sip
@@ -191,6 +192,20 @@ class GbDevice:
         sessions = getattr(self.media, "sessions", None)
         doc["streams"] = len(sessions) if isinstance(sessions, dict) else 0
         return doc
+
+    def health(self) -> GbHealth:
+        """The registration for `/api/health` and `/metrics` (read from the API's threads)."""
+        sessions = getattr(self.media, "sessions", None)
+        return GbHealth(
+            server_id=self.config.server_id,
+            server=f"{self.config.server_host}:{self.config.server_port}",
+            registered=self.status.registered,
+            last_error=self.status.last_error,
+            clock_offset_s=self.status.clock_offset_s,
+            clock_finding=self.status.clock_finding,
+            clock_limit_s=CLOCK_WARN_SECONDS,
+            streams=len(sessions) if isinstance(sessions, dict) else 0,
+        )
 
     def channel(self, channel_id: str) -> ChannelConfig | None:
         for ch in self.channels:
