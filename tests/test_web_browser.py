@@ -704,6 +704,68 @@ def test_tiles_start_when_scrolled_into_view_and_stop_when_out(
         s.context.close()
 
 
+@LIVE_NEEDED
+def test_an_open_grid_follows_the_users_cameras_and_withdrawn_live_views_end(
+    browser: Browser, daemon: Daemon
+) -> None:
+    """An admin changes a viewer's cameras while the viewer's grid is open (issue 17): a
+    granted camera gets its tile and plays; a withdrawn one loses its tile, and its live
+    views end on the server at once (WebRTC and MSE, audited `permission withdrawn`)."""
+    no_webrtc = "delete window.RTCPeerConnection; delete window.webkitRTCPeerConnection;"
+    rtc = log_in(browser, daemon, "vera")
+    mse = log_in(browser, daemon, "vera", init_script=no_webrtc)
+    since = int(time.time() * 1000)
+    try:
+        for s in (rtc, mse):
+            s.page.wait_for_function(
+                "() => { const v = document.querySelector('[data-camera=front] video');"
+                " return v && v.dataset.liveMode && v.currentTime > 0.5 }",
+                timeout=30_000,
+            )
+        with daemon.api() as c:
+            r = c.patch("/api/users/vera", json={"cameras": ["front", "back"]})
+            assert r.status_code == 200, r.text
+        for s in (rtc, mse):
+            s.page.wait_for_function(
+                "() => { const v = document.querySelector('[data-camera=back] video');"
+                " return v && v.dataset.liveMode && v.currentTime > 0.5 }",
+                timeout=40_000,
+            )
+        with daemon.api() as c:
+            r = c.patch("/api/users/vera", json={"cameras": ["back"]})
+            assert r.status_code == 200, r.text
+            ended = [
+                e
+                for e in c.get("/api/audit", params={"action": "live-end"}).json()
+                if e["actor"] == "vera" and e["target"] == "front" and e["at_ms"] >= since
+            ]
+
+            def withdrawn() -> list[str]:
+                entries = c.get("/api/audit", params={"action": "live-end"}).json()
+                return sorted(
+                    e["detail"]["via"]
+                    for e in entries
+                    if e["actor"] == "vera"
+                    and e["target"] == "front"
+                    and e["at_ms"] >= since
+                    and e["detail"]["reason"] == "permission withdrawn"
+                )
+
+            # ended by the server, before any page noticed
+            wait_for(lambda: withdrawn() == ["mse", "webrtc"], 15, "both live views to end")
+            assert not [e for e in ended if e["detail"]["reason"] != "permission withdrawn"]
+        for s in (rtc, mse):
+            s.page.wait_for_selector(".tile[data-camera=front]", state="detached", timeout=40_000)
+            tiles = s.page.locator(".tile[data-camera]")
+            assert tiles.evaluate_all("ts => ts.map(t => t.dataset.camera)") == ["back"]
+            assert csp_violations(s) == [], s.problems
+    finally:
+        rtc.context.close()
+        mse.context.close()
+        with daemon.api() as c:
+            c.patch("/api/users/vera", json={"cameras": ["front"]})
+
+
 def test_audit_records_the_pages_logins(daemon: Daemon) -> None:
     with daemon.api() as c:
         entries = c.get("/api/audit", params={"action": "login"}).json()

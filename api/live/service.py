@@ -38,6 +38,8 @@ TapProvider = Callable[[str], PacketSource]
 SubstreamProvider = Callable[[str], PacketSource | None]
 """A camera's substream (`live_url`) as a packet source, None when it has none."""
 
+REVOKED = "permission withdrawn"
+"""The end reason of a live viewing whose user may no longer watch the camera."""
 FIRST_FRAME_SECONDS = 5.0
 """How long a new viewer waits for the camera's first keyframe before 503."""
 CONNECT_SECONDS = 30.0
@@ -68,6 +70,8 @@ class Watch:
     """Monotonic time the first frame went out (time-to-first-frame)."""
     masks: int = 0
     """Privacy masks filled in what this viewer sees (R10)."""
+    revoked: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the user may no longer watch this camera: the viewing ends (`revoke`)."""
 
 
 @dataclass
@@ -354,6 +358,22 @@ class LiveService:
         session.track.stop()
         await session.pc.close()
         await self.finish(session.watch, reason)
+
+    async def revoke(self, user: str, may_watch: Callable[[str], bool]) -> int:
+        """End the live viewings of `user` on the cameras `may_watch` no longer allows (an
+        admin changed the user's cameras or role, or disabled it): WHEP sessions are closed
+        here, MSE sockets see `Watch.revoked` and close. Audited as ended with the reason
+        `permission withdrawn`. Returns how many were ended."""
+        ended = 0
+        for watch in list(self.watches.values()):
+            if watch.user != user or may_watch(watch.camera):
+                continue
+            ended += 1
+            watch.revoked.set()
+            session = self.sessions.get(watch.id)
+            if session is not None:
+                await self.end_whep(session, REVOKED)
+        return ended
 
     async def close(self) -> None:
         """The API is stopping: end every session and release the taps."""

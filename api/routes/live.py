@@ -32,7 +32,7 @@ from nvr.api.deps import (
 from nvr.api.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
 from nvr.api.live.fmp4 import Fmp4Muxer, LiveMuxError
 from nvr.api.live.hub import Viewer
-from nvr.api.live.service import LiveBusy, LiveService, NoVideo, Watch
+from nvr.api.live.service import REVOKED, LiveBusy, LiveService, NoVideo, Watch
 from nvr.api.routes import problems
 from nvr.api.routes.cameras import privacy_masks
 from nvr.api.services import ApiServices
@@ -279,6 +279,7 @@ async def _stream(
     )
     await live.started(watch)
     gone = asyncio.create_task(_until_closed(websocket), name=f"live-ws-{watch.camera}")
+    revoked = asyncio.create_task(watch.revoked.wait(), name=f"live-revoked-{watch.camera}")
     try:
         head: dict[str, object] = {
             "camera": watch.camera,
@@ -295,7 +296,15 @@ async def _stream(
         await websocket.send_text(json.dumps(head))
         while True:
             getting = asyncio.ensure_future(viewer.get())
-            done, _ = await asyncio.wait({getting, gone}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {getting, gone, revoked}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if revoked in done:
+                getting.cancel()
+                reason = REVOKED
+                with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                    await websocket.close(code=1008, reason=REVOKED)
+                break
             if gone in done:
                 getting.cancel()
                 break
@@ -327,6 +336,7 @@ async def _stream(
         reason = "connection lost"
     finally:
         gone.cancel()
+        revoked.cancel()
         if mux is not None:
             await asyncio.to_thread(mux.close)
         await live.finish(watch, reason)

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
+from nvr.api.auth import PLAYBACK, has_role
 from nvr.api.deps import AdminDep, ServicesDep
 from nvr.api.errors import BadRequest, Conflict, NotFound
 from nvr.api.models import UserIn, UserOut, UserPatch
@@ -66,8 +67,17 @@ async def change_user(
         return found
 
     try:
-        return user_out(await asyncio.to_thread(apply))
+        changed = await asyncio.to_thread(apply)
     except LastAdminError as err:
         raise Conflict(str(err)) from err
     except AccountError as err:
         raise BadRequest(str(err)) from err
+    if services.live is not None:
+        # A withdrawn permission takes effect on the live views already open too.
+        await services.live.revoke(changed.name, lambda camera: may_watch_live(changed, camera))
+    return user_out(changed)
+
+
+def may_watch_live(user: User, camera: str) -> bool:
+    """Whether `user`, as it is now, may watch `camera` live (as `routes.live.may_watch`)."""
+    return not user.disabled and has_role(user, PLAYBACK) and user.may_view(camera)

@@ -1,11 +1,14 @@
 // The camera grid: each tile ([data-camera]) plays live while it is on screen and stops when
 // it scrolls away (IntersectionObserver), through window.NvrLive (live.js) with the
-// camera's substream; the mode in use is shown on the tile. States refresh every 10 s.
+// camera's substream; the mode in use is shown on the tile. States refresh every 10 s, and
+// so do the cameras the user may see (and when the page becomes visible again): a camera an
+// admin withdrew loses its tile and its live view (the server ends that view too), a camera
+// granted gets its tile (taken from the server-rendered page).
 "use strict";
 (function () {
   const params = new URLSearchParams(location.search);
   const mode = ["auto", "webrtc", "mse"].includes(params.get("live")) ? params.get("live") : "auto";
-  const tiles = Array.from(document.querySelectorAll(".tile[data-camera]"));
+  const allTiles = () => Array.from(document.querySelectorAll(".tile[data-camera]"));
   const running = new Map();
 
   function label(tile, text) {
@@ -47,8 +50,43 @@
   const seen = new IntersectionObserver((entries) => {
     for (const e of entries) (e.isIntersecting ? start : stop)(e.target);
   }, { threshold: 0.05 });
-  tiles.forEach((tile) => seen.observe(tile));
-  window.addEventListener("pagehide", () => tiles.forEach(stop));
+  allTiles().forEach((tile) => seen.observe(tile));
+  window.addEventListener("pagehide", () => allTiles().forEach(stop));
+
+  let checking = false;
+  async function permitted() {
+    if (checking) return;
+    checking = true;
+    try {
+      const names = new Set((await Nvr.api("GET", "/api/cameras")).map((c) => c.name));
+      for (const tile of allTiles()) {
+        if (names.has(tile.dataset.camera)) continue;
+        seen.unobserve(tile);
+        stop(tile);
+        tile.remove();
+      }
+      const have = new Set(allTiles().map((tile) => tile.dataset.camera));
+      if (![...names].some((n) => !have.has(n))) return;
+      const r = await fetch(location.pathname + location.search, { credentials: "same-origin" });
+      if (!r.ok) return;
+      const page = new DOMParser().parseFromString(await r.text(), "text/html");
+      const grid = document.querySelector("section.grid");
+      for (const fresh of page.querySelectorAll(".tile[data-camera]")) {
+        const name = fresh.dataset.camera;
+        if (have.has(name) || !names.has(name)) continue;
+        const tile = document.importNode(fresh, true);
+        grid.appendChild(tile);
+        seen.observe(tile);
+      }
+    } catch (err) {
+      /* the next check tries again; the page keeps what it showed */
+    } finally {
+      checking = false;
+    }
+  }
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") permitted();
+  });
 
   async function refresh() {
     try {
@@ -74,5 +112,5 @@
       }
     } catch (err) { /* the next refresh tries again; the page keeps what it showed */ }
   }
-  setInterval(refresh, 10000);
+  setInterval(() => { refresh(); permitted(); }, 10000);
 })();
