@@ -19,16 +19,32 @@ How it is measured:
      latency is the time its fragment was received and decoded minus its packet's arrival.
      A fragment carries a whole GOP, so a GOP's first frame waits a GOP's length.
    - First frame: from the start of the request (the WHEP offer's creation, the WebSocket's
-     connect) to the first decoded frame. "cold": the camera's hub not subscribed yet (the
-     first viewer waits for the camera's next keyframe); "warm": a hub holding the current
-     GOP (another viewer, or one in the last 30 s).
+     connect) to the first decoded frame. "first viewer": nobody watched the camera yet (the
+     hub holds only the latest keyframe, which is sent at once as a still); "warm": a hub
+     holding the current GOP (another viewer, or one in the last 30 s).
 2. **CPU per viewer**: `nvr run` in a child process records ``hd4m``; its CPU time
    (utime + stime of all its threads, /proc) over ``--seconds`` with no viewer, then with
    ``--viewers`` WebRTC viewers, then as many MSE viewers (the clients run in this process).
 
+3. **Load** (``--load``, the issue's load case; replaces 1 and 2): `nvr run` in a child
+   process records ``--cameras`` (32) camsim cameras (each ``hd4m``, 10 s segments) with
+   ``NOTIFY_SOCKET`` pointing at a listener in this process (`tests.notify.NotifyListener`)
+   and ``WATCHDOG_USEC`` of 2 s (so the daemon pings every second and systemd would kill it
+   past 2 s). After ``--warmup`` seconds, ``--webrtc`` (8) aiortc WHEP viewers (on different
+   cameras) and ``--playbacks`` (4) clients playing the last 30 s of a camera's
+   `recording.mp4` over and over (fetched at the pace of playing it, 10 s buffered ahead, as
+   a browser does) run together for ``--seconds``. Reported: frames the
+   viewers decoded and MP4 bytes fetched; the daemon's CPU; the largest interval between
+   ``WATCHDOG=1`` pings during the load (target <= 2 s); recording gaps of every camera from
+   the index and the outage ledger after the daemon stopped (holes between consecutive
+   segments longer than one frame, 40 ms, and ledger rows other than ``daemon-stopped``,
+   over the whole run; target 0).
+
 The machine is shared with other jobs: numbers are from a loaded 2-core machine. Results are
 printed and written into the section "Live view" of docs/benchmarks.md (between generated
-markers). Run: ``python -m bench.live [--seconds 20] [--viewers 2] [--rounds 5]``. Runs on
+markers; ``--load`` prints only). Run: ``python -m bench.live [--seconds 20] [--viewers 2]
+[--rounds 5]``, or ``python -m bench.live --load [--seconds 60] [--cameras 32] [--webrtc 8]
+[--playbacks 4]``. Runs on
 the main thread (an asyncio loop); the recorder and the camera simulator on their threads and
 processes.
 """
@@ -37,13 +53,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
+import itertools
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -60,11 +81,12 @@ from nvr.config.models import ApiConfig
 from nvr.ingest.supervisor import Supervisor
 from nvr.ingest.tap import TapFrame
 from nvr.storage import SegmentStore
-from tests.api_rig import PASSWORD, free_port
+from tests.api_rig import NVR, PASSWORD, add_admin, free_port, open_index
 from tests.camsim import CameraSim
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
 from tests.live_rig import WhepViewer, live_daemon, whep_connect
+from tests.notify import NotifyListener
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "benchmarks.md"
@@ -251,7 +273,8 @@ async def in_process(args: argparse.Namespace, clips: Path, tmp: Path) -> list[s
             out.append("| first frame | runs | median ms | p95 ms | max ms |")
             out.append("|---|---|---|---|---|")
             out.append(
-                f"| WebRTC, cold (hub not subscribed) | 1 | {cold['webrtc'] * 1000:.0f} | | |"
+                "| WebRTC, first viewer (latest keyframe held) | 1 | "
+                f"{cold['webrtc'] * 1000:.0f} | | |"
             )
             out.append(summary("WebRTC, warm (current GOP held)", firsts["webrtc"]))
             out.append(summary("MSE, warm (init + first GOP)", firsts["mse"]))
@@ -334,6 +357,196 @@ async def cpu(args: argparse.Namespace, clips: Path, tmp: Path) -> list[str]:
     ]
 
 
+LOAD_WATCHDOG_USEC = 2_000_000
+PLAYBACK_AHEAD_S = 10.0
+PLAYBACK_BYTES_PER_S = 4_100_000 / 8
+"""hd4m's bitrate: a playback client fetches at the pace of playing it."""
+FRAME_MS = 40
+
+
+async def login(base: str) -> str:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+        r = await c.post("/api/login", json={"username": "admin", "password": PASSWORD})
+        r.raise_for_status()
+        token: str = r.json()["token"]
+        return token
+
+
+async def load_viewer(base: str, token: str, camera: str, stop: asyncio.Event) -> int:
+    """One WHEP viewer of `camera` until `stop`: the frames it decoded (not kept: 720p
+    frames of 8 viewers would fill the memory)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    frames = 0
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as c:
+        viewer = await whep_connect(c, camera)
+        if not isinstance(viewer, WhepViewer):
+            raise SystemExit(f"WHEP {camera} refused: {viewer.status_code} {viewer.text}")
+        try:
+            while not stop.is_set():
+                frames += len(viewer.frames)
+                viewer.frames.clear()
+                viewer.arrivals.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+            frames += len(viewer.frames)
+        finally:
+            await c.delete(viewer.location)
+            await viewer.pc.close()
+            if viewer.task is not None:
+                viewer.task.cancel()
+    return frames
+
+
+async def load_playback(base: str, token: str, camera: str, stop: asyncio.Event) -> int:
+    """Play the last 30 s of `camera` as one MP4 over and over until `stop`, fetched at the
+    pace of playing it (a browser's buffer ahead); the bytes fetched."""
+    headers = {"Authorization": f"Bearer {token}"}
+    got = 0
+    began = time.monotonic()
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as c:
+        while not stop.is_set():
+            end = int(time.time() * 1000) - 15_000
+            params = {"start": str(end - 30_000), "end": str(end)}
+            async with c.stream("GET", f"/api/cameras/{camera}/recording.mp4", params=params) as r:
+                if r.status_code not in (200, 206):
+                    await r.aread()
+                    raise SystemExit(f"playback {camera}: {r.status_code} {r.text[:200]}")
+                async for chunk in r.aiter_bytes():
+                    got += len(chunk)
+                    # Played in real time (hd4m's bitrate), clip after clip, with up to
+                    # PLAYBACK_AHEAD_S buffered, as a browser does.
+                    played = got / PLAYBACK_BYTES_PER_S
+                    ahead = played - (time.monotonic() - began) - PLAYBACK_AHEAD_S
+                    if ahead > 0 and not stop.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), ahead)
+                    if stop.is_set():
+                        break
+    return got
+
+
+def recording_gaps(root: Path, cams: Sequence[str]) -> list[str]:
+    """Index holes longer than one frame and outages other than `daemon-stopped`."""
+    store = open_index(root)
+    try:
+        out = []
+        for cam in cams:
+            segs = store.segments(cam)
+            if not segs:
+                out.append(f"{cam}: nothing recorded")
+            out += [
+                f"{cam}: hole of {b.start_ms - a.end_ms} ms"
+                for a, b in itertools.pairwise(segs)
+                if b.start_ms - a.end_ms > FRAME_MS
+            ]
+            out += [
+                f"{cam}: {o.cause} ({(o.duration_ms or 0) / 1000:.1f} s): {o.detail}"
+                for o in store.ledger.outages(cam, 0)
+                if o.cause != "daemon-stopped"
+            ]
+        return out
+    finally:
+        store.close()
+
+
+async def load(args: argparse.Namespace, clips: Path, tmp: Path) -> str:
+    cams = [f"cam{i:02d}" for i in range(args.cameras)]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    root = tmp / "data"
+    cfg = tmp / "nvr.toml"
+    manager = NotifyListener(f"@nvr-bench-live-{uuid.uuid4().hex}")
+    with CameraSim(clips, mounts=[f"{c}=hd4m" for c in cams]) as sim:
+        cfg.write_text(
+            f'[storage]\nroot = "{root}"\n'
+            f'[api]\nlisten = "127.0.0.1:{port}"\nwebrtc_addresses = ["127.0.0.1"]\n'
+            f"max_live_viewers = {args.webrtc + 4}\n"
+            + "".join(
+                f'[[cameras]]\nname = "{c}"\nurl = "{sim.url(c)}"\nsegment_seconds = 10\n'
+                for c in cams
+            )
+        )
+        await asyncio.to_thread(add_admin, cfg)
+        env = dict(
+            os.environ,
+            NOTIFY_SOCKET=manager.address,
+            WATCHDOG_USEC=str(LOAD_WATCHDOG_USEC),
+        )
+        env.pop("WATCHDOG_PID", None)
+        log = tmp / "daemon.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(  # noqa: ASYNC220 (started once, returns at once)
+                [*NVR, "run", "-c", str(cfg)], cwd=tmp, stdout=out, stderr=out, env=env
+            )
+        try:
+            for _ in range(600):
+                if proc.poll() is not None:
+                    raise SystemExit(f"nvr exited: {log.read_text()[-2000:]}")
+                try:
+                    token = await login(base)
+                    break
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.2)
+            else:
+                raise SystemExit("the daemon's API never answered")
+            await asyncio.sleep(args.warmup)  # all cameras recording, first segments closed
+            stop = asyncio.Event()
+            t0, cpu0 = time.monotonic(), cpu_seconds(proc.pid)
+            viewers = [
+                asyncio.create_task(load_viewer(base, token, cams[i % len(cams)], stop))
+                for i in range(args.webrtc)
+            ]
+            plays = [
+                asyncio.create_task(
+                    load_playback(base, token, cams[(args.webrtc + i) % len(cams)], stop)
+                )
+                for i in range(args.playbacks)
+            ]
+            await asyncio.sleep(args.seconds)
+            stop.set()
+            frames = await asyncio.gather(*viewers)
+            fetched = await asyncio.gather(*plays)
+            t1, cpu1 = time.monotonic(), cpu_seconds(proc.pid)
+            if proc.poll() is not None:
+                raise SystemExit(f"nvr exited during the load: {log.read_text()[-2000:]}")
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.to_thread(proc.wait, 60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    pings = manager.times("WATCHDOG=1", t0, t1)
+    manager.close()
+    edges = [t0, *pings, t1]
+    widest = max(b - a for a, b in itertools.pairwise(edges))
+    gaps = await asyncio.to_thread(recording_gaps, root, cams)
+    seconds = t1 - t0
+    lines = [
+        f"Command: `python -m bench.live --load --seconds {args.seconds:g} --cameras "
+        f"{args.cameras} --webrtc {args.webrtc} --playbacks {args.playbacks}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}; load average at the end "
+        f"{os.getloadavg()[0]:.1f}. {args.cameras} cameras `hd4m` (H.264 1280x720, 25 fps, "
+        "~4.1 Mbit/s) from the loopback RTSP simulator, recorded by `nvr run`; the viewers, "
+        "playback clients and simulator run beside it on the same machine.",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| load duration | {seconds:.0f} s | |",
+        f"| WebRTC frames decoded (all {args.webrtc} viewers) | {sum(frames)} "
+        f"({sum(frames) / seconds / max(1, args.webrtc):.1f} fps per viewer) | 25 fps |",
+        f"| playback MP4 fetched ({args.playbacks} clients) | {sum(fetched) / 1e6:.0f} MB | |",
+        f"| daemon CPU | {(cpu1 - cpu0) / seconds * 100:.0f} % of a core | |",
+        f"| WATCHDOG=1 pings | {len(pings)}, largest interval {widest:.2f} s | <= 2 s |",
+        f"| recording gaps (holes + outages, whole run) | {len(gaps)} | 0 |",
+    ]
+    lines += [f"- {g}" for g in gaps[:20]]
+    return "\n".join(lines) + "\n"
+
+
 async def run(args: argparse.Namespace) -> str:
     clips = clips_cache_dir(Path(tempfile.gettempdir()) / "camsim-clips")
     make_clips(clips)
@@ -363,11 +576,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--viewers", type=int, default=2, help="viewers for the CPU sample")
     p.add_argument("--rounds", type=int, default=5, help="viewings per path")
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
+    p.add_argument("--load", action="store_true", help="the load case only (prints; no doc)")
+    p.add_argument("--cameras", type=int, default=32, help="--load: cameras recording")
+    p.add_argument("--webrtc", type=int, default=8, help="--load: WebRTC viewers")
+    p.add_argument("--playbacks", type=int, default=4, help="--load: playback clients")
+    p.add_argument("--warmup", type=float, default=25.0, help="--load: seconds before load")
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.load:
+        with tempfile.TemporaryDirectory(prefix="bench-live-load-") as tmp:
+            clips = clips_cache_dir(Path(tempfile.gettempdir()) / "camsim-clips")
+            make_clips(clips)
+            print(asyncio.run(load(args, clips, Path(tmp))))
+        return 0
     body = asyncio.run(run(args))
     print(body)
     if not args.no_doc:
