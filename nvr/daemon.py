@@ -343,7 +343,9 @@ async def run_daemon(
             substreams=substreams.source,
             gb28181=lambda: publisher.gb.health() if publisher.gb is not None else None,
         )
-        gb = publisher.gb = await _start_gb28181(config, store, supervisor)
+        publisher.gb = await _start_gb28181(config, store, supervisor)
+        gb_reload = _GbReload(publisher, config, store, supervisor)
+        reloader.subscribe(gb_reload)
         line = status_line(supervisor.snapshot(), supervisor.health(), publisher.free_bytes, None)
         notifier.ready(line)
         if notifier.watchdog is not None:
@@ -374,9 +376,10 @@ async def run_daemon(
         notifier.stopping("stopping: finishing in-flight segments")
         if api is not None:
             await api.close()
-        if gb is not None:
-            await gb.stop()  # BYE to its streams, then unregister
         await reloader.close()  # a reload in progress finishes before the recorders stop
+        await gb_reload.close()
+        if publisher.gb is not None:
+            await publisher.gb.stop()  # BYE to its streams, then unregister
         await asyncio.wait([beat])  # ends at `stop`; a failure was logged when it happened
         check.cancel()
         await supervisor.stop(grace=10.0)
@@ -451,6 +454,50 @@ class Alerts:
                 self._mqtt.cancel()
         for sender in self._senders:
             await asyncio.to_thread(sender.stop, self.CLOSE_TIMEOUT)
+
+
+def _gb_key(config: NvrConfig) -> object:
+    """What the GB/T 28181 device is built from: `[gb28181]` and the cameras' channel ids,
+    names, enabled flags and masks (the channels it offers)."""
+    cams = tuple((c.name, c.enabled, c.location, c.privacy_masks) for c in config.cameras)
+    return (config.gb28181, config.gb_channel_ids(), cams)
+
+
+class _GbReload:
+    """A reload listener (on the loop) that applies `[gb28181]` changes and changes of the
+    offered channels: the running device ends its streams (BYE) and unregisters, and a new
+    one registers with the new settings (none if the table was removed). One at a time."""
+
+    def __init__(
+        self, publisher: _Publisher, config: NvrConfig, store: SegmentStore, supervisor: Supervisor
+    ) -> None:
+        self._publisher = publisher
+        self._store = store
+        self._supervisor = supervisor
+        self._key = _gb_key(config)
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, new: NvrConfig) -> None:
+        key = _gb_key(new)
+        if key == self._key:
+            return
+        self._key = key
+        task = asyncio.create_task(self._apply(new), name="gb28181-reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply(self, new: NvrConfig) -> None:
+        async with self._lock:
+            old, self._publisher.gb = self._publisher.gb, None
+            if old is not None:
+                log.info("GB/T 28181: configuration changed; unregistering to apply it")
+                await old.stop()
+            self._publisher.gb = await _start_gb28181(new, self._store, self._supervisor)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
 
 
 async def _start_gb28181(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +23,7 @@ from nvr.config import load_config
 from nvr.daemon import run_daemon
 from nvr.storage import SegmentStore
 from tests.api_rig import free_port
-from tests.gbsim import Platform
+from tests.gbsim import Platform, hdr
 
 pytestmark = pytest.mark.slow
 
@@ -168,3 +170,40 @@ async def test_an_absent_platform_never_disturbs_recording(tmp_path: Path) -> No
         await daemon
     outages, _ = await asyncio.to_thread(outages_and_segments, root)
     assert outages <= 1
+
+
+async def test_reload_applies_gb28181_changes(tmp_path: Path) -> None:
+    """SIGHUP with a changed `[gb28181]` (the camera no longer offered): the device ends the
+    camera's live stream with a BYE, unregisters, registers again with the new settings,
+    and the platform then sees no channel (Catalog empty, INVITE 404); recording goes on."""
+    platform = Platform(SERVER, DOMAIN, PASSWORD)
+    await platform.start()
+    cfg = write_config(tmp_path, platform.port)
+    stop = asyncio.Event()
+    daemon = asyncio.create_task(
+        run_daemon(load_config(cfg), stop=stop, config_path=cfg), name="daemon"
+    )
+    try:
+        await wait_for(platform.registered.is_set, "registration", daemon)
+        call = await platform.invite(CHANNEL, "Play")
+        assert call.answer is not None and call.answer.status_code == 200
+        await wait_for(lambda: sum(p.marker for p in call.packets) >= 5, "live frames", daemon)
+        before = platform.registrations
+        text = cfg.read_text(encoding="utf-8")
+        assert 'cameras = ["demo"]' in text
+        cfg.write_text(text.replace('cameras = ["demo"]', "cameras = []"), encoding="utf-8")
+        os.kill(os.getpid(), signal.SIGHUP)
+        bye = await asyncio.wait_for(platform.requests.get(), 60)
+        assert bye.method == "BYE" and call.invite is not None
+        assert hdr(bye, "Call-ID") == hdr(call.invite, "Call-ID")
+        await wait_for(lambda: platform.unregistrations == 1, "unregistration", daemon, 30)
+        await wait_for(lambda: platform.registrations > before, "a new registration", daemon, 30)
+        [answer] = await platform.query("Catalog", DEVICE, int(time.time()))
+        assert answer.findtext("SumNum") == "0"
+        again = await platform.invite(CHANNEL, "Play")
+        assert again.answer is not None and again.answer.status_code == 404
+    finally:
+        stop.set()
+        await daemon
+        await platform.close()
+    assert platform.unregistrations == 2  # the reload's and the stop's
