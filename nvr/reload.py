@@ -5,7 +5,8 @@ What a reload changes is `config.diff.diff_configs`: cameras added start, remove
 their segment and stop, changed ones restart, unchanged ones are not touched (not a frame
 lost); `log_level` and `site` apply at once; `[gb28181]` and the channels it offers
 re-register the GB/T 28181 device (a listener in `nvr.daemon`). Settings read once at start
-(`[storage]`, `[api]`, `[retention]`, `[evidence]`, `[events]`) are refused with a message that a restart is needed.
+(`[storage]`, `[api]`, `[retention]`, `[evidence]`, `[events]`) are refused with a message
+that a restart is needed.
 Every reload, applied or refused, is audited with who asked and what changed (key names, never
 values). One reload at a time; runs on the daemon's event loop, the file is read on a worker thread.
 """
