@@ -293,7 +293,8 @@ async def recording(
     masks = privacy_masks(services, name)
     masked = bool(masks) and not user.unmasked and services.masks is not None
     if masked and rng.end_ms - rng.start_ms > MASKED_MAX_MS:
-        # the whole copy is re-encoded before its first byte (about real time at 1080p)
+        # the copy is re-encoded at about real time at 1080p (streamed as it is made), and
+        # one at a time: a bound keeps one viewer from holding the only encoder for hours
         raise Unprocessable(
             f"this camera has privacy masks: ask for at most {MASKED_MAX_MS // 60_000} minutes "
             "at a time",
