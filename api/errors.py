@@ -1,5 +1,5 @@
 """Typed HTTP errors of the API. Each carries its status code and a stable `code` (a
-kebab-case word: the web pages show their own catalogue's message for it, `error.<code>`);
+kebab-case word: the web pages show their own catalogue's message for it, `problem.<code>`);
 the app turns them into RFC 9457 problems (`application/problem+json`, with `detail` in
 English for API clients and `code`). Messages never contain a password, a token or a camera
 credential."""

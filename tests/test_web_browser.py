@@ -895,7 +895,7 @@ def test_a_masked_user_plays_footage_while_the_masked_copy_is_made(
             )
             for code, got in shown.items():
                 assert got is not None, code
-                assert got[0] == code and got[1] == ZH[f"error.{code}"], got
+                assert got[0] == code and got[1] == ZH[f"problem.{code}"], got
                 assert got[2] and got[2] != got[1]  # the English detail, for API clients
             assert csp_violations(s) == [], s.problems
         finally:

@@ -235,7 +235,7 @@ def test_catalogues_have_the_same_keys_and_every_key_used() -> None:
 
 def test_every_problem_code_has_a_message_in_both_catalogues() -> None:
     """Every `code` the API gives a problem (issue 17: the pages show refusals in their own
-    language) has an `error.<code>` message in zh-CN and in English, shipped to the scripts."""
+    language) has a `problem.<code>` message in zh-CN and in English, shipped to the scripts."""
     root = WEB.parent.parent
     codes = {"error", "storage", "invalid-request", "too-large", "bad-request"}
     codes |= {"not-found", "method-not-allowed", "login-required"}  # app.HTTP_CODES
@@ -246,8 +246,8 @@ def test_every_problem_code_has_a_message_in_both_catalogues() -> None:
     assert {"camera-forbidden", "role-forbidden", "self-approval", "busy"} <= codes
     for code in sorted(codes):
         for lang, cat in CATALOGUES.items():
-            assert f"error.{code}" in cat, (lang, code)
-    assert "error.".startswith(SCRIPT_PREFIXES)
+            assert f"problem.{code}" in cat, (lang, code)
+    assert "problem.".startswith(SCRIPT_PREFIXES)
 
 
 def test_problems_carry_a_stable_code_and_the_english_detail(api: Api) -> None:

@@ -11,7 +11,7 @@ from typing import Final
 LANGS: Final = ("zh-CN", "en")
 DEFAULT_LANG: Final = "zh-CN"
 LANG_COOKIE: Final = "nvr_lang"
-SCRIPT_PREFIXES: Final = ("js.", "state.", "badge.", "cause.", "picture.", "error.")
+SCRIPT_PREFIXES: Final = ("js.", "state.", "badge.", "cause.", "picture.", "problem.")
 
 
 def _load(lang: str) -> dict[str, str]:

@@ -43,10 +43,10 @@
   }
 
   // An API refusal shown in the page's language: the problem's `code` names a catalogue
-  // message (`error.<code>`); the English `detail` is kept for a code the page does not know.
+  // message (`problem.<code>`); the English `detail` is kept for a code the page does not know.
   class ApiError extends Error {
     constructor(status, detail, code) {
-      const key = "error." + code;
+      const key = "problem." + code;
       const known = code && Object.prototype.hasOwnProperty.call(messages, key);
       super(known ? t(key) : detail);
       this.status = status;
