@@ -623,3 +623,37 @@ async def test_gop_cache_only_while_registered(
         await device.stop()
         await platform.close()
     assert not taps["cam"].wanted and not taps["other"].wanted
+
+
+async def test_mansrtsp_range_seeks(
+    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """PLAY with `Range: npt=20-` jumps to 20 s after the playback's start (from the keyframe
+    at or before it): what follows is the recording from there to the end, with timestamps
+    still going forward; the 14 s skipped are never sent."""
+    rec = recorded(store, "h264aac")
+    seg0 = store.segments("h264aac")[0]
+    start_s = seg0.start_ms // 1000 + 2
+    end_s = start_s + 24
+    device, _ = await start_device(platform, store, monkeypatch)
+    try:
+        call = await platform.invite(CH_H264, "Playback", start_s=start_s, end_s=end_s)
+        assert call.answer is not None and call.answer.status_code == 200
+        await wait_for(lambda: len(call.packets) > 5, "media flowing")
+        res = await call.info("PLAY RTSP/1.0\r\nCSeq: 1\r\nRange: npt=20-\r\n")
+        assert res.status_code == 200
+        assert await media_status(platform) == "121"
+        await call.bye()
+    finally:
+        await device.stop()
+    _, got, decoded = received(call, tmp_path)
+    assert decoded == len(got)
+    first = max(i for i, r in enumerate(rec) if r[2] and r[3] <= start_s * 1000)
+    sought = max(i for i, r in enumerate(rec) if r[2] and r[3] <= (start_s + 20) * 1000)
+    last = max(i for i, r in enumerate(rec) if r[3] < end_s * 1000)
+    tail = rec[sought : last + 1]
+    k = len(got) - len(tail)
+    assert 0 < k < (sought - first) // 2, (k, sought - first)  # over 10 s never sent
+    assert [g[0] for g in got[:k]] == [r[0] for r in rec[first : first + k]]
+    assert [g[0] for g in got[k:]] == [r[0] for r in tail]
+    assert got[k][1] > max(p for _, p in got[:k])  # timestamps go on forward

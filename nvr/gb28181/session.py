@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from aiosipua import SipRequest, SipResponse
@@ -38,6 +38,8 @@ log = logging.getLogger("nvr.gb28181.session")
 
 ACK_TIMEOUT = 5.0
 BYE_AFTER_END = 5.0
+SEEK_GAP_90K = 3600
+"""After a seek the stream goes on 40 ms (90 kHz) after the last frame sent."""
 MASKED = "privacy masks: the platform may not see behind them ([gb28181] unmasked)"
 """Why a masked camera's stream is refused (SIP Warning text and the audit's reason)."""
 """Seconds after MediaStatus 121 before we send BYE ourselves."""
@@ -139,6 +141,8 @@ class Session:
     task: asyncio.Task[None] | None = None
     ended_by_platform: asyncio.Event = field(default_factory=asyncio.Event)
     frames: int = 0
+    seek_ms: int | None = None
+    """Where a MANSRTSP `Range` asked the playback to go (Unix ms), until it went there."""
     first_rtp_s: float | None = None
     invited_at: float = field(default_factory=time.monotonic)
 
@@ -300,6 +304,14 @@ class Sessions:
                     scale = min(max(float(headers["scale"]), MIN_SCALE), MAX_SCALE)
                 except ValueError:
                     return sip.response_to(req, 400, "Bad Request")
+            npt = headers.get("range", "").removeprefix("npt=").split("-", 1)[0].strip()
+            if npt and npt != "now":
+                try:
+                    offset_ms = round(float(npt) * 1000)
+                except ValueError:
+                    return sip.response_to(req, 400, "Bad Request")
+                start, end = session.offer.start_ms, session.offer.end_ms
+                session.seek_ms = min(max(start + offset_ms, start), end - 1)
             session.pace.play(scale)
         else:
             return sip.response_to(req, 400, "Bad Request")
@@ -320,15 +332,26 @@ class Sessions:
                         muxer = PsMuxer(live.codec or "h264")
                     await self._send(session, muxer, frame)
                 return
-            segments = await asyncio.to_thread(
-                self.index.segments, ch.camera, session.offer.start_ms, session.offer.end_ms
-            )
-            async for codec, frame in recorded_frames(
-                segments, session.offer.start_ms, session.offer.end_ms, session.pace
-            ):
-                if muxer is None:
-                    muxer = PsMuxer(codec, frame.audio_codec)
-                await self._send(session, muxer, frame)
+            start, end = session.offer.start_ms, session.offer.end_ms
+            shift = 0  # after a seek: keeps the RTP/PS timestamps going forward
+            last_dts = 0
+            while True:
+                segments = await asyncio.to_thread(self.index.segments, ch.camera, start, end)
+                sought = False
+                async for codec, frame in recorded_frames(segments, start, end, session.pace):
+                    if session.seek_ms is not None:  # MANSRTSP Range: from its keyframe
+                        start, session.seek_ms = session.seek_ms, None
+                        sought = True
+                        break
+                    if muxer is None:
+                        muxer = PsMuxer(codec, frame.audio_codec)
+                    if shift:
+                        frame = replace(frame, pts=frame.pts + shift, dts=frame.dts + shift)
+                    last_dts = max(last_dts, frame.dts)
+                    await self._send(session, muxer, frame)
+                if not sought:
+                    break
+                shift = last_dts + SEEK_GAP_90K - 9000  # the next generator starts at 9000
             await self._end_of_file(session)
         except TimeoutError:
             log.info("GB/T 28181: %s: no ACK or no connection from the platform", ch.camera)
