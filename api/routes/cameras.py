@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 from urllib.parse import parse_qs, quote, urlsplit
 
 import av
@@ -471,10 +471,26 @@ def privacy_masks(services: ApiServices, camera: str) -> list[PrivacyMask]:
     return list(cam.privacy_masks) if cam is not None else []
 
 
+async def _open_off_loop(opener: Callable[[], BinaryIO]) -> BinaryIO:
+    """`opener()` on a worker thread. A viewer who leaves while the thread opens the file
+    cancels only the wait: the file it opened is closed, not left to the garbage collector."""
+    opening = asyncio.ensure_future(asyncio.to_thread(opener))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
+
+
 async def _job_chunks(job: MaskJob) -> AsyncIterator[bytes]:
     """A masked copy's bytes from its start while it is being made: each as soon as the
     encoder wrote it, to the end of the finished copy."""
-    f = await asyncio.to_thread(job.open)
+    f = await _open_off_loop(job.open)
     try:
         pos = 0
         while True:
@@ -495,7 +511,7 @@ async def _job_chunks(job: MaskJob) -> AsyncIterator[bytes]:
 
 async def _file_chunks(path: Path, first: int, last: int) -> AsyncIterator[bytes]:
     """Bytes [first, last] of a masked copy (opened once: a trimmed cache keeps it alive)."""
-    f = await asyncio.to_thread(open, path, "rb")
+    f = await _open_off_loop(lambda: path.open("rb"))
     try:
         pos = first
         while pos <= last:
