@@ -313,12 +313,11 @@ async def recording(
     if masked:
         detail["masked"] = True
     if not masked and _etag_matches(request.headers.get("if-none-match"), rec.etag):
-        await asyncio.to_thread(
-            services.store.audit.append,
+        await _audit_ok(
+            services,
             user.name,
             action,
             name,
-            "ok",
             {**detail, "bytes": 0, "status": 304, "method": request.method},
         )
         return Response(status_code=304, headers=headers)
@@ -358,12 +357,11 @@ async def recording(
         headers["ETag"] = made.etag
         headers["X-Privacy-Masks"] = str(len(masks))
         if _etag_matches(request.headers.get("if-none-match"), made.etag):
-            await asyncio.to_thread(
-                services.store.audit.append,
+            await _audit_ok(
+                services,
                 user.name,
                 action,
                 name,
-                "ok",
                 {**detail, "bytes": 0, "status": 304, "method": request.method},
             )
             return Response(status_code=304, headers=headers)
@@ -371,12 +369,11 @@ async def recording(
             # Still being encoded: sent as it grows (fragmented MP4), whole and from its
             # start (no Range until it is finished and cached; then the next request has it).
             headers["Accept-Ranges"] = "none"
-            await asyncio.to_thread(
-                services.store.audit.append,
+            await _audit_ok(
+                services,
                 user.name,
                 action,
                 name,
-                "ok",
                 {
                     **detail,
                     "footage_start_ms": vf.start_ms,
@@ -409,12 +406,11 @@ async def recording(
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     length = last - first + 1
     headers["Content-Length"] = str(length)
-    await asyncio.to_thread(
-        services.store.audit.append,
+    await _audit_ok(
+        services,
         user.name,
         action,
         name,
-        "ok",
         {
             **detail,
             "footage_start_ms": vf.start_ms,
@@ -524,6 +520,13 @@ async def _file_chunks(path: Path, first: int, last: int) -> AsyncIterator[bytes
         f.close()
 
 
+async def _audit_ok(
+    services: ApiServices, user: str, action: str, name: str, detail: dict[str, object]
+) -> None:
+    """One served retrieval in the audit log (R5), off the loop."""
+    await asyncio.to_thread(services.store.audit.append, user, action, name, "ok", detail)
+
+
 async def _head(
     services: ApiServices,
     user: str,
@@ -540,13 +543,8 @@ async def _head(
         headers["Content-Length"] = str(vf.size)
         headers["X-Recording-Start"] = iso(vf.start_ms)
         headers["X-Recording-End"] = iso(vf.end_ms)
-    await asyncio.to_thread(
-        services.store.audit.append,
-        user,
-        action,
-        name,
-        "ok",
-        {**detail, "bytes": 0, "method": "HEAD", "status": 200},
+    await _audit_ok(
+        services, user, action, name, {**detail, "bytes": 0, "method": "HEAD", "status": 200}
     )
     response = Response(status_code=200, headers=headers, media_type="video/mp4")
     if vf is None:
