@@ -408,6 +408,12 @@ async def load_playback(base: str, token: str, camera: str, stop: asyncio.Event)
             end = int(time.time() * 1000) - 15_000
             params = {"start": str(end - 30_000), "end": str(end)}
             async with c.stream("GET", f"/api/cameras/{camera}/recording.mp4", params=params) as r:
+                if r.status_code == 429:  # the user's other plays are being prepared
+                    await r.aread()
+                    wait = float(r.headers.get("retry-after", "1"))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), wait)
+                    continue  # as a player does: ask again after Retry-After
                 if r.status_code not in (200, 206):
                     await r.aread()
                     raise SystemExit(f"playback {camera}: {r.status_code} {r.text[:200]}")
