@@ -11,6 +11,7 @@ hub viewer into a bounded thread queue, and a worker thread (`live-x264-<camera>
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 import queue
@@ -41,7 +42,7 @@ def reduced(width: int, height: int, max_height: int = MAX_HEIGHT) -> tuple[int,
     return w - w % 2, max_height
 
 
-class _WorkerSource:
+class _WorkerSource(abc.ABC):
     """A packet source fed by a hub viewer and produced on a worker thread."""
 
     kind = "worker"
@@ -111,8 +112,9 @@ class _WorkerSource:
             except queue.Full:  # the worker is behind: restart at the next keyframe
                 skipping = True
 
+    @abc.abstractmethod
     def _work(self, q: queue.Queue[TapFrame | None], out: Callable[[TapFrame], None]) -> None:
-        raise NotImplementedError
+        """The worker thread: turn the frames from `q` into frames for `out`."""
 
 
 def masks_at(masks: Sequence[PrivacyMask], width: int, height: int) -> tuple[BOOL, BOOL]:

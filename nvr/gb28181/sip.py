@@ -14,6 +14,7 @@ event loop; nothing here blocks.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import hashlib
@@ -137,7 +138,7 @@ def _sm3_authorization(
 # --- transports ------------------------------------------------------------------------------
 
 
-class Transport:
+class Transport(abc.ABC):
     """Sends bytes to the platform (or an address) and hands received messages on."""
 
     name = "UDP"
@@ -146,11 +147,13 @@ class Transport:
         self.on_message: Callable[[SipRequest | SipResponse, Addr], None] = lambda m, a: None
         self.local: Addr = ("0.0.0.0", 0)
 
+    @abc.abstractmethod
     def send(self, data: bytes, addr: Addr) -> None:
-        raise NotImplementedError
+        """Queue `data` for `addr` (UDP) or the connection (TCP); never blocks."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Stop receiving and release the socket."""
 
     @property
     def reliable(self) -> bool:
