@@ -21,7 +21,12 @@ from datetime import datetime, timedelta
 
 from aiosipua import SipMessage, SipRequest, SipResponse
 
+from nvr.config.models import Gb28181Config
+
 Addr = tuple[str, int]
+
+DEVICE = "50010000001110000001"
+"""The recorder's device id in the tests' `[gb28181]`."""
 
 
 def md5(text: str) -> str:
@@ -52,6 +57,25 @@ def xml_of(body: bytes) -> ET.Element:
     head, _, rest = body.partition(b"?>")
     assert b"GB18030" in head.upper() or b"GB2312" in head.upper(), head
     return ET.fromstring(rest.decode("gb18030"))
+
+
+def gb_config(platform: Platform, env: str, **over: object) -> Gb28181Config:
+    """`[gb28181]` for a device registering with `platform` on 127.0.0.1 (its id, domain,
+    port and transport), the password in environment variable `env`; `over` replaces keys."""
+    values: dict[str, object] = {
+        "device_id": DEVICE,
+        "domain": platform.domain,
+        "server_id": platform.server_id,
+        "server_host": "127.0.0.1",
+        "server_port": platform.port,
+        "password_env": env,
+        "transport": platform.transport,
+        "local_port": 0,
+        "register_expires": 3600,
+        "keepalive_seconds": 1,
+    }
+    values.update(over)
+    return Gb28181Config.model_validate(values)
 
 
 @dataclass

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from nvr.config.models import Gb28181Config, NvrConfig
+from nvr.config.models import NvrConfig
 from nvr.gb28181.device import ChannelConfig, GbDevice, channels_of
 from nvr.gb28181.session import Sessions
 from nvr.storage import SegmentStore
-from tests.gbsim import Platform
+from tests.gbsim import DEVICE, Platform, gb_config
 
-DEVICE = "50010000001110000001"
 SERVER = "50010000002000000001"
 DOMAIN = "5001000000"
 PASSWORD = "gb-s3cret"
@@ -49,23 +48,6 @@ def store(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
         yield s
     finally:
         s.close()
-
-
-def gb_config(platform: Platform, env: str, **over: object) -> Gb28181Config:
-    values: dict[str, object] = {
-        "device_id": DEVICE,
-        "domain": DOMAIN,
-        "server_id": SERVER,
-        "server_host": "127.0.0.1",
-        "server_port": platform.port,
-        "password_env": env,
-        "transport": platform.transport,
-        "local_port": 0,
-        "register_expires": 3600,
-        "keepalive_seconds": 1,
-    }
-    values.update(over)
-    return Gb28181Config.model_validate(values)
 
 
 CHANNELS = [

@@ -20,16 +20,14 @@ from pathlib import Path
 import av
 import pytest
 
-from nvr.config.models import Gb28181Config
 from nvr.gb28181.device import ChannelConfig, GbDevice
 from nvr.gb28181.media import GopCache, LiveSource
 from nvr.gb28181.session import Sessions
 from nvr.ingest.tap import PacketTap, TapFrame, TapStream
 from nvr.storage import AuditEntry, SegmentStore, now_ms
-from tests.gbsim import MediaCall, Platform, hdr
+from tests.gbsim import DEVICE, MediaCall, Platform, gb_config, hdr
 from tests.scripted import Connection, SimulatedClock, open_store, run_script
 
-DEVICE = "50010000001110000001"
 SERVER = "50010000002000000001"
 DOMAIN = "5001000000"
 PASSWORD = "gb-s3cret"
@@ -199,17 +197,7 @@ async def start_device(
     masked: frozenset[str] = frozenset(),
 ) -> tuple[GbDevice, Sessions]:
     monkeypatch.setenv("GB_MEDIA_PASSWORD", PASSWORD)
-    config = Gb28181Config(
-        device_id=DEVICE,
-        domain=DOMAIN,
-        server_id=SERVER,
-        server_host="127.0.0.1",
-        server_port=platform.port,
-        password_env="GB_MEDIA_PASSWORD",
-        transport="udp",
-        local_port=0,
-        keepalive_seconds=keepalive_seconds,
-    )
+    config = gb_config(platform, "GB_MEDIA_PASSWORD", keepalive_seconds=keepalive_seconds)
     channels = [
         ChannelConfig(cam, ch, name, masked=cam in masked)
         for cam, ch, name in (
@@ -583,17 +571,7 @@ async def test_gop_cache_only_while_registered(
     platform = Platform(SERVER, DOMAIN, PASSWORD, silent=True)
     await platform.start()
     monkeypatch.setenv("GB_MEDIA_PASSWORD", PASSWORD)
-    config = Gb28181Config(
-        device_id=DEVICE,
-        domain=DOMAIN,
-        server_id=SERVER,
-        server_host="127.0.0.1",
-        server_port=platform.port,
-        password_env="GB_MEDIA_PASSWORD",
-        transport="udp",
-        local_port=0,
-        keepalive_seconds=1,
-    )
+    config = gb_config(platform, "GB_MEDIA_PASSWORD")
     device = GbDevice(
         config,
         [ChannelConfig("cam", CH_LIVE, "live")],
