@@ -312,15 +312,15 @@ async def recording(
     }
     if masked:
         detail["masked"] = True
-    if not masked and _etag_matches(request.headers.get("if-none-match"), rec.etag):
-        await _audit_ok(
-            services,
-            user.name,
-            action,
-            name,
-            {**detail, "bytes": 0, "status": 304, "method": request.method},
-        )
+
+    async def not_modified() -> Response:
+        """The client's copy is this one (If-None-Match): 304, audited with no bytes."""
+        extra = {"bytes": 0, "status": 304, "method": request.method}
+        await _audit_ok(services, user.name, action, name, {**detail, **extra})
         return Response(status_code=304, headers=headers)
+
+    if not masked and _etag_matches(request.headers.get("if-none-match"), rec.etag):
+        return await not_modified()
     if request.method == "HEAD":
         if masked:
             del headers["ETag"]  # the masked copy's tag is known once it is made
@@ -357,14 +357,7 @@ async def recording(
         headers["ETag"] = made.etag
         headers["X-Privacy-Masks"] = str(len(masks))
         if _etag_matches(request.headers.get("if-none-match"), made.etag):
-            await _audit_ok(
-                services,
-                user.name,
-                action,
-                name,
-                {**detail, "bytes": 0, "status": 304, "method": request.method},
-            )
-            return Response(status_code=304, headers=headers)
+            return await not_modified()
         if isinstance(made, MaskJob):
             # Still being encoded: sent as it grows (fragmented MP4), whole and from its
             # start (no Range until it is finished and cached; then the next request has it).
