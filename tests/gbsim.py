@@ -16,6 +16,7 @@ import hashlib
 import secrets
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -57,6 +58,17 @@ def xml_of(body: bytes) -> ET.Element:
     head, _, rest = body.partition(b"?>")
     assert b"GB18030" in head.upper() or b"GB2312" in head.upper(), head
     return ET.fromstring(rest.decode("gb18030"))
+
+
+async def wait_for(cond: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Wait on the test's loop for a condition the device reaches by itself (no guessed
+    sleeps): polled every 20 ms, an AssertionError naming `what` after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def gb_config(platform: Platform, env: str, **over: object) -> Gb28181Config:

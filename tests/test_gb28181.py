@@ -12,6 +12,7 @@ import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,22 +22,14 @@ from nvr.gb28181.device import ChannelConfig, GbDevice, channels_of
 from nvr.gb28181.session import Sessions
 from nvr.storage import SegmentStore
 from tests.gbsim import DEVICE, Platform, gb_config
+from tests.gbsim import wait_for as _wait_for
 
 SERVER = "50010000002000000001"
 DOMAIN = "5001000000"
 PASSWORD = "gb-s3cret"
 CH1 = "50010000001310000001"
 CH2 = "50010000001310000002"
-
-
-async def wait_for(cond: Callable[[], bool], what: str, within: float = 20.0) -> None:
-    """Wait for a condition the device reaches by itself (no guessed sleeps)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+wait_for = partial(_wait_for, within=20.0)  # this module's device answers within 20 s
 
 
 @pytest.fixture
@@ -161,15 +154,15 @@ async def test_platform_restart_and_silence_lead_to_a_new_registration(
         await wait_for(lambda: device.status.registered, "registered")
         # The platform stops answering keepalives (a network loss): 3 misses, re-register.
         platform.answer_keepalives = False
-        await wait_for(lambda: not device.status.registered, "offline after 3 misses", 40)
+        await wait_for(lambda: not device.status.registered, "offline after 3 misses", within=40)
         assert device.status.keepalive_misses >= 3
         platform.answer_keepalives = True
-        await wait_for(lambda: device.status.registered, "registered again", 40)
+        await wait_for(lambda: device.status.registered, "registered again", within=40)
         assert platform.registrations >= 2
         # The platform restarts (forgets the device; TCP connections drop).
         before = platform.registrations
         await platform.stop()
-        await wait_for(lambda: not device.status.registered, "offline while it is down", 40)
+        await wait_for(lambda: not device.status.registered, "offline while it is down", within=40)
         await platform.start()
         await asyncio.wait_for(platform.registered.wait(), 80)
         assert platform.registrations > before

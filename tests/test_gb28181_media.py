@@ -13,7 +13,7 @@ import asyncio
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from nvr.gb28181.media import GopCache, LiveSource
 from nvr.gb28181.session import Sessions
 from nvr.ingest.tap import PacketTap, TapFrame, TapStream
 from nvr.storage import AuditEntry, SegmentStore, now_ms
-from tests.gbsim import DEVICE, MediaCall, Platform, gb_config, hdr
+from tests.gbsim import DEVICE, MediaCall, Platform, gb_config, hdr, wait_for
 from tests.scripted import Connection, SimulatedClock, open_store, run_script
 
 SERVER = "50010000002000000001"
@@ -35,15 +35,6 @@ CH_H264 = "50010000001310000001"
 CH_BFRAMES = "50010000001310000002"
 CH_LIVE = "50010000001310000003"
 PARAMETER_NALS = {"h264": {7, 8}, "hevc": {32, 33, 34}}
-
-
-async def wait_for(cond: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def nal_units(data: bytes, codec: str, annexb: bool = True) -> list[bytes]:

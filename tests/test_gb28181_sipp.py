@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,15 +37,6 @@ def free_udp_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-async def wait_for(cond: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def error_logs(folder: Path) -> str:
