@@ -28,15 +28,11 @@ class PictureDecodeError(Exception):
     retry_can_help = True
 
 
-DECODERS = {"libx264": "h264", "libx265": "hevc", "h265": "hevc"}
-"""Encoder names a source may report (the built-in test camera encodes in process) to the
-decoder of their format."""
-
-
 def decode_keyframe(codec: str, extradata: bytes, data: bytes) -> av.VideoFrame:
-    """Decode one keyframe access unit (Annex B or length-prefixed, as the extradata says)."""
+    """Decode one keyframe access unit (Annex B or length-prefixed, as the extradata says).
+    `codec` is FFmpeg's canonical name, as the packet tap and a demuxed stream give it."""
     try:
-        ctx = av.CodecContext.create(DECODERS.get(codec, codec), "r")
+        ctx = av.CodecContext.create(codec, "r")
         assert isinstance(ctx, av.VideoCodecContext)
         ctx.thread_count = 1
         if extradata:

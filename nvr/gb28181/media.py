@@ -189,7 +189,7 @@ def with_parameter_sets(codec: str, annexb: bytes, sets: Sequence[bytes]) -> byt
 
 
 def codec_family(name: str) -> str:
-    """ "h264" or "hevc" from a codec's name (the built-in camera's encoder says "libx264")."""
+    """ "h264" or "hevc": the PS stream type a tap's canonical codec name is sent as."""
     return "hevc" if "265" in name or "hevc" in name else "h264"
 
 
