@@ -671,6 +671,20 @@ class CameraRecorder:
         return True
 
     @_fenced
+    def _clocks_now(self) -> tuple[int, float]:
+        """The wall and monotonic clocks read together, for the step detector: a thread held
+        between two reads (waiting for the GIL or a core on a loaded machine) made a late
+        wall reading against an earlier monotonic one look like a step of the clock. The pair
+        is read again (up to three times) while the reads straddle more than 50 ms."""
+        mono, wall_ms = self._clock.monotonic, self._clock.wall_ms
+        for _ in range(3):
+            before = mono()
+            wall = wall_ms()
+            after = mono()
+            if after - before <= 0.05:
+                break
+        return wall, (before + after) / 2
+
     def _clock_stepped(self, seg: _Segmenting | None, step: ClockStep) -> None:
         """The server's wall clock stepped (NTP, an operator): one closed `clock-step` row in
         the ledger. Segment times stay safe without more: durations come from media
@@ -820,7 +834,7 @@ class CameraRecorder:
                     last_tick = now
                     if self._stop.is_set():
                         break
-                    step = self._steps.sample(self._clock.wall_ms(), now)
+                    step = self._steps.sample(*self._clocks_now())
                     if step is not None:
                         self._clock_stepped(seg, step)
                         cut_pending = unchain = True  # the next segment starts on the stepped clock
@@ -947,7 +961,7 @@ class CameraRecorder:
                     last_tick = now
                     if self._stop.is_set():
                         break
-                    step = self._steps.sample(self._clock.wall_ms(), now)
+                    step = self._steps.sample(*self._clocks_now())
                     if step is not None:
                         self._clock_stepped(seg, step)
                         cut_pending = True
