@@ -672,9 +672,10 @@ class CameraRecorder:
 
     @_fenced
     def _clocks_now(self) -> tuple[int, float]:
-        """The wall and monotonic clocks read together, for the step detector: a thread held
-        between two reads (waiting for the GIL or a core on a loaded machine) made a late
-        wall reading against an earlier monotonic one look like a step of the clock. The pair
+        """The wall and monotonic clocks read together, for the step detector and a new
+        segment's start: a thread held between two reads (waiting for the GIL or a core on
+        a loaded machine) made a late wall reading against an earlier monotonic one look like
+        a step of the clock, or a gap. The pair
         is read again (up to three times) while the reads straddle more than 50 ms."""
         mono, wall_ms = self._clock.monotonic, self._clock.wall_ms
         for _ in range(3):
@@ -1036,7 +1037,11 @@ class CameraRecorder:
         if vtb is None:
             raise UnsupportedStream("video stream has no time base")
         afirst = int(first_dts * vtb / atb) if atb is not None else 0
-        arrival = self._clock.wall_ms()
+        # The wall time at `now` (the keyframe's arrival), not at this call: the previous
+        # segment's commit (an fsync, an index write) may have taken a second on a loaded
+        # machine, and a start stamped that much late is a gap that never was.
+        wall, mono_now = self._clocks_now()
+        arrival = wall - max(0, round((mono_now - now) * 1000))
         if chained and self._last_end_ms is not None:
             name_ms = self._last_end_ms
         else:

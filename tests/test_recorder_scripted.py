@@ -157,6 +157,38 @@ def test_timestamp_jump_starts_a_new_segment_and_is_recorded(
     assert [o.cause for o in store.ledger.outages("cam")] == ["daemon-stopped"]
 
 
+@pytest.mark.parametrize("jump_s", [-2.0, -0.5, 3600.0])
+def test_a_slow_commit_at_a_timestamp_jump_leaves_no_gap(
+    scripted_clips: Path,
+    clock: SimulatedClock,
+    store: SegmentStore,
+    jump_s: float,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The commit of the segment cut by a timestamp jump takes 1.5 s (a slow fsync on a
+    loaded machine): the packets meanwhile wait in the socket and are read late. The next
+    segment still starts where the previous one ended, because its start comes from when
+    its first packet arrived, not from when the recorder got round to opening its file (the
+    CI failure: a segment 1413 ms after the previous end)."""
+    commit = store.commit
+    slow = [True]
+
+    def slow_commit(*args: object, **kwargs: object) -> object:
+        if slow[0]:
+            slow[0] = False
+            clock.advance(1.5)
+        return commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "commit", slow_commit)
+    script = [Connection(seconds=20, jump_at_s=8.0, jump_s=jump_s)]
+    run_script(store, scripted_clips, clock, script, segment_seconds=60)
+    assert not slow[0], "the jump's cut never committed"
+    segs = store.segments("cam")
+    assert [s.discontinuity for s in segs] == [False, True], segs
+    assert segs[1].start_ms == segs[0].end_ms, segs
+    assert_contiguous(segs)
+
+
 def test_a_server_clock_step_is_written_down_and_never_overlaps_footage(
     scripted_clips: Path, clock: SimulatedClock, store: SegmentStore
 ) -> None:
