@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -199,6 +200,19 @@ def test_a_camera_the_user_may_not_see_never_appears(api: Api) -> None:
         assert "bframes" not in c.get("/health").text
         assert c.get("/users").status_code == 403
         assert c.get("/audit").status_code == 403
+        refused = c.get("/exports", params={"lang": "en"})
+        assert refused.status_code == 403
+        assert refused.headers["content-security-policy"] == PAGE_CSP
+        assert refused.headers["cache-control"] == "no-store"
+        assert "The export register needs the role operator, auditor or admin." in refused.text
+
+
+def test_every_page_sends_a_visitor_without_a_session_to_the_login(api: Api) -> None:
+    with httpx.Client(base_url=api.base, timeout=30) as anon:
+        for path in ("/", "/exports", "/audit?actor=olga", "/users", "/health"):
+            r = anon.get(path, follow_redirects=False)
+            assert r.status_code == 303, path
+            assert r.headers["location"] == "/login?next=" + quote(path, safe=""), path
 
 
 def test_language_by_query_then_cookie(api: Api) -> None:

@@ -19,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from nvr.api.web.documents import DOCUMENT_MAX_BYTES, DOCUMENT_PATH
 from nvr.api.web.documents import router as documents
-from nvr.api.web.pages import router
+from nvr.api.web.pages import PageRefused, answer_refused, router
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -33,5 +33,6 @@ __all__ = ["UPLOADS", "mount", "router"]
 def mount(app: FastAPI) -> None:
     """Add the pages and `/static/` to `app`."""
     app.include_router(router)
+    app.add_exception_handler(PageRefused, answer_refused)
     app.include_router(documents)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -122,6 +122,37 @@ async def _page(request: Request, services: ApiServices) -> Page:
     return page
 
 
+class PageRefused(Exception):
+    """A page not shown: the login redirect or an error page, answered as it is by the
+    handler `mount` registers (`answer_refused`)."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+async def answer_refused(_request: Request, err: Exception) -> Response:
+    assert isinstance(err, PageRefused)
+    return err.response
+
+
+async def _member_page(
+    request: Request,
+    services: ApiServices,
+    roles: tuple[Role, ...] | None = None,
+    refusal: str = "",
+) -> tuple[Page, User]:
+    """The page of a logged-in user with one of `roles` (any role when None); otherwise
+    raises `PageRefused` with the redirect to the login page, or a 403 page saying `refusal`."""
+    page = await _page(request, services)
+    user = page.user
+    if user is None:
+        raise PageRefused(_to_login(request))
+    if roles is not None and not page.may(roles):
+        raise PageRefused(page.error(403, page.text(refusal)))
+    return page, user
+
+
 def _to_login(request: Request) -> RedirectResponse:
     target = request.url.path
     if request.url.query:
@@ -270,10 +301,7 @@ def _badge(state: str) -> str:
 @router.get("/", response_class=HTMLResponse)
 async def grid(request: Request, services: ServicesDep) -> Response:
     """A tile per camera the user may see: live video, state, badge, last gap, clock."""
-    page = await _page(request, services)
-    user = page.user
-    if user is None:
-        return _to_login(request)
+    page, user = await _member_page(request, services)
     report = await asyncio.to_thread(services.health.report, user.may_view, user.all_cameras)
     tiles = []
     for c in report.cameras:
@@ -293,12 +321,7 @@ async def camera(
     day: Annotated[str | None, Query(max_length=10)] = None,
 ) -> Response:
     """One camera: live view of the main stream, the day's timeline, playback, selection."""
-    page = await _page(request, services)
-    user = page.user
-    if user is None:
-        return _to_login(request)
-    if not page.may(PLAYBACK):
-        return page.error(403, page.text("error.no_playback"))
+    page, user = await _member_page(request, services, PLAYBACK, "error.no_playback")
     try:
         await check_camera(services, user, name)
     except ApiError as err:
@@ -328,12 +351,9 @@ async def camera(
 async def exports(request: Request, services: ServicesDep) -> Response:
     """Operators: the requests waiting for a second person, and their own; auditors and
     admins: the whole register. Approve, reject, cancel and download from here."""
-    page = await _page(request, services)
-    user = page.user
-    if user is None:
-        return _to_login(request)
-    if not page.may(("operator", "auditor", "admin")):
-        return page.error(403, page.text("error.no_exports"))
+    page, user = await _member_page(
+        request, services, ("operator", "auditor", "admin"), "error.no_exports"
+    )
     rows = await asyncio.to_thread(lambda: services.store.exports.entries(limit=500))
     rows = [e for e in rows if sees_metadata(user, e.camera)]
     pending = [
@@ -369,11 +389,7 @@ async def audit(
 ) -> Response:
     """The newest entries (at most 500, of the last 7 days) of the audit log, for auditors
     and admins, with exact filters."""
-    page = await _page(request, services)
-    if page.user is None:
-        return _to_login(request)
-    if not page.may(AUDIT):
-        return page.error(403, page.text("error.no_audit"))
+    page, _user = await _member_page(request, services, AUDIT, "error.no_audit")
     since = services.store.now() - 7 * 86_400_000
     entries = await asyncio.to_thread(
         lambda: services.store.audit.entries(
@@ -395,11 +411,7 @@ async def audit(
 
 @router.get("/users", response_class=HTMLResponse)
 async def users(request: Request, services: ServicesDep) -> Response:
-    page = await _page(request, services)
-    if page.user is None:
-        return _to_login(request)
-    if not page.may(ADMIN):
-        return page.error(403, page.text("error.no_users"))
+    page, _user = await _member_page(request, services, ADMIN, "error.no_users")
     found = await asyncio.to_thread(services.store.accounts.users)
     return page.render(
         "users.html", "users.title", users=found, roles=("viewer", "operator", "auditor", "admin")
@@ -408,9 +420,6 @@ async def users(request: Request, services: ServicesDep) -> Response:
 
 @router.get("/health", response_class=HTMLResponse)
 async def health(request: Request, services: ServicesDep) -> Response:
-    page = await _page(request, services)
-    user = page.user
-    if user is None:
-        return _to_login(request)
+    page, user = await _member_page(request, services)
     report = await asyncio.to_thread(services.health.report, user.may_view, user.all_cameras)
     return page.render("health.html", "health.title", h=report)
