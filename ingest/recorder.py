@@ -41,7 +41,14 @@ from nvr.ingest.failures import FailureLog
 from nvr.ingest.rtsp_source import KEYFRAME_WAIT_SECONDS
 from nvr.ingest.sources import Source, StreamOpener
 from nvr.ingest.status import RecorderStatus
-from nvr.ingest.tap import PacketTap, TapFrame, TapStream, tap_stream
+from nvr.ingest.tap import (
+    PacketTap,
+    TapAudioFrame,
+    TapAudioStream,
+    TapFrame,
+    TapStream,
+    tap_stream,
+)
 from nvr.ingest.timecheck.steps import CLOCK_STEP, ClockStep, ClockStepDetector
 from nvr.ingest.timeline import Stamped, StreamTimeline
 from nvr.storage import (
@@ -242,6 +249,11 @@ class _Segmenting:
         self.tap: PacketTap | None = None
         self.tap_stream: TapStream | None = None
         """Where live consumers get this segment's video packets (`nvr.ingest.tap`)."""
+        self.tap_audio: TapAudioStream | None = None
+        """This segment's audio on the tap (None: no audio stored, or no tap)."""
+        self.audio_origin = audio_first
+        """The segment's first video dts in audio ticks: a written audio packet's position
+        plus this is its time on the tap's (video dts) timeline."""
 
     @property
     def wall_est(self) -> int:
@@ -276,6 +288,11 @@ class _Segmenting:
         """Mux one packet of an audio-only camera (the segment's only stream, its time base
         the segment's)."""
         rel = st.dts - self.first_dts
+        tap = self.tap
+        if tap is not None and tap.audio_wanted and self.tap_audio is not None:
+            tap.publish_audio(
+                TapAudioFrame(self.tap_audio, bytes(packet), st.pts, st.duration, now)
+            )
         packet.stream = self.writer.audio
         packet.dts = rel
         packet.pts = rel + max(0, st.pts - st.dts)
@@ -907,7 +924,7 @@ class CameraRecorder:
                         packet, packet.pts, packet.dts, packet.duration or 0
                     ):
                         pkt = item if isinstance(item, av.Packet) else packet
-                        self._write_audio(seg, pkt, st)
+                        self._write_audio(seg, pkt, st, now)
         except StreamError:
             if seg is not None:
                 self._finish(seg, None, vtb, source)
@@ -1055,6 +1072,16 @@ class CameraRecorder:
                 seg.tap = self._tap
                 name = cc.codec.canonical_name  # "h264" also from the test camera's libx264
                 seg.tap_stream = tap_stream(name, cc.width, cc.height, cc.extradata, vtb)
+            if self._tap is not None and writer.audio is not None and atb is not None:
+                ac = writer.audio.codec_context
+                seg.tap = self._tap
+                seg.tap_audio = TapAudioStream(
+                    ac.codec.canonical_name,
+                    ac.sample_rate,
+                    ac.channels,
+                    bytes(ac.extradata or b""),
+                    atb,
+                )
             seg.chained_from = self._last_end_ms if chained else None
             seg.settled = chained
             seg.discontinuity = discontinuity
@@ -1146,7 +1173,9 @@ class CameraRecorder:
         with self._fence_for():
             self._store.events.add(self.camera, self._clock.wall_ms(), "resolution-change", detail)
 
-    def _write_audio(self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped) -> None:
+    def _write_audio(
+        self, seg: _Segmenting, packet: av.Packet[Any], st: Stamped, now: float
+    ) -> None:
         if seg.writer.audio is None:
             return
         rel = st.dts - seg.audio_first
@@ -1168,6 +1197,10 @@ class CameraRecorder:
             rel = max(rel, 0)
         else:
             rel = max(rel, seg.last_audio_dts + 1)  # late packet at a cut: shift, never drop
+        tap = seg.tap
+        if tap is not None and tap.audio_wanted and seg.tap_audio is not None:
+            at = rel + seg.audio_origin
+            tap.publish_audio(TapAudioFrame(seg.tap_audio, bytes(packet), at, st.duration, now))
         packet.stream = seg.writer.audio
         packet.dts = rel
         packet.pts = rel + max(0, st.pts - st.dts)
