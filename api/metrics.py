@@ -103,6 +103,70 @@ def version() -> str:
         return "unknown"
 
 
+_COUNTER, _GAUGE = CounterMetricFamily, GaugeMetricFamily
+CAMERA_SERIES: tuple[
+    tuple[type[CounterMetricFamily | GaugeMetricFamily], str, str, tuple[str, ...]], ...
+] = (
+    (_COUNTER, "recorded_bytes", "Bytes of segments written since the daemon started", ()),
+    (_COUNTER, "segments", "Segments written since the daemon started", ()),
+    (_COUNTER, "reconnects", "Reconnections since the daemon started", ()),
+    (
+        _COUNTER,
+        "gap_seconds",
+        "Seconds of recording lost to outages, over the whole outage ledger",
+        (),
+    ),
+    (_GAUGE, "gap_24h_seconds", "Seconds lost to outages in the last 24 h", ()),
+    (_GAUGE, "stalled", "1 while the camera is stalled (connected, no media)", ()),
+    (_GAUGE, "recording", "1 while the camera records", ()),
+    (_GAUGE, "state", "The recorder's state (1 for the current one)", ("state",)),
+    (_GAUGE, "last_segment_age_seconds", "Seconds since the end of the newest indexed segment", ()),
+    (_GAUGE, "recorded_24h_ratio", "Share of the last 24 h that is recorded", ()),
+    (_GAUGE, "recorded_10m_bits_per_second", "Recorded bitrate over the last 10 minutes", ()),
+    (
+        _GAUGE,
+        "clock_offset_seconds",
+        "The camera clock minus the server clock, newest reading of each method",
+        ("method",),
+    ),
+    (_GAUGE, "stored_bytes", "Bytes of the camera's footage on disk", ()),
+    (_GAUGE, "locked_bytes", "Bytes of the camera's footage under an active lock", ()),
+    (
+        _GAUGE,
+        "oldest_footage_timestamp_seconds",
+        "Start of the camera's oldest footage kept (Unix time)",
+        (),
+    ),
+    (_GAUGE, "held_seconds", "Time from the camera's oldest footage kept to now", ()),
+    (
+        _GAUGE,
+        "picture_state",
+        "The camera's picture health (1 for the current one; issue 18)",
+        ("state",),
+    ),
+    (
+        _GAUGE,
+        "picture_state_since_timestamp_seconds",
+        "When the camera's picture state began (Unix time)",
+        (),
+    ),
+    (
+        _COUNTER,
+        "picture_checks",
+        "Keyframes checked for picture health since the daemon started",
+        (),
+    ),
+    (
+        _COUNTER,
+        "picture_cpu_seconds",
+        "CPU time spent decoding and judging keyframes for picture health",
+        (),
+    ),
+)
+"""The per-camera families in the order they are exposed: kind, name after `nvr_camera_`,
+help, and the labels after `camera`."""
+
+
 class _Collector(Collector):
     def __init__(
         self,
@@ -122,139 +186,57 @@ class _Collector(Collector):
         now = self._cameras.now()
         live = self._cameras.live()
         names = sorted(n for n in self._cameras.known() if self._visible(n))
-        recorded_bytes = CounterMetricFamily(
-            "nvr_camera_recorded_bytes",
-            "Bytes of segments written since the daemon started",
-            labels=["camera"],
-        )
-        segments = CounterMetricFamily(
-            "nvr_camera_segments", "Segments written since the daemon started", labels=["camera"]
-        )
-        reconnects = CounterMetricFamily(
-            "nvr_camera_reconnects", "Reconnections since the daemon started", labels=["camera"]
-        )
-        gap_total = CounterMetricFamily(
-            "nvr_camera_gap_seconds",
-            "Seconds of recording lost to outages, over the whole outage ledger",
-            labels=["camera"],
-        )
-        gap_24h = GaugeMetricFamily(
-            "nvr_camera_gap_24h_seconds",
-            "Seconds lost to outages in the last 24 h",
-            labels=["camera"],
-        )
-        stalled = GaugeMetricFamily(
-            "nvr_camera_stalled",
-            "1 while the camera is stalled (connected, no media)",
-            labels=["camera"],
-        )
-        up = GaugeMetricFamily(
-            "nvr_camera_recording", "1 while the camera records", labels=["camera"]
-        )
-        state = GaugeMetricFamily(
-            "nvr_camera_state",
-            "The recorder's state (1 for the current one)",
-            labels=["camera", "state"],
-        )
-        age = GaugeMetricFamily(
-            "nvr_camera_last_segment_age_seconds",
-            "Seconds since the end of the newest indexed segment",
-            labels=["camera"],
-        )
-        share = GaugeMetricFamily(
-            "nvr_camera_recorded_24h_ratio",
-            "Share of the last 24 h that is recorded",
-            labels=["camera"],
-        )
-        bitrate = GaugeMetricFamily(
-            "nvr_camera_recorded_10m_bits_per_second",
-            "Recorded bitrate over the last 10 minutes",
-            labels=["camera"],
-        )
-        offset = GaugeMetricFamily(
-            "nvr_camera_clock_offset_seconds",
-            "The camera clock minus the server clock, newest reading of each method",
-            labels=["camera", "method"],
-        )
-        stored = GaugeMetricFamily(
-            "nvr_camera_stored_bytes", "Bytes of the camera's footage on disk", labels=["camera"]
-        )
-        locked = GaugeMetricFamily(
-            "nvr_camera_locked_bytes",
-            "Bytes of the camera's footage under an active lock",
-            labels=["camera"],
-        )
-        oldest = GaugeMetricFamily(
-            "nvr_camera_oldest_footage_timestamp_seconds",
-            "Start of the camera's oldest footage kept (Unix time)",
-            labels=["camera"],
-        )
-        held = GaugeMetricFamily(
-            "nvr_camera_held_seconds",
-            "Time from the camera's oldest footage kept to now",
-            labels=["camera"],
-        )
-        picture = GaugeMetricFamily(
-            "nvr_camera_picture_state",
-            "The camera's picture health (1 for the current one; issue 18)",
-            labels=["camera", "state"],
-        )
-        picture_since = GaugeMetricFamily(
-            "nvr_camera_picture_state_since_timestamp_seconds",
-            "When the camera's picture state began (Unix time)",
-            labels=["camera"],
-        )
-        picture_checks = CounterMetricFamily(
-            "nvr_camera_picture_checks",
-            "Keyframes checked for picture health since the daemon started",
-            labels=["camera"],
-        )
-        picture_cpu = CounterMetricFamily(
-            "nvr_camera_picture_cpu_seconds",
-            "CPU time spent decoding and judging keyframes for picture health",
-            labels=["camera"],
-        )
+        series = {
+            suffix: kind(f"nvr_camera_{suffix}", doc, labels=["camera", *more])
+            for kind, suffix, doc, more in CAMERA_SERIES
+        }
         pictures = self._cameras.pictures()
         for name in names:
             pic = pictures.get(name)
             if pic is not None:
                 for s in PICTURE_STATES:
-                    picture.add_metric([name, s], 1.0 if pic.state == s else 0.0)
-                picture_since.add_metric([name], pic.since_ms / 1000)
-                picture_checks.add_metric([name], pic.checks)
-                picture_cpu.add_metric([name], pic.cpu_seconds)
+                    series["picture_state"].add_metric([name, s], 1.0 if pic.state == s else 0.0)
+                series["picture_state_since_timestamp_seconds"].add_metric(
+                    [name], pic.since_ms / 1000
+                )
+                series["picture_checks"].add_metric([name], pic.checks)
+                series["picture_cpu_seconds"].add_metric([name], pic.cpu_seconds)
             for clock in camera_clocks(self._store, name, self._health.clock_limit(name)):
-                offset.add_metric([name, clock.source], clock.offset_s)
+                series["clock_offset_seconds"].add_metric([name, clock.source], clock.offset_s)
             st = live.get(name)
             summary = self._cameras.summary(name, live, now)
-            recorded_bytes.add_metric([name], st.bytes_written if st else 0)
-            segments.add_metric([name], st.segments_written if st else 0)
-            reconnects.add_metric([name], st.reconnects if st else 0)
+            series["recorded_bytes"].add_metric([name], st.bytes_written if st else 0)
+            series["segments"].add_metric([name], st.segments_written if st else 0)
+            series["reconnects"].add_metric([name], st.reconnects if st else 0)
             total = 0
             recent = 0
             for o in self._store.ledger.outages(name, 0):
                 end = o.end_ms if o.end_ms is not None else now
                 total += max(0, end - o.start_ms)
                 recent += max(0, end - max(o.start_ms, now - DAY_MS)) if end > now - DAY_MS else 0
-            gap_total.add_metric([name], total / 1000)
-            gap_24h.add_metric([name], recent / 1000)
-            stalled.add_metric([name], 1.0 if summary.state == "stalled" else 0.0)
-            up.add_metric([name], 1.0 if summary.state == "recording" else 0.0)
+            series["gap_seconds"].add_metric([name], total / 1000)
+            series["gap_24h_seconds"].add_metric([name], recent / 1000)
+            series["stalled"].add_metric([name], 1.0 if summary.state == "stalled" else 0.0)
+            series["recording"].add_metric([name], 1.0 if summary.state == "recording" else 0.0)
             for s in STATES:
-                state.add_metric([name, s], 1.0 if summary.state == s else 0.0)
+                series["state"].add_metric([name, s], 1.0 if summary.state == s else 0.0)
             if summary.last_segment_end_ms is not None:
-                age.add_metric([name], (now - summary.last_segment_end_ms) / 1000)
-            share.add_metric([name], summary.recorded_share_24h)
-            stored.add_metric([name], summary.stored_bytes)
-            locked.add_metric([name], summary.locked_bytes)
+                series["last_segment_age_seconds"].add_metric(
+                    [name], (now - summary.last_segment_end_ms) / 1000
+                )
+            series["recorded_24h_ratio"].add_metric([name], summary.recorded_share_24h)
+            series["stored_bytes"].add_metric([name], summary.stored_bytes)
+            series["locked_bytes"].add_metric([name], summary.locked_bytes)
             if summary.oldest_footage_ms is not None:
-                oldest.add_metric([name], summary.oldest_footage_ms / 1000)
-                held.add_metric([name], max(0, now - summary.oldest_footage_ms) / 1000)
+                series["oldest_footage_timestamp_seconds"].add_metric(
+                    [name], summary.oldest_footage_ms / 1000
+                )
+                series["held_seconds"].add_metric(
+                    [name], max(0, now - summary.oldest_footage_ms) / 1000
+                )
             if summary.bitrate_bps is not None:
-                bitrate.add_metric([name], summary.bitrate_bps)
-        yield from (recorded_bytes, segments, reconnects, gap_total, gap_24h, stalled, up, state)
-        yield from (age, share, bitrate, offset, stored, locked, oldest, held)
-        yield from (picture, picture_since, picture_checks, picture_cpu)
+                series["recorded_10m_bits_per_second"].add_metric([name], summary.bitrate_bps)
+        yield from series.values()
         synchronised, _detail = self._health.server_clock()
         yield GaugeMetricFamily(
             "nvr_clock_synchronized",
