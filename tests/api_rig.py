@@ -184,10 +184,11 @@ def run_api(
     server_clock: Callable[[], ServerClockState] = lambda: SYNCHRONISED,
     privacy_masks: dict[str, list[PrivacyMask]] | None = None,
     gb28181: GbProvider | None = None,
+    mask_hold: threading.Event | None = None,
 ) -> Iterator[Api]:
     """A running API over the store at `root`. The server clock is synchronised unless the
     test says otherwise (this machine's may not be; tests/test_clock_health.py reads it).
-    `privacy_masks`: cameras' masks (issue 18)."""
+    `privacy_masks`: cameras' masks (issue 18); `mask_hold`: `ApiContext.mask_hold`."""
     store = open_store(root, clock)
     config = make_config(root, free_port())
     if privacy_masks:
@@ -203,6 +204,7 @@ def run_api(
         server_clock=server_clock,
         throttle_clock=SteppedClock(),
         gb28181=gb28181,
+        mask_hold=mask_hold,
     )
     if live is not None:
         ctx.live = live
@@ -358,6 +360,22 @@ def ready(c: httpx.Client, export_id: int) -> dict[str, object]:
     wait_for(done, 60, "the package to be built")
     doc: dict[str, object] = c.get(f"/api/exports/{export_id}").json()
     return doc
+
+
+def approved_export(api: Api, body: dict[str, object]) -> tuple[int, bytes]:
+    """An export requested by olga with `body`, approved by oscar, built and downloaded by
+    olga: its id and the package."""
+    with api.as_user("olga") as olga, api.as_user("oscar") as oscar:
+        r = olga.post("/api/exports", json=body)
+        assert r.status_code == 201, r.text
+        eid = int(r.json()["id"])
+        r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-2002"})
+        assert r.status_code == 200, r.text
+        done = ready(olga, eid)
+        assert done["state"] == "ready", done
+        pkg = olga.get(f"/api/exports/{eid}/download")
+        assert pkg.status_code == 200, pkg.text
+    return eid, pkg.content
 
 
 def export_body(start: int, end: int, camera: str = "h264aac") -> dict[str, object]:

@@ -37,7 +37,7 @@ from nvr.storage.guard import add_years, protection
 from nvr.storage.media.hevc import hvc1_entry
 from nvr.storage.media.segment import parse_segment
 from nvr.storage.timestamps import DAY_MS, iso
-from tests.api_rig import Api, ServerThread, free_port, nvr_here, ready
+from tests.api_rig import Api, ServerThread, approved_export, free_port, nvr_here
 from tests.media import fast_pattern, pattern_packets
 
 T0 = 1_790_000_000_000  # 2026-09-21
@@ -427,18 +427,9 @@ def exported(site: Site, camera: str, start: int, end: int, tmp_path: Path) -> t
         "approval_document": "YZ-2026-1122-07",
         "requester_work_id": "OP-1001",
     }
-    with site.api.as_user("olga") as olga, site.api.as_user("oscar") as oscar:
-        r = olga.post("/api/exports", json=body)
-        assert r.status_code == 201, r.text
-        eid = int(r.json()["id"])
-        r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-2002"})
-        assert r.status_code == 200, r.text
-        done = ready(oscar, eid)
-        assert done["state"] == "ready", done
-        pkg = olga.get(f"/api/exports/{eid}/download")
-        assert pkg.status_code == 200
+    eid, package = approved_export(site.api, body)
     path = tmp_path / f"export-{eid}.zip"
-    path.write_bytes(pkg.content)
+    path.write_bytes(package)
     return path, eid
 
 

@@ -22,41 +22,40 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from nvr.api.services import ApiContext
 from nvr.config.models import CameraConfig, PrivacyMask
 from nvr.ingest.picture.decode import jpeg_snapshot
-from nvr.storage import SegmentStore
+from nvr.storage import Segment, SegmentStore
 from nvr.storage.media.package import verify_package
-from tests.api_rig import (
-    SYNCHRONISED,
-    Api,
-    ServerThread,
-    export_body,
-    footage_end,
-    free_port,
-    make_config,
-    open_store,
-    ready,
-)
+from tests.api_rig import Api, approved_export, export_body, footage_end, run_api
 
 MASK = [(0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.0, 0.5)]  # the top left quarter
 
 
-def serve(root: Path, masks: list[PrivacyMask]) -> Iterator[Api]:
+def serve(
+    root: Path, masks: list[PrivacyMask], mask_hold: threading.Event | None = None
+) -> Iterator[Api]:
+    """The API over `root` a minute after its footage, camera h264aac masked by `masks`."""
     offset = time.time_ns() // 1_000_000 - (footage_end(root) + 60_000)
-    store = open_store(root, clock=lambda: time.time_ns() // 1_000_000 - offset)
-    config = make_config(root, free_port())
-    cams = [
-        c.model_copy(update={"privacy_masks": masks}) if c.name == "h264aac" else c
-        for c in config.cameras
-    ]
-    config = config.model_copy(update={"cameras": cams})
-    server = ServerThread(ApiContext(config=config, store=store, server_clock=lambda: SYNCHRONISED))
+    yield from run_api(
+        root,
+        clock=lambda: time.time_ns() // 1_000_000 - offset,
+        privacy_masks={"h264aac": masks},
+        mask_hold=mask_hold,
+    )
+
+
+def footage_copy(
+    footage_template: Path, tmp_path: Path, unmasked: str
+) -> tuple[Path, list[Segment]]:
+    """A copy of the session's footage in which `unmasked` may see behind the masks: its
+    root and the segments of h264aac."""
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
     try:
-        server.start()
-        yield Api(server.base, store, root, config, server)
+        store.accounts.set_unmasked(unmasked, True, actor="test")
+        return root, store.segments("h264aac")
     finally:
-        server.stop()
         store.close()
 
 
@@ -96,15 +95,9 @@ def test_mask_points_are_checked() -> None:
 def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
     footage_template: Path, tmp_path: Path
 ) -> None:
-    root = tmp_path / "store"
-    shutil.copytree(footage_template, root)
-    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    try:
-        store.accounts.set_unmasked("root", True, actor="test")
-        first = store.segments("h264aac")[0]
-        originals = {s.path: s.path.read_bytes() for s in store.segments("h264aac")}
-    finally:
-        store.close()
+    root, segments = footage_copy(footage_template, tmp_path, "root")
+    first = segments[0]
+    originals = {s.path: s.path.read_bytes() for s in segments}
     span = {"start": first.start_ms + 2_000, "end": first.start_ms + 12_000}
     # Today's playback: the same store served without masks.
     for api in serve(root, []):
@@ -170,16 +163,8 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
         assert np.abs(shown[sh // 2 + 2 :] - pictures_of(jpeg)[sh // 2 + 2 :]).mean() < 3
         # An export requested by a masked user: only the masked recording, the originals'
         # hashes in the manifest, and it says so.
-        with api.as_user("olga") as olga, api.as_user("oscar") as oscar:
-            r = olga.post("/api/exports", json=export_body(span["start"], span["end"]))
-            assert r.status_code == 201, r.text
-            eid = r.json()["id"]
-            r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-2002"})
-            assert r.status_code == 200, r.text
-            assert ready(olga, eid)["state"] == "ready"
-            pkg = olga.get(f"/api/exports/{eid}/download")
-            assert pkg.status_code == 200
-        with zipfile.ZipFile(io.BytesIO(pkg.content)) as zf:
+        _eid, package = approved_export(api, export_body(span["start"], span["end"]))
+        with zipfile.ZipFile(io.BytesIO(package)) as zf:
             names = zf.namelist()
             manifest = json.loads(zf.read("manifest.json"))
             exported = zf.read("recording.mp4")
@@ -201,7 +186,7 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
             assert "(0,0) (0.5,0) (0.5,0.5) (0,0.5)" in text
             for o in masks["originals"]:
                 assert o["sha256"] in text
-        assert verify_package(write_tmp(tmp_path / "pkg.zip", pkg.content)).problems == []
+        assert verify_package(write_tmp(tmp_path / "pkg.zip", package)).problems == []
     plain, hidden = pictures(today), pictures(masked)
     assert len(hidden) == len(plain) >= 50
     exported_pictures = pictures(exported)
@@ -222,27 +207,12 @@ def test_masked_users_see_the_areas_filled_and_others_todays_bytes(
 def test_an_export_is_masked_for_whoever_it_goes_to(footage_template: Path, tmp_path: Path) -> None:
     """The package goes to its requester and its approver: it is masked unless both may see
     behind the masks, and a masked user (even an admin) never downloads an unmasked one."""
-    root = tmp_path / "store"
-    shutil.copytree(footage_template, root)
-    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    try:
-        store.accounts.set_unmasked("olga", True, actor="test")
-        first = store.segments("h264aac")[0]
-    finally:
-        store.close()
+    root, (first, *_) = footage_copy(footage_template, tmp_path, "olga")
     span = {"start": first.start_ms + 2_000, "end": first.start_ms + 6_000}
 
     def build(api: Api) -> tuple[int, dict[str, Any]]:
-        with api.as_user("olga") as olga, api.as_user("oscar") as oscar:
-            r = olga.post("/api/exports", json=export_body(span["start"], span["end"]))
-            assert r.status_code == 201, r.text
-            eid = r.json()["id"]
-            r = oscar.post(f"/api/exports/{eid}/approve", json={"approver_work_id": "OP-2002"})
-            assert r.status_code == 200, r.text
-            assert ready(olga, eid)["state"] == "ready"
-            pkg = olga.get(f"/api/exports/{eid}/download")
-            assert pkg.status_code == 200, pkg.text
-        with zipfile.ZipFile(io.BytesIO(pkg.content)) as zf:
+        eid, package = approved_export(api, export_body(span["start"], span["end"]))
+        with zipfile.ZipFile(io.BytesIO(package)) as zf:
             return eid, json.loads(zf.read("manifest.json"))
 
     for api in serve(root, [PrivacyMask(points=MASK)]):
@@ -279,65 +249,44 @@ def test_masked_playback_streams_while_the_copy_is_being_made(
     the first bytes arrive while the job is held in progress (`ApiContext.mask_hold`, its
     unfinished file on disk, no finished copy yet); the stream, once let go, is a fragmented
     MP4 whose pictures are masked and otherwise intact; then the cached copy answers Range."""
-    root = tmp_path / "store"
-    shutil.copytree(footage_template, root)
-    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    try:
-        store.accounts.set_unmasked("root", True, actor="test")
-        first = store.segments("h264aac")[0]
-    finally:
-        store.close()
+    root, (first, *_) = footage_copy(footage_template, tmp_path, "root")
     span = {"start": first.start_ms + 2_000, "end": first.start_ms + 12_000}
     hold = threading.Event()
-    offset = time.time_ns() // 1_000_000 - (footage_end(root) + 60_000)
-    store = open_store(root, clock=lambda: time.time_ns() // 1_000_000 - offset)
-    config = make_config(root, free_port())
-    cams = [
-        c.model_copy(update={"privacy_masks": [PrivacyMask(points=MASK)]})
-        if c.name == "h264aac"
-        else c
-        for c in config.cameras
-    ]
-    config = config.model_copy(update={"cameras": cams})
-    server = ServerThread(
-        ApiContext(config=config, store=store, server_clock=lambda: SYNCHRONISED, mask_hold=hold)
-    )
     cache = root / ".masked"
-    try:
-        server.start()
-        api = Api(server.base, store, root, config, server)
-        with api.as_user("root") as c:  # unmasked: today's bytes
-            today = c.get("/api/cameras/h264aac/recording.mp4", params=span)
-            assert today.status_code == 200
-        with api.as_user("vera") as c:
-            with c.stream("GET", "/api/cameras/h264aac/recording.mp4", params=span) as r:
-                assert r.status_code == 200, r.read()
-                assert r.headers["x-privacy-masks"] == "1"
-                assert r.headers["accept-ranges"] == "none"
-                chunks = r.iter_bytes()
-                got = bytearray(next(chunks))
-                # the copy is still being made: its unfinished file, no finished one
-                assert list(cache.glob("*.masked.tmp")) and not list(cache.glob("*.masked"))
-                assert b"ftyp" in got[:16]
-                hold.set()
-                for chunk in chunks:
-                    got += chunk
-            masked = bytes(got)
-            finished = list(cache.glob("*.masked"))
-            assert len(finished) == 1 and finished[0].read_bytes() == masked
-            part = c.get(
-                "/api/cameras/h264aac/recording.mp4",
-                params=span,
-                headers={"Range": "bytes=100-1099", "If-Range": r.headers["etag"]},
-            )
-            assert part.status_code == 206 and part.content == masked[100:1100]
-        entries = [e for e in store.audit.entries() if e.actor == "vera" and e.action == "playback"]
-        assert [e.detail.get("progressive") for e in entries] == [True, None]
-        assert all(e.detail.get("masked") is True for e in entries)
-    finally:
-        hold.set()
-        server.stop()
-        store.close()
+    for api in serve(root, [PrivacyMask(points=MASK)], mask_hold=hold):
+        try:
+            with api.as_user("root") as c:  # unmasked: today's bytes
+                today = c.get("/api/cameras/h264aac/recording.mp4", params=span)
+                assert today.status_code == 200
+            with api.as_user("vera") as c:
+                with c.stream("GET", "/api/cameras/h264aac/recording.mp4", params=span) as r:
+                    assert r.status_code == 200, r.read()
+                    assert r.headers["x-privacy-masks"] == "1"
+                    assert r.headers["accept-ranges"] == "none"
+                    chunks = r.iter_bytes()
+                    got = bytearray(next(chunks))
+                    # the copy is still being made: its unfinished file, no finished one
+                    assert list(cache.glob("*.masked.tmp")) and not list(cache.glob("*.masked"))
+                    assert b"ftyp" in got[:16]
+                    hold.set()
+                    for chunk in chunks:
+                        got += chunk
+                masked = bytes(got)
+                finished = list(cache.glob("*.masked"))
+                assert len(finished) == 1 and finished[0].read_bytes() == masked
+                part = c.get(
+                    "/api/cameras/h264aac/recording.mp4",
+                    params=span,
+                    headers={"Range": "bytes=100-1099", "If-Range": r.headers["etag"]},
+                )
+                assert part.status_code == 206 and part.content == masked[100:1100]
+            entries = [
+                e for e in api.store.audit.entries() if e.actor == "vera" and e.action == "playback"
+            ]
+            assert [e.detail.get("progressive") for e in entries] == [True, None]
+            assert all(e.detail.get("masked") is True for e in entries)
+        finally:
+            hold.set()  # an encoder left held would outlive a failed test
     assert b"moof" in masked  # fragmented: each fragment was sent as it was encoded
     plain, hidden = pictures(today.content), pictures(masked)
     assert len(hidden) == len(plain) >= 50
