@@ -28,6 +28,7 @@ from playwright.sync_api import (
     Browser,
     BrowserContext,
     FilePayload,
+    Locator,
     Page,
     ViewportSize,
     sync_playwright,
@@ -263,6 +264,19 @@ def _zoom_to(page: Page, selector: str, steps: int = 24) -> None:
     page.wait_for_timeout(200)
 
 
+def _click_to_play(page: Page, span: Locator, at: float, timeout_ms: int) -> None:
+    """Click the timeline's `span` at the fraction `at` of its width; wait until the player
+    has a file and is 1.5 s into it."""
+    box = span.bounding_box()
+    assert box is not None and box["width"] > 20, box
+    page.mouse.click(box["x"] + box["width"] * at, box["y"] + box["height"] / 2)
+    page.wait_for_function(
+        "() => { const v = document.getElementById('playback');"
+        " return v.dataset.fileStart && v.currentTime > 1.5 }",
+        timeout=timeout_ms,
+    )
+
+
 def test_the_timeline_shows_the_gap_with_its_cause_and_a_click_plays(
     browser: Browser, daemon: Daemon
 ) -> None:
@@ -290,15 +304,7 @@ def test_the_timeline_shows_the_gap_with_its_cause_and_a_click_plays(
         assert page.locator("#track .span").count() >= 2
         # zoom in around the gap, then click the footage after it
         _zoom_to(page, f'#track .gap[data-start="{gaps[-1]["start_ms"]}"]')
-        span = page.locator("#track .span").last
-        box = span.bounding_box()
-        assert box is not None and box["width"] > 20, box
-        page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] / 2)
-        page.wait_for_function(
-            "() => { const v = document.getElementById('playback');"
-            " return v.dataset.fileStart && v.currentTime > 1.5 }",
-            timeout=30_000,
-        )
+        _click_to_play(page, page.locator("#track .span").last, 0.3, 30_000)
         video = page.locator("#playback")
         start = int(video.get_attribute("data-start") or 0)
         last = tl["spans"][-1]
@@ -839,15 +845,7 @@ def test_a_masked_user_plays_footage_while_the_masked_copy_is_made(
             page = s.page
             page.goto(f"/cameras/h264aac?day={day.isoformat()}")
             _zoom_to(page, "#track .span")
-            span = page.locator("#track .span").first
-            box = span.bounding_box()
-            assert box is not None and box["width"] > 20, box
-            page.mouse.click(box["x"] + box["width"] * 0.2, box["y"] + box["height"] / 2)
-            page.wait_for_function(
-                "() => { const v = document.getElementById('playback');"
-                " return v.dataset.fileStart && v.currentTime > 1.5 }",
-                timeout=60_000,
-            )
+            _click_to_play(page, page.locator("#track .span").first, 0.2, 60_000)
             first = page.evaluate("document.getElementById('playback').currentTime")
             page.wait_for_timeout(1000)
             assert page.evaluate("document.getElementById('playback').currentTime") > first
