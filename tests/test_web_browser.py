@@ -334,8 +334,12 @@ def test_the_timeline_shows_the_gap_with_its_cause_and_a_click_plays(
         s.context.close()
 
 
-def _select(page: Page, a: float, b: float) -> tuple[int, int]:
-    """Drag across the last span from fraction `a` to `b` of its width: the in/out points."""
+def _select(page: Page, camera: str, a: float, b: float) -> tuple[int, int]:
+    """Open `camera`'s page, zoom to its last span and drag across it from fraction `a` to
+    `b` of its width: the in/out points."""
+    page.goto(f"/cameras/{camera}")
+    page.wait_for_selector("#track .span")
+    _zoom_to(page, "#track .span >> nth=-1")
     span = page.locator("#track .span").last
     box = span.bounding_box()
     assert box is not None and box["width"] > 20, box
@@ -359,10 +363,7 @@ def test_a_lock_from_a_selection_appears_in_nvr_locks(browser: Browser, daemon: 
     s = log_in(browser, daemon, "olga")
     try:
         page = s.page
-        page.goto("/cameras/front")
-        page.wait_for_selector("#track .span")
-        _zoom_to(page, "#track .span >> nth=-1")
-        start, end = _select(page, 0.2, 0.7)
+        start, end = _select(page, "front", 0.2, 0.7)
         page.fill('#lock-form input[name="reason"]', "fight at the gate, browser test")
         page.fill('#lock-form input[name="case_id"]', "C-2026-17")
         page.click("#lock-form button[type=submit]")
@@ -393,10 +394,7 @@ def test_an_export_requested_by_one_is_approved_by_another_and_verifies(
     oscar = log_in(browser, daemon, "oscar")
     try:
         page = olga.page
-        page.goto("/cameras/front")
-        page.wait_for_selector("#track .span")
-        _zoom_to(page, "#track .span >> nth=-1")
-        start, end = _select(page, 0.1, 0.6)
+        start, end = _select(page, "front", 0.1, 0.6)
         form = "#export-form"
         page.fill(f'{form} input[name="purpose"]', "traffic accident, browser test")
         page.fill(f'{form} input[name="recipient"]', "Yuzhong police, officer Li")
@@ -492,10 +490,7 @@ def test_a_viewer_never_sees_a_camera_it_may_not(browser: Browser, daemon: Daemo
 
 def _request_export(page: Page, camera: str, purpose: str) -> int:
     """Select part of `camera`'s last span and request its export; the request's id."""
-    page.goto(f"/cameras/{camera}")
-    page.wait_for_selector("#track .span")
-    _zoom_to(page, "#track .span >> nth=-1")
-    _select(page, 0.2, 0.4)
+    _select(page, camera, 0.2, 0.4)
     form = "#export-form"
     page.fill(f'{form} input[name="purpose"]', purpose)
     page.fill(f'{form} input[name="recipient"]', "nobody in particular")
