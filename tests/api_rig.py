@@ -32,6 +32,7 @@ from argon2 import PasswordHasher
 from nvr.api import ApiContext, ApiServer
 from nvr.api.cameras import LiveStatus
 from nvr.api.health import CapacityProvider, GbProvider
+from nvr.api.live.service import TapProvider
 from nvr.cli import main as cli_main
 from nvr.config import CameraConfig, NvrConfig, StorageConfig
 from nvr.config.models import ApiConfig, PrivacyMask
@@ -185,10 +186,12 @@ def run_api(
     privacy_masks: dict[str, list[PrivacyMask]] | None = None,
     gb28181: GbProvider | None = None,
     mask_hold: threading.Event | None = None,
+    taps: TapProvider | None = None,
 ) -> Iterator[Api]:
     """A running API over the store at `root`. The server clock is synchronised unless the
     test says otherwise (this machine's may not be; tests/test_clock_health.py reads it).
-    `privacy_masks`: cameras' masks (issue 18); `mask_hold`: `ApiContext.mask_hold`."""
+    `privacy_masks`: cameras' masks (issue 18); `mask_hold`: `ApiContext.mask_hold`;
+    `taps`: the cameras' packet taps (live view)."""
     store = open_store(root, clock)
     config = make_config(root, free_port())
     if privacy_masks:
@@ -205,6 +208,7 @@ def run_api(
         throttle_clock=SteppedClock(),
         gb28181=gb28181,
         mask_hold=mask_hold,
+        taps=taps,
     )
     if live is not None:
         ctx.live = live

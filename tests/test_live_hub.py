@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -178,3 +179,43 @@ async def test_a_cold_hub_gives_a_new_viewer_the_cached_keyframe_then_the_next_g
     assert tap.subscribers == 1  # the keyframe subscription stays: the hub stays warm
     hub.close()
     assert tap.subscribers == 0 and hub.keyframe is None
+
+
+def test_fmp4_flush_sends_a_first_picture_at_once_and_the_stream_continues(
+    scripted_clips: Path, tmp_path: Path
+) -> None:
+    frames = recorded(scripted_clips, tmp_path, "h264")
+    keys = [i for i, f in enumerate(frames) if f.keyframe]
+    mux = Fmp4Muxer(frames[0])
+    # Without a flush the keyframe's fragment waits for the next packet (FFmpeg's muxer).
+    assert [m[4:8] for m in mux.add(frames[0])] == [b"ftyp"]
+    (still,) = mux.flush()
+    assert still[4:8] == b"moof"
+    with av.open(io.BytesIO(mux_init(frames[0]) + still), "r") as container:
+        (picture,) = [p for packet in container.demux(video=0) for p in packet.decode()]
+    assert picture.key_frame
+    # The camera's next keyframe: a new writer, its init not sent again, its timeline on.
+    rest = mux.add_many(frames[keys[1] :], flush=True)
+    mux.close()
+    assert rest and all(m[4:8] == b"moof" for m in rest)
+    with av.open(io.BytesIO(mux_init(frames[0]) + still + b"".join(rest)), "r") as container:
+        got = [p for packet in container.demux(video=0) for p in packet.decode()]
+    assert len(got) == 1 + len(frames) - keys[1]
+    tb = frames[0].stream.time_base
+    assert [seconds(p) for p in got] == [
+        (f.pts - frames[0].dts) * tb for f in [frames[0], *frames[keys[1] :]]
+    ]
+
+
+def seconds(picture: av.VideoFrame) -> Fraction:
+    """A decoded picture's time."""
+    assert picture.pts is not None and picture.time_base is not None
+    return picture.pts * picture.time_base
+
+
+def mux_init(first: TapFrame) -> bytes:
+    """The init segment a muxer starting at `first` sends."""
+    mux = Fmp4Muxer(first)
+    (init,) = mux.add(first)
+    mux.close()
+    return init

@@ -3,11 +3,19 @@ browser's Media Source Extensions, as Moonfire NVR sends live view: an init segm
 (`ftyp` + `moov`), then one `moof` + `mdat` fragment per GOP (or per second, when the GOP
 is longer). PyAV's MP4 muxer writes into an in-memory sink, and the top-level boxes are cut
 into messages. Blocking (PyAV): runs on a worker thread (`asyncio.to_thread`), one muxer per
-viewer."""
+viewer.
+
+FFmpeg's MP4 muxer closes a fragment only when the next packet comes (the next keyframe, or a
+second later), and PyAV cannot ask it to flush. A new viewer's first pictures (the hub's
+cached keyframe, or the GOP so far) must not wait for that: `flush` closes the writer (its
+trailer ends the fragment) and the next frame opens a new one from the same template. The new
+writer starts its timeline at zero, so its fragments' `tfdt` (base media decode time) is moved
+on to where the stream is, and its init segment (the same as the first) is not sent again."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -38,6 +46,66 @@ class _Sink:
         return len(view)
 
 
+def _boxes(data: bytes | bytearray, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The boxes in `data[start:end]`: (type, offset of the box, offset past its end)."""
+    at = start
+    while at + 8 <= end:
+        size = int.from_bytes(data[at : at + 4], "big")
+        if size == 1:
+            size = int.from_bytes(data[at + 8 : at + 16], "big")
+        if size < 8 or at + size > end:
+            return
+        yield bytes(data[at + 4 : at + 8]), at, at + size
+        at += size
+
+
+def _child(data: bytes | bytearray, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    """The first box of type `kind` in `data[start:end]`: (offset, end)."""
+    for found, at, stop in _boxes(data, start, end):
+        if found == kind:
+            return at, stop
+    return None
+
+
+def _path(data: bytes | bytearray, *kinds: bytes) -> tuple[int, int] | None:
+    """The box at the end of the container path `kinds` (e.g. moov/trak/mdia/mdhd)."""
+    start, end = 0, len(data)
+    for depth, kind in enumerate(kinds):
+        found = _child(data, start, end, kind)
+        if found is None:
+            return None
+        start, end = found[0] + 8, found[1]
+        if depth == len(kinds) - 1:
+            return found
+    return None
+
+
+def timescale(init: bytes) -> int:
+    """The video track's timescale, from an init segment's `mdhd`."""
+    box = _path(init, b"moov", b"trak", b"mdia", b"mdhd")
+    if box is None:
+        raise LiveMuxError("the init segment has no mdhd")
+    body = box[0] + 8
+    at = body + (20 if init[body] == 1 else 12)  # version, flags, creation/modification times
+    return int.from_bytes(init[at : at + 4], "big")
+
+
+def shifted(fragment: bytes, ticks: int) -> bytes:
+    """`fragment` (moof + mdat) with its `tfdt` moved `ticks` later."""
+    box = _path(fragment, b"moof", b"traf", b"tfdt")
+    if box is None:
+        raise LiveMuxError("a fragment without tfdt")
+    out = bytearray(fragment)
+    body = box[0] + 8
+    width = 8 if out[body] == 1 else 4
+    at = body + 4
+    value = int.from_bytes(out[at : at + width], "big") + ticks
+    if value >= 1 << (8 * width):
+        raise LiveMuxError("the stream ran past a 32-bit tfdt")
+    out[at : at + width] = value.to_bytes(width, "big")
+    return bytes(out)
+
+
 def mime_type(frame: TapFrame) -> str:
     """The MSE type of the stream whose keyframe is `frame`."""
     codecs = h264_codecs(frame.data, frame.stream.extradata) or "avc1.640028"
@@ -60,16 +128,22 @@ class Fmp4Muxer:
             raise LiveMuxError(f"the camera's H.264 parameters are unusable: {err}") from err
         if not self._probe.streams.video:
             raise LiveMuxError("the camera's H.264 stream could not be probed")
-        template = self._probe.streams.video[0]
-        self._sink = _Sink()
-        self._out: OutputContainer = av.open(self._sink, "w", format="mp4", options=MUX_OPTIONS)
-        self._video = self._out.add_stream_from_template(template, opaque=True)
         self._tb = stream.time_base or Fraction(1, 90_000)
-        self._video.time_base = self._tb
         self._origin = first.dts
         self._last_dts = -1
-        self._init_sent = False
+        self._out: OutputContainer | None = None
+        self._base = 0
+        """Where the current writer's timeline starts (its zero), in `_tb` ticks."""
+        self._timescale: int | None = None
+        self._flushed = False
+        self._open()
+
+    def _open(self) -> None:
+        self._sink = _Sink()
         self._at = 0
+        self._out = av.open(self._sink, "w", format="mp4", options=MUX_OPTIONS)
+        self._video = self._out.add_stream_from_template(self._probe.streams.video[0], opaque=True)
+        self._video.time_base = self._tb
 
     def add(self, frame: TapFrame) -> list[bytes]:
         """Mux one access unit; returns the messages it completed (the init segment first)."""
@@ -78,10 +152,15 @@ class Fmp4Muxer:
         data = frame.data
         if frame.keyframe:
             data = with_parameter_sets("h264", data, self.stream.extradata)
-        packet = av.Packet(data)
         dts = max(frame.dts - self._origin, self._last_dts + 1)
-        packet.dts = dts
-        packet.pts = max(frame.pts - self._origin, dts)
+        if self._out is None:  # flushed: a new writer, its zero at this frame
+            self._flushed = True
+            self._base = dts
+            self._open()
+        assert self._out is not None
+        packet = av.Packet(data)
+        packet.dts = dts - self._base
+        packet.pts = max(frame.pts - self._origin, dts) - self._base
         packet.duration = frame.duration or None
         packet.time_base = self._tb
         packet.stream = self._video
@@ -93,12 +172,28 @@ class Fmp4Muxer:
             raise LiveMuxError(f"the MP4 muxer refused a packet: {err}") from err
         return self._messages()
 
-    def add_many(self, frames: list[TapFrame]) -> list[bytes]:
-        """`add` for each of `frames`; the messages they completed."""
+    def add_many(self, frames: list[TapFrame], flush: bool = False) -> list[bytes]:
+        """`add` for each of `frames`; the messages they completed (with `flush`, all of
+        them: see `flush`)."""
         out: list[bytes] = []
         for frame in frames:
             out += self.add(frame)
+        if flush:
+            out += self.flush()
         return out
+
+    def flush(self) -> list[bytes]:
+        """End the current fragment now, without waiting for the next frame: the messages
+        of everything added so far. The next `add` continues the stream (see the module
+        docstring)."""
+        if self._out is None:
+            return []
+        try:
+            self._out.close()  # the trailer writes the open fragment (then an mfra, dropped)
+        except (av.FFmpegError, OSError) as err:
+            raise LiveMuxError(f"the MP4 muxer could not end a fragment: {err}") from err
+        self._out = None
+        return self._messages()
 
     def _messages(self) -> list[bytes]:
         """Complete top-level boxes since the last call, grouped into messages: the init
@@ -118,6 +213,14 @@ class Fmp4Muxer:
             if kind == b"moov" or kind == b"mdat":
                 out.append(bytes(data[start:at]))
                 start = at
+        if out and self._timescale is None:
+            self._timescale = timescale(out[0])
+        if self._flushed:
+            # A writer after a flush: its init segment was sent already, its timeline is
+            # moved on to where the stream is.
+            assert self._timescale is not None
+            ticks = round(self._base * self._tb * self._timescale)
+            out = [shifted(m, ticks) for m in out if not m[4:8] == b"ftyp"]
         if start > 0:
             del data[:start]
             at -= start
@@ -125,8 +228,9 @@ class Fmp4Muxer:
         return out
 
     def close(self) -> None:
-        try:
-            self._out.close()
-        except (av.FFmpegError, OSError):
-            pass  # a viewer gone mid-fragment: nothing to keep
+        if self._out is not None:
+            try:
+                self._out.close()
+            except (av.FFmpegError, OSError):
+                pass  # a viewer gone mid-fragment: nothing to keep
         self._probe.close()

@@ -269,6 +269,8 @@ async def _stream(
     reason = "closed by the viewer"
     mux: Fmp4Muxer | None = None
     pending: list[TapFrame] = []
+    taken = 0
+    flushed = False
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(
         subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None,
@@ -318,11 +320,16 @@ async def _stream(
                 # The muxer puts out a fragment only when the next GOP (or second) begins:
                 # hand it the frames in batches up to there, one worker-thread hop each.
                 pending.append(frame)
+                taken += 1
+                # The viewer's first pictures (the hub's cached keyframe, or the GOP so far)
+                # go out at once, not when the camera's next keyframe ends their fragment.
+                first_pictures = not flushed and taken >= max(viewer.backlog, 1)
                 span = (frame.dts - pending[0].dts) * frame.stream.time_base
-                if not frame.keyframe and span < BATCH_SECONDS:
+                if not frame.keyframe and span < BATCH_SECONDS and not first_pictures:
                     continue
                 batch, pending = pending, []
-                messages = await asyncio.to_thread(mux.add_many, batch)
+                messages = await asyncio.to_thread(mux.add_many, batch, first_pictures)
+                flushed = flushed or first_pictures
             for message in messages:
                 await websocket.send_bytes(message)
             if watch.first_frame is None and messages:

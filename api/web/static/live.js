@@ -209,8 +209,9 @@
         var b = video.buffered;
         if (!b.length) return;
         var end = b.end(b.length - 1);
-        // Start at (and stay near) the live edge, not at the GOP the server sent first.
-        if (end - video.currentTime > LIVE_EDGE_S || video.currentTime < b.start(0)) {
+        // Start at (and stay near) the live edge, not at the GOP the server sent first; from
+        // a first still (the server's cached keyframe) jump the gap to the camera's next GOP.
+        if (end - video.currentTime > LIVE_EDGE_S || video.currentTime < b.start(b.length - 1)) {
           video.currentTime = Math.max(b.start(b.length - 1), end - 0.3);
         }
         if (!buffer.updating && b.start(0) < end - 30) {
