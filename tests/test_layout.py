@@ -95,3 +95,20 @@ def test_optional_stacks_load_on_first_use() -> None:
         check=True,
     )
     assert out.stdout.strip() == ""
+
+
+def test_each_folder_says_what_it_owns_and_which_way_its_imports_go() -> None:
+    """Every package's `__init__.py` opens with a docstring (what it owns); each top-level
+    folder's also says which way its imports go (issue 15's done-when)."""
+    repo = Path(__file__).resolve().parent.parent
+    missing = []
+    for folder in (*PACKAGES, "nvr"):
+        top = ast.get_docstring(ast.parse((repo / folder / "__init__.py").read_text())) or ""
+        if "imports" not in top.lower():
+            missing.append(f"{folder}/__init__.py: no word on imports")
+        for init in sorted((repo / folder).rglob("__init__.py")):
+            if init.parent.name == "versions":
+                continue  # the migration scripts' folder
+            if not ast.get_docstring(ast.parse(init.read_text())):
+                missing.append(f"{init.relative_to(repo)}: no docstring")
+    assert missing == []

@@ -8,6 +8,9 @@ Modules: `pages` (the page routes, login and logout), `documents` (approval docu
 uploaded with an export request), `zone` (the site's time zone), `i18n` (catalogues); the
 live video itself is `static/live.js` over `api.live`. Runs on the daemon's event loop;
 blocking service calls go through `asyncio.to_thread`.
+
+Imports go down: the rest of `api` (services, dependencies, errors, models, the login of
+`api.routes.auth`), `storage.accounts` and `config`; only `api.app` imports `api.web`.
 """
 
 from __future__ import annotations
