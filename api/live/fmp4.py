@@ -15,7 +15,6 @@ on to where the stream is, and its init segment (the same as the first) is not s
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any
 
@@ -24,6 +23,7 @@ from av.container import OutputContainer
 
 from nvr.api.live.annexb import h264_codecs, with_parameter_sets
 from nvr.ingest.tap import TapFrame, TapStream
+from nvr.storage.media.boxes import Mp4Error, child
 
 MUX_OPTIONS = {
     "movflags": "empty_moov+default_base_moof+frag_keyframe",
@@ -46,57 +46,36 @@ class _Sink:
         return len(view)
 
 
-def _boxes(data: bytes | bytearray, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """The boxes in `data[start:end]`: (type, offset of the box, offset past its end)."""
-    at = start
-    while at + 8 <= end:
-        size = int.from_bytes(data[at : at + 4], "big")
-        if size == 1:
-            size = int.from_bytes(data[at + 8 : at + 16], "big")
-        if size < 8 or at + size > end:
-            return
-        yield bytes(data[at + 4 : at + 8]), at, at + size
-        at += size
-
-
-def _child(data: bytes | bytearray, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
-    """The first box of type `kind` in `data[start:end]`: (offset, end)."""
-    for found, at, stop in _boxes(data, start, end):
-        if found == kind:
-            return at, stop
-    return None
-
-
-def _path(data: bytes | bytearray, *kinds: bytes) -> tuple[int, int] | None:
-    """The box at the end of the container path `kinds` (e.g. moov/trak/mdia/mdhd)."""
+def _path(data: bytes, *kinds: bytes) -> int | None:
+    """The body offset of the box at the end of the container path `kinds` (e.g.
+    moov/trak/mdia/mdhd)."""
     start, end = 0, len(data)
-    for depth, kind in enumerate(kinds):
-        found = _child(data, start, end, kind)
-        if found is None:
-            return None
-        start, end = found[0] + 8, found[1]
-        if depth == len(kinds) - 1:
-            return found
-    return None
+    try:
+        for kind in kinds:
+            found = child(data, start, end, kind)
+            if found is None:
+                return None
+            start, end = found
+    except Mp4Error as err:
+        raise LiveMuxError(f"the muxer wrote a malformed box: {err}") from err
+    return start
 
 
 def timescale(init: bytes) -> int:
     """The video track's timescale, from an init segment's `mdhd`."""
-    box = _path(init, b"moov", b"trak", b"mdia", b"mdhd")
-    if box is None:
+    body = _path(init, b"moov", b"trak", b"mdia", b"mdhd")
+    if body is None:
         raise LiveMuxError("the init segment has no mdhd")
-    body = box[0] + 8
     at = body + (20 if init[body] == 1 else 12)  # version, flags, creation/modification times
     return int.from_bytes(init[at : at + 4], "big")
 
 
 def shifted(fragment: bytes, ticks: int) -> bytes:
     """`fragment` (moof + mdat) with its `tfdt` moved `ticks` later."""
-    box = _path(fragment, b"moof", b"traf", b"tfdt")
-    if box is None:
+    body = _path(fragment, b"moof", b"traf", b"tfdt")
+    if body is None:
         raise LiveMuxError("a fragment without tfdt")
     out = bytearray(fragment)
-    body = box[0] + 8
     width = 8 if out[body] == 1 else 4
     at = body + 4
     value = int.from_bytes(out[at : at + width], "big") + ticks
