@@ -18,10 +18,13 @@ How it is measured:
    - MSE: a `websockets` client; each fragment is decoded with PyAV on arrival; a frame's
      latency is the time its fragment was received and decoded minus its packet's arrival.
      A fragment carries a whole GOP, so a GOP's first frame waits a GOP's length.
-   - First frame: from the start of the request (the WHEP offer's creation, the WebSocket's
-     connect) to the first decoded frame. "first viewer": nobody watched the camera yet (the
-     hub holds only the latest keyframe, which is sent at once as a still); "warm": a hub
-     holding the current GOP (another viewer, or one in the last 30 s).
+   - First frame ("click to first frame"): from the start of the request (the WHEP offer's
+     creation, the WebSocket's connect) to the first decoded frame. "cold": nobody watched
+     the camera for longer than the hub's linger (`LINGER_SECONDS`, 30 s; the bench waits it
+     out before each cold run), so the hub holds only the latest keyframe, which is sent at
+     once as a still (WebRTC: the first packet; MSE: the first fragment, flushed at once);
+     "warm": a hub holding the current GOP (another viewer, or one in the last 30 s), whose
+     frames go out at once. ``--cold-rounds`` cold runs per path, alternating.
 2. **CPU per viewer**: `nvr run` in a child process records ``hd4m``; its CPU time
    (utime + stime of all its threads, /proc) over ``--seconds`` with no viewer, then with
    ``--viewers`` WebRTC viewers, then as many MSE viewers (the clients run in this process).
@@ -43,10 +46,9 @@ How it is measured:
 The machine is shared with other jobs: numbers are from a loaded 2-core machine. Results are
 printed and written into the section "Live view" of docs/benchmarks.md (between generated
 markers; ``--load`` prints only). Run: ``python -m bench.live [--seconds 20] [--viewers 2]
-[--rounds 5]``, or ``python -m bench.live --load [--seconds 60] [--cameras 32] [--webrtc 8]
-[--playbacks 4]``. Runs on
-the main thread (an asyncio loop); the recorder and the camera simulator on their threads and
-processes.
+[--rounds 5] [--cold-rounds 3]``, or ``python -m bench.live --load [--seconds 60]
+[--cameras 32] [--webrtc 8] [--playbacks 4]``. Runs on the main thread (an asyncio loop);
+the recorder and the camera simulator on their threads and processes.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ import httpx
 import websockets
 
 from bench.docs import update_doc
+from nvr.api.live.hub import LINGER_SECONDS
 from nvr.api.server import serve_api
 from nvr.config import CameraConfig, NvrConfig, StorageConfig
 from nvr.config.models import ApiConfig
@@ -168,6 +171,45 @@ async def webrtc_round(
     return first, lat
 
 
+async def webrtc_first(base: str, token: str) -> float:
+    """Seconds from the WHEP offer to the first decoded frame."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as c:
+        start = time.monotonic()
+        viewer = await whep_connect(c, "cam")
+        if not isinstance(viewer, WhepViewer):
+            raise SystemExit(f"WHEP refused: {viewer.status_code} {viewer.text}")
+        try:
+            try:
+                await asyncio.wait_for(viewer.decoding.wait(), 10)
+            except TimeoutError:
+                raise SystemExit("no WebRTC frame within 10 s") from None
+            return viewer.arrivals[0] - start
+        finally:
+            await c.delete(viewer.location)
+            await viewer.pc.close()
+            if viewer.task is not None:
+                viewer.task.cancel()
+
+
+async def mse_first(base: str, token: str) -> float:
+    """Seconds from the WebSocket's connect to its first fragment decoded."""
+    url = base.replace("http://", "ws://") + "/api/cameras/cam/live"
+    start = time.monotonic()
+    async with websockets.connect(
+        url, additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
+    ) as ws:
+        await ws.recv()  # the JSON head
+        init = await asyncio.wait_for(ws.recv(), 10)
+        fragment = await asyncio.wait_for(ws.recv(), 10)
+        assert isinstance(init, bytes) and isinstance(fragment, bytes)
+        with av.open(io.BytesIO(init + fragment), "r") as container:
+            decoded = [f for p in container.demux(video=0) for f in p.decode()]
+        if not decoded:
+            raise SystemExit("the first MSE fragment decoded to nothing")
+        return time.monotonic() - start
+
+
 async def mse_round(
     base: str, token: str, seconds: float, probe: Probe
 ) -> tuple[float, list[float]]:
@@ -253,13 +295,16 @@ async def in_process(args: argparse.Namespace, clips: Path, tmp: Path) -> list[s
                 await asyncio.sleep(0.2)
             firsts: dict[str, list[float]] = {"webrtc": [], "mse": []}
             lat: dict[str, list[float]] = {"webrtc": [], "mse": []}
-            cold: dict[str, float] = {}
-            for i in range(args.rounds):
+            cold: dict[str, list[float]] = {"webrtc": [], "mse": []}
+            for i in range(args.cold_rounds):
+                for kind, first_frame in (("webrtc", webrtc_first), ("mse", mse_first)):
+                    if i or kind != "webrtc":  # nobody watched yet before the first
+                        await asyncio.sleep(LINGER_SECONDS + 2)  # the hub lets go
+                    cold[kind].append(await first_frame(base, token))
+            # From here on the hub holds the current GOP: each round starts within its linger.
+            for _ in range(args.rounds):
                 f, values = await webrtc_round(base, token, args.seconds, probe)
-                if i == 0:
-                    cold["webrtc"] = f
-                else:
-                    firsts["webrtc"].append(f)
+                firsts["webrtc"].append(f)
                 lat["webrtc"] += values
             for _ in range(args.rounds):
                 f, values = await mse_round(base, token, args.seconds, probe)
@@ -272,12 +317,10 @@ async def in_process(args: argparse.Namespace, clips: Path, tmp: Path) -> list[s
             out.append("")
             out.append("| first frame | runs | median ms | p95 ms | max ms |")
             out.append("|---|---|---|---|---|")
-            out.append(
-                "| WebRTC, first viewer (latest keyframe held) | 1 | "
-                f"{cold['webrtc'] * 1000:.0f} | | |"
-            )
+            out.append(summary("WebRTC, cold (latest keyframe held)", cold["webrtc"]))
             out.append(summary("WebRTC, warm (current GOP held)", firsts["webrtc"]))
-            out.append(summary("MSE, warm (init + first GOP)", firsts["mse"]))
+            out.append(summary("MSE, cold (latest keyframe held)", cold["mse"]))
+            out.append(summary("MSE, warm (current GOP held)", firsts["mse"]))
         finally:
             await api.close()
             await supervisor.stop(grace=10.0)
@@ -563,7 +606,7 @@ async def run(args: argparse.Namespace) -> str:
         lines += await cpu(args, clips, Path(tmp) / "b")
     head = [
         f"Command: `python -m bench.live --seconds {args.seconds:g} --viewers {args.viewers} "
-        f"--rounds {args.rounds}`",
+        f"--rounds {args.rounds} --cold-rounds {args.cold_rounds}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, shared with other agents' "
         f"builds and tests during the run (loaded), Python {platform.python_version()}, "
@@ -581,6 +624,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=20.0, help="per round / CPU sample")
     p.add_argument("--viewers", type=int, default=2, help="viewers for the CPU sample")
     p.add_argument("--rounds", type=int, default=5, help="viewings per path")
+    p.add_argument(
+        "--cold-rounds", type=int, default=3, help="cold first frames per path (31 s apart)"
+    )
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     p.add_argument("--load", action="store_true", help="the load case only (prints; no doc)")
     p.add_argument("--cameras", type=int, default=32, help="--load: cameras recording")

@@ -134,6 +134,8 @@ class WhepViewer:
     frames: list[av.VideoFrame] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    decoding: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set at the first decoded frame."""
     task: asyncio.Task[None] | None = None
 
 
@@ -168,6 +170,7 @@ async def whep_connect(
                 assert isinstance(frame, av.VideoFrame)
                 viewer.frames.append(frame)
                 viewer.arrivals.append(time.monotonic())
+                viewer.decoding.set()
         except MediaStreamError:  # the sender went away
             viewer.ended.set()
 
