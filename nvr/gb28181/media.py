@@ -3,8 +3,10 @@
 range (`storage.media.segment` sample index, samples read by offset), paced in real time
 times a scale (Playback 1x, Download at `downloadspeed`). Either way the access units are
 the recorded ones, turned from length-prefixed into Annex B with the parameter sets in front
-of every keyframe (PS carries Annex B); a recording's AAC audio is interleaved by time, each
-frame given an ADTS header from the track's AudioSpecificConfig. Never re-encoded.
+of every keyframe (PS carries Annex B). Audio, live (the tap's `subscribe_audio`) or
+recorded, is interleaved by time: AAC frames given an ADTS header from the track's
+AudioSpecificConfig, G.711 (A-law, mu-law; a recording's QuickTime `alaw`/`ulaw` samples)
+as it came; other audio is not sent. Never re-encoded.
 
 Runs on the event loop: the tap's subscriber (called on the recorder's thread) only hands
 frames over with `loop.call_soon_threadsafe`; segment parsing and sample reads go through
@@ -22,7 +24,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
-from nvr.ingest.tap import PacketTap, TapFrame
+from nvr.gb28181.ps import AUDIO_CODECS
+from nvr.ingest.tap import PacketTap, TapAudioFrame, TapAudioStream, TapFrame
 from nvr.storage import Segment
 from nvr.storage.media.segment import TrackIndex, parse_segment
 
@@ -30,15 +33,19 @@ log = logging.getLogger("nvr.gb28181.media")
 
 START_CODE = b"\x00\x00\x00\x01"
 LIVE_QUEUE = 120
-"""Frames a live stream may fall behind before it drops to the next keyframe."""
+"""Video frames a live stream may fall behind before it drops to the next keyframe."""
+LIVE_QUEUE_ITEMS = LIVE_QUEUE * 3
+"""The same with the audio frames between them (G.711 at 50 a second beside 25 fps video)."""
+QUICKTIME_AUDIO = {b"alaw": "pcm_alaw", b"ulaw": "pcm_mulaw"}
+"""The sample entries of a recording's G.711 audio."""
 READ_BATCH = 25
 """Samples read from a segment file per worker-thread call."""
 
 
 @dataclass(frozen=True, slots=True)
 class MediaFrame:
-    """One video access unit in Annex B, or (`audio`) one AAC frame with its ADTS header;
-    timestamps in 90 kHz."""
+    """One video access unit in Annex B, or (`audio`) one audio frame as PS carries it (AAC
+    with its ADTS header, G.711 bytes); timestamps in 90 kHz."""
 
     data: bytes
     pts: int
@@ -46,7 +53,8 @@ class MediaFrame:
     keyframe: bool
     audio: bool = False
     audio_codec: str | None = None
-    """On video frames: the stream's audio codec ("aac"), if it has audio."""
+    """The stream's audio codec ("aac", "pcm_alaw", "pcm_mulaw"): an audio frame's own; on
+    video frames the audio known so far (None: none yet)."""
 
 
 def _descriptor(data: bytes, at: int) -> tuple[int, int, int]:
@@ -108,6 +116,22 @@ def adts_header(asc: bytes, payload_size: int) -> bytes:
             0xFC,
         ]
     )
+
+
+def recorded_audio_codec(entry: bytes) -> tuple[str | None, bytes | None]:
+    """(PS audio codec, AAC's AudioSpecificConfig) of a recorded audio sample entry; no
+    codec for audio PS does not carry here."""
+    if entry[4:8] == b"mp4a":
+        asc = audio_specific_config(entry)
+        return ("aac", asc) if asc else (None, None)
+    return QUICKTIME_AUDIO.get(entry[4:8]), None
+
+
+def tap_audio_codec(stream: TapAudioStream) -> str | None:
+    """The PS audio codec of a tap's audio stream (AAC needs its AudioSpecificConfig)."""
+    if stream.codec not in AUDIO_CODECS or (stream.codec == "aac" and len(stream.extradata) < 2):
+        return None
+    return stream.codec
 
 
 def _box_payload(data: bytes, kind: bytes) -> bytes | None:
@@ -197,36 +221,56 @@ def to_90k(ticks: int, time_base: Fraction) -> int:
     return int(ticks * time_base * 90_000)
 
 
+Live = TapFrame | TapAudioFrame
+
+
 class GopCache:
-    """A camera's current group of pictures (its last keyframe and the frames since), so a
-    live stream starts at once instead of at the camera's next keyframe. The cache is the
-    tap's subscriber (on the recorder's thread: it keeps references to the frames the tap
-    built, no copies) and hands frames on to the live streams attached to it; attaching
-    takes the backlog and the feed under one lock, so no frame is lost or sent twice.
-    A GOP longer than `limit` frames is not kept (such a stream starts at the next one)."""
+    """A camera's current group of pictures (its last keyframe and the frames since, with
+    the audio between them), so a live stream starts at once instead of at the camera's
+    next keyframe, with its sound. The cache is the tap's subscriber, video and audio (on
+    the recorder's thread: it keeps references to the frames the tap built, no copies) and
+    hands frames on to the live streams attached to it; attaching takes the backlog and the
+    feed under one lock, so no frame is lost or sent twice. A GOP longer than `limit` video
+    frames is not kept (such a stream starts at the next one)."""
 
     def __init__(self, tap: PacketTap, limit: int = LIVE_QUEUE // 2) -> None:
         self.camera = tap.camera
         self._lock = threading.Lock()
-        self._gop: list[TapFrame] = []
+        self._gop: list[Live] = []
+        self._gop_video = 0
         self._limit = limit
-        self._sinks: tuple[Callable[[TapFrame], None], ...] = ()
+        self._sinks: tuple[Callable[[Live], None], ...] = ()
+        self.audio: TapAudioStream | None = None
+        """The last audio stream seen (a live stream declares its audio from the start)."""
         self._unsubscribe = tap.subscribe(self._on_frame)
+        self._unsubscribe_audio = tap.subscribe_audio(self._on_audio)
 
     def _on_frame(self, frame: TapFrame) -> None:
         """On the recorder's thread."""
         with self._lock:
             if frame.keyframe:
                 self._gop = [frame]
-            elif self._gop and len(self._gop) < self._limit:
+                self._gop_video = 1
+            elif self._gop and self._gop_video < self._limit:
                 self._gop.append(frame)
+                self._gop_video += 1
             else:
                 self._gop = []
             sinks = self._sinks
         for sink in sinks:
             sink(frame)
 
-    def attach(self, sink: Callable[[TapFrame], None]) -> tuple[list[TapFrame], Callable[[], None]]:
+    def _on_audio(self, frame: TapAudioFrame) -> None:
+        """On the recorder's thread."""
+        with self._lock:
+            self.audio = frame.stream
+            if self._gop:
+                self._gop.append(frame)
+            sinks = self._sinks
+        for sink in sinks:
+            sink(frame)
+
+    def attach(self, sink: Callable[[Live], None]) -> tuple[list[Live], Callable[[], None]]:
         """The current GOP (from its keyframe; empty if none) and the function that detaches
         `sink`, which gets every later frame (on the recorder's thread)."""
         with self._lock:
@@ -241,33 +285,42 @@ class GopCache:
 
     def close(self) -> None:
         self._unsubscribe()
+        self._unsubscribe_audio()
 
 
 class LiveSource:
-    """A camera's live frames: the current GOP from a `GopCache` at once, or (a bare tap)
-    from the next keyframe on."""
+    """A camera's live frames and audio: the current GOP from a `GopCache` at once, or (a
+    bare tap) from the next keyframe on."""
 
     def __init__(self, source: PacketTap | GopCache) -> None:
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[TapFrame | None] = asyncio.Queue(LIVE_QUEUE)
+        self._queue: asyncio.Queue[Live | None] = asyncio.Queue(LIVE_QUEUE_ITEMS)
         self._waiting_key = True
         self._dropped = 0
         self.codec: str | None = None
+        self.audio_codec: str | None = None
+        """The audio sent (or, from a cache, about to be): declared in the first PSM."""
         self._camera = source.camera
-        self._unsubscribe: Callable[[], None] | None
+        self._unsubscribe: tuple[Callable[[], None], ...]
         if isinstance(source, GopCache):
-            backlog, self._unsubscribe = source.attach(self._on_frame)
+            if source.audio is not None:
+                self.audio_codec = tap_audio_codec(source.audio)
+            backlog, detach = source.attach(self._on_frame)
+            self._unsubscribe = (detach,)
             for frame in backlog:  # on the loop, before any later frame's hand-over runs
                 self._put(frame)
         else:
-            self._unsubscribe = source.subscribe(self._on_frame)
+            self._unsubscribe = (
+                source.subscribe(self._on_frame),
+                source.subscribe_audio(self._on_frame),
+            )
 
-    def _on_frame(self, frame: TapFrame) -> None:
+    def _on_frame(self, frame: Live) -> None:
         """On the recorder's thread: hand over, nothing else."""
         self._loop.call_soon_threadsafe(self._put, frame)
 
-    def _put(self, frame: TapFrame) -> None:
-        if self._waiting_key and not frame.keyframe:
+    def _put(self, frame: Live) -> None:
+        if self._waiting_key and (isinstance(frame, TapAudioFrame) or not frame.keyframe):
             return
         if self._queue.full():
             self._dropped += 1
@@ -277,9 +330,9 @@ class LiveSource:
         self._queue.put_nowait(frame)
 
     def close(self) -> None:
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = ()
         if self._dropped:
             log.info("camera %s: live GB stream dropped %d frames", self._camera, self._dropped)
         if not self._queue.full():
@@ -291,10 +344,28 @@ class LiveSource:
         base: int | None = None
         length_size, prefixed = 4, False
         codec = "h264"
+        astream: TapAudioStream | None = None
+        acodec: str | None = None
         while True:
             frame = await self._queue.get()
             if frame is None:
                 return
+            if isinstance(frame, TapAudioFrame):
+                if frame.stream is not astream:
+                    astream = frame.stream
+                    acodec = tap_audio_codec(astream)
+                    if acodec is not None:
+                        self.audio_codec = acodec
+                if acodec is None or base is None:
+                    continue
+                pts = to_90k(frame.pts, astream.time_base) - base + 9000
+                if pts < 0:
+                    continue  # sound from before the first picture
+                data = frame.data
+                if acodec == "aac":
+                    data = adts_header(astream.extradata, len(data)) + data
+                yield MediaFrame(data, pts, pts, True, True, acodec)
+                continue
             if frame.stream is not stream:
                 stream = frame.stream
                 codec = self.codec = codec_family(stream.codec)
@@ -309,7 +380,13 @@ class LiveSource:
             pts = to_90k(frame.pts, stream.time_base)
             if base is None:
                 base = dts
-            yield MediaFrame(data, pts - base + 9000, dts - base + 9000, frame.keyframe)
+            yield MediaFrame(
+                data,
+                pts - base + 9000,
+                dts - base + 9000,
+                frame.keyframe,
+                audio_codec=self.audio_codec,
+            )
 
 
 def _read_samples(path: str, offsets: list[int], sizes: list[int]) -> list[bytes]:
@@ -379,11 +456,11 @@ async def recorded_frames(
         dts0 = int(track.dts[0])
         times = [seg.start_ms + (int(d) - dts0) * scale_ms for d in track.dts]
         audio = index.audio
-        asc = audio_specific_config(audio.sample_entry) if audio is not None else None
+        acodec, asc = recorded_audio_codec(audio.sample_entry) if audio else (None, None)
         # (wall ms, 0 video / 1 audio, sample) in time order: both tracks on the file's
         # timeline, from the video's first decode time (the segment's start)
         order = [(t, 0, i) for i, t in enumerate(times)]
-        if audio is not None and asc is not None and audio.count:
+        if audio is not None and acodec is not None and audio.count:
             a_ms = 1000 / audio.timescale
             order += [
                 (seg.start_ms + int(d) * a_ms - dts0 * scale_ms, 1, i)
@@ -413,10 +490,12 @@ async def recorded_frames(
                 if t >= end_ms:
                     return
                 if kind == 1:
-                    if base is None or asc is None:
+                    if base is None or acodec is None:
                         continue  # audio starts with the first video keyframe
                     pts = round(t * 90) - base + 9000
-                    frame = MediaFrame(adts_header(asc, len(raw)) + raw, pts, pts, True, True)
+                    if asc is not None:
+                        raw = adts_header(asc, len(raw)) + raw
+                    frame = MediaFrame(raw, pts, pts, True, True, acodec)
                 else:
                     key = bool(track.sync[i])
                     if base is None and not key:
@@ -429,9 +508,7 @@ async def recorded_frames(
                     if base is None:
                         base = wall_dts
                     out_dts = wall_dts - base + 9000
-                    frame = MediaFrame(
-                        data, out_dts + cto, out_dts, key, audio_codec="aac" if asc else None
-                    )
+                    frame = MediaFrame(data, out_dts + cto, out_dts, key, audio_codec=acodec)
                 if due is None:
                     due, last_ms = clock(), t
                 if pace.paused and pace.resumed is not None:

@@ -1,8 +1,12 @@
 """A small MPEG-2 program stream muxer (ISO/IEC 13818-1 2.5) for GB/T 28181 media: one PS
 pack per access unit, the way platforms expect it (GB/T 28181-2016 appendix C): a pack
 header; on every keyframe a system header and a program stream map (PSM) declaring the
-stream types (0x1B H.264, 0x24 H.265, 0x0F AAC); then the frame in PES packets with PTS and
-DTS (90 kHz), split where a PES would exceed 65535 bytes. FFmpeg's `mpeg`/`vob` muxers write
+stream types (0x1B H.264, 0x24 H.265; audio 0x0F AAC, 0x90 G.711 A-law, 0x91 G.711 mu-law);
+then the frame in PES packets with PTS and DTS (90 kHz), split where a PES would exceed
+65535 bytes. Audio frames (ADTS AAC, or G.711 bytes as they came) go in packs of their own,
+only once a PSM has declared them: audio that appears or changes codec mid-stream is
+declared (a new PSM version) at the next keyframe and dropped until then, since a demuxer
+fixes a stream's codec at its first PES. FFmpeg's `mpeg`/`vob` muxers write
 no PSM and mislabel H.265, so we write our own. Remux only: the bytes of the access units
 are never touched.
 
@@ -13,9 +17,14 @@ header bytes per frame, the payload is joined once).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-STREAM_TYPES = {"h264": 0x1B, "hevc": 0x24, "aac": 0x0F}
+STREAM_TYPES = {"h264": 0x1B, "hevc": 0x24, "aac": 0x0F, "pcm_alaw": 0x90, "pcm_mulaw": 0x91}
+"""GB/T 28181-2016 appendix C gives 0x90 for G.711 (A-law); 0x91 for mu-law is the value
+ZLMediaKit and ireader/media-server (the PS code most platforms run) use, and FFmpeg's
+demuxer knows for Hikvision streams."""
+AUDIO_CODECS = frozenset({"aac", "pcm_alaw", "pcm_mulaw"})
+"""The audio a PS stream can carry (FFmpeg canonical names); other audio is not sent."""
 VIDEO_ID = 0xE0
 AUDIO_ID = 0xC0
 MAX_PES_PAYLOAD = 65_000
@@ -131,19 +140,32 @@ def pes_packets(stream_id: int, payload: bytes, pts: int, dts: int | None) -> li
 
 @dataclass
 class PsMuxer:
-    """One program stream: `video` frames (Annex B access units) and optional `audio`
-    frames (ADTS AAC), each into a pack of its own; timestamps in 90 kHz."""
+    """One program stream: `video` frames (Annex B access units) and `audio` frames (ADTS
+    AAC or G.711), each into a pack of its own; timestamps in 90 kHz."""
 
     video_codec: str
     audio_codec: str | None = None
+    """The audio the next keyframe's PSM declares (set it when the audio appears or changes)."""
+    declared: str | None = field(default=None, init=False)
+    """The audio the last PSM sent declared: `audio` sends only that."""
+    _version: int = field(default=0, init=False)
+    _psm_sent: bool = field(default=False, init=False)
 
     def video(self, data: bytes, pts: int, dts: int, keyframe: bool) -> bytes:
         parts = [pack_header(dts)]
         if keyframe:
-            parts.append(system_header(self.audio_codec is not None))
-            parts.append(program_stream_map(self.video_codec, self.audio_codec))
+            if self.audio_codec != self.declared:
+                if self._psm_sent:
+                    self._version = (self._version + 1) & 0x1F
+                self.declared = self.audio_codec
+            self._psm_sent = True
+            parts.append(system_header(self.declared is not None))
+            parts.append(program_stream_map(self.video_codec, self.declared, self._version))
         parts += pes_packets(VIDEO_ID, data, pts, dts)
         return b"".join(parts)
 
-    def audio(self, data: bytes, pts: int) -> bytes:
+    def audio(self, data: bytes, pts: int) -> bytes | None:
+        """The pack of one audio frame; None while no PSM has declared the audio yet."""
+        if self.declared is None:
+            return None
         return b"".join([pack_header(pts), *pes_packets(AUDIO_ID, data, pts, None)])

@@ -141,6 +141,7 @@ class Session:
     task: asyncio.Task[None] | None = None
     ended_by_platform: asyncio.Event = field(default_factory=asyncio.Event)
     frames: int = 0
+    audio_frames: int = 0
     seek_ms: int | None = None
     """Where a MANSRTSP `Range` asked the playback to go (Unix ms), until it went there."""
     first_rtp_s: float | None = None
@@ -329,7 +330,7 @@ class Sessions:
                 live = LiveSource(self._caches.get(ch.camera) or self.taps(ch.camera))
                 async for frame in live.frames():
                     if muxer is None:
-                        muxer = PsMuxer(live.codec or "h264")
+                        muxer = PsMuxer(live.codec or "h264", frame.audio_codec)
                     await self._send(session, muxer, frame)
                 return
             start, end = session.offer.start_ms, session.offer.end_ms
@@ -368,9 +369,17 @@ class Sessions:
 
     async def _send(self, session: Session, muxer: PsMuxer, frame: MediaFrame) -> None:
         if frame.audio:
-            if muxer.audio_codec is not None:
-                await session.sender.send(muxer.audio(frame.data, frame.pts), frame.pts)
+            # new or changed audio: declared by the next keyframe's PSM, not sent until then
+            muxer.audio_codec = frame.audio_codec
+            audio = (
+                muxer.audio(frame.data, frame.pts) if muxer.declared == frame.audio_codec else None
+            )
+            if audio is not None:
+                await session.sender.send(audio, frame.pts)
+                session.audio_frames += 1
             return
+        if muxer.audio_codec is None:
+            muxer.audio_codec = frame.audio_codec
         pack = muxer.video(frame.data, frame.pts, frame.dts, frame.keyframe)
         await session.sender.send(pack, frame.dts)
         session.frames += 1
