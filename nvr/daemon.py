@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nvr import memory
-from nvr.api.server import serve_api
 from nvr.config import NvrConfig
 from nvr.events import EventBus
 from nvr.ingest.status import RecorderStatus
@@ -41,7 +40,6 @@ from nvr.ingest.supervisor import (
     Supervisor,
     default_opener,
 )
-from nvr.mqtt import MqttPublisher
 from nvr.reload import LiveConfig, Reloader
 from nvr.retention import Forecast, RetentionService
 from nvr.sdnotify import Notifier
@@ -330,19 +328,25 @@ async def run_daemon(
         loop.add_signal_handler(signal.SIGHUP, reload_on_signal, "signal:SIGHUP")
         for actor in hups:
             reload_on_signal(actor)
-        api = serve_api(
-            config,
-            store,
-            supervisor,
-            lambda: retention.last_forecast,
-            reloader=reloader,
-            emit=alerts.emit,
-            event_problems=alerts.problems,
-            segment_listeners=supervisor.segment_listeners,
-            taps=supervisor.tap,
-            substreams=substreams.source,
-            gb28181=lambda: publisher.gb.health() if publisher.gb is not None else None,
-        )
+        api = None
+        if config.api is not None:
+            # Imported only when served: FastAPI, uvicorn, the pages and playback's numpy
+            # would stay resident (~20 MiB) in a daemon that only records.
+            from nvr.api.server import serve_api
+
+            api = serve_api(
+                config,
+                store,
+                supervisor,
+                lambda: retention.last_forecast,
+                reloader=reloader,
+                emit=alerts.emit,
+                event_problems=alerts.problems,
+                segment_listeners=supervisor.segment_listeners,
+                taps=supervisor.tap,
+                substreams=substreams.source,
+                gb28181=lambda: publisher.gb.health() if publisher.gb is not None else None,
+            )
         publisher.gb = await _start_gb28181(config, store, supervisor)
         gb_reload = _GbReload(publisher, config, store, supervisor)
         reloader.subscribe(gb_reload)
@@ -423,6 +427,8 @@ class Alerts:
         senders = start_webhooks(bus, list(events.webhooks))
         task = None
         if events.mqtt is not None:
+            from nvr.mqtt import MqttPublisher  # aiomqtt and paho (~4 MiB) only when used
+
             publisher = MqttPublisher(events, bus)
             task = asyncio.create_task(publisher.run(stop), name="mqtt")
             task.add_done_callback(_report_crash)
