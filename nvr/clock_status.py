@@ -7,7 +7,6 @@ down: `ingest.timecheck`, `storage`.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 
 from nvr.ingest.timecheck.notes import DEVICE_INFO, camera_clocks
@@ -26,10 +25,10 @@ def server_status_line(read: Callable[[], ServerClockState] = read_server_clock)
 
 
 def camera_status_lines(
-    store: SegmentStore, camera: str, limit_s: float, when: Callable[[int], str] | None = None
+    store: SegmentStore, camera: str, limit_s: float, when: Callable[[int], str]
 ) -> list[str]:
     """The camera's device information (ONVIF) and latest clock reading per method, with a
-    `WARNING` where the offset is beyond `limit_s`; `when` formats a time (default UTC)."""
+    `WARNING` where the offset is beyond `limit_s`; `when` formats a time (`show.when`)."""
     device: str | None = None
     kept = store.events.latest(camera, DEVICE_INFO, limit=1)
     if kept:
@@ -47,10 +46,9 @@ def camera_status_lines(
             )
         except (ValueError, AttributeError):
             lines.append(f"device: {device}")
-    fmt = when or (lambda ms: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000)))
     for clock in camera_clocks(store, camera, limit_s):
         lines.append(
             f"{'WARNING ' if clock.warning else ''}camera clock ({clock.source}, "
-            f"{fmt(clock.at_ms)}): {clock.describe()}"
+            f"{when(clock.at_ms)}): {clock.describe()}"
         )
     return lines

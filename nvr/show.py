@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from nvr.storage.timestamps import iso
+
 _utc = False
 
 
@@ -21,8 +23,7 @@ def when(ms: int | None) -> str:
     if ms is None:
         return "-"
     if _utc:
-        moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return iso(ms)
     moment = datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone()
     return moment.isoformat(timespec="milliseconds")
 

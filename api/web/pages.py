@@ -30,6 +30,7 @@ from nvr.api.services import ApiServices
 from nvr.api.web.i18n import LANG_COOKIE, LANGS, Text, pick
 from nvr.api.web.zone import SiteZone
 from nvr.storage.accounts import Role, TokenSession, User
+from nvr.storage.timestamps import DAY_MS
 
 if TYPE_CHECKING:
     import jinja2
@@ -406,7 +407,7 @@ async def audit(
     """The newest entries (at most 500, of the last 7 days) of the audit log, for auditors
     and admins, with exact filters."""
     page, _user = await _member_page(request, services, AUDIT, "error.no_audit")
-    since = services.store.now() - 7 * 86_400_000
+    since = services.store.now() - 7 * DAY_MS
     entries = await asyncio.to_thread(
         lambda: services.store.audit.entries(
             since_ms=since,
