@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import pytest
 
 from nvr.gb28181.device import ChannelConfig, GbDevice
 from nvr.gb28181.media import GopCache, LiveSource
-from nvr.gb28181.session import Sessions
+from nvr.gb28181.session import Sessions, range_start_ms
 from nvr.ingest.tap import PacketTap, TapFrame, TapStream
 from nvr.storage import AuditEntry, SegmentStore, now_ms
 from tests.gbsim import DEVICE, MediaCall, Platform, gb_config, hdr, wait_for
@@ -594,22 +595,33 @@ async def test_gop_cache_only_while_registered(
     assert not taps["cam"].wanted and not taps["other"].wanted
 
 
+@pytest.mark.parametrize("form", ["npt", "clock"])
 async def test_mansrtsp_range_seeks(
-    platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    platform: Platform,
+    store: SegmentStore,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    form: str,
 ) -> None:
-    """PLAY with `Range: npt=20-` jumps to 20 s after the playback's start (from the keyframe
-    at or before it): what follows is the recording from there to the end, with timestamps
-    still going forward; the 14 s skipped are never sent."""
+    """PLAY with `Range: npt=20-`, or the same instant as clock time (`clock=<UTC>-`, RFC
+    2326 absolute time), jumps to 20 s after the playback's start (from the keyframe at or
+    before it): what follows is the recording from there to the end, with timestamps still
+    going forward; the 14 s skipped are never sent."""
     rec = recorded(store, "h264aac")
     seg0 = store.segments("h264aac")[0]
     start_s = seg0.start_ms // 1000 + 2
     end_s = start_s + 24
+    if form == "npt":
+        value = "npt=20-"
+    else:
+        at = datetime.fromtimestamp(start_s + 20, UTC)
+        value = f"clock={at:%Y%m%dT%H%M%S}Z-"
     device, _ = await start_device(platform, store, monkeypatch)
     try:
         call = await platform.invite(CH_H264, "Playback", start_s=start_s, end_s=end_s)
         assert call.answer is not None and call.answer.status_code == 200
         await wait_for(lambda: len(call.packets) > 5, "media flowing")
-        res = await call.info("PLAY RTSP/1.0\r\nCSeq: 1\r\nRange: npt=20-\r\n")
+        res = await call.info(f"PLAY RTSP/1.0\r\nCSeq: 1\r\nRange: {value}\r\n")
         assert res.status_code == 200
         assert await media_status(platform) == "121"
         await call.bye()
@@ -626,3 +638,18 @@ async def test_mansrtsp_range_seeks(
     assert [g[0] for g in got[:k]] == [r[0] for r in rec[first : first + k]]
     assert [g[0] for g in got[k:]] == [r[0] for r in tail]
     assert got[k][1] > max(p for _, p in got[:k])  # timestamps go on forward
+
+
+def test_range_values() -> None:
+    """MANSRTSP `Range` as a playback starting at 1 700 000 000 s reads it (Unix ms)."""
+    start = 1_700_000_000_000
+    assert range_start_ms("npt=20-", start) == start + 20_000
+    assert range_start_ms("npt=2.5-7", start) == start + 2_500
+    assert range_start_ms("npt=now-", start) is None
+    assert range_start_ms("", start) is None
+    # 2023-11-14T22:13:20Z is 1 700 000 000 s
+    assert range_start_ms("clock=20231114T221340Z-", start) == start + 20_000
+    assert range_start_ms("clock=20231114T221340.250Z-20231114T221400Z", start) == start + 20_250
+    for bad in ("npt=abc-", "clock=20231114T221340-", "clock=2023-11-14-", "smpte=0:10:00-", "x"):
+        with pytest.raises(ValueError):
+            range_start_ms(bad, start)

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiosipua import SipRequest, SipResponse
@@ -105,6 +106,35 @@ def parse_offer(body: bytes) -> Offer:
     if kind != "Play" and end_ms <= start_ms:
         raise OfferError(f"{kind} needs t=<start> <end>")
     return Offer(kind, host, port, transport, ssrc, start_ms, end_ms, max(0.25, min(speed, 32)))
+
+
+def range_start_ms(value: str, start_ms: int) -> int | None:
+    """Where a MANSRTSP `Range` asks a playback to go (Unix ms), None for no seek (absent,
+    `npt=now-`): `npt=<s>-` is `<s>` seconds after the playback's start, `clock=<UTC>-`
+    (RFC 2326 3.7 absolute time, `YYYYMMDDThhmmss[.fff]Z`) that instant. The end of a range
+    is ignored (the INVITE's stays). ValueError for anything else."""
+    value = value.strip()
+    if not value:
+        return None
+    unit, sep, spec = value.partition("=")
+    if not sep:
+        raise ValueError(f"Range {value!r}")
+    first = spec.split("-", 1)[0].strip()
+    unit = unit.strip().lower()
+    if unit == "npt":
+        if first in ("", "now"):
+            return None
+        return start_ms + round(float(first) * 1000)
+    if unit == "clock":
+        if not first:
+            return None
+        if not first.endswith("Z"):
+            raise ValueError(f"Range {value!r}: clock time without Z (UTC)")
+        body = first[:-1]
+        fmt = "%Y%m%dT%H%M%S.%f" if "." in body else "%Y%m%dT%H%M%S"
+        at = datetime.strptime(body, fmt).replace(tzinfo=UTC)
+        return round(at.timestamp() * 1000)
+    raise ValueError(f"Range {value!r}: unit {unit!r}")
 
 
 def answer_sdp(offer: Offer, channel_id: str, local_ip: str, port: int) -> bytes:
@@ -305,14 +335,13 @@ class Sessions:
                     scale = min(max(float(headers["scale"]), MIN_SCALE), MAX_SCALE)
                 except ValueError:
                     return sip.response_to(req, 400, "Bad Request")
-            npt = headers.get("range", "").removeprefix("npt=").split("-", 1)[0].strip()
-            if npt and npt != "now":
-                try:
-                    offset_ms = round(float(npt) * 1000)
-                except ValueError:
-                    return sip.response_to(req, 400, "Bad Request")
+            try:
+                at_ms = range_start_ms(headers.get("range", ""), session.offer.start_ms)
+            except ValueError:
+                return sip.response_to(req, 400, "Bad Request")
+            if at_ms is not None:
                 start, end = session.offer.start_ms, session.offer.end_ms
-                session.seek_ms = min(max(start + offset_ms, start), end - 1)
+                session.seek_ms = min(max(at_ms, start), end - 1)
             session.pace.play(scale)
         else:
             return sip.response_to(req, 400, "Bad Request")
