@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from nvr.api.deps import AuditorDep, ServicesDep
-from nvr.api.models import AuditOut, Problem, list_of
+from nvr.api.models import AuditOut, list_of
 from nvr.api.params import parse_time
+from nvr.api.routes import problems
 
 router = APIRouter(tags=["audit"])
 
@@ -20,7 +21,7 @@ TimeFilter = Annotated[str | None, Query(min_length=1, max_length=64)]
 @router.get(
     "/api/audit",
     response_model=list_of(AuditOut),
-    responses={400: {"model": Problem}, 401: {"model": Problem}, 403: {"model": Problem}},
+    responses=problems(400, 401, 403),
 )
 async def audit(
     user: AuditorDep,

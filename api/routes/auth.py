@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request, Response
 from nvr.api.deps import ServicesDep, SessionDep, UserDep
 from nvr.api.errors import TooManyAttempts, Unauthorized
 from nvr.api.middleware import printable
-from nvr.api.models import LoginIn, LoginOut, Problem, UserOut
+from nvr.api.models import LoginIn, LoginOut, UserOut
+from nvr.api.routes import problems
 from nvr.api.services import ApiServices
 from nvr.storage.accounts import User
 
@@ -92,7 +93,7 @@ async def attempt_login(
 @router.post(
     "/api/login",
     response_model=LoginOut,
-    responses={401: {"model": Problem}, 429: {"model": Problem}},
+    responses=problems(401, 429),
     summary="Log in: returns an opaque bearer token",
 )
 async def login(body: LoginIn, request: Request, services: ServicesDep) -> LoginOut:
@@ -113,7 +114,7 @@ async def login(body: LoginIn, request: Request, services: ServicesDep) -> Login
     return LoginOut(token=token, expires_ms=expires, user=user_out(user))
 
 
-@router.post("/api/logout", status_code=204, responses={401: {"model": Problem}})
+@router.post("/api/logout", status_code=204, responses=problems(401))
 async def logout(session: SessionDep, services: ServicesDep) -> Response:
     await asyncio.to_thread(services.store.accounts.revoke, session.token_id)
     await asyncio.to_thread(
@@ -122,6 +123,6 @@ async def logout(session: SessionDep, services: ServicesDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/api/me", response_model=UserOut, responses={401: {"model": Problem}})
+@router.get("/api/me", response_model=UserOut, responses=problems(401))
 async def me(user: UserDep) -> UserOut:
     return user_out(user)

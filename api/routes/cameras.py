@@ -49,7 +49,6 @@ from nvr.api.models import (
     LinkRenewIn,
     PictureEventOut,
     PictureOut,
-    Problem,
     SpanOut,
     TimelineOut,
 )
@@ -233,9 +232,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
         200: {"content": {"video/mp4": {}}, "description": "the whole MP4"},
         206: {"content": {"video/mp4": {}}, "description": "the requested bytes"},
         304: {"description": "not modified (If-None-Match)"},
-        416: {"model": Problem},
-        422: {"model": Problem},
-        429: {"model": Problem},
+        **problems(416, 422, 429),
         **ERRORS,
     },
 )

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from nvr.api.deps import AdminDep, ServicesDep
 from nvr.api.errors import Conflict
-from nvr.api.models import Problem
+from nvr.api.routes import problems
 
 router = APIRouter(tags=["config"])
 
@@ -35,7 +35,7 @@ class ReloadOut(BaseModel):
 @router.post(
     "/api/reload",
     response_model=ReloadOut,
-    responses={401: {"model": Problem}, 403: {"model": Problem}, 409: {"model": Problem}},
+    responses=problems(401, 403, 409),
 )
 async def reload(user: AdminDep, services: ServicesDep) -> ReloadOut:
     """Reload the daemon's config file; refused (409, every problem named) if it is invalid

@@ -21,12 +21,11 @@ from nvr.api.models import (
     CancelIn,
     ExportIn,
     ExportOut,
-    Problem,
     RejectIn,
     list_of,
 )
 from nvr.api.params import parse_range
-from nvr.api.routes import ERRORS
+from nvr.api.routes import ERRORS, problems
 from nvr.api.routes.cameras import privacy_masks
 from nvr.storage import StorageError
 from nvr.storage.accounts import User
@@ -279,7 +278,7 @@ async def download_export(
 @router.get(
     "/api/signing-key",
     response_class=Response,
-    responses={200: {"content": {"application/x-pem-file": {}}}, 401: {"model": Problem}},
+    responses={200: {"content": {"application/x-pem-file": {}}}, **problems(401)},
 )
 async def signing_key(user: UserDep, services: ServicesDep) -> Response:
     """The Ed25519 public key export manifests are signed with (PEM), for

@@ -20,8 +20,8 @@ from nvr.api.models import (
     LivenessOut,
     OutageOut,
     PictureOut,
-    Problem,
 )
+from nvr.api.routes import problems
 
 router = APIRouter(tags=["health"])
 
@@ -32,7 +32,7 @@ async def healthz() -> LivenessOut:
     return LivenessOut()
 
 
-@router.get("/api/health", response_model=HealthOut, responses={401: {"model": Problem}})
+@router.get("/api/health", response_model=HealthOut, responses=problems(401))
 async def health(user: UserDep, services: ServicesDep) -> HealthOut:
     """Overall status (ok / degraded / critical) with reasons; per camera (those you may
     see): state, time down, last segment age, the outage ledger of the last 24 h; storage
@@ -101,7 +101,7 @@ async def health(user: UserDep, services: ServicesDep) -> HealthOut:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}, 401: {"model": Problem}},
+    responses={200: {"content": {"text/plain": {}}}, **problems(401)},
 )
 async def metrics(request: Request, services: ServicesDep, creds: Credentials) -> Response:
     """Prometheus text: per camera (those you may see) bytes, segments, reconnects, gap
