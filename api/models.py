@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from nvr.config.models import CAMERA_NAME, CAMERA_NAME_RULE
 from nvr.ingest.status import PictureStatus
-from nvr.storage.accounts import Role
+from nvr.storage.accounts import USER_NAME, Role
 from nvr.storage.audit import AuditEntry
 from nvr.storage.exports import Export
 from nvr.storage.guard import Lock
@@ -115,7 +115,7 @@ class LoginOut(BaseModel):
 
 
 class UserIn(_In):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+    name: Annotated[str, Field(pattern=USER_NAME.pattern)]
     role: Role
     password: Annotated[str, Field(min_length=10, max_length=1024)]
     cameras: list[CameraGrant] = []
