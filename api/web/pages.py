@@ -224,46 +224,31 @@ async def login_submit(request: Request, services: ServicesDep) -> Response:
     name = (fields.get("username") or [""])[0].strip()[:64]
     password = (fields.get("password") or [""])[0][:1024]
     target = _safe_next((fields.get("next") or [""])[0])
+
+    def form_again(status: int, message: str, username: str = "") -> HTMLResponse:
+        """The login form again with why (`message`, a catalogue key)."""
+        return page.render(
+            "login.html",
+            "login.title",
+            status=status,
+            next=target,
+            message=page.text(message),
+            username=username,
+        )
+
     if not _same_origin(request):
-        return page.render(
-            "login.html",
-            "login.title",
-            status=403,
-            next=target,
-            message=page.text("login.cross_site"),
-        )
+        return form_again(403, "login.cross_site")
     if not name or not password:
-        return page.render(
-            "login.html",
-            "login.title",
-            status=400,
-            next=target,
-            message=page.text("login.missing"),
-            username=name,
-        )
+        return form_again(400, "login.missing", name)
     client = client_of(request)
     try:
         user = await attempt_login(services, client, name, password, via="page")
     except TooManyAttempts as err:
-        response = page.render(
-            "login.html",
-            "login.title",
-            status=429,
-            next=target,
-            message=page.text("login.throttled"),
-            username=name,
-        )
+        response = form_again(429, "login.throttled", name)
         response.headers.update(err.headers or {})
         return response
     if user is None:
-        return page.render(
-            "login.html",
-            "login.title",
-            status=401,
-            next=target,
-            message=page.text("login.wrong"),
-            username=name,
-        )
+        return form_again(401, "login.wrong", name)
     store = services.store
     token, expires = await asyncio.to_thread(
         store.accounts.issue_token, user, services.token_ttl_ms
