@@ -22,6 +22,7 @@ from nvr.storage.accounts import USER_NAME, Role
 from nvr.storage.audit import AuditEntry
 from nvr.storage.exports import Export
 from nvr.storage.guard import Lock
+from nvr.storage.pictures import PictureEvent
 from nvr.storage.timestamps import iso
 
 Text = Annotated[str, Field(min_length=1, max_length=2000)]
@@ -45,10 +46,11 @@ def record_model(
     *,
     exclude: frozenset[str] = frozenset(),
     extra: dict[str, Any] | None = None,
+    doc: str | None = None,
 ) -> type[BaseModel]:
     """A response model named `name` with the fields of the dataclass `record` (types and
     defaults as declared there), less `exclude`, plus `extra` (name: (type, default)), read
-    from a record by `model_validate(record)` (`from_attributes`)."""
+    from a record by `model_validate(record)` (`from_attributes`); `doc` is its description."""
     hints = typing.get_type_hints(record)
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(record):
@@ -62,6 +64,7 @@ def record_model(
     return create_model(
         name,
         __config__=ConfigDict(from_attributes=True),
+        __doc__=doc,
         **fields,
         **(extra or {}),
     )
@@ -77,6 +80,7 @@ if TYPE_CHECKING:
     AuditOut: TypeAlias = BaseModel
     LockOut: TypeAlias = BaseModel
     ExportOut: TypeAlias = BaseModel
+    PictureEventOut: TypeAlias = BaseModel
 else:
     AuditOut = record_model("AuditOut", AuditEntry)
     LockOut = record_model(
@@ -91,6 +95,14 @@ else:
         "ExportOut",
         Export,
         exclude=frozenset({"package"}),  # the package's path on the server is not the client's
+    )
+    PictureEventOut = record_model(
+        "PictureEventOut",
+        PictureEvent,
+        exclude=frozenset({"camera", "snapshot"}),
+        # whether its keyframe JPEG is still kept (it goes with the footage of its hour)
+        extra={"snapshot": (bool, ...)},
+        doc="A picture finding (issue 18) overlapping the range.",
     )
 
 
@@ -199,23 +211,6 @@ class GapOut(BaseModel):
     start_ms: int
     end_ms: int
     causes: list[GapCauseOut]
-
-
-class PictureEventOut(BaseModel):
-    """A picture finding (issue 18) overlapping the range."""
-
-    id: int
-    kind: str
-    """covered | defocused | repointed | frozen | no-signal"""
-    start_ms: int
-    """First seen."""
-    raised_ms: int
-    end_ms: int | None
-    """None while it lasts."""
-    score: float | None
-    detail: str
-    snapshot: bool
-    """Whether its keyframe JPEG is still kept (it goes with the footage of its hour)."""
 
 
 class TimelineOut(BaseModel):

@@ -5,6 +5,7 @@ Every playback and download is audited before the first byte is sent."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 from collections.abc import AsyncIterator, Callable
@@ -106,15 +107,8 @@ async def timeline(
     now = services.store.now()
     return TimelineOut(
         pictures=[
-            PictureEventOut(
-                id=p.id,
-                kind=p.kind,
-                start_ms=p.start_ms,
-                raised_ms=p.raised_ms,
-                end_ms=p.end_ms,
-                score=p.score,
-                detail=p.detail,
-                snapshot=p.snapshot is not None,
+            PictureEventOut.model_validate(
+                dataclasses.asdict(p) | {"snapshot": p.snapshot is not None}
             )
             for p in found
         ],
