@@ -255,6 +255,8 @@ def test_recording_spanning_three_segments_is_one_standard_mp4(
     assert entries[-1].target == camera
     assert entries[-1].detail["bytes"] == len(r.content)
     assert entries[-1].detail["start_ms"] == start and entries[-1].detail["end_ms"] == end
+    assert entries[-1].detail["footage_start_ms"] == first_ms
+    assert entries[-1].detail["range"] is None  # the whole file, not a Range
 
 
 def test_range_requests_give_the_exact_bytes(footage_api: Api) -> None:

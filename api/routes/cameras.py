@@ -329,6 +329,12 @@ async def recording(
         raise Unavailable(str(err)) from err
     headers["X-Recording-Start"] = iso(vf.start_ms)
     headers["X-Recording-End"] = iso(vf.end_ms)
+    # What the audit says of footage sent: the range asked for and the file's own.
+    sent: dict[str, object] = {
+        **detail,
+        "footage_start_ms": vf.start_ms,
+        "footage_end_ms": vf.end_ms,
+    }
     # Gaps inside the file show no picture (empty edits); say where and why.
     gaps = await asyncio.to_thread(gap_causes, services.store, name, vf.gaps)
     headers["X-Recording-Gaps"] = gaps_header(gaps)
@@ -353,19 +359,8 @@ async def recording(
             # Still being encoded: sent as it grows (fragmented MP4), whole and from its
             # start (no Range until it is finished and cached; then the next request has it).
             headers["Accept-Ranges"] = "none"
-            await _audit_ok(
-                services,
-                user.name,
-                action,
-                name,
-                {
-                    **detail,
-                    "footage_start_ms": vf.start_ms,
-                    "footage_end_ms": vf.end_ms,
-                    "bytes": None,
-                    "progressive": True,
-                },
-            )
+            progressive = {**sent, "bytes": None, "progressive": True}
+            await _audit_ok(services, user.name, action, name, progressive)
             return StreamingResponse(
                 _job_chunks(made), status_code=200, headers=headers, media_type="video/mp4"
             )
@@ -390,19 +385,8 @@ async def recording(
         headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     length = last - first + 1
     headers["Content-Length"] = str(length)
-    await _audit_ok(
-        services,
-        user.name,
-        action,
-        name,
-        {
-            **detail,
-            "footage_start_ms": vf.start_ms,
-            "footage_end_ms": vf.end_ms,
-            "bytes": length,
-            "range": f"{first}-{last}/{size}" if status == 206 else None,
-        },
-    )
+    piece = f"{first}-{last}/{size}" if status == 206 else None
+    await _audit_ok(services, user.name, action, name, {**sent, "bytes": length, "range": piece})
     body = (
         _file_chunks(copy.path, first, last)
         if copy is not None
