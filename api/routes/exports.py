@@ -78,6 +78,14 @@ async def _visible_export(services: ServicesDep, user: User, export_id: int) -> 
     return export
 
 
+async def _export_to_decide(services: ServicesDep, user: User, export_id: int) -> Export:
+    """An export `user` may approve or reject: one whose camera's footage it may see."""
+    export = await _visible_export(services, user, export_id)
+    if not user.may_view(export.camera):
+        raise Forbidden("you are not permitted to see this camera", code="camera-forbidden")
+    return export
+
+
 @router.post("/api/exports", response_model=ExportOut, status_code=201, responses=ERRORS)
 async def request_export(body: ExportIn, user: OperatorDep, services: ServicesDep) -> ExportOut:
     """Register a pending export request. A second, different operator or admin must
@@ -115,9 +123,7 @@ async def approve_export(
 ) -> ExportOut:
     """The second person's approval. Refused for the requester (403) and for requests no
     longer pending (409). The package is then built in the background."""
-    export = await _visible_export(services, user, export_id)
-    if not user.may_view(export.camera):
-        raise Forbidden("you are not permitted to see this camera", code="camera-forbidden")
+    await _export_to_decide(services, user, export_id)
     try:
         approved = await asyncio.to_thread(
             lambda: services.store.exports.approve(
@@ -137,9 +143,7 @@ async def reject_export(
     export_id: ExportId, body: RejectIn, user: OperatorDep, services: ServicesDep
 ) -> ExportOut:
     """A second person declines the request."""
-    export = await _visible_export(services, user, export_id)
-    if not user.may_view(export.camera):
-        raise Forbidden("you are not permitted to see this camera", code="camera-forbidden")
+    await _export_to_decide(services, user, export_id)
     try:
         rejected = await asyncio.to_thread(
             lambda: services.store.exports.reject(
@@ -216,6 +220,20 @@ async def download_export(
     """The signed package (ZIP) of a built export, for its requester, its approver or an
     admin. Audited."""
     export = await _visible_export(services, user, export_id)
+
+    async def audit(outcome: str, detail: dict[str, object]) -> None:
+        try:
+            await asyncio.to_thread(
+                services.store.audit.append,
+                user.name,
+                "export-download",
+                f"export:{export_id}",
+                outcome,
+                detail,
+            )
+        except StorageError as err:
+            raise Unavailable(str(err)) from err
+
     if user.name not in (export.requester, export.approver) and user.role != "admin":
         raise Forbidden("only the requester, the approver or an admin may download the package")
     if export.state != READY:
@@ -234,39 +252,23 @@ async def download_export(
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
             raise Unavailable(f"the package cannot be read: {err}") from err
         if not masked:
-            try:
-                await asyncio.to_thread(
-                    services.store.audit.append,
-                    user.name,
-                    "export-download",
-                    f"export:{export_id}",
-                    "refused",
-                    {"camera": export.camera, "reason": "unmasked package, masked user"},
-                )
-            except StorageError as err:
-                raise Unavailable(str(err)) from err
+            reason = "unmasked package, masked user"
+            await audit("refused", {"camera": export.camera, "reason": reason})
             raise Forbidden(
                 "this package is not privacy-masked and you may not see behind the camera's "
                 "privacy masks; ask for an export of your own (it will be masked)"
             )
-    try:
-        await asyncio.to_thread(
-            services.store.audit.append,
-            user.name,
-            "export-download",
-            f"export:{export_id}",
-            "ok",
-            {
-                "camera": export.camera,
-                "start_ms": export.start_ms,
-                "end_ms": export.end_ms,
-                "bytes": size,
-                "range": request.headers.get("range"),
-                "manifest_sha256": export.manifest_sha256,
-            },
-        )
-    except StorageError as err:
-        raise Unavailable(str(err)) from err
+    await audit(
+        "ok",
+        {
+            "camera": export.camera,
+            "start_ms": export.start_ms,
+            "end_ms": export.end_ms,
+            "bytes": size,
+            "range": request.headers.get("range"),
+            "manifest_sha256": export.manifest_sha256,
+        },
+    )
     return FileResponse(
         path,
         media_type="application/zip",
