@@ -39,11 +39,23 @@ _DIGITS = {
 _GLYPHS = {ch: np.array([[c == "1" for c in row] for row in rows]) for ch, rows in _DIGITS.items()}
 
 
+_SCALED: dict[tuple[str, int], np.ndarray] = {}
+"""Glyphs blown up to a scale, made once: `np.kron` per character was half the cost of a
+test-pattern frame (the store tests encode thousands)."""
+
+
+def _scaled(ch: str, scale: int) -> np.ndarray:
+    big = _SCALED.get((ch, scale))
+    if big is None:
+        glyph = _GLYPHS.get(ch, _GLYPHS[" "])
+        big = _SCALED[(ch, scale)] = np.kron(glyph, np.ones((scale, scale), dtype=bool))
+    return big
+
+
 def draw_text(luma: np.ndarray, text: str, x: int, y: int, scale: int) -> None:
     """Burn `text` (digits, ':', '-', '.', ' ') into a luma plane, white on black boxes."""
     for i, ch in enumerate(text):
-        glyph = _GLYPHS.get(ch, _GLYPHS[" "])
-        big = np.kron(glyph, np.ones((scale, scale), dtype=bool))
+        big = _scaled(ch, scale)
         x0 = x + i * 4 * scale
         h, w = big.shape
         region = luma[y - scale : y + h + scale, x0 - scale : x0 + w + scale]
