@@ -128,6 +128,7 @@ def test_bodies_within_the_limit_are_configurable(users_template: Path, tmp_path
 # --- 2, 3. login throttle ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 30 threads guessing in real time; the decisions: tests/test_login_throttle.py
 def test_guesses_from_many_addresses_never_lock_the_admin_out(api: Api) -> None:
     stop = threading.Event()
     attacker_codes: list[int] = []
