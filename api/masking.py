@@ -1,5 +1,8 @@
 """`MaskService`: privacy-masked copies of recordings (R10) for users who may not see behind a
-camera's privacy masks (`[[cameras.privacy_masks]]`; `User.unmasked` is the permission).
+camera's privacy masks (`[[cameras.privacy_masks]]`; `User.unmasked` is the permission), and
+by the same means H.264 copies of H.265 recordings for browsers that cannot decode H.265
+(issue 17: Chromium on Linux), at reduced resolution (`max_height`) and with the masks filled
+too when the user has them.
 
 Originals are never altered (R4): a masked copy is made from the playback plan's virtual MP4
 (`api.playback.VirtualFile`, read through `VirtualFileIO`), decoded with PyAV, the polygons
@@ -25,6 +28,7 @@ import io
 import json
 import logging
 import os
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +42,7 @@ import numpy.typing as npt
 
 from nvr.api.playback import RangeReader
 from nvr.config.models import PrivacyMask
-from nvr.storage.media.virtual import VirtualFile
+from nvr.storage.media.virtual import Header, VirtualFile
 
 log = logging.getLogger("nvr.api.masking")
 
@@ -139,11 +143,13 @@ def mask_file(
     masks: Sequence[PrivacyMask],
     *,
     progressive: bool = False,
+    max_height: int | None = None,
 ) -> None:
     """Decode `source`, fill the masks, encode H.264 (libx264) into `dest`; audio copied.
     `progressive`: fragmented MP4 from a fast, low-latency encoder (ultrafast, zerolatency,
     a keyframe every second), so the first fragment is out after about a second of footage;
-    else a `faststart` MP4 (exports). Blocking (a worker thread)."""
+    else a `faststart` MP4 (exports). `max_height`: pictures taller are scaled down to it
+    (same aspect). Blocking (a worker thread)."""
     x264: dict[str, str]
     if progressive:
         options = FRAGMENTED
@@ -155,6 +161,11 @@ def mask_file(
     with av.open(source, "r") as src, av.open(target, "w", "mp4", options=options) as out:
         vin = src.streams.video[0]
         width, height = vin.codec_context.width, vin.codec_context.height
+        scaled = max_height is not None and height > max_height
+        if scaled:
+            assert max_height is not None
+            width = round(width * max_height / height / 2) * 2
+            height = max_height - max_height % 2
         vout = out.add_stream("libx264", rate=vin.average_rate or 25)
         vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
         vout.time_base = vin.time_base
@@ -172,7 +183,13 @@ def mask_file(
             if packet.stream is vin:
                 for frame in packet.decode():
                     assert isinstance(frame, av.VideoFrame)
-                    for p in vout.encode(apply_mask(frame, luma, chroma)):
+                    if scaled:
+                        picture = frame.reformat(width, height, format="yuv420p")
+                        picture.pts, picture.time_base = frame.pts, frame.time_base
+                        frame = picture
+                    if masks:
+                        frame = apply_mask(frame, luma, chroma)
+                    for p in vout.encode(frame):
                         out.mux(p)
             elif aout is not None and packet.dts is not None and packet.size:
                 packet.stream = aout
@@ -279,6 +296,29 @@ class MaskJob:
             return open(self.path if self.done else self.tmp, "rb")
 
 
+def video_entry(header: Header) -> bytes | None:
+    """The sample entry type of a virtual MP4's first track (its video): b"avc1", b"hvc1"...
+    Reads only the box headers on the way (a 24-hour header is tens of MB)."""
+    start, end = 0, len(header)
+    for kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"):
+        pos = start
+        while True:
+            if pos + 8 > end:
+                return None
+            size, found = struct.unpack(">I4s", header[pos : pos + 8])
+            head = 8
+            if size == 1:
+                size, head = struct.unpack(">Q", header[pos + 8 : pos + 16])[0], 16
+            if size < head or pos + size > end:
+                return None
+            if found == kind:
+                start, end = pos + head, pos + size
+                break
+            pos += size
+    entry = header[start + 8 : start + 16]  # after version, flags and the entry count
+    return entry[4:8] if len(entry) == 8 else None
+
+
 def masks_key(masks: Sequence[PrivacyMask]) -> str:
     text = json.dumps([m.points for m in masks])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -306,13 +346,19 @@ class MaskService:
         observe a copy that is still being made."""
 
     async def copy(
-        self, vf: VirtualFile, etag: str, masks: Sequence[PrivacyMask]
+        self,
+        vf: VirtualFile,
+        etag: str,
+        masks: Sequence[PrivacyMask],
+        max_height: int | None = None,
     ) -> MaskedCopy | MaskJob:
-        """The masked copy of the recording `vf` (made once per ETag and masks): the
-        finished copy if cached, else the job making it (started now, or shared with the
-        requests already reading it). The job runs to the end even when its readers go, so
-        the copy is cached for the player's next requests."""
-        key = hashlib.sha256(f"{etag}|{masks_key(masks)}".encode()).hexdigest()[:40]
+        """The masked (or, with `max_height`, reduced H.264) copy of the recording `vf`
+        (made once per ETag, masks and size): the finished copy if cached, else the job
+        making it (started now, or shared with the requests already reading it). The job
+        runs to the end even when its readers go, so the copy is cached for the player's
+        next requests."""
+        scale = "" if max_height is None else f"|{max_height}"
+        key = hashlib.sha256(f"{etag}|{masks_key(masks)}{scale}".encode()).hexdigest()[:40]
         path = self.cache_dir / f"{key}{CACHE_SUFFIX}"
         tag = f'"m{key}"'
         size = await asyncio.to_thread(_size, path)
@@ -322,24 +368,37 @@ class MaskService:
         if job is None:
             job = MaskJob(path, tag)
             self._making[key] = job
-            task = asyncio.create_task(self._run(key, job, vf, masks), name=f"mask-{key[:8]}")
+            task = asyncio.create_task(
+                self._run(key, job, vf, masks, max_height), name=f"mask-{key[:8]}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         return job
 
     async def _run(
-        self, key: str, job: MaskJob, vf: VirtualFile, masks: Sequence[PrivacyMask]
+        self,
+        key: str,
+        job: MaskJob,
+        vf: VirtualFile,
+        masks: Sequence[PrivacyMask],
+        max_height: int | None,
     ) -> None:
         try:
             async with self._jobs:
-                await asyncio.to_thread(self._make, vf, job, masks)
+                await asyncio.to_thread(self._make, vf, job, masks, max_height)
             self.made += 1
         except (av.FFmpegError, OSError) as err:
             log.warning("cannot make a privacy-masked copy: %s", err)
         finally:
             del self._making[key]
 
-    def _make(self, vf: VirtualFile, job: MaskJob, masks: Sequence[PrivacyMask]) -> None:
+    def _make(
+        self,
+        vf: VirtualFile,
+        job: MaskJob,
+        masks: Sequence[PrivacyMask],
+        max_height: int | None,
+    ) -> None:
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             with open(job.tmp, "wb") as out:
@@ -347,7 +406,11 @@ class MaskService:
                 with job.cond:
                     job.running = True
                 mask_file(
-                    VirtualFileIO(vf), _Gated(job, self.before_finish), masks, progressive=True
+                    VirtualFileIO(vf),
+                    _Gated(job, self.before_finish),
+                    masks,
+                    progressive=True,
+                    max_height=max_height,
                 )
             os.replace(job.tmp, job.path)
         except BaseException as err:

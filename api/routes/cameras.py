@@ -39,7 +39,7 @@ from nvr.api.errors import (
     Unavailable,
     Unprocessable,
 )
-from nvr.api.masking import MaskedCopy, MaskJob, mask_jpeg
+from nvr.api.masking import MaskedCopy, MaskJob, mask_jpeg, video_entry
 from nvr.api.models import (
     CameraOut,
     DeletedOut,
@@ -75,7 +75,11 @@ TimeQuery = Annotated[
 ]
 TIMELINE_MAX_HOURS = 168
 MASKED_MAX_MS = 15 * 60_000
-"""Longest range a masked user's playback may ask for (docs/benchmarks.md: bench/masks.py)."""
+"""Longest range a masked user's playback (or an H.264 copy of H.265) may ask for
+(docs/benchmarks.md: bench/masks.py)."""
+H264_MAX_HEIGHT = 720
+"""An H.264 copy of an H.265 recording (`h264=true`) is at most this high."""
+H265_ENTRIES = (b"hvc1", b"hev1")
 DELETE_MAX_HOURS = 24 * 366 * 10
 ERRORS = problems(400, 401, 403, 404)
 
@@ -238,6 +242,15 @@ async def recording(
     auth: PlaybackUserDep,
     services: ServicesDep,
     download: bool = False,
+    h264: Annotated[
+        bool,
+        Query(
+            description="for a browser that cannot decode H.265: an H.265 recording comes "
+            "as an H.264 copy made on demand (at most 720 lines, streamed while it is made; "
+            "`X-Transcoded: h264`); H.264 recordings come as they are. Originals are never "
+            "altered"
+        ),
+    ] = False,
 ) -> Response:
     """One standard, seekable MP4 of [start, end): from the keyframe at or before `start`,
     across segments; HTTP Range (206), ETag, If-None-Match and If-Range. Authenticate with a
@@ -310,10 +323,10 @@ async def recording(
         await _audit_ok(services, user.name, action, name, {**detail, **extra})
         return Response(status_code=304, headers=headers)
 
-    if not masked and _etag_matches(request.headers.get("if-none-match"), rec.etag):
+    if not masked and not h264 and _etag_matches(request.headers.get("if-none-match"), rec.etag):
         return await not_modified()
     if request.method == "HEAD":
-        if masked:
+        if masked or h264:
             del headers["ETag"]  # the masked copy's tag is known once it is made
             rec_for_head = None
         else:
@@ -329,6 +342,16 @@ async def recording(
         raise Unavailable(str(err)) from err
     headers["X-Recording-Start"] = iso(vf.start_ms)
     headers["X-Recording-End"] = iso(vf.end_ms)
+    transcoded = h264 and video_entry(vf.header) in H265_ENTRIES
+    if transcoded:
+        if rng.end_ms - rng.start_ms > MASKED_MAX_MS:
+            raise Unprocessable(
+                f"an H.264 copy of H.265 footage is made at about real time: ask for at most "
+                f"{MASKED_MAX_MS // 60_000} minutes at a time",
+                code="transcode-range-too-long",
+            )
+        detail["transcoded"] = "h264"
+        headers["X-Transcoded"] = "h264"
     # What the audit says of footage sent: the range asked for and the file's own.
     sent: dict[str, object] = {
         **detail,
@@ -342,17 +365,25 @@ async def recording(
         filename = f"{name}_{iso(vf.start_ms)}_{iso(vf.end_ms)}.mp4".replace(":", "")
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     copy: MaskedCopy | None = None
-    if masked and services.masks is not None:
-        # Privacy masks (R10): this user sees a re-encoded copy with the areas filled.
+    if (masked or transcoded) and services.masks is not None:
+        # Privacy masks (R10): this user sees a re-encoded copy with the areas filled; an
+        # H.265 recording asked for as H.264 is re-encoded the same way (masks or none).
         try:
-            made = await services.masks.copy(vf, rec.etag, masks)
+            made = await services.masks.copy(
+                vf,
+                rec.etag,
+                masks if masked else [],
+                H264_MAX_HEIGHT if transcoded else None,
+            )
             if isinstance(made, MaskJob):
                 # Being made: wait for its first bytes only (an error before them is a 503).
                 await made.more(0)
         except (av.FFmpegError, OSError) as err:
-            raise Unavailable(f"cannot make the privacy-masked copy: {err}") from err
+            what = "privacy-masked" if masked else "H.264"
+            raise Unavailable(f"cannot make the {what} copy: {err}") from err
         headers["ETag"] = made.etag
-        headers["X-Privacy-Masks"] = str(len(masks))
+        if masked:
+            headers["X-Privacy-Masks"] = str(len(masks))
         if _etag_matches(request.headers.get("if-none-match"), made.etag):
             return await not_modified()
         if isinstance(made, MaskJob):

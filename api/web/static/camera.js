@@ -272,8 +272,12 @@
     let end = until === undefined ? start + CHUNK_MS : until;
     end = Math.min(end, last, start + maxRange);
     if (end - start < 500) { say(Nvr.t("js.no_footage"), false); return; }
-    const url = "/api/cameras/" + cam + "/recording.mp4?start=" + start + "&end=" + end;
+    // Chromium on Linux cannot decode H.265: ask for an H.264 copy of H.265 footage (the
+    // server sends H.264 footage as it is, and says X-Transcoded when it made a copy).
+    const h264 = video.canPlayType('video/mp4; codecs="hvc1.1.6.L93.B0"') ? "" : "&h264=true";
+    const url = "/api/cameras/" + cam + "/recording.mp4?start=" + start + "&end=" + end + h264;
     let begins;
+    let transcoded = false;
     try {
       // where the file begins (the keyframe at or before `start`): wall clock = begins + t
       // (a privacy-masked copy still being made comes whole, as it is encoded: only its
@@ -282,6 +286,7 @@
       if (!r.ok) throw await Nvr.problem(r);
       if (r.body) r.body.cancel().catch(() => {}); else await r.arrayBuffer();
       begins = Date.parse(r.headers.get("X-Recording-Start"));
+      transcoded = r.headers.get("X-Transcoded") === "h264";
       if (Number.isNaN(begins)) throw new Error("no X-Recording-Start");
     } catch (err) {
       say(Nvr.t("js.failed", { detail: err.message }), false);
@@ -298,7 +303,8 @@
       video.play().catch((err) => say(Nvr.t("js.failed", { detail: err.message }), false));
     }, { once: true });
     video.src = url;
-    say(Nvr.t("js.playing_from", { time: Nvr.fmt(start) }), true);
+    video.dataset.transcoded = transcoded ? "h264" : "";
+    say(Nvr.t(transcoded ? "js.playing_transcoded" : "js.playing_from", { time: Nvr.fmt(start) }), true);
   }
 
   function playingAt() {
