@@ -161,14 +161,20 @@ class LiveHub:
         self.frames = 0
         self.linger_s = linger_s
         self._linger: asyncio.TimerHandle | None = None
-        self.keyframe: TapFrame | None = None
-        """The latest keyframe (with `keep_keyframe`), even while nobody watches."""
-        self._keyframe_at = 0.0
+        self._latest_key: tuple[TapFrame, float] | None = None
+        """The latest keyframe (with `keep_keyframe`) and when it came (monotonic), even
+        while nobody watches; one tuple, replaced whole by the recorder's thread."""
         self._keyframes_off: Callable[[], None] | None = None
         if keep_keyframe:
             self._keyframes_off = source.subscribe(
                 self._keyframe_from_recorder, keyframes_only=True
             )
+
+    @property
+    def keyframe(self) -> TapFrame | None:
+        """The latest keyframe (with `keep_keyframe`), even while nobody watches."""
+        latest = self._latest_key
+        return latest[0] if latest is not None else None
 
     @property
     def viewers(self) -> int:
@@ -185,10 +191,10 @@ class LiveHub:
                 viewer.put(frame)
             viewer.backlog = len(backlog)
             viewer.backlog_last_pts = backlog[-1].pts if backlog else 0
-        elif (key := self.keyframe) is not None and (
-            time.monotonic() - self._keyframe_at <= KEYFRAME_MAX_AGE_S
+        elif (latest := self._latest_key) is not None and (
+            time.monotonic() - latest[1] <= KEYFRAME_MAX_AGE_S
         ):
-            viewer.put_still(key)
+            viewer.put_still(latest[0])
         self._viewers.append(viewer)
         if self._linger is not None:
             self._linger.cancel()
@@ -221,7 +227,7 @@ class LiveHub:
         if self._keyframes_off is not None:
             self._keyframes_off()
             self._keyframes_off = None
-        self.keyframe = None
+        self._latest_key = None
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
@@ -234,15 +240,10 @@ class LiveHub:
             pass
 
     def _keyframe_from_recorder(self, frame: TapFrame) -> None:
-        """On the recorder's thread: hand over only."""
-        try:
-            self._loop.call_soon_threadsafe(self._on_keyframe, frame)
-        except RuntimeError:
-            pass
-
-    def _on_keyframe(self, frame: TapFrame) -> None:
-        self.keyframe = frame
-        self._keyframe_at = time.monotonic()
+        """On the recorder's thread: keep it (one reference replaced whole, which the loop
+        reads in `join`). Not handed to the loop: a wake-up of the event loop per keyframe
+        and camera, with nobody watching, was most of what a warm hub cost."""
+        self._latest_key = (frame, time.monotonic())
 
     def _on_frame(self, frame: TapFrame) -> None:
         self.frames += 1
