@@ -87,3 +87,45 @@ def test_arena_limit_caps_the_arenas_threads_get() -> None:
     limited = arenas_used("limit")
     assert limited <= 2, limited
     assert unlimited > limited, (unlimited, limited)  # the cap is what made the difference
+
+
+THRESHOLD_SCRIPT = """
+import ctypes, ctypes.util, re, sys
+from pathlib import Path
+from nvr import memory
+if sys.argv[1] == "fixed":
+    assert memory.fix_mmap_threshold(128 * 1024)
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1))
+# One 4 MiB block freed (a decoded picture): glibc's default raises its threshold past it.
+libc.free(libc.malloc(4 << 20))
+size = 512 * 1024  # keyframe copies, muxer buffers
+blocks = [libc.malloc(size) for _ in range(200)]  # 100 MiB
+for b in blocks:
+    ctypes.memset(b, 1, size)
+before = rss()
+for b in blocks[:-1]:
+    libc.free(b)
+print(before - rss())
+"""
+
+
+def freed_kib(mode: str) -> int:
+    """KiB given back to the kernel when 199 of 200 blocks of 512 KiB are freed (the last
+    one, allocated last, still held)."""
+    out = subprocess.run(
+        [sys.executable, "-c", THRESHOLD_SCRIPT, mode], capture_output=True, text=True, check=True
+    ).stdout
+    return int(out.strip())
+
+
+@glibc
+def test_fixed_mmap_threshold_gives_large_blocks_back_when_freed() -> None:
+    dynamic = freed_kib("default")
+    fixed = freed_kib("fixed")
+    assert fixed > 90 * 1024, fixed  # each block was its own mapping, unmapped when freed
+    assert dynamic < 50 * 1024, dynamic  # without it they sat in the heap below the last one
