@@ -336,13 +336,18 @@ def run_script(
         camera, outer, store, segment_seconds=segment_seconds, clock=clock, tap=tap
     )
     opener.on_end = rec.stop
+    _play_out(rec)
+    return rec
+
+
+def _play_out(rec: CameraRecorder) -> None:
+    """Start `rec` and wait for its thread to end with the script."""
     rec.start()
     rec.thread.join(60)  # a bound for a hang, not a timing: a script takes milliseconds
     if rec.thread.is_alive():
         rec.stop()
         rec.thread.join(10)
         raise AssertionError(f"the recorder did not finish the script: {rec.status()}")
-    return rec
 
 
 def open_store_on_uptime(root: Path, clock: SimulatedClock, uptime_base_ms: int) -> SegmentStore:
@@ -375,12 +380,7 @@ def record_then_kill(
     opener = ScriptedOpener(clips, clock, list(script))
     rec = CameraRecorder(camera, opener, store, segment_seconds=segment_seconds, clock=clock)
     opener.on_end = lambda: _kill(rec)
-    rec.start()
-    rec.thread.join(60)  # a bound for a hang, not a timing
-    if rec.thread.is_alive():
-        rec.stop()
-        rec.thread.join(10)
-        raise AssertionError(f"the recorder did not finish the script: {rec.status()}")
+    _play_out(rec)
     assert rec.status().state == "abandoned", rec.status()
     return rec.leftover_part
 
