@@ -348,7 +348,13 @@ async def hold_viewers(base: str, token: str, kind: str, n: int, seconds: float,
                     break
                 await asyncio.sleep(0.1)
             ready.release()
-            await stop.wait()
+            while not stop.is_set():
+                # Decoded frames are not kept: 720p frames of a 20 s sample would fill
+                # gigabytes of this process's memory.
+                viewer.frames.clear()
+                viewer.arrivals.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
             await c.delete(viewer.location)
             await viewer.pc.close()
             if viewer.task is not None:

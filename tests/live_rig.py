@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -139,6 +140,21 @@ class WhepViewer:
     task: asyncio.Task[None] | None = None
 
 
+RECEIVE_BUFFER = 4 << 20
+
+
+def roomy(pc: RTCPeerConnection) -> None:
+    """A 4 MiB receive buffer (the default 208 KiB holds one 720p keyframe) on the client's
+    ICE sockets: a Python client busy decoding on a loaded machine otherwise loses packets
+    that the server then sends again on NACK, and the server's cost per viewer would count
+    the client's losses."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            sock = protocol.transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+
+
 async def whep_connect(
     client: httpx.AsyncClient, camera: str, stream: str = "main"
 ) -> WhepViewer | httpx.Response:
@@ -148,6 +164,7 @@ async def whep_connect(
     with host_addresses(["127.0.0.1"]):
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
+    roomy(pc)
     r = await client.post(
         f"/api/cameras/{camera}/whep",
         params={"stream": stream},
