@@ -1,9 +1,11 @@
-"""WebRTC with aiortc, H.264 passed through: `PassthroughTrack` hands the camera's own access
-units (as `av.Packet`) to aiortc's H.264 packetiser (`H264Encoder.pack`, which splits Annex B
-into RTP payloads and never encodes), and `answer` makes the peer connection of one WHEP
-offer with an H.264-only transceiver created before the offer is applied (else aiortc answers
-VP8). ICE host candidates come from `[api] webrtc_addresses` (see `host_addresses`); no STUN
-or TURN server is ever asked. Runs on the daemon's event loop (aiortc is asyncio)."""
+"""WebRTC with aiortc, H.264 passed through, never encoded: `PassthroughTrack` hands out the
+camera's own access units, packetised into RTP payloads once per frame for all the camera's
+viewers and sent by `nvr.api.live.rtp`'s cheaper RTP loop, which `answer` installs in the
+session's aiortc sender (aiortc's own loop, fed `av.Packet`s by `recv`, is the fallback).
+`answer` makes the peer connection of one WHEP offer with an H.264-only transceiver created
+before the offer is applied (else aiortc answers VP8). ICE host candidates come from
+`[api] webrtc_addresses` (see `host_addresses`); no STUN or TURN server is ever asked. Runs
+on the daemon's event loop (aiortc is asyncio)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from nvr.api.live.annexb import with_parameter_sets
 from nvr.api.live.hub import Viewer
+from nvr.api.live.rtp import frame_payloads, install
 from nvr.ingest.tap import TapFrame
 
 _ADDRESSES: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar(
@@ -65,6 +68,10 @@ def host_addresses(addresses: tuple[str, ...] | list[str]) -> Iterator[None]:
         _ADDRESSES.reset(token)
 
 
+RTP_CLOCK = Fraction(1, 90_000)
+"""H.264's RTP clock rate."""
+
+
 def rtc_configuration() -> RTCConfiguration:
     """No ICE servers: aiortc's default would ask Google's STUN server."""
     return RTCConfiguration(iceServers=[])
@@ -95,7 +102,8 @@ class PassthroughTrack(MediaStreamTrack):
         self.source_ended = False
         """The camera's stream ended (else aiortc stopped the track: the peer is gone)."""
 
-    async def recv(self) -> av.Packet[Any]:
+    async def _next(self) -> tuple[TapFrame, int]:
+        """The next frame and its pts (in the stream's time base) as this viewer sends it."""
         if self.readyState != "live":
             raise MediaStreamError
         frame = await self._viewer.get()
@@ -103,10 +111,6 @@ class PassthroughTrack(MediaStreamTrack):
             self.source_ended = True
             self.stop()
             raise MediaStreamError
-        stream = frame.stream
-        data = frame.data
-        if frame.keyframe:
-            data = with_parameter_sets("h264", data, stream.extradata)
         pts = frame.pts
         if self._backlog > 0:
             # Within the first GOP: count back from its last frame, one tick apart.
@@ -116,14 +120,33 @@ class PassthroughTrack(MediaStreamTrack):
             self._backlog -= 1
         pts = max(pts, self._last + 1)
         self._last = pts
+        self.sent += 1
+        if self._on_frame is not None:
+            self._on_frame(frame)
+        return frame, pts
+
+    async def recv(self) -> av.Packet[Any]:
+        """The next access unit for aiortc's own sender (used when `rtp.install` could not
+        replace it)."""
+        frame, pts = await self._next()
+        stream = frame.stream
+        data = frame.data
+        if frame.keyframe:
+            data = with_parameter_sets("h264", data, stream.extradata)
         packet = av.Packet(data)
         packet.pts = pts
         packet.dts = pts
         packet.time_base = stream.time_base if stream.time_base else Fraction(1, 90_000)
-        self.sent += 1
-        if self._on_frame is not None:
-            self._on_frame(frame)
         return packet
+
+    async def payloads(self) -> tuple[list[bytes], int]:
+        """The next access unit's RTP payloads (shared with the camera's other viewers) and
+        its RTP time (90 kHz), for `rtp.install`'s sender."""
+        frame, pts = await self._next()
+        tb = frame.stream.time_base
+        if tb and tb != RTP_CLOCK:
+            pts = int(pts * tb * 90_000)
+        return frame_payloads(frame), pts
 
     def stop(self) -> None:
         super().stop()
@@ -139,6 +162,7 @@ async def answer(
     try:
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(h264_only())  # type: ignore[arg-type]
+        install(transceiver.sender, track)
         with host_addresses(addresses):
             await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             local = await pc.createAnswer()

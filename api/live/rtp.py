@@ -1,0 +1,302 @@
+"""RTP for H.264 pass-through, cheaper than aiortc's generic sender path (issue 17's cost per
+live viewer). Runs on the daemon's event loop.
+
+aiortc sends a pre-encoded `av.Packet` as: a copy into the packet, a copy out of it, a split
+and FU-A packetisation in Python, then per RTP packet an `RtpPacket` object, its serialisation
+with header extensions, two NTP clock reads through `datetime`, SRTP and four coroutine hops
+down to the UDP socket, all of it again for every viewer of the same camera. Here:
+
+- `frame_payloads`: a camera's access unit is packetised (RFC 6184 single NAL unit, STAP-A,
+  FU-A; the same payloads aiortc's depacketiser and browsers read) once, and the payloads are
+  shared by all the viewers of that camera (a small cache of the latest frames, by identity).
+- `install`: a WHEP session's `RTCRtpSender` gets its RTP loop replaced by `_Sender.run`,
+  which per packet only packs the 12-byte header in front of a per-session header tail (SSRC
+  and the negotiated header extensions, mid and abs-send-time, made once by aiortc's own
+  serialiser and refreshed once per frame), applies the session's SRTP and sends the datagram
+  on the ICE pair's socket. RTCP (sender reports, NACK retransmission with or without RTX,
+  statistics) stays aiortc's, fed with the same counters its loop keeps. aiortc's internals
+  that this relies on are checked when a session starts; if they are not there (another
+  aiortc version), the session keeps aiortc's own loop (slower, same stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from nvr.api.live.annexb import nal_units, with_parameter_sets
+from nvr.ingest.tap import TapFrame
+
+log = logging.getLogger("nvr.api.live")
+
+PAYLOAD_MAX = 1300
+"""Bytes of an RTP payload at most (aiortc's value): with the header, its extensions and the
+SRTP tag a datagram stays well under a 1500-byte MTU."""
+NAL_FU_A = 28
+NAL_STAP_A = 24
+HISTORY = 1024
+"""RTP packets kept per session for retransmission on NACK (a 1080p keyframe can be several
+hundred packets; aiortc keeps 128)."""
+CACHE_FRAMES = 512
+"""Packetised frames kept for sharing (all cameras together: ~2 s of 8 watched cameras at
+30 fps); a viewer further behind packetises its own copy."""
+NTP_UNIX_OFFSET = 2_208_988_800
+"""Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
+_HEAD = struct.Struct("!BBHI")
+"""The first 8 bytes of an RTP header: flags, marker and payload type, sequence, timestamp."""
+
+_cache: dict[int, tuple[TapFrame, list[bytes]]] = {}
+
+
+def h264_payloads(data: bytes, limit: int = PAYLOAD_MAX) -> list[bytes]:
+    """The RTP payloads (packetization-mode 1) of one Annex B access unit: NAL units that fit
+    go alone or aggregated (STAP-A), larger ones are cut into FU-A fragments of `limit` bytes
+    (the last one shorter)."""
+    out: list[bytes] = []
+    small: list[bytes] = []
+    size = 1  # the STAP-A header
+
+    def flush() -> None:
+        nonlocal small, size
+        if len(small) == 1:
+            out.append(small[0])
+        elif small:
+            f = 0
+            nri = 0
+            for nal in small:
+                f |= nal[0] & 0x80
+                nri = max(nri, nal[0] & 0x60)
+            parts = [bytes([f | nri | NAL_STAP_A])]
+            for nal in small:
+                parts += (len(nal).to_bytes(2, "big"), nal)
+            out.append(b"".join(parts))
+        small = []
+        size = 1
+
+    for nal in nal_units(data):
+        if len(nal) + 2 + size > limit:
+            flush()
+        if len(nal) + 3 <= limit:
+            small.append(nal)
+            size += 2 + len(nal)
+            continue
+        flush()
+        indicator = (nal[0] & 0xE0) | NAL_FU_A
+        kind = nal[0] & 0x1F
+        first = bytes([indicator, kind | 0x80])
+        middle = bytes([indicator, kind])
+        last = bytes([indicator, kind | 0x40])
+        body = memoryview(nal)[1:]
+        chunk = limit - 2
+        end = len(body)
+        for at in range(0, end, chunk):
+            if at == 0:
+                head = first
+            elif at + chunk >= end:
+                head = last
+            else:
+                head = middle
+            out.append(head + body[at : at + chunk])
+    flush()
+    return out
+
+
+def frame_payloads(frame: TapFrame) -> list[bytes]:
+    """`frame`'s RTP payloads (a keyframe with the stream's parameter sets in front when it
+    carries none), packetised once for all the viewers of its camera."""
+    hit = _cache.get(id(frame))
+    if hit is not None and hit[0] is frame:
+        return hit[1]
+    data = frame.data
+    if frame.keyframe:
+        data = with_parameter_sets("h264", data, frame.stream.extradata)
+    payloads = h264_payloads(data)
+    if len(_cache) >= CACHE_FRAMES:
+        del _cache[next(iter(_cache))]
+    _cache[id(frame)] = (frame, payloads)
+    return payloads
+
+
+class PayloadSource(Protocol):
+    """What the sender reads: the next frame's payloads and RTP time (90 kHz, before the
+    session's random offset); raises `MediaStreamError` when the stream ends."""
+
+    async def payloads(self) -> tuple[list[bytes], int]: ...
+
+    def stop(self) -> None: ...
+
+
+_NEEDED = (
+    "_RTCRtpSender__rtp_started",
+    "_RTCRtpSender__rtp_exited",
+    "_RTCRtpSender__rtp_header_extensions_map",
+    "_RTCRtpSender__mid",
+    "_RTCRtpSender__rtx_payload_type",
+    "_RTCRtpSender__rtx_sequence_number",
+    "_RTCRtpSender__ntp_timestamp",
+    "_RTCRtpSender__rtp_timestamp",
+    "_RTCRtpSender__octet_count",
+    "_RTCRtpSender__packet_count",
+    "_ssrc",
+    "_rtx_ssrc",
+    "_enabled",
+    "_run_rtp",
+    "_retransmit",
+)
+
+
+def install(sender: Any, source: PayloadSource) -> bool:
+    """Replace `sender`'s RTP loop (and its retransmission) with `_Sender`'s, before the
+    session starts sending. False (nothing changed) when this aiortc lacks what it needs."""
+    missing = [name for name in _NEEDED if not hasattr(sender, name)]
+    if missing:
+        log.warning("live: aiortc's RTP sender lacks %s: its own RTP loop is used", missing)
+        return False
+    fast = _Sender(sender, source)
+    sender._run_rtp = fast.run
+    sender._retransmit = fast.retransmit
+    sender.nvr_fast_rtp = fast
+    return True
+
+
+class _Sender:
+    """One session's RTP loop (see the module docstring)."""
+
+    def __init__(self, sender: Any, source: PayloadSource) -> None:
+        self._sender = sender
+        self._source = source
+        self._history: dict[int, bytes] = {}
+        self.packets = 0
+        self.frames = 0
+        self.resent = 0
+        """Packets sent again on the receiver's NACK."""
+
+    def _header(self, abs_send_time: int) -> bytes:
+        """The RTP header aiortc would send (SSRC and header extensions included), by aiortc's
+        own serialiser."""
+        from aiortc.rtp import RtpPacket
+
+        s = self._sender
+        packet = RtpPacket(ssrc=s._ssrc)
+        packet.extensions.abs_send_time = abs_send_time
+        packet.extensions.mid = s._RTCRtpSender__mid
+        return packet.serialize(s._RTCRtpSender__rtp_header_extensions_map)
+
+    async def run(self, codec: Any) -> None:
+        from aiortc.mediastreams import MediaStreamError
+        from aiortc.rtcdtlstransport import State
+        from aiortc.utils import random32
+
+        s = self._sender
+        s._RTCRtpSender__rtp_started.set()
+        dtls = s.transport
+        history = self._history
+        protect = dtls._tx_srtp.protect
+        pack = _HEAD.pack
+        seq = _first_sequence_number()
+        origin = random32()
+        pt = codec.payloadType
+        # The header after the timestamp (SSRC, extensions) and where the abs-send-time
+        # bytes are in it, if that extension was negotiated.
+        zero, ones = self._header(0)[8:], self._header(0xFFFFFF)
+        flags = ones[0]
+        where = [i for i, (a, b) in enumerate(zip(zero, ones[8:], strict=True)) if a != b]
+        at = where[0] if where else -1
+        tail = bytearray(zero)
+        try:
+            while True:
+                payloads, rtp_time = await self._source.payloads()
+                if not s._enabled:
+                    continue
+                if dtls._state != State.CONNECTED:
+                    raise ConnectionError("Cannot send encrypted RTP, not connected")
+                target = _target(dtls)
+                now = time.time() + NTP_UNIX_OFFSET
+                if at >= 0:
+                    tail[at : at + 3] = (int(now * 262_144) & 0xFFFFFF).to_bytes(3, "big")
+                rest = bytes(tail)
+                timestamp = (origin + rtp_time) & 0xFFFFFFFF
+                last = len(payloads) - 1
+                octets = 0
+                for i, payload in enumerate(payloads):
+                    plain = b"".join(
+                        (
+                            pack(flags, pt | (0x80 if i == last else 0), seq, timestamp),
+                            rest,
+                            payload,
+                        )
+                    )
+                    history[seq % HISTORY] = plain
+                    if target is not None:
+                        target[0](protect(plain), target[1])
+                    else:
+                        await dtls._send_rtp(plain)
+                    octets += len(payload)
+                    seq = (seq + 1) & 0xFFFF
+                s._RTCRtpSender__ntp_timestamp = int(now * (1 << 32))
+                s._RTCRtpSender__rtp_timestamp = timestamp
+                s._RTCRtpSender__octet_count += octets
+                s._RTCRtpSender__packet_count += len(payloads)
+                self.packets += len(payloads)
+                self.frames += 1
+        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            pass
+        except Exception:  # stop() waits for the exit event: set it whatever went wrong
+            log.exception("live: the RTP sender failed")
+        self._source.stop()
+        log.info(
+            "live: RTP session sent %d frames in %d packets, %d packets again on NACK",
+            self.frames,
+            self.packets,
+            self.resent,
+        )
+        s._RTCRtpSender__rtp_exited.set()
+
+    async def retransmit(self, sequence_number: int) -> None:
+        """Send a packet the receiver reported lost again (wrapped in RTX when negotiated),
+        as aiortc's sender does."""
+        from aiortc.rtp import RtpPacket, wrap_rtx
+
+        plain = self._history.get(sequence_number % HISTORY)
+        if plain is None or int.from_bytes(plain[2:4], "big") != sequence_number:
+            return
+        self.resent += 1
+        s = self._sender
+        rtx_type = s._RTCRtpSender__rtx_payload_type
+        if rtx_type is not None:
+            extensions = s._RTCRtpSender__rtp_header_extensions_map
+            packet = wrap_rtx(
+                RtpPacket.parse(plain, extensions),
+                payload_type=rtx_type,
+                sequence_number=s._RTCRtpSender__rtx_sequence_number,
+                ssrc=s._rtx_ssrc,
+            )
+            s._RTCRtpSender__rtx_sequence_number = (packet.sequence_number + 1) & 0xFFFF
+            plain = packet.serialize(extensions)
+        await s.transport._send_rtp(plain)
+
+
+def _first_sequence_number() -> int:
+    """In the lower half, as aiortc does (a wrap-around early breaks SRTP decryption in some
+    receivers)."""
+    from aiortc.utils import random16
+
+    return random16() % 32768
+
+
+def _target(dtls: Any) -> tuple[Callable[[bytes, Any], None], Any] | None:
+    """The datagram send of the session's nominated ICE pair and the peer's address
+    (resolved per frame: ICE may switch pairs); None when they cannot be found (then the
+    DTLS transport's own path)."""
+    try:
+        pair = dtls.transport._connection._nominated.get(1)
+        udp = pair.protocol.transport
+        if udp.is_closing():
+            return None
+        return udp.sendto, pair.remote_addr
+    except AttributeError:
+        return None
