@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.docs import update_doc
+from bench.docs import publish
 from bench.playback import (
     PASSWORD,
     USER,
@@ -529,10 +529,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     body = run(args)
-    print(body)
-    if not args.no_doc:
-        update_doc(DOC, SECTION, BEGIN, END, body)
-        print(f"updated {DOC}")
+    publish(body, DOC, SECTION, BEGIN, END, write=not args.no_doc)
     return 0
 
 

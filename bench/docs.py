@@ -31,3 +31,12 @@ def update_doc(path: Path, section: str, begin: str, end: str, body: str) -> Non
         text = head + section + rest
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def publish(body: str, path: Path, section: str, begin: str, end: str, *, write: bool) -> None:
+    """Print a run's block and, when `write` (no `--no-doc`), put it in `path` as
+    `update_doc` does."""
+    print(body)
+    if write:
+        update_doc(path, section, begin, end, body)
+        print(f"updated {path}")

@@ -76,7 +76,7 @@ import av
 import httpx
 import websockets
 
-from bench.docs import update_doc
+from bench.docs import publish
 from nvr.api.live.hub import LINGER_SECONDS
 from nvr.api.server import serve_api
 from nvr.config import CameraConfig, NvrConfig, StorageConfig
@@ -651,10 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(asyncio.run(load(args, clips, Path(tmp))))
         return 0
     body = asyncio.run(run(args))
-    print(body)
-    if not args.no_doc:
-        update_doc(DOC, SECTION, BEGIN, END, body)
-        print(f"updated {DOC}")
+    publish(body, DOC, SECTION, BEGIN, END, write=not args.no_doc)
     return 0
 
 

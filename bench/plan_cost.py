@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.docs import update_doc
+from bench.docs import publish
 from nvr.storage.media.segment import SegmentIndex, TrackIndex
 from nvr.storage.media.virtual import SourceSegment, plan
 
@@ -241,10 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
     args = p.parse_args(args_in)
     body = run(args.hours, args.repeat)
-    print(body)
-    if not args.no_doc:
-        update_doc(DOC, SECTION, BEGIN, END, body)
-        print(f"updated {DOC}")
+    publish(body, DOC, SECTION, BEGIN, END, write=not args.no_doc)
     return 0
 
 

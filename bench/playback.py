@@ -67,7 +67,7 @@ from typing import Any
 
 import av
 
-from bench.docs import update_doc
+from bench.docs import publish
 from nvr.storage import SegmentInfo, SegmentStore
 from nvr.storage.media.sampleindex import encode_index
 from nvr.storage.media.segment import parse_segment
@@ -792,10 +792,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     body = run(args)
-    print(body)
-    if not args.no_doc:
-        update_doc(DOC, SECTION, BEGIN, END, body)
-        print(f"updated {DOC}")
+    publish(body, DOC, SECTION, BEGIN, END, write=not args.no_doc)
     return 0
 
 
