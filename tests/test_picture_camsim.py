@@ -146,23 +146,21 @@ def test_tampering_is_raised_and_cleared_and_a_normal_scene_is_not(
     )
     config.write_text(f'[storage]\nroot = "{root}"\n[retention]\ndays = 30\n{cams_toml}')
     span = ["--from", iso(started - 60_000), "--to", iso(now_ms() + 60_000)]
-    out = subprocess.run(
-        [*NVR, "tamper-check", "-c", str(config), "tamper", *span],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+
+    def tamper_check(camera: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*NVR, "tamper-check", "-c", str(config), camera, *span],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    out = tamper_check("tamper")
     assert out.returncode == 1, out.stdout + out.stderr
     for kind in expected.values():
         assert f"  {kind} raised" in out.stdout, out.stdout
         assert f"  {kind} cleared" in out.stdout, out.stdout
-    calm = subprocess.run(
-        [*NVR, "tamper-check", "-c", str(config), "calm", *span],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    calm = tamper_check("calm")
     assert calm.returncode == 0, calm.stdout + calm.stderr
     assert "0 findings" in calm.stdout and "state at the end: ok" in calm.stdout, calm.stdout
