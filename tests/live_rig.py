@@ -6,6 +6,7 @@ ICE stays on loopback. Runs on the caller's thread; the WHEP client on its async
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
@@ -138,6 +139,11 @@ class WhepViewer:
     decoding: asyncio.Event = field(default_factory=asyncio.Event)
     """Set at the first decoded frame."""
     task: asyncio.Task[None] | None = None
+    audio: str = ""
+    """`X-Live-Audio`: "opus" or "none"."""
+    sound: list[av.AudioFrame] = field(default_factory=list)
+    """Decoded audio (an offer with audio: `whep_connect(audio=True)`)."""
+    sound_task: asyncio.Task[None] | None = None
 
 
 RECEIVE_BUFFER = 4 << 20
@@ -156,11 +162,14 @@ def roomy(pc: RTCPeerConnection) -> None:
 
 
 async def whep_connect(
-    client: httpx.AsyncClient, camera: str, stream: str = "main"
+    client: httpx.AsyncClient, camera: str, stream: str = "main", audio: bool = False
 ) -> WhepViewer | httpx.Response:
-    """Offer, POST, answer; the viewer collects decoded frames (or the refusal)."""
+    """Offer, POST, answer; the viewer collects decoded frames (or the refusal); with
+    `audio`, the offer asks for audio too and the viewer collects the decoded audio."""
     pc = RTCPeerConnection(rtc_configuration())
     pc.addTransceiver("video", direction="recvonly")
+    if audio:
+        pc.addTransceiver("audio", direction="recvonly")
     with host_addresses(["127.0.0.1"]):
         offer = await pc.createOffer()
         await pc.setLocalDescription(offer)
@@ -175,10 +184,23 @@ async def whep_connect(
         await pc.close()
         return r
     viewer = WhepViewer(pc, r.headers["location"], r.headers["x-live-mode"], r.text)
+    viewer.audio = r.headers.get("x-live-audio", "")
     got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
-    pc.on("track", got.put_nowait)
+    heard: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
+    pc.on("track", lambda t: (heard if t.kind == "audio" else got).put_nowait(t))
     await pc.setRemoteDescription(RTCSessionDescription(r.text, "answer"))
     track = await asyncio.wait_for(got.get(), 10)
+    if not heard.empty():
+        sound = heard.get_nowait()
+
+        async def listen() -> None:
+            with contextlib.suppress(MediaStreamError):
+                while True:
+                    frame = await sound.recv()
+                    assert isinstance(frame, av.AudioFrame)
+                    viewer.sound.append(frame)
+
+        viewer.sound_task = asyncio.create_task(listen(), name="whep-listener")
 
     async def collect() -> None:
         try:

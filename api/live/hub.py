@@ -25,9 +25,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from nvr.ingest.tap import TapFrame
+from nvr.ingest.tap import TapAudioFrame, TapFrame
 
 log = logging.getLogger("nvr.api.live")
 
@@ -51,6 +51,13 @@ class PacketSource(Protocol):
     def subscribe(
         self, fn: Callable[[TapFrame], None], *, keyframes_only: bool = False
     ) -> Callable[[], None]: ...
+
+
+@runtime_checkable
+class AudioSource(Protocol):
+    """A camera's audio, for live audio (`nvr.api.live.audio`): its `PacketTap`."""
+
+    def subscribe_audio(self, fn: Callable[[TapAudioFrame], None]) -> Callable[[], None]: ...
 
 
 class Viewer:

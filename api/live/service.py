@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from nvr.api.live.hub import LiveHub, LiveHubs, PacketSource, Viewer
+from nvr.api.live.hub import AudioSource, LiveHub, LiveHubs, PacketSource, Viewer
 from nvr.api.live.transcode import SnapshotSource, TranscodeSource
 from nvr.api.masking import masks_key
 from nvr.config import NvrConfig
@@ -27,6 +27,7 @@ from nvr.storage import SegmentStore
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
+    from nvr.api.live.audio import OpusTrack
     from nvr.api.live.webrtc import PassthroughTrack
 
 log = logging.getLogger("nvr.api.live")
@@ -70,6 +71,9 @@ class Watch:
     """Monotonic time the first frame went out (time-to-first-frame)."""
     masks: int = 0
     """Privacy masks filled in what this viewer sees (R10)."""
+    audio: Literal["opus", "none"] = "none"
+    """WebRTC: the camera's audio sent as Opus, or no audio (the camera records none, the
+    offer asked for none, or the substream)."""
     revoked: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the user may no longer watch this camera: the viewing ends (`revoke`)."""
 
@@ -79,6 +83,7 @@ class WhepSession:
     watch: Watch
     pc: RTCPeerConnection
     track: PassthroughTrack
+    audio: OpusTrack | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -239,6 +244,7 @@ class LiveService:
                 "stream": watch.stream,
                 "start_ms": watch.started_ms,
                 "privacy_masks": watch.masks,
+                "audio": watch.audio,
             },
         )
 
@@ -304,16 +310,24 @@ class LiveService:
 
         # aiortc (and its crypto, SCTP and ICE stacks, ~15 MiB) loads on the first WHEP offer,
         # not in every recorder that never serves one (issue 12's memory budget).
+        from nvr.api.live.audio import AudioFeed, OpusTrack
         from nvr.api.live.webrtc import PassthroughTrack, answer
 
         track = PassthroughTrack(viewer, sent)
+        sound: OpusTrack | None = None
         try:
-            pc, sdp = await answer(offer_sdp, track, self.settings.webrtc_addresses)
+            audio_source = await self._audio_source(camera, stream, offer_sdp)
+            if audio_source is not None:
+                sound = OpusTrack(AudioFeed(audio_source))
+                watch.audio = "opus"
+            pc, sdp = await answer(offer_sdp, track, self.settings.webrtc_addresses, sound)
         except BaseException:
             viewer.close()
+            if sound is not None:
+                sound.stop()
             await self.finish(watch, "refused", audited=False)
             raise
-        session = WhepSession(watch, pc, track)
+        session = WhepSession(watch, pc, track, sound)
         self.sessions[watch.id] = session
         await self.started(watch)
 
@@ -334,6 +348,23 @@ class LiveService:
 
         self._spawn(session, self._connect_guard(session))
         return session, sdp
+
+    async def _audio_source(
+        self, camera: str, stream: StreamName, offer_sdp: str
+    ) -> AudioSource | None:
+        """The camera's tap for its audio, when the offer asks for audio and the camera
+        records some (its latest segment has audio); None otherwise (the substream, which is
+        never recorded, has none either)."""
+        taps = self._taps
+        if stream != "main" or taps is None or "m=audio" not in offer_sdp:
+            return None
+        tap = taps(camera)
+        if not isinstance(tap, AudioSource):
+            return None
+        last = await asyncio.to_thread(self._store.last_segment, camera)
+        if last is None or last.audio_codec is None:
+            return None
+        return tap
 
     def _spawn(self, session: WhepSession, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(
@@ -356,6 +387,8 @@ class LiveService:
         session.ended.set()
         self.sessions.pop(session.watch.id, None)
         session.track.stop()
+        if session.audio is not None:
+            session.audio.stop()
         await session.pc.close()
         await self.finish(session.watch, reason)
 

@@ -83,6 +83,11 @@ def h264_only(kind: str = "video") -> list[object]:
     return [c for c in codecs if c.mimeType in ("video/H264", "video/rtx")]
 
 
+def opus_only() -> list[object]:
+    """aiortc's Opus codec, for `setCodecPreferences` (else it could answer G.711)."""
+    return [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/opus"]
+
+
 class PassthroughTrack(MediaStreamTrack):
     """A video track whose `recv` returns the camera's access units as `av.Packet`s (aiortc
     then packetises them as they are). The GOP handed over at joining is sent with its
@@ -154,15 +159,22 @@ class PassthroughTrack(MediaStreamTrack):
 
 
 async def answer(
-    offer_sdp: str, track: PassthroughTrack, addresses: tuple[str, ...]
+    offer_sdp: str,
+    track: PassthroughTrack,
+    addresses: tuple[str, ...],
+    audio: MediaStreamTrack | None = None,
 ) -> tuple[RTCPeerConnection, str]:
     """The peer connection for one WHEP offer and its SDP answer (candidates included: WHEP
-    answers are complete, no trickle). Raises ValueError for an offer we cannot answer."""
+    answers are complete, no trickle); with `audio`, an Opus-only audio transceiver for the
+    offer's audio section. Raises ValueError for an offer we cannot answer."""
     pc = RTCPeerConnection(rtc_configuration())
     try:
         transceiver = pc.addTransceiver(track, direction="sendonly")
         transceiver.setCodecPreferences(h264_only())  # type: ignore[arg-type]
         install(transceiver.sender, track)
+        if audio is not None:
+            sound = pc.addTransceiver(audio, direction="sendonly")
+            sound.setCodecPreferences(opus_only())  # type: ignore[arg-type]
         with host_addresses(addresses):
             await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
             local = await pc.createAnswer()

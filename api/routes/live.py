@@ -110,7 +110,9 @@ async def whep_offer(
     webrtc_addresses`, no trickle) and the session's URL in `Location`; `DELETE` it to stop.
     The camera's own H.264 is passed through from its latest keyframe; an H.265 camera is
     transcoded to H.264 within `[api] max_transcodes` (`X-Live-Mode: transcode`), else 503.
-    No audio. 503 past `[api] max_live_viewers` or when the camera sends no video."""
+    Audio: when the offer has an audio section and the camera records audio (AAC or G.711),
+    it is sent as Opus made from it (`X-Live-Audio: opus`), else none (`X-Live-Audio: none`).
+    503 past `[api] max_live_viewers` or when the camera sends no video."""
     await may_watch(services, user, name, "webrtc")
     live = _live(services)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -137,6 +139,7 @@ async def whep_offer(
             "Location": f"/api/cameras/{name}/whep/{session.watch.id}",
             "X-Live-Mode": session.watch.mode,
             "X-Privacy-Masks": str(len(masks)),
+            "X-Live-Audio": session.watch.audio,
             "Cache-Control": "no-store",
         },
     )

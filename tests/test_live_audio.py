@@ -1,0 +1,93 @@
+"""Live audio over WebRTC (issue 17): a daemon records a loopback GStreamer camera sending
+H.264 with AAC (tests/camsim `h264aac`: a 440 Hz tone, 16 kHz) and one without audio. An
+aiortc WHEP client offering audio gets, for the AAC camera, an Opus audio track (AAC cannot
+go to a browser over WebRTC) whose frames aiortc's Opus decoder decodes to the camera's tone;
+for the silent camera the answer says no audio. The audit entry says which."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.camsim import CameraSim
+from tests.camsim.clips import make_clips
+from tests.camsim.fixtures import _unavailable, clips_cache_dir
+from tests.live_rig import LiveDaemon, WhepViewer, live_daemon, whep_connect
+from tests.recording_rig import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
+    reason = _unavailable()
+    if reason is not None:
+        pytest.skip(f"camera simulator unavailable: {reason}")
+    clips = clips_cache_dir(tmp_path_factory.getbasetemp() / "camsim-clips")
+    make_clips(clips)
+    tmp = tmp_path_factory.mktemp("live-audio")
+    with CameraSim(clips) as sim, live_daemon(tmp, sim, {"aac": "h264aac", "mute": "h264"}) as d:
+        with d.client() as c:
+            # Audio is offered once the camera's recording has it (its first segment).
+            wait_for(lambda: _segments(c, "aac") >= 1, 40, "a segment of the AAC camera")
+        yield d
+
+
+def _segments(c: httpx.Client, camera: str) -> int:
+    now = int(time.time() * 1000)
+    r = c.get(f"/api/cameras/{camera}/timeline", params={"start": now - 3_600_000, "end": now})
+    return len(r.json()["spans"]) if r.status_code == 200 else 0
+
+
+async def _listen(daemon: LiveDaemon, camera: str, frames: int) -> WhepViewer:
+    headers = {"Authorization": f"Bearer {daemon.token()}"}
+    async with httpx.AsyncClient(base_url=daemon.base, headers=headers, timeout=30) as c:
+        viewer = await whep_connect(c, camera, audio=True)
+        assert isinstance(viewer, WhepViewer), viewer.text
+        try:
+            for _ in range(300):
+                if len(viewer.frames) >= 20 and len(viewer.sound) >= frames:
+                    break
+                await asyncio.sleep(0.1)
+            await c.delete(viewer.location)
+        finally:
+            await viewer.pc.close()
+            for task in (viewer.task, viewer.sound_task):
+                if task is not None:
+                    task.cancel()
+    return viewer
+
+
+def test_an_aac_cameras_audio_arrives_as_opus(daemon: LiveDaemon) -> None:
+    viewer = asyncio.run(_listen(daemon, "aac", 100))
+    assert viewer.audio == "opus"
+    audio = viewer.answer[viewer.answer.index("m=audio") :]
+    assert "opus/48000" in audio and "a=sendonly" in audio
+    assert len(viewer.frames) >= 20
+    # aiortc's Opus decoder gave 20 ms frames at 48 kHz: the camera's 440 Hz tone.
+    assert len(viewer.sound) >= 100, f"{len(viewer.sound)} audio frames"
+    assert {f.sample_rate for f in viewer.sound} == {48_000}
+    tail = viewer.sound[-50:]
+    samples = np.concatenate(
+        [f.to_ndarray().reshape(-1, len(f.layout.channels))[:, 0] for f in tail]
+    )
+    samples = samples.astype(np.float64)
+    assert float(np.sqrt(np.mean(samples**2))) > 300, "silence"
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    peak = float(np.fft.rfftfreq(len(samples), 1 / 48_000)[int(np.argmax(spectrum))])
+    assert abs(peak - 440) < 10, peak
+    with daemon.client() as c:
+        rows = c.get("/api/audit", params={"action": "live", "target": "aac"}).json()
+    assert any(r["detail"].get("audio") == "opus" for r in rows if r["outcome"] == "ok")
+
+
+def test_a_camera_without_audio_answers_no_audio(daemon: LiveDaemon) -> None:
+    viewer = asyncio.run(_listen(daemon, "mute", 0))
+    assert viewer.audio == "none"
+    assert len(viewer.frames) >= 20
+    assert viewer.sound == []
