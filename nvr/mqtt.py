@@ -115,59 +115,66 @@ class MqttPublisher:
 
     def camera_discovery(self, camera: str) -> dict[str, Any]:
         """Home Assistant's discovery document of a camera: a connectivity binary sensor."""
-        state = self.camera_topic(camera, "state")
-        return {
-            "name": "Recording",
-            "unique_id": f"nvr_{self._site}_{camera}_recording",
-            "device_class": "connectivity",
-            "state_topic": state,
-            "value_template": "{{ 'ON' if value_json.state == 'recording' else 'OFF' }}",
-            "json_attributes_topic": state,
-            "availability_topic": self.availability,
-            "payload_available": ONLINE,
-            "payload_not_available": OFFLINE,
-            "device": {
+        return self._binary_sensor(
+            "Recording",
+            f"{camera}_recording",
+            "connectivity",
+            self.camera_topic(camera, "state"),
+            "{{ 'ON' if value_json.state == 'recording' else 'OFF' }}",
+            {
                 "identifiers": [f"nvr_{self._site}_{camera}"],
                 "name": f"Camera {camera}",
                 "manufacturer": "nvr",
                 "model": "camera recorded by nvr",
                 "via_device": f"nvr_{self._site}",
             },
-        }
+        )
 
     def picture_discovery(self, camera: str) -> dict[str, Any]:
         """A camera's picture health (issue 18) as a problem binary sensor: on while its
         picture is covered, defocused, re-pointed, frozen or without signal."""
-        topic = self.camera_topic(camera, "picture")
-        return {
-            "name": "Picture",
-            "unique_id": f"nvr_{self._site}_{camera}_picture",
-            "device_class": "problem",
-            "state_topic": topic,
-            "value_template": "{{ 'OFF' if value_json.state in ['ok', 'learning'] else 'ON' }}",
-            "json_attributes_topic": topic,
-            "availability_topic": self.availability,
-            "payload_available": ONLINE,
-            "payload_not_available": OFFLINE,
-            "device": {"identifiers": [f"nvr_{self._site}_{camera}"]},
-        }
+        return self._binary_sensor(
+            "Picture",
+            f"{camera}_picture",
+            "problem",
+            self.camera_topic(camera, "picture"),
+            "{{ 'OFF' if value_json.state in ['ok', 'learning'] else 'ON' }}",
+            {"identifiers": [f"nvr_{self._site}_{camera}"]},
+        )
 
     def storage_discovery(self) -> dict[str, Any]:
         """The storage forecast as a problem binary sensor (on at warning or critical)."""
-        topic = f"{self._base}/storage"
+        return self._binary_sensor(
+            "Storage forecast",
+            "storage",
+            "problem",
+            f"{self._base}/storage",
+            "{{ 'ON' if value_json.state in ['warning', 'critical'] else 'OFF' }}",
+            self._device(),
+        )
+
+    def _binary_sensor(
+        self,
+        name: str,
+        unique: str,
+        device_class: str,
+        topic: str,
+        template: str,
+        device: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A Home Assistant binary sensor whose state and attributes are `topic`'s JSON,
+        available while the daemon is (its will)."""
         return {
-            "name": "Storage forecast",
-            "unique_id": f"nvr_{self._site}_storage",
-            "device_class": "problem",
+            "name": name,
+            "unique_id": f"nvr_{self._site}_{unique}",
+            "device_class": device_class,
             "state_topic": topic,
-            "value_template": (
-                "{{ 'ON' if value_json.state in ['warning', 'critical'] else 'OFF' }}"
-            ),
+            "value_template": template,
             "json_attributes_topic": topic,
             "availability_topic": self.availability,
             "payload_available": ONLINE,
             "payload_not_available": OFFLINE,
-            "device": self._device(),
+            "device": device,
         }
 
     # --- the connection ----------------------------------------------------------------------
