@@ -1,14 +1,14 @@
-"""Live audio over WebRTC: browsers take no AAC over WebRTC, so a WHEP session of a camera
-that records audio gets an `OpusTrack`: the camera's audio packets as the recorder writes them
-(`PacketTap.subscribe_audio`: AAC, or G.711 as recorded), decoded with PyAV into s16
-`av.AudioFrame`s, which aiortc's sender encodes to Opus (libopus through PyAV, 48 kHz) and
-sends. The recordings are not touched.
+"""Live audio: `AudioFeed`, one viewer's audio packets as the recorder writes them
+(`PacketTap.subscribe_audio`: AAC, or G.711 as recorded), and `AudioDecoder`, those packets
+decoded with PyAV into s16 `av.AudioFrame`s. Browsers take no AAC over WebRTC, so a WHEP
+session gets them as Opus (`nvr.api.live.webrtc.OpusTrack`: aiortc's sender encodes the
+decoded frames with libopus). The recordings are not touched. No aiortc here (the MSE
+WebSocket uses the feed too).
 
 Threads: the tap calls `AudioFeed._from_recorder` on the recorder's thread (`rec-<camera>`),
 which only hands the frame to the event loop (`loop.call_soon_threadsafe`) into a bounded
-queue (a viewer that falls behind loses its oldest audio, never the recorder's time). The
-track's `recv` runs on the loop and decodes on a worker thread (`asyncio.to_thread`); aiortc
-encodes Opus on its executor thread."""
+queue (a viewer that falls behind loses its oldest audio, never the recorder's time).
+`AudioDecoder` is blocking: a worker thread (`asyncio.to_thread`)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import contextlib
 from collections.abc import Callable
 
 import av
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from nvr.api.live.hub import AudioSource
 from nvr.ingest.tap import TapAudioFrame, TapAudioStream
@@ -95,38 +94,3 @@ class AudioDecoder:
         for decoded in self._codec.decode(packet):
             out += self._resampler.resample(decoded)
         return out
-
-
-class OpusTrack(MediaStreamTrack):
-    """An audio track whose `recv` returns the camera's audio decoded (s16); aiortc encodes
-    it to Opus. Ends when its feed ends."""
-
-    kind = "audio"
-
-    def __init__(self, feed: AudioFeed) -> None:
-        super().__init__()
-        self._feed = feed
-        self._decoder = AudioDecoder()
-        self._pending: list[av.AudioFrame] = []
-        self.sent = 0
-        self.failed = 0
-        """Audio packets that did not decode (skipped)."""
-
-    async def recv(self) -> av.AudioFrame:
-        while not self._pending:
-            if self.readyState != "live":
-                raise MediaStreamError
-            frame = await self._feed.get()
-            if frame is None:
-                self.stop()
-                raise MediaStreamError
-            try:
-                self._pending = await asyncio.to_thread(self._decoder.decode, frame)
-            except (av.FFmpegError, ValueError):
-                self.failed += 1  # a damaged packet: the next one decodes on its own
-        self.sent += 1
-        return self._pending.pop(0)
-
-    def stop(self) -> None:
-        super().stop()
-        self._feed.close()

@@ -27,8 +27,7 @@ from nvr.storage import SegmentStore
 if TYPE_CHECKING:
     from aiortc import RTCPeerConnection
 
-    from nvr.api.live.audio import OpusTrack
-    from nvr.api.live.webrtc import PassthroughTrack
+    from nvr.api.live.webrtc import OpusTrack, PassthroughTrack
 
 log = logging.getLogger("nvr.api.live")
 
@@ -310,8 +309,8 @@ class LiveService:
 
         # aiortc (and its crypto, SCTP and ICE stacks, ~15 MiB) loads on the first WHEP offer,
         # not in every recorder that never serves one (issue 12's memory budget).
-        from nvr.api.live.audio import AudioFeed, OpusTrack
-        from nvr.api.live.webrtc import PassthroughTrack, answer
+        from nvr.api.live.audio import AudioFeed
+        from nvr.api.live.webrtc import OpusTrack, PassthroughTrack, answer
 
         track = PassthroughTrack(viewer, sent)
         sound: OpusTrack | None = None

@@ -4,11 +4,14 @@ viewers and sent by `nvr.api.live.rtp`'s cheaper RTP loop, which `answer` instal
 session's aiortc sender (aiortc's own loop, fed `av.Packet`s by `recv`, is the fallback).
 `answer` makes the peer connection of one WHEP offer with an H.264-only transceiver created
 before the offer is applied (else aiortc answers VP8). ICE host candidates come from
-`[api] webrtc_addresses` (see `host_addresses`); no STUN or TURN server is ever asked. Runs
-on the daemon's event loop (aiortc is asyncio)."""
+`[api] webrtc_addresses` (see `host_addresses`); no STUN or TURN server is ever asked.
+`OpusTrack` is the camera's audio for an offer that asks for audio: decoded with PyAV
+(`nvr.api.live.audio`, on a worker thread), encoded to Opus by aiortc's sender. Runs on the
+daemon's event loop (aiortc is asyncio)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import ipaddress
@@ -27,6 +30,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from nvr.api.live.annexb import with_parameter_sets
+from nvr.api.live.audio import AudioDecoder, AudioFeed
 from nvr.api.live.hub import Viewer
 from nvr.api.live.rtp import frame_payloads, install
 from nvr.ingest.tap import TapFrame
@@ -185,3 +189,38 @@ async def answer(
         raise ValueError(f"cannot answer this offer: {err}") from err
     desc = pc.localDescription
     return pc, desc.sdp
+
+
+class OpusTrack(MediaStreamTrack):
+    """An audio track whose `recv` returns the camera's audio decoded (s16); aiortc encodes
+    it to Opus. Ends when its feed ends."""
+
+    kind = "audio"
+
+    def __init__(self, feed: AudioFeed) -> None:
+        super().__init__()
+        self._feed = feed
+        self._decoder = AudioDecoder()
+        self._pending: list[av.AudioFrame] = []
+        self.sent = 0
+        self.failed = 0
+        """Audio packets that did not decode (skipped)."""
+
+    async def recv(self) -> av.AudioFrame:
+        while not self._pending:
+            if self.readyState != "live":
+                raise MediaStreamError
+            frame = await self._feed.get()
+            if frame is None:
+                self.stop()
+                raise MediaStreamError
+            try:
+                self._pending = await asyncio.to_thread(self._decoder.decode, frame)
+            except (av.FFmpegError, ValueError):
+                self.failed += 1  # a damaged packet: the next one decodes on its own
+        self.sent += 1
+        return self._pending.pop(0)
+
+    def stop(self) -> None:
+        super().stop()
+        self._feed.close()
