@@ -6,11 +6,10 @@ daemon. Runs on the main thread."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nvr import show
 from nvr.cli_context import config_command, opened
-from nvr.cli_retention import _camera, parse_time
+from nvr.cli_retention import _camera, backwards, parse_time
 from nvr.config.models import PictureConfig
 from nvr.ingest.picture.detector import CONDITIONS, PictureChange
 from nvr.ingest.picture.replay import replay
@@ -18,8 +17,7 @@ from nvr.show import when
 
 
 def cmd_tamper_check(args: argparse.Namespace) -> int:
-    if args.end <= args.start:
-        print("nvr tamper-check: --to must be after --from", file=sys.stderr)
+    if backwards(args, "tamper-check"):
         return 2
     with opened(args) as (config, store):
         cam = _camera(config, store, args.camera)

@@ -124,9 +124,16 @@ def cmd_lock_end(args: argparse.Namespace) -> int:
     return 0
 
 
+def backwards(args: argparse.Namespace, command: str) -> bool:
+    """Whether `--to` is not after `--from` (said on stderr; the command then exits 2)."""
+    if args.end > args.start:
+        return False
+    print(f"nvr {command}: --to must be after --from", file=sys.stderr)
+    return True
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
-    if args.end <= args.start:
-        print("nvr delete: --to must be after --from", file=sys.stderr)
+    if backwards(args, "delete"):
         return 2
     with opened(args) as (config, store):
         cam = _camera(config, store, args.camera)

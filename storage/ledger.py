@@ -59,17 +59,16 @@ class OutageLedger(Repository):
 
     def open(self, camera: str, start_ms: int, cause: str, detail: str = "") -> Outage:
         """A gap in `camera`'s footage began at `start_ms`."""
-        with self._writing() as s:
-            row = OutageRow(
-                camera=camera, start_ms=start_ms, end_ms=None, cause=cause, detail=detail
-            )
-            s.add(row)
-            s.flush()
-            return _outage(row)
+        return self._insert(camera, start_ms, None, cause, detail)
 
     def add(self, camera: str, start_ms: int, end_ms: int, cause: str, detail: str = "") -> Outage:
         """A gap that is already over (a clock step's span), in one write: a crash can never
         leave it open, to be taken for the outage of the next start."""
+        return self._insert(camera, start_ms, end_ms, cause, detail)
+
+    def _insert(
+        self, camera: str, start_ms: int, end_ms: int | None, cause: str, detail: str
+    ) -> Outage:
         with self._writing() as s:
             row = OutageRow(
                 camera=camera, start_ms=start_ms, end_ms=end_ms, cause=cause, detail=detail

@@ -285,6 +285,10 @@ def test_cli_lock_delete_verify(tmp_path: Path) -> None:
     assert done.returncode == 0 and "deleted 1 segment (" in done.stdout, done.stderr
     done = cli(["delete", "-c", str(config), "cam", "--from", "yesterday", "--to", iso0], tmp_path)
     assert done.returncode == 2 and "ISO 8601" in done.stderr
+    for command in ("delete", "tamper-check"):
+        done = cli([command, "-c", str(config), "cam", "--from", iso0, "--to", iso0], tmp_path)
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert f"nvr {command}: --to must be after --from" in done.stderr
     done = cli(["verify", "-c", str(config)], tmp_path)
     assert done.returncode == 0, done.stdout
 
