@@ -153,6 +153,7 @@ async def test_sm3_digest_when_the_platform_asks_for_it(
         await platform.close()
 
 
+@pytest.mark.slow  # real time: 3 missed keepalives, then re-registration back-off (no clock seam)
 async def test_platform_restart_and_silence_lead_to_a_new_registration(
     platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -490,6 +490,7 @@ async def test_mansrtsp_pause_play_and_scale(
     check_range(got, rec, start_s * 1000, end_s * 1000)
 
 
+@pytest.mark.slow  # real time: the device notices the silence by 3 missed keepalives
 async def test_a_lost_platform_ends_its_streams(
     platform: Platform, store: SegmentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -553,6 +554,7 @@ async def test_live_starts_with_the_current_gop(limit: int, first: int) -> None:
     assert tap.subscribers == 0
 
 
+@pytest.mark.slow  # real time: registration refused, then lost by 3 missed keepalives
 async def test_gop_cache_only_while_registered(
     store: SegmentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
