@@ -9,6 +9,10 @@ Daemon tests wait for retention passes by their count in status.json. Then, on s
 clocks with a real store, the box that never had a time source (it must still purge, by
 uptime evidence) and a hold that ends once the clock has been synchronised and stable.
 
+The process tests are marked slow (each `nvr` start-up costs seconds); the fast tier keeps
+their store-level guarantees (a step holds purges and deletes until an operator confirms, a
+confirmed purge goes by evidence time) in the simulated-clock tests.
+
 libfaketime fakes CLOCK_MONOTONIC and CLOCK_BOOTTIME too; the evidence of time is read from
 `/proc/uptime`, which it does not touch, as no real clock step does (storage/clock.py).
 
@@ -96,6 +100,7 @@ def recorded_minutes_ago(root: Path, count: int = 4) -> list[int]:
 # --- (a) nvr purge with a clock 31 days ahead ------------------------------------------------
 
 
+@pytest.mark.slow  # six `nvr` processes under libfaketime; the store's part: the Box tests below
 @needs_faketime
 def test_purge_31_days_ahead_refuses_and_says_why_then_a_confirmed_one_keeps_fresh_footage(
     tmp_path: Path,
@@ -160,6 +165,7 @@ def test_purge_31_days_ahead_refuses_and_says_why_then_a_confirmed_one_keeps_fre
     assert done.returncode == 0 and "purged 0 segments" in done.stdout, done.stderr
 
 
+@pytest.mark.slow  # `nvr` processes under libfaketime; the store's part: the Box tests below
 @needs_faketime
 def test_a_confirmed_purge_under_a_stepped_clock_deletes_only_what_evidence_proves_old(
     tmp_path: Path,
