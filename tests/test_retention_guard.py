@@ -472,8 +472,14 @@ def empty_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@settings(max_examples=200, deadline=None)
-@given(span_specs, lock_specs, lock_specs, st.integers(0, 40 * 24), st.integers(0, 20 * 24))
+candidate_worlds = given(
+    span_specs, lock_specs, lock_specs, st.integers(0, 40 * 24), st.integers(0, 20 * 24)
+)
+"""Segments, the locks before and after, the hour now and how far time then moves."""
+
+
+@settings(max_examples=40, deadline=None)
+@candidate_worlds
 def test_purge_candidates_are_exactly_the_expired_unlocked_segments(
     empty_index: Path,
     raw: list[tuple[str, int, int]],
@@ -482,9 +488,35 @@ def test_purge_candidates_are_exactly_the_expired_unlocked_segments(
     now_h: int,
     step_h: int,
 ) -> None:
+    """The fast tier's sample of the property below (a store per example costs ~0.1 s)."""
+    check_candidates(empty_index, raw, first_locks, later_locks, now_h, step_h)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None)
+@candidate_worlds
+def test_purge_candidates_are_exactly_the_expired_unlocked_segments_at_length(
+    empty_index: Path,
+    raw: list[tuple[str, int, int]],
+    first_locks: list[tuple[str, int, int, bool]],
+    later_locks: list[tuple[str, int, int, bool]],
+    now_h: int,
+    step_h: int,
+) -> None:
+    """The property with 200 examples (the whole suite's run)."""
+    check_candidates(empty_index, raw, first_locks, later_locks, now_h, step_h)
+
+
+def check_candidates(
+    root: Path,
+    raw: list[tuple[str, int, int]],
+    first_locks: list[tuple[str, int, int, bool]],
+    later_locks: list[tuple[str, int, int, bool]],
+    now_h: int,
+    step_h: int,
+) -> None:
     """Segments and locks (hours from T0) straight into the index; the candidates must match
     the pure decision (`plan_purge`), before and after locks change, rows go and time moves."""
-    root = empty_index
     db = sqlite3.connect(root / "index.db")
     # The rows are set up and changed behind the store's back; their durability is not what
     # is tested, and an fsync per commit made this the fast tier's longest test.
