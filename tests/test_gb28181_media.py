@@ -20,9 +20,11 @@ from pathlib import Path
 
 import av
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from nvr.gb28181.device import ChannelConfig, GbDevice
-from nvr.gb28181.media import GopCache, LiveSource
+from nvr.gb28181.media import GopCache, LiveSource, to_90k
 from nvr.gb28181.session import Sessions, range_start_ms
 from nvr.ingest.tap import PacketTap, TapFrame, TapStream
 from nvr.storage import AuditEntry, SegmentStore, now_ms
@@ -655,3 +657,14 @@ def test_range_values() -> None:
     for bad in ("npt=abc-", "clock=20231114T221340-", "clock=2023-11-14-", "smpte=0:10:00-", "x"):
         with pytest.raises(ValueError):
             range_start_ms(bad, start)
+
+
+@given(
+    st.integers(-(2**40), 2**40),
+    st.integers(1, 10**6),
+    st.sampled_from([1, 1000, 8000, 16000, 44100, 48000, 90000, 30000, 12800]),
+)
+def test_to_90k_truncates_as_fractions_do(ticks: int, num: int, den: int) -> None:
+    """The integer conversion of the live path gives what `int(Fraction)` gave."""
+    tb = Fraction(num, den)
+    assert to_90k(ticks, tb) == int(ticks * tb * 90_000)

@@ -218,7 +218,11 @@ def codec_family(name: str) -> str:
 
 
 def to_90k(ticks: int, time_base: Fraction) -> int:
-    return int(ticks * time_base * 90_000)
+    """`ticks` of `time_base` in 90 kHz, truncated toward zero as `int(Fraction)` is: in
+    integers (twice a live frame; Fraction arithmetic cost more than the PS header)."""
+    n = ticks * 90_000 * time_base.numerator
+    d = time_base.denominator
+    return n // d if n >= 0 else -(-n // d)
 
 
 Live = TapFrame | TapAudioFrame

@@ -16,6 +16,7 @@ header bytes per frame, the payload is joined once).
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 
@@ -69,6 +70,7 @@ def pack_header(scr: int) -> bytes:
     )
 
 
+@functools.cache
 def system_header(audio: bool) -> bytes:
     """The system header: bounds, and a P-STD buffer per stream."""
     streams = bytes([VIDEO_ID, 0xE0 | 0x20 | (400 >> 8), 400 & 0xFF])  # 400 KiB video buffer
@@ -89,8 +91,10 @@ def system_header(audio: bool) -> bytes:
     return b"\x00\x00\x01\xbb" + struct.pack(">H", len(body)) + body
 
 
+@functools.cache
 def program_stream_map(video_codec: str, audio_codec: str | None, version: int = 0) -> bytes:
-    """The PSM: the stream type of each elementary stream, with its CRC."""
+    """The PSM: the stream type of each elementary stream, with its CRC (computed bit by
+    bit, so kept: a stream sends the same few on every keyframe)."""
     entries = bytes([STREAM_TYPES[video_codec], VIDEO_ID, 0, 0])
     if audio_codec is not None:
         entries += bytes([STREAM_TYPES[audio_codec], AUDIO_ID, 0, 0])
