@@ -17,7 +17,16 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.api_rig import NVR, add_admin, free_port, login, nvr, open_index, running_daemon
+from tests.api_rig import (
+    NVR,
+    add_admin,
+    free_port,
+    login,
+    nvr,
+    nvr_here,
+    open_index,
+    running_daemon,
+)
 from tests.camsim import CameraSim
 from tests.recording_rig import wait_for
 
@@ -46,9 +55,7 @@ def test_check_config_reports_every_machine_problem_at_once(tmp_path: Path) -> N
             f'username = "u"\npassword_env = "{UNSET}"\n'
         )
         env = {k: v for k, v in os.environ.items() if k != UNSET}
-        done = subprocess.run(
-            [*NVR, "check-config", str(cfg)], capture_output=True, text=True, env=env, check=False
-        )
+        done = nvr_here(["check-config", str(cfg)], tmp_path, env=env)
     assert done.returncode == 2, done
     err = done.stderr
     lines = [
@@ -69,9 +76,7 @@ def test_check_config_reports_every_machine_problem_at_once(tmp_path: Path) -> N
     fixed = fixed[: fixed.index("tls_certificate")] + fixed[fixed.index("[[cameras]]") :]
     cfg.write_text(fixed)
     env[UNSET] = "s3cret"
-    done = subprocess.run(
-        [*NVR, "check-config", str(cfg)], capture_output=True, text=True, env=env, check=False
-    )
+    done = nvr_here(["check-config", str(cfg)], tmp_path, env=env)
     assert done.returncode == 0, done.stderr
     assert "ok (4 cameras" in done.stdout
     assert "s3cret" not in done.stdout + done.stderr
@@ -303,7 +308,7 @@ def test_version_and_config_from_the_environment(
 ) -> None:
     from nvr import configpath
 
-    done = subprocess.run([*NVR, "--version"], capture_output=True, text=True, check=False)
+    done = nvr_here(["--version"], tmp_path)
     assert done.returncode == 0 and done.stdout.startswith("nvr 0."), done
     cfg = tmp_path / "site.toml"
     cfg.write_text(
@@ -311,9 +316,7 @@ def test_version_and_config_from_the_environment(
         '[[cameras]]\nname = "yard"\nurl = "rtsp://127.0.0.1:9/a"\n'
     )
     env = {**os.environ, "NVR_CONFIG": str(cfg)}
-    done = subprocess.run(
-        [*NVR, "status"], cwd=tmp_path, capture_output=True, text=True, env=env, check=False
-    )
+    done = nvr_here(["status"], tmp_path, env=env)
     # Not the embedded demo: the file NVR_CONFIG names; and not running is a failure status.
     assert "yard: not running" in done.stdout and "demo" not in done.stdout, done
     assert done.returncode == 3

@@ -25,6 +25,7 @@ from nvr.retention import RetentionService, RetentionViolation, SegmentSpan, pla
 from nvr.retention import service as retention_service
 from nvr.storage import SegmentStore, StorageIOError
 from nvr.storage.timestamps import DAY_MS
+from tests.api_rig import nvr_here
 from tests.store_clock import BOOT_OFFSET, T0, FakeClock, add_segment
 
 PG_USER = os.environ.get("NVR_TEST_PG_USER", "postgres")
@@ -305,13 +306,7 @@ def test_cli_purge_with_another_config_keeps_the_stored_window(tmp_path: Path) -
         f'[storage]\nroot = "{root}"\n[retention]\ndays = 30\n'
         '[[cameras]]\nname = "other"\nurl = "rtsp://127.0.0.1:9/x"\n'
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "nvr.cli", "purge", "-c", str(other)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = nvr_here(["purge", "-c", str(other)], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "purged 0 segments" in done.stdout, done.stdout
     reader = SegmentStore(root, f"sqlite:///{root / 'index.db'}", exclusive=False)
