@@ -979,3 +979,55 @@ def test_h265_footage_plays_as_an_h264_copy_in_chromium(
         ]
         assert played and all(e.detail.get("transcoded") == "h264" for e in played)
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in originals} == originals
+
+
+def test_the_camera_page_plays_the_cameras_audio_as_opus(browser: Browser, daemon: Daemon) -> None:
+    """`front` records AAC (a 440 Hz tone): its camera page's live view over WebRTC gets an
+    Opus audio track beside the video, and what the browser decodes from it is not silence
+    (WebAudio reads the level); the label says Opus. `back` records no audio: none."""
+    s = log_in(browser, daemon, "olga")
+    try:
+        page = s.page
+        page.goto("/cameras/front?live=webrtc")
+        page.wait_for_function(
+            "() => { const v = document.getElementById('live');"
+            " return v.dataset.liveAudio && v.currentTime > 0.5 }",
+            timeout=30_000,
+        )
+        live = page.locator("#live")
+        assert live.get_attribute("data-live-mode") == "webrtc"
+        assert live.get_attribute("data-live-audio") == "opus"
+        assert "Opus" in page.locator("[data-live-label]").inner_text()
+        level = page.evaluate(
+            """async () => {
+              const v = document.getElementById('live');
+              const tracks = v.srcObject.getAudioTracks();
+              if (tracks.length !== 1 || tracks[0].readyState !== 'live') return -1;
+              const ctx = new AudioContext();
+              await ctx.resume();
+              const analyser = ctx.createAnalyser();
+              ctx.createMediaStreamSource(new MediaStream(tracks)).connect(analyser);
+              const data = new Float32Array(analyser.fftSize);
+              let best = 0;
+              for (let i = 0; i < 40 && best < 0.02; i++) {
+                await new Promise((r) => setTimeout(r, 100));
+                analyser.getFloatTimeDomainData(data);
+                let sum = 0;
+                for (const x of data) sum += x * x;
+                best = Math.max(best, Math.sqrt(sum / data.length));
+              }
+              ctx.close();
+              return best;
+            }"""
+        )
+        assert level >= 0.02, level
+        page.goto("/cameras/back?live=webrtc")
+        page.wait_for_function(
+            "() => { const v = document.getElementById('live');"
+            " return v.dataset.liveAudio && v.currentTime > 0.5 }",
+            timeout=30_000,
+        )
+        assert live.get_attribute("data-live-audio") == "none"
+        assert csp_violations(s) == [], s.problems
+    finally:
+        s.context.close()

@@ -376,8 +376,13 @@
   let live = null;
   if (window.NvrLive) {
     liveLabel.textContent = Nvr.t("js.live_starting");
-    live = window.NvrLive.attach(document.getElementById("live"), camera, { mode, stream: "main" });
-    live.then((h) => { liveLabel.textContent = Nvr.t("js.live_mode", { mode: h.mode }); },
+    // the camera's audio too (WebRTC: Opus), muted until the viewer unmutes it
+    live = window.NvrLive.attach(document.getElementById("live"), camera,
+      { mode, stream: "main", audio: true });
+    live.then((h) => {
+      const sound = h.audio === "opus" ? " + Opus" : "";
+      liveLabel.textContent = Nvr.t("js.live_mode", { mode: h.mode + sound });
+    },
       (err) => { liveLabel.textContent = Nvr.t("js.live_failed", { detail: err.message || err }); });
     window.addEventListener("pagehide", () => live.then((h) => h.close(), () => {}));
   } else {

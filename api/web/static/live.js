@@ -4,6 +4,9 @@
  *   opts.mode   'auto' (default) | 'webrtc' | 'mse'
  *   opts.stream 'main' (default) | 'sub' (the camera's live_url substream, for the grid)
  *   opts.token  optional bearer token (pages use their session cookie instead)
+ *   opts.audio  true: WebRTC asks for the camera's audio too (sent as Opus when the camera
+ *               records audio; the handle's audio and video.dataset.liveAudio say 'opus' or
+ *               'none'); the video starts muted. MSE is video only.
  *
  * Returns a Promise of {mode, close()} and sets video.dataset.liveMode to 'webrtc', 'mse',
  * 'transcode' (an H.265 camera shown as reduced H.264) or 'snapshot' (keyframe JPEGs shown as
@@ -107,6 +110,8 @@
       if (video.srcObject) video.srcObject = null;
     };
     pc.addTransceiver('video', { direction: 'recvonly' });
+    if (opts.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+    var audio = 'none';
     var media = new MediaStream();
     pc.addEventListener('track', function (ev) {
       media.addTrack(ev.track);
@@ -135,6 +140,7 @@
         }
         location = res.headers.get('Location');
         if (res.headers.get('X-Live-Mode') === 'transcode') mode = 'transcode';
+        if (res.headers.get('X-Live-Audio') === 'opus') audio = 'opus';
         return res.text();
       })
       .then(function (sdp) { return pc.setRemoteDescription({ type: 'answer', sdp: sdp }); })
@@ -144,7 +150,7 @@
         });
         return pictureWithin(video, MEDIA_WAIT_MS, function () { return closed; });
       })
-      .then(function () { return { mode: mode, close: close }; })
+      .then(function () { return { mode: mode, audio: audio, close: close }; })
       .catch(function (err) { close(); throw err; });
   }
 
@@ -273,18 +279,22 @@
     var options = {
       mode: opts.mode || 'auto',
       stream: opts.stream === 'sub' ? 'sub' : 'main',
-      token: opts.token || null
+      token: opts.token || null,
+      audio: opts.audio === true
     };
     if (video.nvrLive) video.nvrLive.close();
     var settle = function (session) {
       video.dataset.liveMode = session.mode;
+      video.dataset.liveAudio = session.audio || 'none';
       var handle = {
         mode: session.mode,
+        audio: session.audio || 'none',
         close: function () {
           session.close();
           if (video.nvrLive === handle) {
             video.nvrLive = null;
             delete video.dataset.liveMode;
+            delete video.dataset.liveAudio;
           }
         }
       };
