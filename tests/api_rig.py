@@ -283,6 +283,18 @@ def footage_end(root: Path) -> int:
         store.close()
 
 
+def footage_copy(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
+    """A store over a copy of the recorded footage (at `tmp_path/store`), closed after: a
+    fixture's body (`yield from footage_copy(footage_template, tmp_path)`)."""
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 @pytest.fixture
 def footage_api(footage_template: Path, tmp_path: Path) -> Iterator[Api]:
     """A running API over a copy of the recorded footage; its clock stands one minute after

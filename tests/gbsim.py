@@ -400,6 +400,14 @@ class Platform:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    async def __aenter__(self) -> Platform:
+        """`async with Platform(...) as p`: started, and closed at the end."""
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
 
 @dataclass
 class RtpPacket:

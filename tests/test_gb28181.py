@@ -8,7 +8,6 @@ offset reported from its Date header."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -21,6 +20,7 @@ from nvr.config.models import NvrConfig
 from nvr.gb28181.device import ChannelConfig, GbDevice, channels_of
 from nvr.gb28181.session import Sessions
 from nvr.storage import SegmentStore
+from tests.api_rig import footage_copy
 from tests.gbsim import DEVICE, Platform, gb_config
 from tests.gbsim import wait_for as _wait_for
 
@@ -34,13 +34,7 @@ wait_for = partial(_wait_for, within=20.0)  # this module's device answers withi
 
 @pytest.fixture
 def store(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
-    root = tmp_path / "store"
-    shutil.copytree(footage_template, root)
-    s = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from footage_copy(footage_template, tmp_path)
 
 
 CHANNELS = [
@@ -76,12 +70,8 @@ async def running(
 
 @pytest.fixture(params=["udp", "tcp"])
 async def platform(request: pytest.FixtureRequest) -> AsyncIterator[Platform]:
-    p = Platform(SERVER, DOMAIN, PASSWORD, transport=request.param)
-    await p.start()
-    try:
+    async with Platform(SERVER, DOMAIN, PASSWORD, transport=request.param) as p:
         yield p
-    finally:
-        await p.close()
 
 
 async def test_registers_with_digest_keeps_alive_and_unregisters(

@@ -55,12 +55,8 @@ def quirks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuirkServer]:
 
 @pytest.fixture
 async def platform() -> AsyncIterator[Platform]:
-    p = Platform(SERVER, DOMAIN, PASSWORD)
-    await p.start()
-    try:
+    async with Platform(SERVER, DOMAIN, PASSWORD) as p:
         yield p
-    finally:
-        await p.close()
 
 
 def demuxed(

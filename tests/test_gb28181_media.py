@@ -10,7 +10,6 @@ ranges are refused (and audited)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +27,7 @@ from nvr.gb28181.media import GopCache, LiveSource, to_90k
 from nvr.gb28181.session import Sessions, range_start_ms
 from nvr.ingest.tap import PacketTap, TapFrame, TapStream
 from nvr.storage import AuditEntry, SegmentStore, now_ms
+from tests.api_rig import footage_copy
 from tests.gbsim import DEVICE, MediaCall, Platform, gb_config, hdr, wait_for
 from tests.scripted import Connection, SimulatedClock, open_store, run_script
 
@@ -163,23 +163,13 @@ def check_range(
 
 @pytest.fixture
 def store(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
-    root = tmp_path / "store"
-    shutil.copytree(footage_template, root)
-    s = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from footage_copy(footage_template, tmp_path)
 
 
 @pytest.fixture
 async def platform() -> AsyncIterator[Platform]:
-    p = Platform(SERVER, DOMAIN, PASSWORD)
-    await p.start()
-    try:
+    async with Platform(SERVER, DOMAIN, PASSWORD) as p:
         yield p
-    finally:
-        await p.close()
 
 
 async def start_device(
