@@ -11,6 +11,7 @@ import pty
 import re
 import shutil
 import subprocess
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -85,17 +86,19 @@ def test_times_are_local_with_their_offset_or_utc(footage_template: Path, tmp_pa
     root = tmp_path / "store"
     shutil.copytree(footage_template, root)
     cfg = config_for(root, tmp_path / "nvr.toml")
-    env = {**os.environ, "TZ": LOCAL_TZ}
-    local = subprocess.run(
-        [*NVR, "status", "-c", str(cfg)], capture_output=True, text=True, env=env, check=False
-    )
-    utc = subprocess.run(
-        [*NVR, "--utc", "status", "-c", str(cfg)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    # The command runs in this process (nvr_here): its local time follows TZ once tzset.
+    old_tz = os.environ.get("TZ")
+    os.environ["TZ"] = LOCAL_TZ
+    time.tzset()
+    try:
+        local = nvr_here(["status", "-c", str(cfg)], tmp_path)
+        utc = nvr_here(["--utc", "status", "-c", str(cfg)], tmp_path)
+    finally:
+        if old_tz is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old_tz
+        time.tzset()
     pick = re.compile(r"last segment end: (\S+)")
     local_times = pick.findall(local.stdout)
     utc_times = pick.findall(utc.stdout)

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nvr.ingest.timecheck.notes import CLOCK_OFFSET
 from nvr.storage.server_clock import ServerClockState, read_server_clock
-from tests.api_rig import NVR, SYNCHRONISED, run_api
+from tests.api_rig import SYNCHRONISED, nvr_here, run_api
 from tests.systemd_unit import UNIT, unit_settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -107,9 +107,7 @@ def _status(root: Path, tmp_path: Path) -> str:
         f'[storage]\nroot = "{root}"\n[[cameras]]\nname = "gate"\n'
         'url = "rtsp://127.0.0.1:9/gate"\nmax_clock_offset_seconds = 2\n'
     )
-    done = subprocess.run(
-        [*NVR, "status", "-c", str(config)], capture_output=True, text=True, check=False
-    )
+    done = nvr_here(["status", "-c", str(config)], tmp_path)
     assert done.returncode in (0, 3), done.stderr
     return done.stdout
 
