@@ -34,6 +34,7 @@ from pathlib import Path
 
 import av
 
+from bench.proc import proc_cpu
 from nvr.storage import SegmentStore
 from tests.camsim import CameraSim, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
@@ -44,16 +45,6 @@ DEVICE = "50010000001110000001"
 SERVER = "50010000002000000001"
 DOMAIN = "5001000000"
 PASSWORD = "bench-gb-password"
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def write_config(path: Path, root: Path, sip_port: int, urls: dict[str, str]) -> None:

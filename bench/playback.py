@@ -68,6 +68,7 @@ from typing import Any
 import av
 
 from bench.docs import publish
+from bench.proc import proc_cpu
 from nvr.storage import SegmentInfo, SegmentStore
 from nvr.storage.media.sampleindex import encode_index
 from nvr.storage.media.segment import parse_segment
@@ -485,15 +486,6 @@ def clients_at_once(port: int, paths: list[str], busy: list[int]) -> list[float]
     for t in threads:
         t.join()
     return times
-
-
-def proc_cpu(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- main -------------------------------------------------------------------------------------
