@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
@@ -28,9 +28,7 @@ from nvr.ingest.recorder import CameraRecorder
 from nvr.ingest.sources import RtspOpener
 from nvr.ingest.tap import PacketTap, TapAudioFrame, TapFrame
 from nvr.storage import SegmentStore
-from tests.camsim.clips import make_quirk_clips
-from tests.camsim.fixtures import clips_cache_dir
-from tests.camsim.quirks import QuirkServer, clip_names
+from tests.camsim.quirks import QuirkServer
 from tests.gbsim import MediaCall, Platform, wait_for
 from tests.test_gb28181_media import (
     CH_LIVE,
@@ -43,14 +41,6 @@ from tests.test_gb28181_media import (
 )
 
 STREAM_TYPE = {"pcm_alaw": 0x90, "pcm_mulaw": 0x91}
-
-
-@pytest.fixture(scope="module")
-def quirks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuirkServer]:
-    clips = clips_cache_dir(tmp_path_factory.getbasetemp().parent / "camsim-clips")
-    make_quirk_clips(clips, clip_names())
-    with QuirkServer(clips) as server:
-        yield server
 
 
 @pytest.fixture

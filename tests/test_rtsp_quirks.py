@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +19,7 @@ import pytest
 from nvr.ingest.recorder import CameraRecorder
 from nvr.ingest.sources import RtspOpener
 from nvr.storage import Outage, Segment, SegmentStore, StreamEvent, probe_segment
-from tests.camsim.clips import make_quirk_clips
-from tests.camsim.fixtures import clips_cache_dir
-from tests.camsim.quirks import CATALOGUE, QuirkServer, clip_names
+from tests.camsim.quirks import CATALOGUE, QuirkServer
 
 pytestmark = pytest.mark.slow
 
@@ -92,14 +89,6 @@ def read_back(path: Path) -> ReadBack:
         out.dts_rising = all(b > a for a, b in itertools.pairwise(dts))
     out.errors = [msg for level, _, msg in logs if level <= av.logging.ERROR]
     return out
-
-
-@pytest.fixture(scope="module")
-def quirks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuirkServer]:
-    clips = clips_cache_dir(tmp_path_factory.getbasetemp().parent / "camsim-clips")
-    make_quirk_clips(clips, clip_names())
-    with QuirkServer(clips) as server:
-        yield server
 
 
 def record(

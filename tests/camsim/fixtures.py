@@ -8,8 +8,10 @@ started for tests. Fixtures run on pytest's main thread.
   (``~/.cache/nvr-camsim``).
 - ``camsim`` (function): a started `CameraSim` serving every mount on a free port, stopped
   after the test.
+- ``quirks`` (module): a started `QuirkServer` (tests/camsim/quirks.py: the quirk camera's
+  mounts, our own RTSP server in this process), stopped after the module's tests.
 
-Both skip, naming the Debian packages to install, when ``/usr/bin/python3`` cannot run
+The first two skip, naming the Debian packages to install, when ``/usr/bin/python3`` cannot run
 GStreamer's RTSP server.
 """
 
@@ -23,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from tests.camsim import CameraSim, gst_rtsp_unavailable
-from tests.camsim.clips import make_clips
+from tests.camsim.clips import make_clips, make_quirk_clips
+from tests.camsim.quirks import QuirkServer, clip_names
 
-__all__ = ["camsim", "camsim_clips", "clips_cache_dir"]
+__all__ = ["camsim", "camsim_clips", "clips_cache_dir", "quirks"]
 
 
 @functools.cache
@@ -68,3 +71,11 @@ def camsim(camsim_clips: Path) -> Iterator[CameraSim]:
         yield sim
     finally:
         sim.stop()
+
+
+@pytest.fixture(scope="module")
+def quirks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuirkServer]:
+    clips = clips_cache_dir(tmp_path_factory.getbasetemp().parent / "camsim-clips")
+    make_quirk_clips(clips, clip_names())
+    with QuirkServer(clips) as server:
+        yield server
