@@ -65,7 +65,6 @@ docs/reliability.md by hand.
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import itertools
 import json
@@ -91,6 +90,7 @@ from nvr.storage.timestamps import now_ms
 from tests.camsim import CameraSim, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
+from tests.diskfill import fill_up
 
 CLIPS = ("h264aac", "h264", "h265", "bframes")
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
@@ -685,23 +685,6 @@ def confirm_at_end(bench: Bench) -> tuple[list[str], bool]:
         f"confirmed at the end (`nvr purge --i-confirm-clock`): {out[:400]}; hold cleared: "
         f"{not held_after}; of the {len(ids)} segments then, gone three passes later: {gone}",
     ], good
-
-
-def fill_up(path: Path) -> None:
-    """Write until the filesystem has not one free block left."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (1 << 20, 4096, 512):
-            block = b"\0" * chunk
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as err:
-                    if err.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
 
 
 def summarise(

@@ -4,7 +4,6 @@ outage ledger, and resume by themselves when space returns. Uses a real, small t
 from __future__ import annotations
 
 import hashlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from nvr.ingest.recorder import CameraRecorder
 from nvr.ingest.sources import RtspOpener
 from nvr.storage import SegmentStore
 from tests.camsim import CameraSim
+from tests.diskfill import tmpfs
 from tests.media import check_file
 from tests.recording_rig import wait_for, wait_progress
 
@@ -25,20 +25,7 @@ MIB = 1024 * 1024
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 32 MiB tmpfs mounted for this test (needs root, as in CI)."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a test tmpfs (needs root): {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from tmpfs(tmp_path / "fs", 32)
 
 
 def fill(path: Path, size: int) -> None:

@@ -18,11 +18,8 @@ there, split by item so pytest-xdist can spread them; all listed in docs/reliabi
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import logging
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +33,7 @@ from nvr.ingest.supervisor import Supervisor
 from nvr.storage import SegmentStore
 from nvr.storage.store import INDEX_RESERVE_BYTES
 from tests.camsim import CameraSim
+from tests.diskfill import fill_up, tmpfs
 from tests.media import check_file
 from tests.recording_rig import wait_for, wait_progress
 
@@ -47,37 +45,7 @@ MIB = 1024 * 1024
 @pytest.fixture
 def shared_fs(tmp_path: Path) -> Iterator[Path]:
     """A 64 MiB tmpfs for the recordings and the index together."""
-    mnt = tmp_path / "fs"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a test tmpfs (needs root): {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill_up(path: Path) -> None:
-    """Write until the filesystem has not one free block left."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (MIB, 4096, 512):
-            block = b"\0" * chunk
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as err:
-                    if err.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
+    yield from tmpfs(tmp_path / "fs", 64)
 
 
 def part_with_fragments(root: Path) -> bool:
@@ -220,20 +188,7 @@ def test_index_reserve_keeps_the_ledger_on_a_full_disk(camsim: CameraSim, shared
 @pytest.fixture
 def index_fs(tmp_path: Path) -> Iterator[Path]:
     """A 12 MiB tmpfs for the index alone (the recordings stay on the ordinary disk)."""
-    mnt = tmp_path / "indexfs"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a test tmpfs (needs root): {done.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from tmpfs(tmp_path / "indexfs", 12)
 
 
 def test_full_index_filesystem_of_its_own_keeps_recording_paused_until_room(
