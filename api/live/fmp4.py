@@ -10,7 +10,9 @@ second later), and PyAV cannot ask it to flush. A new viewer's first pictures (t
 cached keyframe, or the GOP so far) must not wait for that: `flush` closes the writer (its
 trailer ends the fragment) and the next frame opens a new one from the same template. The new
 writer starts its timeline at zero, so its fragments' `tfdt` (base media decode time) is moved
-on to where the stream is, and its init segment (the same as the first) is not sent again."""
+on to where the stream is, and its init segment (the same as the first) is not sent again.
+`AacMuxer` does the same for the camera's AAC (a second MSE source buffer), flushed every
+batch: audio has no keyframes to end a fragment at."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import av
 from av.container import OutputContainer
 
 from nvr.api.live.annexb import h264_codecs, with_parameter_sets
-from nvr.ingest.tap import TapFrame, TapStream
+from nvr.ingest.tap import TapAudioFrame, TapAudioStream, TapFrame, TapStream
 from nvr.storage.media.boxes import Mp4Error, child
 
 MUX_OPTIONS = {
@@ -114,14 +116,15 @@ class Fmp4Muxer:
         self._base = 0
         """Where the current writer's timeline starts (its zero), in `_tb` ticks."""
         self._timescale: int | None = None
-        self._flushed = False
+        self._init_sent = False
+        self._template: av.VideoStream | av.AudioStream = self._probe.streams.video[0]
         self._open()
 
     def _open(self) -> None:
         self._sink = _Sink()
         self._at = 0
         self._out = av.open(self._sink, "w", format="mp4", options=MUX_OPTIONS)
-        self._video = self._out.add_stream_from_template(self._probe.streams.video[0], opaque=True)
+        self._video = self._out.add_stream_from_template(self._template, opaque=True)
         self._video.time_base = self._tb
 
     def add(self, frame: TapFrame) -> list[bytes]:
@@ -132,18 +135,22 @@ class Fmp4Muxer:
         if frame.keyframe:
             data = with_parameter_sets("h264", data, self.stream.extradata)
         dts = max(frame.dts - self._origin, self._last_dts + 1)
-        if self._out is None:  # flushed: a new writer, its zero at this frame
-            self._flushed = True
+        pts = max(frame.pts - self._origin, dts)
+        return self._mux(data, dts, pts, frame.duration, frame.keyframe)
+
+    def _mux(self, data: bytes, dts: int, pts: int, duration: int, key: bool) -> list[bytes]:
+        """Mux one packet at `dts`/`pts` (ticks after the origin)."""
+        if self._out is None:  # flushed: a new writer, its zero at this packet
             self._base = dts
             self._open()
         assert self._out is not None
         packet = av.Packet(data)
         packet.dts = dts - self._base
-        packet.pts = max(frame.pts - self._origin, dts) - self._base
-        packet.duration = frame.duration or None
+        packet.pts = pts - self._base
+        packet.duration = duration or None
         packet.time_base = self._tb
         packet.stream = self._video
-        packet.is_keyframe = frame.keyframe
+        packet.is_keyframe = key
         self._last_dts = dts
         try:
             self._out.mux(packet)
@@ -194,12 +201,16 @@ class Fmp4Muxer:
                 start = at
         if out and self._timescale is None:
             self._timescale = timescale(out[0])
-        if self._flushed:
-            # A writer after a flush: its init segment was sent already, its timeline is
-            # moved on to where the stream is.
+        if self._init_sent:  # a writer after a flush: its init segment was sent already
+            out = [m for m in out if m[4:8] != b"ftyp"]
+        elif out:
+            self._init_sent = True
+        if self._base:
+            # The writer's zero is later than the stream's: its timeline is moved on to
+            # where the stream is.
             assert self._timescale is not None
             ticks = round(self._base * self._tb * self._timescale)
-            out = [shifted(m, ticks) for m in out if not m[4:8] == b"ftyp"]
+            out = [shifted(m, ticks) if m[4:8] == b"moof" else m for m in out]
         if start > 0:
             del data[:start]
             at -= start
@@ -213,3 +224,77 @@ class Fmp4Muxer:
             except (av.FFmpegError, OSError):
                 pass  # a viewer gone mid-fragment: nothing to keep
         self._probe.close()
+
+
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+
+
+def adts(config: bytes, payload: bytes) -> bytes:
+    """`payload` (one raw AAC frame) behind an ADTS header made from its AudioSpecificConfig
+    (for probing the stream with PyAV's ADTS demuxer)."""
+    if len(config) < 2:
+        raise LiveMuxError("the camera's AAC has no AudioSpecificConfig")
+    aot = config[0] >> 3
+    rate = ((config[0] & 0x07) << 1) | (config[1] >> 7)
+    channels = (config[1] >> 3) & 0x0F
+    if not 1 <= aot <= 4 or rate >= len(AAC_RATES):
+        raise LiveMuxError(f"AAC object type {aot} / rate index {rate} cannot go in ADTS")
+    size = len(payload) + 7
+    head = bytes(
+        [
+            0xFF,
+            0xF1,
+            ((aot - 1) << 6) | (rate << 2) | (channels >> 2),
+            ((channels & 3) << 6) | (size >> 11),
+            (size >> 3) & 0xFF,
+            ((size & 7) << 5) | 0x1F,
+            0xFC,
+        ]
+    )
+    return head + payload
+
+
+class AacMuxer(Fmp4Muxer):
+    """One viewer's camera audio (AAC, passed through) as fragmented MP4 for a second MSE
+    source buffer, on the video's timeline: `origin` is the second the video muxer's zero
+    stands at (its first frame). Every `add_many(..., flush=True)` sends what it got at once
+    (audio has no keyframes to end fragments)."""
+
+    def __init__(self, first: TapAudioFrame, origin: Fraction) -> None:
+        stream = first.stream
+        if stream.codec != "aac":
+            raise LiveMuxError(f"MSE live audio needs AAC, not {stream.codec}")
+        self.audio: TapAudioStream = stream
+        self.mime = (
+            f'audio/mp4; codecs="mp4a.40.{stream.extradata[0] >> 3 if stream.extradata else 2}"'
+        )
+        try:
+            self._probe = av.open(io.BytesIO(adts(stream.extradata, first.data)), "r", format="aac")
+        except (av.FFmpegError, OSError) as err:
+            raise LiveMuxError(f"the camera's AAC parameters are unusable: {err}") from err
+        if not self._probe.streams.audio:
+            raise LiveMuxError("the camera's AAC stream could not be probed")
+        self._tb = stream.time_base or Fraction(1, stream.sample_rate)
+        self._origin = round(origin / self._tb)
+        self._last_dts = -1
+        self._out = None
+        self._base = 0
+        self._timescale = None
+        self._init_sent = False
+        self._template = self._probe.streams.audio[0]
+
+    def add_audio(self, frame: TapAudioFrame) -> list[bytes]:
+        """Mux one AAC frame (dropped when it lies before the video's start)."""
+        if frame.stream != self.audio:
+            raise LiveMuxError("the camera's audio parameters changed")
+        dts = frame.pts - self._origin
+        if dts < 0 or dts <= self._last_dts:
+            return []
+        return self._mux(frame.data, dts, dts, frame.duration, True)
+
+    def add_audio_many(self, frames: list[TapAudioFrame]) -> list[bytes]:
+        """`add_audio` for each of `frames`, then `flush`: the messages, at once."""
+        out: list[bytes] = []
+        for frame in frames:
+            out += self.add_audio(frame)
+        return out + self.flush()

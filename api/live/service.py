@@ -315,7 +315,8 @@ class LiveService:
         track = PassthroughTrack(viewer, sent)
         sound: OpusTrack | None = None
         try:
-            audio_source = await self._audio_source(camera, stream, offer_sdp)
+            asks = "m=audio" in offer_sdp
+            audio_source = await self.audio_source(camera, stream) if asks else None
             if audio_source is not None:
                 sound = OpusTrack(AudioFeed(audio_source))
                 watch.audio = "opus"
@@ -348,20 +349,22 @@ class LiveService:
         self._spawn(session, self._connect_guard(session))
         return session, sdp
 
-    async def _audio_source(
-        self, camera: str, stream: StreamName, offer_sdp: str
+    async def audio_source(
+        self, camera: str, stream: StreamName, codecs: tuple[str, ...] = ()
     ) -> AudioSource | None:
-        """The camera's tap for its audio, when the offer asks for audio and the camera
-        records some (its latest segment has audio); None otherwise (the substream, which is
+        """The camera's tap for its audio when the camera records some (its latest segment
+        has audio; of one of `codecs` if given); None otherwise (the substream, which is
         never recorded, has none either)."""
         taps = self._taps
-        if stream != "main" or taps is None or "m=audio" not in offer_sdp:
+        if stream != "main" or taps is None:
             return None
         tap = taps(camera)
         if not isinstance(tap, AudioSource):
             return None
         last = await asyncio.to_thread(self._store.last_segment, camera)
         if last is None or last.audio_codec is None:
+            return None
+        if codecs and last.audio_codec not in codecs:
             return None
         return tap
 

@@ -5,8 +5,11 @@ session), and live fragmented MP4 over a WebSocket for Media Source Extensions,
 then one fragment per GOP; keyframe JPEGs in snapshot mode). Open to every role that may play
 back, per-camera permission checked, every viewing audited (who, camera, start, end) and every
 refusal too. `X-Live-Mode` says what is sent: `passthrough` (the camera's H.264 as it is),
-`transcode` (an H.265 camera as reduced H.264) or `snapshot` (keyframe JPEGs). Runs on the
-daemon's event loop; muxing runs on worker threads."""
+`transcode` (an H.265 camera as reduced H.264) or `snapshot` (keyframe JPEGs). Audio: WHEP
+sends the camera's audio as Opus when the offer asks (`X-Live-Audio`); the WebSocket with
+`?audio=true` passes AAC through as a second fragmented MP4, each binary message then tagged
+`v` or `a` (`audio_mime` in the JSON). Runs on the daemon's event loop; muxing runs on worker
+threads."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path, Query, Request, Response, WebSocket
@@ -30,14 +33,15 @@ from nvr.api.deps import (
     note_user,
 )
 from nvr.api.errors import ApiError, BadRequest, Forbidden, NotFound, Unauthorized
-from nvr.api.live.fmp4 import Fmp4Muxer, LiveMuxError
+from nvr.api.live.audio import AudioFeed
+from nvr.api.live.fmp4 import AacMuxer, Fmp4Muxer, LiveMuxError
 from nvr.api.live.hub import Viewer
 from nvr.api.live.service import REVOKED, LiveBusy, LiveService, NoVideo, Watch
 from nvr.api.routes import problems
 from nvr.api.routes.cameras import privacy_masks
 from nvr.api.services import ApiServices
 from nvr.config.models import CAMERA_NAME
-from nvr.ingest.tap import TapFrame
+from nvr.ingest.tap import TapAudioFrame, TapFrame
 from nvr.storage.accounts import User
 
 log = logging.getLogger("nvr.api.live")
@@ -171,6 +175,10 @@ async def whep_end(
 BATCH_SECONDS = 0.5
 """Frames of a GOP longer than this are muxed (and a 1 s fragment sent) without waiting for
 its end."""
+AUDIO_BATCH_SECONDS = 0.25
+"""MSE audio goes out in fragments of about this much (audio has no keyframes to cut at)."""
+AUDIO_WAIT_SECONDS = 1.0
+"""How long a new MSE viewer that asked for audio waits for the camera's first AAC frame."""
 SUBPROTOCOL = "nvr-live"
 """The WebSocket subprotocol the server accepts; a browser that holds a bearer token (and
 so cannot send an Authorization header on a WebSocket) offers it beside `bearer.<token>`."""
@@ -227,7 +235,9 @@ async def _deny(websocket: WebSocket, err: ApiError) -> None:
 
 
 @router.websocket("/api/cameras/{name}/live")
-async def live_socket(websocket: WebSocket, name: str, stream: str = "main") -> None:
+async def live_socket(
+    websocket: WebSocket, name: str, stream: str = "main", audio: bool = False
+) -> None:
     """Live fragmented MP4 for Media Source Extensions (see the module docstring)."""
     services: ApiServices = websocket.state.services
     try:
@@ -260,18 +270,51 @@ async def live_socket(websocket: WebSocket, name: str, stream: str = "main") -> 
         await _deny(websocket, LiveUnavailable(str(err)))
         return
     watch.mode = mode
+    feed: AudioFeed | None = None
+    if audio and mode != "snapshot":
+        source = await live.audio_source(name, stream, ("aac",))  # type: ignore[arg-type]
+        feed = AudioFeed(source) if source is not None else None
     try:
-        await _stream(websocket, live, watch, viewer, mode, first)
+        await _stream(websocket, live, watch, viewer, mode, first, feed)
     finally:
         viewer.close()
+        if feed is not None:
+            feed.close()
+
+
+async def _first_audio(feed: AudioFeed, first: TapFrame) -> tuple[AacMuxer, TapAudioFrame] | None:
+    """The audio muxer of an MSE viewer and the camera's next AAC frame it starts at (None
+    when none comes within `AUDIO_WAIT_SECONDS` or it cannot be muxed)."""
+    try:
+        sound = await asyncio.wait_for(feed.get(), AUDIO_WAIT_SECONDS)
+    except TimeoutError:
+        return None
+    if sound is None:
+        return None
+    try:
+        amux = await asyncio.to_thread(AacMuxer, sound, first.dts * first.stream.time_base)
+    except LiveMuxError as err:
+        log.warning("live %s: no MSE audio: %s", first.stream.codec, err)
+        return None
+    return amux, sound
 
 
 async def _stream(
-    websocket: WebSocket, live: LiveService, watch: Watch, viewer: Viewer, mode: str, first: object
+    websocket: WebSocket,
+    live: LiveService,
+    watch: Watch,
+    viewer: Viewer,
+    mode: str,
+    first: TapFrame,
+    feed: AudioFeed | None,
 ) -> None:
     reason = "closed by the viewer"
     mux: Fmp4Muxer | None = None
+    amux: AacMuxer | None = None
     pending: list[TapFrame] = []
+    heard: list[TapAudioFrame] = []
+    getting: asyncio.Future[TapFrame | None] | None = None
+    hearing: asyncio.Future[TapAudioFrame | None] | None = None
     taken = 0
     flushed = False
     offered = websocket.scope.get("subprotocols", [])
@@ -295,25 +338,51 @@ async def _stream(
         if mode == "snapshot":
             head["mime"] = "image/jpeg"
         else:
-            muxer = await asyncio.to_thread(Fmp4Muxer, first)  # type: ignore[arg-type]
+            muxer = await asyncio.to_thread(Fmp4Muxer, first)
             head["mime"] = muxer.mime
             mux = muxer
+            if feed is not None:
+                started = await _first_audio(feed, first)
+                if started is not None:
+                    amux, sound = started
+                    heard.append(sound)
+                    head["audio_mime"] = amux.mime
+                else:
+                    feed.close()
+                    feed = None
+        # With audio, each binary message says its source buffer: b"v" or b"a" first.
+        video_tag = b"v" if amux is not None else b""
         await websocket.send_text(json.dumps(head))
         while True:
-            getting = asyncio.ensure_future(viewer.get())
-            done, _ = await asyncio.wait(
-                {getting, gone, revoked}, return_when=asyncio.FIRST_COMPLETED
-            )
+            if getting is None:
+                getting = asyncio.ensure_future(viewer.get())
+            waits: set[asyncio.Future[Any]] = {getting, gone, revoked}
+            if feed is not None and amux is not None:
+                if hearing is None:
+                    hearing = asyncio.ensure_future(feed.get())
+                waits.add(hearing)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if revoked in done:
-                getting.cancel()
                 reason = REVOKED
                 with contextlib.suppress(RuntimeError, WebSocketDisconnect):
                     await websocket.close(code=1008, reason=REVOKED)
                 break
             if gone in done:
-                getting.cancel()
                 break
-            frame = getting.result()
+            if hearing is not None and hearing in done:
+                more, hearing = hearing.result(), None
+                if more is None:
+                    feed = None  # the camera's audio ended: video goes on
+                elif amux is not None:
+                    heard.append(more)
+                    span = (more.pts - heard[0].pts) * more.stream.time_base
+                    if span >= AUDIO_BATCH_SECONDS:
+                        sounds, heard = heard, []
+                        for message in await asyncio.to_thread(amux.add_audio_many, sounds):
+                            await websocket.send_bytes(b"a" + message)
+                if getting not in done:
+                    continue
+            frame, getting = getting.result(), None
             if frame is None:
                 reason = "the camera's stream ended"
                 break
@@ -334,7 +403,7 @@ async def _stream(
                 messages = await asyncio.to_thread(mux.add_many, batch, first_pictures)
                 flushed = flushed or first_pictures
             for message in messages:
-                await websocket.send_bytes(message)
+                await websocket.send_bytes(video_tag + message if mux is not None else message)
             if watch.first_frame is None and messages:
                 watch.first_frame = asyncio.get_running_loop().time()
     except LiveMuxError as err:
@@ -347,8 +416,13 @@ async def _stream(
     finally:
         gone.cancel()
         revoked.cancel()
+        for waiting in (getting, hearing):
+            if waiting is not None:
+                waiting.cancel()
         if mux is not None:
             await asyncio.to_thread(mux.close)
+        if amux is not None:
+            await asyncio.to_thread(amux.close)
         await live.finish(watch, reason)
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close()
