@@ -272,6 +272,22 @@ def offline_session() -> RtspSession:
     return session
 
 
+def read_in_pieces(session: RtspSession, data: bytes, cuts: list[int]) -> list[tuple[bytes, int]]:
+    """Feed `data` to the session's reader in reads of the sizes `cuts` (then the rest): the
+    video frames (Annex B, timestamp) it gave out."""
+    pos = 0
+    for cut in [*cuts, len(data)]:
+        chunk = data[pos : pos + cut]
+        if not chunk:
+            break
+        session._buf[session._end : session._end + len(chunk)] = chunk
+        session._end += len(chunk)
+        session._parse()
+        pos += len(chunk)
+    assert session.video is not None
+    return [(bytes(d), ts) for d, ts, _ in session.video.frames.out]
+
+
 def sample_stream(frames: int) -> tuple[bytes, list[tuple[bytes, int]]]:
     """Interleaved RTP for `frames` H.264 frames (FU-A split), RTCP on channel 1 and a
     keep-alive answer between them; plus the Annex B frames it must give back."""
@@ -304,17 +320,7 @@ def sample_stream(frames: int) -> tuple[bytes, list[tuple[bytes, int]]]:
 def test_reader_gives_the_same_frames_whatever_the_read_boundaries(cuts: list[int]) -> None:
     data, expected = sample_stream(30)
     session = offline_session()
-    pos = 0
-    for cut in [*cuts, len(data)]:
-        chunk = data[pos : pos + cut]
-        if not chunk:
-            break
-        session._buf[session._end : session._end + len(chunk)] = chunk
-        session._end += len(chunk)
-        session._parse()
-        pos += len(chunk)
-    assert session.video is not None
-    got = [(bytes(d), ts) for d, ts, _ in session.video.frames.out]
+    got = read_in_pieces(session, data, cuts)
     assert got == expected[:-1]  # the last picture goes out when the next one begins
 
 
@@ -436,17 +442,7 @@ def test_stray_bytes_between_packets_are_skipped_and_counted(
     clean, expected = sample_stream(30)
     data = with_stray_bytes(clean, junk, seed)
     session = offline_session()
-    pos = 0
-    for cut in [*cuts, len(data)]:
-        chunk = data[pos : pos + cut]
-        if not chunk:
-            break
-        session._buf[session._end : session._end + len(chunk)] = chunk
-        session._end += len(chunk)
-        session._parse()
-        pos += len(chunk)
-    assert session.video is not None
-    got = [(bytes(d), ts) for d, ts, _ in session.video.frames.out]
+    got = read_in_pieces(session, data, cuts)
     assert got == expected[:-1]  # the last picture goes out when the next one begins
     assert session.skipped_bytes == len(data) - len(clean)
 
