@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from nvr.api.masking import mask_file
 from nvr.config.models import CameraConfig, PrivacyMask
 from nvr.ingest.picture.decode import jpeg_snapshot
 from nvr.storage import Segment, SegmentStore
@@ -296,3 +297,33 @@ def test_masked_playback_streams_while_the_copy_is_being_made(
         assert a[2 : h // 2 - 2, 2 : w // 2 - 2].mean() > 20
         assert np.abs(a[h // 2 + 2 :, :] - b[h // 2 + 2 :, :]).mean() < 2.0
         assert np.abs(a[:, w // 2 + 2 :] - b[:, w // 2 + 2 :]).mean() < 2.0
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_an_h264_copy_of_h265_is_scaled_down_and_masked_when_asked(
+    tmp_path: Path, masked: bool
+) -> None:
+    """The copy `recording.mp4?h264=true` plays for an H.265 recording (issue 17): H.264 at
+    most `max_height` lines, same aspect, same pictures; the masks filled only if given."""
+    src = tmp_path / "h265.mp4"
+    with av.open(str(src), "w") as out:
+        stream = out.add_stream("libx265", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+        stream.options = {"preset": "ultrafast", "x265-params": "log-level=error"}
+        for i in range(10):
+            grey = np.full((720, 1280, 3), 200, dtype=np.uint8)
+            grey[:, :, 0] = (i * 20) % 256
+            frame = av.VideoFrame.from_ndarray(grey, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    dest = tmp_path / "copy.mp4"
+    mask_file(str(src), dest, [PrivacyMask(points=MASK)] if masked else [], max_height=360)
+    with av.open(str(dest)) as copy:
+        video = copy.streams.video[0]
+        assert video.codec_context.name == "h264"
+        pictures = [f.to_ndarray(format="gray") for f in copy.decode(video)]
+    assert len(pictures) == 10 and pictures[0].shape == (360, 640)
+    corner = float(pictures[-1][:170, :310].mean())
+    assert (corner < 30) == masked, corner
+    assert float(pictures[-1][190:, 330:].mean()) > 100
