@@ -283,16 +283,22 @@ def footage_end(root: Path) -> int:
         store.close()
 
 
-def footage_copy(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
-    """A store over a copy of the recorded footage (at `tmp_path/store`), closed after: a
-    fixture's body (`yield from footage_copy(footage_template, tmp_path)`)."""
-    root = tmp_path / "store"
-    shutil.copytree(footage_template, root)
+def store_at(root: Path) -> Iterator[SegmentStore]:
+    """A store at `root` (a new one where there is none), closed after: a fixture's body
+    (`yield from store_at(tmp_path / "store")`)."""
     store = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
     try:
         yield store
     finally:
         store.close()
+
+
+def footage_copy(footage_template: Path, tmp_path: Path) -> Iterator[SegmentStore]:
+    """A store over a copy of the recorded footage (at `tmp_path/store`), closed after: a
+    fixture's body (`yield from footage_copy(footage_template, tmp_path)`)."""
+    root = tmp_path / "store"
+    shutil.copytree(footage_template, root)
+    yield from store_at(root)
 
 
 @pytest.fixture

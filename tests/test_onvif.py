@@ -45,6 +45,7 @@ from nvr.ingest.timecheck.monitor import ClockMonitor
 from nvr.ingest.timecheck.notes import DEVICE_INFO, ClockNotes
 from nvr.storage import SegmentStore
 from nvr.storage.server_clock import read_server_clock
+from tests.api_rig import store_at
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.onvifsim import OnvifSim
@@ -56,12 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    root = tmp_path / "store"
-    s = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from store_at(tmp_path / "store")
 
 
 @pytest.fixture

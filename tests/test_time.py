@@ -29,6 +29,7 @@ from nvr.storage.server_clock import (
     read_server_clock,
     server_clock_state,
 )
+from tests.api_rig import store_at
 from tests.camsim import CameraSim
 from tests.media import check_file
 from tests.recording_rig import wait_for
@@ -49,12 +50,7 @@ def simulated(tmp_path: Path) -> Iterator[tuple[SimulatedClock, SegmentStore]]:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SegmentStore]:
-    root = tmp_path / "store"
-    s = SegmentStore(root, f"sqlite:///{root / 'index.db'}")
-    try:
-        yield s
-    finally:
-        s.close()
+    yield from store_at(tmp_path / "store")
 
 
 # --- the server clock --------------------------------------------------------------------------
