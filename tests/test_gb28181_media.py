@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from nvr.gb28181.device import ChannelConfig, GbDevice
 from nvr.gb28181.media import GopCache, LiveSource, to_90k
 from nvr.gb28181.session import Sessions, range_start_ms
-from nvr.ingest.tap import PacketTap, TapFrame, TapStream
+from nvr.ingest.tap import PacketTap, TapAudioFrame, TapAudioStream, TapFrame, TapStream
 from nvr.storage import AuditEntry, SegmentStore, now_ms
 from tests.api_rig import footage_copy
 from tests.gbsim import DEVICE, MediaCall, Platform, gb_config, hdr, wait_for
@@ -547,6 +547,46 @@ async def test_live_starts_with_the_current_gop(limit: int, first: int) -> None:
 
 
 @pytest.mark.slow  # real time: registration refused, then lost by 3 missed keepalives
+async def test_live_audio_comes_with_the_gop_and_follows() -> None:
+    """A live stream from the GOP cache gets the audio published since the GOP's keyframe,
+    then the later audio, in the order the recorder wrote it, G.711 as it came, on the
+    video's 90 kHz timeline; video frames name the stream's audio from the first one on."""
+    tap = PacketTap("cam")
+    cache = GopCache(tap)
+    video = tap_frames([i in (0, 5) for i in range(10)])
+    alaw = TapAudioStream("pcm_alaw", 8000, 1, b"", Fraction(1, 8000))
+
+    def sound(i: int) -> TapAudioFrame:
+        # 20 ms packets; packet i at i * 160 ticks = i * 1800 at 90 kHz (a frame is 3600)
+        return TapAudioFrame(alaw, bytes([0xD5, i]) * 80, i * 160, 160, 0.0)
+
+    def feed(frames: list[TapFrame], first_sound: int) -> None:
+        for n, frame in enumerate(frames):
+            tap.publish(frame)
+            for k in range(2):
+                tap.publish_audio(sound(first_sound + 2 * n + k))
+
+    await asyncio.to_thread(feed, video[:7], 0)  # frames 0-6, sound 0-13
+    live = LiveSource(cache)
+    assert live.audio_codec == "pcm_alaw"
+    await asyncio.to_thread(feed, video[7:], 14)
+    live.close()
+    got = [f async for f in live.frames()]
+    cache.close()
+    assert tap.subscribers == 0 and tap.audio_subscribers == 0
+    # from keyframe 5 (90 kHz 18000, sent as 9000): its frames and sound 10-19 in order
+    assert [(f.audio, f.data[-1]) for f in got] == [
+        (a, x) for n in range(5, 10) for a, x in [(False, n), (True, 2 * n), (True, 2 * n + 1)]
+    ]
+    for f in got:
+        if f.audio:
+            assert f.audio_codec == "pcm_alaw" and len(f.data) == 160
+            assert f.pts == f.data[-1] * 1800 - 18000 + 9000
+        else:
+            assert f.audio_codec == "pcm_alaw"
+            assert f.dts == f.data[-1] * 3600 - 18000 + 9000
+
+
 async def test_gop_cache_only_while_registered(
     store: SegmentStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -575,11 +615,11 @@ async def test_gop_cache_only_while_registered(
         platform.silent = False
         await asyncio.wait_for(platform.registered.wait(), 30)
         await wait_for(lambda: device.status.registered, "registered")
-        assert taps["cam"].all_wanted
-        assert not taps["other"].wanted
+        assert taps["cam"].all_wanted and taps["cam"].audio_wanted
+        assert not taps["other"].wanted and not taps["other"].audio_wanted
         platform.silent = True  # network loss: keepalives go unanswered
         await wait_for(lambda: not device.status.registered, "offline", within=60)
-        assert not taps["cam"].wanted
+        assert not taps["cam"].wanted and not taps["cam"].audio_wanted
         platform.silent = False
         await wait_for(lambda: device.status.registered, "registered again", within=60)
         assert taps["cam"].all_wanted
@@ -587,6 +627,7 @@ async def test_gop_cache_only_while_registered(
         await device.stop()
         await platform.close()
     assert not taps["cam"].wanted and not taps["other"].wanted
+    assert not taps["cam"].audio_wanted
 
 
 @pytest.mark.parametrize("form", ["npt", "clock"])
