@@ -79,6 +79,19 @@ the production parameters. Passed explicitly to the stores the tests open
 What the daemon and the CLI use is tested in tests/test_accounts_hashing.py."""
 
 
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""Debian's chromium, for the tests that run it headless without Playwright (None: absent)."""
+HEADLESS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+"""Chromium's flags for a quiet headless run in a test (no sandbox: CI runs as root)."""
+
+
 def open_store(root: Path, clock: Callable[[], int] | None = None) -> SegmentStore:
     url = f"sqlite:///{root / 'index.db'}"
     if clock is None:

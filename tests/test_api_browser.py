@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -15,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_rig import Api, contiguous_trio
+from tests.api_rig import CHROMIUM, HEADLESS, Api, contiguous_trio
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 WAIT_S = 5.0
 
 PAGE = """<!doctype html>
@@ -111,12 +109,7 @@ def test_recording_plays_and_seeks_in_a_browser_video_element(
     done = subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
+            *HEADLESS,
             "--mute-audio",
             "--autoplay-policy=no-user-gesture-required",
             f"--user-data-dir={tmp_path / 'profile'}",

@@ -28,6 +28,8 @@ from nvr.api.playback import PlaybackService, RangeReader
 from nvr.config.models import ApiConfig
 from nvr.storage.media.virtual import plan
 from tests.api_rig import (
+    CHROMIUM,
+    HEADLESS,
     PASSWORD,
     Api,
     ServerThread,
@@ -42,7 +44,6 @@ from tests.api_rig import (
 from tests.recording_rig import wait_for
 
 PROBLEM = "application/problem+json"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def run_with(root: Path, **settings: object) -> Iterator[Api]:
@@ -480,12 +481,7 @@ def test_docs_page_renders_under_its_csp_in_a_browser(api: Api, tmp_path: Path) 
     done = subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
+            *HEADLESS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=15000",
             "--enable-logging=stderr",
