@@ -2,7 +2,8 @@
 payloads are what an RFC 6184 depacketiser (aiortc's) turns back into the access unit, and
 an in-process aiortc peer receiving two WHEP-style sessions of one camera (our `answer`, our
 RTP loop installed in aiortc's sender, loopback ICE) decodes every picture, with the camera's
-payloads made once for both sessions and a NACKed packet sent again."""
+payloads made once for both sessions and a NACKed packet sent again; with the datagrams sent
+in batches by UDP segmentation offload and one by one."""
 
 from __future__ import annotations
 
@@ -79,8 +80,9 @@ async def receive(pc: RTCPeerConnection, track: MediaStreamTrack, n: int) -> lis
     return pictures
 
 
+@pytest.mark.parametrize("offload", [True, False], ids=["segmentation-offload", "sendto"])
 async def test_two_sessions_of_a_camera_share_payloads_and_decode(
-    frames: list[TapFrame],
+    frames: list[TapFrame], offload: bool
 ) -> None:
     tap = PacketTap("cam")
     hub = LiveHub("cam", tap, asyncio.get_running_loop(), linger_s=0.0)
@@ -95,6 +97,7 @@ async def test_two_sessions_of_a_camera_share_payloads_and_decode(
         sender = server.getTransceivers()[0].sender
         fast = getattr(sender, "nvr_fast_rtp", None)
         assert isinstance(fast, rtp._Sender)
+        fast._gso = offload
         got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
         client.on("track", got.put_nowait)
         with host_addresses(["127.0.0.1"]):
@@ -118,11 +121,18 @@ async def test_two_sessions_of_a_camera_share_payloads_and_decode(
         # One packetisation of each frame for both sessions.
         assert all(rtp.frame_payloads(f) is rtp._cache[id(f)][1] for f in frames[:30])
         fast = [f for _, _, f, _ in sessions]
+        # The server's ICE sockets read datagrams into small buffers, not 256 KiB ones.
+        for _, server, _, _ in sessions:
+            ice: Any = server.getTransceivers()[0].sender.transport.transport
+            sizes = {p.transport.max_size for p in ice._connection._protocols}
+            assert sizes == {rtp.READ_MAX}
         for _ in range(100):
             if all(f.frames == 30 for f in fast):
                 break
             await asyncio.sleep(0.1)
         assert all(f.frames == 30 for f in fast)
+        # With offload, the FU-A fragments went out in batches (Linux; the test machine's).
+        assert all((f.offloaded > 0) == offload for f in fast)
         assert (
             fast[0].packets
             == fast[1].packets

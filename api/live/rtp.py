@@ -12,20 +12,24 @@ down to the UDP socket, all of it again for every viewer of the same camera. Her
 - `install`: a WHEP session's `RTCRtpSender` gets its RTP loop replaced by `_Sender.run`,
   which per packet only packs the 12-byte header in front of a per-session header tail (SSRC
   and the negotiated header extensions, mid and abs-send-time, made once by aiortc's own
-  serialiser and refreshed once per frame), applies the session's SRTP and sends the datagram
-  on the ICE pair's socket. RTCP (sender reports, NACK retransmission with or without RTX,
-  statistics) stays aiortc's, fed with the same counters its loop keeps. aiortc's internals
-  that this relies on are checked when a session starts; if they are not there (another
-  aiortc version), the session keeps aiortc's own loop (slower, same stream).
+  serialiser and refreshed once per frame) and applies the session's SRTP. A frame's
+  datagrams go out on the ICE pair's socket, its equal-sized ones (the FU-A fragments) in
+  one `sendmsg` with Linux's UDP segmentation offload (`UDP_SEGMENT`: the kernel cuts the
+  same datagrams; one `sendto` each where that is refused). The session's sockets read into
+  small buffers (`_small_reads`). RTCP (sender reports, NACK retransmission with or without
+  RTX, statistics) stays aiortc's, fed with the same counters its loop keeps. The aiortc
+  internals this relies on are checked when a session starts; if they are not there
+  (another aiortc version), the session keeps aiortc's own loop (slower, same stream).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import struct
+import sys
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from nvr.api.live.annexb import nal_units, with_parameter_sets
@@ -46,6 +50,12 @@ CACHE_FRAMES = 512
 30 fps); a viewer further behind packetises its own copy."""
 NTP_UNIX_OFFSET = 2_208_988_800
 """Seconds from the NTP epoch (1900) to the Unix epoch (1970)."""
+READ_MAX = 16 << 10
+"""Bytes read per datagram on a session's sockets: what a viewer sends (STUN, DTLS records,
+RTCP) stays under a path MTU, let alone a jumbo frame."""
+GSO_SEGMENTS = 40
+"""Datagrams per `sendmsg` with segmentation offload (the kernel takes up to 64 and 64 KiB)."""
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 _HEAD = struct.Struct("!BBHI")
 """The first 8 bytes of an RTP header: flags, marker and payload type, sequence, timestamp."""
 
@@ -173,6 +183,9 @@ class _Sender:
         self.packets = 0
         self.frames = 0
         self.resent = 0
+        self._gso = sys.platform == "linux"
+        self.offloaded = 0
+        """Datagrams sent with segmentation offload."""
         """Packets sent again on the receiver's NACK."""
 
     def _header(self, abs_send_time: int) -> bytes:
@@ -194,6 +207,7 @@ class _Sender:
         s = self._sender
         s._RTCRtpSender__rtp_started.set()
         dtls = s.transport
+        _small_reads(dtls)
         history = self._history
         protect = dtls._tx_srtp.protect
         pack = _HEAD.pack
@@ -215,6 +229,7 @@ class _Sender:
                 if dtls._state != State.CONNECTED:
                     raise ConnectionError("Cannot send encrypted RTP, not connected")
                 target = _target(dtls)
+                datagrams = []
                 now = time.time() + NTP_UNIX_OFFSET
                 if at >= 0:
                     tail[at : at + 3] = (int(now * 262_144) & 0xFFFFFF).to_bytes(3, "big")
@@ -232,11 +247,13 @@ class _Sender:
                     )
                     history[seq % HISTORY] = plain
                     if target is not None:
-                        target[0](protect(plain), target[1])
+                        datagrams.append(protect(plain))
                     else:
                         await dtls._send_rtp(plain)
                     octets += len(payload)
                     seq = (seq + 1) & 0xFFFF
+                if target is not None:
+                    self._send(*target, datagrams)
                 s._RTCRtpSender__ntp_timestamp = int(now * (1 << 32))
                 s._RTCRtpSender__rtp_timestamp = timestamp
                 s._RTCRtpSender__octet_count += octets
@@ -255,6 +272,41 @@ class _Sender:
             self.resent,
         )
         s._RTCRtpSender__rtp_exited.set()
+
+    def _send(
+        self, udp: Any, sock: socket.socket | None, addr: Any, datagrams: list[bytes]
+    ) -> None:
+        """Send a frame's datagrams in order: runs of equal size (the FU-A fragments, and a
+        shorter last one) in one `sendmsg` each with UDP segmentation offload (the kernel
+        cuts the same datagrams), where Linux offers it; one `sendto` each otherwise."""
+        n = len(datagrams)
+        i = 0
+        while i < n:
+            size = len(datagrams[i])
+            j = i + 1
+            while j < n and j - i < GSO_SEGMENTS and len(datagrams[j]) == size:
+                j += 1
+            if j < n and j - i < GSO_SEGMENTS and len(datagrams[j]) < size:
+                j += 1
+            if j - i > 1 and sock is not None and self._gso:
+                try:
+                    sock.sendmsg(
+                        [b"".join(datagrams[i:j])],
+                        [(socket.IPPROTO_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))],
+                        0,
+                        addr,
+                    )
+                    self.offloaded += j - i
+                    i = j
+                    continue
+                except BlockingIOError:
+                    sock = None  # the socket is full: asyncio queues the rest in order
+                except OSError as err:
+                    log.info("live: RTP without UDP segmentation offload: %s", err)
+                    self._gso = False
+            for datagram in datagrams[i:j]:
+                udp.sendto(datagram, addr)
+            i = j
 
     async def retransmit(self, sequence_number: int) -> None:
         """Send a packet the receiver reported lost again (wrapped in RTX when negotiated),
@@ -288,15 +340,34 @@ def _first_sequence_number() -> int:
     return random16() % 32768
 
 
-def _target(dtls: Any) -> tuple[Callable[[bytes, Any], None], Any] | None:
-    """The datagram send of the session's nominated ICE pair and the peer's address
-    (resolved per frame: ICE may switch pairs); None when they cannot be found (then the
-    DTLS transport's own path)."""
+def _small_reads(dtls: Any) -> None:
+    """Read the session's ICE sockets into `READ_MAX`-byte buffers: asyncio reads each
+    datagram into a new 256 KiB bytes object (`max_size`), which with the daemon's fixed
+    mmap threshold (`nvr.memory`) is an mmap, a page fault, an mremap and an munmap for every
+    RTCP or STUN packet a viewer sends."""
+    try:
+        protocols = dtls.transport._connection._protocols
+    except AttributeError:
+        return
+    for protocol in protocols:
+        udp = getattr(protocol, "transport", None)
+        if udp is not None and getattr(udp, "max_size", 0) > READ_MAX:
+            udp.max_size = READ_MAX
+
+
+def _target(dtls: Any) -> tuple[Any, socket.socket | None, Any] | None:
+    """The datagram transport of the session's nominated ICE pair, its socket when datagrams
+    may be written to it directly (nothing queued in the transport), and the peer's address;
+    resolved per frame (ICE may switch pairs). None when they cannot be found (then the DTLS
+    transport's own path)."""
     try:
         pair = dtls.transport._connection._nominated.get(1)
         udp = pair.protocol.transport
         if udp.is_closing():
             return None
-        return udp.sendto, pair.remote_addr
+        sock = getattr(udp, "_sock", None)
+        if not isinstance(sock, socket.socket) or udp.get_write_buffer_size():
+            sock = None
+        return udp, sock, pair.remote_addr
     except AttributeError:
         return None
