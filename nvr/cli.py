@@ -88,8 +88,6 @@ SIGPIPE_EXIT = 128 + 13
 
 MALLOC_ARENAS = 2
 """glibc malloc arenas for the daemon's many threads (see nvr/memory.py)."""
-MMAP_THRESHOLD = 128 * 1024
-"""Allocations this large or larger are mmapped and given back when freed (nvr/memory.py)."""
 
 GIL_SWITCH_SECONDS = 0.001
 """How long a thread running Python code may keep the GIL while another waits for it
@@ -122,7 +120,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = configpath.load(path)
     setup_logging(config.log_level)
     memory.limit_arenas(MALLOC_ARENAS)  # before any recorder thread exists
-    memory.fix_mmap_threshold(MMAP_THRESHOLD)
     sys.setswitchinterval(GIL_SWITCH_SECONDS)
     _freeze_startup_objects()
     if path is None:

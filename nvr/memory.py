@@ -4,12 +4,11 @@ A recorder thread per camera means glibc gives most threads a malloc arena of th
 (up to 8 per core), and FFmpeg allocates its probe buffers and packets there. After many
 cameras reconnect at once (a full disk, a switch rebooting) those arenas keep the freed
 memory as a high-water mark instead of giving it back: the soak benchmark saw +10 MiB per
-such event. `limit_arenas` caps the arenas before the threads start; `fix_mmap_threshold`
-keeps large blocks out of the arenas; `trim` hands free pages back to the kernel and is
-called now and then from a worker thread.
+such event. `limit_arenas` caps the arenas before the threads start; `trim` hands free pages
+back to the kernel and is called now and then from a worker thread.
 
-Called from the daemon's start-up (`limit_arenas`, `fix_mmap_threshold`) and from the status
-publisher's worker thread (`trim`).
+Called from the event loop's start-up (`limit_arenas`) and from the status publisher's
+worker thread (`trim`).
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ log = logging.getLogger("nvr.memory")
 
 M_ARENA_MAX = -8
 """mallopt(3) parameter number of M_ARENA_MAX in glibc's malloc.h."""
-M_MMAP_THRESHOLD = -3
-"""mallopt(3) parameter number of M_MMAP_THRESHOLD in glibc's malloc.h."""
 
 
 def _libc() -> ctypes.CDLL | None:
@@ -47,20 +44,6 @@ def limit_arenas(count: int) -> bool:
     if _LIBC is None:
         return False
     return bool(_LIBC.mallopt(M_ARENA_MAX, count))
-
-
-def fix_mmap_threshold(nbytes: int) -> bool:
-    """Serve every allocation of `nbytes` or more with its own mmap, returned to the kernel
-    when freed, and keep the threshold there. glibc's default starts at 128 KiB but raises it
-    to the size of any mmapped block freed (up to 32 MiB), after which such blocks come from
-    the arenas and their pages stay as a high-water mark: here keyframe copies for the packet
-    tap and the picture checks' decoded pictures (1-2 MB each), FFmpeg's per-fragment
-    buffers. Setting it also fixes the trim threshold, so a freed top of a heap goes back at
-    once. Measured (8 cameras, full daemon, two daemons side by side for 2 minutes):
-    resident 4-12 MiB lower. True if applied."""
-    if _LIBC is None:
-        return False
-    return bool(_LIBC.mallopt(M_MMAP_THRESHOLD, nbytes))
 
 
 def trim() -> bool:
