@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -52,6 +51,7 @@ from nvr.storage.store import (
     segment_name,
 )
 from nvr.storage.timestamps import now_ms
+from nvr.storage.verify import file_sha256
 from nvr.storage.writer import fsync_dir
 
 NOT_COPIED = {"alembic_version", "segments", "segment_samples"}
@@ -442,7 +442,7 @@ def _segment_row(
                 f"{scan.good_bytes} of {scan.size} bytes in complete boxes)"
             )
             return None
-        sha = _sha256(path)
+        sha = file_sha256(path)
         proven = (
             old is not None
             and old.get("sha256") == sha
@@ -510,11 +510,3 @@ def _segment_path(root: Path, camera: str, start_ms: int) -> Path:
     dt = datetime.fromtimestamp(start_ms / 1000, tz=UTC)
     hour = root / camera / f"{dt:%Y}" / f"{dt:%m}" / f"{dt:%d}" / f"{dt:%H}"
     return hour / segment_name(start_ms)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

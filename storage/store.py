@@ -120,7 +120,7 @@ from nvr.storage.schema import (
     SegmentSamplesRow,
 )
 from nvr.storage.timestamps import DAY_MS, iso, now_ms
-from nvr.storage.verify import VerifyReport, verify_store
+from nvr.storage.verify import VerifyReport, file_sha256, verify_store
 from nvr.storage.writer import SegmentWriter, WrittenFile, fsync_dir
 
 log = logging.getLogger("nvr.storage")
@@ -879,7 +879,7 @@ class SegmentStore:
                     f"{scan.good_bytes} of {scan.size} bytes in complete boxes)"
                 )
             info = probe_segment(path, camera, start_ms)
-            sha = _file_sha256(path)
+            sha = file_sha256(path)
         except (ValueError, OSError, av.FFmpegError, StorageIOError) as err:
             log.error("file without index row not indexed (kept): %s: %s", path, err)
             return None
@@ -1971,15 +1971,6 @@ _REPLACED = "recorder-replaced"
 
 class _AlreadyIndexed(Exception):
     """`index_unindexed` lost a race with `commit` for this path: nothing to do."""
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 
 def probe_segment(path: Path, camera: str, start_ms: int) -> SegmentInfo:

@@ -46,7 +46,8 @@ def _chain(prev: str, sha: str, camera: str, start: int, end: int) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read a MiB at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
@@ -131,7 +132,7 @@ def _verify_camera(
                 report.problems.append(f"{cam}: missing file {row.path}")
             return
         report.files_hashed += 1
-        if _sha256(path) != row.sha256:
+        if file_sha256(path) != row.sha256:
             report.problems.append(f"{cam}: altered file {row.path} (sha256 differs)")
         report.bytes_hashed += row.bytes
         if progress is not None:
