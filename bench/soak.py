@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import itertools
 import json
 import os
@@ -65,6 +64,7 @@ from nvr.storage.timestamps import now_ms
 from tests.camsim import CameraSim, SilentListener, gst_rtsp_unavailable
 from tests.camsim.clips import make_clips
 from tests.camsim.fixtures import clips_cache_dir
+from tests.diskfill import fill_up
 from tests.notify import NotifyListener
 
 CLIPS = ("h264", "h264aac", "h265", "bframes")
@@ -181,30 +181,6 @@ def tmpfs(path: Path, size_mib: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def fill(path: Path) -> None:
-    """Write zeros to `path` until the filesystem has no byte left."""
-    block = b"\0" * MIB
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        while True:
-            try:
-                os.write(fd, block)
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-                break
-        small = b"\0" * 4096
-        while True:  # the last partial megabyte
-            try:
-                os.write(fd, small)
-            except OSError as err:
-                if err.errno != errno.ENOSPC:
-                    raise
-                break
-    finally:
-        os.close(fd)
-
-
 KINDS = ("restart", "sigstop", "silent", "disk-full")
 
 
@@ -309,7 +285,7 @@ class Soak:
             sim.start()
         elif kind == "disk-full":
             filler = self.fs / "filler"
-            fill(filler)
+            fill_up(filler)
             inj = Injection(kind, list(self.cameras), now_ms())
             time.sleep(60)
             filler.unlink()
