@@ -577,6 +577,13 @@ async def load(args: argparse.Namespace, clips: Path, tmp: Path) -> str:
     edges = [t0, *pings, t1]
     widest = max(b - a for a, b in itertools.pairwise(edges))
     gaps = await asyncio.to_thread(recording_gaps, root, cams)
+    # A missing ping is either the loop held up or the daemon withholding it on purpose
+    # (a recorder without progress for the watchdog's 2 s): the log says which.
+    withheld = [
+        line.split("pings (systemd will restart the daemon): ", 1)[-1]
+        for line in log.read_text(errors="replace").splitlines()
+        if "withholding watchdog pings" in line
+    ]
     seconds = t1 - t0
     lines = [
         f"Command: `python -m bench.live --load --seconds {args.seconds:g} --cameras "
@@ -596,9 +603,12 @@ async def load(args: argparse.Namespace, clips: Path, tmp: Path) -> str:
         f"| playback MP4 fetched ({args.playbacks} clients) | {sum(fetched) / 1e6:.0f} MB | |",
         f"| daemon CPU | {(cpu1 - cpu0) / seconds * 100:.0f} % of a core | |",
         f"| WATCHDOG=1 pings | {len(pings)}, largest interval {widest:.2f} s | <= 2 s |",
+        f"| times the daemon withheld its pings (a recorder without progress for 2 s) | "
+        f"{len(withheld)} | |",
         f"| recording gaps (holes + outages, whole run) | {len(gaps)} | 0 |",
     ]
     lines += [f"- {g}" for g in gaps[:20]]
+    lines += [f"- pings withheld: {w[:300]}" for w in withheld[:5]]
     return "\n".join(lines) + "\n"
 
 
