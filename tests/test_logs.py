@@ -30,34 +30,55 @@ from tests.recording_rig import Rig, wait_for
 REPO = Path(__file__).resolve().parent.parent
 
 CHILD = """
-import logging
+import logging, os, sys
 from nvr.cli import setup_logging
-setup_logging("info")
-log = logging.getLogger("nvr.test")
-log.info("an info line")
-log.warning("a warning line")
-log.error("an error line")
-try:
-    raise ValueError("boom")
-except ValueError:
-    log.exception("a traceback")
-logging.getLogger("uvicorn.error").info("uvicorn says hello")
+for case in sys.argv[1:]:  # STDERR_FILE:JOURNAL_STREAM (empty: unset)
+    path, _, journal = case.partition(":")
+    sys.stderr.flush()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 2)  # stderr is now that file, as systemd or a shell would have opened it
+    os.close(fd)
+    os.environ.pop("JOURNAL_STREAM", None)
+    if journal:
+        os.environ["JOURNAL_STREAM"] = journal
+    setup_logging("info")
+    log = logging.getLogger("nvr.test")
+    log.info("an info line")
+    log.warning("a warning line")
+    log.error("an error line")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("a traceback")
+    logging.getLogger("uvicorn.error").info("uvicorn says hello")
+    sys.stderr.flush()
 """
 
 
-def _run_child(stderr_path: Path, journal_of: Path | None) -> str:
+def _run_children(*cases: tuple[Path, Path | None]) -> list[str]:
+    """CHILD's lines for each (stderr file, the file JOURNAL_STREAM names or None), in one
+    Python process (importing nvr.cli costs seconds on a loaded machine)."""
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
     env["PYTHONPATH"] = str(REPO)
-    with stderr_path.open("wb") as err:
+    args = []
+    for stderr_path, journal_of in cases:
+        stderr_path.touch()
+        stream = ""
         if journal_of is not None:
+            journal_of.touch()
             st = os.stat(journal_of)
-            env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"
-        subprocess.run([sys.executable, "-c", CHILD], stderr=err, env=env, check=True)
-    return stderr_path.read_text()
+            stream = f"{st.st_dev}:{st.st_ino}"
+        args.append(f"{stderr_path}:{stream}")
+    subprocess.run([sys.executable, "-c", CHILD, *args], env=env, check=True)
+    return [stderr_path.read_text() for stderr_path, _ in cases]
 
 
 def test_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: Path) -> None:
-    journal = _run_child(tmp_path / "journal.txt", tmp_path / "journal.txt")
+    journal, other, unset = _run_children(
+        (tmp_path / "journal.txt", tmp_path / "journal.txt"),
+        (tmp_path / "file.txt", tmp_path / "journal.txt"),
+        (tmp_path / "plain.txt", None),
+    )
     lines = journal.splitlines()
     assert lines[0].startswith("<6>") and "an info line" in lines[0], lines
     assert lines[1].startswith("<4>") and "WARNING nvr.test: a warning line" in lines[1]
@@ -68,9 +89,7 @@ def test_syslog_priorities_only_when_stderr_is_the_journal(tmp_path: Path) -> No
         r"<6>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO uvicorn\.error: uvicorn", lines[-1]
     )
     # Redirected elsewhere (JOURNAL_STREAM names another file, or is unset): plain lines.
-    other = _run_child(tmp_path / "file.txt", tmp_path / "journal.txt")
     assert "<" not in other.split(" ", 1)[0] and "a warning line" in other
-    unset = _run_child(tmp_path / "plain.txt", None)
     assert not any(x.startswith("<") for x in unset.splitlines()), unset
 
 
