@@ -17,6 +17,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket
 
 from nvr.api.live import rtp
 from nvr.api.live.annexb import START, nal_units, with_parameter_sets
@@ -87,6 +88,7 @@ async def test_two_sessions_of_a_camera_share_payloads_and_decode(
     tap = PacketTap("cam")
     hub = LiveHub("cam", tap, asyncio.get_running_loop(), linger_s=0.0)
     sessions = []
+    rembs: list[RtcpPsfbPacket] = []
     for _ in range(2):
         client = RTCPeerConnection(rtc_configuration())
         client.addTransceiver("video", direction="recvonly")
@@ -98,6 +100,14 @@ async def test_two_sessions_of_a_camera_share_payloads_and_decode(
         fast = getattr(sender, "nvr_fast_rtp", None)
         assert isinstance(fast, rtp._Sender)
         fast._gso = offload
+        original = sender._handle_rtcp_packet
+
+        async def counted(packet: Any, original: Any = original) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                rembs.append(packet)
+            await original(packet)
+
+        sender._handle_rtcp_packet = counted  # type: ignore[method-assign]
         got: asyncio.Queue[MediaStreamTrack] = asyncio.Queue()
         client.on("track", got.put_nowait)
         with host_addresses(["127.0.0.1"]):
@@ -138,6 +148,14 @@ async def test_two_sessions_of_a_camera_share_payloads_and_decode(
             == fast[1].packets
             == sum(len(rtp.frame_payloads(f)) for f in frames[:30])
         )
+        # Packets carry the mid, no abs-send-time: so no receiver bitrate estimates (REMB),
+        # which a passed-through stream cannot follow, come back.
+        first_sender: Any = sessions[0][1].getTransceivers()[0].sender
+        extensions = first_sender._RTCRtpSender__rtp_header_extensions_map
+        sent_packet = RtpPacket.parse(next(iter(fast[0]._history.values())), extensions)
+        assert sent_packet.extensions.mid is not None
+        assert sent_packet.extensions.abs_send_time is None
+        assert rembs == []
         # A NACKed packet is sent again (as RTX here: the client offers it); one the
         # history does not hold is not.
         _, server, _, _ = sessions[0]

@@ -11,8 +11,8 @@ down to the UDP socket, all of it again for every viewer of the same camera. Her
   shared by all the viewers of that camera (a small cache of the latest frames, by identity).
 - `install`: a WHEP session's `RTCRtpSender` gets its RTP loop replaced by `_Sender.run`,
   which per packet only packs the 12-byte header in front of a per-session header tail (SSRC
-  and the negotiated header extensions, mid and abs-send-time, made once by aiortc's own
-  serialiser and refreshed once per frame) and applies the session's SRTP. A frame's
+  and the mid header extension, made once by aiortc's own serialiser; no abs-send-time,
+  see `_Sender.run`) and applies the session's SRTP. A frame's
   datagrams go out on the ICE pair's socket, its equal-sized ones (the FU-A fragments) in
   one `sendmsg` with Linux's UDP segmentation offload (`UDP_SEGMENT`: the kernel cuts the
   same datagrams; one `sendto` each where that is refused). The session's sockets read into
@@ -188,14 +188,13 @@ class _Sender:
         """Datagrams sent with segmentation offload."""
         """Packets sent again on the receiver's NACK."""
 
-    def _header(self, abs_send_time: int) -> bytes:
-        """The RTP header aiortc would send (SSRC and header extensions included), by aiortc's
-        own serialiser."""
+    def _header(self) -> bytes:
+        """The RTP header aiortc would send (SSRC and the mid header extension included), by
+        aiortc's own serialiser."""
         from aiortc.rtp import RtpPacket
 
         s = self._sender
         packet = RtpPacket(ssrc=s._ssrc)
-        packet.extensions.abs_send_time = abs_send_time
         packet.extensions.mid = s._RTCRtpSender__mid
         return packet.serialize(s._RTCRtpSender__rtp_header_extensions_map)
 
@@ -214,13 +213,14 @@ class _Sender:
         seq = _first_sequence_number()
         origin = random32()
         pt = codec.payloadType
-        # The header after the timestamp (SSRC, extensions) and where the abs-send-time
-        # bytes are in it, if that extension was negotiated.
-        zero, ones = self._header(0)[8:], self._header(0xFFFFFF)
-        flags = ones[0]
-        where = [i for i, (a, b) in enumerate(zip(zero, ones[8:], strict=True)) if a != b]
-        at = where[0] if where else -1
-        tail = bytearray(zero)
+        # The header after the timestamp: SSRC and extensions, the same in every packet.
+        # No abs-send-time: a passed-through stream's bitrate cannot follow a receiver's
+        # estimate (REMB), and a receiver that estimates from it may send one for every
+        # packet while it sees delays grow (aiortc's does), each an SRTCP packet to decrypt
+        # and parse here.
+        header = self._header()
+        flags = header[0]
+        rest = header[8:]
         try:
             while True:
                 payloads, rtp_time = await self._source.payloads()
@@ -231,9 +231,6 @@ class _Sender:
                 target = _target(dtls)
                 datagrams = []
                 now = time.time() + NTP_UNIX_OFFSET
-                if at >= 0:
-                    tail[at : at + 3] = (int(now * 262_144) & 0xFFFFFF).to_bytes(3, "big")
-                rest = bytes(tail)
                 timestamp = (origin + rtp_time) & 0xFFFFFFFF
                 last = len(payloads) - 1
                 octets = 0
