@@ -339,9 +339,9 @@ def _first_sequence_number() -> int:
 
 def _small_reads(dtls: Any) -> None:
     """Read the session's ICE sockets into `READ_MAX`-byte buffers: asyncio reads each
-    datagram into a new 256 KiB bytes object (`max_size`), which with the daemon's fixed
-    mmap threshold (`nvr.memory`) is an mmap, a page fault, an mremap and an munmap for every
-    RTCP or STUN packet a viewer sends."""
+    datagram into a new 256 KiB bytes object (`max_size`) and shrinks it, for every RTCP or
+    STUN packet a viewer sends (with a fixed 128 KiB mmap threshold, as the daemon had until
+    cd785da, each was an mmap, a page fault, an mremap and an munmap)."""
     try:
         protocols = dtls.transport._connection._protocols
     except AttributeError:
