@@ -194,10 +194,13 @@ def test_first_segment_file_takes_its_settled_start(
     start_ms = parse_segment_name(part.name)
     if mount == "bframes":
         assert recording_ms - began_ms >= 1500, "FFmpeg's probe was expected to take ~2 s"
-    # Settled: about when the camera started sending (the open began at `began_ms`), not
-    # when the first keyframe was handed over (`recording_ms`).
-    assert began_ms <= start_ms <= began_ms + 1000, (began_ms, start_ms, recording_ms)
+    # Settled: about when the camera started sending (the open began at `began_ms`; its
+    # RTSP exchange took up to a second on a loaded 2-core machine), not when the first
+    # keyframe was handed over (`recording_ms`, 2 s and more later through FFmpeg's probe).
+    assert began_ms <= start_ms <= began_ms + 1500, (began_ms, start_ms, recording_ms)
     assert start_ms <= recording_ms, (began_ms, start_ms, recording_ms)
+    if mount == "bframes":
+        assert start_ms <= recording_ms - 1000, (began_ms, start_ms, recording_ms)
 
 
 def test_frozen_stream_is_detected_within_5s(camsim: CameraSim, rig: Rig) -> None:

@@ -402,9 +402,14 @@ async def test_stuck_recorder_is_replaced_and_recording_continues(
             return any(o.cause == REPLACED for o in daemon.outages())
 
         await wait_until(replaced, 15, "the replacement in the outage ledger")
-        # The old thread is really still stuck, and a second recorder works beside it.
+        # The old thread is really still stuck, and a second recorder works beside it (the
+        # supervisor writes the ledger row before it builds and starts the replacement).
+        await wait_until(
+            lambda: sum(t.name == "rec-cam" for t in threading.enumerate()) == 2,
+            15,
+            "a second recorder thread beside the stuck one",
+        )
         assert old_thread.is_alive()
-        assert sum(t.name == "rec-cam" for t in threading.enumerate()) == 2
 
         def resumed() -> bool:
             store = daemon.reader()
