@@ -168,6 +168,28 @@ async def test_two_sessions_of_a_camera_share_payloads_and_decode(
         await first._retransmit((seq + 20_000) & 0xFFFF)
         assert fast[0].resent == 1
         assert dtls._RTCDtlsTransport__tx_packets == sent + 1
+        # A backlog (frames queued faster than sent: a cold start's GOP, a viewer behind)
+        # is sent a frame per turn of the loop, not in one step that holds the loop (and
+        # the watchdog's pings) until it is drained.
+        seen: list[int] = []
+        drained = asyncio.Event()
+
+        async def ticker() -> None:
+            while not drained.is_set():
+                seen.append(fast[0].frames)
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        for frame in frames[:30]:
+            tap.publish(frame)
+        for _ in range(100):
+            if all(f.frames == 60 for f in fast):
+                break
+            await asyncio.sleep(0.1)
+        drained.set()
+        await ticking
+        assert all(f.frames == 60 for f in fast), [f.frames for f in fast]
+        assert len({n for n in seen if 30 < n < 60}) >= 20, sorted(set(seen))
     finally:
         for client, server, _, _ in sessions:
             await server.close()

@@ -257,6 +257,10 @@ class _Sender:
                 s._RTCRtpSender__packet_count += len(payloads)
                 self.packets += len(payloads)
                 self.frames += 1
+                # Let the loop run between frames: `payloads()` does not suspend while frames
+                # are queued (a cold start's GOP, a viewer behind), and a session draining its
+                # backlog in one step held the loop (and the watchdog's pings) for seconds.
+                await asyncio.sleep(0)
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:  # stop() waits for the exit event: set it whatever went wrong
