@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -308,7 +310,10 @@ class LiveService:
                 watch.first_frame = time.monotonic()
 
         # aiortc (and its crypto, SCTP and ICE stacks, ~15 MiB) loads on the first WHEP offer,
-        # not in every recorder that never serves one (issue 12's memory budget).
+        # not in every recorder that never serves one (issue 12's memory budget); on a worker
+        # thread, so the half second it takes does not hold the loop (and the watchdog).
+        if "nvr.api.live.webrtc" not in sys.modules:
+            await asyncio.to_thread(importlib.import_module, "nvr.api.live.webrtc")
         from nvr.api.live.audio import AudioFeed
         from nvr.api.live.webrtc import OpusTrack, PassthroughTrack, answer
 
