@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import av
 import httpx
@@ -20,8 +21,6 @@ import websockets
 from websockets.typing import Subprotocol
 
 from tests.camsim import CameraSim
-from tests.camsim.clips import make_clips
-from tests.camsim.fixtures import _unavailable, clips_cache_dir
 from tests.live_rig import LiveDaemon, WhepViewer, live_daemon, whep_connect
 from tests.recording_rig import wait_for
 
@@ -29,12 +28,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
-    reason = _unavailable()
-    if reason is not None:
-        pytest.skip(f"camera simulator unavailable: {reason}")
-    clips = clips_cache_dir(tmp_path_factory.getbasetemp() / "camsim-clips")
-    make_clips(clips)
+def daemon(tmp_path_factory: pytest.TempPathFactory, camsim_clips: Path) -> Iterator[LiveDaemon]:
+    clips = camsim_clips
     tmp = tmp_path_factory.mktemp("live")
     with (
         CameraSim(clips) as sim,

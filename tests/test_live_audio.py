@@ -13,6 +13,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import av
 import httpx
@@ -21,8 +22,6 @@ import pytest
 import websockets
 
 from tests.camsim import CameraSim
-from tests.camsim.clips import make_clips
-from tests.camsim.fixtures import _unavailable, clips_cache_dir
 from tests.live_rig import LiveDaemon, WhepViewer, live_daemon, whep_connect
 from tests.recording_rig import wait_for
 
@@ -30,12 +29,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
-    reason = _unavailable()
-    if reason is not None:
-        pytest.skip(f"camera simulator unavailable: {reason}")
-    clips = clips_cache_dir(tmp_path_factory.getbasetemp() / "camsim-clips")
-    make_clips(clips)
+def daemon(tmp_path_factory: pytest.TempPathFactory, camsim_clips: Path) -> Iterator[LiveDaemon]:
+    clips = camsim_clips
     tmp = tmp_path_factory.mktemp("live-audio")
     with CameraSim(clips) as sim, live_daemon(tmp, sim, {"aac": "h264aac", "mute": "h264"}) as d:
         with d.client() as c:
